@@ -1,0 +1,39 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+OUT ?= demo_out
+
+.PHONY: venv demo test test-slow bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch is pinned to the CPU wheel first so nothing pulls a CUDA build
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/clv make-data --out $(OUT)/bank --seed 7
+	$(BIN)/clv calibrate $(OUT)/bank --calibration-end 2024-06-30 --out $(OUT)/bank_world.json
+	$(BIN)/clv validate $(OUT)/bank --calibration-end 2024-06-30 --holdout-end 2024-12-31 --out $(OUT)/bank_validation
+	$(BIN)/clv validate --dataset cdnow --calibration-end 1997-09-30 --holdout-end 1998-06-30 --out $(OUT)/cdnow_validation
+	$(BIN)/clv simulate $(OUT)/bank_world.json --policy none --customers 100000 --periods 52 --seed 1 --out $(OUT)/simulation.parquet
+	@echo "demo outputs in $(OUT)/"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_calibration.py
+	$(BIN)/python benchmarks/bench_simulator.py
+
+clean:
+	rm -rf $(VENV) $(OUT) build *.egg-info

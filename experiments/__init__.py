@@ -1,0 +1,1 @@
+"""Experiments: the `clv` command line, scenario sweeps, backtests and reports."""

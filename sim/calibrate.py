@@ -1,0 +1,458 @@
+"""Calibration: from a validated History to a WorldModel plus the book of digital twins.
+
+Steps (each a function below, so a newcomer can find the one to change):
+  summarise -> segments -> activity/dropout fit (Pareto/NBD) -> spend fit (Gamma-Gamma)
+  -> stage rules -> activity panel (if products or decisions) -> response (decisions or priors)
+  -> product hazards -> seasonality (if the history covers a year) -> book.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .btyd import BGNBD, ParetoNBD, fit_bg_nbd, fit_pareto_nbd
+from .catalogue import STAGES, ActionCatalogue, default_bank_catalogue
+from .errors import ConfigError
+from .features import CustomerSummary, Panel, build_panel, period_index, summarise
+from .history import History, merge_same_day
+from .response import decisions_frame_to_data, estimate_response, load_priors, prior_response
+from .spend import GammaGamma, fit_gamma_gamma
+from .world import SegmentModel, StageRules, WorldModel
+
+MIN_SEGMENT_FIT = 500        # customers needed to fit a segment's own activity model
+KMEANS_SAMPLE = 50_000
+SEASON_MIN_DAYS = 364
+
+
+def calibrate(history: History, calibration_end: str | pd.Timestamp, *, segment_by: str | None = None,
+              n_segments: int = 4, activity_model: str = "pareto_nbd", priors_path: str | None = None,
+              seed: int = 0) -> tuple[WorldModel, pd.DataFrame, dict[str, Any]]:
+    """Fit a world on history up to `calibration_end` (inclusive). Returns (world, book, report)."""
+    t0 = time.perf_counter()
+    ce = pd.Timestamp(calibration_end)
+    econ = history.economics
+    pdays = econ.period_days
+    tx, merged = merge_same_day(history.transactions)
+    if (tx["date"] <= ce).sum() == 0:
+        raise ConfigError(f"no transactions on or before the calibration end {ce.date()}; "
+                          f"the history starts on {tx['date'].min().date()}")
+    summary = summarise(tx, ce, pdays, history.customers)
+    report: dict[str, Any] = {"same_day_merged": int(merged), "customers": len(summary),
+                              "transactions_used": int((tx["date"] <= ce).sum())}
+    catalogue = history.actions or _catalogue_for(history)
+    priors = load_priors(priors_path)
+    assumptions: list[str] = []
+
+    seg, seg_names, segmentation, exogenous = assign_segments(summary, history.customers, segment_by,
+                                                              n_segments, seed)
+    G = len(seg_names)
+    # activity / dropout
+    fits = fit_activity(summary, seg, G, exogenous, activity_model)
+    # spend
+    spend = fit_spend(summary, seg, G, exogenous)
+    rules = stage_rules_from(tx.loc[tx["date"] <= ce], pdays)
+    if history.stage_rules:  # thresholds the user fixed in stages.yaml
+        rules = StageRules(**{**asdict(rules), **history.stage_rules})
+        report["stage_rules_fixed"] = sorted(history.stage_rules)
+
+    products = sorted(history.products["product"].unique().tolist()) if history.products is not None else []
+    need_panel = bool(products) or history.decisions is not None
+    prior_resp = prior_response(catalogue, priors)
+    response, resp_report = prior_resp, None
+    P = len(products)
+    adopt = np.zeros((G, len(STAGES), P))
+    close = np.zeros((G, len(STAGES), P))
+    init_products = np.zeros((G, P))
+    held_end = np.zeros((len(summary), P), bool)
+    contact_end = None
+    effect_mult = np.zeros(len(summary))
+    if need_panel:
+        panel = build_panel(summary, tx, ce, pdays, rules)
+        opens = closes = held_before = None
+        if products:
+            opens, closes, held_before, held_end = product_panels(history.products, summary.customer_id, panel,
+                                                                  products, pdays, ce)
+        under_effect = np.zeros(panel.counts.shape, bool)
+        if history.decisions is not None:
+            dec_df = history.decisions.loc[history.decisions["date"] <= ce]
+            decay = 0.5 ** (1.0 / prior_resp.fatigue_half_life)
+            dec, contact_end = decisions_frame_to_data(dec_df, catalogue, summary.customer_id, panel.origin, pdays,
+                                                       panel.stage_before, prior_resp.fatigue, decay,
+                                                       panel.n_periods)
+            mu_stage = mean_hazard_by_stage(fits, seg, summary, panel, activity_model)
+            response, resp_report = estimate_response(prior_resp, catalogue, dec, panel.counts, opens, mu_stage,
+                                                      panel.n_periods, products, seed=seed, priors=priors)
+            under_effect, effect_mult = effect_exposure(dec, response, panel, catalogue)
+        if products:
+            adopt, close, init_products = product_hazards(opens, closes, held_before, panel, seg, G,
+                                                          under_effect)
+    else:
+        assumptions.append("intervention response: all effects taken from priors (no logged decisions)")
+    if history.decisions is None and need_panel:
+        assumptions.append("intervention response: all effects taken from priors (no logged decisions)")
+    assumptions += [f"intervention response: {k} taken from priors" for k in
+                    ("reactivation", "duration", "opt_out", "fatigue", "min_gap")]
+    if resp_report is not None:
+        n_prior = sum(v == "prior" for k in ("activity_lift", "dropout_reduction", "adoption_uplift")
+                      for row in response.source[k][1:] for v in row)
+        if n_prior:
+            assumptions.append(f"intervention response: {n_prior} action x stage effect cells taken from priors "
+                               f"(too few logged decisions)")
+    if not products:
+        assumptions.append("products: none in the history; product adoption not modelled")
+
+    seasonality = estimate_seasonality(summary, tx, ce, pdays, fits, seg, activity_model)
+    if seasonality is None:
+        span = (ce - pd.Timestamp(summary.birth.min())).days
+        assumptions.append(f"seasonality: not estimated (calibration covers {span} days < {SEASON_MIN_DAYS})")
+
+    # the rates were fitted under the logging policy's campaigns: express them without campaigns
+    segments = []
+    for g in range(G):
+        m = seg == g
+        act = dict(fits["by_segment"][g].to_dict())
+        act.pop("name", None)
+        if effect_mult[m].size:
+            act["alpha"] = float(act["alpha"] * (1.0 + float(effect_mult[m].mean())))
+        segments.append(SegmentModel(
+            name=seg_names[g], n_customers=int(m.sum()), share=float(m.mean()), activity=act,
+            spend=spend["by_segment"][g].to_dict(), product_adoption=adopt[g].tolist(),
+            product_close=close[g].tolist(), initial_products=init_products[g].tolist()))
+
+    world = WorldModel(
+        catalogue=catalogue, economics=econ, products=products, segments=segments, segmentation=segmentation,
+        stage_rules=rules, response=response, activity_model=activity_model, calibration_end=str(ce.date()),
+        seasonality=None if seasonality is None else seasonality.tolist(), assumptions=assumptions,
+        fit={"activity": fits["info"], "spend": spend["info"], "response": resp_report,
+             "seconds": None},
+        source={"history": history.folder, "report": history.report, **report})
+    book = build_book(world, summary, seg, fits, spend, ce, held_end, contact_end, effect_mult, activity_model)
+    world.fit["seconds"] = round(time.perf_counter() - t0, 3)
+    report["seconds"] = world.fit["seconds"]
+    return world, book, report
+
+
+def _catalogue_for(history: History) -> ActionCatalogue:
+    """Default catalogue; a history whose decisions name other actions needs an actions.yaml."""
+    cat = default_bank_catalogue()
+    if history.decisions is not None:
+        unknown = sorted(set(history.decisions["action"].astype(str)) - set(cat.names))
+        if unknown:
+            raise ConfigError(f"decisions.csv names actions {unknown[:3]} that the default catalogue lacks; "
+                              f"add an actions.yaml to the history folder")
+    return cat
+
+
+# ---- segments --------------------------------------------------------------------------------
+def assign_segments(summary: CustomerSummary, customers: pd.DataFrame | None, segment_by: str | None,
+                    n_segments: int, seed: int) -> tuple[np.ndarray, list[str], dict[str, Any], bool]:
+    """Segments from a customer attribute (exogenous) or K-means on RFM features."""
+    col = segment_by or ("segment" if customers is not None and "segment" in customers.columns else None)
+    if col is not None:
+        if customers is None or col not in customers.columns:
+            raise ConfigError(f"--segment-by {col!r}: customers.csv has no such column")
+        lab = customers.set_index("customer_id")[col].astype(str).reindex(summary.customer_id).fillna("unknown")
+        names, seg = np.unique(lab.to_numpy(), return_inverse=True)
+        return seg.astype(np.int16), [str(n) for n in names], {"method": "attribute", "column": col}, True
+    from sklearn.cluster import KMeans
+    feats = rfm_features(summary)
+    mean, std = feats.mean(axis=0), feats.std(axis=0) + 1e-12
+    z = (feats - mean) / std
+    rng = np.random.default_rng(seed)
+    k = int(min(n_segments, max(1, len(summary) // 50)))
+    sample = z if len(z) <= KMEANS_SAMPLE else z[rng.choice(len(z), KMEANS_SAMPLE, replace=False)]
+    km = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(sample)
+    lab = km.predict(z)
+    # order segments by value (frequency rate x monetary), highest first
+    value = np.array([np.mean(np.expm1(feats[lab == j, 0]) * np.expm1(feats[lab == j, 2])) if np.any(lab == j)
+                      else -1 for j in range(k)])
+    order = np.argsort(-value)
+    rank = np.empty(k, int)
+    rank[order] = np.arange(k)
+    seg = rank[lab].astype(np.int16)
+    names = [f"rfm_{i + 1}" for i in range(k)]
+    centers = (km.cluster_centers_ * std + mean)[order]
+    return seg, names, {"method": "kmeans_rfm", "k": k, "features": ["log1p_rate", "recency", "log1p_monetary"],
+                        "centers": centers.tolist(), "seed": seed}, False
+
+
+def rfm_features(summary: CustomerSummary) -> np.ndarray:
+    rate = summary.x / np.maximum(summary.T, 1.0)
+    recency = summary.T - summary.t_x
+    monetary = np.where(summary.n_tx > 0, summary.total_amount / np.maximum(summary.n_tx, 1), 0.0)
+    return np.column_stack([np.log1p(rate), recency, np.log1p(monetary)])
+
+
+# ---- activity and spend ----------------------------------------------------------------------
+def fit_activity(summary: CustomerSummary, seg: np.ndarray, G: int, exogenous: bool,
+                 model: str) -> dict[str, Any]:
+    """Pooled fit, plus a fit per segment when segments are exogenous and large enough (segments
+    cut on RFM are not: fitting a BTYD prior on customers selected by their own x and t_x
+    would bias it, so they share the pooled prior and differ through their posteriors)."""
+    if model not in ("pareto_nbd", "bg_nbd"):
+        raise ConfigError(f"unknown activity model {model!r}; use pareto_nbd or bg_nbd")
+    fitter = fit_pareto_nbd if model == "pareto_nbd" else fit_bg_nbd
+    pooled, info = fitter(summary.x, summary.t_x, summary.T)
+    by_seg, infos = [], {"pooled": asdict(info), "model": model}
+    for g in range(G):
+        m = seg == g
+        if exogenous and m.sum() >= MIN_SEGMENT_FIT and G > 1:
+            p, i = fitter(summary.x[m], summary.t_x[m], summary.T[m], init=pooled)
+            by_seg.append(p)
+            infos[f"segment_{g}"] = asdict(i)
+        else:
+            by_seg.append(pooled)
+    return {"pooled": pooled, "by_segment": by_seg, "info": infos}
+
+
+def fit_spend(summary: CustomerSummary, seg: np.ndarray, G: int, exogenous: bool) -> dict[str, Any]:
+    ok = (summary.spend_x > 0) & (summary.spend_mean > 0)
+    if ok.sum() < 10:
+        pooled = GammaGamma(p=1.0, q=2.0, gamma=float(max(summary.total_amount.sum(), 1.0) /
+                                                      max(summary.n_tx.sum(), 1)))
+        return {"pooled": pooled, "by_segment": [pooled] * G,
+                "info": {"pooled": "too few repeat transactions with a value; spend prior assumed"}}
+    pooled, info = fit_gamma_gamma(summary.spend_x[ok], summary.spend_mean[ok])
+    by_seg, infos = [], {"pooled": asdict(info)}
+    for g in range(G):
+        m = ok & (seg == g)
+        if exogenous and m.sum() >= MIN_SEGMENT_FIT and G > 1:
+            p, i = fit_gamma_gamma(summary.spend_x[m], summary.spend_mean[m])
+            by_seg.append(p)
+            infos[f"segment_{g}"] = asdict(i)
+        else:
+            by_seg.append(pooled)
+    return {"pooled": pooled, "by_segment": by_seg, "info": infos}
+
+
+def mean_hazard_by_stage(fits, seg, summary, panel: Panel, model: str) -> np.ndarray:
+    """Average posterior dropout hazard per period of customers still alive, by their stage at
+    the cut-off (used to turn a retention difference into a hazard reduction)."""
+    S = len(STAGES)
+    out = np.zeros(S)
+    stage_end = panel.stage_before[:, -1]
+    for s in range(S):
+        m = stage_end == s
+        if not m.any():
+            continue
+        vals = []
+        for g in np.unique(seg[m]):
+            mm = m & (seg == g)
+            p = fits["by_segment"][g]
+            post = p.posterior_if_alive(summary.x[mm], summary.t_x[mm], summary.T[mm])
+            if model == "pareto_nbd":
+                vals.append(post["mu_shape"] / post["mu_rate"])
+            else:  # BG/NBD: hazard per period ~ p * expected transactions per period
+                vals.append(post["p_a"] / (post["p_a"] + post["p_b"]) * post["lam_shape"] / post["lam_rate"])
+        out[s] = float(np.mean(np.concatenate(vals)))
+    return out
+
+
+# ---- stages ------------------------------------------------------------------------------------
+def stage_rules_from(tx: pd.DataFrame, period_days: float) -> StageRules:
+    """Dormant after the 90th percentile of observed gaps between transactions (at least 4 periods),
+    churned after twice that or the 99th percentile, whichever is longer."""
+    cid = tx["customer_id"].to_numpy(dtype=str)
+    d = tx["date"].to_numpy("datetime64[ns]")
+    order = np.lexsort((d, cid))
+    cid, d = cid[order], d[order]
+    same = cid[1:] == cid[:-1]
+    gaps = ((d[1:] - d[:-1]) / np.timedelta64(1, "D"))[same] / period_days
+    if gaps.size < 20:
+        q90, q99 = 8.0, 26.0
+    else:
+        q90, q99 = np.quantile(gaps, [0.9, 0.99])
+    dormant = int(np.clip(np.ceil(q90), 4, 52))
+    churned = int(np.clip(max(2 * dormant, np.ceil(q99)), dormant + 1, 104))
+    return StageRules(new_periods=int(round(90 / period_days)) or 1, mature_periods=int(round(365 / period_days)) or 1,
+                      dormant_after=dormant, churned_after=churned)
+
+
+# ---- products ----------------------------------------------------------------------------------
+def product_panels(products_df: pd.DataFrame, ids: np.ndarray, panel: Panel, products: list[str],
+                   period_days: float, ce: pd.Timestamp):
+    """Openings, closings (N, W, P) int8 and holdings at the start of each period and at the end."""
+    N, W, P = panel.counts.shape[0], panel.n_periods, len(products)
+    df = products_df.loc[products_df["date"] <= ce]
+    cust = np.searchsorted(ids, df["customer_id"].to_numpy(dtype=str))
+    cust = np.minimum(cust, N - 1)
+    ok = ids[cust] == df["customer_id"].to_numpy(dtype=str)
+    w = period_index(df["date"].to_numpy("datetime64[ns]"), panel.origin, period_days)
+    ok &= (w >= 0) & (w < W)
+    pidx = df["product"].map({p: i for i, p in enumerate(products)}).to_numpy()
+    is_open = (df["event"] == "open").to_numpy()
+    opens = np.zeros((N, W, P), np.int8)
+    closes = np.zeros((N, W, P), np.int8)
+    np.add.at(opens, (cust[ok & is_open], w[ok & is_open], pidx[ok & is_open]), 1)
+    np.add.at(closes, (cust[ok & ~is_open], w[ok & ~is_open], pidx[ok & ~is_open]), 1)
+    net = np.cumsum(opens.astype(np.int16) - closes, axis=1)
+    held_after = net > 0
+    held_before = np.concatenate([np.zeros((N, 1, P), bool), held_after[:, :-1]], axis=1)
+    return np.minimum(opens, 1), np.minimum(closes, 1), held_before, held_after[:, -1, :]
+
+
+def product_hazards(opens, closes, held_before, panel: Panel, seg: np.ndarray, G: int, under_effect: np.ndarray,
+                    shrink: float = 50.0):
+    """Per segment x stage x product hazards per period, from periods with no campaign effect in
+    force, shrunk towards the stage's pooled rate (`shrink` pseudo-periods)."""
+    S = len(STAGES)
+    P = opens.shape[2]
+    born = panel.stage_before >= 0
+    base = born & ~under_effect
+    st = np.where(born, panel.stage_before, 0)
+    adopt = np.zeros((G, S, P))
+    close = np.zeros((G, S, P))
+    cell = seg[:, None].astype(np.int64) * S + st
+    for p in range(P):
+        risk_o = base & ~held_before[:, :, p]
+        risk_c = base & held_before[:, :, p]
+        n_o = np.bincount(cell[risk_o], minlength=G * S).reshape(G, S)
+        e_o = np.bincount(cell[risk_o], weights=opens[:, :, p][risk_o], minlength=G * S).reshape(G, S)
+        n_c = np.bincount(cell[risk_c], minlength=G * S).reshape(G, S)
+        e_c = np.bincount(cell[risk_c], weights=closes[:, :, p][risk_c], minlength=G * S).reshape(G, S)
+        pool_o = e_o.sum(0) / np.maximum(n_o.sum(0), 1)
+        pool_c = e_c.sum(0) / np.maximum(n_c.sum(0), 1)
+        adopt[:, :, p] = (e_o + shrink * pool_o) / (n_o + shrink)
+        close[:, :, p] = (e_c + shrink * pool_c) / (n_c + shrink)
+    # what a customer holds at the end of their first period
+    first = np.clip(panel.birth_period, 0, panel.n_periods - 1)
+    rows = np.arange(len(seg))
+    holds = held_before[rows, np.minimum(first + 1, panel.n_periods - 1), :] | (opens[rows, first, :] > 0)
+    init = np.zeros((G, P))
+    for g in range(G):
+        m = (seg == g) & (panel.birth_period >= 0)
+        init[g] = holds[m].mean(axis=0) if m.any() else 0.0
+    return adopt, close, init
+
+
+def effect_exposure(dec, response, panel: Panel, catalogue: ActionCatalogue):
+    """Cells under a logged campaign's effect, and each customer's mean activity multiplier
+    minus one over their observed life (to express fitted rates without the logging campaigns)."""
+    N, W = panel.counts.shape
+    S = len(STAGES)
+    lift = np.asarray(response.activity_lift, float)
+    dur = np.asarray(response.duration, int)
+    c = dec.action > 0
+    under = np.zeros((N, W + 1), np.int16)
+    extra = np.zeros((N, W + 1))
+    cust, per, act = dec.cust[c], dec.period[c], dec.action[c]
+    end = np.minimum(per + dur[act], W)
+    np.add.at(under, (cust, per), 1)
+    np.add.at(under, (cust, end), -1)
+    gain = lift[act, np.clip(dec.stage[c], 0, S - 1)] * dec.fatigue[c]
+    np.add.at(extra, (cust, per), gain)
+    np.add.at(extra, (cust, end), -gain)
+    under_effect = np.cumsum(under, axis=1)[:, :W] > 0
+    per_cell = np.cumsum(extra, axis=1)[:, :W]
+    alive_periods = np.maximum(W - np.maximum(panel.birth_period, 0), 1)
+    return under_effect, per_cell.sum(axis=1) / alive_periods
+
+
+# ---- seasonality --------------------------------------------------------------------------------
+def estimate_seasonality(summary: CustomerSummary, tx: pd.DataFrame, ce: pd.Timestamp, period_days: float,
+                         fits, seg: np.ndarray, model: str) -> np.ndarray | None:
+    """Week-of-year multipliers (53), from the ratio of actual to model-expected transactions per
+    period, detrended, averaged by ISO week, smoothed, shrunk by the number of years seen and
+    normalised to a geometric mean of 1. None when the history covers less than a year."""
+    start = pd.Timestamp(summary.birth.min()).normalize()
+    if (ce - start).days < SEASON_MIN_DAYS or period_days > 7:
+        return None
+    W = int((ce - start).days // period_days)
+    if W < 52:
+        return None
+    expected = expected_by_period(summary, seg, fits["by_segment"], start, W, period_days)
+    d = tx.loc[(tx["date"] <= ce), ["customer_id", "date"]]
+    if not summary.birth_is_signup:  # repeat transactions only
+        first = d.groupby("customer_id")["date"].transform("min")
+        d = d.loc[d["date"] > first]
+    w = period_index(d["date"].to_numpy("datetime64[ns]"), start, period_days)
+    actual = np.bincount(w[(w >= 0) & (w < W)], minlength=W).astype(float)
+    ok = (expected > 5) & (actual > 0)
+    if ok.sum() < 52:
+        return None
+    lr = np.where(ok, np.log(np.maximum(actual, 1e-9) / np.maximum(expected, 1e-9)), np.nan)
+    # detrend with a centred 52-period moving average where available
+    s = pd.Series(lr)
+    trend = s.rolling(52, center=True, min_periods=26).mean().bfill().ffill()
+    resid = (s - trend).to_numpy()
+    dates = start + pd.to_timedelta(np.arange(W) * period_days + period_days / 2, unit="D")
+    woy = np.asarray(dates.isocalendar().week, int) - 1
+    good = np.isfinite(resid)
+    sums = np.bincount(woy[good], weights=resid[good], minlength=53)
+    cnt = np.bincount(woy[good], minlength=53).astype(float)
+    mean = np.divide(sums, cnt, out=np.zeros(53), where=cnt > 0)
+    # circular 3-week smoothing, then shrink by years of evidence
+    sm = (np.roll(mean, 1) + 2 * mean + np.roll(mean, -1)) / 4
+    shrunk = sm * cnt / (cnt + 1.0)
+    shrunk -= shrunk[:52].mean()
+    return np.exp(shrunk)
+
+
+def expected_by_period(summary: CustomerSummary, seg: np.ndarray, by_segment: list, start: pd.Timestamp,
+                       n_periods: int, period_days: float) -> np.ndarray:
+    """Model-expected (unconditional) transactions after birth in each period from `start`, summed
+    over customers; customers are grouped by birth time so the cost is cohorts x periods."""
+    bfrac = ((summary.birth - np.datetime64(pd.Timestamp(start), "ns")) / np.timedelta64(1, "D")) / period_days
+    edges = np.arange(n_periods + 1, dtype=float)
+    expected = np.zeros(n_periods)
+    for g in np.unique(seg):
+        m = seg == g
+        cohorts, inv = np.unique(np.round(bfrac[m], 3), return_inverse=True)
+        weight = np.bincount(inv)
+        t = np.clip(edges[None, :] - cohorts[:, None], 0.0, None)
+        ex = by_segment[g].expected_unconditional(t.ravel()).reshape(t.shape)
+        expected += (weight[:, None] * np.diff(ex, axis=1)).sum(axis=0)
+    return expected
+
+
+# ---- the book of digital twins ------------------------------------------------------------------
+def build_book(world: WorldModel, summary: CustomerSummary, seg: np.ndarray, fits, spend, ce: pd.Timestamp,
+               held_end: np.ndarray, contact_end, effect_mult: np.ndarray, model: str) -> pd.DataFrame:
+    """One row per customer: observables at the cut-off and the parameters of the posterior of
+    their latent state (alive probability, rate, hazard, spend), per segment's fitted model."""
+    n = len(summary)
+    pdays = world.economics.period_days
+    cols: dict[str, Any] = {"customer_id": summary.customer_id, "segment": seg.astype(np.int16)}
+    post = {k: np.zeros(n) for k in ("p_alive", "lam_shape", "lam_rate", "mu_shape", "mu_rate", "nu_shape",
+                                     "nu_rate")}
+    for g in range(len(world.segments)):
+        m = seg == g
+        if not m.any():
+            continue
+        act = fits["by_segment"][g]
+        x, tx_, T = summary.x[m], summary.t_x[m], summary.T[m]
+        pa = act.p_alive(x, tx_, T)
+        pp = act.posterior_if_alive(x, tx_, T)
+        post["p_alive"][m] = pa
+        post["lam_shape"][m] = pp["lam_shape"]
+        # rates fitted under the logging campaigns are deflated by the campaigns' mean multiplier
+        post["lam_rate"][m] = pp["lam_rate"] + T * effect_mult[m]
+        if model == "pareto_nbd":
+            post["mu_shape"][m], post["mu_rate"][m] = pp["mu_shape"], pp["mu_rate"]
+        else:
+            post["mu_shape"][m], post["mu_rate"][m] = pp["p_a"], pp["p_b"]
+        gg: GammaGamma = spend["by_segment"][g]
+        sh, rt = gg.posterior_nu(summary.spend_x[m], summary.spend_mean[m])
+        post["nu_shape"][m], post["nu_rate"][m] = sh, rt
+    cols.update(post)
+    last = summary.last_date
+    has = ~np.isnat(last)
+    rec_days = np.where(has, (np.datetime64(ce, "ns") - last) / np.timedelta64(1, "D"), summary.T * pdays)
+    cols["tenure"] = np.floor(summary.T).astype(np.int32)
+    cols["recency"] = np.floor(rec_days / pdays).astype(np.int32)
+    cols["frequency"] = summary.n_tx.astype(np.int32)
+    cols["monetary"] = summary.total_amount
+    for j, p in enumerate(world.products):
+        cols[f"prod_{p}"] = held_end[:, j] if held_end.size else np.zeros(n, bool)
+    if contact_end is not None:
+        recent, last_p = contact_end[:, 0], contact_end[:, 1]
+        # periods since the last contact at the start of the first simulated period
+        origin_offset = np.floor((np.datetime64(ce, "ns") - summary.birth.min()) / np.timedelta64(1, "D") / pdays)
+        cols["last_contact"] = np.where(last_p >= 0, origin_offset - last_p, 10_000).astype(np.int32)
+        cols["recent_contacts"] = recent.astype(float)
+    book = pd.DataFrame(cols)
+    return book

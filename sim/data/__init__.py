@@ -1,0 +1,1 @@
+"""Package data: the bundled CDNOW master file and the documented intervention priors."""

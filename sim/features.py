@@ -1,0 +1,158 @@
+"""Per-customer summaries (x, t_x, T, RFM) and the customer x period activity panel, vectorised.
+
+Time is measured in periods of the world's economics (weeks by default) with day resolution:
+t = days / period_days. A customer's birth is their signup date when customers.csv has one,
+otherwise their first transaction; with a first-transaction birth, x counts repeat transactions
+only (the BTYD convention); with a signup birth, every transaction counts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass
+class CustomerSummary:
+    customer_id: np.ndarray   # str, sorted
+    birth: np.ndarray         # datetime64[ns]
+    x: np.ndarray             # transactions after birth (repeat transactions for first-purchase births)
+    t_x: np.ndarray           # periods from birth to the last transaction (0 if none)
+    T: np.ndarray             # periods from birth to the cut-off
+    n_tx: np.ndarray          # all transactions up to the cut-off (incl. the birth purchase)
+    total_amount: np.ndarray  # all amounts up to the cut-off
+    spend_x: np.ndarray       # number of transactions whose values feed the spend model
+    spend_mean: np.ndarray    # their mean value (0 when spend_x == 0)
+    last_date: np.ndarray     # datetime64, NaT when no transaction
+    birth_is_signup: bool
+
+    def __len__(self) -> int:
+        return int(self.customer_id.shape[0])
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame({k: getattr(self, k) for k in (
+            "customer_id", "birth", "x", "t_x", "T", "n_tx", "total_amount", "spend_x", "spend_mean", "last_date")})
+
+
+def summarise(tx: pd.DataFrame, cutoff: pd.Timestamp, period_days: float,
+              customers: pd.DataFrame | None = None) -> CustomerSummary:
+    """Summary of every customer born on or before `cutoff` from day-level transactions
+    (same-day transactions already merged), using only transactions on or before `cutoff`."""
+    cutoff = pd.Timestamp(cutoff)
+    tx = tx.loc[tx["date"] <= cutoff, ["customer_id", "date", "amount"]]
+    signup = None
+    if customers is not None and "signup_date" in customers.columns:
+        signup = customers.set_index("customer_id")["signup_date"]
+    ids_tx, codes = np.unique(tx["customer_id"].to_numpy(dtype=str), return_inverse=True)
+    dates = tx["date"].to_numpy("datetime64[ns]")
+    amounts = tx["amount"].to_numpy(float)
+    n_ids = ids_tx.shape[0]
+    n_tx = np.bincount(codes, minlength=n_ids)
+    total = np.bincount(codes, weights=amounts, minlength=n_ids)
+    di = dates.astype("int64")
+    first = np.full(n_ids, np.iinfo(np.int64).max)
+    last = np.full(n_ids, np.iinfo(np.int64).min)
+    np.minimum.at(first, codes, di)
+    np.maximum.at(last, codes, di)
+    # the value of the first transaction, to exclude it from repeat spend (first-purchase births)
+    first_amount = np.zeros(n_ids)
+    is_first = di == first[codes]
+    # several same-day rows are merged upstream, so exactly one row per customer is first
+    first_amount[codes[is_first]] = amounts[is_first]
+
+    if signup is not None:
+        all_ids = np.union1d(ids_tx, signup.index.to_numpy(dtype=str))
+        su = signup.reindex(all_ids).to_numpy("datetime64[ns]").astype("int64")
+        pos = np.searchsorted(all_ids, ids_tx)
+        first_all = np.full(all_ids.shape[0], np.iinfo(np.int64).max)
+        first_all[pos] = first
+        nat = np.isnat(signup.reindex(all_ids).to_numpy("datetime64[ns]"))
+        birth = np.where(nat, first_all, np.minimum(su, first_all))
+        keep = birth <= cutoff.value
+        ids = all_ids[keep]
+        birth = birth[keep]
+        idx = np.full(all_ids.shape[0], -1)
+        idx[pos] = np.arange(n_ids)
+        idx = idx[keep]
+        has = idx >= 0
+        g = lambda arr, fill: np.where(has, arr[np.maximum(idx, 0)], fill)  # noqa: E731
+        n_tx_c, total_c = g(n_tx, 0), g(total, 0.0)
+        last_c = g(last, np.iinfo(np.int64).min)
+        x = n_tx_c.astype(float)
+        spend_x, spend_sum = x.copy(), total_c
+        birth_is_signup = True
+    else:
+        ids, birth = ids_tx, first
+        n_tx_c, total_c, last_c = n_tx, total, last
+        x = (n_tx - 1).astype(float)
+        spend_x = x.copy()
+        spend_sum = total - first_amount
+        birth_is_signup = False
+    day_ns = 86_400 * 10**9
+    has_tx = n_tx_c > 0
+    t_x = np.where(has_tx & (x > 0), (last_c - birth) / day_ns / period_days, 0.0)
+    T = (cutoff.value - birth) / day_ns / period_days
+    spend_mean = np.divide(spend_sum, spend_x, out=np.zeros_like(spend_sum, dtype=float), where=spend_x > 0)
+    last_dt = np.where(has_tx, last_c, np.iinfo(np.int64).min).astype("datetime64[ns]")
+    last_dt[~has_tx] = np.datetime64("NaT")
+    return CustomerSummary(customer_id=ids, birth=birth.astype("datetime64[ns]"), x=x, t_x=np.maximum(t_x, 0.0),
+                           T=np.maximum(T, 0.0), n_tx=n_tx_c.astype(np.int64), total_amount=total_c.astype(float),
+                           spend_x=spend_x, spend_mean=spend_mean, last_date=last_dt,
+                           birth_is_signup=birth_is_signup)
+
+
+def period_index(dates: np.ndarray, origin: pd.Timestamp, period_days: float) -> np.ndarray:
+    """Index of the period each date falls in, counting from `origin` (period 0 starts there)."""
+    days = (np.asarray(dates, "datetime64[ns]") - np.datetime64(pd.Timestamp(origin), "ns")) / np.timedelta64(1, "D")
+    return np.floor(days / period_days).astype(np.int64)
+
+
+def count_in_window(codes: np.ndarray, dates: np.ndarray, n: int, start: pd.Timestamp,
+                    end: pd.Timestamp) -> np.ndarray:
+    """Per customer code, the number of rows with start < date <= end."""
+    d = np.asarray(dates, "datetime64[ns]")
+    m = (d > np.datetime64(pd.Timestamp(start), "ns")) & (d <= np.datetime64(pd.Timestamp(end), "ns"))
+    return np.bincount(codes[m], minlength=n)
+
+
+@dataclass
+class Panel:
+    """Customer x period grid over [origin, cutoff]: transaction counts and observable stages.
+
+    stage_before[i, w] is the stage at the start of period w, from behaviour up to period w-1,
+    which is what a decision taken in period w sees (and what the simulator uses)."""
+
+    origin: pd.Timestamp
+    n_periods: int
+    counts: np.ndarray         # (N, W) int16 transactions per period
+    birth_period: np.ndarray   # (N,) int
+    stage_before: np.ndarray   # (N, W) int8; -1 before birth
+
+
+def build_panel(summary: CustomerSummary, tx: pd.DataFrame, cutoff: pd.Timestamp, period_days: float,
+                rules) -> Panel:
+    """The activity panel, for histories that need it (products, decisions); O(N x W) memory."""
+    origin = pd.Timestamp(summary.birth.min()).normalize()
+    W = int(period_index(np.array([np.datetime64(pd.Timestamp(cutoff), "ns")]), origin, period_days)[0]) + 1
+    N = len(summary)
+    tx = tx.loc[tx["date"] <= pd.Timestamp(cutoff)]
+    code = np.searchsorted(summary.customer_id, tx["customer_id"].to_numpy(dtype=str))
+    ok = (code < N)
+    ok[ok] = summary.customer_id[code[ok]] == tx["customer_id"].to_numpy(dtype=str)[ok]
+    w = period_index(tx["date"].to_numpy("datetime64[ns]"), origin, period_days)
+    flat = np.bincount(code[ok] * W + w[ok], minlength=N * W)
+    counts = np.minimum(flat.reshape(N, W), np.iinfo(np.int16).max).astype(np.int16)
+    birth_p = period_index(summary.birth, origin, period_days)
+    # the birth purchase itself is not a "repeat" transaction but it is activity: keep it
+    cols = np.arange(W)
+    active = counts > 0
+    last_active = np.where(active, cols[None, :], -1)
+    np.maximum.accumulate(last_active, axis=1, out=last_active)
+    # at the start of period w, the last active period is last_active[:, w-1]
+    prev = np.concatenate([np.full((N, 1), -1), last_active[:, :-1]], axis=1)
+    tenure = cols[None, :] - birth_p[:, None]
+    recency = np.where(prev >= 0, cols[None, :] - 1 - prev, tenure)
+    stage = rules.assign(tenure, recency).astype(np.int8)
+    stage[tenure < 0] = -1
+    return Panel(origin=origin, n_periods=W, counts=counts, birth_period=birth_p, stage_before=stage)

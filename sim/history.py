@@ -1,0 +1,975 @@
+"""Loaders and validation for a user's history folder (the data contract in DESIGN.md).
+
+A history folder holds ``transactions.csv`` (or ``.parquet``, the only required table),
+optionally ``customers``, ``products`` and ``decisions`` tables, ``actions.yaml`` and
+``economics.yaml``. Every input problem raises :class:`~sim.errors.HistoryError` naming the
+file, the first offending row (as a spreadsheet counts it for CSV: header = row 1, first data
+row = row 2; the 1-based data row for Parquet) and the column, in one line.
+
+Everything is vectorised (pyarrow for reading and string work, numpy for numbers and sorting):
+a 20M-row transactions CSV loads in seconds. Python-level scans of a file happen only to point
+at a broken line or when a CSV holds blank lines or multi-line quoted values, where a data
+record's spreadsheet row differs from its position.
+
+Accepted dates: ``YYYY-MM-DD``, ``YYYYMMDD`` and ISO 8601 date-times (``T`` or space separator,
+optional seconds and fraction, optional ``Z``/``+hh:mm`` offset, which is dropped: the date is
+taken as written). Parquet datetime columns (naive or tz-aware, same rule) and integer
+``YYYYMMDD`` columns are accepted too. Dates are normalised to the day, datetime64[ns].
+"""
+from __future__ import annotations
+
+import codecs
+import csv
+import importlib.resources
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from .catalogue import ActionCatalogue, Economics, load_actions, load_economics
+from .errors import HistoryError
+
+__all__ = [
+    "History", "load_history", "read_table", "validate_transactions", "validate_customers",
+    "validate_products", "validate_decisions", "merge_same_day", "load_cdnow",
+    "REQUIRED_COLUMNS", "PRODUCT_EVENTS",
+]
+
+REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "transactions": ("customer_id", "date", "amount"),
+    "customers": ("customer_id",),
+    "products": ("customer_id", "date", "product", "event"),
+    "decisions": ("customer_id", "date", "action", "propensity"),
+}
+PRODUCT_EVENTS: tuple[str, ...] = ("open", "close")
+CDNOW_FOLDER = "<dataset:cdnow>"
+
+_DAY_NS = 86_400_000_000_000
+_DATE_HELP = "expected a date like 2024-03-31 (YYYY-MM-DD), 20240331 or 2024-03-31T14:05:00"
+_COMPACT_DATE = r"\d{8}"
+_ISO_DATE = (r"\d{4}-\d{2}-\d{2}"
+             r"(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d{1,9})?)?)?"
+             r"(?:Z|[+-]\d{2}(?::?\d{2})?)?")
+_TZ_SUFFIX = r"^(\d{4}-\d{2}-\d{2}(?:[T ][\d:.,]+)?)(?:Z|[+-]\d{2}(?::?\d{2})?)$"
+_NAN_WORDS = frozenset({"nan", "-nan", "+nan", "na", "n/a", "nat", "null", "none", "#n/a"})
+_MIN_DATE = np.datetime64("1678-01-01", "us")   # datetime64[ns] range, whole days
+_MAX_DATE = np.datetime64("2262-04-10", "us")
+
+
+@dataclass
+class History:
+    """A validated history folder (or a bundled dataset)."""
+
+    folder: str                          # where it came from ("<dataset:cdnow>" for bundled data)
+    transactions: pd.DataFrame           # customer_id str, date datetime64[ns], amount float64 [+ product, channel, extras]
+    customers: pd.DataFrame | None = None
+    products: pd.DataFrame | None = None
+    decisions: pd.DataFrame | None = None
+    actions: ActionCatalogue | None = None
+    economics: Economics = field(default_factory=Economics)
+    stage_rules: Any = None              # StageRules from stages.yaml when the user fixes them
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# reading files
+
+
+def read_table(folder: Path, stem: str, required: bool) -> tuple[pd.DataFrame | None, str]:
+    """Find ``stem.csv`` or ``stem.parquet`` in `folder` and read it without interpretation.
+
+    CSV cells come back as stripped-header, unstripped ``str`` columns (no NaN); rows whose
+    cells are all blank are dropped. The index is the data row's spreadsheet row minus 2 (so
+    ``index + 2`` is the row a user sees), for Parquet the 0-based row. Returns ``(None,
+    "stem.csv")`` when the table is absent and not required.
+    """
+    folder = Path(folder)
+    csv_path, pq_path = folder / f"{stem}.csv", folder / f"{stem}.parquet"
+    has_csv, has_pq = csv_path.is_file(), pq_path.is_file()
+    if has_csv and has_pq:
+        raise HistoryError(csv_path.name, None, None,
+                           f"both {csv_path.name} and {pq_path.name} are in {folder}; keep only one")
+    if not (has_csv or has_pq):
+        if not required:
+            return None, csv_path.name
+        hint = ""
+        if folder.is_dir():
+            near = sorted(p.name for p in folder.iterdir() if p.name.lower().startswith(stem.lower()))
+            if near:
+                hint = f" (found {', '.join(near)}: names are case-sensitive and must end in .csv or .parquet)"
+        raise HistoryError(csv_path.name, None, None,
+                           f"missing: the history folder {folder} needs {csv_path.name} or {pq_path.name}{hint}")
+    if has_pq:
+        return _read_parquet(pq_path), pq_path.name
+    return _read_csv(csv_path), csv_path.name
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    try:
+        df = pd.read_parquet(path)
+    except Exception as e:  # noqa: BLE001 - any reader failure is a bad input file
+        raise HistoryError(path.name, None, None, f"cannot read the Parquet file: {e}") from None
+    if not isinstance(df.index, pd.RangeIndex):
+        df = df.reset_index(drop=all(n is None for n in df.index.names))
+    df = df.reset_index(drop=True)
+    df.columns = _clean_names([str(c) for c in df.columns], path.name)
+    return df
+
+
+def _clean_names(raw: list[str], file: str) -> list[str]:
+    names = [c.strip() for c in raw]
+    for i, n in enumerate(names, start=1):
+        if not n:
+            raise HistoryError(file, 1, None, f"column {i} of the header has no name; name it or remove the "
+                                              "column (a saved pandas index? write with index=False)")
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            raise HistoryError(file, 1, n, "the header names this column twice; column names must be unique")
+        seen.add(n)
+    return names
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    name = path.name
+    header = _csv_header(path)
+    names = _clean_names(header, name)
+    ncols = len(header)
+    has_quotes, content_lines = _scan_bytes(path)
+
+    def skip_blank(row: Any) -> str:
+        return "skip" if not (row.text or "").strip() else "error"
+
+    try:
+        table = pacsv.read_csv(
+            path,
+            parse_options=pacsv.ParseOptions(newlines_in_values=has_quotes, invalid_row_handler=skip_blank),
+            convert_options=pacsv.ConvertOptions(column_types={h: pa.large_string() for h in header},
+                                                 strings_can_be_null=False, quoted_strings_can_be_null=False),
+        )
+    except (pa.ArrowInvalid, UnicodeDecodeError) as e:
+        _raise_csv_problem(path, ncols, e)
+    table = table.rename_columns(names)
+    n = table.num_rows
+    df = table.to_pandas()
+    df.columns = names
+    if content_lines != n + 1:
+        rows = _record_rows(path, ncols, n)   # blank lines or multi-line values: map records to rows
+        if rows is not None:
+            df.index = pd.Index(rows - 2)
+    if n:
+        first = _arrow(df[names[0]])
+        blank = _np_bool(pc.or_(pc.equal(pc.binary_length(first), 0), pc.utf8_is_space(first)))
+        if blank.any():
+            cand = np.flatnonzero(blank)
+            for c in names[1:]:
+                if not len(cand):
+                    break
+                sub = df[c].iloc[cand]
+                cand = cand[(sub.str.strip() == "").to_numpy(dtype=bool)]
+            if len(cand):
+                df = df.drop(index=df.index[cand])
+                df.attrs["blank_rows_skipped"] = int(len(cand))
+    return df
+
+
+def _csv_header(path: Path) -> list[str]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            for rec in csv.reader(f):
+                if rec:
+                    return rec
+    except UnicodeDecodeError:
+        _raise_not_utf8(path)
+    except csv.Error as e:
+        raise HistoryError(path.name, 1, None, f"cannot read the header line: {e}") from None
+    raise HistoryError(path.name, None, None, "file is empty; expected a header line (e.g. "
+                                              "customer_id,date,amount) and at least one data row")
+
+
+def _scan_bytes(path: Path) -> tuple[bool, int | None]:
+    """One pass over the bytes: does the file hold a quote character, and how many physical lines
+    does it have up to its last non-blank one (None if it cannot tell cheaply)."""
+    size = path.stat().st_size
+    has_quote, newlines = False, 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            has_quote = has_quote or b'"' in chunk
+            newlines += chunk.count(b"\n")
+        tail_len = min(size, 1 << 20)
+        f.seek(size - tail_len)
+        tail = f.read()
+    body = tail.rstrip(b" \t\r\n")
+    if not body and tail_len < size:
+        return has_quote, None
+    return has_quote, newlines - tail.count(b"\n", len(body)) + 1
+
+
+def _skipped(rec: list[str], ncols: int) -> bool:
+    """Records the reader skips: empty lines, and whitespace-only lines when several columns."""
+    return not rec or (ncols > 1 and len(rec) == 1 and rec[0] != "" and not rec[0].strip())
+
+
+def _record_rows(path: Path, ncols: int, expected: int) -> np.ndarray | None:
+    """Spreadsheet row of each data record (slow path: only for files with blank lines etc.)."""
+    rows: list[int] = []
+    header = False
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            for rowno, rec in enumerate(csv.reader(f), start=1):
+                if _skipped(rec, ncols):
+                    continue
+                if not header:
+                    header = True
+                    continue
+                rows.append(rowno)
+    except (csv.Error, UnicodeDecodeError):
+        return None
+    return np.asarray(rows, dtype=np.int64) if len(rows) == expected else None
+
+
+def _raise_csv_problem(path: Path, ncols: int, err: Exception) -> None:
+    if isinstance(err, UnicodeDecodeError) or "UTF8" in str(err) or "UTF-8" in str(err):
+        _raise_not_utf8(path)
+    header = False
+    rowno = 0
+    try:
+        with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+            for rowno, rec in enumerate(csv.reader(f), start=1):
+                if _skipped(rec, ncols):
+                    continue
+                if not header:
+                    header = True
+                    continue
+                if len(rec) != ncols:
+                    line = ",".join(rec)
+                    line = line if len(line) <= 80 else line[:77] + "..."
+                    raise HistoryError(
+                        path.name, rowno, None,
+                        f"found {len(rec)} fields where the header has {ncols} ({line!r}); check for a "
+                        "missing or extra comma, or quote values that contain commas")
+    except csv.Error as e:
+        raise HistoryError(path.name, rowno + 1, None, f"cannot parse this CSV line: {e}") from None
+    raise HistoryError(path.name, None, None, f"cannot parse the CSV file: {err}")
+
+
+def _raise_not_utf8(path: Path) -> None:
+    dec = codecs.getincrementaldecoder("utf-8-sig")()
+    lines = 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            try:
+                dec.decode(chunk)
+            except UnicodeDecodeError as e:
+                start = max(0, min(e.start, len(chunk)))
+                bad = e.object[e.start:e.start + 1].hex() if isinstance(e.object, bytes) else "?"
+                raise HistoryError(path.name, lines + chunk.count(b"\n", 0, start) + 1, None,
+                                   f"the file is not UTF-8 text (byte 0x{bad}); save it as UTF-8 "
+                                   "(in Excel: 'CSV UTF-8')") from None
+            lines += chunk.count(b"\n")
+    raise HistoryError(path.name, None, None, "the file is not UTF-8 text; save it as UTF-8")
+
+
+# --------------------------------------------------------------------------------------------
+# vectorised cell parsing
+
+
+class _Checks:
+    """Collects the first offending position of each check; reports the earliest row."""
+
+    def __init__(self, df: pd.DataFrame, file: str):
+        self.file = str(file)
+        self.offset = 1 if self.file.lower().endswith(".parquet") else 2
+        idx = df.index
+        self.labels = idx.to_numpy() if pd.api.types.is_integer_dtype(idx.dtype) else None
+        self.found: list[tuple[int, int, str, Callable[[int], str]]] = []
+
+    def row(self, pos: int) -> int:
+        return int(self.labels[pos] if self.labels is not None else pos) + self.offset
+
+    def add(self, column: str, mask: Any, describe: Callable[[int], str]) -> None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.any():
+            self.found.append((int(mask.argmax()), len(self.found), column, describe))
+
+    def raise_first(self) -> None:
+        if self.found:
+            pos, _, column, describe = min(self.found, key=lambda t: (t[0], t[1]))
+            raise HistoryError(self.file, self.row(pos), column, describe(pos))
+
+
+def _np_bool(x: Any) -> np.ndarray:
+    if isinstance(x, (pa.ChunkedArray, pa.Array)):
+        x = x.to_numpy(zero_copy_only=False)
+    return np.asarray(x, dtype=bool)
+
+
+def _arrow(t: pd.Series) -> pa.ChunkedArray:
+    """The arrow (large_)string data behind a ``str`` series without NaN."""
+    a = t.array
+    r = a.__arrow_array__() if hasattr(a, "__arrow_array__") else pa.array(t.to_numpy(object), type=pa.large_string())
+    return r if isinstance(r, pa.ChunkedArray) else pa.chunked_array([r])
+
+
+def _to_str(s: pd.Series) -> pd.Series:
+    """Stripped ``str`` series; missing values become "" (so they are reported as empty)."""
+    dt = s.dtype
+    if pd.api.types.is_float_dtype(dt):
+        v = s.to_numpy(dtype="float64", na_value=np.nan)
+        fin = v[np.isfinite(v)]
+        if len(fin) and np.all(fin == np.round(fin)) and np.abs(fin).max() < 2 ** 53:
+            s = s.astype("Int64")
+    s = s.astype("str")
+    if s.hasnans:
+        s = s.fillna("")
+    if not _needs_strip(_arrow(s)):
+        return s
+    return s.str.strip()
+
+
+# bytes that may begin / end a whitespace character in UTF-8 (conservative for non-ASCII)
+_WS_FIRST = np.zeros(256, dtype=bool)
+_WS_FIRST[[0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x1F, 0x20, 0xC2, 0xE1, 0xE2, 0xE3]] = True
+_WS_LAST = np.zeros(256, dtype=bool)
+_WS_LAST[[0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x1F, 0x20]] = True
+_WS_LAST[0x80:0xC0] = True
+
+
+def _needs_strip(arr: pa.ChunkedArray) -> bool:
+    """Could any cell start or end with whitespace? (reads the string buffers, no copies)"""
+    for ch in arr.chunks:
+        if len(ch) == 0:
+            continue
+        if ch.null_count or not (pa.types.is_large_string(ch.type) or pa.types.is_string(ch.type)):
+            return True
+        width = 8 if pa.types.is_large_string(ch.type) else 4
+        bufs = ch.buffers()
+        offs = np.frombuffer(bufs[1], dtype=np.int64 if width == 8 else np.int32, count=len(ch) + 1,
+                             offset=ch.offset * width)
+        if bufs[2] is None or offs[-1] == offs[0]:
+            continue
+        data = np.frombuffer(bufs[2], dtype=np.uint8)
+        nonempty = offs[1:] > offs[:-1]
+        if _WS_FIRST[data[offs[:-1][nonempty]]].any() or _WS_LAST[data[offs[1:][nonempty] - 1]].any():
+            return True
+    return False
+
+
+def _pack_fixed_width(arr: pa.ChunkedArray) -> np.ndarray | None:
+    """Big-endian uint64 of each string when all have the same byte length <= 8 (else None);
+    order-preserving, so equal/ordered like the strings."""
+    if len(arr) == 0 or arr.null_count:
+        return None
+    width = None
+    parts = []
+    for ch in arr.chunks:
+        if len(ch) == 0:
+            continue
+        if not (pa.types.is_large_string(ch.type) or pa.types.is_string(ch.type)):
+            return None
+        isz = 8 if pa.types.is_large_string(ch.type) else 4
+        bufs = ch.buffers()
+        offs = np.frombuffer(bufs[1], dtype=np.int64 if isz == 8 else np.int32, count=len(ch) + 1,
+                             offset=ch.offset * isz)
+        w = int(offs[1] - offs[0])
+        if width is None:
+            width = w
+        if w != width or not 1 <= w <= 8 or int(offs[-1] - offs[0]) != w * len(ch) \
+                or not np.all(np.diff(offs) == w):
+            return None
+        data = np.frombuffer(bufs[2], dtype=np.uint8, count=w * len(ch), offset=int(offs[0]))
+        parts.append(data.reshape(len(ch), w))
+    assert width is not None
+    out = np.zeros((len(arr), 8), dtype=np.uint8)
+    pos = 0
+    for d in parts:
+        out[pos:pos + len(d), :width] = d
+        pos += len(d)
+    return out.view(">u8").ravel().astype(np.uint64)
+
+
+def _encode(arr: pa.ChunkedArray, chunked: bool) -> tuple[np.ndarray, pa.Array]:
+    """Dictionary codes (int64) and distinct values. `chunked`: encode chunk by chunk and merge
+    (fast and copy-free when there are few distinct values, e.g. dates)."""
+    if not chunked:
+        packed = _pack_fixed_width(arr)
+        if packed is not None:   # short fixed-width ids: hashing integers is ~3x faster
+            enc = pc.dictionary_encode(pa.array(packed))
+            codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+            # codes are numbered in order of first appearance: first occurrences are where the
+            # running maximum grows
+            grows = np.empty(len(codes), dtype=bool)
+            grows[0] = True
+            np.greater(codes[1:], np.maximum.accumulate(codes)[:-1], out=grows[1:])
+            return codes, arr.take(pa.array(np.flatnonzero(grows))).combine_chunks()
+    if not chunked or arr.num_chunks <= 1:
+        enc = pc.dictionary_encode(arr.combine_chunks())
+        return enc.indices.to_numpy(zero_copy_only=False).astype(np.int64), enc.dictionary
+    parts = [pc.dictionary_encode(c) for c in arr.chunks]
+    top = pc.dictionary_encode(pa.concat_arrays([p.dictionary for p in parts]))
+    gmap = top.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    codes = np.empty(len(arr), dtype=np.int64)
+    pos = dpos = 0
+    for p in parts:
+        k = len(p)
+        codes[pos:pos + k] = gmap[dpos + p.indices.to_numpy(zero_copy_only=False)]
+        pos += k
+        dpos += len(p.dictionary)
+    return codes, top.dictionary
+
+
+def _is_plain_number_dtype(dt: Any) -> bool:
+    return pd.api.types.is_numeric_dtype(dt) and not pd.api.types.is_bool_dtype(dt)
+
+
+def _ids(ck: _Checks, s: pd.Series, column: str) -> pd.Series:
+    t = _to_str(s)
+    empty = _np_bool(pc.equal(pc.binary_length(_arrow(t)), 0))
+    ck.add(column, empty, lambda pos: f"{column} is empty; every row needs a {column}")
+    return t
+
+
+def _text(ck: _Checks, s: pd.Series, column: str, what: str) -> pd.Series:
+    t = _to_str(s)
+    empty = _np_bool(pc.equal(pc.binary_length(_arrow(t)), 0))
+    ck.add(column, empty, lambda pos: f"{column} is empty; {what}")
+    return t
+
+
+def _parse_date_strings(u: pd.Series) -> np.ndarray:
+    """Parse distinct date strings; datetime64[ns] floored to the day, NaT where unreadable."""
+    out = np.full(len(u), np.datetime64("NaT"), dtype="datetime64[us]")
+    if not len(u):
+        return out.astype("datetime64[ns]")
+    compact = u.str.fullmatch(_COMPACT_DATE).to_numpy(dtype=bool)
+    iso = u.str.fullmatch(_ISO_DATE).to_numpy(dtype=bool)
+    if compact.any():
+        out[compact] = pd.to_datetime(u[compact], format="%Y%m%d", errors="coerce").to_numpy("datetime64[us]")
+    if iso.any():
+        wall = u[iso].str.replace(_TZ_SUFFIX, r"\1", regex=True).str.replace(",", ".", regex=False)
+        out[iso] = pd.to_datetime(wall, format="ISO8601", errors="coerce").to_numpy("datetime64[us]")
+    out[(out < _MIN_DATE) | (out >= _MAX_DATE)] = np.datetime64("NaT")
+    days = out.astype("datetime64[D]")
+    return days.astype("datetime64[ns]")
+
+
+def _date_problem(column: str, raw: str) -> str:
+    if raw == "":
+        return f"{column} is empty; {_DATE_HELP}"
+    if re.fullmatch(_COMPACT_DATE, raw) or re.fullmatch(_ISO_DATE, raw):
+        day = raw[:10] if "-" in raw else raw
+        ok = pd.to_datetime(day, format="%Y-%m-%d" if "-" in raw else "%Y%m%d", errors="coerce")
+        if pd.isna(ok):
+            return f"{column} {raw!r} is not a calendar date; {_DATE_HELP}"
+        if not (_MIN_DATE <= np.datetime64(ok, "us") < _MAX_DATE):
+            return f"{column} {raw!r} is outside the supported range (years 1678 to 2262)"
+        return f"{column} {raw!r} has an invalid time of day; {_DATE_HELP}"
+    return f"cannot read {column} {raw!r}; {_DATE_HELP}"
+
+
+def _dates(ck: _Checks, s: pd.Series, column: str) -> np.ndarray:
+    """datetime64[ns] values normalised to the day; problems registered on `ck`."""
+    if isinstance(s.dtype, pd.DatetimeTZDtype):
+        s = s.dt.tz_localize(None)
+    if pd.api.types.is_datetime64_dtype(s.dtype):
+        v = s.to_numpy()
+        days = v.astype("datetime64[D]")
+        bad = np.isnat(days) | (days < _MIN_DATE.astype("datetime64[D]")) | (days >= _MAX_DATE.astype("datetime64[D]"))
+        out = np.where(bad, np.datetime64("NaT"), days).astype("datetime64[D]").astype("datetime64[ns]")
+        ck.add(column, bad, lambda pos: f"{column} is missing or out of range ({s.iloc[pos]}); {_DATE_HELP}")
+        return out
+    if not (isinstance(s.dtype, pd.StringDtype) and not s.hasnans):
+        s = _to_str(s)
+    codes, uniq = _encode(_arrow(s), chunked=True)
+    parsed = _parse_date_strings(uniq.to_pandas().str.strip())
+    out = parsed[codes]
+    ck.add(column, np.isnat(out), lambda pos: _date_problem(column, str(s.iloc[pos]).strip()))
+    return out
+
+
+def _numbers(s: pd.Series) -> tuple[np.ndarray, Callable[[int], str]]:
+    """float64 values (NaN where unreadable) and a function giving a cell's text."""
+    if _is_plain_number_dtype(s.dtype):
+        v = s.to_numpy(dtype="float64", na_value=np.nan)
+        return v, lambda pos: "NaN" if np.isnan(v[pos]) else repr(float(v[pos]))
+    if isinstance(s.dtype, pd.StringDtype) and not s.hasnans:
+        try:   # fast path: clean text casts directly
+            v = pc.cast(_arrow(s), pa.float64()).to_numpy()
+            return np.asarray(v, dtype="float64"), lambda pos: str(s.iloc[pos]).strip()
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+    t = _to_str(s)
+    try:
+        v = pc.cast(_arrow(t), pa.float64()).to_numpy()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        v = pd.to_numeric(t, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    return np.asarray(v, dtype="float64"), lambda pos: str(t.iloc[pos])
+
+
+def _number_problem(column: str, raw: str, v: float) -> str | None:
+    """Describes an empty, missing, unreadable or infinite cell; None for a finite number."""
+    if np.isnan(v):
+        if raw == "":
+            return f"{column} is empty"
+        if raw.lower() in _NAN_WORDS:
+            return f"{column} is NaN (missing value {raw!r})"
+        return (f"{column} is not a number ({raw!r}): write plain numbers such as 1234.56, without "
+                "currency symbols or thousands separators")
+    if np.isinf(v):
+        return f"{column} is infinite ({raw})"
+    return None
+
+
+def _amounts(ck: _Checks, s: pd.Series, column: str) -> np.ndarray:
+    v, raw = _numbers(s)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(v) | (v < 0)
+
+    def describe(pos: int) -> str:
+        r = raw(pos)
+        p = _number_problem(column, r, v[pos])
+        if p is not None:
+            return f"{p}; expected a number >= 0"
+        return f"{column} is negative ({r}); amounts must be >= 0 — net refunds into the purchase or drop them"
+
+    ck.add(column, bad, describe)
+    return v
+
+
+def _propensities(ck: _Checks, s: pd.Series, column: str) -> np.ndarray:
+    v, raw = _numbers(s)
+    with np.errstate(invalid="ignore"):
+        bad = ~((v > 0) & (v <= 1))
+
+    def describe(pos: int) -> str:
+        r = raw(pos)
+        p = _number_problem(column, r, v[pos]) or f"{column} is {r}"
+        return (f"{p}; propensity must be in (0, 1] — the logging policy's probability of the action it "
+                "took (log 'none' decisions with their probability too)")
+
+    ck.add(column, bad, describe)
+    return v
+
+
+def _costs(ck: _Checks, s: pd.Series, column: str) -> np.ndarray:
+    v, raw = _numbers(s)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(v) | (v < 0)
+
+    def describe(pos: int) -> str:
+        r = raw(pos)
+        p = _number_problem(column, r, v[pos])
+        if p is not None:
+            return (f"{p}; expected the contact's cost, a number >= 0 (0 if it cost nothing), or drop the "
+                    "cost column to use the catalogue's costs")
+        return f"{column} is negative ({r}); costs must be >= 0"
+
+    ck.add(column, bad, describe)
+    return v
+
+
+def _prepare(df: pd.DataFrame | None, file: str, table: str) -> pd.DataFrame:
+    if df is None:
+        raise HistoryError(file, None, None, f"no {table} table given")
+    names = [str(c).strip() for c in df.columns]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise HistoryError(file, None, dup, "the header names this column twice; column names must be unique")
+    if names != list(df.columns):
+        df = df.set_axis(names, axis=1)
+    for col in REQUIRED_COLUMNS[table]:
+        if col not in df.columns:
+            hint = ""
+            near = [c for c in names if c.lower() == col.lower()]
+            if near:
+                hint = f" (found {near[0]!r}: column names are case-sensitive)"
+            elif len(names) == 1 and any(sep in names[0] for sep in (";", "\t", "|")):
+                hint = " (the header looks like it uses another separator; save as comma-separated CSV)"
+            raise HistoryError(file, None, col,
+                               f"missing required column '{col}'; the {table} table needs "
+                               f"{', '.join(REQUIRED_COLUMNS[table])}; found: {', '.join(names)}{hint}")
+    if len(df) == 0:
+        raise HistoryError(file, None, None, f"no data rows; the {table} table needs at least one row "
+                                             "below the header")
+    return df
+
+
+def _extras(df: pd.DataFrame, skip: Iterable[str]) -> dict[str, Any]:
+    """Extra columns, kept; text columns are stripped of surrounding whitespace."""
+    skip = set(skip)
+    out: dict[str, Any] = {}
+    for c in df.columns:
+        if c in skip:
+            continue
+        s = df[c]
+        if isinstance(s.dtype, pd.StringDtype) or s.dtype == object:
+            s = s.astype("str").str.strip()
+        out[c] = s.array
+    return out
+
+
+def _day_numbers(dates: Any) -> np.ndarray:
+    v = np.asarray(dates, dtype="datetime64[ns]").view("int64")
+    return np.floor_divide(v, _DAY_NS)
+
+
+def _is_sorted(cid: pa.ChunkedArray, day: np.ndarray | None) -> bool:
+    n = len(cid)
+    if n < 2:
+        return True
+    a, b = cid.slice(0, n - 1), cid.slice(1)
+    if pc.any(pc.less(b, a)).as_py():
+        return False
+    if day is None:
+        return True
+    same = _np_bool(pc.equal(a, b))
+    return not np.any(same & (day[1:] < day[:-1]))
+
+
+def _sort_order(cid: pa.ChunkedArray, day: np.ndarray | None) -> tuple[np.ndarray, pa.Array] | None:
+    """Stable order by (customer_id[, day]) and the customer ids in that order; None when the
+    rows are already sorted. Vectorised: one hash encoding of the ids, one integer sort."""
+    n = len(cid)
+    if _is_sorted(cid, day):
+        return None
+    codes, dictionary = _encode(cid, chunked=False)
+    srt = pc.sort_indices(dictionary).to_numpy()
+    rank = np.empty(len(dictionary), dtype=np.int64)
+    rank[srt] = np.arange(len(dictionary), dtype=np.int64)
+    key = rank[codes]                                   # customer rank, in file order
+    del codes, rank
+    span, dmin = 1, 0
+    if day is not None:
+        dmin = int(day.min())
+        span = int(day.max()) - dmin + 1
+    if len(dictionary) * span * n < 2 ** 62:
+        # one int64 key (rank, day, position): a plain sort is stable and much faster than argsort
+        if day is not None:
+            key *= span
+            key += day
+            key -= dmin
+        key *= n
+        key += np.arange(n, dtype=np.int64)
+        key.sort()
+        ranks = key // (span * n)
+        np.remainder(key, n, out=key)
+        order = key
+    else:
+        order = np.lexsort((day, key)) if day is not None else np.argsort(key, kind="stable")
+        ranks = key[order]
+    ids = dictionary.take(pa.array(srt)).take(pa.array(ranks))   # monotone gather: fast
+    return order, ids
+
+
+def _sorted_frame(cols: dict[str, Any], by_date: bool = True) -> pd.DataFrame:
+    """DataFrame of `cols` (customer_id first) stably sorted by customer_id[, date]."""
+    cid = cols["customer_id"]
+    cid = cid if isinstance(cid, pd.Series) else pd.Series(cid)
+    day = _day_numbers(cols["date"]) if by_date else None
+    res = _sort_order(_arrow(cid), day)
+    out: dict[str, Any] = {}
+    for k, v in cols.items():
+        v = v.array if isinstance(v, (pd.Series, pd.Index)) else v
+        if res is not None:
+            order, ids = res
+            if k == "customer_id":
+                v = pd.Series(pa.chunked_array([ids]).to_pandas()).array
+            elif isinstance(v, np.ndarray):
+                v = v[order]
+            else:
+                v = v.take(order)
+        out[k] = v
+    return pd.DataFrame(out)
+
+
+def _group_starts(cid: pd.Series, day: np.ndarray) -> np.ndarray:
+    """True where a new (customer, day) group starts, for rows sorted by customer and date."""
+    n = len(day)
+    starts = np.ones(n, dtype=bool)
+    if n > 1:
+        a = _arrow(cid)
+        starts[1:] = _np_bool(pc.not_equal(a.slice(1), a.slice(0, n - 1))) | (day[1:] != day[:-1])
+    return starts
+
+
+def merge_same_day(tx: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """One row per (customer_id, date): amounts (and other numeric columns, e.g. n_items) summed.
+
+    Dates are taken to the day. Text columns (product, channel, ...) are dropped since one day's
+    purchases may mix them. Returns the merged frame, sorted by customer and date, and the number
+    of rows merged away (``len(tx) - len(merged)``).
+    """
+    for c in REQUIRED_COLUMNS["transactions"]:
+        if c not in tx.columns:
+            raise KeyError(f"merge_same_day needs a {c!r} column")
+    day = _day_numbers(tx["date"].to_numpy())
+    cols: dict[str, Any] = {
+        "customer_id": _to_str(tx["customer_id"]),
+        "date": day.astype("datetime64[D]").astype("datetime64[ns]"),
+        "amount": tx["amount"].to_numpy(dtype="float64"),
+    }
+    for c in tx.columns:
+        if c not in cols and _is_plain_number_dtype(tx[c].dtype):
+            cols[c] = tx[c].to_numpy()
+    tx = _sorted_frame(cols)
+    n = len(tx)
+    if n == 0:
+        return tx, 0
+    starts = _group_starts(tx["customer_id"], _day_numbers(tx["date"].to_numpy()))
+    idx = np.flatnonzero(starts)
+    out: dict[str, Any] = {
+        "customer_id": tx["customer_id"].array.take(idx),
+        "date": tx["date"].to_numpy()[idx],
+    }
+    for c in list(cols)[2:]:
+        out[c] = np.add.reduceat(tx[c].to_numpy(), idx)
+    merged = pd.DataFrame(out)
+    return merged, n - len(merged)
+
+
+def _duplicate_rows(tx: pd.DataFrame, starts: np.ndarray) -> int:
+    """Rows equal in every column to an earlier row (only same-customer-day rows can be)."""
+    gid = np.cumsum(starts) - 1
+    multi = np.bincount(gid)[gid] > 1
+    if not multi.any():
+        return 0
+    return int(tx.loc[multi].duplicated().sum())
+
+
+# --------------------------------------------------------------------------------------------
+# table validation
+
+
+def validate_transactions(df: pd.DataFrame, file: str) -> pd.DataFrame:
+    """customer_id (str), date (datetime64[ns], day), amount (float64 >= 0) [+ product, channel,
+    extra columns], sorted by customer_id and date (stable)."""
+    df = _prepare(df, file, "transactions")
+    ck = _Checks(df, file)
+    cid = _ids(ck, df["customer_id"], "customer_id")
+    date = _dates(ck, df["date"], "date")
+    amount = _amounts(ck, df["amount"], "amount")
+    ck.raise_first()
+    cols: dict[str, Any] = {"customer_id": cid, "date": date, "amount": amount}
+    for c in ("product", "channel"):
+        if c in df.columns:
+            cols[c] = _to_str(df[c])
+    cols.update(_extras(df, cols))
+    return _sorted_frame(cols)
+
+
+def validate_customers(df: pd.DataFrame, file: str) -> pd.DataFrame:
+    """customer_id (str, unique) [+ signup_date datetime64[ns], attribute columns], sorted by id."""
+    df = _prepare(df, file, "customers")
+    ck = _Checks(df, file)
+    cid = _ids(ck, df["customer_id"], "customer_id")
+    cols: dict[str, Any] = {"customer_id": cid}
+    if "signup_date" in df.columns:
+        cols["signup_date"] = _dates(ck, df["signup_date"], "signup_date")
+    ck.raise_first()
+    dup = cid.duplicated().to_numpy(dtype=bool)
+    if dup.any():
+        pos = int(dup.argmax())
+        first = int(np.flatnonzero((cid == cid.iloc[pos]).to_numpy(dtype=bool))[0])
+        raise HistoryError(file, ck.row(pos), "customer_id",
+                           f"duplicate customer_id {cid.iloc[pos]!r} (first in row {ck.row(first)}); "
+                           "the customers table needs one row per customer")
+    cols.update(_extras(df, cols))
+    return _sorted_frame(cols, by_date=False)
+
+
+def validate_products(df: pd.DataFrame, file: str) -> pd.DataFrame:
+    """customer_id, date, product (str), event ('open'|'close'), sorted by customer and date."""
+    df = _prepare(df, file, "products")
+    ck = _Checks(df, file)
+    cid = _ids(ck, df["customer_id"], "customer_id")
+    date = _dates(ck, df["date"], "date")
+    product = _text(ck, df["product"], "product", "name the product opened or closed (e.g. credit_card)")
+    event = _to_str(df["event"]).str.lower()
+    ck.add("event", ~event.isin(PRODUCT_EVENTS).to_numpy(dtype=bool),
+           lambda pos: f"event is {_to_str(df['event']).iloc[pos]!r}; expected 'open' or 'close'")
+    ck.raise_first()
+    key = pd.DataFrame({"c": cid.array, "d": date, "p": product.array, "e": event.array})
+    dup = key.duplicated().to_numpy(dtype=bool)
+    if dup.any():
+        pos = int(dup.argmax())
+        same = (key == key.iloc[pos]).all(axis=1).to_numpy(dtype=bool)
+        first = int(np.flatnonzero(same)[0])
+        raise HistoryError(file, ck.row(pos), None,
+                           f"duplicate of row {ck.row(first)} (same customer_id, date, product and event); "
+                           "record each product event once")
+    cols: dict[str, Any] = {"customer_id": cid, "date": date, "product": product, "event": event}
+    cols.update(_extras(df, cols))
+    return _sorted_frame(cols)
+
+
+def _known_array(known: Any) -> pa.Array:
+    if isinstance(known, pa.ChunkedArray):
+        known = known.combine_chunks()
+    if isinstance(known, pa.Array):
+        return known.cast(pa.large_string())
+    if isinstance(known, (set, frozenset)):
+        known = list(known)
+    return pa.array(np.asarray(known, dtype=object), type=pa.large_string())
+
+
+def validate_decisions(df: pd.DataFrame, file: str, actions: ActionCatalogue | None,
+                       known_customers: set[str] | None) -> pd.DataFrame:
+    """customer_id, date, action (str), propensity (float64 in (0, 1]) [+ cost float64 >= 0],
+    one decision per customer and day, sorted by customer and date.
+
+    `actions`: when given, every action must be in the catalogue. `known_customers` (a set, or
+    any array of ids): when given, every decision must be about one of them.
+    """
+    df = _prepare(df, file, "decisions")
+    ck = _Checks(df, file)
+    cid = _ids(ck, df["customer_id"], "customer_id")
+    date = _dates(ck, df["date"], "date")
+    action = _text(ck, df["action"], "action", "give the action taken ('none' when no contact was made)")
+    if actions is not None:
+        names = actions.names
+        unknown = ~_np_bool(pc.is_in(_arrow(action), value_set=pa.array(names, type=pa.large_string())))
+        unknown &= (action != "").to_numpy(dtype=bool)
+        listed = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+        ck.add("action", unknown, lambda pos: f"unknown action {action.iloc[pos]!r}; actions.yaml defines: {listed}")
+    propensity = _propensities(ck, df["propensity"], "propensity")
+    cols: dict[str, Any] = {"customer_id": cid, "date": date, "action": action, "propensity": propensity}
+    if "cost" in df.columns:
+        cols["cost"] = _costs(ck, df["cost"], "cost")
+    ck.raise_first()
+
+    later = _Checks(df, file)
+    if known_customers is not None:
+        unknown_c = ~_np_bool(pc.is_in(_arrow(cid), value_set=_known_array(known_customers)))
+        later.add("customer_id", unknown_c,
+                  lambda pos: f"unknown customer {cid.iloc[pos]!r}: not in transactions nor customers; "
+                              "decisions must be about customers in the history")
+    key = pd.DataFrame({"c": cid.array, "d": date})
+    dup = key.duplicated().to_numpy(dtype=bool)
+
+    def describe_dup(pos: int) -> str:
+        same = ((key["c"] == key["c"].iloc[pos]) & (key["d"] == key["d"].iloc[pos])).to_numpy(dtype=bool)
+        first = int(np.flatnonzero(same)[0])
+        day = str(np.datetime64(date[pos], "D"))
+        return (f"second decision for customer {cid.iloc[pos]!r} on {day} (first in row {ck.row(first)}); "
+                "log one decision per customer per day")
+
+    later.add("date", dup, describe_dup)
+    later.raise_first()
+    cols.update(_extras(df, cols))
+    return _sorted_frame(cols)
+
+
+# --------------------------------------------------------------------------------------------
+# folders and bundled data
+
+
+def _summarise_transactions(tx: pd.DataFrame) -> tuple[pa.Array, dict[str, int]]:
+    """Distinct customer ids (tx is sorted) and the report's counts."""
+    n = len(tx)
+    cid = _arrow(tx["customer_id"])
+    new_cid = np.ones(n, dtype=bool)
+    if n > 1:
+        new_cid[1:] = _np_bool(pc.not_equal(cid.slice(1), cid.slice(0, n - 1)))
+    day = _day_numbers(tx["date"].to_numpy())
+    starts = new_cid.copy()
+    if n > 1:
+        starts[1:] |= day[1:] != day[:-1]
+    ids = cid.combine_chunks().filter(pa.array(new_cid)) if n else pa.array([], pa.large_string())
+    return ids, {
+        "duplicate_transaction_rows": _duplicate_rows(tx, starts),
+        "same_day_merged": int(n - starts.sum()),
+        "transaction_customers": int(new_cid.sum()) if n else 0,
+    }
+
+
+def load_history(folder: str | Path) -> History:
+    """Read and validate a history folder; raises HistoryError (file, row, column) on bad input."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise HistoryError(str(folder), None, None, "history folder not found")
+    if not folder.is_dir():
+        raise HistoryError(str(folder), None, None, "not a folder; give the folder that holds transactions.csv")
+    report: dict[str, Any] = {}
+    skipped = 0
+
+    raw, tx_file = read_table(folder, "transactions", required=True)
+    assert raw is not None
+    skipped += int(raw.attrs.get("blank_rows_skipped", 0))
+    tx = validate_transactions(raw, tx_file)
+    del raw
+    report["transactions_rows"] = len(tx)
+    tx_ids, counts = _summarise_transactions(tx)
+
+    customers = products = decisions = None
+    raw, file = read_table(folder, "customers", required=False)
+    if raw is not None:
+        skipped += int(raw.attrs.get("blank_rows_skipped", 0))
+        customers = validate_customers(raw, file)
+    raw, file = read_table(folder, "products", required=False)
+    if raw is not None:
+        skipped += int(raw.attrs.get("blank_rows_skipped", 0))
+        products = validate_products(raw, file)
+
+    actions = load_actions(folder / "actions.yaml") if (folder / "actions.yaml").is_file() else None
+    economics = load_economics(folder / "economics.yaml") if (folder / "economics.yaml").is_file() else Economics()
+    stage_rules = load_stage_rules(folder / "stages.yaml") if (folder / "stages.yaml").is_file() else None
+
+    raw, file = read_table(folder, "decisions", required=False)
+    if raw is not None:
+        skipped += int(raw.attrs.get("blank_rows_skipped", 0))
+        known = [tx_ids.cast(pa.large_string())]
+        if customers is not None:
+            known.append(_arrow(customers["customer_id"]).combine_chunks().cast(pa.large_string()))
+        decisions = validate_decisions(raw, file, actions, pa.concat_arrays(known))
+
+    report["customers_rows"] = 0 if customers is None else len(customers)
+    report["products_rows"] = 0 if products is None else len(products)
+    report["decisions_rows"] = 0 if decisions is None else len(decisions)
+    report.update(counts)
+    report["blank_rows_skipped"] = skipped
+    return History(folder=str(folder), transactions=tx, customers=customers, products=products,
+                   decisions=decisions, actions=actions, economics=economics, report=report,
+                   stage_rules=stage_rules)
+
+
+def load_cdnow() -> History:
+    """The bundled CDNOW master file (Fader & Hardie): 69,659 purchases of 23,570 customers,
+    1997-01-01 to 1998-06-30. Transactions carry amount (= dollar value) and n_items (= CDs)."""
+    name = "CDNOW_master.txt.gz"
+    ref = importlib.resources.files("sim.data") / name
+    with ref.open("rb") as fh:
+        raw = pd.read_csv(fh, compression="gzip", sep=r"\s+", header=0,
+                          names=["customer_id", "date", "n_items", "amount"],
+                          dtype={"customer_id": str, "date": str, "n_items": np.int64, "amount": np.float64})
+    tx = validate_transactions(raw[["customer_id", "date", "amount", "n_items"]], name)
+    report = {"transactions_rows": len(tx), "customers_rows": 0, "products_rows": 0, "decisions_rows": 0}
+    report.update(_summarise_transactions(tx)[1])
+    report["blank_rows_skipped"] = 0
+    return History(folder=CDNOW_FOLDER, transactions=tx, economics=Economics(period="week", margin_rate=1.0),
+                   report=report)
+
+
+def load_stage_rules(path: Path):
+    """stages.yaml: fixed lifecycle-stage thresholds, in periods (new_periods, mature_periods,
+    dormant_after, churned_after); any key left out is estimated from the history."""
+    import yaml
+    from .world import StageRules
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as e:
+        raise HistoryError(Path(path).name, None, None, f"not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise HistoryError(Path(path).name, None, None, "expected a mapping of stage thresholds")
+    known = set(StageRules.__dataclass_fields__)
+    for k, v in raw.items():
+        if k not in known:
+            raise HistoryError(Path(path).name, None, k, f"unknown setting; allowed: {sorted(known)}")
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise HistoryError(Path(path).name, None, k, f"must be a whole number of periods >= 1, got {v!r}")
+    return raw

@@ -1,0 +1,590 @@
+"""Vectorised population simulator: state arrays for N customers, one `step(actions)` for all.
+
+Latent process per customer (hidden from policies): transaction rate `lam` per period, dropout
+hazard `mu` per period (Pareto/NBD; or dropout probability after each transaction for BG/NBD),
+spend scale `nu` (Gamma-Gamma), and an alive flag. Observables: tenure, recency, frequency,
+monetary, lifecycle stage, products held, periods since last contact, a decayed count of recent
+contacts, and per-channel opt-outs.
+
+A contact with action a in stage s starts an effect lasting `duration[a]` periods: the rate is
+multiplied by (1 + lift[a,s]*f), the dropout hazard by (1 - dropout_reduction[a,s]*f), the
+target product's adoption hazard by (1 + adoption_uplift[a,s]*f), with fatigue
+f = fatigue ** recent_contacts. Contacts may opt a customer out of the channel and may bring
+back a customer who had silently left (reactivation).
+
+All randomness comes from one `numpy.random.Generator` per chunk of customers; chunks get
+their seeds from `numpy.random.SeedSequence(seed).spawn`, so results do not depend on how
+chunks are spread over workers. No per-customer Python loop anywhere.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from .catalogue import STAGES
+from .world import WorldModel
+
+N_STAGES = len(STAGES)
+NEVER_CONTACTED = 10_000  # periods since last contact for customers never contacted
+
+
+@dataclass
+class WorldTables:
+    """Dense numpy views of a WorldModel, built once and shared by every chunk."""
+
+    n_actions: int
+    n_products: int
+    n_channels: int
+    action_cost: np.ndarray        # (A,)
+    action_channel: np.ndarray     # (A,) channel index, -1 for none
+    action_target: np.ndarray      # (A,) product index, -1 = all products
+    eligible: np.ndarray           # (A, S) bool
+    eligible_by_stage: np.ndarray  # (S, A) bool, contiguous rows for fast mask gathers
+    duration: np.ndarray           # (A,) int
+    lift: np.ndarray               # (A*S,) flat, index code = a*S + s
+    dropout_reduction: np.ndarray  # (A*S,)
+    adoption_uplift: np.ndarray    # (A*S,)
+    reactivation: np.ndarray       # (A*S,)
+    opt_out: np.ndarray            # (C,)
+    fatigue: float
+    contact_decay: float
+    min_gap: int
+    adopt: np.ndarray              # (G, S, P) hazard
+    close: np.ndarray              # (G, S, P) hazard
+    spend_p: np.ndarray            # (G,)
+    margin_rate: float
+    product_margin: np.ndarray     # (P,)
+    product_bound: np.ndarray      # (P,) max hazard over segments x stages (thinning bound)
+    seasonality: np.ndarray | None  # (53,) or None
+    pareto: bool
+
+    @classmethod
+    def from_world(cls, world: WorldModel) -> "WorldTables":
+        cat = world.catalogue
+        channels = cat.channels
+        products = list(world.products)
+        A, S, P = len(cat), N_STAGES, len(products)
+        resp = world.response
+        eligible = np.zeros((A, S), bool)
+        eligible[0, :] = True
+        for i, a in enumerate(cat.actions[1:], start=1):
+            for s in a.eligible_stages:
+                eligible[i, STAGES.index(s)] = True
+        target = np.array([-1 if not a.target_product or a.target_product not in products
+                           else products.index(a.target_product) for a in cat.actions], np.int16)
+
+        def flat(tab: list[list[float]]) -> np.ndarray:
+            arr = np.asarray(tab, dtype=np.float64).reshape(A, S)
+            arr[0, :] = 0.0
+            return np.ascontiguousarray(arr.ravel())
+
+        G = len(world.segments)
+        adopt = np.zeros((G, S, P))
+        close = np.zeros((G, S, P))
+        for g, seg in enumerate(world.segments):
+            if P:
+                adopt[g] = np.asarray(seg.product_adoption, float).reshape(S, P)
+                close[g] = np.asarray(seg.product_close, float).reshape(S, P)
+        pm = world.economics.product_margin_per_period
+        return cls(
+            n_actions=A, n_products=P, n_channels=len(channels),
+            action_cost=np.asarray(cat.costs, float),
+            action_channel=np.array([channels.index(a.channel) if a.channel else -1 for a in cat.actions], np.int16),
+            action_target=target, eligible=eligible, eligible_by_stage=np.ascontiguousarray(eligible.T),
+            duration=np.asarray(resp.duration, np.int16),
+            lift=flat(resp.activity_lift), dropout_reduction=flat(resp.dropout_reduction),
+            adoption_uplift=flat(resp.adoption_uplift), reactivation=flat(resp.reactivation),
+            opt_out=np.array([float(resp.opt_out.get(c, 0.0)) for c in channels]),
+            fatigue=float(resp.fatigue), contact_decay=float(0.5 ** (1.0 / max(resp.fatigue_half_life, 1e-9))),
+            min_gap=int(resp.min_gap), adopt=adopt, close=close,
+            spend_p=np.array([seg.spend["p"] for seg in world.segments], float),
+            margin_rate=float(world.economics.margin_rate),
+            product_margin=np.array([float(pm.get(p, 0.0)) for p in products]),
+            product_bound=(np.maximum(adopt, close).max(axis=(0, 1)) if P and G else np.zeros(P)),
+            seasonality=None if world.seasonality is None else np.asarray(world.seasonality, float),
+            pareto=world.activity_model == "pareto_nbd",
+        )
+
+
+@dataclass
+class PopulationState:
+    """State arrays of N customers. Latent fields must never be shown to a policy."""
+
+    # latent
+    lam: np.ndarray
+    mu: np.ndarray            # dropout hazard per period (pareto) or dropout prob per transaction (bg)
+    nu: np.ndarray            # Gamma-Gamma spend rate: each transaction ~ Gamma(p, scale=1/nu)
+    alive: np.ndarray
+    # observable
+    segment: np.ndarray
+    tenure: np.ndarray        # periods since birth
+    recency: np.ndarray       # periods since last transaction (since birth if none)
+    frequency: np.ndarray     # transactions since birth
+    monetary: np.ndarray      # total amount since birth
+    products: np.ndarray      # (N, P) bool
+    last_contact: np.ndarray  # periods since last contact
+    recent_contacts: np.ndarray
+    opted_out: np.ndarray     # (N, C) bool
+    stage: np.ndarray
+    # effect in force
+    eff_code: np.ndarray      # a*S + s of the action/stage whose effect is in force (0 = none)
+    eff_left: np.ndarray
+    eff_scale: np.ndarray
+    product_margin: np.ndarray  # margin per period of the products held (kept in step with products)
+
+    @property
+    def n(self) -> int:
+        return int(self.lam.shape[0])
+
+    def take(self, idx: np.ndarray) -> "PopulationState":
+        return PopulationState(**{k: getattr(self, k)[idx] for k in self.__dataclass_fields__})
+
+
+@dataclass
+class StepOutcome:
+    """What one period produced, per customer."""
+
+    reward: np.ndarray                 # margin from amounts + product margins - contact cost
+    transactions: np.ndarray           # sampled counts
+    expected_transactions: np.ndarray  # E[count | latent state] (Poisson noise integrated out)
+    amount: np.ndarray
+    expected_amount: np.ndarray
+    cost: np.ndarray
+    contacted: np.ndarray
+    actions: np.ndarray                # actions applied (ineligible ones replaced by 0)
+    n_ineligible: int = 0
+
+
+class PopulationSimulator:
+    """Steps N customers at once. Build with `from_book` (digital twins) or `new_customers`."""
+
+    def __init__(self, world: WorldModel, state: PopulationState, rng: np.random.Generator,
+                 start_date: str | pd.Timestamp | None = None, tables: WorldTables | None = None):
+        self.world = world
+        self.tables = tables or WorldTables.from_world(world)
+        self.state = state
+        self.rng = rng
+        self.t = 0
+        start = start_date if start_date is not None else (
+            pd.Timestamp(world.calibration_end) + pd.Timedelta(days=1) if world.calibration_end else None)
+        self.start_date = None if start is None else pd.Timestamp(start)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Recompute derived state (stage, product margin) after editing state arrays by hand."""
+        st = self.state
+        st.stage = self.world.stage_rules.assign(st.tenure, st.recency)
+        st.product_margin = (st.products @ self.tables.product_margin if self.tables.n_products
+                             else np.zeros(st.n))
+
+    # ---- construction ----------------------------------------------------------------
+    @classmethod
+    def new_customers(cls, world: WorldModel, n: int, seed: int | np.random.SeedSequence,
+                      tables: WorldTables | None = None, start_date=None) -> "PopulationSimulator":
+        """N brand-new customers (tenure 0), segments drawn by share, latents from segment priors."""
+        rng = np.random.default_rng(seed)
+        tables = tables or WorldTables.from_world(world)
+        shares = np.array([s.share for s in world.segments], float)
+        seg = rng.choice(len(shares), size=n, p=shares / shares.sum()).astype(np.int16)
+        lam, mu, nu = _draw_prior_latents(world, seg, rng)
+        P, C = tables.n_products, tables.n_channels
+        init = np.array([s.initial_products for s in world.segments], float).reshape(len(shares), P) if P else None
+        products = (rng.random((n, P)) < init[seg]) if P else np.zeros((n, 0), bool)
+        state = _fresh_state(lam, mu, nu, np.ones(n, bool), seg, products, C)
+        return cls(world, state, rng, start_date=start_date, tables=tables)
+
+    @classmethod
+    def from_book(cls, world: WorldModel, book: pd.DataFrame, seed: int | np.random.SeedSequence,
+                  tables: WorldTables | None = None, start_date=None) -> "PopulationSimulator":
+        """Digital twins: each row of the book becomes a customer whose alive state and latent
+        rates are drawn from their posterior given their own history."""
+        rng = np.random.default_rng(seed)
+        tables = tables or WorldTables.from_world(world)
+        state = state_from_book(world, book, rng, tables)
+        return cls(world, state, rng, start_date=start_date, tables=tables)
+
+    # ---- policy interface ------------------------------------------------------------
+    def action_masks(self) -> np.ndarray:
+        """(N, A) bool: allowed actions under the contact rules (stage eligibility, minimum gap
+        between contacts, opted-out channels). "none" is always allowed."""
+        tb, st = self.tables, self.state
+        masks = tb.eligible_by_stage[st.stage]
+        masks[:, 1:] &= (st.last_contact >= tb.min_gap)[:, None]
+        if tb.n_channels and st.opted_out.any():
+            masks[:, 1:] &= ~st.opted_out[:, tb.action_channel[1:]]
+        return masks
+
+    def observe(self) -> dict[str, np.ndarray]:
+        """What a bank can see about each customer (never the latent rate or alive flag)."""
+        st = self.state
+        return {"recency": st.recency, "frequency": st.frequency, "monetary": st.monetary,
+                "tenure": st.tenure, "stage": st.stage, "segment": st.segment,
+                "products": st.products, "last_contact": st.last_contact,
+                "recent_contacts": st.recent_contacts, "opted_out": st.opted_out}
+
+    def season_factor(self) -> float:
+        tb = self.tables
+        if tb.seasonality is None or self.start_date is None:
+            return 1.0
+        days = self.t * self.world.economics.period_days
+        week = (self.start_date + pd.Timedelta(days=days)).isocalendar().week
+        return float(tb.seasonality[min(int(week), 53) - 1])
+
+    # ---- dynamics --------------------------------------------------------------------
+    def step(self, actions: np.ndarray | int | None = None, exposure: float = 1.0) -> StepOutcome:
+        """Advance every customer by one period (or a fraction `exposure` of one)."""
+        tb, st, rng = self.tables, self.state, self.rng
+        n = st.n
+        S = N_STAGES
+        if actions is None:
+            actions = np.zeros(n, np.int16)
+        actions = np.broadcast_to(np.asarray(actions), (n,)).astype(np.int16, copy=True)
+        if actions.size and (actions.min() < 0 or actions.max() >= tb.n_actions):
+            bad = actions[(actions < 0) | (actions >= tb.n_actions)][0]
+            raise ValueError(f"unknown action index {int(bad)}; the catalogue has {tb.n_actions} actions")
+        n_inel = 0
+        contacted = actions > 0
+        if contacted.any():
+            idx = np.flatnonzero(contacted)
+            a = actions[idx]
+            ok = tb.eligible[a, st.stage[idx]] & (st.last_contact[idx] >= tb.min_gap)
+            if tb.n_channels:
+                ok &= ~st.opted_out[idx, tb.action_channel[a]]
+            if not ok.all():
+                n_inel = int((~ok).sum())
+                actions[idx[~ok]] = 0
+                idx, a = idx[ok], a[ok]
+                contacted[:] = False
+                contacted[idx] = True
+            if idx.size:
+                self._apply_contacts(idx, a)
+        cost = tb.action_cost[actions]
+
+        # rate and hazard of the customers still alive, under the effect in force
+        alive_idx = np.flatnonzero(st.alive)
+        lam_a = st.lam[alive_idx] * self.season_factor()
+        mu_a = st.mu[alive_idx]
+        eff = st.eff_code[alive_idx]
+        on = np.flatnonzero(eff)
+        if on.size:
+            code, sc = eff[on], st.eff_scale[alive_idx[on]]
+            lam_a[on] *= 1.0 + tb.lift[code] * sc
+            mu_a[on] *= 1.0 - tb.dropout_reduction[code] * sc
+        counts = np.zeros(n, np.int32)
+        mean = np.zeros(n)
+        if tb.pareto:
+            # exact continuous-time Pareto/NBD: exponential remaining lifetime (memoryless)
+            life = rng.standard_exponential(alive_idx.size) / np.maximum(mu_a, 1e-300)
+            mean_a = lam_a * np.minimum(life, exposure)
+            counts_a = rng.poisson(mean_a)
+            st.alive[alive_idx[life < exposure]] = False
+        else:
+            # BG/NBD: after each transaction the customer leaves with probability mu
+            mean_a = lam_a * exposure
+            pois = rng.poisson(mean_a)
+            k = rng.geometric(np.clip(mu_a, 1e-12, 1.0))
+            counts_a = np.minimum(pois, k)
+            st.alive[alive_idx[k <= pois]] = False
+        counts[alive_idx] = counts_a
+        mean[alive_idx] = mean_a
+
+        amount = np.zeros(n)
+        exp_amount = np.zeros(n)
+        buy = np.flatnonzero(counts_a)
+        if buy.size:
+            b = alive_idx[buy]
+            amount[b] = rng.standard_gamma(counts_a[buy] * tb.spend_p[st.segment[b]]) / st.nu[b]
+        exp_amount[alive_idx] = mean_a * tb.spend_p[st.segment[alive_idx]] / st.nu[alive_idx]
+
+        if tb.n_products:
+            self._product_events()
+
+        # observables
+        st.frequency += counts
+        st.monetary += amount
+        st.recency += 1
+        st.recency[alive_idx[buy]] = 0
+        st.tenure += 1
+        np.minimum(st.last_contact + 1, NEVER_CONTACTED, out=st.last_contact)
+        st.last_contact[contacted] = 0
+        if st.recent_contacts.any() or contacted.any():
+            st.recent_contacts *= tb.contact_decay
+            st.recent_contacts[contacted] += 1.0
+        live = np.flatnonzero(st.eff_left)
+        if live.size:
+            st.eff_left[live] -= 1
+            ended = live[st.eff_left[live] == 0]
+            st.eff_code[ended] = 0
+            st.eff_scale[ended] = 0.0
+        st.stage = self.world.stage_rules.assign(st.tenure, st.recency)
+
+        reward = tb.margin_rate * amount - cost
+        if tb.n_products:
+            reward += st.product_margin
+        self.t += 1
+        return StepOutcome(reward=reward, transactions=counts, expected_transactions=mean, amount=amount,
+                           expected_amount=exp_amount, cost=cost, contacted=contacted, actions=actions,
+                           n_ineligible=n_inel)
+
+    def _product_events(self) -> None:
+        """Open/close products. Each (customer, product) pair changes with its own hazard; events are
+        rare, so candidates are drawn by thinning a Bernoulli process at a bound per product
+        (geometric gaps between candidates) and accepted with probability hazard / bound. Customers
+        under an adoption-boosting effect are drawn exactly, one uniform each."""
+        tb, st, rng = self.tables, self.state, self.rng
+        S = N_STAGES
+        n = st.n
+        cell = st.segment.astype(np.int64) * S + st.stage
+        under = np.flatnonzero(st.eff_code)
+        boosted = np.zeros(0, np.int64)
+        if under.size:
+            code = st.eff_code[under]
+            up = tb.adoption_uplift[code] * st.eff_scale[under]
+            keep = up > 0
+            boosted, up_b = under[keep], up[keep]
+            tgt_b = tb.action_target[code[keep] // S]
+        in_boosted = None
+        if boosted.size:
+            in_boosted = np.zeros(n, bool)
+            in_boosted[boosted] = True
+            max_mult = 1.0 + float(up_b.max())
+        for j in range(tb.n_products):
+            adopt_j, close_j = tb.adopt[:, :, j].ravel(), tb.close[:, :, j].ravel()
+            bound = tb.product_bound[j]
+            if bound <= 0:
+                continue
+            flips = []
+            cand = _bernoulli_positions(rng, n, bound)
+            if in_boosted is not None:
+                cand = cand[~in_boosted[cand]]
+            if cand.size:
+                c = cell[cand]
+                h = np.where(st.products[cand, j], close_j[c], adopt_j[c] * st.alive[cand])
+                flips.append(cand[rng.random(cand.size) * bound < h])
+            if boosted.size:
+                # customers under an adoption-boosting effect: thinning at bound x largest boost
+                big = min(bound * max_mult, 1.0)
+                pos = _bernoulli_positions(rng, boosted.size, big)
+                dd = boosted[pos]
+                c = cell[dd]
+                tg = tgt_b[pos]
+                mult = 1.0 + np.where((tg < 0) | (tg == j), up_b[pos], 0.0)
+                h = np.where(st.products[dd, j], close_j[c], adopt_j[c] * mult * st.alive[dd])
+                flips.append(dd[rng.random(pos.size) * big < h])
+            f = np.concatenate(flips) if flips else np.zeros(0, np.int64)
+            if f.size:
+                was = st.products[f, j]
+                st.products[f, j] = ~was
+                st.product_margin[f] += np.where(was, -tb.product_margin[j], tb.product_margin[j])
+
+    def _apply_contacts(self, idx: np.ndarray, a: np.ndarray) -> None:
+        tb, st, rng = self.tables, self.state, self.rng
+        S = N_STAGES
+        code = a.astype(np.int16) * S + st.stage[idx]
+        f = tb.fatigue ** st.recent_contacts[idx]
+        u = rng.random((idx.size, 2))
+        # win-back of customers who had silently left
+        revive = (~st.alive[idx]) & (u[:, 0] < tb.reactivation[code] * f)
+        st.alive[idx[revive]] = True
+        if tb.n_channels:
+            ch = tb.action_channel[a]
+            out = u[:, 1] < tb.opt_out[ch]
+            st.opted_out[idx[out], ch[out]] = True
+        st.eff_code[idx] = code
+        st.eff_left[idx] = tb.duration[a]
+        st.eff_scale[idx] = f
+
+
+def _bernoulli_positions(rng: np.random.Generator, n: int, p: float) -> np.ndarray:
+    """Indices in [0, n) of a Bernoulli(p) process, drawn through geometric gaps (O(n p) work)."""
+    if p >= 1.0:
+        return np.arange(n)
+    expect = n * p
+    pos = np.cumsum(rng.geometric(p, size=int(expect + 6 * np.sqrt(expect) + 16))) - 1
+    while pos[-1] < n - 1:  # rare: extend until past the end
+        more = np.cumsum(rng.geometric(p, size=int(6 * np.sqrt(expect) + 16))) + pos[-1]
+        pos = np.concatenate([pos, more])
+    return pos[pos < n]
+
+
+def _draw_prior_latents(world: WorldModel, seg: np.ndarray, rng: np.random.Generator):
+    G = len(world.segments)
+    acts = world.segments
+    r = np.array([s.activity["r"] for s in acts])[seg]
+    alpha = np.array([s.activity["alpha"] for s in acts])[seg]
+    lam = rng.gamma(r) / alpha
+    if world.activity_model == "pareto_nbd":
+        mu = rng.gamma(np.array([s.activity["s"] for s in acts])[seg]) / np.array([s.activity["beta"] for s in acts])[seg]
+    else:
+        mu = rng.beta(np.array([s.activity["a"] for s in acts])[seg], np.array([s.activity["b"] for s in acts])[seg])
+    q = np.array([s.spend["q"] for s in acts])[seg]
+    gam = np.array([s.spend["gamma"] for s in acts])[seg]
+    nu = rng.gamma(q) / gam
+    del G
+    return lam, mu, np.maximum(nu, 1e-12)
+
+
+def _fresh_state(lam, mu, nu, alive, seg, products, n_channels) -> PopulationState:
+    n = lam.shape[0]
+    return PopulationState(
+        lam=lam.astype(float), mu=mu.astype(float), nu=nu.astype(float), alive=alive.astype(bool),
+        segment=seg.astype(np.int16), tenure=np.zeros(n, np.int32), recency=np.zeros(n, np.int32),
+        frequency=np.zeros(n, np.int32), monetary=np.zeros(n), products=products.astype(bool),
+        last_contact=np.full(n, NEVER_CONTACTED, np.int32), recent_contacts=np.zeros(n),
+        opted_out=np.zeros((n, n_channels), bool), stage=np.zeros(n, np.int8),
+        eff_code=np.zeros(n, np.int16), eff_left=np.zeros(n, np.int16), eff_scale=np.zeros(n),
+        product_margin=np.zeros(n))
+
+
+BOOK_POSTERIOR_COLUMNS = ("p_alive", "lam_shape", "lam_rate", "mu_shape", "mu_rate", "nu_shape", "nu_rate")
+
+
+def state_from_book(world: WorldModel, book: pd.DataFrame, rng: np.random.Generator,
+                    tables: WorldTables) -> PopulationState:
+    """Draw each book customer's alive flag and latent rates from their posterior.
+
+    The book carries the posterior's parameters (see sim.calibrate.build_book):
+    alive ~ Bernoulli(p_alive); given alive, lam ~ Gamma(lam_shape, rate lam_rate) and
+    mu ~ Gamma(mu_shape, rate mu_rate) (Pareto/NBD) or Beta(mu_shape, mu_rate) (BG/NBD);
+    nu ~ Gamma(nu_shape, rate nu_rate).
+    """
+    n = len(book)
+    alive = rng.random(n) < book["p_alive"].to_numpy()
+    lam = rng.gamma(book["lam_shape"].to_numpy()) / book["lam_rate"].to_numpy()
+    if world.activity_model == "pareto_nbd":
+        mu = rng.gamma(book["mu_shape"].to_numpy()) / book["mu_rate"].to_numpy()
+    else:
+        mu = rng.beta(book["mu_shape"].to_numpy(), book["mu_rate"].to_numpy())
+    nu = np.maximum(rng.gamma(book["nu_shape"].to_numpy()) / book["nu_rate"].to_numpy(), 1e-12)
+    seg = book["segment"].to_numpy().astype(np.int16)
+    P = tables.n_products
+    prods = np.zeros((n, P), bool)
+    for j, p in enumerate(world.products):
+        col = f"prod_{p}"
+        if col in book:
+            prods[:, j] = book[col].to_numpy().astype(bool)
+    st = _fresh_state(lam, mu, nu, alive, seg, prods, tables.n_channels)
+    st.tenure = book["tenure"].to_numpy().astype(np.int32)
+    st.recency = book["recency"].to_numpy().astype(np.int32)
+    st.frequency = book["frequency"].to_numpy().astype(np.int32)
+    st.monetary = book["monetary"].to_numpy().astype(float)
+    if "last_contact" in book:
+        st.last_contact = book["last_contact"].to_numpy().astype(np.int32)
+    if "recent_contacts" in book:
+        st.recent_contacts = book["recent_contacts"].to_numpy().astype(float)
+    for j, c in enumerate(world.catalogue.channels):
+        col = f"optout_{c}"
+        if col in book:
+            st.opted_out[:, j] = book[col].to_numpy().astype(bool)
+    return st
+
+
+# ---- running a policy over many periods ---------------------------------------------------
+PolicyFn = Callable[["PopulationSimulator"], np.ndarray]
+
+
+def builtin_policy(name: str) -> PolicyFn:
+    """The simulator's own policies: "none" and "random" (uniform over allowed actions).
+    The policies package provides the rest through the same callable interface."""
+    if name == "none":
+        return lambda sim: np.zeros(sim.state.n, np.int16)
+    if name == "random":
+        def _random(sim: PopulationSimulator) -> np.ndarray:
+            m = sim.action_masks()
+            g = sim.rng.random(m.shape) * m
+            return np.argmax(g, axis=1).astype(np.int16)
+        return _random
+    raise KeyError(f"unknown policy {name!r}; built in: none, random")
+
+
+def chunk_seeds(seed: int, n: int, chunk_size: int) -> list[tuple[int, int, np.random.SeedSequence]]:
+    """(start, stop, seed sequence) per chunk; fixed by (seed, n, chunk_size) only."""
+    n_chunks = max(1, -(-n // chunk_size))
+    seqs = np.random.SeedSequence(seed).spawn(n_chunks)
+    return [(k * chunk_size, min(n, (k + 1) * chunk_size), seqs[k]) for k in range(n_chunks)]
+
+
+@dataclass
+class SimulationResult:
+    customers: pd.DataFrame                 # one row per simulated customer
+    periods: pd.DataFrame                   # one row per period: totals
+    meta: dict = field(default_factory=dict)
+
+
+def simulate(world: WorldModel, policy: PolicyFn | str, periods: int, seed: int,
+             book: pd.DataFrame | None = None, customers: int | None = None,
+             chunk_size: int = 131_072, progress: Callable[[int], None] | None = None) -> SimulationResult:
+    """Run `policy` for `periods` on the book's digital twins (resampled to `customers` when given)
+    or on `customers` brand-new customers when there is no book."""
+    if isinstance(policy, str):
+        policy = builtin_policy(policy)
+    tables = WorldTables.from_world(world)
+    disc = world.economics.discount_per_period
+    ss = np.random.SeedSequence(seed)
+    pick_rng = np.random.default_rng(ss.spawn(1)[0])
+    if book is not None:
+        n = len(book) if customers is None else int(customers)
+        rows = np.arange(n) if n == len(book) else np.sort(pick_rng.choice(len(book), size=n, replace=n > len(book)))
+        src = book.iloc[rows].reset_index(drop=True)
+    else:
+        if customers is None:
+            raise ValueError("simulating new customers needs a number of customers")
+        n, src = int(customers), None
+    per = {k: np.zeros(periods) for k in ("transactions", "amount", "margin", "cost", "reward", "alive",
+                                          "contacts")}
+    stage_counts = np.zeros((periods, N_STAGES), np.int64)
+    out_cols: dict[str, list[np.ndarray]] = {k: [] for k in (
+        "segment", "start_stage", "end_stage", "transactions", "amount", "cost", "reward", "clv",
+        "contacts", "alive_end", "products_end")}
+    for start, stop, seq in chunk_seeds(seed, n, chunk_size):
+        if src is not None:
+            sim = PopulationSimulator.from_book(world, src.iloc[start:stop], seq, tables=tables)
+        else:
+            sim = PopulationSimulator.new_customers(world, stop - start, seq, tables=tables)
+        m = stop - start
+        start_stage = sim.state.stage.copy()
+        acc = {k: np.zeros(m) for k in ("transactions", "amount", "cost", "reward", "clv", "contacts")}
+        for t in range(periods):
+            out = sim.step(policy(sim))
+            acc["transactions"] += out.transactions
+            acc["amount"] += out.amount
+            acc["cost"] += out.cost
+            acc["reward"] += out.reward
+            acc["clv"] += out.reward * disc ** t
+            acc["contacts"] += out.contacted
+            per["transactions"][t] += out.transactions.sum()
+            per["amount"][t] += out.amount.sum()
+            per["margin"][t] += out.reward.sum() + out.cost.sum()
+            per["cost"][t] += out.cost.sum()
+            per["reward"][t] += out.reward.sum()
+            per["alive"][t] += sim.state.alive.sum()
+            per["contacts"][t] += out.contacted.sum()
+            stage_counts[t] += np.bincount(sim.state.stage, minlength=N_STAGES)
+            if progress:
+                progress(m)
+        out_cols["segment"].append(sim.state.segment)
+        out_cols["start_stage"].append(start_stage)
+        out_cols["end_stage"].append(sim.state.stage)
+        for k, v in acc.items():
+            out_cols[k].append(v)
+        out_cols["alive_end"].append(sim.state.alive)
+        out_cols["products_end"].append(sim.state.products.sum(axis=1))
+    cust = {k: np.concatenate(v) for k, v in out_cols.items()}
+    seg_names = np.array([s.name for s in world.segments])
+    df = pd.DataFrame({
+        "customer_id": (src["customer_id"].astype(str).to_numpy() if src is not None
+                        else np.char.add("sim", np.arange(n).astype(str))),
+        "segment": seg_names[cust["segment"]],
+        "start_stage": np.array(STAGES)[cust["start_stage"]],
+        "end_stage": np.array(STAGES)[cust["end_stage"]],
+        **{k: cust[k] for k in ("transactions", "amount", "cost", "reward", "clv", "contacts")},
+        "alive_end": cust["alive_end"], "products_end": cust["products_end"],
+    })
+    pdf = pd.DataFrame({"period": np.arange(periods), **per})
+    for j, s in enumerate(STAGES):
+        pdf[f"stage_{s}"] = stage_counts[:, j]
+    return SimulationResult(customers=df, periods=pdf, meta={"customers": n, "periods": periods, "seed": seed,
+                                                             "chunk_size": chunk_size})

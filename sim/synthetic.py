@@ -1,0 +1,277 @@
+"""Synthetic bank history with known ground truth (`clv make-data`).
+
+The history is produced by running the population simulator on a *true* WorldModel written
+down here (three customer segments, the five lifecycle stages, four products, seasonality and
+intervention effects that differ from the priors), with customers signing up through the
+first two thirds of the window and a logged campaign history whose logging policy is the
+"business as usual" playbook mixed with uniform exploration, each decision recorded with its
+propensity. The true world is saved beside the data (truth.json, truth_customers.parquet), so
+calibration and offline evaluation can be checked against the truth.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from .atomic import atomic_path, atomic_write_json, atomic_write_text
+from .catalogue import STAGES, Economics, default_bank_catalogue
+from .history import History
+from .population import NEVER_CONTACTED, PopulationSimulator, WorldTables
+from .world import ResponseModel, SegmentModel, StageRules, WorldModel
+
+PRODUCTS = ["credit_card", "savings", "wealth", "loan"]
+TRUE_STAGE_RULES = StageRules(new_periods=13, mature_periods=52, dormant_after=6, churned_after=16)
+
+
+@dataclass
+class BankConfig:
+    customers: int = 6000
+    weeks: int = 156
+    start: str = "2022-01-03"
+    decision_every: int = 4       # weeks between a customer's decision points
+    explore: float = 0.3          # share of uniform exploration in the logging policy
+    bau_contact_rate: float = 0.5  # the playbook contacts half of the eligible decision points
+    birth_share: float = 0.67     # customers sign up during this first share of the window
+    seed: int = 7
+
+
+# (activity_lift, dropout_reduction, adoption_uplift, reactivation) per action, before stage multipliers
+TRUE_EFFECTS = {
+    "push_login_reminder": (0.08, 0.05, 0.0, 0.01),
+    "sms_activation_bonus": (0.45, 0.15, 0.2, 0.03),
+    "email_card_offer": (0.05, 0.03, 1.5, 0.0),
+    "push_cashback": (0.35, 0.10, 0.0, 0.02),
+    "email_fee_waiver": (0.10, 0.25, 0.0, 0.01),
+    "sms_rate_bonus_savings": (0.12, 0.10, 1.2, 0.01),
+    "rm_call_wealth": (0.10, 0.15, 2.5, 0.0),
+    "rm_call_retention": (0.25, 0.50, 0.0, 0.08),
+}
+TRUE_STAGE_MULT = {"new": 1.3, "growth": 1.0, "maturity": 0.7, "dormancy": 1.5, "churned": 0.6}
+TRUE_DURATION = {"push_login_reminder": 2, "sms_activation_bonus": 4, "email_card_offer": 4, "push_cashback": 4,
+                 "email_fee_waiver": 8, "sms_rate_bonus_savings": 8, "rm_call_wealth": 4, "rm_call_retention": 8}
+
+
+def truth_world(cfg: BankConfig) -> WorldModel:
+    """The generating world, in weekly periods."""
+    cat = default_bank_catalogue()
+    A, S = len(cat), len(STAGES)
+    tabs = np.zeros((4, A, S))
+    for i, a in enumerate(cat.actions[1:], start=1):
+        for j, s in enumerate(STAGES):
+            tabs[:, i, j] = np.array(TRUE_EFFECTS[a.name]) * TRUE_STAGE_MULT[s]
+    tabs[1] = np.clip(tabs[1], 0, 0.95)
+    response = ResponseModel(
+        activity_lift=tabs[0].tolist(), dropout_reduction=tabs[1].tolist(), adoption_uplift=tabs[2].tolist(),
+        reactivation=tabs[3].tolist(), duration=[0] + [TRUE_DURATION[a.name] for a in cat.actions[1:]],
+        opt_out={"app_push": 0.004, "sms": 0.006, "email": 0.003, "rm_call": 0.002},
+        fatigue=0.7, fatigue_half_life=4.0, min_gap=2, source={"all": "truth"})
+    # weekly hazards [stage][product]
+    adopt = {
+        "mass": [[0.020, 0.010, 0.0005, 0.002], [0.010, 0.006, 0.0008, 0.003], [0.004, 0.004, 0.0010, 0.002],
+                 [0.001, 0.001, 0.0001, 0.0005], [0.0, 0.0, 0.0, 0.0]],
+        "affluent": [[0.020, 0.012, 0.004, 0.002], [0.010, 0.008, 0.006, 0.003], [0.005, 0.006, 0.008, 0.002],
+                     [0.001, 0.001, 0.001, 0.0005], [0.0, 0.0, 0.0, 0.0]],
+        "young_digital": [[0.030, 0.008, 0.0003, 0.001], [0.015, 0.006, 0.0005, 0.002], [0.006, 0.004, 0.0008, 0.002],
+                          [0.002, 0.001, 0.0001, 0.0005], [0.0, 0.0, 0.0, 0.0]],
+    }
+    close = [[0.001, 0.001, 0.001, 0.0], [0.002, 0.002, 0.002, 0.001], [0.002, 0.002, 0.002, 0.001],
+             [0.010, 0.010, 0.010, 0.002], [0.030, 0.030, 0.030, 0.005]]
+    segs = [
+        SegmentModel("mass", 0, 0.60, {"r": 1.2, "alpha": 1.5, "s": 0.6, "beta": 30.0},
+                     {"p": 3.0, "q": 5.0, "gamma": 120.0}, adopt["mass"], close, [0.30, 0.50, 0.02, 0.05]),
+        SegmentModel("affluent", 0, 0.25, {"r": 2.0, "alpha": 1.5, "s": 0.8, "beta": 80.0},
+                     {"p": 3.0, "q": 6.0, "gamma": 400.0}, adopt["affluent"], close, [0.40, 0.60, 0.10, 0.08]),
+        SegmentModel("young_digital", 0, 0.15, {"r": 1.5, "alpha": 1.0, "s": 0.7, "beta": 25.0},
+                     {"p": 2.5, "q": 4.0, "gamma": 90.0}, adopt["young_digital"], close, [0.35, 0.30, 0.01, 0.02]),
+    ]
+    season = np.ones(53)
+    season[47:52] = 1.25   # ISO weeks 48-52: December spending
+    season[27:33] = 0.90   # weeks 28-33: summer holidays
+    season = season / np.exp(np.log(season[:52]).mean())
+    econ = Economics(period="week", margin_rate=0.02,
+                     product_margin_per_period={"credit_card": 2.0, "savings": 1.5, "wealth": 6.0, "loan": 4.0},
+                     annual_discount_rate=0.08)
+    return WorldModel(catalogue=cat, economics=econ, products=list(PRODUCTS), segments=segs,
+                      segmentation={"method": "attribute", "column": "segment"}, stage_rules=TRUE_STAGE_RULES,
+                      response=response, activity_model="pareto_nbd", calibration_end=None,
+                      seasonality=season.tolist(), assumptions=[], fit={}, source={"generator": asdict(cfg)})
+
+
+def bau_action(sim: PopulationSimulator, segment_names: list[str]) -> np.ndarray:
+    """The "business as usual" playbook's preferred action per customer (catalogue index).
+    Onboarding for new, activation for growth, cross-sell for mature, reactivation for dormant,
+    retention call for high-value customers at risk."""
+    cat = sim.world.catalogue
+    idx = cat.index
+    st = sim.state
+    n = st.n
+    affluent = segment_names.index("affluent") if "affluent" in segment_names else -1
+    a = np.zeros(n, np.int16)
+    has_card = st.products[:, PRODUCTS.index("credit_card")] if st.products.shape[1] else np.zeros(n, bool)
+    a[st.stage == 0] = np.where(has_card[st.stage == 0], idx("sms_activation_bonus"), idx("email_card_offer"))
+    a[st.stage == 1] = idx("push_cashback")
+    mat = st.stage == 2
+    a[mat] = np.where(st.segment[mat] == affluent, idx("rm_call_wealth"), idx("email_fee_waiver"))
+    dor = st.stage == 3
+    a[dor] = np.where(st.segment[dor] == affluent, idx("rm_call_retention"), idx("push_login_reminder"))
+    return a
+
+
+def logging_probs(sim: PopulationSimulator, segment_names: list[str], cfg: BankConfig) -> np.ndarray:
+    """(N, A) logging-policy probabilities: playbook (contact its action with bau_contact_rate,
+    otherwise none) mixed with uniform exploration over the allowed actions."""
+    masks = sim.action_masks()
+    bau = bau_action(sim, segment_names)
+    n, A = masks.shape
+    probs = np.zeros((n, A))
+    ok = masks[np.arange(n), bau] & (bau > 0)
+    probs[np.arange(n), np.where(ok, bau, 0)] += np.where(ok, cfg.bau_contact_rate, 1.0)
+    probs[:, 0] += np.where(ok, 1.0 - cfg.bau_contact_rate, 0.0)
+    uni = masks / masks.sum(axis=1, keepdims=True)
+    return (1.0 - cfg.explore) * probs + cfg.explore * uni
+
+
+def generate_bank_history(cfg: BankConfig) -> tuple[History, dict[str, Any]]:
+    """Run the true world and return (History, truth). Same config, same history."""
+    world = truth_world(cfg)
+    ss = np.random.SeedSequence(cfg.seed)
+    rng_gen, rng_sim = (np.random.default_rng(s) for s in ss.spawn(2))
+    N, Wk = cfg.customers, cfg.weeks
+    start = pd.Timestamp(cfg.start)
+    seg_names = [s.name for s in world.segments]
+    tables = WorldTables.from_world(world)
+    sim = PopulationSimulator.new_customers(world, N, rng_sim, tables=tables, start_date=start)
+    st = sim.state
+    birth = np.sort(rng_gen.integers(0, max(1, int(cfg.birth_share * Wk)), N))
+    cid = np.array([f"C{i:06d}" for i in range(N)])
+    init_products = st.products.copy()
+    st.alive[:] = False
+    st.products[:] = False
+    offset = rng_gen.integers(0, cfg.decision_every, N)
+    tx_c, tx_w, tx_n = [], [], []
+    dec_c, dec_w, dec_a, dec_p = [], [], [], []
+    pe_c, pe_w, pe_p, pe_e = [], [], [], []
+    born = np.zeros(N, bool)
+    for w in range(Wk):
+        newborn = (birth == w)
+        if newborn.any():
+            i = np.flatnonzero(newborn)
+            st.alive[i] = True
+            for k in ("tenure", "recency", "frequency"):
+                getattr(st, k)[i] = 0
+            st.monetary[i] = 0.0
+            st.products[i] = init_products[i]
+            st.last_contact[i] = NEVER_CONTACTED
+            st.recent_contacts[i] = 0.0
+            born |= newborn
+            sim.refresh()
+            ii, pp = np.nonzero(init_products[i])
+            pe_c.append(i[ii]); pe_w.append(np.full(ii.size, w)); pe_p.append(pp); pe_e.append(np.ones(ii.size, bool))
+        decide = born & ((w + offset) % cfg.decision_every == 0)
+        actions = np.zeros(N, np.int16)
+        if decide.any():
+            probs = logging_probs(sim, seg_names, cfg)
+            d = np.flatnonzero(decide)
+            cum = np.cumsum(probs[d], axis=1)
+            u = rng_gen.random(d.size)[:, None]
+            a = np.minimum((u > cum).sum(axis=1), probs.shape[1] - 1).astype(np.int16)
+            actions[d] = a
+            dec_c.append(d); dec_w.append(np.full(d.size, w)); dec_a.append(a); dec_p.append(probs[d, a])
+        before = st.products.copy()
+        out = sim.step(actions)
+        if out.n_ineligible:
+            raise RuntimeError("logging policy produced an ineligible action")  # masks forbid it
+        # unborn customers must not age
+        st.tenure[~born] = 0
+        st.recency[~born] = 0
+        pos = np.flatnonzero(out.transactions)
+        tx_c.append(pos); tx_w.append(np.full(pos.size, w)); tx_n.append(out.transactions[pos])
+        opened = st.products & ~before
+        closed = before & ~st.products
+        for ev, m in ((True, opened), (False, closed)):
+            ii, pp = np.nonzero(m)
+            pe_c.append(ii); pe_w.append(np.full(ii.size, w)); pe_p.append(pp); pe_e.append(np.full(ii.size, ev))
+
+    # transactions: counts per week become rows on distinct days of that week
+    c, w, n = (np.concatenate(x) for x in (tx_c, tx_w, tx_n))
+    n = np.minimum(n, 7)
+    keys = rng_gen.random((c.size, 7))
+    ranks = np.argsort(np.argsort(keys, axis=1), axis=1)
+    chosen = ranks < n[:, None]
+    rows, day = np.nonzero(chosen)
+    cust = c[rows]
+    seg = st.segment[cust]
+    p_seg = tables.spend_p[seg]
+    amount = rng_gen.gamma(p_seg) / st.nu[cust]
+    dates = start + pd.to_timedelta(w[rows] * 7 + day, unit="D")
+    transactions = pd.DataFrame({"customer_id": cid[cust], "date": dates.normalize(),
+                                 "amount": np.round(amount, 2)})
+    transactions = transactions.sort_values(["customer_id", "date"], kind="stable").reset_index(drop=True)
+    transactions["channel"] = np.where(rng_gen.random(len(transactions)) < 0.6, "card", "transfer")
+
+    segment = np.array(seg_names)[st.segment]
+    age = np.where(segment == "young_digital", rng_gen.choice(["18-29", "30-44"], N, p=[0.8, 0.2]),
+                   rng_gen.choice(["30-44", "45-59", "60+"], N, p=[0.4, 0.4, 0.2]))
+    customers = pd.DataFrame({"customer_id": cid, "signup_date": start + pd.to_timedelta(birth * 7, unit="D"),
+                              "segment": segment, "age_band": age,
+                              "region": rng_gen.choice(["north", "south", "east", "west"], N)})
+    c, w, p, e = (np.concatenate(x) for x in (pe_c, pe_w, pe_p, pe_e))
+    pday = np.where(e & (w == birth[c]), 0, rng_gen.integers(0, 7, c.size))
+    products = pd.DataFrame({"customer_id": cid[c], "date": start + pd.to_timedelta(w * 7 + pday, unit="D"),
+                             "product": np.array(PRODUCTS)[p], "event": np.where(e, "open", "close")})
+    products = products.sort_values(["customer_id", "date", "event"], kind="stable").reset_index(drop=True)
+    c, w, a, pr = (np.concatenate(x) for x in (dec_c, dec_w, dec_a, dec_p))
+    names = np.array(world.catalogue.names)
+    decisions = pd.DataFrame({"customer_id": cid[c], "date": start + pd.to_timedelta(w * 7, unit="D"),
+                              "action": names[a], "propensity": np.round(pr, 6),
+                              "cost": np.asarray(world.catalogue.costs)[a]})
+    decisions = decisions.sort_values(["customer_id", "date"], kind="stable").reset_index(drop=True)
+    # the rounded propensities are what the data says; keep them in (0, 1]
+    decisions["propensity"] = decisions["propensity"].clip(1e-6, 1.0)
+
+    hist = History(folder=f"<dataset:bank seed={cfg.seed}>", transactions=transactions, customers=customers,
+                   products=products, decisions=decisions, actions=world.catalogue, economics=world.economics,
+                   report={"transactions_rows": len(transactions), "customers_rows": N,
+                           "products_rows": len(products), "decisions_rows": len(decisions)},
+                   stage_rules=asdict(TRUE_STAGE_RULES))
+    latent = pd.DataFrame({"customer_id": cid, "segment": segment, "birth_week": birth, "lam": st.lam, "mu": st.mu,
+                           "nu": st.nu, "alive_at_end": st.alive})
+    truth = {"world": world, "customers": latent, "config": cfg}
+    return hist, truth
+
+
+def write_bank_history(out: str | Path, cfg: BankConfig) -> dict[str, Any]:
+    """Write the history folder (CSV tables + actions.yaml + economics.yaml + stages.yaml) and
+    the truth (truth.json, truth_customers.parquet). Every file is written atomically."""
+    out = Path(out)
+    hist, truth = generate_bank_history(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, df in (("transactions", hist.transactions), ("customers", hist.customers),
+                     ("products", hist.products), ("decisions", hist.decisions)):
+        df = df.copy()
+        for col in ("date", "signup_date"):
+            if col in df:
+                df[col] = df[col].dt.strftime("%Y-%m-%d")
+        with atomic_path(out / f"{name}.csv") as tmp:
+            df.to_csv(tmp, index=False)
+    atomic_write_text(out / "actions.yaml", yaml.safe_dump({"actions": hist.actions.to_list()}, sort_keys=False))
+    atomic_write_text(out / "economics.yaml", yaml.safe_dump(hist.economics.to_dict(), sort_keys=False))
+    atomic_write_text(out / "stages.yaml", yaml.safe_dump(asdict(TRUE_STAGE_RULES), sort_keys=False))
+    truth["world"].save(out / "truth.json")
+    with atomic_path(out / "truth_customers.parquet") as tmp:
+        truth["customers"].to_parquet(tmp, index=False)
+    atomic_write_json(out / "README.json", {
+        "generator": "clv-engine sim.synthetic", "config": asdict(cfg),
+        "files": ["transactions.csv", "customers.csv", "products.csv", "decisions.csv", "actions.yaml",
+                  "economics.yaml", "stages.yaml", "truth.json", "truth_customers.parquet"],
+        "note": "truth.json is the world that generated this history; truth_customers.parquet holds each "
+                "customer's latent rate (lam, per week), hazard (mu), spend rate (nu) and alive flag at the end."})
+    return {"out": str(out), "customers": cfg.customers, "weeks": cfg.weeks,
+            "transactions": int(len(hist.transactions)), "products_events": int(len(hist.products)),
+            "decisions": int(len(hist.decisions)), "start": cfg.start,
+            "end": str((pd.Timestamp(cfg.start) + pd.Timedelta(days=7 * cfg.weeks - 1)).date()), "seed": cfg.seed}

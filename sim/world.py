@@ -1,0 +1,217 @@
+"""WorldModel: everything calibrated about a customer book, saved as versioned JSON (no pickle).
+
+A world holds per-segment behaviour (activity/dropout, spend, product adoption), the
+lifecycle-stage rules, the intervention-response tables (action x stage), the economics and
+the action catalogue. The customers themselves (the "book" the digital twins start from) are
+a Parquet file beside the JSON, named in `book_file`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import atomic_write_json
+from .catalogue import STAGES, ActionCatalogue, Economics
+from .errors import ConfigError
+
+SCHEMA_VERSION = 1
+ACTIVITY_MODELS = ("pareto_nbd", "bg_nbd")
+
+
+@dataclass
+class StageRules:
+    """Transparent lifecycle-stage rules on observable behaviour, all in periods.
+
+    churned   if recency >= churned_after
+    dormancy  elif recency >= dormant_after
+    new       elif tenure < new_periods
+    maturity  elif tenure >= mature_periods
+    growth    otherwise
+    (recency = periods since the last transaction, or since birth when there was none)
+    """
+
+    new_periods: int = 13
+    mature_periods: int = 52
+    dormant_after: int = 8
+    churned_after: int = 26
+
+    def assign(self, tenure: np.ndarray, recency: np.ndarray) -> np.ndarray:
+        """Stage index (into STAGES) for arrays of tenure and recency (vectorised)."""
+        stage = np.full(np.shape(tenure), 1, dtype=np.int8)  # growth
+        stage[tenure >= self.mature_periods] = 2
+        stage[tenure < self.new_periods] = 0
+        stage[recency >= self.dormant_after] = 3
+        stage[recency >= self.churned_after] = 4
+        return stage
+
+
+@dataclass
+class SegmentModel:
+    """Behaviour of one segment: BTYD activity/dropout, Gamma-Gamma spend, product hazards."""
+
+    name: str
+    n_customers: int
+    share: float
+    activity: dict[str, float]            # {"r","alpha","s","beta"} (pareto_nbd) or {"r","alpha","a","b"}
+    spend: dict[str, float]               # Gamma-Gamma {"p","q","gamma"}
+    product_adoption: list[list[float]]   # [stage][product] hazard per period (not held -> open)
+    product_close: list[float]            # [product] hazard per period while alive (held -> close)
+    initial_products: list[float]         # [product] probability a new customer starts holding it
+
+
+@dataclass
+class ResponseModel:
+    """Intervention response, indexed [action][stage]; action 0 ("none") is all zeros.
+
+    activity_lift: relative lift of the transaction rate while the effect lasts
+    dropout_reduction: relative reduction of the dropout hazard while the effect lasts (0..1)
+    adoption_uplift: relative uplift of the adoption hazard of the action's target product
+        (all products when it has none) while the effect lasts
+    reactivation: probability that a contact brings a customer who has silently left back
+    duration: periods an effect lasts (per action)
+    opt_out: probability a contact makes the customer opt out of that channel (per channel)
+    fatigue: effects are multiplied by fatigue ** recent_contacts (decayed contact count)
+    fatigue_half_life: half-life, in periods, of the recent-contact count
+    min_gap: minimum periods between two contacts (contact rule used for masks)
+    source: where each table came from: "data", "prior" or "blend" per [action][stage] for
+        activity_lift, dropout_reduction, adoption_uplift; "prior" for the rest unless estimated
+    se: standard errors of the data estimates (same shapes), NaN where there were none
+    """
+
+    activity_lift: list[list[float]]
+    dropout_reduction: list[list[float]]
+    adoption_uplift: list[list[float]]
+    reactivation: list[list[float]]
+    duration: list[int]
+    opt_out: dict[str, float]
+    fatigue: float = 0.7
+    fatigue_half_life: float = 4.0
+    min_gap: int = 2
+    source: dict[str, Any] = field(default_factory=dict)
+    se: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class WorldModel:
+    """A calibrated customer world. Build with `sim.calibrate`, save/load with JSON."""
+
+    catalogue: ActionCatalogue
+    economics: Economics
+    products: list[str]
+    segments: list[SegmentModel]
+    segmentation: dict[str, Any]
+    stage_rules: StageRules
+    response: ResponseModel
+    activity_model: str = "pareto_nbd"
+    calibration_end: str | None = None
+    seasonality: list[float] | None = None   # 53 multipliers by ISO week, or None
+    assumptions: list[str] = field(default_factory=list)
+    fit: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)
+    book_file: str | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    # ---- derived helpers -------------------------------------------------------------
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return STAGES
+
+    @property
+    def n_actions(self) -> int:
+        return len(self.catalogue)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "activity_model": self.activity_model,
+            "calibration_end": self.calibration_end,
+            "economics": self.economics.to_dict(),
+            "catalogue": self.catalogue.to_list(),
+            "products": list(self.products),
+            "stages": list(STAGES),
+            "segments": [asdict(s) for s in self.segments],
+            "segmentation": self.segmentation,
+            "stage_rules": asdict(self.stage_rules),
+            "response": asdict(self.response),
+            "seasonality": self.seasonality,
+            "assumptions": list(self.assumptions),
+            "fit": self.fit,
+            "source": self.source,
+            "book_file": self.book_file,
+        }
+
+    def hash(self) -> str:
+        """Content hash (sha256 of the canonical JSON), used to tie results to a world."""
+        blob = json.dumps(_clean(self.to_dict()), sort_keys=True, allow_nan=False).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "WorldModel":
+        ver = d.get("schema_version")
+        if ver != SCHEMA_VERSION:
+            raise ConfigError(f"world schema_version {ver!r} is not supported (this clv-engine reads "
+                              f"{SCHEMA_VERSION}); recalibrate with `clv calibrate`")
+        if d.get("activity_model") not in ACTIVITY_MODELS:
+            raise ConfigError(f"unknown activity_model {d.get('activity_model')!r}")
+        return cls(
+            catalogue=ActionCatalogue.from_list(d["catalogue"]),
+            economics=Economics(**d["economics"]),
+            products=list(d["products"]),
+            segments=[SegmentModel(**s) for s in d["segments"]],
+            segmentation=d["segmentation"],
+            stage_rules=StageRules(**d["stage_rules"]),
+            response=ResponseModel(**d["response"]),
+            activity_model=d["activity_model"],
+            calibration_end=d.get("calibration_end"),
+            seasonality=d.get("seasonality"),
+            assumptions=list(d.get("assumptions", [])),
+            fit=d.get("fit", {}),
+            source=d.get("source", {}),
+            book_file=d.get("book_file"),
+            schema_version=ver,
+        )
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_json(path, _clean(self.to_dict()))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "WorldModel":
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: world file not found; create one with `clv calibrate`") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not a world JSON file ({e})") from None
+        try:
+            return cls.from_dict(d)
+        except (KeyError, TypeError) as e:
+            raise ConfigError(f"{path}: world file is missing or has a bad field ({e})") from None
+
+    def book_path(self, world_path: str | Path) -> Path | None:
+        if not self.book_file:
+            return None
+        return Path(world_path).parent / self.book_file
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe copy: numpy scalars to Python, NaN/inf to None."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _clean(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        return v if np.isfinite(v) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
