@@ -86,8 +86,8 @@ def _load(history_dir: Optional[Path], dataset: Optional[str]):
     return load_history(history_dir)
 
 
-HistoryArg = typer.Argument(None, help="History folder holding transactions.csv|parquet "
-                                       "[customers, products, decisions, actions.yaml, economics.yaml].",
+HistoryArg = typer.Argument(None, help="History folder holding transactions.csv or .parquet (optionally "
+                                       "customers, products, decisions, actions.yaml, economics.yaml, stages.yaml).",
                             show_default=False)
 DatasetOpt = typer.Option(None, "--dataset", help="Bundled dataset instead of a folder: cdnow or bank.")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON document on stdout (logs go to stderr).")

@@ -24,7 +24,7 @@ from .spend import GammaGamma, fit_gamma_gamma
 from .world import SegmentModel, StageRules, WorldModel
 
 MIN_SEGMENT_FIT = 500        # customers needed to fit a segment's own activity model
-KMEANS_SAMPLE = 50_000
+KMEANS_SAMPLE = 20_000
 SEASON_MIN_DAYS = 364
 
 
@@ -74,21 +74,21 @@ def calibrate(history: History, calibration_end: str | pd.Timestamp, *, segment_
         panel = build_panel(summary, tx, ce, pdays, rules)
         opens = closes = held_before = None
         if products:
-            opens, closes, held_before, held_end = product_panels(history.products, summary.customer_id, panel,
-                                                                  products, pdays, ce)
+            opens, closes, held_before, held_end, initial = product_panels(history.products, summary, panel,
+                                                                           products, pdays, ce)
         under_effect = np.zeros(panel.counts.shape, bool)
         if history.decisions is not None:
             dec_df = history.decisions.loc[history.decisions["date"] <= ce]
             decay = 0.5 ** (1.0 / prior_resp.fatigue_half_life)
             dec, contact_end = decisions_frame_to_data(dec_df, catalogue, summary.customer_id, panel.origin, pdays,
                                                        panel.stage_before, prior_resp.fatigue, decay,
-                                                       panel.n_periods)
+                                                       panel.n_periods, prior_resp.duration)
             mu_stage = mean_hazard_by_stage(fits, seg, summary, panel, activity_model)
             response, resp_report = estimate_response(prior_resp, catalogue, dec, panel.counts, opens, mu_stage,
                                                       panel.n_periods, products, seed=seed, priors=priors)
             under_effect, effect_mult = effect_exposure(dec, response, panel, catalogue)
         if products:
-            adopt, close, init_products = product_hazards(opens, closes, held_before, panel, seg, G,
+            adopt, close, init_products = product_hazards(opens, closes, held_before, initial, panel, seg, G,
                                                           under_effect)
     else:
         assumptions.append("intervention response: all effects taken from priors (no logged decisions)")
@@ -165,7 +165,7 @@ def assign_segments(summary: CustomerSummary, customers: pd.DataFrame | None, se
     rng = np.random.default_rng(seed)
     k = int(min(n_segments, max(1, len(summary) // 50)))
     sample = z if len(z) <= KMEANS_SAMPLE else z[rng.choice(len(z), KMEANS_SAMPLE, replace=False)]
-    km = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(sample)
+    km = KMeans(n_clusters=k, n_init=2, random_state=seed).fit(sample)
     lab = km.predict(z)
     # order segments by value (frequency rate x monetary), highest first
     value = np.array([np.mean(np.expm1(feats[lab == j, 0]) * np.expm1(feats[lab == j, 2])) if np.any(lab == j)
@@ -273,30 +273,40 @@ def stage_rules_from(tx: pd.DataFrame, period_days: float) -> StageRules:
 
 
 # ---- products ----------------------------------------------------------------------------------
-def product_panels(products_df: pd.DataFrame, ids: np.ndarray, panel: Panel, products: list[str],
+def product_panels(products_df: pd.DataFrame, summary: CustomerSummary, panel: Panel, products: list[str],
                    period_days: float, ce: pd.Timestamp):
-    """Openings, closings (N, W, P) int8 and holdings at the start of each period and at the end."""
+    """Adoptions and closings (N, W, P) int8, holdings at the start of each period and at the end,
+    and the products each customer started with (opened on or before their birth date: those
+    are the starting holdings, not adoptions)."""
+    ids = summary.customer_id
     N, W, P = panel.counts.shape[0], panel.n_periods, len(products)
     df = products_df.loc[products_df["date"] <= ce]
-    cust = np.searchsorted(ids, df["customer_id"].to_numpy(dtype=str))
-    cust = np.minimum(cust, N - 1)
-    ok = ids[cust] == df["customer_id"].to_numpy(dtype=str)
-    w = period_index(df["date"].to_numpy("datetime64[ns]"), panel.origin, period_days)
+    cid = df["customer_id"].to_numpy(dtype=str)
+    cust = np.minimum(np.searchsorted(ids, cid), N - 1)
+    ok = ids[cust] == cid
+    dates = df["date"].to_numpy("datetime64[ns]")
+    w = period_index(dates, panel.origin, period_days)
     ok &= (w >= 0) & (w < W)
     pidx = df["product"].map({p: i for i, p in enumerate(products)}).to_numpy()
     is_open = (df["event"] == "open").to_numpy()
+    at_birth = is_open & (dates <= summary.birth[cust])
+    adopt = ok & is_open & ~at_birth
     opens = np.zeros((N, W, P), np.int8)
     closes = np.zeros((N, W, P), np.int8)
-    np.add.at(opens, (cust[ok & is_open], w[ok & is_open], pidx[ok & is_open]), 1)
+    initial = np.zeros((N, P), bool)
+    np.add.at(opens, (cust[adopt], w[adopt], pidx[adopt]), 1)
     np.add.at(closes, (cust[ok & ~is_open], w[ok & ~is_open], pidx[ok & ~is_open]), 1)
-    net = np.cumsum(opens.astype(np.int16) - closes, axis=1)
+    initial[cust[ok & at_birth], pidx[ok & at_birth]] = True
+    born = np.arange(W)[None, :] >= panel.birth_period[:, None]
+    net = np.cumsum(opens.astype(np.int16) - closes, axis=1) + (initial[:, None, :] & born[:, :, None])
     held_after = net > 0
     held_before = np.concatenate([np.zeros((N, 1, P), bool), held_after[:, :-1]], axis=1)
-    return np.minimum(opens, 1), np.minimum(closes, 1), held_before, held_after[:, -1, :]
+    held_before |= initial[:, None, :] & (np.arange(W)[None, :] == panel.birth_period[:, None])[:, :, None]
+    return np.minimum(opens, 1), np.minimum(closes, 1), held_before, held_after[:, -1, :], initial
 
 
-def product_hazards(opens, closes, held_before, panel: Panel, seg: np.ndarray, G: int, under_effect: np.ndarray,
-                    shrink: float = 50.0):
+def product_hazards(opens, closes, held_before, initial, panel: Panel, seg: np.ndarray, G: int,
+                    under_effect: np.ndarray, shrink: float = 50.0):
     """Per segment x stage x product hazards per period, from periods with no campaign effect in
     force, shrunk towards the stage's pooled rate (`shrink` pseudo-periods)."""
     S = len(STAGES)
@@ -318,14 +328,11 @@ def product_hazards(opens, closes, held_before, panel: Panel, seg: np.ndarray, G
         pool_c = e_c.sum(0) / np.maximum(n_c.sum(0), 1)
         adopt[:, :, p] = (e_o + shrink * pool_o) / (n_o + shrink)
         close[:, :, p] = (e_c + shrink * pool_c) / (n_c + shrink)
-    # what a customer holds at the end of their first period
-    first = np.clip(panel.birth_period, 0, panel.n_periods - 1)
-    rows = np.arange(len(seg))
-    holds = held_before[rows, np.minimum(first + 1, panel.n_periods - 1), :] | (opens[rows, first, :] > 0)
+    # what a customer starts with
     init = np.zeros((G, P))
     for g in range(G):
-        m = (seg == g) & (panel.birth_period >= 0)
-        init[g] = holds[m].mean(axis=0) if m.any() else 0.0
+        m = seg == g
+        init[g] = initial[m].mean(axis=0) if m.any() else 0.0
     return adopt, close, init
 
 

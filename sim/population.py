@@ -198,12 +198,13 @@ class PopulationSimulator:
 
     @classmethod
     def from_book(cls, world: WorldModel, book: pd.DataFrame, seed: int | np.random.SeedSequence,
-                  tables: WorldTables | None = None, start_date=None) -> "PopulationSimulator":
+                  tables: WorldTables | None = None, start_date=None,
+                  uniforms: np.ndarray | None = None) -> "PopulationSimulator":
         """Digital twins: each row of the book becomes a customer whose alive state and latent
         rates are drawn from their posterior given their own history."""
         rng = np.random.default_rng(seed)
         tables = tables or WorldTables.from_world(world)
-        state = state_from_book(world, book, rng, tables)
+        state = state_from_book(world, book, rng, tables, uniforms)
         return cls(world, state, rng, start_date=start_date, tables=tables)
 
     # ---- policy interface ------------------------------------------------------------
@@ -443,22 +444,37 @@ BOOK_POSTERIOR_COLUMNS = ("p_alive", "lam_shape", "lam_rate", "mu_shape", "mu_ra
 
 
 def state_from_book(world: WorldModel, book: pd.DataFrame, rng: np.random.Generator,
-                    tables: WorldTables) -> PopulationState:
+                    tables: WorldTables, uniforms: np.ndarray | None = None) -> PopulationState:
     """Draw each book customer's alive flag and latent rates from their posterior.
 
     The book carries the posterior's parameters (see sim.calibrate.build_book):
     alive ~ Bernoulli(p_alive); given alive, lam ~ Gamma(lam_shape, rate lam_rate) and
     mu ~ Gamma(mu_shape, rate mu_rate) (Pareto/NBD) or Beta(mu_shape, mu_rate) (BG/NBD);
     nu ~ Gamma(nu_shape, rate nu_rate).
+    `uniforms` (N, 4), when given, are the uniforms behind (alive, lam, mu, nu), turned into
+    draws by inverse CDFs: callers pass stratified uniforms to cut Monte Carlo variance.
     """
+    from scipy import special
     n = len(book)
-    alive = rng.random(n) < book["p_alive"].to_numpy()
-    lam = rng.gamma(book["lam_shape"].to_numpy()) / book["lam_rate"].to_numpy()
-    if world.activity_model == "pareto_nbd":
-        mu = rng.gamma(book["mu_shape"].to_numpy()) / book["mu_rate"].to_numpy()
+    col = {k: book[k].to_numpy(float) for k in BOOK_POSTERIOR_COLUMNS}
+    if uniforms is None:
+        alive = rng.random(n) < col["p_alive"]
+        lam = rng.gamma(col["lam_shape"]) / col["lam_rate"]
+        if world.activity_model == "pareto_nbd":
+            mu = rng.gamma(col["mu_shape"]) / col["mu_rate"]
+        else:
+            mu = rng.beta(col["mu_shape"], col["mu_rate"])
+        nu = rng.gamma(col["nu_shape"]) / col["nu_rate"]
     else:
-        mu = rng.beta(book["mu_shape"].to_numpy(), book["mu_rate"].to_numpy())
-    nu = np.maximum(rng.gamma(book["nu_shape"].to_numpy()) / book["nu_rate"].to_numpy(), 1e-12)
+        u = np.clip(uniforms, 1e-12, 1 - 1e-12)
+        alive = u[:, 0] < col["p_alive"]
+        lam = special.gammaincinv(col["lam_shape"], u[:, 1]) / col["lam_rate"]
+        if world.activity_model == "pareto_nbd":
+            mu = special.gammaincinv(col["mu_shape"], u[:, 2]) / col["mu_rate"]
+        else:
+            mu = special.betaincinv(col["mu_shape"], col["mu_rate"], u[:, 2])
+        nu = special.gammaincinv(col["nu_shape"], u[:, 3]) / col["nu_rate"]
+    nu = np.maximum(nu, 1e-12)
     seg = book["segment"].to_numpy().astype(np.int16)
     P = tables.n_products
     prods = np.zeros((n, P), bool)

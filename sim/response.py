@@ -27,8 +27,10 @@ from .world import ResponseModel
 
 EFFECTS = ("activity_lift", "dropout_reduction", "adoption_uplift")
 POST_WINDOW = 8       # K: periods after the effect window used to see who stayed
+PRE_WINDOW = 8        # periods before a decision whose activity weighs its fatigue factor
 BOOTSTRAP = 200
 MIN_DECISIONS = 30    # per arm and cell; fewer -> no data estimate for that cell
+MIN_EVENTS = 20       # per arm, for count outcomes of rare events (product openings)
 
 
 def load_priors(path: str | None = None) -> dict[str, Any]:
@@ -76,6 +78,8 @@ class DecisionData:
     weight: np.ndarray      # 1 / propensity
     stage: np.ndarray       # stage at the decision
     fatigue: np.ndarray     # fatigue ** recent_contacts at the decision
+    gap: np.ndarray         # periods until the customer's next logged decision (large if none)
+    clean: np.ndarray       # no earlier contact's effect still in force at the decision
 
 
 def contact_state(cust: np.ndarray, period: np.ndarray, contacted: np.ndarray, n: int, W: int,
@@ -122,13 +126,13 @@ def estimate_response(prior: ResponseModel, catalogue: ActionCatalogue, dec: Dec
     n_obs = np.zeros((A, S), int)
     targets = [a.target_product for a in catalogue.actions]
 
-    def window_sum(c: np.ndarray, p: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    def window_sum(c: np.ndarray, p: np.ndarray, lo, hi) -> np.ndarray:
         return cum[c, np.minimum(p + hi, W)] - cum[c, np.minimum(p + lo, W)]
 
     for a in range(1, A):
         D = int(prior.duration[a])
         # decisions whose outcome windows are fully observed before the cut-off
-        full = dec.period + D + POST_WINDOW <= W
+        full = (dec.period + D + POST_WINDOW <= W) & dec.clean
         for s in range(S):
             arm_a = full & (dec.action == a) & (dec.stage == s)
             arm_0 = full & (dec.action == 0) & (dec.stage == s)
@@ -136,8 +140,11 @@ def estimate_response(prior: ResponseModel, catalogue: ActionCatalogue, dec: Dec
             if arm_a.sum() < MIN_DECISIONS or arm_0.sum() < MIN_DECISIONS:
                 continue
             ia, i0 = np.flatnonzero(arm_a), np.flatnonzero(arm_0)
-            ya = window_sum(dec.cust[ia], dec.period[ia], 0, D)
-            y0 = window_sum(dec.cust[i0], dec.period[i0], 0, D)
+            # the effect is measured until it ends or the next decision may replace it; decision
+            # times do not depend on the action taken, so both arms get the same windows
+            ha, h0 = np.minimum(D, dec.gap[ia]), np.minimum(D, dec.gap[i0])
+            ya = window_sum(dec.cust[ia], dec.period[ia], 0, ha)
+            y0 = window_sum(dec.cust[i0], dec.period[i0], 0, h0)
             za = (window_sum(dec.cust[ia], dec.period[ia], D, D + POST_WINDOW) > 0).astype(float)
             z0 = (window_sum(dec.cust[i0], dec.period[i0], D, D + POST_WINDOW) > 0).astype(float)
             wa, w0, fa = dec.weight[ia], dec.weight[i0], dec.fatigue[ia]
@@ -149,8 +156,13 @@ def estimate_response(prior: ResponseModel, catalogue: ActionCatalogue, dec: Dec
                 bm_0 = (B0 @ (w0 * v0)) / np.maximum(B0 @ w0, 1e-300)
                 return float(point), bm_a / np.maximum(bm_0, 1e-300)
 
-            F = float(np.sum(wa * fa) / np.sum(wa))
-            Fb = (Ba @ (wa * fa)) / np.maximum(Ba @ wa, 1e-300)
+            # the fatigue factor averaged with weights proportional to each customer's activity
+            # before the decision (a pre-treatment proxy of their baseline outcome): the lift
+            # scales the baseline, so busier customers, often contacted more, weigh more
+            pre = (cum[dec.cust[ia], dec.period[ia]] - cum[dec.cust[ia], np.maximum(dec.period[ia] - PRE_WINDOW, 0)]
+                   + 0.5)
+            F = float(np.sum(wa * pre * fa) / np.sum(wa * pre))
+            Fb = (Ba @ (wa * pre * fa)) / np.maximum(Ba @ (wa * pre), 1e-300)
             est: dict[str, tuple[float, np.ndarray]] = {}
             r, rb = ratio(ya.astype(float), y0.astype(float))
             est["activity_lift"] = ((r - 1) / F, (rb - 1) / Fb)
@@ -164,12 +176,13 @@ def estimate_response(prior: ResponseModel, catalogue: ActionCatalogue, dec: Dec
                 plist = list(range(opens.shape[2])) if tgt is None else (
                     [products.index(tgt)] if tgt in products else [])
                 if plist:
-                    def osum(c, p):
-                        hi, lo = np.minimum(p + D, W), np.minimum(p, W)
+                    def osum(c, p, h):
+                        hi, lo = np.minimum(p + h, W), np.minimum(p, W)
                         return (oc[c, hi][:, plist] - oc[c, lo][:, plist]).sum(axis=1).astype(float)
 
-                    oa, o0 = osum(dec.cust[ia], dec.period[ia]), osum(dec.cust[i0], dec.period[i0])
-                    if o0.sum() > 0:
+                    oa, o0 = osum(dec.cust[ia], dec.period[ia], ha), osum(dec.cust[i0], dec.period[i0], h0)
+                    # rare events: a ratio of a handful of openings has no usable standard error
+                    if (o0 > 0).sum() >= MIN_EVENTS and (oa > 0).sum() >= MIN_EVENTS:
                         r3, rb3 = ratio(oa, o0)
                         est["adoption_uplift"] = ((r3 - 1) / F, (rb3 - 1) / Fb)
             for k, (point, boots) in est.items():
@@ -188,12 +201,16 @@ def estimate_response(prior: ResponseModel, catalogue: ActionCatalogue, dec: Dec
                     val = max(val, -0.95)
                 tabs[k][a, s] = val
                 src[k][a][s] = "data" if wd >= 0.8 else ("blend" if wd >= 0.2 else "prior")
+    # a lift measured on logged outcomes already includes customers the contact brought back, so
+    # cells whose lift comes from data get no separate reactivation (it would count them twice)
+    react = np.array(prior.reactivation, float)
+    react[np.isfinite(raw["activity_lift"])] = 0.0
     out = ResponseModel(
         activity_lift=tabs["activity_lift"].tolist(), dropout_reduction=tabs["dropout_reduction"].tolist(),
-        adoption_uplift=tabs["adoption_uplift"].tolist(), reactivation=prior.reactivation,
+        adoption_uplift=tabs["adoption_uplift"].tolist(), reactivation=react.tolist(),
         duration=prior.duration, opt_out=prior.opt_out, fatigue=prior.fatigue,
         fatigue_half_life=prior.fatigue_half_life, min_gap=prior.min_gap,
-        source={**prior.source, **src},
+        source={**prior.source, **src, "reactivation": "prior (0 where the lift was estimated from data)"},
         se={k: np.where(np.isnan(se[k]), None, se[k]).tolist() for k in EFFECTS})
     report = {"raw": {k: raw[k].tolist() for k in EFFECTS}, "se": {k: se[k].tolist() for k in EFFECTS},
               "decisions_per_cell": n_obs.tolist(), "bootstrap": BOOTSTRAP, "post_window": POST_WINDOW,
@@ -203,7 +220,8 @@ def estimate_response(prior: ResponseModel, catalogue: ActionCatalogue, dec: Dec
 
 def decisions_frame_to_data(decisions: pd.DataFrame, catalogue: ActionCatalogue, ids: np.ndarray,
                             origin: pd.Timestamp, period_days: float, stage_before: np.ndarray,
-                            fatigue: float, decay: float, W: int) -> tuple[DecisionData, np.ndarray]:
+                            fatigue: float, decay: float, W: int,
+                            durations: list[int]) -> tuple[DecisionData, np.ndarray]:
     """Place logged decisions on the panel. Returns the data and the per-customer contact state
     at the cut-off ((N, 2): recent_contacts, last contact period or -1)."""
     from .features import period_index
@@ -222,5 +240,18 @@ def decisions_frame_to_data(decisions: pd.DataFrame, catalogue: ActionCatalogue,
     weight = 1.0 / d["propensity"].to_numpy(float)[keep]
     stage = stage_before[cust, per]
     recent, state = contact_state(cust, per, act > 0, ids.shape[0], W, decay)
+    order = np.lexsort((per, cust))
+    gap = np.full(per.size, 10_000, np.int64)
+    same = cust[order][1:] == cust[order][:-1]
+    gap[order[:-1][same]] = (per[order][1:] - per[order][:-1])[same]
+    # end of each contact's effect; an earlier effect still running at a decision would inflate
+    # the "none" arm (a new contact replaces it in the simulator), so such decisions are set aside
+    end = np.where(act > 0, per + np.asarray(durations)[act], -1).astype(np.int64)
+    big = int(W) + 10_000
+    co, eo = cust[order], end[order]
+    run = np.maximum.accumulate(eo + co * big) - co * big
+    prev_end = np.full(per.size, -1, np.int64)
+    prev_end[order[1:][same]] = run[:-1][same]
+    clean = prev_end <= per
     return DecisionData(cust=cust, period=per, action=act, weight=weight, stage=stage,
-                        fatigue=fatigue ** recent), state
+                        fatigue=fatigue ** recent, gap=gap, clean=clean), state

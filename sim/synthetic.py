@@ -40,16 +40,18 @@ class BankConfig:
     seed: int = 7
 
 
-# (activity_lift, dropout_reduction, adoption_uplift, reactivation) per action, before stage multipliers
+# (activity_lift, dropout_reduction, adoption_uplift, reactivation) per action, before stage multipliers.
+# Reactivation is 0: from logged outcomes it cannot be told apart from an activity lift among
+# customers who have silently left (see docs/world_model.md), so calibration folds it into the lift.
 TRUE_EFFECTS = {
-    "push_login_reminder": (0.08, 0.05, 0.0, 0.01),
-    "sms_activation_bonus": (0.45, 0.15, 0.2, 0.03),
+    "push_login_reminder": (0.08, 0.05, 0.0, 0.0),
+    "sms_activation_bonus": (0.45, 0.15, 0.2, 0.0),
     "email_card_offer": (0.05, 0.03, 1.5, 0.0),
-    "push_cashback": (0.35, 0.10, 0.0, 0.02),
-    "email_fee_waiver": (0.10, 0.25, 0.0, 0.01),
-    "sms_rate_bonus_savings": (0.12, 0.10, 1.2, 0.01),
+    "push_cashback": (0.35, 0.10, 0.0, 0.0),
+    "email_fee_waiver": (0.10, 0.25, 0.0, 0.0),
+    "sms_rate_bonus_savings": (0.12, 0.10, 1.2, 0.0),
     "rm_call_wealth": (0.10, 0.15, 2.5, 0.0),
-    "rm_call_retention": (0.25, 0.50, 0.0, 0.08),
+    "rm_call_retention": (0.25, 0.50, 0.0, 0.0),
 }
 TRUE_STAGE_MULT = {"new": 1.3, "growth": 1.0, "maturity": 0.7, "dormancy": 1.5, "churned": 0.6}
 TRUE_DURATION = {"push_login_reminder": 2, "sms_activation_bonus": 4, "email_card_offer": 4, "push_cashback": 4,
