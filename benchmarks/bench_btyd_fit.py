@@ -9,14 +9,11 @@ Calibration summary: same-day purchases merged, first purchase = birth, repeat p
 from __future__ import annotations
 
 import argparse
-import gzip
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -26,24 +23,13 @@ from sim.spend import fit_gamma_gamma  # noqa: E402
 
 
 def cdnow_calibration(end: str = "1997-09-30"):
-    """(x, t_x, T, monetary) per customer; t_x, T in weeks (days/7)."""
-    with gzip.open(ROOT / "sim" / "data" / "CDNOW_master.txt.gz", "rt") as fh:
-        df = pd.read_csv(fh, sep=r"\s+", dtype={"customer_id": np.int64, "date": str})
-    day = pd.to_datetime(df["date"], format="%Y%m%d").to_numpy().astype("datetime64[D]").astype(np.int64)
-    ukey, inv = np.unique(df["customer_id"].to_numpy() * (1 << 20) + day, return_inverse=True)
-    value = np.bincount(inv, weights=df["dollar_value"].to_numpy())
-    c, d = ukey >> 20, ukey & ((1 << 20) - 1)
-    _, first_idx, ci = np.unique(c, return_index=True, return_inverse=True)
-    first = d[first_idx]
-    end_day = np.datetime64(end, "D").astype(np.int64)
-    cal = d <= end_day
-    n = first.size
-    x = np.bincount(ci[cal], minlength=n) - 1.0
-    last = np.full(n, np.iinfo(np.int64).min)
-    np.maximum.at(last, ci[cal], d[cal])
-    rep = cal & (d > first[ci])
-    monetary = np.where(x > 0, np.bincount(ci[rep], weights=value[rep], minlength=n) / np.maximum(x, 1.0), 0.0)
-    return x, (last - first) / 7.0, (end_day - first) / 7.0, monetary
+    """(x, t_x, T, monetary) per customer of the bundled CDNOW master file, through the project's
+    own loader and summary (same-day purchases merged; times in weeks = days / 7)."""
+    from sim.features import summarise
+    from sim.history import load_cdnow, merge_same_day
+    tx, _ = merge_same_day(load_cdnow().transactions)
+    s = summarise(tx, end, 7.0)
+    return s.x, s.t_x, s.T, s.spend_mean
 
 
 def main() -> None:

@@ -39,6 +39,8 @@ def _user_errors() -> Iterator[None]:
         _err(str(e))
     except FileNotFoundError as e:
         _err(f"{e.filename}: not found")
+    except OSError as e:  # e.g. --out under an existing file, or a folder without write permission
+        _err(f"{e.filename}: {e.strerror}" if e.filename else str(e))
 
 
 def _emit(doc: dict[str, Any], as_json: bool, human: str) -> None:
@@ -110,6 +112,7 @@ def make_data(
     """
     with _user_errors():
         from sim.synthetic import BankConfig, write_bank_history
+        start = _date(start, "--start")
         t0 = time.perf_counter()
         cfg = BankConfig(customers=customers, weeks=weeks, start=start, decision_every=decision_every, seed=seed)
         summary = write_bank_history(out, cfg)
@@ -280,10 +283,12 @@ def simulate(
 def _date(text: str, option: str) -> str:
     import pandas as pd
     try:
-        return str(pd.Timestamp(text).date())
+        ts = pd.Timestamp(text)
     except (ValueError, TypeError):
+        ts = pd.NaT
+    if pd.isna(ts):  # pd.Timestamp("") and pd.Timestamp("NaT") give NaT instead of raising
         _err(f"{option}: {text!r} is not a date (use YYYY-MM-DD)")
-    return text
+    return str(ts.date())
 
 
 def main() -> None:  # pragma: no cover

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .btyd import BGNBD, ParetoNBD, fit_bg_nbd, fit_pareto_nbd
+from .btyd import fit_bg_nbd, fit_pareto_nbd
 from .catalogue import STAGES, ActionCatalogue, default_bank_catalogue
 from .errors import ConfigError
 from .features import CustomerSummary, Panel, build_panel, period_index, summarise

@@ -239,7 +239,6 @@ class PopulationSimulator:
         """Advance every customer by one period (or a fraction `exposure` of one)."""
         tb, st, rng = self.tables, self.state, self.rng
         n = st.n
-        S = N_STAGES
         if actions is None:
             actions = np.zeros(n, np.int16)
         actions = np.broadcast_to(np.asarray(actions), (n,)).astype(np.int16, copy=True)

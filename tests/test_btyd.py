@@ -27,12 +27,9 @@ monetary_value_col="dollar_value")` with recency and T divided by 7 gives identi
 """
 from __future__ import annotations
 
-import gzip
 import time
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from scipy.special import gammaln, hyp2f1
 
@@ -40,7 +37,6 @@ from sim import btyd
 from sim.btyd import BGNBD, FitInfo, ParetoNBD, compress, fit_bg_nbd, fit_pareto_nbd
 from sim.spend import GammaGamma, fit_gamma_gamma
 
-CDNOW = Path(__file__).resolve().parents[1] / "sim" / "data" / "CDNOW_master.txt.gz"
 
 # ---- lifetimes reference values (see module docstring) -----------------------------------------
 REF_BG = dict(r=0.2516239690074597, alpha=4.788943417035242, a=0.7234335078401817, b=2.161088328107823)
@@ -95,30 +91,13 @@ REF_COND = {
 
 
 def cdnow_calibration(end: str = "1997-09-30"):
-    """(x, t_x, T, monetary) per customer of the CDNOW master file; times in weeks (days/7)."""
-    with gzip.open(CDNOW, "rt") as fh:
-        df = pd.read_csv(fh, sep=r"\s+", dtype={"customer_id": np.int64, "date": str})
-    cust = df["customer_id"].to_numpy()
-    day = pd.to_datetime(df["date"], format="%Y%m%d").to_numpy().astype("datetime64[D]").astype(np.int64)
-    key = cust * (1 << 20) + day  # day numbers since 1970 are < 2^20
-    ukey, inv = np.unique(key, return_inverse=True)  # sorted by customer, then day
-    value = np.bincount(inv, weights=df["dollar_value"].to_numpy())  # same-day purchases merged
-    c = ukey >> 20
-    d = ukey & ((1 << 20) - 1)
-    _, first_idx, ci = np.unique(c, return_index=True, return_inverse=True)
-    first = d[first_idx]
-    end_day = np.datetime64(end, "D").astype(np.int64)
-    cal = d <= end_day
-    n = first.size
-    x = np.bincount(ci[cal], minlength=n) - 1.0
-    last = np.full(n, np.iinfo(np.int64).min)
-    np.maximum.at(last, ci[cal], d[cal])
-    rep = cal & (d > first[ci])
-    rep_sum = np.bincount(ci[rep], weights=value[rep], minlength=n)
-    t_x = (last - first) / 7.0
-    T = (end_day - first) / 7.0
-    monetary = np.where(x > 0, rep_sum / np.maximum(x, 1.0), 0.0)
-    return x, t_x, T, monetary
+    """(x, t_x, T, monetary) per customer of the bundled CDNOW master file, through the project's
+    own loader and summary (same-day purchases merged; times in weeks = days / 7)."""
+    from sim.features import summarise
+    from sim.history import load_cdnow, merge_same_day
+    tx, _ = merge_same_day(load_cdnow().transactions)
+    s = summarise(tx, end, 7.0)
+    return s.x, s.t_x, s.T, s.spend_mean
 
 
 @pytest.fixture(scope="module")
