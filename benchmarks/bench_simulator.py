@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import numpy as np  # noqa: E402
 
-from sim.population import PopulationSimulator  # noqa: E402
+from sim.population import DEFAULT_CHUNK, PopulationSimulator, chunk_seeds  # noqa: E402
 from sim.synthetic import BankConfig, truth_world  # noqa: E402
 
 
@@ -41,18 +41,22 @@ def campaign(rate: float):
 
 
 def measure(world, n: int, steps: int, policy, seed: int) -> tuple[float, float]:
-    sim = PopulationSimulator.new_customers(world, n, seed)
-    for _ in range(5):  # warm up; let effects and stages mix
-        sim.step(policy(sim))
+    """n customers stepped in chunks of DEFAULT_CHUNK, as `sim.population.simulate` runs them."""
+    sims = [PopulationSimulator.new_customers(world, stop - start, seq) for start, stop, seq in
+            chunk_seeds(seed, n, DEFAULT_CHUNK)]
+    for sim in sims:
+        for _ in range(5):  # warm up; let effects and stages mix
+            sim.step(policy(sim))
     t_step = t_pol = 0.0
     for _ in range(steps):
-        t0 = time.perf_counter()
-        a = policy(sim)
-        t1 = time.perf_counter()
-        sim.step(a)
-        t2 = time.perf_counter()
-        t_pol += t1 - t0
-        t_step += t2 - t1
+        for sim in sims:
+            t0 = time.perf_counter()
+            a = policy(sim)
+            t1 = time.perf_counter()
+            sim.step(a)
+            t2 = time.perf_counter()
+            t_pol += t1 - t0
+            t_step += t2 - t1
     return n * steps / t_step, n * steps / (t_step + t_pol)
 
 

@@ -29,6 +29,8 @@ from .world import WorldModel
 
 N_STAGES = len(STAGES)
 NEVER_CONTACTED = 10_000  # periods since last contact for customers never contacted
+DEFAULT_CHUNK = 262_144   # customers stepped together: big enough to amortise numpy calls, small
+                          # enough for the state arrays to stay in cache
 
 
 @dataclass
@@ -151,7 +153,7 @@ class StepOutcome:
     transactions: np.ndarray           # sampled counts
     expected_transactions: np.ndarray  # E[count | latent state] (Poisson noise integrated out)
     amount: np.ndarray
-    expected_amount: np.ndarray
+    expected_amount: np.ndarray | None  # E[amount | latent state]; None unless track_expected
     cost: np.ndarray
     contacted: np.ndarray
     actions: np.ndarray                # actions applied (ineligible ones replaced by 0)
@@ -171,6 +173,7 @@ class PopulationSimulator:
         start = start_date if start_date is not None else (
             pd.Timestamp(world.calibration_end) + pd.Timedelta(days=1) if world.calibration_end else None)
         self.start_date = None if start is None else pd.Timestamp(start)
+        self.track_expected = False  # also return expected amounts (validation turns this on)
         self.refresh()
 
     def refresh(self) -> None:
@@ -247,6 +250,7 @@ class PopulationSimulator:
             raise ValueError(f"unknown action index {int(bad)}; the catalogue has {tb.n_actions} actions")
         n_inel = 0
         contacted = actions > 0
+        contact_idx = np.zeros(0, np.int64)
         if contacted.any():
             idx = np.flatnonzero(contacted)
             a = actions[idx]
@@ -261,6 +265,8 @@ class PopulationSimulator:
                 contacted[idx] = True
             if idx.size:
                 self._apply_contacts(idx, a)
+            contact_idx = idx
+        n_contacted = contact_idx.size
         cost = tb.action_cost[actions]
 
         # rate and hazard of the customers still alive, under the effect in force
@@ -292,12 +298,14 @@ class PopulationSimulator:
         mean[alive_idx] = mean_a
 
         amount = np.zeros(n)
-        exp_amount = np.zeros(n)
         buy = np.flatnonzero(counts_a)
         if buy.size:
             b = alive_idx[buy]
             amount[b] = rng.standard_gamma(counts_a[buy] * tb.spend_p[st.segment[b]]) / st.nu[b]
-        exp_amount[alive_idx] = mean_a * tb.spend_p[st.segment[alive_idx]] / st.nu[alive_idx]
+        exp_amount = None
+        if self.track_expected:
+            exp_amount = np.zeros(n)
+            exp_amount[alive_idx] = mean_a * tb.spend_p[st.segment[alive_idx]] / st.nu[alive_idx]
 
         if tb.n_products:
             self._product_events()
@@ -309,10 +317,10 @@ class PopulationSimulator:
         st.recency[alive_idx[buy]] = 0
         st.tenure += 1
         np.minimum(st.last_contact + 1, NEVER_CONTACTED, out=st.last_contact)
-        st.last_contact[contacted] = 0
-        if st.recent_contacts.any() or contacted.any():
-            st.recent_contacts *= tb.contact_decay
-            st.recent_contacts[contacted] += 1.0
+        st.last_contact[contact_idx] = 0
+        st.recent_contacts *= tb.contact_decay
+        if n_contacted:
+            st.recent_contacts[contact_idx] += 1.0
         live = np.flatnonzero(st.eff_left)
         if live.size:
             st.eff_left[live] -= 1
@@ -531,7 +539,7 @@ class SimulationResult:
 
 def simulate(world: WorldModel, policy: PolicyFn | str, periods: int, seed: int,
              book: pd.DataFrame | None = None, customers: int | None = None,
-             chunk_size: int = 131_072, progress: Callable[[int], None] | None = None) -> SimulationResult:
+             chunk_size: int = DEFAULT_CHUNK, progress: Callable[[int], None] | None = None) -> SimulationResult:
     """Run `policy` for `periods` on the book's digital twins (resampled to `customers` when given)
     or on `customers` brand-new customers when there is no book."""
     if isinstance(policy, str):

@@ -19,7 +19,7 @@ from .calibrate import calibrate, expected_by_period
 from .errors import ConfigError
 from .features import period_index, summarise
 from .history import History, merge_same_day
-from .population import PopulationSimulator, WorldTables, chunk_seeds
+from .population import DEFAULT_CHUNK, PopulationSimulator, WorldTables, chunk_seeds
 from .world import WorldModel
 
 FREQ_BINS = 8  # conditional-expectation table: calibration frequency 0, 1, ..., 7+
@@ -65,6 +65,13 @@ def validate(history: History, calibration_end: str, holdout_end: str, *, replic
 
     summary = summarise(tx, ce, pdays, history.customers)
     metrics = holdout_metrics(act_n, act_v, sim["pred_n"], sim["pred_v"], sim["p_active"], summary.x)
+    # the same correlation against the number of calendar weeks with a transaction, the count
+    # lifetimes' weekly summaries use (its anchor), for a like-for-like comparison
+    wk = hold.loc[known, "date"].dt.to_period("W").to_numpy()
+    pairs = pd.DataFrame({"c": code[known], "w": wk}).drop_duplicates()
+    act_weeks = np.bincount(pairs["c"].to_numpy(), minlength=len(ids)).astype(float)
+    metrics["per_customer_corr_active_weeks"] = (float(np.corrcoef(sim["pred_n"], act_weeks)[0, 1])
+                                                 if act_weeks.std() > 0 else None)
     metrics.update({
         "dataset": history.folder, "calibration_end": str(ce.date()), "holdout_end": str(he.date()),
         "holdout_periods": round(float(horizon), 4), "period": world.economics.period,
@@ -198,7 +205,7 @@ def forecast_without_decisions(world: WorldModel, book: pd.DataFrame, exposures:
 
 
 def simulate_holdout(world: WorldModel, book: pd.DataFrame, actions: np.ndarray | None, exposures: np.ndarray,
-                     replications: int, seed: int, progress=None, chunk_size: int = 131_072) -> dict[str, Any]:
+                     replications: int, seed: int, progress=None, chunk_size: int = DEFAULT_CHUNK) -> dict[str, Any]:
     """Average over `replications` digital-twin draws of each book customer, simulated step by
     step (used when logged decisions are replayed). Each customer's draws of (alive, rate, hazard,
     spend) are a Latin-hypercube sample of their posterior, which keeps every draw exact while
@@ -218,6 +225,7 @@ def simulate_holdout(world: WorldModel, book: pd.DataFrame, actions: np.ndarray 
         rows = rep_rows[start:stop]
         sim = PopulationSimulator.from_book(world, book.iloc[rows], seq, tables=tables,
                                             uniforms=strata[start:stop])
+        sim.track_expected = True
         lam_cum = np.zeros(rows.size)
         any_tx = np.zeros(rows.size, bool)
         val = np.zeros(rows.size)
