@@ -150,9 +150,10 @@ def calibrate(
         out = Path(out)
         book_name = out.name.removesuffix(".json") + ".book.parquet"
         world.book_file = book_name
-        with atomic_path(out.parent / book_name) as tmp:
-            book.to_parquet(tmp, index=False)
-        world.save(out)
+        # both files appear together or not at all
+        with atomic_path(out.parent / book_name) as tmp_book, atomic_path(out) as tmp_world:
+            book.to_parquet(tmp_book, index=False)
+            world.save(tmp_world)
         del pd
         doc = {"world": str(out), "book": str(out.parent / book_name), "world_hash": world.hash(),
                "customers": report["customers"], "segments": [s.name for s in world.segments],

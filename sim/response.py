@@ -189,7 +189,10 @@ def estimate_response(prior: ResponseModel, catalogue: ActionCatalogue, dec: Dec
                 b = boots[np.isfinite(boots)]
                 if b.size < BOOTSTRAP // 2 or not np.isfinite(point):
                     continue
-                sd = float(np.std(b, ddof=1))
+                with np.errstate(over="ignore", invalid="ignore"):  # ratios of near-empty arms
+                    sd = float(np.std(b, ddof=1))
+                if not np.isfinite(sd):
+                    continue
                 raw[k][a, s], se[k][a, s] = point, sd
                 p = tabs[k][a, s]
                 psd = rel * abs(p) + floor

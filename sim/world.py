@@ -186,8 +186,11 @@ class WorldModel:
             d = json.loads(path.read_text())
         except FileNotFoundError:
             raise ConfigError(f"{path}: world file not found; create one with `clv calibrate`") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not a world JSON file ({e})") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{path}: is a folder, not a world JSON file") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not a world JSON file ({type(e).__name__}); "
+                              f"pass the .json that `clv calibrate` wrote") from None
         try:
             return cls.from_dict(d)
         except (KeyError, TypeError) as e:
