@@ -17,13 +17,14 @@ import pandas as pd
 from .btyd import fit_bg_nbd, fit_pareto_nbd
 from .catalogue import STAGES, ActionCatalogue, default_bank_catalogue
 from .errors import ConfigError
-from .features import CustomerSummary, Panel, build_panel, period_index, summarise
+from .features import CustomerRows, CustomerSummary, Panel, build_panel, period_index, summarise
 from .history import History, merge_same_day
 from .response import decisions_frame_to_data, estimate_response, load_priors, prior_response
 from .spend import GammaGamma, fit_gamma_gamma
 from .world import SegmentModel, StageRules, WorldModel
 
 MIN_SEGMENT_FIT = 500        # customers needed to fit a segment's own activity model
+MAX_FIT_CUSTOMERS = 200_000  # larger books are fitted on a seeded random sample of this size
 KMEANS_SAMPLE = 20_000
 SEASON_MIN_DAYS = 364
 
@@ -40,7 +41,8 @@ def calibrate(history: History, calibration_end: str | pd.Timestamp, *, segment_
     if (tx["date"] <= ce).sum() == 0:
         raise ConfigError(f"no transactions on or before the calibration end {ce.date()}; "
                           f"the history starts on {tx['date'].min().date()}")
-    summary = summarise(tx, ce, pdays, history.customers)
+    rows = CustomerRows.from_frame(tx.loc[tx["date"] <= ce, ["customer_id", "date", "amount"]])
+    summary = summarise(tx, ce, pdays, history.customers, rows=rows)
     report: dict[str, Any] = {"same_day_merged": int(merged), "customers": len(summary),
                               "transactions_used": int((tx["date"] <= ce).sum())}
     catalogue = history.actions or _catalogue_for(history)
@@ -51,10 +53,10 @@ def calibrate(history: History, calibration_end: str | pd.Timestamp, *, segment_
                                                               n_segments, seed)
     G = len(seg_names)
     # activity / dropout
-    fits = fit_activity(summary, seg, G, exogenous, activity_model)
+    fits = fit_activity(summary, seg, G, exogenous, activity_model, seed)
     # spend
-    spend = fit_spend(summary, seg, G, exogenous)
-    rules = stage_rules_from(tx.loc[tx["date"] <= ce], pdays)
+    spend = fit_spend(summary, seg, G, exogenous, seed)
+    rules = stage_rules_from(rows, pdays)
     if history.stage_rules:  # thresholds the user fixed in stages.yaml
         rules = StageRules(**{**asdict(rules), **history.stage_rules})
         report["stage_rules_fixed"] = sorted(history.stage_rules)
@@ -105,7 +107,7 @@ def calibrate(history: History, calibration_end: str | pd.Timestamp, *, segment_
     if not products:
         assumptions.append("products: none in the history; product adoption not modelled")
 
-    seasonality = estimate_seasonality(summary, tx, ce, pdays, fits, seg, activity_model)
+    seasonality = estimate_seasonality(summary, rows, ce, pdays, fits, seg)
     if seasonality is None:
         span = (ce - pd.Timestamp(summary.birth.min())).days
         assumptions.append(f"seasonality: not estimated (calibration covers {span} days < {SEASON_MIN_DAYS})")
@@ -188,20 +190,32 @@ def rfm_features(summary: CustomerSummary) -> np.ndarray:
 
 
 # ---- activity and spend ----------------------------------------------------------------------
+def fit_sample(mask: np.ndarray, seed: int) -> np.ndarray:
+    """Indices of the customers a fit uses: all of `mask`, or a seeded random sample of
+    MAX_FIT_CUSTOMERS of them (the MLE's standard errors then reflect the sample; every customer
+    still gets their own posterior from the fitted prior)."""
+    idx = np.flatnonzero(mask)
+    if idx.size <= MAX_FIT_CUSTOMERS:
+        return idx
+    return np.sort(np.random.default_rng(seed).choice(idx, MAX_FIT_CUSTOMERS, replace=False))
+
+
 def fit_activity(summary: CustomerSummary, seg: np.ndarray, G: int, exogenous: bool,
-                 model: str) -> dict[str, Any]:
+                 model: str, seed: int = 0) -> dict[str, Any]:
     """Pooled fit, plus a fit per segment when segments are exogenous and large enough (segments
     cut on RFM are not: fitting a BTYD prior on customers selected by their own x and t_x
     would bias it, so they share the pooled prior and differ through their posteriors)."""
     if model not in ("pareto_nbd", "bg_nbd"):
         raise ConfigError(f"unknown activity model {model!r}; use pareto_nbd or bg_nbd")
     fitter = fit_pareto_nbd if model == "pareto_nbd" else fit_bg_nbd
-    pooled, info = fitter(summary.x, summary.t_x, summary.T)
+    rows = fit_sample(np.ones(len(summary), bool), seed)
+    pooled, info = fitter(summary.x[rows], summary.t_x[rows], summary.T[rows])
     by_seg, infos = [], {"pooled": asdict(info), "model": model}
     for g in range(G):
         m = seg == g
         if exogenous and m.sum() >= MIN_SEGMENT_FIT and G > 1:
-            p, i = fitter(summary.x[m], summary.t_x[m], summary.T[m], init=pooled)
+            r = fit_sample(m, seed + 1 + g)
+            p, i = fitter(summary.x[r], summary.t_x[r], summary.T[r], init=pooled)
             by_seg.append(p)
             infos[f"segment_{g}"] = asdict(i)
         else:
@@ -209,19 +223,21 @@ def fit_activity(summary: CustomerSummary, seg: np.ndarray, G: int, exogenous: b
     return {"pooled": pooled, "by_segment": by_seg, "info": infos}
 
 
-def fit_spend(summary: CustomerSummary, seg: np.ndarray, G: int, exogenous: bool) -> dict[str, Any]:
+def fit_spend(summary: CustomerSummary, seg: np.ndarray, G: int, exogenous: bool, seed: int = 0) -> dict[str, Any]:
     ok = (summary.spend_x > 0) & (summary.spend_mean > 0)
     if ok.sum() < 10:
         pooled = GammaGamma(p=1.0, q=2.0, gamma=float(max(summary.total_amount.sum(), 1.0) /
                                                       max(summary.n_tx.sum(), 1)))
         return {"pooled": pooled, "by_segment": [pooled] * G,
                 "info": {"pooled": "too few repeat transactions with a value; spend prior assumed"}}
-    pooled, info = fit_gamma_gamma(summary.spend_x[ok], summary.spend_mean[ok])
+    r = fit_sample(ok, seed)
+    pooled, info = fit_gamma_gamma(summary.spend_x[r], summary.spend_mean[r])
     by_seg, infos = [], {"pooled": asdict(info)}
     for g in range(G):
         m = ok & (seg == g)
         if exogenous and m.sum() >= MIN_SEGMENT_FIT and G > 1:
-            p, i = fit_gamma_gamma(summary.spend_x[m], summary.spend_mean[m])
+            r = fit_sample(m, seed + 1 + g)
+            p, i = fit_gamma_gamma(summary.spend_x[r], summary.spend_mean[r])
             by_seg.append(p)
             infos[f"segment_{g}"] = asdict(i)
         else:
@@ -253,15 +269,10 @@ def mean_hazard_by_stage(fits, seg, summary, panel: Panel, model: str) -> np.nda
 
 
 # ---- stages ------------------------------------------------------------------------------------
-def stage_rules_from(tx: pd.DataFrame, period_days: float) -> StageRules:
+def stage_rules_from(rows: CustomerRows, period_days: float) -> StageRules:
     """Dormant after the 90th percentile of observed gaps between transactions (at least 4 periods),
     churned after twice that or the 99th percentile, whichever is longer."""
-    cid = tx["customer_id"].to_numpy(dtype=str)
-    d = tx["date"].to_numpy("datetime64[ns]")
-    order = np.lexsort((d, cid))
-    cid, d = cid[order], d[order]
-    same = cid[1:] == cid[:-1]
-    gaps = ((d[1:] - d[:-1]) / np.timedelta64(1, "D"))[same] / period_days
+    gaps = rows.gaps_days() / period_days
     if gaps.size < 20:
         q90, q99 = 8.0, 26.0
     else:
@@ -360,8 +371,8 @@ def effect_exposure(dec, response, panel: Panel, catalogue: ActionCatalogue):
 
 
 # ---- seasonality --------------------------------------------------------------------------------
-def estimate_seasonality(summary: CustomerSummary, tx: pd.DataFrame, ce: pd.Timestamp, period_days: float,
-                         fits, seg: np.ndarray, model: str) -> np.ndarray | None:
+def estimate_seasonality(summary: CustomerSummary, rows: CustomerRows, ce: pd.Timestamp, period_days: float,
+                         fits, seg: np.ndarray) -> np.ndarray | None:
     """Week-of-year multipliers (53), from the ratio of actual to model-expected transactions per
     period, detrended, averaged by ISO week, smoothed, shrunk by the number of years seen and
     normalised to a geometric mean of 1. None when the history covers less than a year."""
@@ -372,12 +383,7 @@ def estimate_seasonality(summary: CustomerSummary, tx: pd.DataFrame, ce: pd.Time
     if W < 52:
         return None
     expected = expected_by_period(summary, seg, fits["by_segment"], start, W, period_days)
-    d = tx.loc[(tx["date"] <= ce), ["customer_id", "date"]]
-    if not summary.birth_is_signup:  # repeat transactions only
-        first = d.groupby("customer_id")["date"].transform("min")
-        d = d.loc[d["date"] > first]
-    w = period_index(d["date"].to_numpy("datetime64[ns]"), start, period_days)
-    actual = np.bincount(w[(w >= 0) & (w < W)], minlength=W).astype(float)
+    actual = actual_by_period(rows, summary.birth_is_signup, start, W, period_days)
     ok = (expected > 5) & (actual > 0)
     if ok.sum() < 52:
         return None
@@ -397,6 +403,16 @@ def estimate_seasonality(summary: CustomerSummary, tx: pd.DataFrame, ce: pd.Time
     shrunk = sm * cnt / (cnt + 1.0)
     shrunk -= shrunk[:52].mean()
     return np.exp(shrunk)
+
+
+def actual_by_period(rows: CustomerRows, birth_is_signup: bool, start: pd.Timestamp, n_periods: int,
+                     period_days: float) -> np.ndarray:
+    """Transactions per period from `start` (repeat transactions only for first-purchase births)."""
+    keep = np.ones(rows.codes.size, bool)
+    if not birth_is_signup:
+        keep[rows.starts] = False
+    w = period_index(rows.day_ns[keep].astype("datetime64[ns]"), start, period_days)
+    return np.bincount(w[(w >= 0) & (w < n_periods)], minlength=n_periods).astype(float)
 
 
 def expected_by_period(summary: CustomerSummary, seg: np.ndarray, by_segment: list, start: pd.Timestamp,

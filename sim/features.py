@@ -35,31 +35,56 @@ class CustomerSummary:
             "customer_id", "birth", "x", "t_x", "T", "n_tx", "total_amount", "spend_x", "spend_mean", "last_date")})
 
 
+@dataclass
+class CustomerRows:
+    """Transactions grouped by customer: sorted by (customer, date), with integer codes.
+    Built once per cut-off (hash factorisation, no string sort) and shared by the summaries."""
+
+    ids: np.ndarray      # (C,) str, sorted
+    codes: np.ndarray    # (n,) customer code of each row
+    day_ns: np.ndarray   # (n,) int64 date in ns
+    amount: np.ndarray   # (n,) float
+    starts: np.ndarray   # (C,) first row of each customer
+
+    @classmethod
+    def from_frame(cls, tx: pd.DataFrame) -> "CustomerRows":
+        codes, uniq = pd.factorize(tx["customer_id"], sort=True)
+        di = tx["date"].to_numpy("datetime64[ns]").astype(np.int64)
+        amount = tx["amount"].to_numpy(float)
+        if codes.size > 1:
+            dc = np.diff(codes)
+            if not np.all((dc > 0) | ((dc == 0) & (np.diff(di) >= 0))):
+                order = np.lexsort((di, codes))
+                codes, di, amount = codes[order], di[order], amount[order]
+        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if codes.size else np.zeros(0, np.int64)
+        return cls(ids=np.asarray(uniq, dtype=str), codes=codes, day_ns=di, amount=amount, starts=starts)
+
+    def gaps_days(self) -> np.ndarray:
+        """Days between consecutive transactions of the same customer."""
+        same = self.codes[1:] == self.codes[:-1]
+        return (np.diff(self.day_ns)[same]) / 86_400e9
+
+
 def summarise(tx: pd.DataFrame, cutoff: pd.Timestamp, period_days: float,
-              customers: pd.DataFrame | None = None) -> CustomerSummary:
+              customers: pd.DataFrame | None = None, rows: CustomerRows | None = None) -> CustomerSummary:
     """Summary of every customer born on or before `cutoff` from day-level transactions
-    (same-day transactions already merged), using only transactions on or before `cutoff`."""
+    (same-day transactions already merged), using only transactions on or before `cutoff`.
+    `rows` may pass the already grouped transactions up to the cut-off."""
     cutoff = pd.Timestamp(cutoff)
-    tx = tx.loc[tx["date"] <= cutoff, ["customer_id", "date", "amount"]]
+    if rows is None:
+        rows = CustomerRows.from_frame(tx.loc[tx["date"] <= cutoff, ["customer_id", "date", "amount"]])
     signup = None
     if customers is not None and "signup_date" in customers.columns:
         signup = customers.set_index("customer_id")["signup_date"]
-    ids_tx, codes = np.unique(tx["customer_id"].to_numpy(dtype=str), return_inverse=True)
-    dates = tx["date"].to_numpy("datetime64[ns]")
-    amounts = tx["amount"].to_numpy(float)
+    ids_tx = rows.ids
     n_ids = ids_tx.shape[0]
-    n_tx = np.bincount(codes, minlength=n_ids)
-    total = np.bincount(codes, weights=amounts, minlength=n_ids)
-    di = dates.astype("int64")
-    first = np.full(n_ids, np.iinfo(np.int64).max)
-    last = np.full(n_ids, np.iinfo(np.int64).min)
-    np.minimum.at(first, codes, di)
-    np.maximum.at(last, codes, di)
+    ends = np.r_[rows.starts[1:], rows.codes.size] - 1
+    n_tx = (ends - rows.starts + 1) if n_ids else np.zeros(0, np.int64)
+    total = np.add.reduceat(rows.amount, rows.starts) if n_ids else np.zeros(0)
+    first = rows.day_ns[rows.starts]
+    last = rows.day_ns[ends]
     # the value of the first transaction, to exclude it from repeat spend (first-purchase births)
-    first_amount = np.zeros(n_ids)
-    is_first = di == first[codes]
-    # several same-day rows are merged upstream, so exactly one row per customer is first
-    first_amount[codes[is_first]] = amounts[is_first]
+    first_amount = rows.amount[rows.starts]
 
     if signup is not None:
         all_ids = np.union1d(ids_tx, signup.index.to_numpy(dtype=str))

@@ -310,9 +310,10 @@ class PopulationSimulator:
         if tb.n_products:
             self._product_events()
 
-        # observables
-        st.frequency += counts
-        st.monetary += amount
+        # observables (only buyers' frequency and monetary change)
+        if buy.size:
+            st.frequency[b] += counts_a[buy].astype(np.int32)
+            st.monetary[b] += amount[b]
         st.recency += 1
         st.recency[alive_idx[buy]] = 0
         st.tenure += 1

@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path, atomic_write_json
-from .calibrate import calibrate, expected_by_period
+from .calibrate import actual_by_period, calibrate, expected_by_period
 from .errors import ConfigError
-from .features import period_index, summarise
+from .features import CustomerRows, period_index, summarise
 from .history import History, merge_same_day
 from .population import DEFAULT_CHUNK, PopulationSimulator, WorldTables, chunk_seeds
 from .world import WorldModel
@@ -63,7 +63,8 @@ def validate(history: History, calibration_end: str, holdout_end: str, *, replic
     w_hold = period_index(hold["date"].to_numpy("datetime64[ns]")[known], ce + pd.Timedelta(days=1), pdays)
     act_weekly = np.bincount(np.clip(w_hold, 0, n_periods - 1), minlength=n_periods).astype(float)
 
-    summary = summarise(tx, ce, pdays, history.customers)
+    rows = CustomerRows.from_frame(tx.loc[tx["date"] <= ce, ["customer_id", "date", "amount"]])
+    summary = summarise(tx, ce, pdays, history.customers, rows=rows)
     metrics = holdout_metrics(act_n, act_v, sim["pred_n"], sim["pred_v"], sim["p_active"], summary.x)
     # the same correlation against the number of calendar weeks with a transaction, the count
     # lifetimes' weekly summaries use (its anchor), for a like-for-like comparison
@@ -89,11 +90,7 @@ def validate(history: History, calibration_end: str, holdout_end: str, *, replic
     seg = book["segment"].to_numpy()
     by_seg = _activity_by_segment(world)
     cal_expected = expected_by_period(summary, seg, by_seg, start, W_cal, pdays)
-    d = tx.loc[tx["date"] <= ce, ["customer_id", "date"]]
-    if not summary.birth_is_signup:
-        d = d.loc[d["date"] > d.groupby("customer_id")["date"].transform("min")]
-    w = period_index(d["date"].to_numpy("datetime64[ns]"), start, pdays)
-    cal_actual = np.bincount(w[(w >= 0) & (w < W_cal)], minlength=W_cal).astype(float)
+    cal_actual = actual_by_period(rows, summary.birth_is_signup, start, W_cal, pdays)
     tracking = pd.DataFrame({
         "period_start": np.concatenate([
             [str((start + pd.Timedelta(days=i * pdays)).date()) for i in range(W_cal)],

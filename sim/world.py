@@ -20,6 +20,9 @@ from .catalogue import STAGES, ActionCatalogue, Economics
 from .errors import ConfigError
 
 SCHEMA_VERSION = 1
+# stage by (recency bucket, tenure bucket): recency 0 = recent, 1 = dormant, 2 = churned;
+# tenure 0 = new, 1 = growth, 2 = mature
+_STAGE_LUT = np.array([0, 1, 2, 3, 3, 3, 4, 4, 4], dtype=np.int8)
 ACTIVITY_MODELS = ("pareto_nbd", "bg_nbd")
 
 
@@ -42,12 +45,12 @@ class StageRules:
 
     def assign(self, tenure: np.ndarray, recency: np.ndarray) -> np.ndarray:
         """Stage index (into STAGES) for arrays of tenure and recency (vectorised)."""
-        stage = np.full(np.shape(tenure), 1, dtype=np.int8)  # growth
-        stage[tenure >= self.mature_periods] = 2
-        stage[tenure < self.new_periods] = 0
-        stage[recency >= self.dormant_after] = 3
-        stage[recency >= self.churned_after] = 4
-        return stage
+        # bucket each rule's variable, then one table lookup (no masked writes: this runs every step)
+        t_b = (np.asarray(tenure) >= self.new_periods).view(np.int8) + (np.asarray(tenure) >= self.mature_periods)
+        r_b = (np.asarray(recency) >= self.dormant_after).view(np.int8) + (np.asarray(recency) >= self.churned_after)
+        if self.mature_periods < self.new_periods:  # degenerate rules: keep the documented order
+            t_b = np.where(np.asarray(tenure) < self.new_periods, 0, t_b).astype(np.int8)
+        return _STAGE_LUT[r_b * 3 + t_b]
 
 
 @dataclass
