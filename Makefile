@@ -26,7 +26,7 @@ demo: $(STAMP)
 	@echo "demo outputs in $(OUT)/"
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow

@@ -370,6 +370,21 @@ class ParetoNBD(_Model):
         x, t_x, T = _check_data(x, t_x, T)
         return np.exp(_pnbd_terms(self.params, _Data(x, t_x, T), False)[1])
 
+    def p_alive_at(self, tau, x, t_x, T) -> np.ndarray:
+        """P(alive at time tau | x, t_x, T), for tau in [0, T]: 1 up to the last transaction, then
+        [A + s I(tau, T)] / [A + s I(t_x, T)] with A = (α+T)^-(r+x) (β+T)^-s and
+        I(a, b) = ∫_a^b (β+u)^-(s+1) (α+u)^-(r+x) du (the likelihood's own terms)."""
+        x, t_x, T = _check_data(x, t_x, T)
+        tau = np.clip(np.broadcast_to(np.asarray(tau, float), x.shape), t_x, T)
+        r, alpha, s, beta = self.params
+        m = r + x
+        l1 = -m * np.log(alpha + T) - s * np.log(beta + T)
+        li_tau, _ = _pnbd_integral(r, alpha, s, beta, x, tau, T, False)
+        li_tx, _ = _pnbd_integral(r, alpha, s, beta, x, t_x, T, False)
+        with np.errstate(invalid="ignore"):
+            out = np.exp(np.logaddexp(l1, np.log(s) + li_tau) - np.logaddexp(l1, np.log(s) + li_tx))
+        return np.where(tau <= t_x, 1.0, np.minimum(out, 1.0))
+
     def expected_holdout(self, h, x, t_x, T) -> np.ndarray:
         """E[# transactions in (T, T+h] | x, t_x, T]
         = P(alive)·(r+x)/(α+T)·(β+T)/(s-1)·[1 - ((β+T)/(β+T+h))^(s-1)] (log limit at s = 1)."""
@@ -422,6 +437,12 @@ class BGNBD(_Model):
         """1 / (1 + δ(x>0) a/(b+x-1) ((α+T)/(α+t_x))^(r+x))."""
         x, t_x, T = _check_data(x, t_x, T)
         return np.exp(_bgnbd_terms(self.params, _Data(x, t_x, T), False)[1])
+
+    def p_alive_at(self, tau, x, t_x, T) -> np.ndarray:
+        """P(alive at tau | data): 1 up to the last transaction; after it no purchase happened, so
+        (dropout only follows a purchase) the customer is alive at tau exactly when alive at T."""
+        pa = self.p_alive(x, t_x, T)
+        return np.where(np.asarray(tau, float) <= np.asarray(t_x, float), 1.0, pa)
 
     def expected_holdout(self, h, x, t_x, T) -> np.ndarray:
         """FHL (2005) eq. (10): P(alive)·(a+b+x-1)/(a-1)·[1 - ((α+T)/(α+T+h))^(r+x) 2F1(r+x, b+x; a+b+x-1; h/(α+T+h))],

@@ -71,6 +71,7 @@ def calibrate(history: History, calibration_end: str | pd.Timestamp, *, segment_
     init_products = np.zeros((G, P))
     held_end = np.zeros((len(summary), P), bool)
     contact_end = None
+    product_counts = None
     effect_mult = np.zeros(len(summary))
     if need_panel:
         panel = build_panel(summary, tx, ce, pdays, rules)
@@ -90,11 +91,10 @@ def calibrate(history: History, calibration_end: str | pd.Timestamp, *, segment_
                                                       panel.n_periods, products, seed=seed, priors=priors)
             under_effect, effect_mult = effect_exposure(dec, response, panel, catalogue)
         if products:
-            adopt, close, init_products = product_hazards(opens, closes, held_before, initial, panel, seg, G,
-                                                          under_effect)
-    else:
-        assumptions.append("intervention response: all effects taken from priors (no logged decisions)")
-    if history.decisions is None and need_panel:
+            alive = alive_panel(summary, seg, fits, panel, pdays)
+            adopt, close, init_products, product_counts = product_hazards(
+                opens, closes, held_before, initial, panel, seg, G, under_effect, alive)
+    if history.decisions is None:
         assumptions.append("intervention response: all effects taken from priors (no logged decisions)")
     assumptions += [f"intervention response: {k} taken from priors" for k in
                     ("reactivation", "duration", "opt_out", "fatigue", "min_gap")]
@@ -118,7 +118,7 @@ def calibrate(history: History, calibration_end: str | pd.Timestamp, *, segment_
         m = seg == g
         act = dict(fits["by_segment"][g].to_dict())
         act.pop("name", None)
-        if effect_mult[m].size:
+        if m.any():
             act["alpha"] = float(act["alpha"] * (1.0 + float(effect_mult[m].mean())))
         segments.append(SegmentModel(
             name=seg_names[g], n_customers=int(m.sum()), share=float(m.mean()), activity=act,
@@ -130,7 +130,7 @@ def calibrate(history: History, calibration_end: str | pd.Timestamp, *, segment_
         stage_rules=rules, response=response, activity_model=activity_model, calibration_end=str(ce.date()),
         seasonality=None if seasonality is None else seasonality.tolist(), assumptions=assumptions,
         fit={"activity": fits["info"], "spend": spend["info"], "response": resp_report,
-             "seconds": None},
+             "products": product_counts, "seconds": None},
         source={"history": history.folder, "report": history.report, **report})
     book = build_book(world, summary, seg, fits, spend, ce, held_end, contact_end, effect_mult, activity_model)
     world.fit["seconds"] = round(time.perf_counter() - t0, 3)
@@ -316,10 +316,29 @@ def product_panels(products_df: pd.DataFrame, summary: CustomerSummary, panel: P
     return np.minimum(opens, 1), np.minimum(closes, 1), held_before, held_after[:, -1, :], initial
 
 
+def alive_panel(summary: CustomerSummary, seg: np.ndarray, fits, panel: Panel, period_days: float) -> np.ndarray:
+    """(N, W) probability that each customer was alive in the middle of each period, given their
+    whole calibration history (1 up to their last transaction, then the activity model's
+    posterior); 0 before birth."""
+    N, W = panel.counts.shape
+    bfrac = ((summary.birth - np.datetime64(panel.origin, "ns")) / np.timedelta64(1, "D")) / period_days
+    tau = np.arange(W)[None, :] + 0.5 - bfrac[:, None]
+    out = (tau >= 0).astype(np.float32)
+    after = tau > summary.t_x[:, None]
+    for g in np.unique(seg):
+        rows, cols = np.nonzero(after & (seg == g)[:, None])
+        if rows.size:
+            out[rows, cols] = fits["by_segment"][g].p_alive_at(
+                np.minimum(tau[rows, cols], summary.T[rows]), summary.x[rows], summary.t_x[rows], summary.T[rows])
+    return out
+
+
 def product_hazards(opens, closes, held_before, initial, panel: Panel, seg: np.ndarray, G: int,
-                    under_effect: np.ndarray, shrink: float = 50.0):
+                    under_effect: np.ndarray, alive: np.ndarray, shrink: float = 50.0):
     """Per segment x stage x product hazards per period, from periods with no campaign effect in
-    force, shrunk towards the stage's pooled rate (`shrink` pseudo-periods)."""
+    force, shrunk towards the stage's pooled rate (`shrink` pseudo-periods). Only a living
+    customer opens a product (as in the simulator), so adoption's periods at risk are weighted
+    by the probability that the customer was alive then; closing is by stage alone."""
     S = len(STAGES)
     P = opens.shape[2]
     born = panel.stage_before >= 0
@@ -327,11 +346,12 @@ def product_hazards(opens, closes, held_before, initial, panel: Panel, seg: np.n
     st = np.where(born, panel.stage_before, 0)
     adopt = np.zeros((G, S, P))
     close = np.zeros((G, S, P))
+    counts = {k: np.zeros((G, S, P)) for k in ("adopt_events", "adopt_at_risk", "close_events", "close_at_risk")}
     cell = seg[:, None].astype(np.int64) * S + st
     for p in range(P):
         risk_o = base & ~held_before[:, :, p]
         risk_c = base & held_before[:, :, p]
-        n_o = np.bincount(cell[risk_o], minlength=G * S).reshape(G, S)
+        n_o = np.bincount(cell[risk_o], weights=alive[risk_o], minlength=G * S).reshape(G, S)
         e_o = np.bincount(cell[risk_o], weights=opens[:, :, p][risk_o], minlength=G * S).reshape(G, S)
         n_c = np.bincount(cell[risk_c], minlength=G * S).reshape(G, S)
         e_c = np.bincount(cell[risk_c], weights=closes[:, :, p][risk_c], minlength=G * S).reshape(G, S)
@@ -339,12 +359,14 @@ def product_hazards(opens, closes, held_before, initial, panel: Panel, seg: np.n
         pool_c = e_c.sum(0) / np.maximum(n_c.sum(0), 1)
         adopt[:, :, p] = (e_o + shrink * pool_o) / (n_o + shrink)
         close[:, :, p] = (e_c + shrink * pool_c) / (n_c + shrink)
+        for k, v in zip(counts, (e_o, n_o, e_c, n_c)):
+            counts[k][:, :, p] = v
     # what a customer starts with
     init = np.zeros((G, P))
     for g in range(G):
         m = seg == g
         init[g] = initial[m].mean(axis=0) if m.any() else 0.0
-    return adopt, close, init
+    return adopt, close, init, {k: v.tolist() for k, v in counts.items()}
 
 
 def effect_exposure(dec, response, panel: Panel, catalogue: ActionCatalogue):

@@ -151,7 +151,7 @@ class StepOutcome:
 
     reward: np.ndarray                 # margin from amounts + product margins - contact cost
     transactions: np.ndarray           # sampled counts
-    expected_transactions: np.ndarray  # E[count | latent state] (Poisson noise integrated out)
+    expected_transactions: np.ndarray | None  # E[count | latent state]; None unless track_expected
     amount: np.ndarray
     expected_amount: np.ndarray | None  # E[amount | latent state]; None unless track_expected
     cost: np.ndarray
@@ -173,7 +173,7 @@ class PopulationSimulator:
         start = start_date if start_date is not None else (
             pd.Timestamp(world.calibration_end) + pd.Timedelta(days=1) if world.calibration_end else None)
         self.start_date = None if start is None else pd.Timestamp(start)
-        self.track_expected = False  # also return expected amounts (validation turns this on)
+        self.track_expected = False  # also return expected counts and amounts (validation turns this on)
         self.refresh()
 
     def refresh(self) -> None:
@@ -280,7 +280,6 @@ class PopulationSimulator:
             lam_a[on] *= 1.0 + tb.lift[code] * sc
             mu_a[on] *= 1.0 - tb.dropout_reduction[code] * sc
         counts = np.zeros(n, np.int32)
-        mean = np.zeros(n)
         if tb.pareto:
             # exact continuous-time Pareto/NBD: exponential remaining lifetime (memoryless)
             life = rng.standard_exponential(alive_idx.size) / np.maximum(mu_a, 1e-300)
@@ -295,7 +294,10 @@ class PopulationSimulator:
             counts_a = np.minimum(pois, k)
             st.alive[alive_idx[k <= pois]] = False
         counts[alive_idx] = counts_a
-        mean[alive_idx] = mean_a
+        mean = None
+        if self.track_expected:
+            mean = np.zeros(n)
+            mean[alive_idx] = mean_a
 
         amount = np.zeros(n)
         buy = np.flatnonzero(counts_a)
@@ -308,7 +310,7 @@ class PopulationSimulator:
             exp_amount[alive_idx] = mean_a * tb.spend_p[st.segment[alive_idx]] / st.nu[alive_idx]
 
         if tb.n_products:
-            self._product_events()
+            self._product_events(alive_idx[on] if on.size else None)
 
         # observables (only buyers' frequency and monetary change)
         if buy.size:
@@ -338,16 +340,18 @@ class PopulationSimulator:
                            expected_amount=exp_amount, cost=cost, contacted=contacted, actions=actions,
                            n_ineligible=n_inel)
 
-    def _product_events(self) -> None:
+    def _product_events(self, under_alive: np.ndarray | None) -> None:
         """Open/close products. Each (customer, product) pair changes with its own hazard; events are
         rare, so candidates are drawn by thinning a Bernoulli process at a bound per product
-        (geometric gaps between candidates) and accepted with probability hazard / bound. Customers
-        under an adoption-boosting effect are drawn exactly, one uniform each."""
+        (geometric gaps between candidates) and accepted with probability hazard / bound. Living
+        customers under an adoption-boosting effect are thinned separately, at the bound times the
+        largest boost among them. Exact: each pair still changes with probability = its hazard."""
         tb, st, rng = self.tables, self.state, self.rng
         S = N_STAGES
         n = st.n
         cell = st.segment.astype(np.int64) * S + st.stage
-        under = np.flatnonzero(st.eff_code)
+        # adoption needs the customer alive, so only living customers under an effect can be boosted
+        under = under_alive if under_alive is not None else np.zeros(0, np.int64)
         boosted = np.zeros(0, np.int64)
         if under.size:
             code = st.eff_code[under]

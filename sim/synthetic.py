@@ -157,7 +157,7 @@ def generate_bank_history(cfg: BankConfig) -> tuple[History, dict[str, Any]]:
     offset = rng_gen.integers(0, cfg.decision_every, N)
     tx_c, tx_w, tx_n = [], [], []
     dec_c, dec_w, dec_a, dec_p = [], [], [], []
-    pe_c, pe_w, pe_p, pe_e = [], [], [], []
+    pe_c, pe_w, pe_p, pe_e, pe_i = [], [], [], [], []
     born = np.zeros(N, bool)
     for w in range(Wk):
         newborn = (birth == w)
@@ -174,6 +174,7 @@ def generate_bank_history(cfg: BankConfig) -> tuple[History, dict[str, Any]]:
             sim.refresh()
             ii, pp = np.nonzero(init_products[i])
             pe_c.append(i[ii]); pe_w.append(np.full(ii.size, w)); pe_p.append(pp); pe_e.append(np.ones(ii.size, bool))
+            pe_i.append(np.ones(ii.size, bool))
         decide = born & ((w + offset) % cfg.decision_every == 0)
         actions = np.zeros(N, np.int16)
         if decide.any():
@@ -198,6 +199,7 @@ def generate_bank_history(cfg: BankConfig) -> tuple[History, dict[str, Any]]:
         for ev, m in ((True, opened), (False, closed)):
             ii, pp = np.nonzero(m)
             pe_c.append(ii); pe_w.append(np.full(ii.size, w)); pe_p.append(pp); pe_e.append(np.full(ii.size, ev))
+            pe_i.append(np.zeros(ii.size, bool))
 
     # transactions: counts per week become rows on distinct days of that week
     c, w, n = (np.concatenate(x) for x in (tx_c, tx_w, tx_n))
@@ -222,8 +224,11 @@ def generate_bank_history(cfg: BankConfig) -> tuple[History, dict[str, Any]]:
     customers = pd.DataFrame({"customer_id": cid, "signup_date": start + pd.to_timedelta(birth * 7, unit="D"),
                               "segment": segment, "age_band": age,
                               "region": rng_gen.choice(["north", "south", "east", "west"], N)})
-    c, w, p, e = (np.concatenate(x) for x in (pe_c, pe_w, pe_p, pe_e))
-    pday = np.where(e & (w == birth[c]), 0, rng_gen.integers(0, 7, c.size))
+    c, w, p, e, initial_row = (np.concatenate(x) for x in (pe_c, pe_w, pe_p, pe_e, pe_i))
+    # starting products are opened on the signup day; later events in the signup week after it
+    first_week = w == birth[c]
+    pday = np.where(first_week, rng_gen.integers(1, 7, c.size), rng_gen.integers(0, 7, c.size))
+    pday[first_week & e & initial_row] = 0
     products = pd.DataFrame({"customer_id": cid[c], "date": start + pd.to_timedelta(w * 7 + pday, unit="D"),
                              "product": np.array(PRODUCTS)[p], "event": np.where(e, "open", "close")})
     products = products.sort_values(["customer_id", "date", "event"], kind="stable").reset_index(drop=True)

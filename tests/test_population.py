@@ -109,6 +109,7 @@ def test_activity_lift_is_applied_with_common_random_numbers(world):
     res = {}
     for arm in ("none", "contact"):
         sim = PopulationSimulator.new_customers(w, n, seed=5)
+        sim.track_expected = True
         a = np.full(n, act if arm == "contact" else 0, np.int16)
         out = sim.step(a)
         res[arm] = out.expected_transactions
