@@ -54,12 +54,12 @@ class WorldTables:
     fatigue: float
     contact_decay: float
     min_gap: int
-    adopt: np.ndarray              # (G, S, P) hazard
-    close: np.ndarray              # (G, S, P) hazard
     spend_p: np.ndarray            # (G,)
     margin_rate: float
     product_margin: np.ndarray     # (P,)
-    product_bound: np.ndarray      # (P,) max hazard over segments x stages (thinning bound)
+    adopt_cells: np.ndarray        # (G*S, P) adoption hazard by segment x stage cell
+    close_cells: np.ndarray        # (G*S, P) closing hazard by cell
+    product_bound_all: float       # max hazard over cells and products (thinning bound)
     seasonality: np.ndarray | None  # (53,) or None
     pareto: bool
 
@@ -101,11 +101,12 @@ class WorldTables:
             adoption_uplift=flat(resp.adoption_uplift), reactivation=flat(resp.reactivation),
             opt_out=np.array([float(resp.opt_out.get(c, 0.0)) for c in channels]),
             fatigue=float(resp.fatigue), contact_decay=float(0.5 ** (1.0 / max(resp.fatigue_half_life, 1e-9))),
-            min_gap=int(resp.min_gap), adopt=adopt, close=close,
+            min_gap=int(resp.min_gap),
             spend_p=np.array([seg.spend["p"] for seg in world.segments], float),
             margin_rate=float(world.economics.margin_rate),
             product_margin=np.array([float(pm.get(p, 0.0)) for p in products]),
-            product_bound=(np.maximum(adopt, close).max(axis=(0, 1)) if P and G else np.zeros(P)),
+            adopt_cells=adopt.reshape(G * S, P), close_cells=close.reshape(G * S, P),
+            product_bound_all=float(np.maximum(adopt, close).max()) if P and G else 0.0,
             seasonality=None if world.seasonality is None else np.asarray(world.seasonality, float),
             pareto=world.activity_model == "pareto_nbd",
         )
@@ -342,56 +343,50 @@ class PopulationSimulator:
 
     def _product_events(self, under_alive: np.ndarray | None) -> None:
         """Open/close products. Each (customer, product) pair changes with its own hazard; events are
-        rare, so candidates are drawn by thinning a Bernoulli process at a bound per product
+        rare, so candidate pairs are drawn by thinning a Bernoulli process over all pairs at a bound
         (geometric gaps between candidates) and accepted with probability hazard / bound. Living
         customers under an adoption-boosting effect are thinned separately, at the bound times the
         largest boost among them. Exact: each pair still changes with probability = its hazard."""
         tb, st, rng = self.tables, self.state, self.rng
-        S = N_STAGES
-        n = st.n
+        S, P, n = N_STAGES, tb.n_products, st.n
+        bound = tb.product_bound_all
+        if bound <= 0:
+            return
         cell = st.segment.astype(np.int64) * S + st.stage
         # adoption needs the customer alive, so only living customers under an effect can be boosted
-        under = under_alive if under_alive is not None else np.zeros(0, np.int64)
         boosted = np.zeros(0, np.int64)
-        if under.size:
-            code = st.eff_code[under]
-            up = tb.adoption_uplift[code] * st.eff_scale[under]
+        if under_alive is not None and under_alive.size:
+            code = st.eff_code[under_alive]
+            up = tb.adoption_uplift[code] * st.eff_scale[under_alive]
             keep = up > 0
-            boosted, up_b = under[keep], up[keep]
+            boosted, up_b = under_alive[keep], up[keep]
             tgt_b = tb.action_target[code[keep] // S]
-        in_boosted = None
+        pairs = _bernoulli_positions(rng, n * P, bound)
+        ci, pj = np.divmod(pairs, P)
         if boosted.size:
             in_boosted = np.zeros(n, bool)
             in_boosted[boosted] = True
-            max_mult = 1.0 + float(up_b.max())
-        for j in range(tb.n_products):
-            adopt_j, close_j = tb.adopt[:, :, j].ravel(), tb.close[:, :, j].ravel()
-            bound = tb.product_bound[j]
-            if bound <= 0:
-                continue
-            flips = []
-            cand = _bernoulli_positions(rng, n, bound)
-            if in_boosted is not None:
-                cand = cand[~in_boosted[cand]]
-            if cand.size:
-                c = cell[cand]
-                h = np.where(st.products[cand, j], close_j[c], adopt_j[c] * st.alive[cand])
-                flips.append(cand[rng.random(cand.size) * bound < h])
-            if boosted.size:
-                # customers under an adoption-boosting effect: thinning at bound x largest boost
-                big = min(bound * max_mult, 1.0)
-                pos = _bernoulli_positions(rng, boosted.size, big)
-                dd = boosted[pos]
-                c = cell[dd]
-                tg = tgt_b[pos]
-                mult = 1.0 + np.where((tg < 0) | (tg == j), up_b[pos], 0.0)
-                h = np.where(st.products[dd, j], close_j[c], adopt_j[c] * mult * st.alive[dd])
-                flips.append(dd[rng.random(pos.size) * big < h])
-            f = np.concatenate(flips) if flips else np.zeros(0, np.int64)
-            if f.size:
-                was = st.products[f, j]
-                st.products[f, j] = ~was
-                st.product_margin[f] += np.where(was, -tb.product_margin[j], tb.product_margin[j])
+            ok = ~in_boosted[ci]
+            ci, pj = ci[ok], pj[ok]
+        c = cell[ci]
+        h = np.where(st.products[ci, pj], tb.close_cells[c, pj], tb.adopt_cells[c, pj] * st.alive[ci])
+        acc = rng.random(ci.size) * bound < h
+        fi, fj = ci[acc], pj[acc]
+        if boosted.size:
+            big = min(bound * (1.0 + float(up_b.max())), 1.0)
+            bi, bj = np.divmod(_bernoulli_positions(rng, boosted.size * P, big), P)
+            dd = boosted[bi]
+            c = cell[dd]
+            tg = tgt_b[bi]
+            mult = 1.0 + np.where((tg < 0) | (tg == bj), up_b[bi], 0.0)
+            h = np.where(st.products[dd, bj], tb.close_cells[c, bj], tb.adopt_cells[c, bj] * mult * st.alive[dd])
+            acc = rng.random(bi.size) * big < h
+            fi, fj = np.concatenate([fi, dd[acc]]), np.concatenate([fj, bj[acc]])
+        if fi.size:
+            was = st.products[fi, fj]
+            st.products[fi, fj] = ~was
+            # a customer may change two products in one period: accumulate, do not overwrite
+            np.add.at(st.product_margin, fi, np.where(was, -tb.product_margin[fj], tb.product_margin[fj]))
 
     def _apply_contacts(self, idx: np.ndarray, a: np.ndarray) -> None:
         tb, st, rng = self.tables, self.state, self.rng
@@ -424,7 +419,6 @@ def _bernoulli_positions(rng: np.random.Generator, n: int, p: float) -> np.ndarr
 
 
 def _draw_prior_latents(world: WorldModel, seg: np.ndarray, rng: np.random.Generator):
-    G = len(world.segments)
     acts = world.segments
     r = np.array([s.activity["r"] for s in acts])[seg]
     alpha = np.array([s.activity["alpha"] for s in acts])[seg]
@@ -436,7 +430,6 @@ def _draw_prior_latents(world: WorldModel, seg: np.ndarray, rng: np.random.Gener
     q = np.array([s.spend["q"] for s in acts])[seg]
     gam = np.array([s.spend["gamma"] for s in acts])[seg]
     nu = rng.gamma(q) / gam
-    del G
     return lam, mu, np.maximum(nu, 1e-12)
 
 
