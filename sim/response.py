@@ -2,15 +2,22 @@
 decisions weighted by their propensities, and their precision-weighted blend.
 
 Estimators (per action a and stage s, inverse-propensity weighted, self-normalised):
-  activity lift      (Y_a / Y_0 - 1) / F_a, Y = transactions in the D_a periods from the decision
-  adoption uplift    same ratio with Y = openings of the action's target product in those periods
+  activity lift      (Y_a / Y_0 - 1) / F_a, Y = transactions from the decision until the effect
+                     ends (D_a periods) or the customer's next logged decision, whichever is first
+  adoption uplift    same ratio with Y = openings of the action's target product in that window
   dropout reduction  log(Z_a / Z_0) / (F_a * mu_s * D_a), Z = any transaction in the K periods
                      after the effect window, mu_s = the fitted dropout hazard of stage s
 where Y_a is the weighted mean over decisions that took a, Y_0 over decisions that took "none",
-and F_a is the weighted mean fatigue factor fatigue ** recent_contacts of the a-decisions, so the
-estimates are the unfatigued effects the simulator applies. Standard errors come from a
-customer-clustered (Poisson) bootstrap. The world uses the precision-weighted blend of estimate
-and prior; `source` says per cell whether that is mostly data, mostly prior, or a blend.
+and F_a is the mean fatigue factor fatigue ** recent_contacts of the a-decisions, weighted by
+each customer's activity before the decision (a pre-treatment proxy of the baseline the lift
+multiplies), so the estimates are the unfatigued effects the simulator applies. Decisions taken
+while an earlier contact's effect was still running are set aside (a new contact replaces the
+running effect in the simulator, which would otherwise bias the "none" arm upwards).
+Standard errors come from a customer-clustered (Poisson) bootstrap; rare-event outcomes need
+MIN_EVENTS non-zero outcomes per arm. The world uses the precision-weighted blend of estimate
+and prior; `source` says per cell whether that is mostly data, mostly prior, or a blend. A lift
+measured this way already contains the customers a contact brought back, so cells estimated
+from data get no separate reactivation.
 """
 from __future__ import annotations
 
