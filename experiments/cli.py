@@ -161,10 +161,17 @@ def calibrate(
                "activity": world.segments[0].activity if len(world.segments) == 1 else
                {s.name: s.activity for s in world.segments},
                "stage_rules": world.stage_rules.__dict__, "seasonality_modelled": world.seasonality is not None,
-               "same_day_merged": report["same_day_merged"], "assumptions": world.assumptions,
+               "same_day_merged": report["same_day_merged"],
+               "transactions_used": report["transactions_used"],
+               "transactions_after_calibration_end": report["transactions_after_calibration_end"],
+               "customers_born_after_calibration_end": report["customers_born_after_calibration_end"],
+               "assumptions": world.assumptions,
                "seconds": report["seconds"]}
     _emit(doc, as_json, f"world written to {out} ({report['customers']} customers, "
-                        f"{len(world.segments)} segments, {report['seconds']:.2f}s)"
+                        f"{len(world.segments)} segments, {report['seconds']:.2f}s)\n"
+                        f"  same-day transactions merged: {report['same_day_merged']}; transactions after the "
+                        f"calibration end left out: {report['transactions_after_calibration_end']}; customers "
+                        f"born after it left out: {report['customers_born_after_calibration_end']}"
                         + "".join(f"\n  assumed: {a}" for a in world.assumptions))
 
 

@@ -43,8 +43,13 @@ def calibrate(history: History, calibration_end: str | pd.Timestamp, *, segment_
                           f"the history starts on {tx['date'].min().date()}")
     rows = CustomerRows.from_frame(tx.loc[tx["date"] <= ce, ["customer_id", "date", "amount"]])
     summary = summarise(tx, ce, pdays, history.customers, rows=rows)
+    used = int((tx["date"] <= ce).sum())
+    all_customers = set(tx["customer_id"].unique())
+    if history.customers is not None:
+        all_customers |= set(history.customers["customer_id"])
     report: dict[str, Any] = {"same_day_merged": int(merged), "customers": len(summary),
-                              "transactions_used": int((tx["date"] <= ce).sum())}
+                              "transactions_used": used, "transactions_after_calibration_end": int(len(tx) - used),
+                              "customers_born_after_calibration_end": int(len(all_customers) - len(summary))}
     catalogue = history.actions or _catalogue_for(history)
     priors = load_priors(priors_path)
     assumptions: list[str] = []
