@@ -104,11 +104,12 @@ def calibrate(history: History, calibration_end: str | pd.Timestamp, *, segment_
     assumptions += [f"intervention response: {k} taken from priors" for k in
                     ("reactivation", "duration", "opt_out", "fatigue", "min_gap")]
     if resp_report is not None:
-        n_prior = sum(v == "prior" for k in ("activity_lift", "dropout_reduction", "adoption_uplift")
-                      for row in response.source[k][1:] for v in row)
-        if n_prior:
-            assumptions.append(f"intervention response: {n_prior} action x stage effect cells taken from priors "
-                               f"(too few logged decisions)")
+        eligible = [(i, STAGES.index(st)) for i, a in enumerate(catalogue.actions) if i for st in a.eligible_stages]
+        for k in ("activity_lift", "dropout_reduction", "adoption_uplift"):
+            n_prior = sum(response.source[k][i][j] == "prior" for i, j in eligible)
+            if n_prior:
+                assumptions.append(f"intervention response: {k} of {n_prior} of {len(eligible)} eligible action x "
+                                   f"stage cells taken from priors (too few logged decisions)")
     if not products:
         assumptions.append("products: none in the history; product adoption not modelled")
 
