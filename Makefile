@@ -20,7 +20,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/clv make-data --out $(OUT)/bank --seed 7
 	$(BIN)/clv calibrate $(OUT)/bank --calibration-end 2024-06-30 --out $(OUT)/bank_world.json
-	$(BIN)/clv validate $(OUT)/bank --calibration-end 2024-06-30 --holdout-end 2024-12-31 --out $(OUT)/bank_validation
+	$(BIN)/clv validate $(OUT)/bank --calibration-end 2024-06-30 --holdout-end 2024-12-29 --out $(OUT)/bank_validation
 	$(BIN)/clv validate --dataset cdnow --calibration-end 1997-09-30 --holdout-end 1998-06-30 --out $(OUT)/cdnow_validation
 	$(BIN)/clv simulate $(OUT)/bank_world.json --policy none --customers 100000 --periods 52 --seed 1 --out $(OUT)/simulation.parquet
 	@echo "demo outputs in $(OUT)/"

@@ -120,12 +120,14 @@ def calibrate(history: History, calibration_end: str | pd.Timestamp, *, segment_
 
     # the rates were fitted under the logging policy's campaigns: express them without campaigns
     segments = []
+    campaign_multiplier = {}
     for g in range(G):
         m = seg == g
         act = dict(fits["by_segment"][g].to_dict())
         act.pop("name", None)
         if m.any():
-            act["alpha"] = float(act["alpha"] * (1.0 + float(effect_mult[m].mean())))
+            campaign_multiplier[seg_names[g]] = 1.0 + float(effect_mult[m].mean())
+            act["alpha"] = float(act["alpha"] * campaign_multiplier[seg_names[g]])
         segments.append(SegmentModel(
             name=seg_names[g], n_customers=int(m.sum()), share=float(m.mean()), activity=act,
             spend=spend["by_segment"][g].to_dict(), product_adoption=adopt[g].tolist(),
@@ -136,7 +138,7 @@ def calibrate(history: History, calibration_end: str | pd.Timestamp, *, segment_
         stage_rules=rules, response=response, activity_model=activity_model, calibration_end=str(ce.date()),
         seasonality=None if seasonality is None else seasonality.tolist(), assumptions=assumptions,
         fit={"activity": fits["info"], "spend": spend["info"], "response": resp_report,
-             "products": product_counts, "seconds": None},
+             "products": product_counts, "campaign_multiplier": campaign_multiplier, "seconds": None},
         source={"history": history.folder, "report": history.report, **report})
     book = build_book(world, summary, seg, fits, spend, ce, held_end, contact_end, effect_mult, activity_model)
     world.fit["seconds"] = round(time.perf_counter() - t0, 3)

@@ -35,8 +35,9 @@ def validate(history: History, calibration_end: str, holdout_end: str, *, replic
     if he <= ce:
         raise ConfigError(f"--holdout-end {he.date()} must be after --calibration-end {ce.date()}")
     last = history.transactions["date"].max()
-    if he > last + pd.Timedelta(days=history.economics.period_days * 4):
-        raise ConfigError(f"--holdout-end {he.date()} is past the end of the history ({last.date()})")
+    if he > last:
+        raise ConfigError(f"--holdout-end {he.date()} is past the end of the history (last transaction "
+                          f"{last.date()}): days after it would count as days without purchases")
     world, book, cal_report = calibrate(history, ce, segment_by=segment_by, n_segments=n_segments,
                                         activity_model=activity_model, seed=seed)
     pdays = world.economics.period_days
@@ -88,8 +89,13 @@ def validate(history: History, calibration_end: str, holdout_end: str, *, replic
     start = pd.Timestamp(summary.birth.min()).normalize()
     W_cal = int(np.ceil(((ce - start).days + 1) / pdays))
     seg = book["segment"].to_numpy()
-    by_seg = _activity_by_segment(world)
+    # the calibration window as the model saw it: rates as fitted (with the logging campaigns'
+    # average effect, which the world's rates exclude) and the seasonal factors of each period
+    by_seg = _activity_by_segment(world, undo_campaigns=True)
     cal_expected = expected_by_period(summary, seg, by_seg, start, W_cal, pdays)
+    if world.seasonality is not None:
+        mids = start + pd.to_timedelta((np.arange(W_cal) + 0.5) * pdays, unit="D")
+        cal_expected = cal_expected * np.asarray(world.seasonality)[np.asarray(mids.isocalendar().week, int) - 1]
     cal_actual = actual_by_period(rows, summary.birth_is_signup, start, W_cal, pdays)
     tracking = pd.DataFrame({
         "period_start": np.concatenate([
@@ -107,12 +113,18 @@ def validate(history: History, calibration_end: str, holdout_end: str, *, replic
                                                   "actual_value": act_v, "predicted_value": sim["pred_v"]})}
 
 
-def _activity_by_segment(world: WorldModel) -> list:
+def _activity_by_segment(world: WorldModel, undo_campaigns: bool = False) -> list:
+    """The segments' activity models; with undo_campaigns, as fitted on the logged history
+    (before the logging campaigns' mean lift was taken out of the rate)."""
     from .btyd import BGNBD, ParetoNBD
     cls = ParetoNBD if world.activity_model == "pareto_nbd" else BGNBD
+    mult = world.fit.get("campaign_multiplier") or {}
     out = []
     for s in world.segments:
-        out.append(cls(**{k: v for k, v in s.activity.items() if k in cls.__dataclass_fields__}))
+        params = {k: v for k, v in s.activity.items() if k in cls.__dataclass_fields__}
+        if undo_campaigns and s.name in mult:
+            params["alpha"] = params["alpha"] / mult[s.name]
+        out.append(cls(**params))
     return out
 
 
@@ -318,7 +330,7 @@ def plot_tracking(tracking: pd.DataFrame, path: Path, metrics: dict[str, Any]) -
     ax[1].plot(x, tracking["actual"].cumsum(), color="black", lw=1.2, label="actual")
     ax[1].plot(x, tracking["model"].cumsum(), color="tab:red", lw=1.2, ls="--", label="model / simulation")
     ticks = np.linspace(0, len(x) - 1, 7).astype(int)
-    for a, title in zip(ax, ("weekly repeat transactions", "cumulative repeat transactions")):
+    for a, title in zip(ax, ("transactions per period", "cumulative transactions")):
         a.axvline(split - 0.5, color="grey", ls=":", lw=1)
         a.set_title(title)
         a.set_xticks(ticks, tracking["period_start"].to_numpy()[ticks], rotation=30, fontsize=8)
