@@ -60,6 +60,7 @@ class WorldTables:
     adopt_cells: np.ndarray        # (G*S, P) adoption hazard by segment x stage cell
     close_cells: np.ndarray        # (G*S, P) closing hazard by cell
     product_bound_all: float       # max hazard over cells and products (thinning bound)
+    any_adoption_uplift: bool      # whether any action boosts adoption
     seasonality: np.ndarray | None  # (53,) or None
     pareto: bool
 
@@ -107,6 +108,7 @@ class WorldTables:
             product_margin=np.array([float(pm.get(p, 0.0)) for p in products]),
             adopt_cells=adopt.reshape(G * S, P), close_cells=close.reshape(G * S, P),
             product_bound_all=float(np.maximum(adopt, close).max()) if P and G else 0.0,
+            any_adoption_uplift=bool(np.any(np.asarray(resp.adoption_uplift, float)[1:] > 0)),
             seasonality=None if world.seasonality is None else np.asarray(world.seasonality, float),
             pareto=world.activity_model == "pareto_nbd",
         )
@@ -134,8 +136,11 @@ class PopulationState:
     stage: np.ndarray
     # effect in force
     eff_code: np.ndarray      # a*S + s of the action/stage whose effect is in force (0 = none)
-    eff_left: np.ndarray
-    eff_scale: np.ndarray
+    eff_end: np.ndarray       # simulator step at which that effect ends (-1 = none)
+    eff_scale: np.ndarray     # fatigue factor it was applied with
+    lam_eff: np.ndarray       # rate under the effect in force (kept in step with contacts and expiries)
+    mu_eff: np.ndarray        # dropout hazard (or probability) under the effect in force
+    adopt_up: np.ndarray      # adoption uplift in force (0 = none), on the product eff_code's action targets
     product_margin: np.ndarray  # margin per period of the products held (kept in step with products)
 
     @property
@@ -179,8 +184,11 @@ class PopulationSimulator:
 
     def refresh(self) -> None:
         """Recompute derived state (stage, product margin) after editing state arrays by hand."""
-        st = self.state
+        st, tb = self.state, self.tables
         st.stage = self.world.stage_rules.assign(st.tenure, st.recency)
+        st.lam_eff = st.lam * (1.0 + tb.lift[st.eff_code] * st.eff_scale)
+        st.mu_eff = st.mu * (1.0 - tb.dropout_reduction[st.eff_code] * st.eff_scale)
+        st.adopt_up = tb.adoption_uplift[st.eff_code] * st.eff_scale
         st.product_margin = (st.products @ self.tables.product_margin if self.tables.n_products
                              else np.zeros(st.n))
 
@@ -268,18 +276,14 @@ class PopulationSimulator:
                 self._apply_contacts(idx, a)
             contact_idx = idx
         n_contacted = contact_idx.size
-        cost = tb.action_cost[actions]
+        cost = np.zeros(n)
+        if n_contacted:
+            cost[contact_idx] = tb.action_cost[actions[contact_idx]]
 
         # rate and hazard of the customers still alive, under the effect in force
         alive_idx = np.flatnonzero(st.alive)
-        lam_a = st.lam[alive_idx] * self.season_factor()
-        mu_a = st.mu[alive_idx]
-        eff = st.eff_code[alive_idx]
-        on = np.flatnonzero(eff)
-        if on.size:
-            code, sc = eff[on], st.eff_scale[alive_idx[on]]
-            lam_a[on] *= 1.0 + tb.lift[code] * sc
-            mu_a[on] *= 1.0 - tb.dropout_reduction[code] * sc
+        lam_a = st.lam_eff[alive_idx] * self.season_factor()
+        mu_a = st.mu_eff[alive_idx]
         counts = np.zeros(n, np.int32)
         if tb.pareto:
             # exact continuous-time Pareto/NBD: exponential remaining lifetime (memoryless)
@@ -311,7 +315,12 @@ class PopulationSimulator:
             exp_amount[alive_idx] = mean_a * tb.spend_p[st.segment[alive_idx]] / st.nu[alive_idx]
 
         if tb.n_products:
-            self._product_events(alive_idx[on] if on.size else None)
+            boosted = None
+            if tb.any_adoption_uplift:
+                # adoption needs the customer alive: only living customers can be boosted
+                on = np.flatnonzero(st.adopt_up[alive_idx] > 0)
+                boosted = alive_idx[on] if on.size else None
+            self._product_events(boosted)
 
         # observables (only buyers' frequency and monetary change)
         if buy.size:
@@ -325,12 +334,14 @@ class PopulationSimulator:
         st.recent_contacts *= tb.contact_decay
         if n_contacted:
             st.recent_contacts[contact_idx] += 1.0
-        live = np.flatnonzero(st.eff_left)
-        if live.size:
-            st.eff_left[live] -= 1
-            ended = live[st.eff_left[live] == 0]
+        ended = np.flatnonzero(st.eff_end == self.t + 1)
+        if ended.size:
             st.eff_code[ended] = 0
             st.eff_scale[ended] = 0.0
+            st.eff_end[ended] = -1
+            st.lam_eff[ended] = st.lam[ended]
+            st.mu_eff[ended] = st.mu[ended]
+            st.adopt_up[ended] = 0.0
         st.stage = self.world.stage_rules.assign(st.tenure, st.recency)
 
         reward = tb.margin_rate * amount - cost
@@ -341,7 +352,7 @@ class PopulationSimulator:
                            expected_amount=exp_amount, cost=cost, contacted=contacted, actions=actions,
                            n_ineligible=n_inel)
 
-    def _product_events(self, under_alive: np.ndarray | None) -> None:
+    def _product_events(self, boosted: np.ndarray | None) -> None:
         """Open/close products. Each (customer, product) pair changes with its own hazard; events are
         rare, so candidate pairs are drawn by thinning a Bernoulli process over all pairs at a bound
         (geometric gaps between candidates) and accepted with probability hazard / bound. Living
@@ -352,15 +363,11 @@ class PopulationSimulator:
         bound = tb.product_bound_all
         if bound <= 0:
             return
-        cell = st.segment.astype(np.int64) * S + st.stage
-        # adoption needs the customer alive, so only living customers under an effect can be boosted
-        boosted = np.zeros(0, np.int64)
-        if under_alive is not None and under_alive.size:
-            code = st.eff_code[under_alive]
-            up = tb.adoption_uplift[code] * st.eff_scale[under_alive]
-            keep = up > 0
-            boosted, up_b = under_alive[keep], up[keep]
-            tgt_b = tb.action_target[code[keep] // S]
+        if boosted is None:
+            boosted = np.zeros(0, np.int64)
+        else:
+            up_b = st.adopt_up[boosted]
+            tgt_b = tb.action_target[st.eff_code[boosted] // S]
         pairs = _bernoulli_positions(rng, n * P, bound)
         ci, pj = np.divmod(pairs, P)
         if boosted.size:
@@ -368,7 +375,7 @@ class PopulationSimulator:
             in_boosted[boosted] = True
             ok = ~in_boosted[ci]
             ci, pj = ci[ok], pj[ok]
-        c = cell[ci]
+        c = st.segment[ci].astype(np.int64) * S + st.stage[ci]
         h = np.where(st.products[ci, pj], tb.close_cells[c, pj], tb.adopt_cells[c, pj] * st.alive[ci])
         acc = rng.random(ci.size) * bound < h
         fi, fj = ci[acc], pj[acc]
@@ -376,7 +383,7 @@ class PopulationSimulator:
             big = min(bound * (1.0 + float(up_b.max())), 1.0)
             bi, bj = np.divmod(_bernoulli_positions(rng, boosted.size * P, big), P)
             dd = boosted[bi]
-            c = cell[dd]
+            c = st.segment[dd].astype(np.int64) * S + st.stage[dd]
             tg = tgt_b[bi]
             mult = 1.0 + np.where((tg < 0) | (tg == bj), up_b[bi], 0.0)
             h = np.where(st.products[dd, bj], tb.close_cells[c, bj], tb.adopt_cells[c, bj] * mult * st.alive[dd])
@@ -402,8 +409,11 @@ class PopulationSimulator:
             out = u[:, 1] < tb.opt_out[ch]
             st.opted_out[idx[out], ch[out]] = True
         st.eff_code[idx] = code
-        st.eff_left[idx] = tb.duration[a]
+        st.eff_end[idx] = self.t + tb.duration[a]
         st.eff_scale[idx] = f
+        st.lam_eff[idx] = st.lam[idx] * (1.0 + tb.lift[code] * f)
+        st.mu_eff[idx] = st.mu[idx] * (1.0 - tb.dropout_reduction[code] * f)
+        st.adopt_up[idx] = tb.adoption_uplift[code] * f
 
 
 def _bernoulli_positions(rng: np.random.Generator, n: int, p: float) -> np.ndarray:
@@ -441,7 +451,8 @@ def _fresh_state(lam, mu, nu, alive, seg, products, n_channels) -> PopulationSta
         frequency=np.zeros(n, np.int32), monetary=np.zeros(n), products=products.astype(bool),
         last_contact=np.full(n, NEVER_CONTACTED, np.int32), recent_contacts=np.zeros(n),
         opted_out=np.zeros((n, n_channels), bool), stage=np.zeros(n, np.int8),
-        eff_code=np.zeros(n, np.int16), eff_left=np.zeros(n, np.int16), eff_scale=np.zeros(n),
+        eff_code=np.zeros(n, np.int16), eff_end=np.full(n, -1, np.int32), eff_scale=np.zeros(n),
+        lam_eff=lam.astype(float), mu_eff=mu.astype(float), adopt_up=np.zeros(n),
         product_margin=np.zeros(n))
 
 
