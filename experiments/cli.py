@@ -45,7 +45,8 @@ def _user_errors() -> Iterator[None]:
 
 def _emit(doc: dict[str, Any], as_json: bool, human: str) -> None:
     if as_json:
-        sys.stdout.write(json.dumps(doc, indent=2, default=_json_default, allow_nan=False) + "\n")
+        from sim.world import json_safe  # NaN/inf become null: the document stays valid JSON
+        sys.stdout.write(json.dumps(json_safe(doc), indent=2, default=_json_default, allow_nan=False) + "\n")
     else:
         typer.echo(human)
 
@@ -140,7 +141,6 @@ def calibrate(
     Example: clv calibrate --dataset cdnow --calibration-end 1997-09-30 --out world.json
     """
     with _user_errors():
-        import pandas as pd
         from sim.atomic import atomic_path
         from sim.calibrate import calibrate as run
         ce = _date(calibration_end, "--calibration-end")
@@ -150,11 +150,10 @@ def calibrate(
         out = Path(out)
         book_name = out.name.removesuffix(".json") + ".book.parquet"
         world.book_file = book_name
-        # both files appear together or not at all
-        with atomic_path(out.parent / book_name) as tmp_book, atomic_path(out) as tmp_world:
+        # the world (the file users point to) is renamed into place last, after its book
+        with atomic_path(out) as tmp_world, atomic_path(out.parent / book_name) as tmp_book:
             book.to_parquet(tmp_book, index=False)
             world.save(tmp_world)
-        del pd
         doc = {"world": str(out), "book": str(out.parent / book_name), "world_hash": world.hash(),
                "customers": report["customers"], "segments": [s.name for s in world.segments],
                "activity_model": world.activity_model,

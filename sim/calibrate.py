@@ -1,7 +1,7 @@
 """Calibration: from a validated History to a WorldModel plus the book of digital twins.
 
 Steps (each a function below, so a newcomer can find the one to change):
-  summarise -> segments -> activity/dropout fit (Pareto/NBD) -> spend fit (Gamma-Gamma)
+  summarise -> segments -> activity/dropout fit (Pareto/NBD, or BG/NBD) -> spend fit (Gamma-Gamma)
   -> stage rules -> activity panel (if products or decisions) -> response (decisions or priors)
   -> product hazards -> seasonality (if the history covers a year) -> book.
 """
@@ -308,6 +308,7 @@ def product_panels(products_df: pd.DataFrame, summary: CustomerSummary, panel: P
     ok &= (w >= 0) & (w < W)
     pidx = df["product"].map({p: i for i, p in enumerate(products)}).to_numpy()
     is_open = (df["event"] == "open").to_numpy()
+    known = ids[cust] == cid
     at_birth = is_open & (dates <= summary.birth[cust])
     adopt = ok & is_open & ~at_birth
     opens = np.zeros((N, W, P), np.int8)
@@ -315,7 +316,7 @@ def product_panels(products_df: pd.DataFrame, summary: CustomerSummary, panel: P
     initial = np.zeros((N, P), bool)
     np.add.at(opens, (cust[adopt], w[adopt], pidx[adopt]), 1)
     np.add.at(closes, (cust[ok & ~is_open], w[ok & ~is_open], pidx[ok & ~is_open]), 1)
-    initial[cust[ok & at_birth], pidx[ok & at_birth]] = True
+    initial[cust[known & at_birth], pidx[known & at_birth]] = True
     born = np.arange(W)[None, :] >= panel.birth_period[:, None]
     net = np.cumsum(opens.astype(np.int16) - closes, axis=1) + (initial[:, None, :] & born[:, :, None])
     held_after = net > 0
@@ -482,8 +483,11 @@ def build_book(world: WorldModel, summary: CustomerSummary, seg: np.ndarray, fit
         pp = act.posterior_if_alive(x, tx_, T)
         post["p_alive"][m] = pa
         post["lam_shape"][m] = pp["lam_shape"]
-        # rates fitted under the logging campaigns are deflated by the campaigns' mean multiplier
-        post["lam_rate"][m] = pp["lam_rate"] + T * effect_mult[m]
+        # rates fitted under the logging campaigns, in campaign-free units: the prior's alpha is
+        # deflated by the segment's mean multiplier (as in the world) and the exposure by the
+        # customer's own, so lam | alive ~ Gamma(r + x, alpha (1 + e_seg) + T (1 + e_i))
+        e_seg = float(effect_mult[m].mean())
+        post["lam_rate"][m] = pp["lam_rate"] + act.params[1] * e_seg + T * effect_mult[m]
         if model == "pareto_nbd":
             post["mu_shape"][m], post["mu_rate"][m] = pp["mu_shape"], pp["mu_rate"]
         else:

@@ -42,7 +42,7 @@ class WorldTables:
     n_channels: int
     action_cost: np.ndarray        # (A,)
     action_channel: np.ndarray     # (A,) channel index, -1 for none
-    action_target: np.ndarray      # (A,) product index, -1 = all products
+    action_target: np.ndarray      # (A,) product index, -1 = all products, -2 = none (unknown product)
     eligible: np.ndarray           # (A, S) bool
     eligible_by_stage: np.ndarray  # (S, A) bool, contiguous rows for fast mask gathers
     duration: np.ndarray           # (A,) int
@@ -76,8 +76,10 @@ class WorldTables:
         for i, a in enumerate(cat.actions[1:], start=1):
             for s in a.eligible_stages:
                 eligible[i, STAGES.index(s)] = True
-        target = np.array([-1 if not a.target_product or a.target_product not in products
-                           else products.index(a.target_product) for a in cat.actions], np.int16)
+        # -1: the action boosts every product; -2: its target is not modelled, it boosts none
+        target = np.array([-1 if not a.target_product else
+                           (products.index(a.target_product) if a.target_product in products else -2)
+                           for a in cat.actions], np.int16)
 
         def flat(tab: list[list[float]]) -> np.ndarray:
             arr = np.asarray(tab, dtype=np.float64).reshape(A, S)
@@ -108,7 +110,7 @@ class WorldTables:
             product_margin=np.array([float(pm.get(p, 0.0)) for p in products]),
             adopt_cells=adopt.reshape(G * S, P), close_cells=close.reshape(G * S, P),
             product_bound_all=float(np.maximum(adopt, close).max()) if P and G else 0.0,
-            any_adoption_uplift=bool(np.any(np.asarray(resp.adoption_uplift, float)[1:] > 0)),
+            any_adoption_uplift=bool(np.any(np.asarray(resp.adoption_uplift, float)[1:] != 0)),
             seasonality=None if world.seasonality is None else np.asarray(world.seasonality, float),
             pareto=world.activity_model == "pareto_nbd",
         )
@@ -147,9 +149,6 @@ class PopulationState:
     def n(self) -> int:
         return int(self.lam.shape[0])
 
-    def take(self, idx: np.ndarray) -> "PopulationState":
-        return PopulationState(**{k: getattr(self, k)[idx] for k in self.__dataclass_fields__})
-
 
 @dataclass
 class StepOutcome:
@@ -183,7 +182,8 @@ class PopulationSimulator:
         self.refresh()
 
     def refresh(self) -> None:
-        """Recompute derived state (stage, product margin) after editing state arrays by hand."""
+        """Recompute derived state (stage, product margin, rate/hazard/adoption multipliers of the
+        effect in force) after editing state arrays by hand."""
         st, tb = self.state, self.tables
         st.stage = self.world.stage_rules.assign(st.tenure, st.recency)
         st.lam_eff = st.lam * (1.0 + tb.lift[st.eff_code] * st.eff_scale)
@@ -225,9 +225,11 @@ class PopulationSimulator:
         between contacts, opted-out channels). "none" is always allowed."""
         tb, st = self.tables, self.state
         masks = tb.eligible_by_stage[st.stage]
-        masks[:, 1:] &= (st.last_contact >= tb.min_gap)[:, None]
+        # last_contact is 0 in the period right after a contact: contacts min_gap periods apart
+        masks[:, 1:] &= (st.last_contact >= tb.min_gap - 1)[:, None]
         if tb.n_channels and st.opted_out.any():
-            masks[:, 1:] &= ~st.opted_out[:, tb.action_channel[1:]]
+            ch = tb.action_channel[1:]
+            masks[:, 1:] &= ~(st.opted_out[:, np.maximum(ch, 0)] & (ch >= 0))
         return masks
 
     def observe(self) -> dict[str, np.ndarray]:
@@ -253,19 +255,21 @@ class PopulationSimulator:
         n = st.n
         if actions is None:
             actions = np.zeros(n, np.int16)
-        actions = np.broadcast_to(np.asarray(actions), (n,)).astype(np.int16, copy=True)
-        if actions.size and (actions.min() < 0 or actions.max() >= tb.n_actions):
-            bad = actions[(actions < 0) | (actions >= tb.n_actions)][0]
+        raw = np.broadcast_to(np.asarray(actions), (n,))
+        if raw.size and (raw.min() < 0 or raw.max() >= tb.n_actions):
+            bad = raw[(raw < 0) | (raw >= tb.n_actions)][0]
             raise ValueError(f"unknown action index {int(bad)}; the catalogue has {tb.n_actions} actions")
+        actions = raw.astype(np.int16, copy=True)
         n_inel = 0
         contacted = actions > 0
         contact_idx = np.zeros(0, np.int64)
         if contacted.any():
             idx = np.flatnonzero(contacted)
             a = actions[idx]
-            ok = tb.eligible[a, st.stage[idx]] & (st.last_contact[idx] >= tb.min_gap)
+            ok = tb.eligible[a, st.stage[idx]] & (st.last_contact[idx] >= tb.min_gap - 1)
             if tb.n_channels:
-                ok &= ~st.opted_out[idx, tb.action_channel[a]]
+                ch = tb.action_channel[a]
+                ok &= ~(st.opted_out[idx, np.maximum(ch, 0)] & (ch >= 0))
             if not ok.all():
                 n_inel = int((~ok).sum())
                 actions[idx[~ok]] = 0
@@ -298,6 +302,7 @@ class PopulationSimulator:
             k = rng.geometric(np.clip(mu_a, 1e-12, 1.0))
             counts_a = np.minimum(pois, k)
             st.alive[alive_idx[k <= pois]] = False
+            mean_a = counts_a.astype(float)  # no closed form used here: the sampled count
         counts[alive_idx] = counts_a
         mean = None
         if self.track_expected:
@@ -318,7 +323,7 @@ class PopulationSimulator:
             boosted = None
             if tb.any_adoption_uplift:
                 # adoption needs the customer alive: only living customers can be boosted
-                on = np.flatnonzero(st.adopt_up[alive_idx] > 0)
+                on = np.flatnonzero(st.adopt_up[alive_idx] != 0)
                 boosted = alive_idx[on] if on.size else None
             self._product_events(boosted)
 
@@ -334,7 +339,7 @@ class PopulationSimulator:
         st.recent_contacts *= tb.contact_decay
         if n_contacted:
             st.recent_contacts[contact_idx] += 1.0
-        ended = np.flatnonzero(st.eff_end == self.t + 1)
+        ended = np.flatnonzero((st.eff_end >= 0) & (st.eff_end <= self.t + 1))
         if ended.size:
             st.eff_code[ended] = 0
             st.eff_scale[ended] = 0.0
@@ -380,7 +385,7 @@ class PopulationSimulator:
         acc = rng.random(ci.size) * bound < h
         fi, fj = ci[acc], pj[acc]
         if boosted.size:
-            big = min(bound * (1.0 + float(up_b.max())), 1.0)
+            big = min(bound * max(1.0, 1.0 + float(up_b.max())), 1.0)
             bi, bj = np.divmod(_bernoulli_positions(rng, boosted.size * P, big), P)
             dd = boosted[bi]
             c = st.segment[dd].astype(np.int64) * S + st.stage[dd]
@@ -406,7 +411,7 @@ class PopulationSimulator:
         st.alive[idx[revive]] = True
         if tb.n_channels:
             ch = tb.action_channel[a]
-            out = u[:, 1] < tb.opt_out[ch]
+            out = (ch >= 0) & (u[:, 1] < tb.opt_out[np.maximum(ch, 0)])
             st.opted_out[idx[out], ch[out]] = True
         st.eff_code[idx] = code
         st.eff_end[idx] = self.t + tb.duration[a]
@@ -555,8 +560,8 @@ def simulate(world: WorldModel, policy: PolicyFn | str, periods: int, seed: int,
         policy = builtin_policy(policy)
     tables = WorldTables.from_world(world)
     disc = world.economics.discount_per_period
-    ss = np.random.SeedSequence(seed)
-    pick_rng = np.random.default_rng(ss.spawn(1)[0])
+    # a key of its own: chunk k uses SeedSequence(seed).spawn(...)[k]
+    pick_rng = np.random.default_rng(np.random.SeedSequence([seed, 0xB00C]))
     if book is not None:
         n = len(book) if customers is None else int(customers)
         rows = np.arange(n) if n == len(book) else np.sort(pick_rng.choice(len(book), size=n, replace=n > len(book)))

@@ -55,7 +55,7 @@ def prior_response(catalogue: ActionCatalogue, priors: dict[str, Any]) -> Respon
     duration = [0] * A
     for i, act in enumerate(catalogue.actions[1:], start=1):
         o = offers.get(act.offer or "", offers["default"])
-        duration[i] = int(o.get("duration", offers["default"]["duration"]))
+        duration[i] = max(1, int(o.get("duration", offers["default"]["duration"])))
         for j, s in enumerate(STAGES):
             m = float(mult.get(s, 1.0))
             for k in tabs:

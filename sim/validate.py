@@ -66,14 +66,14 @@ def validate(history: History, calibration_end: str, holdout_end: str, *, replic
 
     rows = CustomerRows.from_frame(tx.loc[tx["date"] <= ce, ["customer_id", "date", "amount"]])
     summary = summarise(tx, ce, pdays, history.customers, rows=rows)
-    metrics = holdout_metrics(act_n, act_v, sim["pred_n"], sim["pred_v"], sim["p_active"], summary.x)
+    metrics = holdout_metrics(act_n, act_v, sim["pred_n"], sim["pred_v"], sim["p_active"])
     # the same correlation against the number of calendar weeks with a transaction, the count
     # lifetimes' weekly summaries use (its anchor), for a like-for-like comparison
     wk = hold.loc[known, "date"].dt.to_period("W").to_numpy()
     pairs = pd.DataFrame({"c": code[known], "w": wk}).drop_duplicates()
     act_weeks = np.bincount(pairs["c"].to_numpy(), minlength=len(ids)).astype(float)
     metrics["per_customer_corr_active_weeks"] = (float(np.corrcoef(sim["pred_n"], act_weeks)[0, 1])
-                                                 if act_weeks.std() > 0 else None)
+                                                 if act_weeks.std() > 0 and sim["pred_n"].std() > 0 else None)
     metrics.update({
         "dataset": history.folder, "calibration_end": str(ce.date()), "holdout_end": str(he.date()),
         "holdout_periods": round(float(horizon), 4), "period": world.economics.period,
@@ -143,10 +143,15 @@ def replay_actions(history: History, world: WorldModel, ids: np.ndarray, ce: pd.
         return None, {"decisions": 0}
     names = {n: i for i, n in enumerate(world.catalogue.names)}
     a = d["action"].astype(str).map(names).to_numpy()
-    ok &= ~pd.isna(a)
+    unknown = ok & pd.isna(a)
+    if unknown.any():
+        raise ConfigError(f"decisions name actions the world's catalogue lacks: "
+                          f"{sorted(set(d['action'].astype(str)[unknown]))[:3]}")
     acts = np.zeros((len(ids), n_periods), np.int16)
+    # the simulator takes one action per customer and period: the last logged one in a period wins
     acts[code[ok], w[ok]] = a[ok].astype(np.int16)
-    return acts, {"decisions": int(ok.sum())}
+    cells = np.unique(code[ok].astype(np.int64) * n_periods + w[ok])
+    return acts, {"decisions": int(cells.size)}
 
 
 def latin_hypercube(n: int, replications: int, dims: int, seed: int) -> np.ndarray:
@@ -260,7 +265,7 @@ def simulate_holdout(world: WorldModel, book: pd.DataFrame, actions: np.ndarray 
             "contacts": contacts / r, "customer_steps": total * len(exposures), "method": "twins simulated"}
 
 
-def holdout_metrics(act_n, act_v, pred_n, pred_v, p_active, x_cal) -> dict[str, Any]:
+def holdout_metrics(act_n, act_v, pred_n, pred_v, p_active) -> dict[str, Any]:
     from sklearn.metrics import roc_auc_score
     active = act_n > 0
     top = np.argsort(-pred_v, kind="stable")[: max(1, int(0.1 * len(pred_v)))]
@@ -269,7 +274,8 @@ def holdout_metrics(act_n, act_v, pred_n, pred_v, p_active, x_cal) -> dict[str, 
         "holdout_repeat_actual": float(act_n.sum()),
         "holdout_repeat_predicted": float(pred_n.sum()),
         "aggregate_error": float((pred_n.sum() - act_n.sum()) / max(act_n.sum(), 1e-12)),
-        "per_customer_corr": float(np.corrcoef(pred_n, act_n)[0, 1]) if act_n.std() > 0 else None,
+        "per_customer_corr": (float(np.corrcoef(pred_n, act_n)[0, 1])
+                              if act_n.std() > 0 and pred_n.std() > 0 else None),
         "per_customer_mae": float(np.abs(pred_n - act_n).mean()),
         # scored by the predicted number of holdout transactions, as lifetimes' anchor scores it
         "active_auc": float(roc_auc_score(active, pred_n)) if 0 < active.sum() < len(active) else None,
@@ -300,6 +306,7 @@ def write_outputs(out_dir: str | Path, metrics: dict[str, Any], art: dict[str, A
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {}
+    plot_tracking(art["tracking"], out / "tracking.png", metrics)  # first: the likeliest to fail
     world: WorldModel = art["world"]
     world.book_file = "world.book.parquet"
     with atomic_path(out / "world.book.parquet") as tmp:
@@ -311,7 +318,6 @@ def write_outputs(out_dir: str | Path, metrics: dict[str, Any], art: dict[str, A
         files[name.split(".")[0]] = str(out / name)
     with atomic_path(out / "predictions.parquet") as tmp:
         art["predictions"].to_parquet(tmp, index=False)
-    plot_tracking(art["tracking"], out / "tracking.png", metrics)
     files.update({"world": str(out / "world.json"), "plot": str(out / "tracking.png"),
                   "predictions": str(out / "predictions.parquet"), "metrics": str(out / "validation.json")})
     atomic_write_json(out / "validation.json", {**metrics, "files": files})
@@ -335,9 +341,12 @@ def plot_tracking(tracking: pd.DataFrame, path: Path, metrics: dict[str, Any]) -
         a.set_title(title)
         a.set_xticks(ticks, tracking["period_start"].to_numpy()[ticks], rotation=30, fontsize=8)
         a.legend(frameon=False)
+    def fmt(v, spec):
+        return "n/a" if v is None else format(v, spec)
     fig.suptitle(f"holdout: actual {metrics['holdout_repeat_actual']:.0f}, predicted "
-                 f"{metrics['holdout_repeat_predicted']:.0f} ({metrics['aggregate_error']:+.1%}); "
-                 f"corr {metrics['per_customer_corr']:.3f}, AUC {metrics['active_auc']:.3f}", fontsize=10)
+                 f"{metrics['holdout_repeat_predicted']:.0f} ({fmt(metrics['aggregate_error'], '+.1%')}); "
+                 f"corr {fmt(metrics['per_customer_corr'], '.3f')}, AUC {fmt(metrics['active_auc'], '.3f')}",
+                 fontsize=10)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

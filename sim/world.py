@@ -63,8 +63,8 @@ class SegmentModel:
     activity: dict[str, float]            # {"r","alpha","s","beta"} (pareto_nbd) or {"r","alpha","a","b"}
     spend: dict[str, float]               # Gamma-Gamma {"p","q","gamma"}
     product_adoption: list[list[float]]   # [stage][product] hazard per period (not held -> open)
-    product_close: list[float]            # [product] hazard per period while alive (held -> close)
-    initial_products: list[float]         # [product] probability a new customer starts holding it
+    product_close: list[list[float]]      # [stage][product] hazard per period (held -> close), by stage alone
+    initial_products: list[float]         # [product] probability a new customer holds it at signup
 
 
 @dataclass
@@ -205,14 +205,14 @@ class WorldModel:
         return Path(world_path).parent / self.book_file
 
 
-def _clean(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """JSON-safe copy: numpy scalars to Python, NaN/inf to None."""
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _clean(obj.tolist())
+        return json_safe(obj.tolist())
     if isinstance(obj, (np.floating, float)):
         v = float(obj)
         return v if np.isfinite(v) else None
@@ -221,3 +221,6 @@ def _clean(obj: Any) -> Any:
     if isinstance(obj, np.bool_):
         return bool(obj)
     return obj
+
+
+_clean = json_safe  # the name the world's own methods use
