@@ -79,6 +79,27 @@ def _progress(description: str, total: int, enabled: bool = True):
         yield update
 
 
+def _check_out(path: Optional[Path], option: str = "--out", folder: bool = False) -> None:
+    """Fail before any work when an output path cannot be written (a parent is a file, or the
+    nearest existing folder is not writable)."""
+    import os
+    from sim.errors import ConfigError
+    if path is None:
+        return
+    p = Path(path)
+    if folder and p.exists() and not p.is_dir():
+        raise ConfigError(f"{option} {p}: exists and is not a folder")
+    if not folder and p.is_dir():
+        raise ConfigError(f"{option} {p}: is a folder; give a file name")
+    parent = p if folder else p.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{option} {p}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"{option} {p}: {parent} is not writable")
+
+
 def _load(history_dir: Optional[Path], dataset: Optional[str]):
     from sim.datasets import load_dataset
     from sim.history import load_history
@@ -114,6 +135,7 @@ def make_data(
     with _user_errors():
         from sim.synthetic import BankConfig, write_bank_history
         start = _date(start, "--start")
+        _check_out(out, folder=True)
         t0 = time.perf_counter()
         cfg = BankConfig(customers=customers, weeks=weeks, start=start, decision_every=decision_every, seed=seed)
         summary = write_bank_history(out, cfg)
@@ -144,6 +166,7 @@ def calibrate(
         from sim.atomic import atomic_path
         from sim.calibrate import calibrate as run
         ce = _date(calibration_end, "--calibration-end")
+        _check_out(out)
         hist = _load(history_dir, dataset)
         world, book, report = run(hist, ce, segment_by=segment_by, n_segments=segments,
                                   activity_model=activity_model, seed=seed)
@@ -197,6 +220,7 @@ def validate(
         from sim.validate import validate as run, write_outputs
         ce = _date(calibration_end, "--calibration-end")
         he = _date(holdout_end, "--holdout-end")
+        _check_out(out, folder=True)
         hist = _load(history_dir, dataset)
         t0 = time.perf_counter()
         with _progress("simulating holdout", 1) as upd:
@@ -241,6 +265,7 @@ def simulate(
         from sim.world import WorldModel
         if population not in ("book", "new"):
             raise ConfigError(f"--population must be book or new, got {population!r}")
+        _check_out(out)
         try:
             pol = builtin_policy(policy)
         except KeyError as e:

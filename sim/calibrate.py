@@ -76,6 +76,7 @@ def calibrate(history: History, calibration_end: str | pd.Timestamp, *, segment_
     init_products = np.zeros((G, P))
     held_end = np.zeros((len(summary), P), bool)
     contact_end = None
+    dec = None
     product_counts = None
     effect_mult = np.zeros(len(summary))
     if need_panel:
@@ -140,7 +141,7 @@ def calibrate(history: History, calibration_end: str | pd.Timestamp, *, segment_
         fit={"activity": fits["info"], "spend": spend["info"], "response": resp_report,
              "products": product_counts, "campaign_multiplier": campaign_multiplier, "seconds": None},
         source={"history": history.folder, "report": history.report, **report})
-    book = build_book(world, summary, seg, fits, spend, ce, held_end, contact_end, effect_mult, activity_model)
+    book = build_book(world, summary, seg, fits, spend, ce, held_end, contact_end, effect_mult, activity_model, dec)
     world.fit["seconds"] = round(time.perf_counter() - t0, 3)
     report["seconds"] = world.fit["seconds"]
     return world, book, report
@@ -446,6 +447,26 @@ def actual_by_period(rows: CustomerRows, birth_is_signup: bool, start: pd.Timest
     return np.bincount(w[(w >= 0) & (w < n_periods)], minlength=n_periods).astype(float)
 
 
+def effect_in_force(dec, world: WorldModel, n: int, W: int) -> dict[str, np.ndarray]:
+    """Per customer, the effect of their last logged contact still running at the start of the
+    first simulated period W (code a*S + s, periods left, fatigue factor it was applied with)."""
+    S = len(STAGES)
+    code = np.zeros(n, np.int16)
+    left = np.zeros(n, np.int16)
+    scale = np.zeros(n)
+    c = np.flatnonzero(dec.action > 0)
+    if c.size:
+        order = c[np.lexsort((dec.period[c], dec.cust[c]))]
+        last = order[np.r_[dec.cust[order][1:] != dec.cust[order][:-1], True]]  # last contact per customer
+        rem = dec.period[last] + np.asarray(world.response.duration)[dec.action[last]] - W
+        run = rem > 0
+        who = dec.cust[last][run]
+        code[who] = dec.action[last][run] * S + np.clip(dec.stage[last][run], 0, S - 1)
+        left[who] = rem[run]
+        scale[who] = dec.fatigue[last][run]
+    return {"eff_code": code, "eff_left": left, "eff_scale": scale}
+
+
 def expected_by_period(summary: CustomerSummary, seg: np.ndarray, by_segment: list, start: pd.Timestamp,
                        n_periods: int, period_days: float) -> np.ndarray:
     """Model-expected (unconditional) transactions after birth in each period from `start`, summed
@@ -465,7 +486,7 @@ def expected_by_period(summary: CustomerSummary, seg: np.ndarray, by_segment: li
 
 # ---- the book of digital twins ------------------------------------------------------------------
 def build_book(world: WorldModel, summary: CustomerSummary, seg: np.ndarray, fits, spend, ce: pd.Timestamp,
-               held_end: np.ndarray, contact_end, effect_mult: np.ndarray, model: str) -> pd.DataFrame:
+               held_end: np.ndarray, contact_end, effect_mult: np.ndarray, model: str, dec=None) -> pd.DataFrame:
     """One row per customer: observables at the cut-off and the parameters of the posterior of
     their latent state (alive probability, rate, hazard, spend), per segment's fitted model."""
     n = len(summary)
@@ -511,5 +532,7 @@ def build_book(world: WorldModel, summary: CustomerSummary, seg: np.ndarray, fit
         origin_offset = np.floor((np.datetime64(ce, "ns") - summary.birth.min()) / np.timedelta64(1, "D") / pdays)
         cols["last_contact"] = np.where(last_p >= 0, origin_offset - last_p, 10_000).astype(np.int32)
         cols["recent_contacts"] = recent.astype(float)
+    if dec is not None:
+        cols.update(effect_in_force(dec, world, n, int(origin_offset) + 1))
     book = pd.DataFrame(cols)
     return book

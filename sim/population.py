@@ -510,6 +510,11 @@ def state_from_book(world: WorldModel, book: pd.DataFrame, rng: np.random.Genera
     st.monetary = book["monetary"].to_numpy().astype(float)
     if "last_contact" in book:
         st.last_contact = book["last_contact"].to_numpy().astype(np.int32)
+    if "eff_code" in book:  # an effect still running at the cut-off (refresh() derives the rest)
+        left = book["eff_left"].to_numpy().astype(np.int32)
+        st.eff_code = np.where(left > 0, book["eff_code"].to_numpy(), 0).astype(np.int16)
+        st.eff_end = np.where(left > 0, left, -1).astype(np.int32)
+        st.eff_scale = np.where(left > 0, book["eff_scale"].to_numpy(float), 0.0)
     if "recent_contacts" in book:
         st.recent_contacts = book["recent_contacts"].to_numpy().astype(float)
     for j, c in enumerate(world.catalogue.channels):
