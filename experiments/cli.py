@@ -100,11 +100,21 @@ def _check_out(path: Optional[Path], option: str = "--out", folder: bool = False
         raise ConfigError(f"{option} {p}: {parent} is not writable")
 
 
-def _load(history_dir: Optional[Path], dataset: Optional[str]):
-    from sim.datasets import load_dataset
-    from sim.history import load_history
+def _check_source(history_dir: Optional[Path], dataset: Optional[str]) -> None:
+    """The cheap checks on where the history comes from, before anything heavy is imported."""
+    from sim.errors import ConfigError, HistoryError
     if (history_dir is None) == (dataset is None):
         _err("give exactly one of HISTORY_DIR or --dataset NAME (" + ", ".join(DATASETS) + ")")
+    if dataset is not None and dataset not in DATASETS:
+        raise ConfigError(f"unknown dataset {dataset!r}; bundled: {', '.join(DATASETS)}")
+    if history_dir is not None and not Path(history_dir).is_dir():
+        raise HistoryError(str(history_dir), None, None, "history folder not found")
+
+
+def _load(history_dir: Optional[Path], dataset: Optional[str]):
+    _check_source(history_dir, dataset)
+    from sim.datasets import load_dataset
+    from sim.history import load_history
     if dataset is not None:
         return load_dataset(dataset)
     return load_history(history_dir)
@@ -163,11 +173,11 @@ def calibrate(
     Example: clv calibrate --dataset cdnow --calibration-end 1997-09-30 --out world.json
     """
     with _user_errors():
-        from sim.atomic import atomic_path
-        from sim.calibrate import calibrate as run
         ce = _date(calibration_end, "--calibration-end")
         _check_out(out)
-        hist = _load(history_dir, dataset)
+        hist = _load(history_dir, dataset)  # input errors surface before the fitting code is imported
+        from sim.atomic import atomic_path
+        from sim.calibrate import calibrate as run
         world, book, report = run(hist, ce, segment_by=segment_by, n_segments=segments,
                                   activity_model=activity_model, seed=seed)
         out = Path(out)
@@ -217,11 +227,13 @@ def validate(
     Example: clv validate --dataset cdnow --calibration-end 1997-09-30 --holdout-end 1998-06-30 --json
     """
     with _user_errors():
-        from sim.validate import validate as run, write_outputs
         ce = _date(calibration_end, "--calibration-end")
         he = _date(holdout_end, "--holdout-end")
+        if he <= ce:
+            _err(f"--holdout-end {he} must be after --calibration-end {ce}")
         _check_out(out, folder=True)
-        hist = _load(history_dir, dataset)
+        hist = _load(history_dir, dataset)  # input errors surface before the fitting code is imported
+        from sim.validate import validate as run, write_outputs
         t0 = time.perf_counter()
         with _progress("simulating holdout", 1) as upd:
             metrics, art = run(hist, ce, he, replications=replications, seed=seed, segment_by=segment_by,
@@ -258,14 +270,21 @@ def simulate(
     Example: clv simulate world.json --policy none --customers 100000 --periods 52 --seed 1 --out sim.parquet
     """
     with _user_errors():
-        import pandas as pd
-        from sim.atomic import atomic_path
         from sim.errors import ConfigError
-        from sim.population import builtin_policy, simulate as run
-        from sim.world import WorldModel
         if population not in ("book", "new"):
             raise ConfigError(f"--population must be book or new, got {population!r}")
+        if policy not in ("none", "random"):
+            raise ConfigError(f"unknown policy {policy!r}; built in: none, random")
+        if population == "new" and customers is None:
+            raise ConfigError("--population new needs --customers N")
         _check_out(out)
+        if not Path(world_path).is_file():
+            raise ConfigError(f"{world_path}: world file not found; create one with `clv calibrate`"
+                              if not Path(world_path).exists() else f"{world_path}: is a folder, not a world JSON file")
+        import pandas as pd
+        from sim.atomic import atomic_path
+        from sim.population import builtin_policy, simulate as run
+        from sim.world import WorldModel
         try:
             pol = builtin_policy(policy)
         except KeyError as e:
@@ -313,14 +332,18 @@ def simulate(
 
 
 def _date(text: str, option: str) -> str:
-    import pandas as pd
-    try:
-        ts = pd.Timestamp(text)
-    except (ValueError, TypeError):
-        ts = pd.NaT
-    if pd.isna(ts):  # pd.Timestamp("") and pd.Timestamp("NaT") give NaT instead of raising
-        _err(f"{option}: {text!r} is not a date (use YYYY-MM-DD)")
-    return str(ts.date())
+    """A calendar date as YYYY-MM-DD (accepts YYYY-MM-DD, YYYYMMDD or an ISO date-time); checked
+    without pandas so that bad options are answered at once."""
+    import datetime as dt
+    t = (text or "").strip()
+    for parse in (dt.date.fromisoformat, lambda v: dt.datetime.strptime(v, "%Y%m%d").date(),
+                  lambda v: dt.datetime.fromisoformat(v).date()):
+        try:
+            return str(parse(t))
+        except ValueError:
+            continue
+    _err(f"{option}: {text!r} is not a date (use YYYY-MM-DD)")
+    return t
 
 
 def main() -> None:  # pragma: no cover
