@@ -322,7 +322,8 @@ def _hyp_bracket(a: float, A: np.ndarray, C: np.ndarray, z: np.ndarray) -> np.nd
 
 
 class _Model:
-    """Shared helpers (dict round-trip, parameter tuple)."""
+    """Shared by every fitted model (here and in sim.spend): positive-parameter validation,
+    parameter tuple, dict round-trip."""
 
     name: ClassVar[str]
     _param_names: ClassVar[tuple[str, ...]]

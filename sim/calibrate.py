@@ -17,7 +17,7 @@ import pandas as pd
 from .btyd import fit_bg_nbd, fit_pareto_nbd
 from .catalogue import STAGES, ActionCatalogue, default_bank_catalogue
 from .errors import ConfigError
-from .features import CustomerRows, CustomerSummary, Panel, build_panel, period_index, summarise
+from .features import CustomerRows, CustomerSummary, Panel, build_panel, lookup, period_index, summarise
 from .history import History, merge_same_day
 from .response import decisions_frame_to_data, estimate_response, load_priors, prior_response
 from .spend import GammaGamma, fit_gamma_gamma
@@ -88,7 +88,7 @@ def calibrate(history: History, calibration_end: str | pd.Timestamp, *, segment_
         under_effect = np.zeros(panel.counts.shape, bool)
         if history.decisions is not None:
             dec_df = history.decisions.loc[history.decisions["date"] <= ce]
-            decay = 0.5 ** (1.0 / prior_resp.fatigue_half_life)
+            decay = prior_resp.contact_decay
             dec, contact_end = decisions_frame_to_data(dec_df, catalogue, summary.customer_id, panel.origin, pdays,
                                                        panel.stage_before, prior_resp.fatigue, decay,
                                                        panel.n_periods, prior_resp.duration)
@@ -301,15 +301,13 @@ def product_panels(products_df: pd.DataFrame, summary: CustomerSummary, panel: P
     ids = summary.customer_id
     N, W, P = panel.counts.shape[0], panel.n_periods, len(products)
     df = products_df.loc[products_df["date"] <= ce]
-    cid = df["customer_id"].to_numpy(dtype=str)
-    cust = np.minimum(np.searchsorted(ids, cid), N - 1)
-    ok = ids[cust] == cid
+    cust, ok = lookup(ids, df["customer_id"].to_numpy(dtype=str))
     dates = df["date"].to_numpy("datetime64[ns]")
     w = period_index(dates, panel.origin, period_days)
     ok &= (w >= 0) & (w < W)
     pidx = df["product"].map({p: i for i, p in enumerate(products)}).to_numpy()
     is_open = (df["event"] == "open").to_numpy()
-    known = ids[cust] == cid
+    known = ok.copy()
     at_birth = is_open & (dates <= summary.birth[cust])
     adopt = ok & is_open & ~at_birth
     opens = np.zeros((N, W, P), np.int8)

@@ -127,6 +127,16 @@ def summarise(tx: pd.DataFrame, cutoff: pd.Timestamp, period_days: float,
                            birth_is_signup=birth_is_signup)
 
 
+def lookup(ids: np.ndarray, values) -> tuple[np.ndarray, np.ndarray]:
+    """(row in the sorted `ids`, found?) for each customer id in `values`; rows of unknown ids
+    are 0 and must be masked with `found`."""
+    values = np.asarray(values, dtype=str)
+    if ids.shape[0] == 0:
+        return np.zeros(values.shape[0], np.int64), np.zeros(values.shape[0], bool)
+    code = np.minimum(np.searchsorted(ids, values), ids.shape[0] - 1)
+    return code, ids[code] == values
+
+
 def period_index(dates: np.ndarray, origin: pd.Timestamp, period_days: float) -> np.ndarray:
     """Index of the period each date falls in, counting from `origin` (period 0 starts there)."""
     days = (np.asarray(dates, "datetime64[ns]") - np.datetime64(pd.Timestamp(origin), "ns")) / np.timedelta64(1, "D")
@@ -162,9 +172,7 @@ def build_panel(summary: CustomerSummary, tx: pd.DataFrame, cutoff: pd.Timestamp
     W = int(period_index(np.array([np.datetime64(pd.Timestamp(cutoff), "ns")]), origin, period_days)[0]) + 1
     N = len(summary)
     tx = tx.loc[tx["date"] <= pd.Timestamp(cutoff)]
-    code = np.searchsorted(summary.customer_id, tx["customer_id"].to_numpy(dtype=str))
-    ok = (code < N)
-    ok[ok] = summary.customer_id[code[ok]] == tx["customer_id"].to_numpy(dtype=str)[ok]
+    code, ok = lookup(summary.customer_id, tx["customer_id"].to_numpy(dtype=str))
     w = period_index(tx["date"].to_numpy("datetime64[ns]"), origin, period_days)
     flat = np.bincount(code[ok] * W + w[ok], minlength=N * W)
     counts = np.minimum(flat.reshape(N, W), np.iinfo(np.int16).max).astype(np.int16)

@@ -103,7 +103,7 @@ class WorldTables:
             lift=flat(resp.activity_lift), dropout_reduction=flat(resp.dropout_reduction),
             adoption_uplift=flat(resp.adoption_uplift), reactivation=flat(resp.reactivation),
             opt_out=np.array([float(resp.opt_out.get(c, 0.0)) for c in channels]),
-            fatigue=float(resp.fatigue), contact_decay=float(0.5 ** (1.0 / max(resp.fatigue_half_life, 1e-9))),
+            fatigue=float(resp.fatigue), contact_decay=resp.contact_decay,
             min_gap=int(resp.min_gap),
             spend_p=np.array([seg.spend["p"] for seg in world.segments], float),
             margin_rate=float(world.economics.margin_rate),

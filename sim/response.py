@@ -234,11 +234,9 @@ def decisions_frame_to_data(decisions: pd.DataFrame, catalogue: ActionCatalogue,
                             durations: list[int]) -> tuple[DecisionData, np.ndarray]:
     """Place logged decisions on the panel. Returns the data and the per-customer contact state
     at the cut-off ((N, 2): recent_contacts, last contact period or -1)."""
-    from .features import period_index
+    from .features import lookup, period_index
     d = decisions
-    cust = np.searchsorted(ids, d["customer_id"].to_numpy(dtype=str))
-    cust = np.minimum(cust, ids.shape[0] - 1)
-    known = ids[cust] == d["customer_id"].to_numpy(dtype=str)
+    cust, known = lookup(ids, d["customer_id"].to_numpy(dtype=str))
     per = period_index(d["date"].to_numpy("datetime64[ns]"), origin, period_days)
     keep = known & (per >= 0) & (per < W)
     cust, per = cust[keep], per[keep]

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 from scipy.special import digamma, gammaln
 
-from sim.btyd import FitInfo, _fit_loglinear
+from sim.btyd import FitInfo, _fit_loglinear, _Model
 
 __all__ = ["GammaGamma", "fit_gamma_gamma"]
 
@@ -38,7 +38,7 @@ def _spend_arrays(x: Any, mean_spend: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 @dataclass(frozen=True)
-class GammaGamma:
+class GammaGamma(_Model):
     """Gamma-Gamma spend model: value of a transaction ~ Gamma(p, ν), ν ~ Gamma(q, γ) (shape, rate)."""
 
     p: float
@@ -46,17 +46,6 @@ class GammaGamma:
     gamma: float
     name: ClassVar[str] = "gamma_gamma"
     _param_names: ClassVar[tuple[str, ...]] = ("p", "q", "gamma")
-
-    def __post_init__(self):
-        for k in self._param_names:
-            v = float(getattr(self, k))
-            if not (np.isfinite(v) and v > 0):
-                raise ValueError(f"{self.name}: parameter {k} must be positive and finite, got {v!r}")
-            object.__setattr__(self, k, v)
-
-    @property
-    def params(self) -> tuple[float, float, float]:
-        return (self.p, self.q, self.gamma)
 
     def mean_spend(self) -> float:
         """Population mean transaction value pγ/(q-1) (inf when q <= 1)."""
@@ -81,17 +70,6 @@ class GammaGamma:
         if np.any(x <= 0) or np.any(~(m > 0)):
             raise ValueError("loglik needs x > 0 and mean_spend > 0")
         return _gg_terms(self.params, _GGData(x, m), False)[0]
-
-    def to_dict(self) -> dict:
-        return {"model": self.name, "p": self.p, "q": self.q, "gamma": self.gamma}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "GammaGamma":
-        model = d.get("model", cls.name)
-        if model != cls.name:
-            raise ValueError(f"expected model {cls.name!r}, got {model!r}")
-        return cls(p=float(d["p"]), q=float(d["q"]), gamma=float(d["gamma"]))
-
 
 class _GGData:
     """Rows plus the distinct x values (the special functions depend on x only)."""

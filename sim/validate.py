@@ -17,7 +17,7 @@ import pandas as pd
 from .atomic import atomic_path, atomic_write_json
 from .calibrate import actual_by_period, calibrate, expected_by_period
 from .errors import ConfigError
-from .features import CustomerRows, period_index, summarise
+from .features import CustomerRows, lookup, period_index, summarise
 from .history import History, merge_same_day
 from .population import DEFAULT_CHUNK, PopulationSimulator, WorldTables, chunk_seeds
 from .world import WorldModel
@@ -56,9 +56,7 @@ def validate(history: History, calibration_end: str, holdout_end: str, *, replic
 
     # actual outcomes of the book's customers in (ce, he]
     hold = tx.loc[(tx["date"] > ce) & (tx["date"] <= he)]
-    code = np.searchsorted(ids, hold["customer_id"].to_numpy(dtype=str))
-    code = np.minimum(code, len(ids) - 1)
-    known = ids[code] == hold["customer_id"].to_numpy(dtype=str)
+    code, known = lookup(ids, hold["customer_id"].to_numpy(dtype=str))
     act_n = np.bincount(code[known], minlength=len(ids)).astype(float)
     act_v = np.bincount(code[known], weights=hold["amount"].to_numpy(float)[known], minlength=len(ids))
     w_hold = period_index(hold["date"].to_numpy("datetime64[ns]")[known], ce + pd.Timedelta(days=1), pdays)
@@ -136,9 +134,8 @@ def replay_actions(history: History, world: WorldModel, ids: np.ndarray, ce: pd.
         return None, {"decisions": 0}
     d = dec.loc[(dec["date"] > ce)]
     w = period_index(d["date"].to_numpy("datetime64[ns]"), ce + pd.Timedelta(days=1), pdays)
-    code = np.searchsorted(ids, d["customer_id"].to_numpy(dtype=str))
-    code = np.minimum(code, len(ids) - 1)
-    ok = (ids[code] == d["customer_id"].to_numpy(dtype=str)) & (w >= 0) & (w < n_periods)
+    code, ok = lookup(ids, d["customer_id"].to_numpy(dtype=str))
+    ok &= (w >= 0) & (w < n_periods)
     if not ok.any():
         return None, {"decisions": 0}
     names = {n: i for i, n in enumerate(world.catalogue.names)}

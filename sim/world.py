@@ -98,6 +98,11 @@ class ResponseModel:
     source: dict[str, Any] = field(default_factory=dict)
     se: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def contact_decay(self) -> float:
+        """Per-period factor of the recent-contact count (from fatigue_half_life)."""
+        return float(0.5 ** (1.0 / max(self.fatigue_half_life, 1e-9)))
+
 
 @dataclass
 class WorldModel:
