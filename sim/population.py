@@ -18,7 +18,7 @@ chunks are spread over workers. No per-customer Python loop anywhere.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable
 
 import numpy as np
@@ -144,6 +144,7 @@ class PopulationState:
     mu_eff: np.ndarray        # dropout hazard (or probability) under the effect in force
     adopt_up: np.ndarray      # adoption uplift in force (0 = none), on the product eff_code's action targets
     product_margin: np.ndarray  # margin per period of the products held (kept in step with products)
+    opened: np.ndarray        # products opened since the simulation started (cross-sell)
 
     @property
     def n(self) -> int:
@@ -174,23 +175,36 @@ class PopulationSimulator:
         self.tables = tables or WorldTables.from_world(world)
         self.state = state
         self.rng = rng
+        # policies draw from a stream of their own, so a policy's randomness never shifts the
+        # world's random numbers: same seed, same customers, whichever policy runs
+        self.policy_rng = rng.spawn(1)[0]
         self.t = 0
         start = start_date if start_date is not None else (
             pd.Timestamp(world.calibration_end) + pd.Timedelta(days=1) if world.calibration_end else None)
         self.start_date = None if start is None else pd.Timestamp(start)
+        self._season_by_t = np.zeros(0)
+        # common random numbers: every period draws the same fixed block of uniforms per customer
+        # (inverse-CDF sampling), whatever the actions, so two policies run from the same seed
+        # give identical paths to every customer they treat alike (slower: evaluation turns it on)
+        self.crn = False
         self.track_expected = False  # also return expected counts and amounts (validation turns this on)
         self.refresh()
 
     def refresh(self) -> None:
         """Recompute derived state (stage, product margin, rate/hazard/adoption multipliers of the
         effect in force) after editing state arrays by hand."""
-        st, tb = self.state, self.tables
-        st.stage = self.world.stage_rules.assign(st.tenure, st.recency)
-        st.lam_eff = st.lam * (1.0 + tb.lift[st.eff_code] * st.eff_scale)
-        st.mu_eff = st.mu * (1.0 - tb.dropout_reduction[st.eff_code] * st.eff_scale)
-        st.adopt_up = tb.adoption_uplift[st.eff_code] * st.eff_scale
-        st.product_margin = (st.products @ self.tables.product_margin if self.tables.n_products
-                             else np.zeros(st.n))
+        derive_state(self.state, self.world, self.tables)
+
+    def replace(self, idx: np.ndarray, fresh: PopulationState) -> None:
+        """Put new customers (a state of len(idx) customers, e.g. from `CustomerSource.draw`) in
+        the slots `idx`, keeping everyone else as is. Effects running in `fresh` count their end
+        from now (the simulator's clock keeps running)."""
+        st = self.state
+        derive_state(fresh, self.world, self.tables)
+        for f in fields(PopulationState):
+            getattr(st, f.name)[idx] = getattr(fresh, f.name)
+        running = fresh.eff_end >= 0
+        st.eff_end[idx[running]] = fresh.eff_end[running] + self.t
 
     # ---- construction ----------------------------------------------------------------
     @classmethod
@@ -199,13 +213,7 @@ class PopulationSimulator:
         """N brand-new customers (tenure 0), segments drawn by share, latents from segment priors."""
         rng = np.random.default_rng(seed)
         tables = tables or WorldTables.from_world(world)
-        shares = np.array([s.share for s in world.segments], float)
-        seg = rng.choice(len(shares), size=n, p=shares / shares.sum()).astype(np.int16)
-        lam, mu, nu = _draw_prior_latents(world, seg, rng)
-        P, C = tables.n_products, tables.n_channels
-        init = np.array([s.initial_products for s in world.segments], float).reshape(len(shares), P) if P else None
-        products = (rng.random((n, P)) < init[seg]) if P else np.zeros((n, 0), bool)
-        state = _fresh_state(lam, mu, nu, np.ones(n, bool), seg, products, C)
+        state = new_customer_state(world, n, rng, tables)
         return cls(world, state, rng, start_date=start_date, tables=tables)
 
     @classmethod
@@ -244,9 +252,11 @@ class PopulationSimulator:
         tb = self.tables
         if tb.seasonality is None or self.start_date is None:
             return 1.0
-        days = self.t * self.world.economics.period_days
-        week = (self.start_date + pd.Timedelta(days=days)).isocalendar().week
-        return float(tb.seasonality[min(int(week), 53) - 1])
+        if self.t >= len(self._season_by_t):  # computed a year at a time: pandas dates are slow per step
+            days = np.arange(len(self._season_by_t), self.t + 53) * self.world.economics.period_days
+            weeks = (self.start_date + pd.to_timedelta(days, unit="D")).isocalendar().week.to_numpy()
+            self._season_by_t = np.concatenate([self._season_by_t, tb.seasonality[np.minimum(weeks, 53) - 1]])
+        return float(self._season_by_t[self.t])
 
     # ---- dynamics --------------------------------------------------------------------
     def step(self, actions: np.ndarray | int | None = None, exposure: float = 1.0) -> StepOutcome:
@@ -260,6 +270,7 @@ class PopulationSimulator:
             bad = raw[(raw < 0) | (raw >= tb.n_actions)][0]
             raise ValueError(f"unknown action index {int(bad)}; the catalogue has {tb.n_actions} actions")
         actions = raw.astype(np.int16, copy=True)
+        U = rng.random((n, 5 + tb.n_products)) if self.crn else None  # contact(2), life, count, spend, products
         n_inel = 0
         contacted = actions > 0
         contact_idx = np.zeros(0, np.int64)
@@ -277,7 +288,7 @@ class PopulationSimulator:
                 contacted[:] = False
                 contacted[idx] = True
             if idx.size:
-                self._apply_contacts(idx, a)
+                self._apply_contacts(idx, a, None if U is None else U[idx, :2])
             contact_idx = idx
         n_contacted = contact_idx.size
         cost = np.zeros(n)
@@ -291,16 +302,21 @@ class PopulationSimulator:
         counts = np.zeros(n, np.int32)
         if tb.pareto:
             # exact continuous-time Pareto/NBD: exponential remaining lifetime (memoryless)
-            life = rng.standard_exponential(alive_idx.size) / np.maximum(mu_a, 1e-300)
+            e = rng.standard_exponential(alive_idx.size) if U is None else -np.log1p(-U[alive_idx, 2])
+            life = e / np.maximum(mu_a, 1e-300)
             mean_a = lam_a * np.minimum(life, exposure)
-            counts_a = rng.poisson(mean_a)
+            counts_a = rng.poisson(mean_a) if U is None else poisson_ppf(U[alive_idx, 3], mean_a)
             st.alive[alive_idx[life < exposure]] = False
         else:
             # BG/NBD: after each transaction the customer leaves with probability mu
             mean_a = lam_a * exposure
-            pois = rng.poisson(mean_a)
-            k = rng.geometric(np.clip(mu_a, 1e-12, 1.0))
-            counts_a = np.minimum(pois, k)
+            q = np.clip(mu_a, 1e-12, 1.0)
+            if U is None:
+                pois, k = rng.poisson(mean_a), rng.geometric(q)
+            else:
+                pois = poisson_ppf(U[alive_idx, 3], mean_a)
+                k = np.maximum(1, np.ceil(np.log1p(-U[alive_idx, 2]) / np.log1p(-np.minimum(q, 1 - 1e-12))))
+            counts_a = np.minimum(pois, k).astype(np.int64)
             st.alive[alive_idx[k <= pois]] = False
             mean_a = counts_a.astype(float)  # no closed form used here: the sampled count
         counts[alive_idx] = counts_a
@@ -313,7 +329,12 @@ class PopulationSimulator:
         buy = np.flatnonzero(counts_a)
         if buy.size:
             b = alive_idx[buy]
-            amount[b] = rng.standard_gamma(counts_a[buy] * tb.spend_p[st.segment[b]]) / st.nu[b]
+            shape = counts_a[buy] * tb.spend_p[st.segment[b]]
+            if U is None:
+                amount[b] = rng.standard_gamma(shape) / st.nu[b]
+            else:
+                from scipy.special import gammaincinv
+                amount[b] = gammaincinv(shape, np.clip(U[b, 4], 1e-300, 1 - 1e-16)) / st.nu[b]
         exp_amount = None
         if self.track_expected:
             exp_amount = np.zeros(n)
@@ -325,7 +346,10 @@ class PopulationSimulator:
                 # adoption needs the customer alive: only living customers can be boosted
                 on = np.flatnonzero(st.adopt_up[alive_idx] != 0)
                 boosted = alive_idx[on] if on.size else None
-            self._product_events(boosted)
+            if U is None:
+                self._product_events(boosted)
+            else:
+                self._product_events_crn(U[:, 5:])
 
         # observables (only buyers' frequency and monetary change)
         if buy.size:
@@ -390,7 +414,7 @@ class PopulationSimulator:
             dd = boosted[bi]
             c = st.segment[dd].astype(np.int64) * S + st.stage[dd]
             tg = tgt_b[bi]
-            mult = 1.0 + np.where((tg < 0) | (tg == bj), up_b[bi], 0.0)
+            mult = 1.0 + np.where((tg == -1) | (tg == bj), up_b[bi], 0.0)  # -2: target not modelled
             h = np.where(st.products[dd, bj], tb.close_cells[c, bj], tb.adopt_cells[c, bj] * mult * st.alive[dd])
             acc = rng.random(bi.size) * big < h
             fi, fj = np.concatenate([fi, dd[acc]]), np.concatenate([fj, bj[acc]])
@@ -399,13 +423,34 @@ class PopulationSimulator:
             st.products[fi, fj] = ~was
             # a customer may change two products in one period: accumulate, do not overwrite
             np.add.at(st.product_margin, fi, np.where(was, -tb.product_margin[fj], tb.product_margin[fj]))
+            np.add.at(st.opened, fi[~was], 1)
 
-    def _apply_contacts(self, idx: np.ndarray, a: np.ndarray) -> None:
+    def _product_events_crn(self, u: np.ndarray) -> None:
+        """Open/close products with one uniform per (customer, product): the common-random-numbers
+        twin of `_product_events` (same hazards, same law; every pair checked, so slower)."""
+        tb, st = self.tables, self.state
+        c = st.segment.astype(np.int64) * N_STAGES + st.stage
+        up = np.zeros((st.n, tb.n_products))
+        on = np.flatnonzero(st.adopt_up != 0)
+        if on.size:
+            tg = tb.action_target[st.eff_code[on] // N_STAGES]
+            cols = np.arange(tb.n_products)
+            up[on] = np.where((tg[:, None] == -1) | (tg[:, None] == cols), st.adopt_up[on, None], 0.0)
+        h = np.where(st.products, tb.close_cells[c], tb.adopt_cells[c] * (1.0 + up) * st.alive[:, None])
+        fi, fj = np.nonzero(u < h)
+        if fi.size:
+            was = st.products[fi, fj]
+            st.products[fi, fj] = ~was
+            np.add.at(st.product_margin, fi, np.where(was, -tb.product_margin[fj], tb.product_margin[fj]))
+            np.add.at(st.opened, fi[~was], 1)
+
+    def _apply_contacts(self, idx: np.ndarray, a: np.ndarray, u: np.ndarray | None = None) -> None:
         tb, st, rng = self.tables, self.state, self.rng
         S = N_STAGES
         code = a.astype(np.int16) * S + st.stage[idx]
         f = tb.fatigue ** st.recent_contacts[idx]
-        u = rng.random((idx.size, 2))
+        if u is None:
+            u = rng.random((idx.size, 2))
         # win-back of customers who had silently left
         revive = (~st.alive[idx]) & (u[:, 0] < tb.reactivation[code] * f)
         st.alive[idx[revive]] = True
@@ -419,6 +464,35 @@ class PopulationSimulator:
         st.lam_eff[idx] = st.lam[idx] * (1.0 + tb.lift[code] * f)
         st.mu_eff[idx] = st.mu[idx] * (1.0 - tb.dropout_reduction[code] * f)
         st.adopt_up[idx] = tb.adoption_uplift[code] * f
+
+
+def poisson_ppf(u: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Poisson(mean) draws by inverse CDF from uniforms u (one uniform per draw, for common random
+    numbers): walk the CDF upwards; customers whose count is found drop out of the walk. Means
+    above 200 use the normal approximation (error far below the Monte Carlo noise there)."""
+    u = np.asarray(u, float)
+    m = np.asarray(mean, float)
+    k = np.zeros(m.shape, np.int64)
+    big = m > 200.0
+    if big.any():
+        from scipy.special import ndtri
+        k[big] = np.maximum(0, np.round(m[big] + np.sqrt(m[big]) * ndtri(np.clip(u[big], 1e-16, 1 - 1e-16))))
+    idx = np.flatnonzero(~big)
+    p = np.exp(-m[idx])
+    cdf = p.copy()
+    j = 0
+    while idx.size:
+        go = u[idx] > cdf
+        idx, p, cdf = idx[go], p[go], cdf[go]
+        if not idx.size:
+            break
+        j += 1
+        k[idx] = j
+        p = p * m[idx] / j
+        cdf = cdf + p
+        if j > 2000:  # only u within rounding of 1 get here
+            break
+    return k
 
 
 def _bernoulli_positions(rng: np.random.Generator, n: int, p: float) -> np.ndarray:
@@ -448,6 +522,28 @@ def _draw_prior_latents(world: WorldModel, seg: np.ndarray, rng: np.random.Gener
     return lam, mu, np.maximum(nu, 1e-12)
 
 
+def derive_state(st: PopulationState, world: WorldModel, tb: WorldTables) -> None:
+    """Fill the fields derived from the others: stage, the rate/hazard/adoption multipliers of
+    the effect in force, and the margin of the products held."""
+    st.stage = world.stage_rules.assign(st.tenure, st.recency)
+    st.lam_eff = st.lam * (1.0 + tb.lift[st.eff_code] * st.eff_scale)
+    st.mu_eff = st.mu * (1.0 - tb.dropout_reduction[st.eff_code] * st.eff_scale)
+    st.adopt_up = tb.adoption_uplift[st.eff_code] * st.eff_scale
+    st.product_margin = st.products @ tb.product_margin if tb.n_products else np.zeros(st.n)
+
+
+def new_customer_state(world: WorldModel, n: int, rng: np.random.Generator, tables: WorldTables) -> PopulationState:
+    """N brand-new customers (tenure 0): segments drawn by share, latents from segment priors,
+    starting products by each segment's signup probabilities."""
+    shares = np.array([s.share for s in world.segments], float)
+    seg = rng.choice(len(shares), size=n, p=shares / shares.sum()).astype(np.int16)
+    lam, mu, nu = _draw_prior_latents(world, seg, rng)
+    P, C = tables.n_products, tables.n_channels
+    init = np.array([s.initial_products for s in world.segments], float).reshape(len(shares), P) if P else None
+    products = (rng.random((n, P)) < init[seg]) if P else np.zeros((n, 0), bool)
+    return _fresh_state(lam, mu, nu, np.ones(n, bool), seg, products, C)
+
+
 def _fresh_state(lam, mu, nu, alive, seg, products, n_channels) -> PopulationState:
     n = lam.shape[0]
     return PopulationState(
@@ -458,13 +554,23 @@ def _fresh_state(lam, mu, nu, alive, seg, products, n_channels) -> PopulationSta
         opted_out=np.zeros((n, n_channels), bool), stage=np.zeros(n, np.int8),
         eff_code=np.zeros(n, np.int16), eff_end=np.full(n, -1, np.int32), eff_scale=np.zeros(n),
         lam_eff=lam.astype(float), mu_eff=mu.astype(float), adopt_up=np.zeros(n),
-        product_margin=np.zeros(n))
+        product_margin=np.zeros(n), opened=np.zeros(n, np.int32))
 
 
 BOOK_POSTERIOR_COLUMNS = ("p_alive", "lam_shape", "lam_rate", "mu_shape", "mu_rate", "nu_shape", "nu_rate")
 
 
-def state_from_book(world: WorldModel, book: pd.DataFrame, rng: np.random.Generator,
+def book_columns(book: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The book as a dict of numpy columns: drawing a few twins from it (one per episode in the
+    Gymnasium env) then costs array indexing, not pandas row selection."""
+    return {c: book[c].to_numpy() for c in book.columns}
+
+
+def take_rows(cols: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    return {k: v[rows] for k, v in cols.items()}
+
+
+def state_from_book(world: WorldModel, book: pd.DataFrame | dict[str, np.ndarray], rng: np.random.Generator,
                     tables: WorldTables, uniforms: np.ndarray | None = None) -> PopulationState:
     """Draw each book customer's alive flag and latent rates from their posterior.
 
@@ -476,8 +582,10 @@ def state_from_book(world: WorldModel, book: pd.DataFrame, rng: np.random.Genera
     draws by inverse CDFs: callers pass stratified uniforms to cut Monte Carlo variance.
     """
     from scipy import special
-    n = len(book)
-    col = {k: book[k].to_numpy(float) for k in BOOK_POSTERIOR_COLUMNS}
+    if not isinstance(book, dict):
+        book = book_columns(book)
+    n = len(book["segment"])
+    col = {k: np.asarray(book[k], float) for k in BOOK_POSTERIOR_COLUMNS}
     if uniforms is None:
         alive = rng.random(n) < col["p_alive"]
         lam = rng.gamma(col["lam_shape"]) / col["lam_rate"]
@@ -496,31 +604,31 @@ def state_from_book(world: WorldModel, book: pd.DataFrame, rng: np.random.Genera
             mu = special.betaincinv(col["mu_shape"], col["mu_rate"], u[:, 2])
         nu = special.gammaincinv(col["nu_shape"], u[:, 3]) / col["nu_rate"]
     nu = np.maximum(nu, 1e-12)
-    seg = book["segment"].to_numpy().astype(np.int16)
+    seg = np.asarray(book["segment"]).astype(np.int16)
     P = tables.n_products
     prods = np.zeros((n, P), bool)
     for j, p in enumerate(world.products):
         col = f"prod_{p}"
         if col in book:
-            prods[:, j] = book[col].to_numpy().astype(bool)
+            prods[:, j] = np.asarray(book[col]).astype(bool)
     st = _fresh_state(lam, mu, nu, alive, seg, prods, tables.n_channels)
-    st.tenure = book["tenure"].to_numpy().astype(np.int32)
-    st.recency = book["recency"].to_numpy().astype(np.int32)
-    st.frequency = book["frequency"].to_numpy().astype(np.int32)
-    st.monetary = book["monetary"].to_numpy().astype(float)
+    st.tenure = np.asarray(book["tenure"]).astype(np.int32)
+    st.recency = np.asarray(book["recency"]).astype(np.int32)
+    st.frequency = np.asarray(book["frequency"]).astype(np.int32)
+    st.monetary = np.asarray(book["monetary"]).astype(float)
     if "last_contact" in book:
-        st.last_contact = book["last_contact"].to_numpy().astype(np.int32)
+        st.last_contact = np.asarray(book["last_contact"]).astype(np.int32)
     if "eff_code" in book:  # an effect still running at the cut-off (refresh() derives the rest)
-        left = book["eff_left"].to_numpy().astype(np.int32)
-        st.eff_code = np.where(left > 0, book["eff_code"].to_numpy(), 0).astype(np.int16)
+        left = np.asarray(book["eff_left"]).astype(np.int32)
+        st.eff_code = np.where(left > 0, np.asarray(book["eff_code"]), 0).astype(np.int16)
         st.eff_end = np.where(left > 0, left, -1).astype(np.int32)
-        st.eff_scale = np.where(left > 0, book["eff_scale"].to_numpy(float), 0.0)
+        st.eff_scale = np.where(left > 0, np.asarray(book["eff_scale"], float), 0.0)
     if "recent_contacts" in book:
-        st.recent_contacts = book["recent_contacts"].to_numpy().astype(float)
+        st.recent_contacts = np.asarray(book["recent_contacts"]).astype(float)
     for j, c in enumerate(world.catalogue.channels):
         col = f"optout_{c}"
         if col in book:
-            st.opted_out[:, j] = book[col].to_numpy().astype(bool)
+            st.opted_out[:, j] = np.asarray(book[col]).astype(bool)
     return st
 
 
@@ -536,7 +644,7 @@ def builtin_policy(name: str) -> PolicyFn:
     if name == "random":
         def _random(sim: PopulationSimulator) -> np.ndarray:
             m = sim.action_masks()
-            g = sim.rng.random(m.shape) * m
+            g = sim.policy_rng.random(m.shape) * m
             return np.argmax(g, axis=1).astype(np.int16)
         return _random
     raise KeyError(f"unknown policy {name!r}; built in: none, random")
@@ -558,7 +666,8 @@ class SimulationResult:
 
 def simulate(world: WorldModel, policy: PolicyFn | str, periods: int, seed: int,
              book: pd.DataFrame | None = None, customers: int | None = None,
-             chunk_size: int = DEFAULT_CHUNK, progress: Callable[[int], None] | None = None) -> SimulationResult:
+             chunk_size: int = DEFAULT_CHUNK, progress: Callable[[int], None] | None = None,
+             crn: bool = False) -> SimulationResult:
     """Run `policy` for `periods` on the book's digital twins (resampled to `customers` when given)
     or on `customers` brand-new customers when there is no book."""
     if isinstance(policy, str):
@@ -578,24 +687,31 @@ def simulate(world: WorldModel, policy: PolicyFn | str, periods: int, seed: int,
     per = {k: np.zeros(periods) for k in ("transactions", "amount", "margin", "cost", "reward", "alive",
                                           "contacts")}
     stage_counts = np.zeros((periods, N_STAGES), np.int64)
+    stage_contacts = np.zeros((periods, N_STAGES), np.int64)  # contacts by the stage they were made in
     out_cols: dict[str, list[np.ndarray]] = {k: [] for k in (
         "segment", "start_stage", "end_stage", "transactions", "amount", "cost", "reward", "clv",
-        "contacts", "alive_end", "products_end")}
+        "discounted_cost", "contacts", "alive_end", "products_end", "products_opened")}
     for start, stop, seq in chunk_seeds(seed, n, chunk_size):
         if src is not None:
             sim = PopulationSimulator.from_book(world, src.iloc[start:stop], seq, tables=tables)
         else:
             sim = PopulationSimulator.new_customers(world, stop - start, seq, tables=tables)
+        sim.crn = crn
         m = stop - start
         start_stage = sim.state.stage.copy()
-        acc = {k: np.zeros(m) for k in ("transactions", "amount", "cost", "reward", "clv", "contacts")}
+        acc = {k: np.zeros(m) for k in ("transactions", "amount", "cost", "reward", "clv", "discounted_cost",
+                                        "contacts")}
         for t in range(periods):
+            stage_before = sim.state.stage
             out = sim.step(policy(sim))
+            if out.contacted.any():
+                stage_contacts[t] += np.bincount(stage_before[out.contacted], minlength=N_STAGES)
             acc["transactions"] += out.transactions
             acc["amount"] += out.amount
             acc["cost"] += out.cost
             acc["reward"] += out.reward
             acc["clv"] += out.reward * disc ** t
+            acc["discounted_cost"] += out.cost * disc ** t
             acc["contacts"] += out.contacted
             per["transactions"][t] += out.transactions.sum()
             per["amount"][t] += out.amount.sum()
@@ -614,6 +730,7 @@ def simulate(world: WorldModel, policy: PolicyFn | str, periods: int, seed: int,
             out_cols[k].append(v)
         out_cols["alive_end"].append(sim.state.alive)
         out_cols["products_end"].append(sim.state.products.sum(axis=1))
+        out_cols["products_opened"].append(sim.state.opened.copy())
     cust = {k: np.concatenate(v) for k, v in out_cols.items()}
     seg_names = np.array([s.name for s in world.segments])
     df = pd.DataFrame({
@@ -622,11 +739,14 @@ def simulate(world: WorldModel, policy: PolicyFn | str, periods: int, seed: int,
         "segment": seg_names[cust["segment"]],
         "start_stage": np.array(STAGES)[cust["start_stage"]],
         "end_stage": np.array(STAGES)[cust["end_stage"]],
-        **{k: cust[k] for k in ("transactions", "amount", "cost", "reward", "clv", "contacts")},
+        **{k: cust[k] for k in ("transactions", "amount", "cost", "reward", "clv", "discounted_cost", "contacts")},
         "alive_end": cust["alive_end"], "products_end": cust["products_end"],
+        "products_opened": cust["products_opened"],
     })
     pdf = pd.DataFrame({"period": np.arange(periods), **per})
     for j, s in enumerate(STAGES):
         pdf[f"stage_{s}"] = stage_counts[:, j]
+    for j, s in enumerate(STAGES):
+        pdf[f"contacts_stage_{s}"] = stage_contacts[:, j]
     return SimulationResult(customers=df, periods=pdf, meta={"customers": n, "periods": periods, "seed": seed,
                                                              "chunk_size": chunk_size})

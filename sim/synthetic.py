@@ -21,6 +21,7 @@ import yaml
 from .atomic import atomic_path, atomic_write_json, atomic_write_text
 from .catalogue import STAGES, Economics, default_bank_catalogue
 from .history import History
+from .playbook import Playbook
 from .population import NEVER_CONTACTED, PopulationSimulator, WorldTables
 from .world import ResponseModel, SegmentModel, StageRules, WorldModel
 
@@ -104,31 +105,12 @@ def truth_world(cfg: BankConfig) -> WorldModel:
                       seasonality=season.tolist(), assumptions=[], fit={}, source={"generator": asdict(cfg)})
 
 
-def bau_action(sim: PopulationSimulator, segment_names: list[str]) -> np.ndarray:
-    """The "business as usual" playbook's preferred action per customer (catalogue index).
-    Onboarding for new, activation for growth, cross-sell for mature, reactivation for dormant,
-    retention call for high-value customers at risk."""
-    cat = sim.world.catalogue
-    idx = cat.index
-    st = sim.state
-    n = st.n
-    affluent = segment_names.index("affluent") if "affluent" in segment_names else -1
-    a = np.zeros(n, np.int16)
-    has_card = st.products[:, PRODUCTS.index("credit_card")] if st.products.shape[1] else np.zeros(n, bool)
-    a[st.stage == 0] = np.where(has_card[st.stage == 0], idx("sms_activation_bonus"), idx("email_card_offer"))
-    a[st.stage == 1] = idx("push_cashback")
-    mat = st.stage == 2
-    a[mat] = np.where(st.segment[mat] == affluent, idx("rm_call_wealth"), idx("email_fee_waiver"))
-    dor = st.stage == 3
-    a[dor] = np.where(st.segment[dor] == affluent, idx("rm_call_retention"), idx("push_login_reminder"))
-    return a
-
-
 def logging_probs(sim: PopulationSimulator, segment_names: list[str], cfg: BankConfig) -> np.ndarray:
-    """(N, A) logging-policy probabilities: playbook (contact its action with bau_contact_rate,
-    otherwise none) mixed with uniform exploration over the allowed actions."""
+    """(N, A) logging-policy probabilities: the playbook (sim.playbook; contact its action with
+    bau_contact_rate, otherwise none) mixed with uniform exploration over the allowed actions.
+    `segment_names` name the simulator's segment indices for the playbook's high-value rule."""
     masks = sim.action_masks()
-    bau = bau_action(sim, segment_names)
+    bau = Playbook(sim.world, segment_names=segment_names).action(sim.observe())
     n, A = masks.shape
     probs = np.zeros((n, A))
     ok = masks[np.arange(n), bau] & (bau > 0)

@@ -1,0 +1,178 @@
+"""Compare policies in a calibrated world by simulation, with common random numbers across policies
+and 95% confidence intervals over seeds (`clv evaluate`).
+
+For each seed every policy runs on the same customers: the same digital twins (latent rates and
+alive state drawn from the same uniforms) and the same world random streams, with each policy's
+own randomness on a separate stream (PopulationSimulator.policy_rng). Differences between
+policies are then paired by seed, which removes the between-customer variance from them.
+
+Metrics per policy (means per customer over the horizon):
+- clv: discounted margin minus contact cost;
+- retention: share of customers still alive at the horizon (known in simulation);
+- marketing_roi: (clv - clv of "none") / discounted contact cost, i.e. incremental margin net of
+  cost per unit of cost; undefined for a policy that spends nothing;
+- cross_sell_rate: share of customers who opened at least one product;
+- active_share: share in the active stages (new, growth, maturity) at the horizon;
+- contacts: contacts per customer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+METRICS = ("clv", "retention", "marketing_roi", "cross_sell_rate", "active_share", "contacts")
+ACTIVE_STAGES = ("new", "growth", "maturity")
+
+
+def resolve_policy(spec: str, world) -> Any:
+    """A policy from a name: a baseline (none, random, bau, churn_threshold, greedy_uplift) or the
+    folder (or its model.zip) written by `clv train`."""
+    from policies.baselines import BASELINES, make_baseline
+    from sim.errors import ConfigError
+    if spec in BASELINES:
+        return make_baseline(spec, world)
+    path = Path(spec)
+    if path.exists():
+        from policies.rl import SB3Policy
+        pol = SB3Policy.load(path, world)
+        if pol.card.get("world_hash") != world.hash():
+            import sys
+            print(f"warning: {spec} was trained on world {pol.card.get('world_hash')}, evaluating on "
+                  f"{world.hash()}", file=sys.stderr)
+        return pol
+    raise ConfigError(f"--policy {spec}: not a baseline ({', '.join(BASELINES)}) nor a trained policy folder")
+
+
+@dataclass
+class Interval:
+    mean: float
+    ci_low: float
+    ci_high: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"mean": self.mean, "ci_low": self.ci_low, "ci_high": self.ci_high}
+
+
+def mean_ci(values: np.ndarray, level: float = 0.95) -> Interval:
+    """Mean and Student-t interval over seeds (NaN entries dropped; a point when only one)."""
+    from scipy import stats
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return Interval(float("nan"), float("nan"), float("nan"))
+    m = float(v.mean())
+    if v.size < 2:
+        return Interval(m, m, m)
+    half = float(stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
+    return Interval(m, m - half, m + half)
+
+
+def _seed_metrics(c, clv_none: np.ndarray | None) -> dict[str, float]:
+    cost = float(c["discounted_cost"].mean())
+    clv = float(c["clv"].mean())
+    roi = float("nan") if clv_none is None or cost <= 0 else (clv - float(clv_none.mean())) / cost
+    return {"clv": clv, "retention": float(c["alive_end"].mean()), "marketing_roi": roi,
+            "cross_sell_rate": float((c["products_opened"] > 0).mean()),
+            "active_share": float(c["end_stage"].isin(ACTIVE_STAGES).mean()),
+            "contacts": float(c["contacts"].mean())}
+
+
+def evaluate(world, policies: dict[str, Any], customers: int, periods: int, seeds: int, seed: int = 0,
+             book=None, reference: str | None = None, progress: Callable[[int], None] | None = None,
+             keep_customers: bool = False) -> dict[str, Any]:
+    """Simulate each policy for `seeds` seeds (seed, seed+1, ...) on `customers` customers for
+    `periods` periods. `reference` (default: "bau" if evaluated, else the first policy) is the
+    policy every other is compared with, paired by seed."""
+    from policies.base import as_simulator_policy
+    from policies.baselines import make_baseline
+    from sim.population import simulate
+
+    names = list(policies)
+    if reference is None:
+        reference = "bau" if "bau" in policies else names[0]
+    if reference not in policies:
+        raise ValueError(f"reference policy {reference!r} is not among the evaluated ones: {names}")
+    none_policy = policies.get("none") or make_baseline("none", world)
+    per_seed: dict[str, dict[str, list[float]]] = {n: {m: [] for m in METRICS} for n in names}
+    timing: dict[str, list[float]] = {n: [] for n in names}
+    stage_contacts: dict[str, np.ndarray] = {}
+    kept: dict[str, Any] = {}
+    import time
+    for k in range(seeds):
+        s = seed + k
+        res_none = simulate(world, as_simulator_policy(none_policy), periods, s, book=book, customers=customers)
+        clv_none = res_none.customers["clv"].to_numpy()
+        for n in names:
+            t0 = time.perf_counter()
+            res = res_none if n == "none" and none_policy is policies[n] else simulate(
+                world, as_simulator_policy(policies[n]), periods, s, book=book, customers=customers)
+            timing[n].append(time.perf_counter() - t0)
+            for m, v in _seed_metrics(res.customers, clv_none).items():
+                per_seed[n][m].append(v)
+            cols = [c for c in res.periods.columns if c.startswith("contacts_stage_")]
+            if cols:
+                stage_contacts[n] = stage_contacts.get(n, 0) + res.periods[cols].to_numpy().sum(axis=0)
+            if keep_customers and k == 0:
+                kept[n] = res.customers
+            if progress:
+                progress(1)
+    out: dict[str, Any] = {"customers": customers, "periods": periods, "seeds": seeds, "seed": seed,
+                           "reference": reference, "discount_per_period": world.economics.discount_per_period,
+                           "world_hash": world.hash(), "policies": {}, "vs_reference": {}}
+    for n in names:
+        out["policies"][n] = {m: mean_ci(np.array(per_seed[n][m])).to_dict() for m in METRICS}
+        out["policies"][n]["per_seed"] = per_seed[n]
+        out["policies"][n]["seconds_per_run"] = float(np.median(timing[n]))
+    ref = per_seed[reference]
+    for n in names:
+        if n == reference:
+            continue
+        d = {}
+        for m in METRICS:
+            a, b = np.array(per_seed[n][m]), np.array(ref[m])
+            iv = mean_ci(a - b)
+            base = float(np.nanmean(b)) if np.isfinite(b).any() else float("nan")
+            rel = iv.mean / abs(base) if base and np.isfinite(base) else float("nan")
+            d[m] = {**iv.to_dict(), "relative": rel,
+                    "ci_excludes_zero": bool(np.isfinite(iv.ci_low) and (iv.ci_low > 0 or iv.ci_high < 0))}
+        out["vs_reference"][n] = d
+    if stage_contacts:
+        out["contacts_by_stage"] = {n: dict(zip([c.removeprefix("contacts_stage_") for c in cols],
+                                                (v / (seeds * customers)).tolist()))
+                                    for n, v in stage_contacts.items()}
+    if keep_customers:
+        out["_customers"] = kept
+    return out
+
+
+def plot(result: dict[str, Any], path: str | Path) -> None:
+    """Bar charts with 95% intervals: CLV, retention and marketing ROI per policy."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sim.atomic import atomic_path
+    names = list(result["policies"])
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4))
+    for ax, (m, label) in zip(axes, (("clv", "CLV per customer (discounted)"), ("retention", "retention at horizon"),
+                                     ("marketing_roi", "marketing ROI"), ("contacts", "contacts per customer"))):
+        mean = np.array([result["policies"][n][m]["mean"] for n in names])
+        lo = np.array([result["policies"][n][m]["ci_low"] for n in names])
+        hi = np.array([result["policies"][n][m]["ci_high"] for n in names])
+        ok = np.isfinite(mean)
+        x = np.arange(len(names))
+        ax.bar(x[ok], mean[ok], yerr=[mean[ok] - lo[ok], hi[ok] - mean[ok]], capsize=4,
+               color=["#4c72b0" if n != result["reference"] else "#dd8452" for n in np.array(names)[ok]])
+        ax.set_xticks(x, names, rotation=30, ha="right")
+        ax.set_title(label, fontsize=10)
+        if m == "retention":
+            ax.set_ylim(max(0.0, float(np.nanmin(lo)) - 0.05), min(1.0, float(np.nanmax(hi)) + 0.02))
+    fig.suptitle(f"{result['customers']:,} customers x {result['periods']} periods, {result['seeds']} seeds "
+                 f"(95% CI over seeds; reference {result['reference']})", fontsize=10)
+    fig.tight_layout()
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
