@@ -395,6 +395,10 @@ def train(
         if population not in ("book", "new"):
             raise ConfigError(f"--population must be book or new, got {population!r}")
         overrides = _parse_sets(sets)
+        if tensorboard is not None:
+            import importlib.util
+            if importlib.util.find_spec("tensorboard") is None:
+                raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard")
         _check_world(world_path)
         _check_out(out, folder=True)
         from policies.rl import DEFAULT_STEPS, hyperparameters

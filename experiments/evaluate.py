@@ -125,7 +125,7 @@ def evaluate(world, policies: dict[str, Any], customers: int, periods: int, seed
     for n in names:
         out["policies"][n] = {m: mean_ci(np.array(per_seed[n][m])).to_dict() for m in METRICS}
         out["policies"][n]["per_seed"] = per_seed[n]
-        out["policies"][n]["seconds_per_run"] = float(np.median(timing[n]))
+    out["seconds_per_run"] = {n: float(np.median(timing[n])) for n in names}
     ref = per_seed[reference]
     for n in names:
         if n == reference:
@@ -146,6 +146,17 @@ def evaluate(world, policies: dict[str, Any], customers: int, periods: int, seed
     if keep_customers:
         out["_customers"] = kept
     return out
+
+
+def paired_difference(result: dict[str, Any], a: str, b: str, metric: str = "clv") -> dict[str, Any]:
+    """Policy a minus policy b on one metric, paired by seed (common random numbers), with its 95%
+    interval and the difference relative to b."""
+    x = np.array(result["policies"][a]["per_seed"][metric], float)
+    y = np.array(result["policies"][b]["per_seed"][metric], float)
+    iv = mean_ci(x - y)
+    base = float(np.nanmean(y))
+    return {**iv.to_dict(), "relative": iv.mean / abs(base) if base else float("nan"),
+            "ci_excludes_zero": bool(iv.ci_low > 0 or iv.ci_high < 0)}
 
 
 def plot(result: dict[str, Any], path: str | Path) -> None:
@@ -172,6 +183,99 @@ def plot(result: dict[str, Any], path: str | Path) -> None:
             ax.set_ylim(max(0.0, float(np.nanmin(lo)) - 0.05), min(1.0, float(np.nanmax(hi)) + 0.02))
     fig.suptitle(f"{result['customers']:,} customers x {result['periods']} periods, {result['seeds']} seeds "
                  f"(95% CI over seeds; reference {result['reference']})", fontsize=10)
+    fig.tight_layout()
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+# ---- timing: when in the lifecycle each policy makes contact ------------------------------------
+RECENCY_BUCKETS = (0, 1, 2, 4, 8, 16, 10**9)  # periods since the last transaction: [0], [1], [2,3], ...
+
+
+class PlaybookTiming:
+    """Counterfactual for the worth of timing: contact exactly when `timing` (e.g. the playbook)
+    would, but with the contact `offers` (e.g. the learned policy) likes best among the allowed
+    ones. The learned policy minus this one is what its own timing adds."""
+
+    def __init__(self, offers, timing, name: str = "offers_at_playbook_timing"):
+        self.offers, self.timing, self.name = offers, timing, name
+
+    def action_probs(self, obs, masks: np.ndarray) -> np.ndarray:
+        from policies.base import one_hot
+        when = self.timing.act(obs, masks, None) > 0
+        contact_masks = masks.copy()
+        contact_masks[:, 0] = False
+        scores = self.offers.scores(obs) if hasattr(self.offers, "scores") else self.offers.action_probs(obs, masks)
+        best = np.argmax(np.where(contact_masks, scores, -np.inf), axis=1)
+        return one_hot(np.where(when & contact_masks.any(axis=1), best, 0), masks.shape[1])
+
+    def act(self, obs, masks: np.ndarray, rng=None) -> np.ndarray:
+        return np.argmax(self.action_probs(obs, masks), axis=1).astype(np.int16)
+
+
+def contact_profile(world, policy, periods: int, seed: int, customers: int, book=None) -> dict[str, Any]:
+    """Where a policy's contacts fall: share by lifecycle stage, by periods since the customer's
+    last transaction, and by action, over one CRN simulation."""
+    from policies.base import as_simulator_policy
+    from sim.catalogue import STAGES
+    from sim.population import PopulationSimulator, WorldTables
+    from sim.posterior import ObservablePosterior
+    tables = WorldTables.from_world(world)
+    if book is not None:
+        rows = np.sort(np.random.default_rng(np.random.SeedSequence([seed, 0xB00C])).choice(
+            len(book), size=customers, replace=customers > len(book)))
+        sim = PopulationSimulator.from_book(world, book.iloc[rows].reset_index(drop=True), seed, tables=tables)
+    else:
+        sim = PopulationSimulator.new_customers(world, customers, seed, tables=tables)
+    sim.crn = True
+    fn = as_simulator_policy(policy)
+    post = ObservablePosterior(world)
+    by_stage = np.zeros(len(STAGES))
+    by_recency = np.zeros(len(RECENCY_BUCKETS) - 1)
+    by_action = np.zeros(tables.n_actions)
+    p_alive_sum = 0.0
+    for _ in range(periods):
+        obs = sim.observe()
+        stage, recency = obs["stage"].copy(), obs["recency"].copy()
+        out = sim.step(fn(sim))
+        c = out.contacted
+        if c.any():
+            by_stage += np.bincount(stage[c], minlength=len(STAGES))
+            by_recency += np.histogram(recency[c], bins=RECENCY_BUCKETS)[0]
+            by_action += np.bincount(out.actions[c], minlength=tables.n_actions)
+            p_alive_sum += float(post.p_alive({k: np.asarray(v)[c] for k, v in obs.items()}).sum())
+    total = max(by_stage.sum(), 1.0)
+    labels = [f"{a}" if b - a == 1 else (f"{a}-{b - 1}" if b < 10**9 else f"{a}+")
+              for a, b in zip(RECENCY_BUCKETS[:-1], RECENCY_BUCKETS[1:])]
+    return {"contacts_per_customer": float(by_stage.sum() / customers),
+            "by_stage": dict(zip(STAGES, (by_stage / total).tolist())),
+            "by_recency": dict(zip(labels, (by_recency / total).tolist())),
+            "by_action": dict(zip(world.catalogue.names, (by_action / total).tolist())),
+            "mean_p_alive_at_contact": p_alive_sum / total}
+
+
+def plot_timing(profiles: dict[str, dict[str, Any]], path: str | Path) -> None:
+    """Side-by-side shares of contacts by lifecycle stage and by periods since last transaction."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sim.atomic import atomic_path
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.2))
+    names = list(profiles)
+    for ax, key, title in zip(axes, ("by_stage", "by_recency", "by_action"),
+                              ("stage at contact", "periods since last transaction at contact", "action")):
+        cats = list(next(iter(profiles.values()))[key])
+        x = np.arange(len(cats))
+        width = 0.8 / max(len(names), 1)
+        for i, n in enumerate(names):
+            ax.bar(x + i * width, [profiles[n][key][c] for c in cats], width,
+                   label=f"{n} ({profiles[n]['contacts_per_customer']:.2f}/customer)")
+        ax.set_xticks(x + 0.4 - width / 2, cats, rotation=30 if key == "by_action" else 0,
+                      ha="right" if key == "by_action" else "center", fontsize=8)
+        ax.set_title(f"share of contacts by {title}", fontsize=10)
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

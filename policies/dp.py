@@ -149,15 +149,18 @@ def sb3_state_probs(model: Any, tw: TabularWorld) -> np.ndarray:
     return one_hot(actions, tw.n_actions)
 
 
-def greedy_actions(probs: np.ndarray) -> np.ndarray:
-    return np.argmax(probs, axis=1)
+def occupancy(tw: TabularWorld, probs: np.ndarray) -> np.ndarray:
+    """(S,) expected discounted visits of each state from the initial distribution under probs:
+    init^T (I - discount P_pi)^-1."""
+    probs = _check_probs(tw, probs)
+    P_pi = np.einsum("sa,ast->st", probs, tw.P)
+    return np.linalg.solve((np.eye(tw.n_states) - tw.discount * P_pi).T, tw.init)
 
 
-def agreement(tw: TabularWorld, probs: np.ndarray, solution: DPSolution, weights: np.ndarray | None = None) -> float:
-    """Share of states (weighted, e.g. by occupancy) where the policy's greedy action is optimal
-    (has the optimal Q value within 1e-9 relative)."""
-    a = greedy_actions(_check_probs(tw, probs))
-    q = solution.Q[np.arange(tw.n_states), a]
-    ok = q >= solution.V - 1e-9 * (1.0 + np.abs(solution.V))
-    w = np.ones(tw.n_states) if weights is None else np.asarray(weights, float)
+def agreement(tw: TabularWorld, probs: np.ndarray, solution: DPSolution) -> float:
+    """Share of the optimal policy's discounted visits (terminal states aside) spent in states
+    where the policy's greedy action is optimal too (Q within 1e-9 of V, so ties count)."""
+    a = np.argmax(_check_probs(tw, probs), axis=1)
+    ok = solution.Q[np.arange(tw.n_states), a] >= solution.V - 1e-9 * (1.0 + np.abs(solution.V))
+    w = occupancy(tw, solution.probs()) * ~tw.terminal
     return float((w * ok).sum() / w.sum())

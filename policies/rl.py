@@ -39,6 +39,18 @@ _PPO = {
     "net_arch": [64, 64],
     "normalize_reward": True,  # VecNormalize on rewards only (observations are already scaled)
     "reward": "expected",      # Rao-Blackwellised training reward (sim.vec_env.PopulationVecEnv)
+    "uplift_features": True,   # observation also carries each action's myopic net value (UpliftEncoder)
+    # before RL the actor is fitted to: "BASE" = baseline BASE's decisions (behaviour cloning, the
+    # default: RL from scratch drowns the small value of a contact in outcome noise and settles on
+    # contacting almost nobody); "rollout:BASE" = the action of largest fitted CRN-rollout advantage
+    # with BASE followed afterwards (policies.rollout); "" = nothing (RL from scratch)
+    "warm_start": "greedy_uplift",
+    "rollout_customers": 20_000,    # customers whose states are labelled ...
+    "rollout_every": 4,             # ... every 4 periods of one horizon of the base policy
+    "rollout_horizon": 52,          # periods each rollout follows the base policy
+    "warm_start_samples": 262_144,  # decisions collected when cloning a baseline
+    "warm_start_epochs": 8,
+    "critic_warmup_steps": 266_240,  # RL steps with the actor frozen, so the critic is sensible first
     "torch_threads": 2,
 }
 HYPERPARAMS: dict[str, dict[str, Any]] = {
@@ -60,6 +72,7 @@ HYPERPARAMS: dict[str, dict[str, Any]] = {
         "net_arch": [64, 64],
         "normalize_reward": True,
         "reward": "expected",
+        "uplift_features": True,
         "torch_threads": 2,
     },
 }
@@ -76,6 +89,126 @@ def hyperparameters(algo: str, overrides: dict[str, Any] | None = None) -> dict[
             raise ValueError(f"unknown hyperparameter {k!r} for {algo}; known: {', '.join(sorted(hp))}")
         hp[k] = type(hp[k])(v) if isinstance(hp[k], (int, float)) and not isinstance(hp[k], bool) else v
     return hp
+
+
+class UpliftEncoder:
+    """The env's observation features plus, per action, the myopic expected net value of making
+    that contact now (policies.baselines.GreedyUplift.values: a function of the observables and
+    the world's published models), on a signed log scale. The agent can then learn *when* a
+    contact pays beyond its immediate value instead of re-deriving the economics from noise."""
+
+    def __init__(self, world, model_features: bool = True):
+        from sim.customer_env import ObservationEncoder
+        from .baselines import GreedyUplift
+        self.base = ObservationEncoder.from_world(world, model_features=model_features)
+        self.greedy = GreedyUplift(world)
+        self.actions = list(world.catalogue.names)
+
+    @property
+    def model_features(self) -> bool:
+        return self.base.model_features
+
+    @property
+    def names(self) -> list[str]:
+        return self.base.names + [f"net_value_{a}" for a in self.actions[1:]]
+
+    @property
+    def dim(self) -> int:
+        return self.base.dim + len(self.actions) - 1
+
+    def space(self):
+        from gymnasium import spaces
+        from sim.customer_env import OBS_CLIP
+        low = np.r_[np.zeros(self.base.dim), np.full(len(self.actions) - 1, -OBS_CLIP)].astype(np.float32)
+        return spaces.Box(low, np.full(self.dim, OBS_CLIP, np.float32), dtype=np.float32)
+
+    def encode(self, obs) -> np.ndarray:
+        from sim.customer_env import OBS_CLIP
+        v = self.greedy.values(obs)[:, 1:]
+        extra = np.clip(np.sign(v) * np.log1p(np.abs(v)), -OBS_CLIP, OBS_CLIP).astype(np.float32)
+        return np.concatenate([self.base.encode(obs), extra], axis=1)
+
+
+def make_encoder(world, card_encoder: dict[str, Any]):
+    """The observation encoder a card describes."""
+    from sim.customer_env import ObservationEncoder
+    if card_encoder.get("uplift_features"):
+        return UpliftEncoder(world, card_encoder.get("model_features", True))
+    return ObservationEncoder.from_world(world, model_features=card_encoder.get("model_features", True))
+
+
+def _teacher_data(vec, teacher, samples: int):
+    """States visited by `teacher` in a copy of the training env, with its decisions."""
+    obs_l, act_l, mask_l = [], [], []
+    o = vec.reset()
+    n = 0
+    while n < samples:
+        raw, masks = vec.raw_observation(), vec.action_masks()
+        a = teacher.act(raw, masks, None)
+        obs_l.append(o)
+        act_l.append(a.astype(np.int64))
+        mask_l.append(masks.copy())
+        vec.step_async(a)
+        o, *_ = vec.step_wait()
+        n += vec.num_envs
+    return np.concatenate(obs_l), np.concatenate(act_l), np.concatenate(mask_l), None
+
+
+def _rollout_data(world, encoder, hp: dict[str, Any], seed: int, book, population: str):
+    """States the base policy visits, labelled with the action of largest fitted rollout advantage
+    (policies.rollout: CRN rollouts, then a least-squares fit of Q(s, a) - Q(s, none) on features)."""
+    from .baselines import make_baseline
+    from .rollout import rollout_labels
+    every = int(hp["rollout_every"])
+    lab = rollout_labels(world, make_baseline(hp["warm_start"].removeprefix("rollout:"), world),
+                         int(hp["rollout_customers"]), list(range(0, int(hp["horizon"]), every)),
+                         int(hp["rollout_horizon"]), seed, book=book if population == "book" else None)
+    X = np.concatenate([encoder.encode(o) for o in lab.obs])
+    predict, fit = _fit_adv(X, lab, seed)
+    adv = np.where(lab.masks, predict(X), -np.inf)
+    best = np.argmax(adv, axis=1)
+    info = {**lab.summary(), **{f"advantage_{k}": v for k, v in fit.items()},
+            "improved_share": float((best != lab.base_action).mean())}
+    return X, best.astype(np.int64), lab.masks, None, info
+
+
+def _fit_adv(X, lab, seed):
+    from .rollout import fit_advantages
+    return fit_advantages(X, lab.q, lab.masks, seed)
+
+
+def _fit_actor(model, X: np.ndarray, y: np.ndarray, M: np.ndarray, weights: np.ndarray | None, epochs: int,
+               seed: int) -> dict[str, float]:
+    """Fit the actor to labelled decisions by (weighted) maximum likelihood, masked for
+    MaskablePPO. Returns the final loss and the share of labels the actor reproduces."""
+    import torch
+    X = torch.as_tensor(X)
+    y = torch.as_tensor(y)
+    w = torch.ones(len(y)) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
+    policy = model.policy
+    params = list(policy.mlp_extractor.policy_net.parameters()) + list(policy.action_net.parameters())
+    opt = torch.optim.Adam(params, lr=1e-3)
+    gen = torch.Generator().manual_seed(seed)
+    maskable = "Maskable" in type(policy).__name__
+
+    def dist_of(idx):
+        return (policy.get_distribution(X[idx], action_masks=M[idx.numpy()]) if maskable
+                else policy.get_distribution(X[idx]))
+    loss = torch.tensor(0.0)
+    for _ in range(epochs):
+        perm = torch.randperm(X.shape[0], generator=gen)
+        for i in range(0, X.shape[0], 4096):
+            b = perm[i:i + 4096]
+            loss = -(w[b] * dist_of(b).log_prob(y[b])).sum() / w[b].sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        idx = torch.arange(min(len(y), 65_536))
+        probs = dist_of(idx).distribution.probs.numpy()
+    best = np.argmax(np.where(M[:len(idx)], probs, -np.inf), axis=1)
+    return {"loss": float(loss.item()), "agreement": float((best == y[:len(idx)].numpy()).mean()),
+            "samples": int(X.shape[0])}
 
 
 def _make_model(algo: str, env, hp: dict[str, Any], seed: int, tensorboard: str | None):
@@ -117,8 +250,10 @@ def train(world, algo: str = "ppo", steps: int | None = None, seed: int = 0, out
         world_path = world_path or str(world)
     world, population, book = resolve_world(world, population, book)
     torch.set_num_threads(int(hp["torch_threads"]))
+    encoder_card = {"model_features": True, "uplift_features": bool(hp["uplift_features"])}
+    encoder = make_encoder(world, encoder_card)
     vec = PopulationVecEnv(world, n_envs=hp["n_envs"], horizon=hp["horizon"], population=population, book=book,
-                           seed=seed, reward=hp["reward"])
+                           seed=seed, reward=hp["reward"], encoder=encoder)
     env = VecMonitor(vec)
     if hp["normalize_reward"]:
         env = VecNormalize(env, norm_obs=False, norm_reward=True, gamma=hp["gamma"])
@@ -150,8 +285,33 @@ def train(world, algo: str = "ppo", steps: int | None = None, seed: int = 0, out
             return True
 
     t0 = time.perf_counter()
-    model.learn(total_timesteps=steps, callback=_Curve(max(steps // 50, hp["n_envs"] * hp["horizon"])),
-                progress_bar=False)
+    warm: dict[str, Any] = {}
+    callback = _Curve(max(steps // 50, hp["n_envs"] * hp["horizon"]))
+    if algo != "dqn" and hp.get("warm_start"):
+        if hp["warm_start"].startswith("rollout:"):
+            X, y, M, wts, info = _rollout_data(world, encoder, hp, seed, book, population)
+        else:
+            from .baselines import make_baseline
+            teacher_env = PopulationVecEnv(world, n_envs=hp["n_envs"], horizon=hp["horizon"], population=population,
+                                           book=book, seed=seed + 1_000_003, reward=hp["reward"], encoder=encoder)
+            X, y, M, wts = _teacher_data(teacher_env, make_baseline(hp["warm_start"], world),
+                                         int(hp["warm_start_samples"]))
+            info = {}
+        warm = {**info, **_fit_actor(model, X, y, M, wts, int(hp["warm_start_epochs"]), seed),
+                "teacher": hp["warm_start"]}
+        frozen = list(model.policy.mlp_extractor.policy_net.parameters()) + list(model.policy.action_net.parameters())
+        warm_steps = min(int(hp["critic_warmup_steps"]), steps)
+        if warm_steps:
+            for p in frozen:  # the critic learns the cloned policy's values before the actor moves
+                p.requires_grad_(False)
+            model.learn(total_timesteps=warm_steps, callback=callback, progress_bar=False)
+            for p in frozen:
+                p.requires_grad_(True)
+        if steps > warm_steps:
+            model.learn(total_timesteps=steps - warm_steps, callback=callback, progress_bar=False,
+                        reset_num_timesteps=False)
+    else:
+        model.learn(total_timesteps=steps, callback=callback, progress_bar=False)
     seconds = time.perf_counter() - t0
     import sb3_contrib
     import stable_baselines3
@@ -159,7 +319,7 @@ def train(world, algo: str = "ppo", steps: int | None = None, seed: int = 0, out
         "card_version": CARD_VERSION, "algo": algo, "seed": seed, "steps": steps,
         "world_hash": world.hash(), "world_path": world_path, "population": population,
         "hyperparameters": hp, "observation": vec.encoder.names, "actions": list(world.catalogue.names),
-        "encoder": {"model_features": vec.encoder.model_features},
+        "encoder": encoder_card, "warm_start": warm,
         "training_curve": curve, "seconds": round(seconds, 2), "ineligible_actions_replaced": int(vec.n_ineligible),
         "versions": {"stable_baselines3": stable_baselines3.__version__, "sb3_contrib": sb3_contrib.__version__,
                      "torch": torch.__version__},
@@ -189,13 +349,12 @@ class SB3Policy(PolicyBase):
     actor's masked distribution."""
 
     def __init__(self, model, card: dict[str, Any], world, deterministic: bool = True, name: str | None = None):
-        from sim.customer_env import ObservationEncoder
         self.model = model
         self.card = card
         self.algo = card["algo"]
         self.deterministic = deterministic
         # the features are computed with the world the policy acts in (its segment models)
-        self.encoder = ObservationEncoder.from_world(world, **card["encoder"])
+        self.encoder = make_encoder(world, card["encoder"])
         if self.encoder.names != card["observation"]:
             from sim.errors import ConfigError
             raise ConfigError(f"policy {card['algo']} was trained on observations {card['observation']}; this world "

@@ -37,7 +37,7 @@ class PopulationVecEnv(VecEnv):
 
     def __init__(self, world: WorldModel | str | Path | None = None, n_envs: int = 256,
                  horizon: int = DEFAULT_HORIZON, population: str | None = None, book=None, seed: int = 0,
-                 reward: str = "expected"):
+                 reward: str = "expected", encoder=None):
         if int(n_envs) < 1 or int(horizon) < 1:
             raise ValueError("n_envs and horizon must be >= 1")
         if reward not in ("expected", "sampled"):
@@ -48,7 +48,8 @@ class PopulationVecEnv(VecEnv):
         self.discount = float(self.world.economics.discount_per_period)
         self.tables = WorldTables.from_world(self.world)
         self.source = CustomerSource(self.world, population, book, self.tables)
-        self.encoder = ObservationEncoder.from_world(self.world)
+        # any object with encode(obs) -> (n, D) and space() (default: ObservationEncoder)
+        self.encoder = encoder if encoder is not None else ObservationEncoder.from_world(self.world)
         self.render_mode = None  # read by VecEnv.__init__
         VecEnv.__init__(self, int(n_envs), self.encoder.space(), spaces.Discrete(self.tables.n_actions))
         self._seed = int(seed)
@@ -99,6 +100,10 @@ class PopulationVecEnv(VecEnv):
 
     def action_masks(self) -> np.ndarray:
         return self._sim.action_masks()
+
+    def raw_observation(self) -> dict[str, np.ndarray]:
+        """The bank-visible observation dict of every slot (what policies.base policies read)."""
+        return self._sim.observe()
 
     def close(self) -> None:
         self._sim = None
