@@ -23,6 +23,7 @@ demo: $(STAMP)
 	$(BIN)/clv validate $(OUT)/bank --calibration-end 2024-06-30 --holdout-end 2024-12-29 --out $(OUT)/bank_validation
 	$(BIN)/clv validate --dataset cdnow --calibration-end 1997-09-30 --holdout-end 1998-06-30 --out $(OUT)/cdnow_validation
 	$(BIN)/clv simulate $(OUT)/bank_world.json --policy none --customers 100000 --periods 52 --seed 1 --out $(OUT)/simulation.parquet
+	$(BIN)/clv evaluate $(OUT)/bank_world.json --policy none --policy bau --policy greedy_uplift --customers 10000 --periods 52 --seeds 3 --out $(OUT)/evaluation
 	@echo "demo outputs in $(OUT)/"
 
 test: $(STAMP)
@@ -34,6 +35,9 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_calibration.py
 	$(BIN)/python benchmarks/bench_simulator.py
+	$(BIN)/python benchmarks/bench_training.py
+	$(BIN)/python benchmarks/bench_dp_gap.py
+	$(BIN)/python benchmarks/bench_policies.py
 
 clean:
 	rm -rf $(VENV) $(OUT) build *.egg-info

@@ -22,8 +22,6 @@ import time
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-import numpy as np  # noqa: E402
-
 class LinearDecay:
     """Learning-rate schedule for SB3: start * progress_remaining (linear decay to 0)."""
 

@@ -22,6 +22,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 EXIT_INPUT = 2
 DATASETS = ("cdnow", "bank")
+BASELINE_NAMES = ("none", "random", "bau", "churn_threshold", "greedy_uplift")  # policies.baselines.BASELINES
 
 
 def _err(msg: str, code: int = EXIT_INPUT) -> None:
@@ -253,7 +254,8 @@ def validate(
 @app.command()
 def simulate(
     world_path: Path = typer.Argument(..., metavar="WORLD", help="World JSON from `clv calibrate`."),
-    policy: str = typer.Option("none", "--policy", help="Policy to run: none or random."),
+    policy: str = typer.Option("none", "--policy", help="Policy to run: a baseline (none, random, bau, "
+                                                         "churn_threshold, greedy_uplift) or a folder from `clv train`."),
     customers: Optional[int] = typer.Option(None, "--customers", min=1,
                                             help="Customers to simulate (default: the whole book)."),
     periods: int = typer.Option(52, "--periods", min=1, help="Periods to simulate."),
@@ -273,8 +275,9 @@ def simulate(
         from sim.errors import ConfigError
         if population not in ("book", "new"):
             raise ConfigError(f"--population must be book or new, got {population!r}")
-        if policy not in ("none", "random"):
-            raise ConfigError(f"unknown policy {policy!r}; built in: none, random")
+        if policy not in BASELINE_NAMES and not Path(policy).exists():
+            raise ConfigError(f"--policy {policy}: not a baseline ({', '.join(BASELINE_NAMES)}) nor a trained "
+                              "policy folder")
         if population == "new" and customers is None:
             raise ConfigError("--population new needs --customers N")
         _check_out(out)
@@ -283,13 +286,12 @@ def simulate(
                               if not Path(world_path).exists() else f"{world_path}: is a folder, not a world JSON file")
         import pandas as pd
         from sim.atomic import atomic_path
-        from sim.population import builtin_policy, simulate as run
+        from experiments.evaluate import resolve_policy
+        from policies.base import as_simulator_policy
+        from sim.population import simulate as run
         from sim.world import WorldModel
-        try:
-            pol = builtin_policy(policy)
-        except KeyError as e:
-            raise ConfigError(str(e.args[0])) from None
         world = WorldModel.load(world_path)
+        pol = as_simulator_policy(resolve_policy(policy, world))
         book = None
         if population == "book":
             bp = world.book_path(world_path)
@@ -457,7 +459,7 @@ def evaluate(
         pols = {}
         for spec in policies:
             p = resolve_policy(spec, world)
-            name = spec if spec in ("none", "random", "bau", "churn_threshold", "greedy_uplift") else Path(spec).name
+            name = spec if spec in BASELINE_NAMES else Path(spec).name
             pols[name] = p
         if reference is not None and reference not in pols:
             raise ConfigError(f"--reference {reference!r} is not among the policies: {', '.join(pols)}")

@@ -33,7 +33,7 @@ _PPO = {
     "learning_rate": 3e-4,
     "gae_lambda": 0.95,
     "clip_range": 0.2,
-    "ent_coef": 0.01,
+    "ent_coef": 0.001,         # small: the warm-started actor should refine, not re-randomise
     "vf_coef": 0.5,
     "max_grad_norm": 0.5,
     "net_arch": [64, 64],

@@ -82,7 +82,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +153,8 @@ class TabularWorld:
         self.masks = m
         self.init = _float_array(self.init, "init", (S,))
         if (self.init < 0).any() or abs(self.init.sum() - 1.0) > 1e-6:
-            raise ValueError(f"init must be a probability distribution (>= 0, sums to 1); sums to {self.init.sum():.6g}")
+            raise ValueError(f"init must be a probability distribution (>= 0, sums to 1); "
+                             f"sums to {self.init.sum():.6g}")
         d = self.discount
         if isinstance(d, bool) or not isinstance(d, (int, float, np.floating)) or not (0.0 <= float(d) < 1.0):
             raise ValueError(f"discount must be a number in [0, 1), got {d!r}")
