@@ -85,7 +85,9 @@ def main() -> None:
                                                                       "cross_sell_rate", "active_share", "contacts")}
                              for n in pols}
     summary["best_baseline"] = best
-    summary["ppo_vs_best_baseline"] = {m: paired_difference(res, "ppo", best, m) for m in ("clv", "retention")}
+    summary["ppo_vs_best_baseline"] = {m: paired_difference(res, "ppo", best, m)
+                                       for m in ("clv", "retention", "marketing_roi", "contacts")}
+    summary["ppo_offers_at_bau_timing_vs_best_baseline"] = paired_difference(res, "ppo_offers_at_bau_timing", best, "clv")
     summary["ppo_vs_bau"] = {m: paired_difference(res, "ppo", "bau", m)
                              for m in ("clv", "retention", "marketing_roi", "cross_sell_rate")}
     summary["worth_of_ppo_timing"] = paired_difference(res, "ppo", "ppo_offers_at_bau_timing", "clv")
