@@ -58,17 +58,17 @@ def test_same_seed_same_episode(world):
 def test_observation_hides_latent_state(world):
     """Two customers identical in everything a bank sees but not in rate, hazard, spend or alive
     flag get the same observation."""
-    sim = PopulationSimulator.new_customers(world, 2, seed=3)
-    st = sim.state
+    twins = PopulationSimulator.new_customers(world, 2, seed=3)
+    st = twins.state
     st.segment[:] = 0
     st.products[:] = False
     st.lam[:] = [0.1, 5.0]
     st.mu[:] = [0.001, 0.5]
     st.nu[:] = [0.01, 1.0]
     st.alive[:] = [True, False]
-    sim.refresh()
+    twins.refresh()
     enc = ObservationEncoder.from_world(world)
-    x = enc.encode(sim.observe())
+    x = enc.encode(twins.observe())
     assert np.array_equal(x[0], x[1])
     assert not any(k in enc.names for k in ("lam", "mu", "nu", "alive"))
     assert x.dtype == np.float32 and x.shape == (2, enc.dim) and enc.space().contains(x[0])
