@@ -1,14 +1,16 @@
-"""Issue-3 targets on the calibrated synthetic-bank world: train the default PPO (timed), compare
-it with every baseline by CRN simulation over seeds, and show *when* it contacts customers
-compared with the rule playbook and what that timing is worth.
+"""Issue-3 targets on the calibrated synthetic-bank world: train the default PPO and MaskablePPO
+(timed), compare them with every baseline by CRN simulation over seeds, and show *when* the best
+one contacts customers compared with the rule playbook and what that timing is worth.
 
     python benchmarks/bench_policies.py --out bench_out/policies --json
 
 Steps: `clv make-data` + `clv calibrate` (bank, calibration end 2024-06-30) unless --world is
-given; train PPO with the defaults of policies/rl.py (same seed twice: identical parameters is
-checked); evaluate none, random, bau, churn_threshold, greedy_uplift, ppo and the counterfactual
-"ppo offers at playbook timing" on --customers twins x --periods, --seeds seeds; contact
-profiles (stage, periods since last transaction, action) of ppo and bau. Writes summary.json,
+given; train PPO and MaskablePPO with the defaults of policies/rl.py (with --check-determinism
+each twice: identical parameters); evaluate every baseline and both agents on seeds
+1000..1000+K-1 to pick the best baseline and the best agent, then compare them again on
+held-out seeds 2000..2000+K-1 (no selection bias in the reported difference), with the
+counterfactual "agent's offers at the playbook's timing"; contact profiles (stage, periods
+since last transaction, action) of the agent, bau and greedy. Writes summary.json,
 evaluation.png and timing.png into --out.
 """
 from __future__ import annotations
@@ -62,37 +64,51 @@ def main() -> None:
         flat = np.concatenate([p.detach().numpy().ravel() for p in policy.model.policy.parameters()])
         return hashlib.sha256(flat.tobytes()).hexdigest()[:16]
 
-    t0 = time.perf_counter()
-    ppo, card = train(world, "ppo", steps=args.steps, seed=args.seed, out=out / "ppo", book=book,
-                      population="book", world_path=str(world_path))
-    train_seconds = time.perf_counter() - t0
-    summary = {"world": str(world_path), "world_hash": world.hash(), "train_seconds": round(train_seconds, 1),
-               "train_steps": card["steps"], "warm_start": card["warm_start"], "model_digest": digest(ppo),
-               "hyperparameters": card["hyperparameters"], "torch_threads": torch.get_num_threads()}
-    if args.check_determinism:
-        again, _ = train(world, "ppo", steps=args.steps, seed=args.seed, book=book, population="book")
-        summary["same_seed_same_parameters"] = digest(again) == summary["model_digest"]
+    summary: dict = {"world": str(world_path), "world_hash": world.hash(), "torch_threads": torch.get_num_threads(),
+                     "agents": {}}
+    agents = {}
+    for algo in ("ppo", "maskable_ppo"):
+        t0 = time.perf_counter()
+        agents[algo], card = train(world, algo, steps=args.steps, seed=args.seed, out=out / algo, book=book,
+                                   population="book", world_path=str(world_path))
+        info = {"train_seconds": round(time.perf_counter() - t0, 1), "train_steps": card["steps"],
+                "warm_start": card["warm_start"], "model_digest": digest(agents[algo]),
+                "hyperparameters": card["hyperparameters"]}
+        if args.check_determinism:
+            again, _ = train(world, algo, steps=args.steps, seed=args.seed, book=book, population="book")
+            info["same_seed_same_parameters"] = digest(again) == info["model_digest"]
+        summary["agents"][algo] = info
 
+    metrics = ("clv", "retention", "marketing_roi", "cross_sell_rate", "active_share", "contacts")
     pols = {n: make_baseline(n, world) for n in BASELINES}
-    pols["ppo"] = ppo
-    pols["ppo_offers_at_bau_timing"] = PlaybookTiming(ppo, pols["bau"], name="ppo_offers_at_bau_timing")
+    pols.update(agents)
+    # selection seeds: pick the best baseline and the best learned agent
     res = evaluate(world, pols, customers=args.customers, periods=args.periods, seeds=args.seeds, seed=1000,
                    book=book, reference="bau")
-    plot(res, out / "evaluation.png")
     baselines = [n for n in BASELINES if n != "none"]
     best = max(baselines, key=lambda n: res["policies"][n]["clv"]["mean"])
-    summary["evaluation"] = {n: {m: res["policies"][n][m] for m in ("clv", "retention", "marketing_roi",
-                                                                      "cross_sell_rate", "active_share", "contacts")}
-                             for n in pols}
-    summary["best_baseline"] = best
-    summary["ppo_vs_best_baseline"] = {m: paired_difference(res, "ppo", best, m)
-                                       for m in ("clv", "retention", "marketing_roi", "contacts")}
-    summary["ppo_offers_at_bau_timing_vs_best_baseline"] = paired_difference(res, "ppo_offers_at_bau_timing", best, "clv")
-    summary["ppo_vs_bau"] = {m: paired_difference(res, "ppo", "bau", m)
-                             for m in ("clv", "retention", "marketing_roi", "cross_sell_rate")}
-    summary["worth_of_ppo_timing"] = paired_difference(res, "ppo", "ppo_offers_at_bau_timing", "clv")
-    profiles = {n: contact_profile(world, pols[n], args.periods, 1000, args.customers, book=book)
-                for n in ("bau", "ppo", "greedy_uplift")}
+    learned = max(agents, key=lambda n: res["policies"][n]["clv"]["mean"])
+    summary["selection"] = {"seeds": [1000, 1000 + args.seeds - 1], "best_baseline": best, "best_learned": learned,
+                            "evaluation": {n: {m: res["policies"][n][m] for m in metrics} for n in pols},
+                            "learned_vs_best_baseline": {a: paired_difference(res, a, best, "clv") for a in agents}}
+    # held-out seeds: the chosen agent against every baseline, plus the timing counterfactual
+    pols[f"{learned}_offers_at_bau_timing"] = PlaybookTiming(agents[learned], pols["bau"],
+                                                             name=f"{learned}_offers_at_bau_timing")
+    res = evaluate(world, pols, customers=args.customers, periods=args.periods, seeds=args.seeds, seed=2000,
+                   book=book, reference="bau")
+    plot(res, out / "evaluation.png")
+    summary["heldout"] = {"seeds": [2000, 2000 + args.seeds - 1],
+                          "evaluation": {n: {m: res["policies"][n][m] for m in metrics} for n in pols},
+                          "learned_vs_best_baseline": {m: paired_difference(res, learned, best, m)
+                                                       for m in ("clv", "retention", "marketing_roi", "contacts")},
+                          "learned_vs_bau": {m: paired_difference(res, learned, "bau", m)
+                                             for m in ("clv", "retention", "marketing_roi", "cross_sell_rate")},
+                          "worth_of_learned_timing": paired_difference(res, learned, f"{learned}_offers_at_bau_timing",
+                                                                       "clv")}
+    if learned != "ppo":
+        summary["heldout"]["ppo_vs_best_baseline"] = paired_difference(res, "ppo", best, "clv")
+    profiles = {n: contact_profile(world, pols[n], args.periods, 2000, args.customers, book=book)
+                for n in ("bau", learned, "greedy_uplift")}
     plot_timing(profiles, out / "timing.png")
     summary["contact_profiles"] = profiles
     summary["evaluation_setup"] = {"customers": args.customers, "periods": args.periods, "seeds": args.seeds,
@@ -102,9 +118,9 @@ def main() -> None:
     if args.json:
         print(json.dumps(json_safe(summary), indent=2))
     else:
-        d = summary["ppo_vs_best_baseline"]["clv"]
-        print(f"trained in {train_seconds:.0f}s; PPO vs {best}: CLV {d['mean']:+.2f} "
-              f"[{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]; vs bau {summary['ppo_vs_bau']['clv']['relative']:+.1%}")
+        d = summary["heldout"]["learned_vs_best_baseline"]["clv"]
+        print(f"{learned} vs {best} on held-out seeds: CLV {d['mean']:+.2f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]; "
+              f"vs bau {summary['heldout']['learned_vs_bau']['clv']['relative']:+.1%}")
 
 
 if __name__ == "__main__":
