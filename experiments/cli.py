@@ -281,25 +281,13 @@ def simulate(
         if population == "new" and customers is None:
             raise ConfigError("--population new needs --customers N")
         _check_out(out)
-        if not Path(world_path).is_file():
-            raise ConfigError(f"{world_path}: world file not found; create one with `clv calibrate`"
-                              if not Path(world_path).exists() else f"{world_path}: is a folder, not a world JSON file")
-        import pandas as pd
+        _check_world(world_path)
         from sim.atomic import atomic_path
         from experiments.evaluate import resolve_policy
         from policies.base import as_simulator_policy
         from sim.population import simulate as run
-        from sim.world import WorldModel
-        world = WorldModel.load(world_path)
+        world, book = _load_world(world_path, population)
         pol = as_simulator_policy(resolve_policy(policy, world))
-        book = None
-        if population == "book":
-            bp = world.book_path(world_path)
-            if bp is None or not bp.exists():
-                raise ConfigError(f"{world_path}: its book ({bp}) is missing; use --population new or recalibrate")
-            book = pd.read_parquet(bp)
-        elif customers is None:
-            raise ConfigError("--population new needs --customers N")
         n = customers or len(book)
         t0 = time.perf_counter()
         with _progress(f"simulating {n:,} customers x {periods} periods", n * periods) as upd:

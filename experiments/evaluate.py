@@ -219,13 +219,11 @@ def contact_profile(world, policy, periods: int, seed: int, customers: int, book
     last transaction, and by action, over one CRN simulation."""
     from policies.base import as_simulator_policy
     from sim.catalogue import STAGES
-    from sim.population import PopulationSimulator, WorldTables
+    from sim.population import PopulationSimulator, WorldTables, sample_book
     from sim.posterior import ObservablePosterior
     tables = WorldTables.from_world(world)
     if book is not None:
-        rows = np.sort(np.random.default_rng(np.random.SeedSequence([seed, 0xB00C])).choice(
-            len(book), size=customers, replace=customers > len(book)))
-        sim = PopulationSimulator.from_book(world, book.iloc[rows].reset_index(drop=True), seed, tables=tables)
+        sim = PopulationSimulator.from_book(world, sample_book(book, customers, seed), seed, tables=tables)
     else:
         sim = PopulationSimulator.new_customers(world, customers, seed, tables=tables)
     sim.crn = True

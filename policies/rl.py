@@ -158,23 +158,18 @@ def _rollout_data(world, encoder, hp: dict[str, Any], seed: int, book, populatio
     """States the base policy visits, labelled with the action of largest fitted rollout advantage
     (policies.rollout: CRN rollouts, then a least-squares fit of Q(s, a) - Q(s, none) on features)."""
     from .baselines import make_baseline
-    from .rollout import rollout_labels
+    from .rollout import fit_advantages, rollout_labels
     every = int(hp["rollout_every"])
     lab = rollout_labels(world, make_baseline(hp["warm_start"].removeprefix("rollout:"), world),
                          int(hp["rollout_customers"]), list(range(0, int(hp["horizon"]), every)),
                          int(hp["rollout_horizon"]), seed, book=book if population == "book" else None)
     X = np.concatenate([encoder.encode(o) for o in lab.obs])
-    predict, fit = _fit_adv(X, lab, seed)
+    predict, fit = fit_advantages(X, lab.q, lab.masks, seed)
     adv = np.where(lab.masks, predict(X), -np.inf)
     best = np.argmax(adv, axis=1)
     info = {**lab.summary(), **{f"advantage_{k}": v for k, v in fit.items()},
             "improved_share": float((best != lab.base_action).mean())}
     return X, best.astype(np.int64), lab.masks, None, info
-
-
-def _fit_adv(X, lab, seed):
-    from .rollout import fit_advantages
-    return fit_advantages(X, lab.q, lab.masks, seed)
 
 
 def _fit_actor(model, X: np.ndarray, y: np.ndarray, M: np.ndarray, weights: np.ndarray | None, epochs: int,

@@ -664,6 +664,16 @@ class SimulationResult:
     meta: dict = field(default_factory=dict)
 
 
+def sample_book(book: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """The book itself when n is its size, else n rows drawn (with replacement only when n exceeds
+    it) from a key of their own: chunk k uses SeedSequence(seed).spawn(...)[k]."""
+    if n == len(book):
+        return book.reset_index(drop=True)
+    pick_rng = np.random.default_rng(np.random.SeedSequence([seed, 0xB00C]))
+    rows = np.sort(pick_rng.choice(len(book), size=n, replace=n > len(book)))
+    return book.iloc[rows].reset_index(drop=True)
+
+
 def simulate(world: WorldModel, policy: PolicyFn | str, periods: int, seed: int,
              book: pd.DataFrame | None = None, customers: int | None = None,
              chunk_size: int = DEFAULT_CHUNK, progress: Callable[[int], None] | None = None,
@@ -674,12 +684,9 @@ def simulate(world: WorldModel, policy: PolicyFn | str, periods: int, seed: int,
         policy = builtin_policy(policy)
     tables = WorldTables.from_world(world)
     disc = world.economics.discount_per_period
-    # a key of its own: chunk k uses SeedSequence(seed).spawn(...)[k]
-    pick_rng = np.random.default_rng(np.random.SeedSequence([seed, 0xB00C]))
     if book is not None:
         n = len(book) if customers is None else int(customers)
-        rows = np.arange(n) if n == len(book) else np.sort(pick_rng.choice(len(book), size=n, replace=n > len(book)))
-        src = book.iloc[rows].reset_index(drop=True)
+        src = sample_book(book, n, seed)
     else:
         if customers is None:
             raise ValueError("simulating new customers needs a number of customers")
