@@ -480,6 +480,99 @@ def evaluate(
     _emit(res, as_json, "\n".join(lines))
 
 
+@app.command()
+def values(
+    world_path: Path = typer.Argument(..., metavar="WORLD", help="World JSON from `clv calibrate` (its book beside it)."),
+    source: str = typer.Option(..., "--source", help="sim: the world model's simulated incremental CLV of each action "
+                                                     "over none (common random numbers); policy: a policy's advantage "
+                                                     "estimates Q(s,a) - Q(s,none), smoothed over customers (needs --policy)."),
+    policy: Optional[str] = typer.Option(None, "--policy", help="For --source policy: a baseline (none, random, bau, "
+                                                                "churn_threshold, greedy_uplift) or a folder from `clv train`."),
+    continuation: Optional[str] = typer.Option(None, "--continuation", help="For --source sim: what follows the first "
+                                                                            "period: none (default), a baseline or a "
+                                                                            "folder from `clv train`."),
+    customers: Optional[int] = typer.Option(None, "--customers", min=1, help="Customers valued (default: the whole "
+                                                                             "book; drawn from it as `clv simulate` does)."),
+    horizon: Optional[int] = typer.Option(None, "--horizon", min=1, help="Periods each branch is followed (default 52)."),
+    replications: Optional[int] = typer.Option(None, "--replications", min=1,
+                                               help="Twin draws x futures averaged per customer (default 4)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; same seed, same table."),
+    out: Path = typer.Option(..., "--out", help="Parquet file for the value table (customer_id, segment, action, "
+                                                "channel, value, cost; read by the optimizer)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Build the optimizer's value table: per customer and allowed action, the expected incremental CLV
+    of contacting now over doing nothing (net of the action's cost) and the cost charged to the budget.
+
+    Example: clv values world.json --source sim --customers 20000 --horizon 52 --out values.parquet --json
+    """
+    with _user_errors():
+        from sim.errors import ConfigError
+        if source not in ("sim", "policy"):
+            raise ConfigError(f"--source {source!r}: choose sim (the world model) or policy (with --policy P)")
+        if source == "policy" and policy is None:
+            raise ConfigError("--source policy needs --policy P (a baseline or a folder from `clv train`)")
+        if source == "sim" and policy is not None:
+            raise ConfigError("--policy is for --source policy; with --source sim give --continuation")
+        if source == "policy" and continuation is not None:
+            raise ConfigError("--continuation is for --source sim; --source policy follows --policy")
+        option, spec = ("--policy", policy) if source == "policy" else ("--continuation", continuation or "none")
+        if spec not in BASELINE_NAMES and not Path(spec).exists():
+            raise ConfigError(f"{option} {spec}: not a baseline ({', '.join(BASELINE_NAMES)}) nor a trained "
+                              "policy folder")
+        if Path(out).suffix.lower() == ".csv":
+            raise ConfigError(f"--out {out}: the value table is written as Parquet; give a .parquet file name")
+        _check_out(out)
+        _check_world(world_path)
+        from optimizer.value_sources import (DEFAULT_HORIZON, DEFAULT_REPLICATIONS, values_from_policy,
+                                             values_from_simulation)
+        from sim.atomic import atomic_write_parquet
+        horizon = horizon or DEFAULT_HORIZON
+        replications = replications or DEFAULT_REPLICATIONS
+        world, book = _load_world(world_path, "book")
+        n = customers or len(book)
+        t0 = time.perf_counter()
+        with _progress(f"valuing {n:,} customers x {world.n_actions - 1} actions", n * horizon * replications) as upd:
+            done = [0]
+
+            def tick(m: int) -> None:
+                done[0] += m
+                upd(done[0])
+            if source == "sim":
+                df = values_from_simulation(world, book, customers, horizon, replications, seed,
+                                            continuation=spec, progress=tick)
+            else:
+                df = values_from_policy(world, book, spec, customers, horizon, replications, seed, progress=tick)
+        secs = time.perf_counter() - t0
+        atomic_write_parquet(out, df)
+        diag = df.attrs["diagnostics"]
+        rows_by_action = df["action"].value_counts(sort=False)
+        actions = [a for a in world.catalogue.names[1:] if rows_by_action.get(a, 0) > 0]
+        doc = {"out": str(out), "world": str(world_path), "world_hash": world.hash(), "source": source,
+               **({"continuation": spec} if source == "sim" else {"policy": spec}),
+               "rows": int(len(df)), "customers": int(diag["customers"]),
+               "customers_with_options": int(df["customer_id"].nunique()), "actions": actions,
+               "horizon": horizon, "replications": replications, "seed": seed, "seconds": round(secs, 3),
+               "rows_by_action": {a: int(rows_by_action.get(a, 0)) for a in world.catalogue.names[1:]},
+               "mean_value_by_action": diag["mean_value_by_action"],
+               "mean_cost_by_action": diag["mean_cost_by_action"],
+               "mean_standard_error_by_action": diag["mean_standard_error_by_action"],
+               "cost_clipped_rows": diag["cost_clipped_rows"], "resampled": diag["resampled"]}
+        if source == "policy":
+            doc["diagnostics"] = {k: v for k, v in diag.items() if k not in doc}
+    lines = [f"wrote {doc['rows']:,} rows ({doc['customers']:,} customers, {doc['customers_with_options']:,} with an "
+             f"allowed contact) to {out} in {secs:.1f}s",
+             f"{'action':<26}{'rows':>9}{'mean value':>12}{'mean cost':>11}"]
+    for a in world.catalogue.names[1:]:
+        lines.append(f"{a:<26}{doc['rows_by_action'][a]:>9,}{doc['mean_value_by_action'][a]:>12.2f}"
+                     f"{doc['mean_cost_by_action'][a]:>11.2f}")
+    if source == "policy":
+        d = doc["diagnostics"]
+        lines.append(f"advantage fit: held-out R^2 {d['heldout_r2']:.3f}; "
+                     + ("smoothed values" if d["smoothed"] else "raw means kept (fit no better than the mean)"))
+    _emit(doc, as_json, "\n".join(lines))
+
+
 def _date(text: str, option: str) -> str:
     """A calendar date as YYYY-MM-DD (accepts YYYY-MM-DD, YYYYMMDD or an ISO date-time); checked
     without pandas so that bad options are answered at once."""
