@@ -153,6 +153,8 @@ class DualEngine:
             else:                                   # null step: the cut improves the model
                 radius = np.maximum(radius * 0.7, 1e-9 * self.scale)
             history.append({"iteration": it, "bound": Lc})
+            if np.any(center > 1e9 * self.scale):   # the dual runs off to infinity: infeasible rows
+                break
             if progress:
                 progress(it)
         return center, Lc, xc, history
@@ -219,11 +221,19 @@ class DualEngine:
             if not len(cand):
                 return choice, False
             cand = cand[np.argsort(best_ratio[cand], kind="stable")]
-            cum = np.cumsum(best_red[cand] * self.w[cand])
+            new = np.where(best_j[cand] == self.J, -1, best_j[cand])
+            # the moves must not break the other constraints: keep those that fit their slack
+            # (violated ones may not get worse), in order, until constraint k is met
+            delta = (self.coef_at(cand, new) - self.coef_at(cand, choice[cand])) * self.w[cand][None, :]
+            room = np.maximum(p.b - use, 0.0)
+            room[k] = np.inf
+            fits = _greedy_fit(np.where(np.arange(p.K)[:, None] == k, 0.0, delta), room)
+            cand, new = cand[fits], new[fits]
+            if not len(cand):
+                return choice, False
+            cum = np.cumsum(-delta[k][fits])
             m = int(np.searchsorted(cum, viol[k] - tol[k])) + 1
-            take = cand[:m]
-            new = best_j[take]
-            choice[take] = np.where(new == self.J, -1, new)
+            choice[cand[:m]] = new[:m]
         use = self.usage(choice)
         return choice, bool((use <= p.b + tol).all())
 

@@ -78,7 +78,7 @@ class ValueTable:
     def from_frame(cls, df: pd.DataFrame, source: str = "<frame>", row_offset: int = 1) -> "ValueTable":
         """Validate and pack a long DataFrame (see the module docstring for the columns)."""
         import pyarrow as pa
-        return _from_arrow(pa.Table.from_pandas(df, preserve_index=False), source, row_offset)
+        return _from_arrow([pa.Table.from_pandas(df, preserve_index=False)], source, row_offset)
 
     def to_frame(self) -> pd.DataFrame:
         """The long table back (eligible rows only), e.g. to save a built or generated table."""
@@ -105,20 +105,27 @@ def load_values(path: str | Path) -> ValueTable:
         if path.suffix.lower() == ".csv":
             # ids and labels as strings whatever they look like; numbers parsed below with row errors
             table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
-                column_types={c: pa.string() for c in ("customer_id", "segment", "action", "channel")}))
+                column_types={c: pa.dictionary(pa.int32(), pa.string())
+                              for c in ("customer_id", "segment", "action", "channel")}))
             offset = 2   # spreadsheet row: header is row 1
         else:
-            table = pq.read_table(path)
+            table = pq.read_table(path, read_dictionary=[c for c in ("customer_id", "segment", "action", "channel")
+                                                         if c in pq.read_schema(path).names])
             offset = 1   # 1-based data row
     except (pa.ArrowInvalid, OSError) as e:
         raise ValueTableError(str(path), None, None, f"cannot read as {'CSV' if path.suffix.lower() == '.csv' else 'Parquet'}: "
                               + str(e).splitlines()[0]) from None
-    return _from_arrow(table, str(path), offset)
+    holder = [table]
+    del table
+    return _from_arrow(holder, str(path), offset)
 
 
-def _from_arrow(table, source: str, offset: int) -> ValueTable:
+def _from_arrow(holder: list, source: str, offset: int) -> ValueTable:
+    """Validate and pack; `holder` is a one-element list with the Arrow table, emptied here once
+    the columns are extracted so its memory is freed before the dense arrays are built."""
     import pyarrow as pa
     import pyarrow.compute as pc
+    table = holder.pop()
 
     def fail(i: int | None, col: str | None, msg: str):
         raise ValueTableError(source, None if i is None else int(i) + offset, col, msg)
@@ -132,20 +139,34 @@ def _from_arrow(table, source: str, offset: int) -> ValueTable:
         fail(None, None, "no rows")
 
     def labels(col: str):
+        """(codes per row, names) of a string column, whitespace-trimmed; works on the
+        dictionary (distinct values) so ten million rows cost one pass over integer codes."""
         arr = table.column(col)
-        if not pa.types.is_string(arr.type) and not pa.types.is_large_string(arr.type) \
-                and not pa.types.is_dictionary(arr.type):
-            arr = pc.cast(arr, pa.string())
-        arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
-        if pa.types.is_dictionary(arr.type):
-            arr = arr.cast(arr.type.value_type)
-        stripped = pc.utf8_trim_whitespace(arr)
-        bad = pc.or_kleene(pc.is_null(stripped), pc.equal(stripped, ""))
-        bad = np.asarray(bad.fill_null(True))
+        if not pa.types.is_dictionary(arr.type):
+            if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+                arr = pc.cast(arr, pa.string())
+            arr = pc.dictionary_encode(arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr)
+            arr = pa.chunked_array([arr])
+        arr = arr.unify_dictionaries() if arr.num_chunks > 1 else arr
+        chunks = arr.chunks
+        dictionary = chunks[0].dictionary if chunks else pa.array([], pa.string())
+        if not (pa.types.is_string(dictionary.type) or pa.types.is_large_string(dictionary.type)):
+            dictionary = pc.cast(dictionary, pa.string())
+        idx = np.concatenate([np.asarray(c.indices.fill_null(-1)) for c in chunks]).astype(np.int64) \
+            if chunks else np.zeros(0, dtype=np.int64)
+        names = np.asarray([(v or "").strip() for v in dictionary.to_pylist()], dtype=object)
+        bad = idx < 0
+        empty = np.flatnonzero(names == "")
+        if len(empty):
+            bad |= np.isin(idx, empty)
         if bad.any():
             fail(np.flatnonzero(bad)[0], col, "empty")
-        enc = pc.dictionary_encode(stripped)
-        return np.asarray(enc.indices).astype(np.int64), np.asarray(enc.dictionary.to_pylist(), dtype=object)
+        uniq, inv = np.unique(names.astype(str), return_inverse=True)   # trimming can merge values
+        used = np.zeros(len(uniq), dtype=bool)
+        codes = inv.ravel()[idx]
+        used[codes] = True
+        remap = np.cumsum(used) - 1
+        return remap.astype(np.int32)[codes], uniq[used].astype(object)
 
     def numbers(col: str) -> np.ndarray:
         arr = table.column(col)
@@ -169,6 +190,9 @@ def _from_arrow(table, source: str, offset: int) -> ValueTable:
     act, act_names = labels("action")
     chan, chan_names = labels("channel")
     value, cost = numbers("value"), numbers("cost")
+    has_count = "count" in names
+    cnt = numbers("count") if has_count else None
+    del table
     if (cost < 0).any():
         i = np.flatnonzero(cost < 0)[0]
         fail(i, "cost", f"negative cost {cost[i]:g}")
@@ -176,8 +200,7 @@ def _from_arrow(table, source: str, offset: int) -> ValueTable:
     if len(none_code):
         i = np.flatnonzero(act == none_code[0])[0]
         fail(i, "action", "'none' is implicit (value 0, cost 0); leave it out of the table")
-    if "count" in names:
-        cnt = numbers("count")
+    if has_count:
         bad = (cnt < 1) | (cnt != np.round(cnt))
         if bad.any():
             i = np.flatnonzero(bad)[0]
@@ -187,9 +210,12 @@ def _from_arrow(table, source: str, offset: int) -> ValueTable:
         cnt = np.ones(len(cust), dtype=np.int64)
 
     n, J = len(cust_names), len(act_names)
-    key = cust * J + act
+    key = cust.astype(np.int64) * J + act
     order = np.argsort(key, kind="stable")
-    dup = np.flatnonzero(key[order][1:] == key[order][:-1])
+    sk = key[order]
+    del key
+    dup = np.flatnonzero(sk[1:] == sk[:-1])
+    del sk
     if len(dup):
         first = order[dup + 1].min()
         fail(first, "action", f"duplicate row for customer {cust_names[cust[first]]!r} and action "
@@ -201,13 +227,14 @@ def _from_arrow(table, source: str, offset: int) -> ValueTable:
         bad = attr != ref[owner]
         if bad.any():
             i = np.flatnonzero(bad)[0]
-            fail(i, col, f"{what} {names_[owner[i]]!r} has {col} {attr_names[attr[i]]!r} here but "
-                         f"{attr_names[ref[owner[i]]]!r} on an earlier row")
+            show = (lambda v: v) if attr_names is None else (lambda v: attr_names[v])
+            fail(i, col, f"{what} {names_[owner[i]]!r} has {col} {show(attr[i])!r} here but "
+                         f"{show(ref[owner[i]])!r} on an earlier row")
         return ref
 
     cust_seg = consistent(cust, n, seg, "segment", "customer", cust_names, seg_names)
     act_chan = consistent(act, J, chan, "channel", "action", act_names, chan_names)
-    cust_cnt = consistent(cust, n, cnt, "count", "customer", cust_names, cnt.astype(object)) if "count" in names \
+    cust_cnt = consistent(cust, n, cnt, "count", "customer", cust_names, None) if has_count \
         else np.ones(n, dtype=np.int64)
 
     # actions and segments in sorted order so that results do not depend on row order
