@@ -171,45 +171,53 @@ def choose_method(problem: AllocationProblem, method: str) -> str:
 
 def allocate(problem: AllocationProblem, method: str = "auto", solver: str = DEFAULT_MIP_SOLVER,
              time_limit: float | None = None, lam0: np.ndarray | None = None, check: bool = True,
-             progress: Callable[[int], None] | None = None) -> Allocation:
+             progress: Callable[[int], None] | None = None, engine=None) -> Allocation:
     """The best plan under every constraint, with its bound and gap. Raises InfeasibleError (with a
     diagnosis naming the conflicting constraints and the smallest budget that would do)."""
     t0 = time.perf_counter()
     method = choose_method(problem, method)
     if check and not quick_check(problem):
         raise InfeasibleError(diagnose(problem), problem.table.source)
+    def infeasible() -> InfeasibleError:
+        # check=False is how the diagnosis itself calls allocate (min_spend): never recurse
+        diag = diagnose(problem) if check else Diagnosis(False, message="no feasible plan")
+        if diag.feasible:   # feasible, but the engine did not get there
+            diag = Diagnosis(False, [c.name for c in problem.constraints],
+                             f"the {method} engine found no feasible plan although one exists; "
+                             + ("try --method exact" if method == "lagrangian" else "raise --time-limit"))
+        return InfeasibleError(diag, problem.table.source)
+
     if method == "exact":
         result = _allocate_exact(problem, solver, time_limit)
+        if result is None:
+            raise infeasible()
     else:
         from .lagrangian import solve_lagrangian
-        r = solve_lagrangian(problem, lam0=lam0, progress=progress)
+        r = solve_lagrangian(problem, lam0=lam0, progress=progress, engine=engine)
         if not r.feasible:
-            diag = diagnose(problem) if check else Diagnosis(False)
-            if diag.feasible:   # feasible, but the engine's repair did not get there
-                diag = Diagnosis(False, [c.name for c in problem.constraints],
-                                 "the Lagrangian engine found no feasible plan although one exists; "
-                                 "try --method exact")
-            raise InfeasibleError(diag, problem.table.source)
+            raise infeasible()
         result = Allocation(problem, "lagrangian", "numpy+GLOP", "optimal" if r.gap <= 1e-9 else "feasible",
                             _units_from_choice(r.choice, problem.table), r.objective, r.bound, r.gap,
                             r.multipliers, 0.0, r.iterations,
-                            extra={"evaluations": r.evaluations})
+                            extra={"evaluations": r.evaluations, **({"polished_rows": r.polished_rows}
+                                                                   if r.polished_rows else {})})
     result.seconds = time.perf_counter() - t0
     return result
 
 
-def _allocate_exact(problem: AllocationProblem, solver: str, time_limit: float | None) -> Allocation:
+def _allocate_exact(problem: AllocationProblem, solver: str, time_limit: float | None) -> Allocation | None:
+    """The MIP plan with GLOP's duals; None when the problem is infeasible."""
     from .exact import MIP_SOLVERS, solve_exact
     solver = solver.upper()
     if solver not in MIP_SOLVERS:
         raise ConfigError(f"--solver {solver!r}: an integer plan needs one of {', '.join(MIP_SOLVERS)}")
     lp = solve_exact(problem, "GLOP")
     if lp.status == "infeasible":
-        raise InfeasibleError(diagnose(problem), problem.table.source)
+        return None
     mip = solve_exact(problem, solver, time_limit=time_limit)
     if mip.status not in ("optimal", "feasible"):
         if mip.status == "infeasible":
-            raise InfeasibleError(diagnose(problem), problem.table.source)
+            return None
         raise ConfigError(f"{solver} found no integer plan within the time limit; raise --time-limit "
                           "or use --method lagrangian")
     t = problem.table

@@ -8,7 +8,10 @@ so a few hundred thousand variables cost seconds, not Python loops. Variables ar
 """
 from __future__ import annotations
 
+import os
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,6 +74,20 @@ def build_model(problem: AllocationProblem, integer: bool):
     return model, rows, acts
 
 
+@contextmanager
+def _stdout_to_stderr():
+    """Point file descriptor 1 at stderr while a native solver runs."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def solve_exact(problem: AllocationProblem, solver: str = "CP_SAT", time_limit: float | None = None,
                 threads: int | None = None) -> ExactResult:
     """Solve with one OR-Tools backend: an LP solver gives the relaxation (fractional units and
@@ -90,7 +107,8 @@ def solve_exact(problem: AllocationProblem, solver: str = "CP_SAT", time_limit: 
     elif solver == "PDLP":
         # PDLP is a first-order method: ask for a tight relative gap so its bound is usable
         h.set_solver_specific_parameters("termination_criteria { eps_optimal_relative: 1e-8 eps_optimal_absolute: 1e-8 }")
-    h.solve(model.helper)
+    with _stdout_to_stderr():     # HiGHS prints a banner on stdout; keep stdout for --json
+        h.solve(model.helper)
     status = h.status()
     name = {0: "optimal", 1: "feasible", 2: "infeasible"}.get(int(status), "not_solved")
     secs = time.perf_counter() - t0
@@ -105,3 +123,34 @@ def solve_exact(problem: AllocationProblem, solver: str = "CP_SAT", time_limit: 
         d = np.asarray(h.dual_values())[problem.table.n:]
         duals = np.maximum(d, 0.0)    # maximisation with <= rows: dual >= 0 (clip solver noise)
     return ExactResult(name, obj, bound, x, duals, secs, solver, rows, acts)
+
+
+def solve_subproblem(value: np.ndarray, coef: np.ndarray, option_rows: np.ndarray, row_count: np.ndarray,
+                     b: np.ndarray, solver: str = "SCIP", time_limit: float | None = 30.0) -> np.ndarray | None:
+    """A small integer problem given as options directly: maximise value . x subject to
+    sum over each row's options <= row_count[row], coef @ x <= b, 0 <= x <= row_count[row]
+    (integer). Used by the Lagrangian engine to re-solve the customers at the margin exactly.
+    Returns x per option, or None when infeasible or unsolved."""
+    import scipy.sparse as sp
+    from ortools.linear_solver.python import model_builder as mb
+    from ortools.linear_solver.python import model_builder_helper as mbh
+    m = len(value)
+    n_rows = len(row_count)
+    A = sp.vstack([sp.csr_matrix((np.ones(m), (option_rows, np.arange(m))), shape=(n_rows, m)),
+                   sp.csr_matrix(np.where(np.abs(coef) < 1e-15, 0.0, coef))], format="csr")
+    lo = np.full(n_rows + len(b), -np.inf)
+    hi = np.concatenate([row_count.astype(np.float64), b])
+    model = mb.Model()
+    model.helper.fill_model_from_sparse_data(np.zeros(m), row_count[option_rows].astype(np.float64),
+                                             value.astype(np.float64), lo, hi, A)
+    model.helper.set_maximize(True)
+    for v in range(m):
+        model.helper.set_var_integrality(v, True)
+    h = mbh.ModelSolverHelper(solver)
+    if time_limit:
+        h.set_time_limit_in_seconds(float(time_limit))
+    with _stdout_to_stderr():
+        h.solve(model.helper)
+    if not h.has_solution():
+        return None
+    return np.rint(np.asarray(h.variable_values()))

@@ -49,17 +49,20 @@ def frontier(problem: AllocationProblem, budgets: list[float], method: str = "au
                 progress(i + 1)
             continue
         s = time.perf_counter()
-        if engine is not None:
-            from .lagrangian import solve_lagrangian
-            engine.p = p
-            r = solve_lagrangian(p, lam0=lam, engine=engine)
-            from .allocate import _units_from_choice
-            a = Allocation(p, "lagrangian", "numpy+GLOP", "optimal" if r.gap <= 1e-9 else "feasible",
-                           _units_from_choice(r.choice, p.table), r.objective, r.bound, r.gap, r.multipliers,
-                           time.perf_counter() - s, r.iterations, extra={"evaluations": r.evaluations})
-            lam = r.multipliers
-        else:
-            a = allocate(p, method="exact", solver=solver, time_limit=time_limit, check=False)
+        try:
+            if engine is not None:
+                engine.p = p
+                a = allocate(p, method="lagrangian", lam0=lam, check=False, engine=engine)
+                lam = a.multipliers
+            else:
+                a = allocate(p, method="exact", solver=solver, time_limit=time_limit, check=False)
+        except InfeasibleError as e:
+            points.append({"budget": b, "status": "infeasible", "objective": None, "bound": None, "gap": None,
+                           "spend": None, "marginal_value": None, "shadow_prices": None,
+                           "message": str(e.diagnosis.message)})
+            if progress:
+                progress(i + 1)
+            continue
         summ = a.summary()
         marginal = None
         if prev is not None and b > prev["budget"]:

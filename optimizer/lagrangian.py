@@ -40,6 +40,7 @@ class LagrangianResult:
     evaluations: int
     seconds: float
     history: list[dict] = field(default_factory=list)
+    polished_rows: int = 0      # customers re-solved exactly because the greedy repair got stuck
 
 
 class DualEngine:
@@ -63,6 +64,7 @@ class DualEngine:
         self.seg = seg_sorted
         self.R = np.empty_like(self.V)
         self.evaluations = 0
+        self.coverage_rows = np.array([c.kind == "min-coverage" for c in problem.constraints], dtype=bool)
         # scale of each constraint's multiplier: value per unit of the constraint's coefficient
         elig = t.eligible
         vscale = float(np.abs(t.value[elig]).mean()) if elig.any() else 1.0
@@ -192,7 +194,8 @@ class DualEngine:
             if (viol <= tol).all():
                 return choice, True
             k = int(np.argmax(viol * self.scale))
-            tight = [k2 for k2 in range(p.K) if k2 != k and p.b[k2] - use[k2] <= tol[k2]]
+            tight = [k2 for k2 in range(p.K) if k2 != k and p.b[k2] - use[k2] <= tol[k2]
+                     and (self.coverage_rows[k2] or not self.coverage_rows[k])]
             best_ratio = np.full(self.n, np.inf)
             best_j = np.zeros(self.n, dtype=np.int64)
             best_red = np.zeros(self.n)
@@ -227,6 +230,10 @@ class DualEngine:
             delta = (self.coef_at(cand, new) - self.coef_at(cand, choice[cand])) * self.w[cand][None, :]
             room = np.maximum(p.b - use, 0.0)
             room[k] = np.inf
+            if self.coverage_rows[k]:
+                # meeting coverage comes first: it may overdraw budget, capacity or shares,
+                # which the next rounds pay back with moves that keep coverage met
+                room[~self.coverage_rows] = np.inf
             fits = _greedy_fit(np.where(np.arange(p.K)[:, None] == k, 0.0, delta), room)
             cand, new = cand[fits], new[fits]
             if not len(cand):
@@ -276,6 +283,42 @@ class DualEngine:
                 break
             choice[rows[taken]] = jr[taken]
         return choice
+
+
+    def polish(self, choice: np.ndarray, lam: np.ndarray, rows: int, solver: str = "SCIP",
+               time_limit: float = 30.0) -> np.ndarray | None:
+        """Re-solve exactly (OR-Tools MIP) the `rows` customers closest to indifference at lam
+        (smallest gap between their two best priced options, none included) with everyone
+        else fixed: repairs what single-customer moves cannot (swaps under budget + coverage)."""
+        from .exact import solve_subproblem
+        margin = np.empty(self.n)
+        for lo in range(0, self.n, self.CHUNK):
+            hi = min(lo + self.CHUNK, self.n)
+            R = np.concatenate([self._block_priced(lam, lo, hi), np.zeros((hi - lo, 1))], axis=1)
+            top2 = -np.partition(-R, 1, axis=1)[:, :2] if R.shape[1] > 1 else np.concatenate([R, R], axis=1)
+            margin[lo:hi] = top2[:, 0] - top2[:, 1]
+        off_best = np.flatnonzero(choice != np.where(self._priced_best(lam) > 0, self._priced_arg(lam), -1))
+        pick = np.argpartition(margin, min(rows, self.n - 1))[:rows] if rows < self.n else np.arange(self.n)
+        pick = np.unique(np.concatenate([pick, off_best[:rows]]))
+        rest = choice.copy()
+        rest[pick] = -1
+        b_res = self.p.b - self.usage(rest)
+        r_idx, j_idx = np.nonzero(np.isfinite(self.V[pick]))
+        opt_rows = pick[r_idx]
+        coef = self.coef_at(opt_rows, j_idx)
+        x = solve_subproblem(self.V[opt_rows, j_idx], coef, r_idx, self.w[pick], b_res, solver, time_limit)
+        if x is None:
+            return None
+        out = rest
+        on = x > 0.5
+        out[opt_rows[on]] = j_idx[on]
+        return out
+
+    def _priced_arg(self, lam: np.ndarray) -> np.ndarray:
+        return np.argmax(self.price(lam), axis=1)
+
+    def _priced_best(self, lam: np.ndarray) -> np.ndarray:
+        return self.price(lam).max(axis=1)
 
 
 def _greedy_fit(delta: np.ndarray, slack: np.ndarray, max_rounds: int = 200) -> np.ndarray:
@@ -329,6 +372,16 @@ def solve_lagrangian(problem: AllocationProblem, lam0: np.ndarray | None = None,
     eng.evaluations = 0
     lam, bound, x, history = eng.solve_dual(lam0, tol=tol, max_iter=max_iter, progress=progress)
     x, feasible = eng.repair(x, lam)
+    polished = 0
+    if not feasible:          # single-customer moves got stuck: re-solve the margin exactly
+        for rows in (2_000, 20_000):
+            if polished >= eng.n:
+                break
+            polished = min(rows, eng.n)
+            y = eng.polish(x, lam, rows)
+            if y is not None and eng.p.feasible(eng.usage(y)):
+                x, feasible = y, True
+                break
     if feasible:
         x = eng.fill(x, lam)
     obj = eng.objective(x)
@@ -337,4 +390,4 @@ def solve_lagrangian(problem: AllocationProblem, lam0: np.ndarray | None = None,
     gap = (bound - obj) / max(abs(bound), 1e-12) if feasible else float("inf")
     return LagrangianResult(choice=choice, objective=obj, bound=bound, gap=max(gap, 0.0), multipliers=lam,
                             feasible=feasible, iterations=len(history) - 1, evaluations=eng.evaluations,
-                            seconds=time.perf_counter() - t0, history=history)
+                            seconds=time.perf_counter() - t0, history=history, polished_rows=polished)

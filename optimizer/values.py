@@ -78,6 +78,14 @@ class ValueTable:
     def from_frame(cls, df: pd.DataFrame, source: str = "<frame>", row_offset: int = 1) -> "ValueTable":
         """Validate and pack a long DataFrame (see the module docstring for the columns)."""
         import pyarrow as pa
+        for col in ("value", "cost", "count"):
+            if col in df.columns and df[col].dtype == object:
+                num = pd.to_numeric(df[col], errors="coerce")
+                bad = np.flatnonzero(num.isna().to_numpy() & df[col].notna().to_numpy())
+                if len(bad):
+                    raise ValueTableError(source, int(bad[0]) + row_offset, col,
+                                          f"{df[col].iloc[bad[0]]!r} is not a number")
+                df = df.assign(**{col: num})
         return _from_arrow([pa.Table.from_pandas(df, preserve_index=False)], source, row_offset)
 
     def to_frame(self) -> pd.DataFrame:
@@ -227,7 +235,7 @@ def _from_arrow(holder: list, source: str, offset: int) -> ValueTable:
         bad = attr != ref[owner]
         if bad.any():
             i = np.flatnonzero(bad)[0]
-            show = (lambda v: v) if attr_names is None else (lambda v: attr_names[v])
+            show = (lambda v: int(v)) if attr_names is None else (lambda v: attr_names[v])
             fail(i, col, f"{what} {names_[owner[i]]!r} has {col} {show(attr[i])!r} here but "
                          f"{show(ref[owner[i]])!r} on an earlier row")
         return ref
