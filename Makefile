@@ -24,6 +24,9 @@ demo: $(STAMP)
 	$(BIN)/clv validate --dataset cdnow --calibration-end 1997-09-30 --holdout-end 1998-06-30 --out $(OUT)/cdnow_validation
 	$(BIN)/clv simulate $(OUT)/bank_world.json --policy none --customers 100000 --periods 52 --seed 1 --out $(OUT)/simulation.parquet
 	$(BIN)/clv evaluate $(OUT)/bank_world.json --policy none --policy bau --policy greedy_uplift --customers 10000 --periods 52 --seeds 3 --out $(OUT)/evaluation
+	$(BIN)/clv values $(OUT)/bank_world.json --source sim --horizon 52 --seed 1 --out $(OUT)/values.parquet
+	$(BIN)/clv allocate $(OUT)/values.parquet --budget 2000 --capacity channel:rm_call=50 --min-coverage segment:young_digital=0.3 --max-share segment:affluent=0.5 --out $(OUT)/plan.parquet
+	$(BIN)/clv frontier $(OUT)/values.parquet --budgets 250,500,1000,2000,4000,8000 --capacity channel:rm_call=50 --min-coverage segment:young_digital=0.3 --plot $(OUT)/frontier.png
 	@echo "demo outputs in $(OUT)/"
 
 test: $(STAMP)
@@ -38,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_dp_gap.py
 	$(BIN)/python benchmarks/bench_policies.py
+	$(BIN)/python benchmarks/bench_allocate.py
 
 clean:
 	rm -rf $(VENV) $(OUT) build *.egg-info

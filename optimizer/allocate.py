@@ -21,7 +21,7 @@ from .problem import AllocationProblem
 from .values import ValueTable
 
 METHODS = ("auto", "exact", "lagrangian")
-EXACT_AUTO_MAX_OPTIONS = 20_000     # customer-level tables above this go to the Lagrangian engine
+EXACT_AUTO_MAX_OPTIONS = 5_000     # customer-level tables above this go to the Lagrangian engine
 DEFAULT_MIP_SOLVER = "SCIP"
 
 

@@ -9,9 +9,12 @@ import numpy as np
 
 from sim.errors import ConfigError
 
-from .allocate import Allocation, allocate, choose_method
+from .allocate import allocate, choose_method
 from .diagnose import InfeasibleError, diagnose
 from .problem import AllocationProblem, budget_constraint
+
+
+DUAL_TOL = 1e-6   # relative accuracy of each budget's dual solve; the certified gap is reported anyway
 
 
 def frontier(problem: AllocationProblem, budgets: list[float], method: str = "auto", solver: str = "SCIP",
@@ -51,11 +54,27 @@ def frontier(problem: AllocationProblem, budgets: list[float], method: str = "au
         s = time.perf_counter()
         try:
             if engine is not None:
+                from .lagrangian import solve_lagrangian
                 engine.p = p
-                a = allocate(p, method="lagrangian", lam0=lam, check=False, engine=engine)
-                lam = a.multipliers
+                r = solve_lagrangian(p, lam0=lam, engine=engine, tol=DUAL_TOL)
+                if not r.feasible:
+                    raise InfeasibleError(diagnose(p), p.table.source)
+                lam = r.multipliers
+                counts, seg_spend = p.plan_counts(r.choice)
+                point = {"budget": b, "status": "optimal" if r.gap <= 1e-9 else "feasible", "objective": r.objective,
+                         "bound": r.bound, "gap": r.gap, "spend": float(seg_spend.sum()),
+                         "assigned_customers": int(counts.sum()), "marginal_value": None,
+                         "budget_shadow_price": float(r.multipliers[kb]),
+                         "shadow_prices": p.shadow_prices(r.multipliers, seg_spend),
+                         "seconds": time.perf_counter() - s, "iterations": r.iterations}
             else:
                 a = allocate(p, method="exact", solver=solver, time_limit=time_limit, check=False)
+                summ = a.summary()
+                point = {"budget": b, "status": a.status, "objective": a.objective, "bound": a.bound, "gap": a.gap,
+                         "spend": summ["spend"], "assigned_customers": summ["assigned_customers"],
+                         "marginal_value": None, "budget_shadow_price": float(a.multipliers[kb]),
+                         "shadow_prices": summ["shadow_prices"], "seconds": time.perf_counter() - s,
+                         "iterations": a.iterations}
         except InfeasibleError as e:
             points.append({"budget": b, "status": "infeasible", "objective": None, "bound": None, "gap": None,
                            "spend": None, "marginal_value": None, "shadow_prices": None,
@@ -63,15 +82,8 @@ def frontier(problem: AllocationProblem, budgets: list[float], method: str = "au
             if progress:
                 progress(i + 1)
             continue
-        summ = a.summary()
-        marginal = None
         if prev is not None and b > prev["budget"]:
-            marginal = (a.objective - prev["objective"]) / (b - prev["budget"])
-        point = {"budget": b, "status": a.status, "objective": a.objective, "bound": a.bound, "gap": a.gap,
-                 "spend": summ["spend"], "assigned_customers": summ["assigned_customers"],
-                 "marginal_value": marginal, "budget_shadow_price": float(a.multipliers[kb]),
-                 "shadow_prices": summ["shadow_prices"], "seconds": time.perf_counter() - s,
-                 "iterations": a.iterations}
+            point["marginal_value"] = (point["objective"] - prev["objective"]) / (b - prev["budget"])
         points.append(point)
         prev = point
         if progress:

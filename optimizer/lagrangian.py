@@ -64,6 +64,8 @@ class DualEngine:
         self.seg = seg_sorted
         self.R = np.empty_like(self.V)
         self.evaluations = 0
+        self._h_cuts: list = []
+        self._pricing_key = None
         self.coverage_rows = np.array([c.kind == "min-coverage" for c in problem.constraints], dtype=bool)
         # scale of each constraint's multiplier: value per unit of the constraint's coefficient
         elig = t.eligible
@@ -129,13 +131,23 @@ class DualEngine:
                    progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, float, np.ndarray, list[dict]]:
         """Boxstep Kelley: returns (best lam, L(best lam), its choice, history)."""
         K = self.p.K
+        b = self.p.b
         lam = np.zeros(K) if lam0 is None else np.maximum(np.asarray(lam0, dtype=np.float64), 0.0)
         Lc, gc, xc = self.evaluate(lam)
         history = [{"iteration": 0, "bound": Lc}]
         if K == 0:
             return lam, Lc, xc, history
-        center, cuts = lam.copy(), [(lam.copy(), Lc, gc)]
-        radius = np.where(lam > 0, np.maximum(lam * 0.5, 0.05 * self.scale), self.scale)
+        # cuts of h(lam) = L(lam) - lam . b stay valid when only the limits b change (a budget
+        # sweep), so earlier solves' cuts warm-start this one
+        if self._pricing_key is None or not (np.array_equal(self._pricing_key[0], self.p.P)
+                                             and np.array_equal(self._pricing_key[1], self.p.Q)):
+            self._h_cuts = []
+            self._pricing_key = (self.p.P.copy(), self.p.Q.copy())
+        self._h_cuts.append((lam.copy(), Lc - lam @ b, b - gc))
+        cuts = [(lt, ht + lt @ b, b - ut) for lt, ht, ut in self._h_cuts[-self.MAX_CUTS:]]
+        center = lam.copy()
+        warm = lam0 is not None and len(cuts) > 1
+        radius = np.where(lam > 0, np.maximum(lam * (0.1 if warm else 0.5), 0.02 * self.scale), self.scale)
         for it in range(1, max_iter + 1):
             lo = np.maximum(center - radius, 0.0)
             hi = center + radius
@@ -145,8 +157,9 @@ class DualEngine:
                 break
             Lt, gt, xt = self.evaluate(lam_t)
             cuts.append((lam_t, Lt, gt))
-            if len(cuts) > 60:                      # keep the master small: drop the oldest cuts
-                cuts = cuts[-60:]
+            self._h_cuts.append((lam_t.copy(), Lt - lam_t @ b, b - gt))
+            if len(cuts) > self.MAX_CUTS:           # keep the master small: drop the oldest cuts
+                cuts = cuts[-self.MAX_CUTS:]
             on_box = np.any(np.isclose(lam_t, hi, rtol=1e-6) | (np.isclose(lam_t, lo, rtol=1e-6) & (lo > 0)))
             if Lc - Lt >= 0.1 * predicted:          # serious step
                 center, Lc, xc = lam_t, Lt, xt
@@ -162,6 +175,7 @@ class DualEngine:
         return center, Lc, xc, history
 
     # --- primal --------------------------------------------------------------------------------
+    MAX_CUTS = 150
     CHUNK = 131_072   # rows per block in the primal heuristics: bounds their temporary memory
 
     def coef_rows(self, k: int, lo: int, hi: int) -> np.ndarray:
@@ -244,7 +258,7 @@ class DualEngine:
         use = self.usage(choice)
         return choice, bool((use <= p.b + tol).all())
 
-    def fill(self, choice: np.ndarray, lam: np.ndarray, rounds: int = 8, candidates: int = 262_144) -> np.ndarray:
+    def fill(self, choice: np.ndarray, lam: np.ndarray, rounds: int = 3, candidates: int = 262_144) -> np.ndarray:
         """Spend remaining slack: apply value-increasing moves in order of priced gain while every
         constraint stays satisfied. Only the `candidates` rows with the best priced gain are
         considered per round (moves far down the order never fit once the better ones are taken)."""

@@ -124,7 +124,7 @@ def load_values(path: str | Path) -> ValueTable:
         raise ValueTableError(str(path), None, None, f"cannot read as {'CSV' if path.suffix.lower() == '.csv' else 'Parquet'}: "
                               + str(e).splitlines()[0]) from None
     holder = [table]
-    del table
+    table = None  # free the Arrow columns before the dense arrays are built
     return _from_arrow(holder, str(path), offset)
 
 
@@ -200,7 +200,7 @@ def _from_arrow(holder: list, source: str, offset: int) -> ValueTable:
     value, cost = numbers("value"), numbers("cost")
     has_count = "count" in names
     cnt = numbers("count") if has_count else None
-    del table
+    table = None  # free the Arrow columns before the dense arrays are built
     if (cost < 0).any():
         i = np.flatnonzero(cost < 0)[0]
         fail(i, "cost", f"negative cost {cost[i]:g}")
