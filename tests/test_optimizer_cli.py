@@ -77,7 +77,7 @@ def test_allocate_json_and_plan(values_file, tmp_path):
     out = tmp_path / "plan.parquet"
     doc = ok_json(clv("allocate", values_file, "--budget", 2000, "--capacity", "channel:rm=40",
                       "--min-coverage", "segment:small=0.9", "--max-share", "segment:affluent=0.25",
-                      "--out", out, "--json"))
+                      "--method", "exact", "--out", out, "--json"))
     for key in SUMMARY_KEYS:
         assert key in doc, key
     assert doc["spend"] <= 2000 + 1e-6
