@@ -96,6 +96,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--cpsat-time-limit", type=float, default=120.0)
+    ap.add_argument("--lp-time-limit", type=float, default=600.0)
     ap.add_argument("--skip-exact", action="store_true")
     ap.add_argument("--frontier-budgets", type=int, default=20)
     ap.add_argument("--json", action="store_true")
@@ -115,15 +116,20 @@ def main() -> None:
     m = args.exact_customers
     res["lagrangian_small"] = run("lagrangian", m, args.seed)
     if not args.skip_exact:
-        res["glop_small"] = run("GLOP", m, args.seed)
-        print(json.dumps({"glop": res["glop_small"]["seconds"]}), file=sys.stderr, flush=True)
+        res["glop_small"] = run("GLOP", m, args.seed, time_limit=args.lp_time_limit)
+        print(json.dumps({"glop": [res["glop_small"]["status"], res["glop_small"]["seconds"]]}), file=sys.stderr, flush=True)
+        res["pdlp_small"] = run("PDLP", m, args.seed, time_limit=args.lp_time_limit)
+        print(json.dumps({"pdlp": [res["pdlp_small"]["status"], res["pdlp_small"]["seconds"]]}), file=sys.stderr, flush=True)
         res["cpsat_small"] = run("CP_SAT", m, args.seed, time_limit=args.cpsat_time_limit)
-        lp = res["glop_small"]["objective"]
+        print(json.dumps({"cpsat": [res["cpsat_small"]["status"], res["cpsat_small"]["seconds"]]}), file=sys.stderr, flush=True)
+        solved = [r for r in (res["glop_small"], res["pdlp_small"]) if r["status"] == "optimal"]
+        lp = solved[0]["objective"] if solved else None
         res["comparison_small"] = {
-            "lagrangian_bound_vs_glop_lp_rel": (res["lagrangian_small"]["bound"] - lp) / abs(lp),
-            "lagrangian_plan_vs_glop_lp_rel": (res["lagrangian_small"]["objective"] - lp) / abs(lp),
-            "cpsat_plan_vs_glop_lp_rel": (res["cpsat_small"]["objective"] - lp) / abs(lp)
-            if res["cpsat_small"]["status"] in ("optimal", "feasible") else None,
+            "lp_reference": solved[0]["task"] if solved else None,
+            "lagrangian_bound_vs_lp_rel": (res["lagrangian_small"]["bound"] - lp) / abs(lp) if lp else None,
+            "lagrangian_plan_vs_lp_rel": (res["lagrangian_small"]["objective"] - lp) / abs(lp) if lp else None,
+            "cpsat_plan_vs_lagrangian_bound_rel": (res["cpsat_small"]["objective"] - res["lagrangian_small"]["bound"])
+            / abs(res["lagrangian_small"]["bound"]) if res["cpsat_small"]["status"] in ("optimal", "feasible") else None,
             "glop_seconds_over_lagrangian_1m_seconds": res["glop_small"]["seconds"] / res["lagrangian_1m"]["seconds_median"],
         }
     if args.json:
@@ -135,7 +141,7 @@ def main() -> None:
         f = res["frontier_1m"]
         print(f"Frontier {f['budgets']} budgets: {f['seconds']:.1f}s, max gap {100 * f['max_gap']:.5f}%")
         if "glop_small" in res:
-            print(f"GLOP {m:,}: {res['glop_small']['seconds']:.1f}s; CP-SAT {m:,}: {res['cpsat_small']['status']} "
+            print(f"GLOP {m:,}: {res['glop_small']['status']} in {res['glop_small']['seconds']:.1f}s; CP-SAT {m:,}: {res['cpsat_small']['status']} "
                   f"in {res['cpsat_small']['seconds']:.1f}s; {res['comparison_small']}")
 
 

@@ -14,7 +14,8 @@ from .diagnose import InfeasibleError, diagnose
 from .problem import AllocationProblem, budget_constraint
 
 
-DUAL_TOL = 1e-6   # relative accuracy of each budget's dual solve; the certified gap is reported anyway
+DUAL_TOL = 1e-5   # relative accuracy of each budget's dual solve; the certified gap is reported anyway
+GAP_TARGET = 5e-4  # a budget whose certified gap is above this gets a tighter dual solve
 
 
 def frontier(problem: AllocationProblem, budgets: list[float], method: str = "auto", solver: str = "SCIP",
@@ -57,6 +58,8 @@ def frontier(problem: AllocationProblem, budgets: list[float], method: str = "au
                 from .lagrangian import solve_lagrangian
                 engine.p = p
                 r = solve_lagrangian(p, lam0=lam, engine=engine, tol=DUAL_TOL)
+                if r.feasible and r.gap > GAP_TARGET:   # tighten this budget's dual (its cuts are kept)
+                    r = solve_lagrangian(p, lam0=r.multipliers, engine=engine, tol=DUAL_TOL / 100)
                 if not r.feasible:
                     raise InfeasibleError(diagnose(p), p.table.source)
                 lam = r.multipliers

@@ -64,6 +64,11 @@ class DualEngine:
         self.seg = seg_sorted
         self.R = np.empty_like(self.V)
         self.evaluations = 0
+        # pricing tasks: segment blocks cut into pieces, shared by the threads
+        self.tasks = [(s, a, min(a + self.CHUNK, hi)) for s, lo, hi in self.blocks for a in range(lo, hi, self.CHUNK)]
+        import os
+        self.threads = max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1, 4))
+        self._executor = None
         self._h_cuts: list = []
         self._pricing_key = None
         self.coverage_rows = np.array([c.kind == "min-coverage" for c in problem.constraints], dtype=bool)
@@ -99,15 +104,53 @@ class DualEngine:
         return R
 
     def evaluate(self, lam: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-        """(L(lam), subgradient b - usage, choice in sorted order)."""
+        """(L(lam), subgradient b - usage, choice in sorted order). Row blocks are priced on
+        `threads` threads (numpy releases the GIL); the sums are added in block order, so the
+        result does not depend on the thread count."""
         self.evaluations += 1
-        R = self.price(lam)
-        j = np.argmax(R, axis=1)
-        best = np.take_along_axis(R, j[:, None], axis=1)[:, 0]
-        on = best > 0
-        choice = np.where(on, j, -1)
-        L = float(lam @ self.p.b + (self.w[on] * best[on]).sum())
-        return L, self.p.b - self.usage(choice), choice
+        p = self.p
+        Pl = np.tensordot(lam, p.P, axes=1)
+        Ql = lam @ p.Q
+        choice = np.empty(self.n, dtype=np.int64)
+        S = len(p.table.segments)
+
+        def block(task):
+            s, lo, hi = task
+            R = self.R[lo:hi]
+            np.multiply(self.C[lo:hi], Ql[s], out=R)
+            np.subtract(self.V[lo:hi], R, out=R)
+            R -= Pl[s]
+            j = np.argmax(R, axis=1)
+            best = R[np.arange(hi - lo), j]
+            on = best > 0
+            choice[lo:hi] = np.where(on, j, -1)
+            w = self.w[lo:hi][on]
+            jo = j[on]
+            counts = np.bincount(jo, weights=w, minlength=self.J)
+            spend = float((w * self.C[lo:hi][on, jo]).sum())
+            return float((w * best[on]).sum()), s, counts, spend
+
+        parts = list(self._pool().map(block, self.tasks)) if self.threads > 1 else [block(t) for t in self.tasks]
+        counts = np.zeros((S, self.J))
+        spend = np.zeros(S)
+        total = 0.0
+        for val, s, c, sp in parts:
+            total += val
+            counts[s] += c
+            spend[s] += sp
+        L = float(lam @ p.b + total)
+        return L, p.b - p.usage_from_counts(counts, spend), choice
+
+    def _map(self, fn, items) -> list:
+        """fn over items on the engine's threads (each writes its own slice of shared arrays)."""
+        items = list(items)
+        return list(self._pool().map(fn, items)) if self.threads > 1 and len(items) > 1 else [fn(x) for x in items]
+
+    def _pool(self):
+        if self._executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+            self._executor = ThreadPoolExecutor(self.threads)
+        return self._executor
 
     def usage(self, choice: np.ndarray) -> np.ndarray:
         counts, spend = self.counts(choice)
@@ -213,7 +256,8 @@ class DualEngine:
             best_ratio = np.full(self.n, np.inf)
             best_j = np.zeros(self.n, dtype=np.int64)
             best_red = np.zeros(self.n)
-            for lo in range(0, self.n, self.CHUNK):
+
+            def block(lo: int) -> None:
                 hi = min(lo + self.CHUNK, self.n)
                 m = hi - lo
                 ch = choice[lo:hi]
@@ -234,10 +278,22 @@ class DualEngine:
                 best_ratio[lo:hi] = ratio[ii, jb]
                 best_j[lo:hi] = jb
                 best_red[lo:hi] = red[ii, jb]
+            self._map(block, range(0, self.n, self.CHUNK))
             cand = np.flatnonzero(np.isfinite(best_ratio))
             if not len(cand):
                 return choice, False
-            cand = cand[np.argsort(best_ratio[cand], kind="stable")]
+            # the cheapest moves come first; a violation takes a few hundred of them, so sort only
+            # a generous head of the order (the whole order if the head is not enough)
+            head = 65_536
+            if len(cand) > 4 * head:
+                part = cand[np.argpartition(best_ratio[cand], head)[:head]]
+                head_sorted = part[np.argsort(best_ratio[part], kind="stable")]
+                if (best_red[head_sorted] * self.w[head_sorted]).sum() >= 4 * viol[k]:
+                    cand = head_sorted
+                else:
+                    cand = cand[np.argsort(best_ratio[cand], kind="stable")]
+            else:
+                cand = cand[np.argsort(best_ratio[cand], kind="stable")]
             new = np.where(best_j[cand] == self.J, -1, best_j[cand])
             # the moves must not break the other constraints: keep those that fit their slack
             # (violated ones may not get worse), in order, until constraint k is met
@@ -269,7 +325,8 @@ class DualEngine:
             slack = p.b - use
             gain = np.full(self.n, -np.inf)
             jbest = np.zeros(self.n, dtype=np.int64)
-            for lo in range(0, self.n, self.CHUNK):
+
+            def block(lo: int) -> None:
                 hi = min(lo + self.CHUNK, self.n)
                 m = hi - lo
                 ii = np.arange(m)
@@ -284,6 +341,7 @@ class DualEngine:
                 jb = np.argmax(pg, axis=1)
                 gain[lo:hi] = pg[ii, jb]
                 jbest[lo:hi] = jb
+            self._map(block, range(0, self.n, self.CHUNK))
             rows = np.flatnonzero(np.isfinite(gain))
             if not len(rows):
                 break
