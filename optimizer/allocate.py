@@ -214,7 +214,15 @@ def _allocate_exact(problem: AllocationProblem, solver: str, time_limit: float |
     lp = solve_exact(problem, "GLOP")
     if lp.status == "infeasible":
         return None
-    mip = solve_exact(problem, solver, time_limit=time_limit)
+    hint = None
+    if problem.table.customer_level and problem.table.n_options > EXACT_AUTO_MAX_OPTIONS:
+        # large customer-level MIPs start from the Lagrangian plan, so a time limit still leaves
+        # a plan at least as good as the Lagrangian engine's, with the MIP's own proven bound
+        from .lagrangian import solve_lagrangian
+        r = solve_lagrangian(problem)
+        if r.feasible:
+            hint = (r.choice[lp.option_rows] == lp.option_actions).astype(np.float64)
+    mip = solve_exact(problem, solver, time_limit=time_limit, hint=hint)
     if mip.status not in ("optimal", "feasible"):
         if mip.status == "infeasible":
             return None
@@ -224,6 +232,12 @@ def _allocate_exact(problem: AllocationProblem, solver: str, time_limit: float |
     units = np.zeros((t.n, t.n_actions), dtype=np.int64)
     units[mip.option_rows, mip.option_actions] = np.rint(mip.units).astype(np.int64)
     obj = float((units * t.value).sum())
+    if hint is not None:
+        hint_units = np.zeros_like(units)
+        hint_units[lp.option_rows, lp.option_actions] = np.rint(hint).astype(np.int64)
+        hint_obj = float((hint_units * t.value).sum())
+        if hint_obj > obj:    # the MIP stopped (time limit) below its starting plan: keep the better plan
+            units, obj = hint_units, hint_obj
     bound = min(mip.bound, lp.objective) if np.isfinite(mip.bound) else lp.objective
     gap = max(bound - obj, 0.0) / max(abs(bound), 1e-12)
     return Allocation(problem, "exact", solver, "optimal" if gap <= 1e-6 else "feasible", units, obj, bound, gap,

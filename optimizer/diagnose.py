@@ -20,7 +20,7 @@ import numpy as np
 
 from sim.errors import ClvError
 
-from .problem import AllocationProblem, Constraint
+from .problem import AllocationProblem
 
 
 @dataclass
@@ -51,7 +51,6 @@ def _count_lp_feasible(problem: AllocationProblem, keep: list[int]) -> bool:
     groups of interchangeable customers."""
     from ortools.linear_solver.python import model_builder as mb
     t = problem.table
-    J = t.n_actions
     pattern = np.packbits(t.eligible, axis=1, bitorder="little")
     key = np.concatenate([t.segment[:, None].astype(np.int64),
                           pattern.astype(np.int64)], axis=1)
@@ -167,6 +166,3 @@ def diagnose(problem: AllocationProblem, min_budget_solver=None) -> Diagnosis:
                          smallest)
     return Diagnosis(True, smallest_budget=spend)
 
-
-def constraint_names(constraints: list[Constraint]) -> list[str]:
-    return [c.name for c in constraints]

@@ -89,9 +89,10 @@ def _stdout_to_stderr():
 
 
 def solve_exact(problem: AllocationProblem, solver: str = "CP_SAT", time_limit: float | None = None,
-                threads: int | None = None) -> ExactResult:
+                threads: int | None = None, hint: np.ndarray | None = None) -> ExactResult:
     """Solve with one OR-Tools backend: an LP solver gives the relaxation (fractional units and
-    duals), a MIP solver the integer plan and its proven bound."""
+    duals), a MIP solver the integer plan and its proven bound. `hint` (units per option) gives
+    the MIP a starting plan."""
     from ortools.linear_solver.python import model_builder_helper as mbh
     solver = solver.upper()
     if solver not in LP_SOLVERS + MIP_SOLVERS:
@@ -99,6 +100,10 @@ def solve_exact(problem: AllocationProblem, solver: str = "CP_SAT", time_limit: 
     integer = solver in MIP_SOLVERS
     t0 = time.perf_counter()
     model, rows, acts = build_model(problem, integer)
+    if hint is not None and integer:
+        # a starting plan (units per option, in option order): the MIP starts from its value
+        for v, x in enumerate(hint.tolist()):     # a complete solution: solvers may drop partial ones
+            model.helper.add_hint(v, x)
     h = mbh.ModelSolverHelper(solver)
     if time_limit:
         h.set_time_limit_in_seconds(float(time_limit))
