@@ -220,8 +220,8 @@ class AllocationProblem:
                 row.update(shadow_price=lk, per="unit of " + ("budget" if c.kind == "budget" else "capacity"))
             elif c.kind == "min-coverage":
                 s = t.segments.index(c.key)
-                row.update(shadow_price=-lk * float(sizes[s]), per="unit of coverage share",
-                           per_customer=-lk)
+                row.update(shadow_price=-lk * float(sizes[s]) + 0.0, per="unit of coverage share",
+                           per_customer=-lk + 0.0)   # + 0.0: no "-0" when the row does not bind
             else:
                 row.update(shadow_price=lk * total, per="unit of spend share")
             out.append(row)
