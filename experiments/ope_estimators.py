@@ -1,0 +1,686 @@
+"""Off-policy evaluation (OPE) estimators: the value of a candidate policy from logged decisions.
+
+Estimator core on plain numpy arrays, in the style of Open Bandit Pipeline (each estimator a small
+frozen dataclass with a `name` key). Data plumbing, the Ray bootstrap and the CLI live elsewhere.
+
+One-step (contextual bandit) data, `LoggedBandit`:
+- `DirectMethod` ("dm"): mean over samples of sum_a pi(a|x) r_hat(x, a).
+- `IPS` ("ips"): mean of w r with w = pi(a|x) / pi0(a|x), optionally clipped at `clip`.
+- `SNIPS` ("snips"): sum w r / sum w. Swaminathan & Joachims (2015), "The self-normalized
+  estimator for counterfactual learning", NeurIPS.
+- `DoublyRobust` ("dr"): DM + w (r - r_hat(x, a)). Dudik, Langford & Li (2011), "Doubly robust
+  policy evaluation and learning", ICML.
+- `SelfNormalizedDR` ("sndr"): DM + sum w (r - r_hat) / sum w (as in Open Bandit Pipeline).
+
+Sequential data, `LoggedTrajectories` (customers x steps, padded, with a prefix `mask`):
+- `PDIS` ("pdis"): per-decision importance sampling, sum_t g^t w_t r_t with w_t the cumulative
+  product of step ratios. Precup, Sutton & Singh (2000), "Eligibility traces for off-policy
+  policy evaluation", ICML.
+- `WPDIS` ("wpdis"): weighted PDIS, sum_t g^t sum_i w_it r_it / sum_i w_it (Precup et al. 2000;
+  Thomas 2015 PhD thesis; Thomas & Brunskill 2016).
+- `SequentialDR` ("dr_seq"): Jiang & Li (2016), "Doubly robust off-policy value evaluation for
+  reinforcement learning", ICML: V = v_hat(s_t) + rho_t (r_t + g V_{t+1} - q_hat(s_t, a_t)),
+  unrolled to sum_t g^t [w_t (r_t - q_t) + w_{t-1} v_t], w_{-1} = 1.
+- `WDR` ("wdr"): Thomas & Brunskill (2016), "Data-efficient off-policy policy evaluation for
+  reinforcement learning", ICML: the same with w_t replaced by w_t / mean_i w_it.
+- FQE (Le, Voloshin & Yue 2019, "Batch policy learning under constraints") is left for later.
+
+Every estimator has `estimate_per_sample(data) -> (n,)` (per sample or per customer) whose mean is
+the estimate, `estimate(data) -> float` and `estimate_from_indices(data, idx)` (the estimate on a
+resample). For the ratio estimators (snips, sndr, wpdis, wdr) the per-sample terms use the
+FULL-SAMPLE normaliser (e.g. SNIPS term_i = w_i r_i / mean(w)), so their mean equals the estimate
+but resampling those terms would freeze the normaliser; `estimate_from_indices` and `bootstrap_ci`
+recompute the normaliser on every resample. Internally each estimator reduces the data to additive
+per-sample statistics (`_stats`, shape (n, k)) and a combination of their sums (`_combine`); this
+makes the bootstrap a matrix product of resample counts with the statistics.
+
+Conventions: a ratio whose normaliser is zero (no logged sample has weight) contributes 0. In
+trajectories, steps after the end of a customer's trajectory (mask False) are treated as an
+absorbing state: reward 0, step ratio 1, q_hat = v_hat = 0, so the cumulative weight is carried
+forward and the per-step normalisers of WPDIS/WDR average over ALL customers. This keeps
+E[w_t] = 1 at every t even when the end of a trajectory depends on the actions taken, which
+normalising over only the still-active customers would not.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+ROW_SUM_TOL = 1e-6
+THIN_SUPPORT_ESS_SHARE = 0.01
+_BOOT_CELLS = 4_000_000  # resample-count cells (chunk rows x n) held in memory at once by bootstrap_ci
+
+
+# ----------------------------------------------------------------------------------------------
+# validation helpers
+
+
+def _fmt_index(pos) -> str:
+    return ", ".join(str(int(p)) for p in pos)
+
+
+def _as_float(owner: str, name: str, value, shape: tuple | None = None, ndim: int | None = None,
+              where: np.ndarray | None = None) -> np.ndarray:
+    """A float64 copy of `value`, checked for shape and finiteness (only where `where` is True)."""
+    arr = np.array(value, dtype=np.float64)
+    if ndim is not None and arr.ndim != ndim:
+        raise ValueError(f"{owner}.{name}: expected {ndim} dimension(s), got shape {arr.shape}")
+    if shape is not None and arr.shape != shape:
+        raise ValueError(f"{owner}.{name}: shape {arr.shape} does not match expected {shape}")
+    if where is not None and arr.shape[:where.ndim] != where.shape:
+        raise ValueError(f"{owner}.{name}: shape {arr.shape} does not match expected "
+                         f"({', '.join(map(str, where.shape))}, ...)")
+    bad = ~np.isfinite(arr)
+    if where is not None:
+        bad &= where.reshape(where.shape + (1,) * (arr.ndim - where.ndim))
+    if bad.any():
+        pos = np.argwhere(bad)[0]
+        raise ValueError(f"{owner}.{name}[{_fmt_index(pos)}]: not finite ({arr[tuple(pos)]})")
+    return arr
+
+
+def _as_int(owner: str, name: str, value, shape: tuple, n_actions: int | None,
+            where: np.ndarray | None = None) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.shape != shape:
+        raise ValueError(f"{owner}.{name}: shape {arr.shape} does not match expected {shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        f = np.array(arr, dtype=np.float64)
+        ok = np.isfinite(f) & (f == np.round(f))
+        if where is not None:
+            ok |= ~where
+        if not ok.all():
+            pos = np.argwhere(~ok)[0]
+            raise ValueError(f"{owner}.{name}[{_fmt_index(pos)}]: not an integer ({arr[tuple(pos)]})")
+        arr = np.where(ok, f, 0)
+    arr = arr.astype(np.int64)
+    bad = arr < 0
+    if n_actions is not None:
+        bad |= arr >= n_actions
+    if where is not None:
+        bad &= where
+    if bad.any():
+        pos = np.argwhere(bad)[0]
+        hi = f"{n_actions - 1}" if n_actions is not None else "inf"
+        raise ValueError(f"{owner}.{name}[{_fmt_index(pos)}]: action {arr[tuple(pos)]} out of range "
+                         f"[0, {hi}]")
+    if where is not None:
+        arr = np.where(where, arr, 0)
+    return arr
+
+
+def _check_pscore(owner: str, pscore: np.ndarray, where: np.ndarray | None = None) -> None:
+    bad = ~((pscore > 0) & (pscore <= 1))
+    if where is not None:
+        bad &= where
+    if bad.any():
+        pos = np.argwhere(bad)[0]
+        raise ValueError(f"{owner}.pscore[{_fmt_index(pos)}]: {pscore[tuple(pos)]} outside (0, 1]")
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+
+
+@dataclass(frozen=True)
+class LoggedBandit:
+    """One logged decision per sample (n samples, A actions).
+
+    reward (n,): observed reward; action (n,) int in [0, A); pscore (n,): logging propensity of the
+    logged action, in (0, 1]; target (n, A): the candidate policy's probabilities of every action
+    (rows sum to 1); reward_hat (n, A), optional: a reward model's prediction for every action
+    (needed by dm, dr, sndr). Arrays are copied to float64 / int64 on construction.
+    """
+
+    reward: np.ndarray
+    action: np.ndarray
+    pscore: np.ndarray
+    target: np.ndarray
+    reward_hat: np.ndarray | None = None
+
+    def __post_init__(self):
+        o = "LoggedBandit"
+        reward = _as_float(o, "reward", self.reward, ndim=1)
+        n = reward.shape[0]
+        if n == 0:
+            raise ValueError(f"{o}.reward: no samples")
+        target = _as_float(o, "target", self.target, ndim=2)
+        if target.shape[0] != n:
+            raise ValueError(f"{o}.target: length {target.shape[0]} != len(reward) {n}")
+        n_actions = target.shape[1]
+        if n_actions == 0:
+            raise ValueError(f"{o}.target: no actions (shape {target.shape})")
+        if (target < 0).any():
+            pos = np.argwhere(target < 0)[0]
+            raise ValueError(f"{o}.target[{_fmt_index(pos)}]: negative probability {target[tuple(pos)]}")
+        row_err = np.abs(target.sum(axis=1) - 1.0)
+        if (row_err > ROW_SUM_TOL).any():
+            i = int(np.argmax(row_err > ROW_SUM_TOL))
+            raise ValueError(f"{o}.target[{i}]: row sums to {target[i].sum():.9g}, not 1 "
+                             f"(tol {ROW_SUM_TOL})")
+        pscore = np.array(self.pscore, dtype=np.float64)
+        if pscore.shape != (n,):
+            raise ValueError(f"{o}.pscore: shape {pscore.shape} does not match len(reward) {n}")
+        pscore = _as_float(o, "pscore", pscore)
+        _check_pscore(o, pscore)
+        action = _as_int(o, "action", self.action, (n,), n_actions)
+        reward_hat = None
+        if self.reward_hat is not None:
+            reward_hat = _as_float(o, "reward_hat", self.reward_hat, shape=target.shape)
+        object.__setattr__(self, "reward", reward)
+        object.__setattr__(self, "action", action)
+        object.__setattr__(self, "pscore", pscore)
+        object.__setattr__(self, "target", target)
+        object.__setattr__(self, "reward_hat", reward_hat)
+
+    @property
+    def n(self) -> int:
+        return self.reward.shape[0]
+
+    @property
+    def n_actions(self) -> int:
+        return self.target.shape[1]
+
+    @property
+    def target_pscore(self) -> np.ndarray:
+        """The candidate policy's probability of the logged action, (n,)."""
+        return self.target[np.arange(self.n), self.action]
+
+    def weights(self, clip: float | None = None) -> np.ndarray:
+        """Importance weights pi(a|x) / pi0(a|x), optionally clipped at `clip`."""
+        w = self.target_pscore / self.pscore
+        return w if clip is None else np.minimum(w, clip)
+
+
+@dataclass(frozen=True)
+class LoggedTrajectories:
+    """Logged decision sequences, padded to (n customers, T steps).
+
+    mask (n, T) bool: valid steps, a prefix of each row (a trajectory cannot resume after it ends).
+    reward, pscore (logging propensity of the logged action, in (0, 1]), target_prob (candidate
+    policy's probability of the logged action, in [0, 1]) and action (int) are (n, T); q_hat
+    (n, T, A) and v_hat (n, T), optional and given together: a model's action values and state
+    values under the candidate policy (v_hat = sum_a pi(a|s) q_hat(s, a)), needed by dr_seq / wdr.
+    Values at padded steps are ignored (may be NaN) and replaced by the absorbing-state convention
+    (reward 0, pscore = target_prob = 1, q_hat = v_hat = 0).
+    """
+
+    reward: np.ndarray
+    action: np.ndarray
+    pscore: np.ndarray
+    target_prob: np.ndarray
+    mask: np.ndarray
+    q_hat: np.ndarray | None = None
+    v_hat: np.ndarray | None = None
+
+    def __post_init__(self):
+        o = "LoggedTrajectories"
+        mask = np.asarray(self.mask)
+        if mask.ndim != 2:
+            raise ValueError(f"{o}.mask: expected 2 dimensions (n, T), got shape {mask.shape}")
+        if mask.dtype != bool:
+            if not np.isin(mask, (0, 1)).all():
+                pos = np.argwhere(~np.isin(mask, (0, 1)))[0]
+                raise ValueError(f"{o}.mask[{_fmt_index(pos)}]: not boolean ({mask[tuple(pos)]})")
+            mask = mask.astype(bool)
+        n, T = mask.shape
+        if n == 0 or T == 0:
+            raise ValueError(f"{o}.mask: empty shape {mask.shape}")
+        resumed = mask[:, 1:] & ~mask[:, :-1]
+        if resumed.any():
+            i, t = np.argwhere(resumed)[0]
+            raise ValueError(f"{o}.mask[{i}, {t + 1}]: valid step after an invalid one "
+                             f"(mask must be a prefix)")
+        shape = (n, T)
+        reward = _as_float(o, "reward", self.reward, shape=shape, where=mask)
+        pscore = _as_float(o, "pscore", self.pscore, shape=shape, where=mask)
+        _check_pscore(o, pscore, where=mask)
+        target_prob = _as_float(o, "target_prob", self.target_prob, shape=shape, where=mask)
+        bad = ~((target_prob >= 0) & (target_prob <= 1)) & mask
+        if bad.any():
+            i, t = np.argwhere(bad)[0]
+            raise ValueError(f"{o}.target_prob[{i}, {t}]: {target_prob[i, t]} outside [0, 1]")
+        if (self.q_hat is None) != (self.v_hat is None):
+            missing = "v_hat" if self.v_hat is None else "q_hat"
+            raise ValueError(f"{o}.{missing}: q_hat and v_hat must be given together")
+        q_hat = v_hat = None
+        n_actions = None
+        if self.q_hat is not None:
+            q_hat = _as_float(o, "q_hat", self.q_hat, ndim=3, where=mask)
+            if q_hat.shape[:2] != shape or q_hat.shape[2] == 0:
+                raise ValueError(f"{o}.q_hat: shape {q_hat.shape} does not match expected "
+                                 f"({n}, {T}, A)")
+            n_actions = q_hat.shape[2]
+            v_hat = _as_float(o, "v_hat", self.v_hat, shape=shape, where=mask)
+            q_hat = np.where(mask[:, :, None], q_hat, 0.0)
+            v_hat = np.where(mask, v_hat, 0.0)
+        action = _as_int(o, "action", self.action, shape, n_actions, where=mask)
+        object.__setattr__(self, "mask", mask)
+        object.__setattr__(self, "reward", np.where(mask, reward, 0.0))
+        object.__setattr__(self, "pscore", np.where(mask, pscore, 1.0))
+        object.__setattr__(self, "target_prob", np.where(mask, target_prob, 1.0))
+        object.__setattr__(self, "action", action)
+        object.__setattr__(self, "q_hat", q_hat)
+        object.__setattr__(self, "v_hat", v_hat)
+
+    @property
+    def n(self) -> int:
+        return self.mask.shape[0]
+
+    @property
+    def horizon(self) -> int:
+        return self.mask.shape[1]
+
+    def cumulative_weights(self) -> np.ndarray:
+        """w_t = prod_{k <= t} pi(a_k|s_k) / pi0(a_k|s_k), (n, T); carried forward after the end."""
+        return np.cumprod(self.target_prob / self.pscore, axis=1)
+
+    def q_logged(self) -> np.ndarray:
+        """q_hat at the logged actions, (n, T) (requires q_hat)."""
+        return np.take_along_axis(self.q_hat, self.action[:, :, None], axis=2)[:, :, 0]
+
+
+# ----------------------------------------------------------------------------------------------
+# estimator base
+
+
+def _safe_div(num, den):
+    num = np.asarray(num, dtype=np.float64)
+    den = np.asarray(den, dtype=np.float64)
+    out = np.zeros(np.broadcast_shapes(num.shape, den.shape))
+    np.divide(num, den, out=out, where=np.broadcast_to(den != 0, out.shape))
+    return out
+
+
+class _Estimator:
+    """Shared interface. Subclasses define `name`, `_data_type`, `_stats` and `_combine`."""
+
+    name: ClassVar[str] = ""
+    _data_type: ClassVar[type] = object
+
+    def _check(self, data) -> None:
+        if not isinstance(data, self._data_type):
+            raise TypeError(f"{self.name}: expects {self._data_type.__name__}, "
+                            f"got {type(data).__name__}")
+
+    def _stats(self, data) -> np.ndarray:
+        """Additive per-sample statistics, (n, k)."""
+        raise NotImplementedError
+
+    def _combine(self, sums: np.ndarray, m: int) -> np.ndarray:
+        """The estimate from column sums (..., k) of `_stats` over m (re)samples."""
+        raise NotImplementedError
+
+    def estimate_per_sample(self, data) -> np.ndarray:
+        """Per-sample (per-customer) terms whose mean is the estimate (full-sample normalisers)."""
+        raise NotImplementedError
+
+    def estimate(self, data) -> float:
+        self._check(data)
+        stats = self._stats(data)
+        return float(self._combine(stats.sum(axis=0), stats.shape[0]))
+
+    def estimate_from_indices(self, data, idx) -> float | np.ndarray:
+        """The estimate on the resample data[idx] (normalisers recomputed on the resample).
+
+        idx: int array (m,) -> float; or (B, m), B resamples at once -> (B,).
+        """
+        self._check(data)
+        idx = np.asarray(idx)
+        if not np.issubdtype(idx.dtype, np.integer) or idx.ndim not in (1, 2) or idx.shape[-1] == 0:
+            raise ValueError(f"{self.name}: idx must be a non-empty int array (m,) or (B, m)")
+        stats = self._stats(data)
+        out = self._combine(stats[idx].sum(axis=-2), idx.shape[-1])
+        return float(out) if idx.ndim == 1 else np.asarray(out, dtype=np.float64)
+
+
+def _need_reward_hat(name: str, data: LoggedBandit) -> np.ndarray:
+    if data.reward_hat is None:
+        raise ValueError(f"{name}: needs LoggedBandit.reward_hat (a reward model's predictions)")
+    return data.reward_hat
+
+
+def _check_clip(name: str, clip) -> None:
+    if clip is not None and not (np.isfinite(clip) and clip > 0):
+        raise ValueError(f"{name}: clip must be a positive number or None, got {clip!r}")
+
+
+def _dm_term(name: str, data: LoggedBandit) -> np.ndarray:
+    return (data.target * _need_reward_hat(name, data)).sum(axis=1)
+
+
+def _residual(name: str, data: LoggedBandit) -> np.ndarray:
+    r_hat = _need_reward_hat(name, data)
+    return data.reward - r_hat[np.arange(data.n), data.action]
+
+
+# ----------------------------------------------------------------------------------------------
+# one-step estimators
+
+
+@dataclass(frozen=True)
+class DirectMethod(_Estimator):
+    """dm: mean_i sum_a pi(a|x_i) r_hat(x_i, a). Unbiased only if the reward model is."""
+
+    name: ClassVar[str] = "dm"
+    _data_type: ClassVar[type] = LoggedBandit
+
+    def _stats(self, data):
+        return _dm_term(self.name, data)[:, None]
+
+    def _combine(self, sums, m):
+        return sums[..., 0] / m
+
+    def estimate_per_sample(self, data):
+        self._check(data)
+        return _dm_term(self.name, data)
+
+
+@dataclass(frozen=True)
+class IPS(_Estimator):
+    """ips: mean_i w_i r_i, w = pi/pi0 clipped at `clip` (clipping trades bias for variance)."""
+
+    clip: float | None = None
+    name: ClassVar[str] = "ips"
+    _data_type: ClassVar[type] = LoggedBandit
+
+    def __post_init__(self):
+        _check_clip(self.name, self.clip)
+
+    def _stats(self, data):
+        return (data.weights(self.clip) * data.reward)[:, None]
+
+    def _combine(self, sums, m):
+        return sums[..., 0] / m
+
+    def estimate_per_sample(self, data):
+        self._check(data)
+        return data.weights(self.clip) * data.reward
+
+
+@dataclass(frozen=True)
+class SNIPS(_Estimator):
+    """snips: sum w r / sum w. Per-sample term w_i r_i / mean(w) (full-sample normaliser)."""
+
+    name: ClassVar[str] = "snips"
+    _data_type: ClassVar[type] = LoggedBandit
+
+    def _stats(self, data):
+        w = data.weights()
+        return np.column_stack([w * data.reward, w])
+
+    def _combine(self, sums, m):
+        return _safe_div(sums[..., 0], sums[..., 1])
+
+    def estimate_per_sample(self, data):
+        self._check(data)
+        w = data.weights()
+        return _safe_div(w * data.reward, w.mean())
+
+
+@dataclass(frozen=True)
+class DoublyRobust(_Estimator):
+    """dr: mean_i [sum_a pi(a|x_i) r_hat(x_i, a) + w_i (r_i - r_hat(x_i, a_i))], w clipped at `clip`."""
+
+    clip: float | None = None
+    name: ClassVar[str] = "dr"
+    _data_type: ClassVar[type] = LoggedBandit
+
+    def __post_init__(self):
+        _check_clip(self.name, self.clip)
+
+    def _stats(self, data):
+        return self.estimate_per_sample(data)[:, None]
+
+    def _combine(self, sums, m):
+        return sums[..., 0] / m
+
+    def estimate_per_sample(self, data):
+        self._check(data)
+        return _dm_term(self.name, data) + data.weights(self.clip) * _residual(self.name, data)
+
+
+@dataclass(frozen=True)
+class SelfNormalizedDR(_Estimator):
+    """sndr: mean(dm_i) + sum w (r - r_hat(a)) / sum w. Per-sample: dm_i + w_i res_i / mean(w)."""
+
+    name: ClassVar[str] = "sndr"
+    _data_type: ClassVar[type] = LoggedBandit
+
+    def _stats(self, data):
+        w = data.weights()
+        return np.column_stack([_dm_term(self.name, data), w * _residual(self.name, data), w])
+
+    def _combine(self, sums, m):
+        return sums[..., 0] / m + _safe_div(sums[..., 1], sums[..., 2])
+
+    def estimate_per_sample(self, data):
+        self._check(data)
+        w = data.weights()
+        return _dm_term(self.name, data) + _safe_div(w * _residual(self.name, data), w.mean())
+
+
+# ----------------------------------------------------------------------------------------------
+# sequential estimators
+
+
+def _check_discount(name: str, discount) -> None:
+    if not (np.isfinite(discount) and 0 <= discount <= 1):
+        raise ValueError(f"{name}: discount must be in [0, 1], got {discount!r}")
+
+
+def _need_models(name: str, data: LoggedTrajectories) -> None:
+    if data.q_hat is None:
+        raise ValueError(f"{name}: needs LoggedTrajectories.q_hat and v_hat")
+
+
+def _discounts(discount: float, T: int) -> np.ndarray:
+    return discount ** np.arange(T, dtype=np.float64)
+
+
+def _lagged(w: np.ndarray) -> np.ndarray:
+    """w_{t-1} with w_{-1} = 1, (n, T)."""
+    return np.concatenate([np.ones((w.shape[0], 1)), w[:, :-1]], axis=1)
+
+
+@dataclass(frozen=True)
+class PDIS(_Estimator):
+    """pdis: per-customer value sum_t g^t w_t r_t, w_t the cumulative product of step ratios."""
+
+    discount: float = 1.0
+    name: ClassVar[str] = "pdis"
+    _data_type: ClassVar[type] = LoggedTrajectories
+
+    def __post_init__(self):
+        _check_discount(self.name, self.discount)
+
+    def _stats(self, data):
+        return self.estimate_per_sample(data)[:, None]
+
+    def _combine(self, sums, m):
+        return sums[..., 0] / m
+
+    def estimate_per_sample(self, data):
+        self._check(data)
+        g = _discounts(self.discount, data.horizon)
+        return (data.cumulative_weights() * data.reward) @ g
+
+
+@dataclass(frozen=True)
+class WPDIS(_Estimator):
+    """wpdis: sum_t g^t sum_i w_it r_it / sum_i w_it (weighted per-decision IS).
+
+    The normaliser at step t averages w_t over all customers (ended trajectories carry their
+    weight forward with reward 0, see the module docstring). Per-customer term:
+    sum_t g^t w_it r_it / mean_j w_jt.
+    """
+
+    discount: float = 1.0
+    name: ClassVar[str] = "wpdis"
+    _data_type: ClassVar[type] = LoggedTrajectories
+
+    def __post_init__(self):
+        _check_discount(self.name, self.discount)
+
+    def _stats(self, data):
+        g = _discounts(self.discount, data.horizon)
+        w = data.cumulative_weights()
+        return np.concatenate([w * data.reward * g, w], axis=1)
+
+    def _combine(self, sums, m):
+        T = sums.shape[-1] // 2
+        return _safe_div(sums[..., :T], sums[..., T:]).sum(axis=-1)
+
+    def estimate_per_sample(self, data):
+        self._check(data)
+        g = _discounts(self.discount, data.horizon)
+        w = data.cumulative_weights()
+        return (_safe_div(w * data.reward, w.mean(axis=0))) @ g
+
+
+@dataclass(frozen=True)
+class SequentialDR(_Estimator):
+    """dr_seq: Jiang & Li (2016) DR, per customer sum_t g^t [w_t (r_t - q_hat_t) + w_{t-1} v_hat_t]."""
+
+    discount: float = 1.0
+    name: ClassVar[str] = "dr_seq"
+    _data_type: ClassVar[type] = LoggedTrajectories
+
+    def __post_init__(self):
+        _check_discount(self.name, self.discount)
+
+    def _stats(self, data):
+        return self.estimate_per_sample(data)[:, None]
+
+    def _combine(self, sums, m):
+        return sums[..., 0] / m
+
+    def estimate_per_sample(self, data):
+        self._check(data)
+        _need_models(self.name, data)
+        g = _discounts(self.discount, data.horizon)
+        w = data.cumulative_weights()
+        return (w * (data.reward - data.q_logged()) + _lagged(w) * data.v_hat) @ g
+
+
+@dataclass(frozen=True)
+class WDR(_Estimator):
+    """wdr: Thomas & Brunskill (2016) weighted DR: DR with w_t -> w_t / mean_i w_it (and
+    w_{-1} = 1). Per-customer term uses the full-sample step normalisers."""
+
+    discount: float = 1.0
+    name: ClassVar[str] = "wdr"
+    _data_type: ClassVar[type] = LoggedTrajectories
+
+    def __post_init__(self):
+        _check_discount(self.name, self.discount)
+
+    def _stats(self, data):
+        _need_models(self.name, data)
+        g = _discounts(self.discount, data.horizon)
+        w = data.cumulative_weights()
+        return np.concatenate([w * (data.reward - data.q_logged()) * g,
+                               _lagged(w) * data.v_hat * g, w], axis=1)
+
+    def _combine(self, sums, m):
+        T = sums.shape[-1] // 3
+        c, d, wsum = sums[..., :T], sums[..., T:2 * T], sums[..., 2 * T:]
+        w_lag = np.concatenate([np.full(wsum.shape[:-1] + (1,), float(m)), wsum[..., :-1]], axis=-1)
+        return (_safe_div(c, wsum) + _safe_div(d, w_lag)).sum(axis=-1)
+
+    def estimate_per_sample(self, data):
+        self._check(data)
+        _need_models(self.name, data)
+        g = _discounts(self.discount, data.horizon)
+        w = data.cumulative_weights()
+        wl = _lagged(w)
+        return (_safe_div(w * (data.reward - data.q_logged()), w.mean(axis=0))
+                + _safe_div(wl * data.v_hat, wl.mean(axis=0))) @ g
+
+
+# ----------------------------------------------------------------------------------------------
+# diagnostics
+
+
+def weight_diagnostics(data: LoggedBandit | LoggedTrajectories) -> dict:
+    """Importance-weight health (unclipped weights; for trajectories the whole-trajectory weight).
+
+    n; ess: Kish effective sample size (sum w)^2 / sum w^2; ess_share = ess / n; max_weight;
+    mean_weight (should be close to 1 when the logging propensities are right and the candidate
+    policy stays within their support); zero_target_share: share of samples (customers) where the
+    candidate policy gives zero probability to a logged action.
+    """
+    if isinstance(data, LoggedBandit):
+        w = data.weights()
+        zero = data.target_pscore == 0
+    elif isinstance(data, LoggedTrajectories):
+        w = data.cumulative_weights()[:, -1]
+        zero = ((data.target_prob == 0) & data.mask).any(axis=1)
+    else:
+        raise TypeError(f"weight_diagnostics: expects LoggedBandit or LoggedTrajectories, "
+                        f"got {type(data).__name__}")
+    n = w.shape[0]
+    sq = float((w ** 2).sum())
+    ess = float(w.sum()) ** 2 / sq if sq > 0 else 0.0
+    return {"n": n, "ess": ess, "ess_share": ess / n, "max_weight": float(w.max()),
+            "mean_weight": float(w.mean()), "zero_target_share": float(zero.mean())}
+
+
+def support_warning(diag: dict) -> str | None:
+    """A one-line warning when the effective sample share is below THIN_SUPPORT_ESS_SHARE."""
+    if diag["ess_share"] < THIN_SUPPORT_ESS_SHARE:
+        return (f"thin support: effective sample size {diag['ess']:.1f} of {diag['n']} "
+                f"({diag['ess_share']:.2%} < {THIN_SUPPORT_ESS_SHARE:.0%}); max weight "
+                f"{diag['max_weight']:.3g}, mean weight {diag['mean_weight']:.3g}; the candidate "
+                f"policy goes where the logging policy rarely went, estimates are unreliable")
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# bootstrap
+
+
+def bootstrap_ci(estimator, data, n_boot: int = 1000, alpha: float = 0.05,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap (1 - alpha) interval over samples (customers).
+
+    Resamples are drawn as idx = rng.integers(0, n, size=(b, n)) with rng =
+    np.random.default_rng(seed), in chunks of b rows (b = n_boot when n_boot * n <= 4e6), and each
+    row's estimate equals `estimator.estimate_from_indices(data, idx_row)`; it is computed here as
+    resample counts @ per-sample statistics, with ratio normalisers recomputed per resample.
+    """
+    if n_boot < 1:
+        raise ValueError(f"bootstrap_ci: n_boot must be >= 1, got {n_boot}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"bootstrap_ci: alpha must be in (0, 1), got {alpha}")
+    estimator._check(data)
+    stats = estimator._stats(data)
+    n = stats.shape[0]
+    rng = np.random.default_rng(seed)
+    chunk = max(1, min(n_boot, _BOOT_CELLS // n))
+    out = np.empty(n_boot)
+    for start in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - start)
+        idx = rng.integers(0, n, size=(b, n))
+        idx += (np.arange(b) * n)[:, None]
+        counts = np.bincount(idx.ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
+        out[start:start + b] = estimator._combine(counts @ stats, n)
+    low, high = np.quantile(out, [alpha / 2, 1 - alpha / 2])
+    return float(low), float(high)
+
+
+# ----------------------------------------------------------------------------------------------
+# registry
+
+
+ESTIMATORS: dict[str, type] = {cls.name: cls for cls in (
+    DirectMethod, IPS, SNIPS, DoublyRobust, SelfNormalizedDR, PDIS, WPDIS, SequentialDR, WDR)}
+
+
+def make_estimator(name: str, **kw):
+    """An estimator by its registry name, e.g. make_estimator("ips", clip=20)."""
+    if name not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {name!r}; known: {', '.join(sorted(ESTIMATORS))}")
+    return ESTIMATORS[name](**kw)
