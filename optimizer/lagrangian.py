@@ -91,16 +91,19 @@ class DualEngine:
                     self.scale[k] = vscale / float(a.mean())
 
     # --- pricing ---------------------------------------------------------------------------
-    def price(self, lam: np.ndarray) -> np.ndarray:
-        """Priced values (sorted row order): value - lam . a(i, j); -inf where not eligible."""
-        p = self.p
-        Pl = np.tensordot(lam, p.P, axes=1)      # (S, J)
-        Ql = lam @ p.Q                           # (S,)
-        R = self.R
-        for s, lo, hi in self.blocks:
-            np.multiply(self.C[lo:hi], Ql[s], out=R[lo:hi])
-            np.subtract(self.V[lo:hi], R[lo:hi], out=R[lo:hi])
-            R[lo:hi] -= Pl[s]
+    def prices(self, lam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(lam . P as (S, J), lam . Q as (S,)): what one unit of each option costs per segment."""
+        return np.tensordot(lam, self.p.P, axes=1), lam @ self.p.Q
+
+    def price_block(self, prices: tuple[np.ndarray, np.ndarray], task: tuple[int, int, int],
+                    out: np.ndarray | None = None) -> np.ndarray:
+        """Priced values value - lam . a(i, j) of one task's rows (all in segment s); -inf where
+        not eligible. Every caller prices through here, so all see the same numbers."""
+        Pl, Ql = prices
+        s, lo, hi = task
+        R = np.multiply(self.C[lo:hi], Ql[s], out=out)
+        np.subtract(self.V[lo:hi], R, out=R)
+        R -= Pl[s]
         return R
 
     def evaluate(self, lam: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
@@ -109,17 +112,13 @@ class DualEngine:
         result does not depend on the thread count."""
         self.evaluations += 1
         p = self.p
-        Pl = np.tensordot(lam, p.P, axes=1)
-        Ql = lam @ p.Q
+        prices = self.prices(lam)
         choice = np.empty(self.n, dtype=np.int64)
         S = len(p.table.segments)
 
         def block(task):
             s, lo, hi = task
-            R = self.R[lo:hi]
-            np.multiply(self.C[lo:hi], Ql[s], out=R)
-            np.subtract(self.V[lo:hi], R, out=R)
-            R -= Pl[s]
+            R = self.price_block(prices, task, out=self.R[lo:hi])
             j = np.argmax(R, axis=1)
             best = R[np.arange(hi - lo), j]
             on = best > 0
@@ -130,7 +129,7 @@ class DualEngine:
             spend = float((w * self.C[lo:hi][on, jo]).sum())
             return float((w * best[on]).sum()), s, counts, spend
 
-        parts = list(self._pool().map(block, self.tasks)) if self.threads > 1 else [block(t) for t in self.tasks]
+        parts = self._map(block, self.tasks)
         counts = np.zeros((S, self.J))
         spend = np.zeros(S)
         total = 0.0
@@ -219,12 +218,12 @@ class DualEngine:
 
     # --- primal --------------------------------------------------------------------------------
     MAX_CUTS = 150
-    CHUNK = 131_072   # rows per block in the primal heuristics: bounds their temporary memory
+    CHUNK = 131_072   # rows per pricing task (tasks never cross segments): bounds temporary memory
 
-    def coef_rows(self, k: int, lo: int, hi: int) -> np.ndarray:
-        """(hi - lo, J) coefficients of constraint k for a block of (sorted) rows."""
-        s = self.seg[lo:hi]
-        return self.p.P[k][s] + self.p.Q[k][s][:, None] * self.C[lo:hi]
+    def coef_rows(self, k: int, task: tuple[int, int, int]) -> np.ndarray:
+        """(rows, J) coefficients of constraint k for one task's rows (all in segment s)."""
+        s, lo, hi = task
+        return self.p.P[k, s] + self.p.Q[k, s] * self.C[lo:hi]
 
     def coef_at(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """(K, m) coefficients of all constraints at options (rows, cols); col -1 (none) gives 0."""
@@ -234,16 +233,11 @@ class DualEngine:
         out[:, cols < 0] = 0.0
         return out
 
-    def _block_priced(self, lam: np.ndarray, lo: int, hi: int) -> np.ndarray:
-        s = self.seg[lo:hi]
-        Pl = np.tensordot(lam, self.p.P, axes=1)
-        Ql = lam @ self.p.Q
-        return self.V[lo:hi] - Pl[s] - Ql[s][:, None] * self.C[lo:hi]
-
     def repair(self, choice: np.ndarray, lam: np.ndarray, max_rounds: int = 60) -> tuple[np.ndarray, bool]:
         """Make `choice` feasible by the cheapest moves (priced loss per unit of violation)."""
         p = self.p
         choice = choice.copy()
+        prices = self.prices(lam)
         tol = 1e-9 * np.maximum(1.0, np.abs(p.b))
         for _ in range(max_rounds):
             use = self.usage(choice)
@@ -257,28 +251,28 @@ class DualEngine:
             best_j = np.zeros(self.n, dtype=np.int64)
             best_red = np.zeros(self.n)
 
-            def block(lo: int) -> None:
-                hi = min(lo + self.CHUNK, self.n)
+            def block(task: tuple[int, int, int]) -> None:
+                _, lo, hi = task
                 m = hi - lo
                 ch = choice[lo:hi]
                 has = ch >= 0
                 cj = np.maximum(ch, 0)
                 ii = np.arange(m)
-                R = np.concatenate([self._block_priced(lam, lo, hi), np.zeros((m, 1))], axis=1)
-                a = np.concatenate([self.coef_rows(k, lo, hi), np.zeros((m, 1))], axis=1)
+                R = np.concatenate([self.price_block(prices, task), np.zeros((m, 1))], axis=1)
+                a = np.concatenate([self.coef_rows(k, task), np.zeros((m, 1))], axis=1)
                 cur_a = np.where(has, a[ii, cj], 0.0)
                 cur_r = np.where(has, R[ii, cj], 0.0)
                 red = cur_a[:, None] - a
                 ok = (red > 1e-12) & np.isfinite(R)
                 for k2 in tight:                     # moves must not push a tight constraint over
-                    a2 = np.concatenate([self.coef_rows(k2, lo, hi), np.zeros((m, 1))], axis=1)
+                    a2 = np.concatenate([self.coef_rows(k2, task), np.zeros((m, 1))], axis=1)
                     ok &= a2 - np.where(has, a2[ii, cj], 0.0)[:, None] <= 1e-12
                 ratio = np.where(ok, np.maximum(cur_r[:, None] - R, 0.0) / np.where(ok, red, 1.0), np.inf)
                 jb = np.argmin(ratio, axis=1)
                 best_ratio[lo:hi] = ratio[ii, jb]
                 best_j[lo:hi] = jb
                 best_red[lo:hi] = red[ii, jb]
-            self._map(block, range(0, self.n, self.CHUNK))
+            self._map(block, self.tasks)
             cand = np.flatnonzero(np.isfinite(best_ratio))
             if not len(cand):
                 return choice, False
@@ -320,28 +314,29 @@ class DualEngine:
         considered per round (moves far down the order never fit once the better ones are taken)."""
         p = self.p
         choice = choice.copy()
+        prices = self.prices(lam)
         for _ in range(rounds):
             use = self.usage(choice)
             slack = p.b - use
             gain = np.full(self.n, -np.inf)
             jbest = np.zeros(self.n, dtype=np.int64)
 
-            def block(lo: int) -> None:
-                hi = min(lo + self.CHUNK, self.n)
+            def block(task: tuple[int, int, int]) -> None:
+                _, lo, hi = task
                 m = hi - lo
                 ii = np.arange(m)
                 ch = choice[lo:hi]
                 has = ch >= 0
                 cj = np.maximum(ch, 0)
                 V = self.V[lo:hi]
-                R = self._block_priced(lam, lo, hi)
+                R = self.price_block(prices, task)
                 cur_v = np.where(has, V[ii, cj], 0.0)
                 cur_r = np.where(has, R[ii, cj], 0.0)
                 pg = np.where(V - cur_v[:, None] > 1e-12, R - cur_r[:, None], -np.inf)
                 jb = np.argmax(pg, axis=1)
                 gain[lo:hi] = pg[ii, jb]
                 jbest[lo:hi] = jb
-            self._map(block, range(0, self.n, self.CHUNK))
+            self._map(block, self.tasks)
             rows = np.flatnonzero(np.isfinite(gain))
             if not len(rows):
                 break
@@ -356,20 +351,25 @@ class DualEngine:
             choice[rows[taken]] = jr[taken]
         return choice
 
-
     def polish(self, choice: np.ndarray, lam: np.ndarray, rows: int, solver: str = "SCIP",
                time_limit: float = 30.0) -> np.ndarray | None:
         """Re-solve exactly (OR-Tools MIP) the `rows` customers closest to indifference at lam
         (smallest gap between their two best priced options, none included) with everyone
         else fixed: repairs what single-customer moves cannot (swaps under budget + coverage)."""
         from .exact import solve_subproblem
+        prices = self.prices(lam)
         margin = np.empty(self.n)
-        for lo in range(0, self.n, self.CHUNK):
-            hi = min(lo + self.CHUNK, self.n)
-            R = np.concatenate([self._block_priced(lam, lo, hi), np.zeros((hi - lo, 1))], axis=1)
-            top2 = -np.partition(-R, 1, axis=1)[:, :2] if R.shape[1] > 1 else np.concatenate([R, R], axis=1)
+        priced_choice = np.empty(self.n, dtype=np.int64)
+
+        def block(task: tuple[int, int, int]) -> None:
+            _, lo, hi = task
+            R = np.concatenate([self.price_block(prices, task), np.zeros((hi - lo, 1))], axis=1)
+            top2 = -np.partition(-R, 1, axis=1)[:, :2]
             margin[lo:hi] = top2[:, 0] - top2[:, 1]
-        off_best = np.flatnonzero(choice != np.where(self._priced_best(lam) > 0, self._priced_arg(lam), -1))
+            j = np.argmax(R[:, :self.J], axis=1)     # the priced choice, as evaluate() makes it
+            priced_choice[lo:hi] = np.where(R[np.arange(hi - lo), j] > 0, j, -1)
+        self._map(block, self.tasks)
+        off_best = np.flatnonzero(choice != priced_choice)
         pick = np.argpartition(margin, min(rows, self.n - 1))[:rows] if rows < self.n else np.arange(self.n)
         pick = np.unique(np.concatenate([pick, off_best[:rows]]))
         rest = choice.copy()
@@ -385,12 +385,6 @@ class DualEngine:
         on = x > 0.5
         out[opt_rows[on]] = j_idx[on]
         return out
-
-    def _priced_arg(self, lam: np.ndarray) -> np.ndarray:
-        return np.argmax(self.price(lam), axis=1)
-
-    def _priced_best(self, lam: np.ndarray) -> np.ndarray:
-        return self.price(lam).max(axis=1)
 
 
 def _greedy_fit(delta: np.ndarray, slack: np.ndarray, max_rounds: int = 200) -> np.ndarray:

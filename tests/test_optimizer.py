@@ -809,7 +809,7 @@ def test_lagrangian_result_does_not_depend_on_the_thread_count():
     for threads in (1, 2):
         problem = AllocationProblem(table, cons)
         engine = DualEngine(problem)
-        engine.CHUNK = 500            # several row blocks per segment, so the threads share work
+        # several row blocks per segment, so the threads share work
         engine.tasks = [(s, a, min(a + 500, hi)) for s, lo, hi in engine.blocks for a in range(lo, hi, 500)]
         engine.threads = threads
         results.append(solve_lagrangian(problem, engine=engine))
