@@ -42,21 +42,24 @@ class Allocation:
     extra: dict = field(default_factory=dict)
 
     # --- totals ----------------------------------------------------------------------------
-    def counts_and_spend(self) -> tuple[np.ndarray, np.ndarray]:
+    def segment_totals(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(assigned customers, spend, value), each per (segment, action): one pass over the plan."""
         t = self.problem.table
-        S, J = len(t.segments), t.n_actions
-        counts = np.zeros((S, J))
+        shape = (len(t.segments), t.n_actions)
+        counts, cost_sj, value_sj = np.zeros(shape), np.zeros(shape), np.zeros(shape)
         _add_rows(counts, t.segment, self.units)
-        spend = np.bincount(t.segment, weights=(self.units * t.cost).sum(axis=1), minlength=S)
-        return counts, spend
-
-    def totals(self) -> dict[str, list[dict]]:
-        t = self.problem.table
-        counts, seg_spend = self.counts_and_spend()
-        value_sj = np.zeros_like(counts)
-        _add_rows(value_sj, t.segment, self.units * t.value)
-        cost_sj = np.zeros_like(counts)
         _add_rows(cost_sj, t.segment, self.units * t.cost)
+        _add_rows(value_sj, t.segment, self.units * t.value)
+        return counts, cost_sj, value_sj
+
+    def counts_and_spend(self) -> tuple[np.ndarray, np.ndarray]:
+        """(S, J) assigned customers and (S,) spend."""
+        counts, cost_sj, _ = self.segment_totals()
+        return counts, cost_sj.sum(axis=1)
+
+    def totals(self, aggregates: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> dict[str, list[dict]]:
+        t = self.problem.table
+        counts, cost_sj, value_sj = aggregates or self.segment_totals()
         sizes = t.segment_sizes()
         by_seg = [{"segment": s, "customers": int(sizes[i]), "assigned": int(counts[i].sum()),
                    "coverage": float(counts[i].sum() / sizes[i]) if sizes[i] else 0.0,
@@ -75,7 +78,8 @@ class Allocation:
     def summary(self) -> dict:
         """The JSON document of `clv allocate` (keys users' scripts rely on come first)."""
         p = self.problem
-        counts, spend = self.counts_and_spend()
+        aggregates = self.segment_totals()
+        counts, spend = aggregates[0], aggregates[1].sum(axis=1)
         usage = p.usage_from_counts(counts, spend)
         return {
             "objective": self.objective, "bound": self.bound, "gap": self.gap, "spend": float(spend.sum()),
@@ -85,7 +89,7 @@ class Allocation:
             "seconds": self.seconds,
             "status": self.status, "method": self.method, "solver": self.solver,
             "customers": int(p.table.count.sum()), "rows": p.table.n, "options": p.table.n_options,
-            "iterations": self.iterations, "totals": self.totals(), **self.extra,
+            "iterations": self.iterations, "totals": self.totals(aggregates), **self.extra,
         }
 
     # --- per-customer plan ---------------------------------------------------------------------

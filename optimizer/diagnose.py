@@ -100,14 +100,21 @@ def _describe(problem: AllocationProblem, ks: list[int]) -> str:
     return "; ".join(parts)
 
 
+def _forcing_and_count_rows(problem: AllocationProblem) -> tuple[list[int], list[int]]:
+    """(min-coverage rows that ask for at least one customer, all capacity and coverage rows)."""
+    cons = problem.constraints
+    return ([k for k, c in enumerate(cons) if c.kind == "min-coverage" and problem.b[k] < 0],
+            [k for k, c in enumerate(cons) if c.kind in COUNT_KINDS])
+
+
 def quick_check(problem: AllocationProblem) -> bool:
     """Cheap necessary conditions (no full solve): the count rows can hold, and the budget covers
     the cheapest way to meet each coverage row on its own. False means `diagnose` will explain."""
     cons = problem.constraints
-    cov = [k for k, c in enumerate(cons) if c.kind == "min-coverage" and problem.b[k] < 0]
+    cov, counts = _forcing_and_count_rows(problem)
     if not cov:
         return True
-    if not _count_lp_feasible(problem, [k for k, c in enumerate(cons) if c.kind in COUNT_KINDS]):
+    if not _count_lp_feasible(problem, counts):
         return False
     kb = problem.budget_index()
     if kb is None:
@@ -131,10 +138,9 @@ def diagnose(problem: AllocationProblem, min_budget_solver=None) -> Diagnosis:
     smallest budget that would do. `min_budget_solver(problem) -> (spend, feasible)` solves
     "minimise spend" (defaults to optimizer.allocate's own solver choice)."""
     cons = problem.constraints
-    cov = [k for k, c in enumerate(cons) if c.kind == "min-coverage" and problem.b[k] < 0]
+    cov, counts = _forcing_and_count_rows(problem)
     if not cov:
         return Diagnosis(True)
-    counts = [k for k, c in enumerate(cons) if c.kind in COUNT_KINDS]
     if not _count_lp_feasible(problem, counts):
         conflict = list(counts)
         for k in list(conflict):                       # deletion filter
