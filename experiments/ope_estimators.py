@@ -336,6 +336,37 @@ class _Estimator:
         return float(out) if idx.ndim == 1 else np.asarray(out, dtype=np.float64)
 
 
+class _MeanEstimator(_Estimator):
+    """Estimators that are the plain mean of their per-sample terms (no normaliser to resample)."""
+
+    def _stats(self, data):
+        return self.estimate_per_sample(data)[:, None]
+
+    def _combine(self, sums, m):
+        return sums[..., 0] / m
+
+
+@dataclass(frozen=True)
+class _Clipped(_Estimator):
+    """Importance weights capped at `clip` (None: no cap)."""
+
+    clip: float | None = None
+
+    def __post_init__(self):
+        _check_clip(self.name, self.clip)
+
+
+@dataclass(frozen=True)
+class _Sequential(_Estimator):
+    """Estimators over trajectories, with per-step `discount` in [0, 1]."""
+
+    discount: float = 1.0
+    _data_type: ClassVar[type] = LoggedTrajectories
+
+    def __post_init__(self):
+        _check_discount(self.name, self.discount)
+
+
 def _need_reward_hat(name: str, data: LoggedBandit) -> np.ndarray:
     if data.reward_hat is None:
         raise ValueError(f"{name}: needs LoggedBandit.reward_hat (a reward model's predictions)")
@@ -361,17 +392,11 @@ def _residual(name: str, data: LoggedBandit) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class DirectMethod(_Estimator):
+class DirectMethod(_MeanEstimator):
     """dm: mean_i sum_a pi(a|x_i) r_hat(x_i, a). Unbiased only if the reward model is."""
 
     name: ClassVar[str] = "dm"
     _data_type: ClassVar[type] = LoggedBandit
-
-    def _stats(self, data):
-        return _dm_term(self.name, data)[:, None]
-
-    def _combine(self, sums, m):
-        return sums[..., 0] / m
 
     def estimate_per_sample(self, data):
         self._check(data)
@@ -379,21 +404,11 @@ class DirectMethod(_Estimator):
 
 
 @dataclass(frozen=True)
-class IPS(_Estimator):
+class IPS(_Clipped, _MeanEstimator):
     """ips: mean_i w_i r_i, w = pi/pi0 clipped at `clip` (clipping trades bias for variance)."""
 
-    clip: float | None = None
     name: ClassVar[str] = "ips"
     _data_type: ClassVar[type] = LoggedBandit
-
-    def __post_init__(self):
-        _check_clip(self.name, self.clip)
-
-    def _stats(self, data):
-        return (data.weights(self.clip) * data.reward)[:, None]
-
-    def _combine(self, sums, m):
-        return sums[..., 0] / m
 
     def estimate_per_sample(self, data):
         self._check(data)
@@ -421,21 +436,11 @@ class SNIPS(_Estimator):
 
 
 @dataclass(frozen=True)
-class DoublyRobust(_Estimator):
+class DoublyRobust(_Clipped, _MeanEstimator):
     """dr: mean_i [sum_a pi(a|x_i) r_hat(x_i, a) + w_i (r_i - r_hat(x_i, a_i))], w clipped at `clip`."""
 
-    clip: float | None = None
     name: ClassVar[str] = "dr"
     _data_type: ClassVar[type] = LoggedBandit
-
-    def __post_init__(self):
-        _check_clip(self.name, self.clip)
-
-    def _stats(self, data):
-        return self.estimate_per_sample(data)[:, None]
-
-    def _combine(self, sums, m):
-        return sums[..., 0] / m
 
     def estimate_per_sample(self, data):
         self._check(data)
@@ -486,21 +491,10 @@ def _lagged(w: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class PDIS(_Estimator):
+class PDIS(_Sequential, _MeanEstimator):
     """pdis: per-customer value sum_t g^t w_t r_t, w_t the cumulative product of step ratios."""
 
-    discount: float = 1.0
     name: ClassVar[str] = "pdis"
-    _data_type: ClassVar[type] = LoggedTrajectories
-
-    def __post_init__(self):
-        _check_discount(self.name, self.discount)
-
-    def _stats(self, data):
-        return self.estimate_per_sample(data)[:, None]
-
-    def _combine(self, sums, m):
-        return sums[..., 0] / m
 
     def estimate_per_sample(self, data):
         self._check(data)
@@ -509,7 +503,7 @@ class PDIS(_Estimator):
 
 
 @dataclass(frozen=True)
-class WPDIS(_Estimator):
+class WPDIS(_Sequential):
     """wpdis: sum_t g^t sum_i w_it r_it / sum_i w_it (weighted per-decision IS).
 
     The normaliser at step t averages w_t over all customers (ended trajectories carry their
@@ -517,12 +511,7 @@ class WPDIS(_Estimator):
     sum_t g^t w_it r_it / mean_j w_jt.
     """
 
-    discount: float = 1.0
     name: ClassVar[str] = "wpdis"
-    _data_type: ClassVar[type] = LoggedTrajectories
-
-    def __post_init__(self):
-        _check_discount(self.name, self.discount)
 
     def _stats(self, data):
         g = _discounts(self.discount, data.horizon)
@@ -541,21 +530,10 @@ class WPDIS(_Estimator):
 
 
 @dataclass(frozen=True)
-class SequentialDR(_Estimator):
+class SequentialDR(_Sequential, _MeanEstimator):
     """dr_seq: Jiang & Li (2016) DR, per customer sum_t g^t [w_t (r_t - q_hat_t) + w_{t-1} v_hat_t]."""
 
-    discount: float = 1.0
     name: ClassVar[str] = "dr_seq"
-    _data_type: ClassVar[type] = LoggedTrajectories
-
-    def __post_init__(self):
-        _check_discount(self.name, self.discount)
-
-    def _stats(self, data):
-        return self.estimate_per_sample(data)[:, None]
-
-    def _combine(self, sums, m):
-        return sums[..., 0] / m
 
     def estimate_per_sample(self, data):
         self._check(data)
@@ -566,16 +544,11 @@ class SequentialDR(_Estimator):
 
 
 @dataclass(frozen=True)
-class WDR(_Estimator):
+class WDR(_Sequential):
     """wdr: Thomas & Brunskill (2016) weighted DR: DR with w_t -> w_t / mean_i w_it (and
     w_{-1} = 1). Per-customer term uses the full-sample step normalisers."""
 
-    discount: float = 1.0
     name: ClassVar[str] = "wdr"
-    _data_type: ClassVar[type] = LoggedTrajectories
-
-    def __post_init__(self):
-        _check_discount(self.name, self.discount)
 
     def _stats(self, data):
         _need_models(self.name, data)
