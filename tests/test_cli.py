@@ -6,7 +6,6 @@ reaches file descriptor 1) use a subprocess. Sizes are tiny so the file runs in 
 """
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import shutil
@@ -18,9 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-from experiments.cli import app
+from cli_runner import clv, ok_json
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = ("make-data", "calibrate", "validate", "simulate")
@@ -35,25 +33,6 @@ HISTORY_FILES = ("transactions.csv", "customers.csv", "products.csv", "decisions
 VALIDATE_KEYS = ("customers", "holdout_repeat_actual", "holdout_repeat_predicted", "aggregate_error",
                  "per_customer_corr", "per_customer_mae", "active_auc", "holdout_value_error",
                  "top_decile_value_share", "conditional_expectation")
-
-# click >= 8.2 always keeps stderr apart from stdout and dropped `mix_stderr`; older clicks need it.
-if "mix_stderr" in inspect.signature(CliRunner.__init__).parameters:  # pragma: no cover - old click
-    runner = CliRunner(mix_stderr=False)
-else:
-    runner = CliRunner()
-
-
-def clv(*args: object):
-    """Run `clv ARGS` in-process; returns the click Result (exit_code, stdout, stderr)."""
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def ok_json(result) -> dict:
-    """Assert a --json run succeeded and its stdout is exactly one JSON document; return it."""
-    assert result.exit_code == 0, (result.exit_code, result.stderr, result.exception)
-    doc = json.loads(result.stdout)  # raises on anything before or after the document
-    assert isinstance(doc, dict)
-    return doc
 
 
 def run_subprocess(*args: str, code: str | None = None) -> subprocess.CompletedProcess:

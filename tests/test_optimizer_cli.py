@@ -5,7 +5,6 @@ file descriptor 1 and what `--help` imports use a fresh interpreter.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import subprocess
@@ -14,31 +13,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-from experiments.cli import app
+from cli_runner import clv, ok_json
 from optimizer.instances import bank_like_table
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SUMMARY_KEYS = ("objective", "bound", "gap", "spend", "usage", "shadow_prices", "assigned_customers", "seconds")
 HEAVY = ("torch", "ray", "ortools", "pandas", "scipy", "sklearn")
-
-if "mix_stderr" in inspect.signature(CliRunner.__init__).parameters:  # pragma: no cover - old click
-    runner = CliRunner(mix_stderr=False)
-else:
-    runner = CliRunner()
-
-
-def clv(*args: object):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def ok_json(result) -> dict:
-    assert result.exit_code == 0, (result.exit_code, result.stderr, result.exception)
-    doc = json.loads(result.stdout)          # exactly one JSON document on stdout
-    assert isinstance(doc, dict)
-    return doc
 
 
 def one_error_line(result, code: int) -> str:

@@ -2,25 +2,21 @@
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-from experiments.cli import app
 from optimizer.value_sources import (COLUMNS, DEFAULT_HORIZON, DEFAULT_REPLICATIONS, branch_values,
                                      values_from_policy, values_from_simulation)
+from cli_runner import clv
 from optimizer.values import ValueTable, load_values
 from policies.base import as_simulator_policy
 from policies.baselines import make_baseline
 from policies.rollout import clone_simulator
 from sim.population import PopulationSimulator, sample_book
 
-runner = CliRunner(mix_stderr=False) if "mix_stderr" in inspect.signature(CliRunner.__init__).parameters \
-    else CliRunner()
 SMALL = dict(horizon=6, replications=2)
 
 
@@ -160,10 +156,6 @@ def test_policy_source_with_a_baseline(world_book):
 
 
 # ---- the command line -------------------------------------------------------------------------
-def clv(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
 @pytest.mark.parametrize("source", ["sim", "policy"])
 def test_cli_values_json(world_book, tmp_path, source):
     path, world, _ = world_book
