@@ -47,31 +47,47 @@ class ExactResult:
         return out
 
 
-def build_model(problem: AllocationProblem, integer: bool):
-    """(model, option rows, option actions): the allocation problem as an OR-Tools model_builder model."""
+def options_model(value: np.ndarray, coef: np.ndarray, option_rows: np.ndarray, row_count: np.ndarray,
+                  b: np.ndarray, integer: bool):
+    """An OR-Tools model_builder model over options (one variable each, 0..row_count of its row):
+    maximise value . x subject to sum of each row's options <= row_count[row] and coef @ x <= b."""
     import scipy.sparse as sp
     from ortools.linear_solver.python import model_builder as mb
-    t = problem.table
-    rows, acts = np.nonzero(t.eligible)
-    n_opt = len(rows)
-    seg = t.segment[rows]
-    K = problem.K
-    # customer rows: sum_j x_ij <= count_i
-    A_cust = sp.csr_matrix((np.ones(n_opt), (rows, np.arange(n_opt))), shape=(t.n, n_opt))
-    coef = problem.P[:, seg, acts] + problem.Q[:, seg] * t.cost[rows, acts][None, :]   # (K, n_opt)
-    coef[np.abs(coef) < 1e-15] = 0.0
-    A_coup = sp.csr_matrix(coef)
-    A = sp.vstack([A_cust, A_coup], format="csr")
-    lo = np.concatenate([np.zeros(t.n), np.full(K, -np.inf)])
-    hi = np.concatenate([t.count.astype(np.float64), problem.b])
+    m, n_rows = len(value), len(row_count)
+    counts = row_count.astype(np.float64)
+    A = sp.vstack([sp.csr_matrix((np.ones(m), (option_rows, np.arange(m))), shape=(n_rows, m)),
+                   sp.csr_matrix(np.where(np.abs(coef) < 1e-15, 0.0, coef))], format="csr")
+    lo = np.concatenate([np.zeros(n_rows), np.full(len(b), -np.inf)])
+    hi = np.concatenate([counts, b])
     model = mb.Model()
-    model.helper.fill_model_from_sparse_data(np.zeros(n_opt), t.count[rows].astype(np.float64),
-                                             t.value[rows, acts].astype(np.float64), lo, hi, A)
+    model.helper.fill_model_from_sparse_data(np.zeros(m), counts[option_rows], value.astype(np.float64), lo, hi, A)
     model.helper.set_maximize(True)
     if integer:
-        for v in range(n_opt):
+        for v in range(m):
             model.helper.set_var_integrality(v, True)
-    return model, rows, acts
+    return model
+
+
+def build_model(problem: AllocationProblem, integer: bool):
+    """(model, option rows, option actions): the allocation problem as an OR-Tools model_builder model."""
+    t = problem.table
+    rows, acts = np.nonzero(t.eligible)
+    seg = t.segment[rows]
+    coef = problem.P[:, seg, acts] + problem.Q[:, seg] * t.cost[rows, acts][None, :]   # (K, n_opt)
+    return options_model(t.value[rows, acts], coef, rows, t.count, problem.b, integer), rows, acts
+
+
+def _run(model, solver: str, time_limit: float | None, params: str | None = None):
+    """Solve with one OR-Tools backend, native output kept off stdout; returns the solver helper."""
+    from ortools.linear_solver.python import model_builder_helper as mbh
+    h = mbh.ModelSolverHelper(solver)
+    if time_limit:
+        h.set_time_limit_in_seconds(float(time_limit))
+    if params:
+        h.set_solver_specific_parameters(params)
+    with _stdout_to_stderr():     # HiGHS prints a banner on stdout; keep stdout for --json
+        h.solve(model.helper)
+    return h
 
 
 @contextmanager
@@ -93,7 +109,6 @@ def solve_exact(problem: AllocationProblem, solver: str = "CP_SAT", time_limit: 
     """Solve with one OR-Tools backend: an LP solver gives the relaxation (fractional units and
     duals), a MIP solver the integer plan and its proven bound. `hint` (units per option) gives
     the MIP a starting plan."""
-    from ortools.linear_solver.python import model_builder_helper as mbh
     solver = solver.upper()
     if solver not in LP_SOLVERS + MIP_SOLVERS:
         raise ConfigError(f"unknown solver {solver!r}; choose from {', '.join(LP_SOLVERS + MIP_SOLVERS)}")
@@ -104,16 +119,13 @@ def solve_exact(problem: AllocationProblem, solver: str = "CP_SAT", time_limit: 
         # a starting plan (units per option, in option order): the MIP starts from its value
         for v, x in enumerate(hint.tolist()):     # a complete solution: solvers may drop partial ones
             model.helper.add_hint(v, x)
-    h = mbh.ModelSolverHelper(solver)
-    if time_limit:
-        h.set_time_limit_in_seconds(float(time_limit))
+    params = None
     if solver == "CP_SAT":
-        h.set_solver_specific_parameters(f"num_workers:{threads or 2}")
+        params = f"num_workers:{threads or 2}"
     elif solver == "PDLP":
         # PDLP is a first-order method: ask for a tight relative gap so its bound is usable
-        h.set_solver_specific_parameters("termination_criteria { eps_optimal_relative: 1e-8 eps_optimal_absolute: 1e-8 }")
-    with _stdout_to_stderr():     # HiGHS prints a banner on stdout; keep stdout for --json
-        h.solve(model.helper)
+        params = "termination_criteria { eps_optimal_relative: 1e-8 eps_optimal_absolute: 1e-8 }"
+    h = _run(model, solver, time_limit, params)
     status = h.status()
     name = {0: "optimal", 1: "feasible", 2: "infeasible"}.get(int(status), "not_solved")
     secs = time.perf_counter() - t0
@@ -136,26 +148,7 @@ def solve_subproblem(value: np.ndarray, coef: np.ndarray, option_rows: np.ndarra
     sum over each row's options <= row_count[row], coef @ x <= b, 0 <= x <= row_count[row]
     (integer). Used by the Lagrangian engine to re-solve the customers at the margin exactly.
     Returns x per option, or None when infeasible or unsolved."""
-    import scipy.sparse as sp
-    from ortools.linear_solver.python import model_builder as mb
-    from ortools.linear_solver.python import model_builder_helper as mbh
-    m = len(value)
-    n_rows = len(row_count)
-    A = sp.vstack([sp.csr_matrix((np.ones(m), (option_rows, np.arange(m))), shape=(n_rows, m)),
-                   sp.csr_matrix(np.where(np.abs(coef) < 1e-15, 0.0, coef))], format="csr")
-    lo = np.full(n_rows + len(b), -np.inf)
-    hi = np.concatenate([row_count.astype(np.float64), b])
-    model = mb.Model()
-    model.helper.fill_model_from_sparse_data(np.zeros(m), row_count[option_rows].astype(np.float64),
-                                             value.astype(np.float64), lo, hi, A)
-    model.helper.set_maximize(True)
-    for v in range(m):
-        model.helper.set_var_integrality(v, True)
-    h = mbh.ModelSolverHelper(solver)
-    if time_limit:
-        h.set_time_limit_in_seconds(float(time_limit))
-    with _stdout_to_stderr():
-        h.solve(model.helper)
+    h = _run(options_model(value, coef, option_rows, row_count, b, integer=True), solver, time_limit)
     if not h.has_solution():
         return None
     return np.rint(np.asarray(h.variable_values()))
