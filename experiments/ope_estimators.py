@@ -23,7 +23,9 @@ Sequential data, `LoggedTrajectories` (customers x steps, padded, with a prefix 
   unrolled to sum_t g^t [w_t (r_t - q_t) + w_{t-1} v_t], w_{-1} = 1.
 - `WDR` ("wdr"): Thomas & Brunskill (2016), "Data-efficient off-policy policy evaluation for
   reinforcement learning", ICML: the same with w_t replaced by w_t / mean_i w_it.
-- FQE (Le, Voloshin & Yue 2019, "Batch policy learning under constraints") is left for later.
+- `FQE` ("fqe"): the model's own answer, mean over customers of v_hat at their first step
+  (fitted Q evaluation, Le, Voloshin & Yue 2019, "Batch policy learning under constraints";
+  the fitting is in experiments.ope_models).
 
 Every estimator has `estimate_per_sample(data) -> (n,)` (per sample or per customer) whose mean is
 the estimate, `estimate(data) -> float` and `estimate_from_indices(data, idx)` (the estimate on a
@@ -573,6 +575,19 @@ class WDR(_Sequential):
                 + _safe_div(wl * data.v_hat, wl.mean(axis=0))) @ g
 
 
+@dataclass(frozen=True)
+class FQE(_Sequential, _MeanEstimator):
+    """fqe: mean_i v_hat(s_i0), the fitted Q-function's value of each customer's first state
+    (discounting is inside the fitted model; `discount` is kept for a uniform interface)."""
+
+    name: ClassVar[str] = "fqe"
+
+    def estimate_per_sample(self, data):
+        self._check(data)
+        _need_models(self.name, data)
+        return data.v_hat[:, 0].copy()
+
+
 # ----------------------------------------------------------------------------------------------
 # diagnostics
 
@@ -615,21 +630,43 @@ def support_warning(diag: dict) -> str | None:
 # bootstrap
 
 
-def bootstrap_ci(estimator, data, n_boot: int = 1000, alpha: float = 0.05,
-                 seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap (1 - alpha) interval over samples (customers).
-
-    Resamples are drawn as idx = rng.integers(0, n, size=(b, n)) with rng =
-    np.random.default_rng(seed), in chunks of b rows (b = n_boot when n_boot * n <= 4e6), and each
-    row's estimate equals `estimator.estimate_from_indices(data, idx_row)`; it is computed here as
-    resample counts @ per-sample statistics, with ratio normalisers recomputed per resample.
-    """
-    if n_boot < 1:
-        raise ValueError(f"bootstrap_ci: n_boot must be >= 1, got {n_boot}")
+def bootstrap_ci(estimator, data, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
+                 groups: np.ndarray | None = None) -> tuple[float, float]:
+    """Percentile bootstrap (1 - alpha) interval: the alpha/2 and 1 - alpha/2 quantiles of
+    `bootstrap_replicates`."""
     if not 0 < alpha < 1:
         raise ValueError(f"bootstrap_ci: alpha must be in (0, 1), got {alpha}")
+    out = bootstrap_replicates(estimator, data, n_boot, seed, groups)
+    low, high = np.quantile(out, [alpha / 2, 1 - alpha / 2])
+    return float(low), float(high)
+
+
+def bootstrap_replicates(estimator, data, n_boot: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """`n_boot` bootstrap estimates, resampling samples or, with `groups` (n,), whole groups (a
+    cluster bootstrap: the decisions of one customer share their latent state, so they are
+    resampled together).
+
+    Resamples are drawn as idx = rng.integers(0, m, size=(b, m)) with rng =
+    np.random.default_rng(seed), m the number of samples (groups), in chunks of b rows (b = n_boot
+    when n_boot * m <= 4e6); without groups each row's estimate equals
+    `estimator.estimate_from_indices(data, idx_row)`. It is computed as resample counts @
+    per-sample (per-group) statistics, ratio normalisers recomputed per resample.
+    """
+    if n_boot < 1:
+        raise ValueError(f"bootstrap: n_boot must be >= 1, got {n_boot}")
     estimator._check(data)
     stats = estimator._stats(data)
+    sizes = None
+    if groups is not None:
+        groups = np.asarray(groups)
+        if groups.shape != (stats.shape[0],):
+            raise ValueError(f"bootstrap: groups has shape {groups.shape}, expected ({stats.shape[0]},)")
+        _, codes = np.unique(groups, return_inverse=True)
+        codes = codes.ravel()
+        sizes = np.bincount(codes).astype(np.float64)
+        g = np.zeros((sizes.size, stats.shape[1]))
+        np.add.at(g, codes, stats)
+        stats = g
     n = stats.shape[0]
     rng = np.random.default_rng(seed)
     chunk = max(1, min(n_boot, _BOOT_CELLS // n))
@@ -639,9 +676,9 @@ def bootstrap_ci(estimator, data, n_boot: int = 1000, alpha: float = 0.05,
         idx = rng.integers(0, n, size=(b, n))
         idx += (np.arange(b) * n)[:, None]
         counts = np.bincount(idx.ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
-        out[start:start + b] = estimator._combine(counts @ stats, n)
-    low, high = np.quantile(out, [alpha / 2, 1 - alpha / 2])
-    return float(low), float(high)
+        m = n if sizes is None else counts @ sizes
+        out[start:start + b] = estimator._combine(counts @ stats, m)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -649,7 +686,7 @@ def bootstrap_ci(estimator, data, n_boot: int = 1000, alpha: float = 0.05,
 
 
 ESTIMATORS: dict[str, type] = {cls.name: cls for cls in (
-    DirectMethod, IPS, SNIPS, DoublyRobust, SelfNormalizedDR, PDIS, WPDIS, SequentialDR, WDR)}
+    DirectMethod, IPS, SNIPS, DoublyRobust, SelfNormalizedDR, PDIS, WPDIS, SequentialDR, WDR, FQE)}
 
 
 def make_estimator(name: str, **kw):

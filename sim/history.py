@@ -37,7 +37,7 @@ from .errors import HistoryError
 
 __all__ = [
     "History", "load_history", "read_table", "validate_transactions", "validate_customers",
-    "validate_products", "validate_decisions", "merge_same_day", "load_cdnow",
+    "validate_products", "validate_decisions", "merge_same_day", "load_cdnow", "read_probability_column",
     "REQUIRED_COLUMNS", "PRODUCT_EVENTS",
 ]
 
@@ -555,6 +555,34 @@ def _propensities(ck: _Checks, s: pd.Series, column: str) -> np.ndarray:
 
     ck.add(column, bad, describe)
     return v
+
+
+def read_probability_column(folder: str | Path, column: str) -> pd.DataFrame:
+    """customer_id, date and `column` (float64 in [0, 1]) from the decisions table: a candidate
+    policy's probability of each logged action, carried by the table (`clv ope
+    --target-prob-column`). Bad cells raise HistoryError naming the file, row and column."""
+    raw, file = read_table(Path(folder), "decisions", required=True)
+    df = _prepare(raw, file, "decisions")
+    if column not in df.columns:
+        extra = [c for c in df.columns if c not in REQUIRED_COLUMNS["decisions"] + ("cost",)]
+        raise HistoryError(file, None, column, "no such column" + (
+            f"; extra columns: {', '.join(extra)}" if extra else "; the table has no extra columns"))
+    ck = _Checks(df, file)
+    v, text = _numbers(df[column])
+    with np.errstate(invalid="ignore"):
+        bad = ~((v >= 0) & (v <= 1))
+
+    def describe(pos: int) -> str:
+        r = text(pos)
+        p = _number_problem(column, r, v[pos]) or f"{column} is {r}"
+        return f"{p}; a target probability must be in [0, 1] (the candidate's probability of the logged action)"
+
+    ck.add(column, bad, describe)
+    ck.raise_first()
+    cid = _ids(ck, df["customer_id"], "customer_id")
+    date = _dates(ck, df["date"], "date")
+    ck.raise_first()
+    return pd.DataFrame({"customer_id": np.asarray(cid, dtype=object).astype(str), "date": date, column: v})
 
 
 def _costs(ck: _Checks, s: pd.Series, column: str) -> np.ndarray:

@@ -231,14 +231,8 @@ class PopulationSimulator:
     def action_masks(self) -> np.ndarray:
         """(N, A) bool: allowed actions under the contact rules (stage eligibility, minimum gap
         between contacts, opted-out channels). "none" is always allowed."""
-        tb, st = self.tables, self.state
-        masks = tb.eligible_by_stage[st.stage]
-        # last_contact is 0 in the period right after a contact: contacts min_gap periods apart
-        masks[:, 1:] &= (st.last_contact >= tb.min_gap - 1)[:, None]
-        if tb.n_channels and st.opted_out.any():
-            ch = tb.action_channel[1:]
-            masks[:, 1:] &= ~(st.opted_out[:, np.maximum(ch, 0)] & (ch >= 0))
-        return masks
+        st = self.state
+        return action_masks(self.tables, st.stage, st.last_contact, st.opted_out)
 
     def observe(self) -> dict[str, np.ndarray]:
         """What a bank can see about each customer (never the latent rate or alive flag)."""
@@ -464,6 +458,19 @@ class PopulationSimulator:
         st.lam_eff[idx] = st.lam[idx] * (1.0 + tb.lift[code] * f)
         st.mu_eff[idx] = st.mu[idx] * (1.0 - tb.dropout_reduction[code] * f)
         st.adopt_up[idx] = tb.adoption_uplift[code] * f
+
+
+def action_masks(tb: WorldTables, stage: np.ndarray, last_contact: np.ndarray, opted_out: np.ndarray) -> np.ndarray:
+    """(N, A) bool: the contact rules on observable state (stage eligibility, minimum gap between
+    contacts, opted-out channels); "none" is always allowed. Shared by the simulator and by
+    offline evaluation, which rebuilds the state from history."""
+    masks = tb.eligible_by_stage[stage]
+    # last_contact is 0 in the period right after a contact: contacts min_gap periods apart
+    masks[:, 1:] &= (last_contact >= tb.min_gap - 1)[:, None]
+    if tb.n_channels and opted_out.any():
+        ch = tb.action_channel[1:]
+        masks[:, 1:] &= ~(opted_out[:, np.maximum(ch, 0)] & (ch >= 0))
+    return masks
 
 
 def poisson_ppf(u: np.ndarray, mean: np.ndarray) -> np.ndarray:

@@ -10,9 +10,9 @@ calibration and offline evaluation can be checked against the truth.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -120,9 +120,45 @@ def logging_probs(sim: PopulationSimulator, segment_names: list[str], cfg: BankC
     return (1.0 - cfg.explore) * probs + cfg.explore * uni
 
 
-def generate_bank_history(cfg: BankConfig) -> tuple[History, dict[str, Any]]:
-    """Run the true world and return (History, truth). Same config, same history."""
-    world = truth_world(cfg)
+@dataclass
+class BankRun:
+    """One run of the generating world over the window: the world, its random streams, the
+    simulator, the signup weeks and decision calendar, and the logs the week loop appends to
+    (lists of arrays, one entry per week). Built by `start_bank_run`, advanced by `run_bank_weeks`."""
+
+    cfg: BankConfig
+    world: WorldModel
+    tables: WorldTables
+    sim: PopulationSimulator
+    rng_gen: np.random.Generator      # the generator's own stream (births, calendar, logging draws, post-processing)
+    seg_names: list[str]
+    birth: np.ndarray                 # (N,) signup week
+    offset: np.ndarray                # (N,) decision calendar offset: decisions at weeks w with (w + offset) % every == 0
+    init_products: np.ndarray         # (N, P) products held at signup
+    cid: np.ndarray                   # (N,) customer ids
+    born: np.ndarray = None           # (N,) bool, signed up by the current week
+    tx_c: list = field(default_factory=list)
+    tx_w: list = field(default_factory=list)
+    tx_n: list = field(default_factory=list)
+    dec_c: list = field(default_factory=list)
+    dec_w: list = field(default_factory=list)
+    dec_a: list = field(default_factory=list)
+    dec_p: list = field(default_factory=list)
+    pe_c: list = field(default_factory=list)
+    pe_w: list = field(default_factory=list)
+    pe_p: list = field(default_factory=list)
+    pe_e: list = field(default_factory=list)
+    pe_i: list = field(default_factory=list)
+
+    def decides(self, w: int) -> np.ndarray:
+        """Indices of the customers with a decision point in week w (signed up, on their calendar)."""
+        return np.flatnonzero(self.born & ((w + self.offset) % self.cfg.decision_every == 0))
+
+
+def start_bank_run(cfg: BankConfig, world: WorldModel | None = None) -> BankRun:
+    """The generating world at week 0: nobody signed up yet. Same config, same run (the random
+    streams are those of `generate_bank_history`)."""
+    world = world if world is not None else truth_world(cfg)
     ss = np.random.SeedSequence(cfg.seed)
     rng_gen, rng_sim = (np.random.default_rng(s) for s in ss.spawn(2))
     N, Wk = cfg.customers, cfg.weeks
@@ -137,10 +173,37 @@ def generate_bank_history(cfg: BankConfig) -> tuple[History, dict[str, Any]]:
     st.alive[:] = False
     st.products[:] = False
     offset = rng_gen.integers(0, cfg.decision_every, N)
-    tx_c, tx_w, tx_n = [], [], []
-    dec_c, dec_w, dec_a, dec_p = [], [], [], []
-    pe_c, pe_w, pe_p, pe_e, pe_i = [], [], [], [], []
-    born = np.zeros(N, bool)
+    return BankRun(cfg=cfg, world=world, tables=tables, sim=sim, rng_gen=rng_gen, seg_names=seg_names,
+                   birth=birth, offset=offset, init_products=init_products, cid=cid, born=np.zeros(N, bool))
+
+
+# choose(sim, deciding) -> (actions (d,) int, probabilities (d, A)) of the acting policy at the
+# decision points `deciding` (indices into the simulator's customers)
+Chooser = Callable[[PopulationSimulator, np.ndarray], "tuple[np.ndarray, np.ndarray]"]
+
+
+def logging_chooser(run: BankRun) -> Chooser:
+    """The logging policy (`logging_probs`), drawing from the generator's stream as the history does."""
+    def choose(sim: PopulationSimulator, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        probs = logging_probs(sim, run.seg_names, run.cfg)[d]
+        cum = np.cumsum(probs, axis=1)
+        u = run.rng_gen.random(d.size)[:, None]
+        a = np.minimum((u > cum).sum(axis=1), probs.shape[1] - 1).astype(np.int16)
+        return a, probs
+    return choose
+
+
+def run_bank_weeks(run: BankRun, choose: Chooser,
+                   before_step: Callable[[int, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
+                   after_step: Callable[[int, Any], None] | None = None) -> BankRun:
+    """The week loop of the generating world: signups, decision points (the policy behind `choose`
+    acts), one simulator step per week, the logs of transactions counts, decisions and product
+    events. `before_step(w, deciding, actions, probs)` sees the simulator just before week w's step
+    (in weeks with decision points); `after_step(w, outcome)` sees the StepOutcome of week w."""
+    cfg, sim, tables = run.cfg, run.sim, run.tables
+    st = sim.state
+    N, Wk = cfg.customers, cfg.weeks
+    birth, init_products, born = run.birth, run.init_products, run.born
     for w in range(Wk):
         newborn = (birth == w)
         if newborn.any():
@@ -155,33 +218,78 @@ def generate_bank_history(cfg: BankConfig) -> tuple[History, dict[str, Any]]:
             born |= newborn
             sim.refresh()
             ii, pp = np.nonzero(init_products[i])
-            pe_c.append(i[ii]); pe_w.append(np.full(ii.size, w)); pe_p.append(pp); pe_e.append(np.ones(ii.size, bool))
-            pe_i.append(np.ones(ii.size, bool))
-        decide = born & ((w + offset) % cfg.decision_every == 0)
+            run.pe_c.append(i[ii]); run.pe_w.append(np.full(ii.size, w)); run.pe_p.append(pp)
+            run.pe_e.append(np.ones(ii.size, bool)); run.pe_i.append(np.ones(ii.size, bool))
+        d = run.decides(w)
         actions = np.zeros(N, np.int16)
-        if decide.any():
-            probs = logging_probs(sim, seg_names, cfg)
-            d = np.flatnonzero(decide)
-            cum = np.cumsum(probs[d], axis=1)
-            u = rng_gen.random(d.size)[:, None]
-            a = np.minimum((u > cum).sum(axis=1), probs.shape[1] - 1).astype(np.int16)
+        if d.size:
+            a, probs = choose(sim, d)
+            a = np.asarray(a).astype(np.int16)
             actions[d] = a
-            dec_c.append(d); dec_w.append(np.full(d.size, w)); dec_a.append(a); dec_p.append(probs[d, a])
+            run.dec_c.append(d); run.dec_w.append(np.full(d.size, w)); run.dec_a.append(a)
+            run.dec_p.append(probs[np.arange(d.size), a])
+            if before_step is not None:
+                before_step(w, d, a, probs)
         before = st.products.copy()
         out = sim.step(actions)
         if out.n_ineligible:
-            raise RuntimeError("logging policy produced an ineligible action")  # masks forbid it
+            raise RuntimeError("the deciding policy produced an ineligible action")  # masks forbid it
         # unborn customers must not age
         st.tenure[~born] = 0
         st.recency[~born] = 0
         pos = np.flatnonzero(out.transactions)
-        tx_c.append(pos); tx_w.append(np.full(pos.size, w)); tx_n.append(out.transactions[pos])
+        run.tx_c.append(pos); run.tx_w.append(np.full(pos.size, w)); run.tx_n.append(out.transactions[pos])
         opened = st.products & ~before
         closed = before & ~st.products
         for ev, m in ((True, opened), (False, closed)):
             ii, pp = np.nonzero(m)
-            pe_c.append(ii); pe_w.append(np.full(ii.size, w)); pe_p.append(pp); pe_e.append(np.full(ii.size, ev))
-            pe_i.append(np.zeros(ii.size, bool))
+            run.pe_c.append(ii); run.pe_w.append(np.full(ii.size, w)); run.pe_p.append(pp)
+            run.pe_e.append(np.full(ii.size, ev)); run.pe_i.append(np.zeros(ii.size, bool))
+        if after_step is not None:
+            after_step(w, out)
+    return run
+
+
+def observation_frame(run: BankRun, w: int, d: np.ndarray) -> pd.DataFrame:
+    """What the simulator shows about the customers `d` just before week w's step (sim.observe()
+    and their action masks), one row each: customer_id, date, recency, frequency, monetary, tenure,
+    stage, segment (names), last_contact, recent_contacts, product_<name>, opted_out_<channel>,
+    mask_<action>."""
+    sim, world = run.sim, run.world
+    obs = sim.observe()
+    masks = sim.action_masks()[d]
+    cols: dict[str, Any] = {
+        "customer_id": run.cid[d],
+        "date": np.full(d.size, pd.Timestamp(run.cfg.start) + pd.Timedelta(days=7 * w)),
+        "recency": obs["recency"][d].copy(), "frequency": obs["frequency"][d].copy(),
+        "monetary": obs["monetary"][d].copy(), "tenure": obs["tenure"][d].copy(),
+        "stage": np.array(STAGES)[obs["stage"][d]], "segment": np.array(run.seg_names)[obs["segment"][d]],
+        "last_contact": obs["last_contact"][d].copy(), "recent_contacts": obs["recent_contacts"][d].copy()}
+    for j, p in enumerate(world.products):
+        cols[f"product_{p}"] = obs["products"][d, j].copy()
+    for j, c in enumerate(world.catalogue.channels):
+        cols[f"opted_out_{c}"] = obs["opted_out"][d, j].copy()
+    for j, a in enumerate(world.catalogue.names):
+        cols[f"mask_{a}"] = masks[:, j].copy()
+    return pd.DataFrame(cols)
+
+
+def generate_bank_history(cfg: BankConfig, record_observations: bool = False) -> tuple[History, dict[str, Any]]:
+    """Run the true world and return (History, truth). Same config, same history.
+
+    With `record_observations`, truth["decision_observations"] holds the simulator's observation
+    of every logged decision (`observation_frame`), sorted by customer_id and date; it draws no
+    random numbers, so the history is the same either way."""
+    run = start_bank_run(cfg)
+    obs_frames: list[pd.DataFrame] = []
+    record = (lambda w, d, a, probs: obs_frames.append(observation_frame(run, w, d))) if record_observations else None
+    run_bank_weeks(run, logging_chooser(run), before_step=record)
+    world, tables, rng_gen, seg_names = run.world, run.tables, run.rng_gen, run.seg_names
+    st, birth, cid = run.sim.state, run.birth, run.cid
+    N, start = cfg.customers, pd.Timestamp(cfg.start)
+    tx_c, tx_w, tx_n, dec_c, dec_w, dec_a, dec_p = (run.tx_c, run.tx_w, run.tx_n, run.dec_c, run.dec_w, run.dec_a,
+                                                    run.dec_p)
+    pe_c, pe_w, pe_p, pe_e, pe_i = run.pe_c, run.pe_w, run.pe_p, run.pe_e, run.pe_i
 
     # transactions: counts per week become rows on distinct days of that week
     c, w, n = (np.concatenate(x) for x in (tx_c, tx_w, tx_n))
@@ -231,6 +339,11 @@ def generate_bank_history(cfg: BankConfig) -> tuple[History, dict[str, Any]]:
     latent = pd.DataFrame({"customer_id": cid, "segment": segment, "birth_week": birth, "lam": st.lam, "mu": st.mu,
                            "nu": st.nu, "alive_at_end": st.alive})
     truth = {"world": world, "customers": latent, "config": cfg}
+    if record_observations:
+        obs = pd.concat(obs_frames, ignore_index=True) if obs_frames else pd.DataFrame()
+        if len(obs):
+            obs = obs.sort_values(["customer_id", "date"], kind="stable").reset_index(drop=True)
+        truth["decision_observations"] = obs
     return hist, truth
 
 

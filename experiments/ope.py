@@ -1,0 +1,381 @@
+"""Offline evaluation of a candidate policy on a history's logged decisions (`clv ope`).
+
+Pipeline: logged decisions and their rewards (experiments.ope_data) -> the candidate's
+probabilities at the logged states (a clv-engine policy on the rebuilt observations of
+experiments.ope_observations, or a column of the decisions table) -> cross-fitted outcome models
+(experiments.ope_models) -> estimators (experiments.ope_estimators) -> bootstrap intervals, run
+as Ray tasks (`bootstrap_intervals`), with weight diagnostics and a thin-support warning.
+
+Estimands (named in every result):
+- per_decision: mean over logged decisions of the reward that would follow the candidate's
+  choice at that decision (one-step estimators: dm, ips, snips, dr, sndr).
+- per_customer: mean over customers of the (discounted) sum of rewards along the trajectory if
+  the candidate made every logged decision (sequential estimators: pdis, wpdis, dr_seq, wdr, fqe).
+  The one-step names are accepted and run their sequential counterpart (ips -> pdis, snips ->
+  wpdis, dr -> dr_seq, sndr -> wdr, dm -> fqe); the result keeps the requested key and names the
+  estimator that ran.
+
+Bootstrap: customers are resampled (a cluster bootstrap: a customer's decisions share their
+latent state). The resamples are split in fixed chunks, each with its own seed spawned from the
+run's seed, so the intervals are the same whether the chunks run in-process, on 1 or on many
+Ray workers.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from sim.errors import ConfigError
+
+from .ope_data import ESTIMANDS, decision_outcomes, on_policy_value
+from .ope_estimators import (ESTIMATORS, LoggedBandit, LoggedTrajectories, bootstrap_replicates, make_estimator,
+                             support_warning, weight_diagnostics)
+
+ONE_STEP = ("dm", "ips", "snips", "dr", "sndr")
+SEQUENTIAL = ("pdis", "wpdis", "dr_seq", "wdr", "fqe")
+SEQUENTIAL_OF = {"ips": "pdis", "snips": "wpdis", "dr": "dr_seq", "sndr": "wdr", "dm": "fqe"}
+NEEDS_EVERY_ACTION = frozenset({"dm", "dr", "sndr", "fqe", "dr_seq", "wdr"})  # model terms sum over actions
+CLIPPABLE = frozenset({"ips", "dr"})
+DEFAULT_ESTIMATORS = ("dm", "ips", "snips", "dr")
+BOOT_CHUNK = 100  # resamples per bootstrap task
+
+
+@dataclass(frozen=True)
+class OPESettings:
+    """Every knob of one offline evaluation, in one place."""
+
+    estimand: str = "per_decision"
+    estimators: tuple[str, ...] = DEFAULT_ESTIMATORS
+    discount: float | None = None
+    clip: float | None = None
+    n_boot: int = 1000
+    alpha: float = 0.05
+    seed: int = 0
+    folds: int = 5
+    reward_model: str = "hgb"
+    start: str | None = None
+    end: str | None = None
+
+    def __post_init__(self):
+        if self.estimand not in ESTIMANDS:
+            raise ConfigError(f"--estimand {self.estimand!r}: choose {' or '.join(ESTIMANDS)}")
+        if not self.estimators:
+            raise ConfigError("--estimators: give at least one estimator")
+        allowed = ONE_STEP if self.estimand == "per_decision" else SEQUENTIAL + tuple(SEQUENTIAL_OF)
+        for e in self.estimators:
+            if e not in allowed:
+                hint = (" (a sequential estimator: use --estimand per_customer)" if e in SEQUENTIAL else "")
+                raise ConfigError(f"--estimators: {e!r} is not an estimator of the {self.estimand} estimand{hint}; "
+                                  f"choose from {', '.join(allowed)}")
+        if len(set(self.estimators)) != len(self.estimators):
+            raise ConfigError(f"--estimators: {','.join(self.estimators)} names an estimator twice")
+        if self.discount is not None and not (0 < self.discount <= 1):
+            raise ConfigError(f"--discount {self.discount}: must be in (0, 1]")
+        if self.discount is not None and self.estimand == "per_decision":
+            raise ConfigError("--discount applies to the per_customer estimand (add --estimand per_customer)")
+        if self.clip is not None and not self.clip > 0:
+            raise ConfigError(f"--clip {self.clip}: must be > 0")
+        if self.n_boot < 10:
+            raise ConfigError(f"--bootstrap {self.n_boot}: use at least 10 resamples (1000 for a 95% interval)")
+        if not 0 < self.alpha < 1:
+            raise ConfigError(f"--alpha {self.alpha}: must be in (0, 1)")
+        if self.folds < 1:
+            raise ConfigError(f"--folds {self.folds}: must be >= 1")
+        if self.reward_model not in ("hgb", "ridge"):
+            raise ConfigError(f"--reward-model {self.reward_model!r}: choose hgb or ridge")
+
+    def estimator_of(self, key: str) -> str:
+        """The registry name that runs for a requested key."""
+        return SEQUENTIAL_OF.get(key, key) if self.estimand == "per_customer" else key
+
+
+# ----------------------------------------------------------------------------------------------
+# the candidate's probabilities
+
+
+@dataclass
+class Target:
+    """The candidate's probabilities at n logged decisions: every action's (`probs`, (n, A)) when
+    a policy gives them, else only the logged action's (`logged`, (n,))."""
+
+    logged: np.ndarray
+    probs: np.ndarray | None
+    source: str
+    info: dict = field(default_factory=dict)
+
+
+def target_from_policy(policy, states) -> Target:
+    """The candidate's probabilities at the rebuilt observations (`ope_observations.DecisionStates`)."""
+    probs = np.asarray(policy.action_probs(states.obs, states.masks), dtype=np.float64)
+    rows = np.arange(len(states))
+    info = {"rebuilt_states": len(states), "unknown_segment": states.unknown_segment,
+            "logged_action_masked_share": float((~states.masks[rows, states.action]).mean())}
+    return Target(logged=probs[rows, states.action], probs=probs, source=getattr(policy, "name", "policy"),
+                  info=info)
+
+
+def target_from_column(history, outcomes: pd.DataFrame, column: str) -> Target:
+    """Target probabilities of the logged actions from a decisions-table column."""
+    from sim.history import read_probability_column
+    if str(history.folder).startswith("<"):
+        raise ConfigError("--target-prob-column needs a history folder (not a bundled dataset)")
+    col = read_probability_column(history.folder, column)
+    key = pd.MultiIndex.from_arrays([col["customer_id"].to_numpy(), col["date"].to_numpy()])
+    want = pd.MultiIndex.from_arrays([outcomes["customer_id"].astype(str).to_numpy(), outcomes["date"].to_numpy()])
+    p = pd.Series(col[column].to_numpy(), index=key).reindex(want).to_numpy()
+    if np.isnan(p).any():  # cannot happen for a table the history loaded, unless the file changed since
+        raise ConfigError(f"{history.folder}: decisions changed while reading column {column!r}; run again")
+    return Target(logged=p, probs=None, source=f"column {column}")
+
+
+# ----------------------------------------------------------------------------------------------
+# data for the estimators
+
+
+def _action_codes(outcomes: pd.DataFrame, names: list[str]) -> np.ndarray:
+    idx = pd.Index(names).get_indexer(outcomes["action"].to_numpy())
+    return idx
+
+
+def bandit_data(outcomes: pd.DataFrame, target: Target, action: np.ndarray, reward_hat: np.ndarray | None,
+                n_actions: int) -> LoggedBandit:
+    """LoggedBandit of the decisions. With only the logged action's target probability, the
+    remaining mass sits on an extra column no decision took (ips/snips only read the logged
+    action's probability)."""
+    n = len(outcomes)
+    if target.probs is not None:
+        probs = target.probs
+    else:
+        probs = np.zeros((n, n_actions + 1))
+        probs[np.arange(n), action] = target.logged
+        probs[:, -1] = 1.0 - target.logged
+    return LoggedBandit(reward=outcomes["reward"].to_numpy(), action=action,
+                        pscore=outcomes["propensity"].to_numpy(), target=probs, reward_hat=reward_hat)
+
+
+def trajectory_index(outcomes: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """(customer row, step) of every decision in the padded (customers, T) layout."""
+    codes, uniq = pd.factorize(outcomes["customer_id"], sort=False)
+    step = outcomes["step"].to_numpy()
+    return codes, step, len(uniq), int(step.max()) + 1
+
+
+def trajectory_data(outcomes: pd.DataFrame, target: Target, action: np.ndarray, q_hat: np.ndarray | None
+                    ) -> tuple[LoggedTrajectories, np.ndarray]:
+    """LoggedTrajectories (customers x steps) and the customer id of each trajectory."""
+    ci, st, n, T = trajectory_index(outcomes)
+
+    def pad(values, fill=np.nan, dtype=np.float64):
+        out = np.full((n, T) + values.shape[1:], fill, dtype=dtype)
+        out[ci, st] = values
+        return out
+
+    mask = pad(np.ones(len(outcomes), bool), False, bool)
+    v_hat = None
+    if q_hat is not None:
+        v = (target.probs * q_hat).sum(axis=1)
+        q_hat, v_hat = pad(q_hat), pad(v)
+    data = LoggedTrajectories(reward=pad(outcomes["reward"].to_numpy()), action=pad(action, 0, np.int64),
+                              pscore=pad(outcomes["propensity"].to_numpy()), target_prob=pad(target.logged),
+                              mask=mask, q_hat=q_hat, v_hat=v_hat)
+    ids = pd.unique(outcomes["customer_id"])
+    return data, np.asarray(ids)
+
+
+# ----------------------------------------------------------------------------------------------
+# bootstrap on Ray
+
+
+def _boot_chunk(name: str, kw: dict, data, n_boot: int, seed: int, groups) -> np.ndarray:
+    return bootstrap_replicates(make_estimator(name, **kw), data, n_boot, seed, groups)
+
+
+def bootstrap_intervals(jobs: list[tuple[str, dict]], data, n_boot: int, alpha: float, seed: int,
+                        groups: np.ndarray | None, workers: int | None = None, address: str | None = None,
+                        progress: Callable[[int], None] | None = None) -> dict[str, tuple[float, float]]:
+    """Percentile intervals of several estimators on the same data. Each estimator's resamples are
+    split into chunks of BOOT_CHUNK with seeds spawned from `seed`; workers = 0 runs them
+    in-process, otherwise as Ray tasks (a local Ray with `workers` CPUs, or the cluster at
+    `address`). Same numbers either way."""
+    n_chunks = -(-n_boot // BOOT_CHUNK)
+    sizes = [min(BOOT_CHUNK, n_boot - k * BOOT_CHUNK) for k in range(n_chunks)]
+    seeds = [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(n_chunks)]
+    results: dict[str, list] = {}
+    if workers == 0:
+        for name, kw in jobs:
+            results[name] = []
+            for b, s in zip(sizes, seeds):
+                results[name].append(_boot_chunk(name, kw, data, b, s, groups))
+                if progress:
+                    progress(1)
+    else:
+        import ray
+        started = _ray_up(workers, address)
+        try:
+            task = ray.remote(num_cpus=1, max_retries=3)(_boot_chunk)
+            data_ref, groups_ref = ray.put(data), ray.put(groups)
+            refs = {name: [task.remote(name, kw, data_ref, b, s, groups_ref) for b, s in zip(sizes, seeds)]
+                    for name, kw in jobs}
+            pending = [r for rs in refs.values() for r in rs]
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                if progress:
+                    progress(len(done))
+            results = {name: ray.get(rs) for name, rs in refs.items()}
+        finally:
+            if started:
+                ray.shutdown()
+    out = {}
+    for name, chunks in results.items():
+        reps = np.concatenate(chunks)
+        lo, hi = np.quantile(reps, [alpha / 2, 1 - alpha / 2])
+        out[name] = (float(lo), float(hi))
+    return out
+
+
+def _ray_up(workers: int | None, address: str | None) -> bool:
+    """Start (or join) Ray unless it is already up; True when this call started it."""
+    import logging
+    import ray
+    if ray.is_initialized():
+        return False
+    kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
+    if address:
+        ray.init(address=address, **kw)
+    else:
+        ray.init(num_cpus=workers, **kw)
+    return True
+
+
+# ----------------------------------------------------------------------------------------------
+# the evaluation
+
+
+def _estimate_entry(key: str, settings: OPESettings, data, point: float, ci: tuple[float, float]) -> dict:
+    name = settings.estimator_of(key)
+    entry = {"value": point, "ci_low": ci[0], "ci_high": ci[1], "estimator": name}
+    if name in ("dm", "fqe"):
+        entry["ess"] = float(data.n)
+    else:
+        if isinstance(data, LoggedBandit):
+            w = data.weights(settings.clip if name in CLIPPABLE else None)
+        else:
+            w = data.cumulative_weights()[:, -1]
+        sq = float((w ** 2).sum())
+        entry["ess"] = float(w.sum()) ** 2 / sq if sq > 0 else 0.0
+    if name in CLIPPABLE and settings.clip is not None:
+        entry["clip"] = settings.clip
+    return entry
+
+
+def evaluate_offline(history, settings: OPESettings, policy=None, world=None, book=None,
+                     target_column: str | None = None, workers: int | None = None, address: str | None = None,
+                     progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+    """Estimate the candidate's value on the history's logged decisions (see the module docstring).
+
+    Give `policy` (with the `world` it acts in, and that world's `book` for K-means segments) or
+    `target_column`. `progress(stage, done, total)` is told about the bootstrap tasks."""
+    t0 = time.perf_counter()
+    if (policy is None) == (target_column is None):
+        raise ConfigError("give a policy (--policy) or a target probability column (--target-prob-column), not both")
+    outcomes = decision_outcomes(history, settings.start, settings.end)
+    if target_column is not None:
+        needs = [k for k in settings.estimators if settings.estimator_of(k) in NEEDS_EVERY_ACTION]
+        if needs:
+            raise ConfigError(f"--estimators {','.join(needs)}: need the candidate's probability of every action, "
+                              f"but --target-prob-column gives only the logged action's; use "
+                              f"{'ips,snips' if settings.estimand == 'per_decision' else 'pdis,wpdis'} or --policy")
+        target = target_from_column(history, outcomes, target_column)
+        names = list(history.actions.names) if history.actions is not None else sorted(outcomes["action"].unique())
+        action = _action_codes(outcomes, names)
+        n_actions = len(names)
+    else:
+        from .ope_observations import decision_states
+        states = decision_states(history, world, outcomes, book)
+        target, action = target_from_policy(policy, states), states.action
+        n_actions = target.probs.shape[1]
+
+    need_models = any(settings.estimator_of(k) in NEEDS_EVERY_ACTION for k in settings.estimators)
+    models: dict[str, Any] = {}
+    ids = outcomes["customer_id"].to_numpy()
+    if settings.estimand == "per_decision":
+        reward_hat = None
+        if need_models:
+            from .ope_models import RewardModel
+            X = _features(outcomes, states, world)
+            reward_hat, models["reward_model"] = RewardModel(settings.reward_model, settings.folds, settings.seed
+                                                             ).cross_fit(X, action, outcomes["reward"].to_numpy(),
+                                                                         ids, n_actions)
+        data = bandit_data(outcomes, target, action, reward_hat, n_actions)
+        groups = pd.factorize(ids)[0]
+    else:
+        q_hat = None
+        if need_models:
+            from .ope_models import FittedQ
+            ci, st, _, _ = trajectory_index(outcomes)
+            length = np.bincount(ci)
+            remaining = length[ci] - st
+            X = _features(outcomes, states, world)
+            next_row = np.where(st + 1 < length[ci], np.arange(len(outcomes)) + 1, -1)
+            q_hat, models["fqe"] = FittedQ(discount=settings.discount or 1.0, folds=settings.folds,
+                                           seed=settings.seed).q_values(X, action, outcomes["reward"].to_numpy(),
+                                                                        target.probs, next_row, ids, remaining)
+        data, _ = trajectory_data(outcomes, target, action, q_hat)
+        groups = None
+
+    jobs = []
+    for key in settings.estimators:
+        name = settings.estimator_of(key)
+        kw: dict[str, Any] = {}
+        if name in CLIPPABLE and settings.clip is not None:
+            kw["clip"] = settings.clip
+        if name in SEQUENTIAL:
+            kw["discount"] = settings.discount or 1.0
+        jobs.append((key, name, kw))
+    points = {key: make_estimator(name, **kw).estimate(data) for key, name, kw in jobs}
+    total = len(jobs) * -(-settings.n_boot // BOOT_CHUNK)
+    done = [0]
+
+    def tick(k: int) -> None:
+        done[0] += k
+        if progress:
+            progress("bootstrap", done[0], total)
+
+    cis = bootstrap_intervals([(name, kw) for _, name, kw in jobs], data, settings.n_boot, settings.alpha,
+                              settings.seed, groups, workers=workers, address=address, progress=tick)
+    estimates = {key: _estimate_entry(key, settings, data, points[key], cis[name]) for key, name, _ in jobs}
+    diag = weight_diagnostics(data)
+    warning = support_warning(diag)
+    logged = on_policy_value(outcomes, settings.estimand, settings.discount)
+    return {
+        "estimand": settings.estimand, "estimates": estimates,
+        "policy": target.source, "discount": settings.discount,
+        "decisions": int(len(outcomes)), "customers": int(outcomes["customer_id"].nunique()),
+        "window": {"start": str(pd.Timestamp(outcomes["date"].min()).date()),
+                   "end": str(pd.Timestamp(outcomes["next_date"].max()).date())},
+        "logged_policy_value": logged,
+        "diagnostics": {**diag, "warning": warning, **target.info},
+        "models": models,
+        "bootstrap": {"resamples": settings.n_boot, "alpha": settings.alpha, "seed": settings.seed,
+                      "unit": "customer", "tasks": total, "ray": workers != 0},
+        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def _features(outcomes, states, world, remaining=None) -> np.ndarray:
+    """State features of every decision, from its rebuilt observation."""
+    from sim.catalogue import STAGES
+
+    from .ope_models import state_features
+    window = (outcomes["next_date"] - outcomes["date"]).dt.days.to_numpy() / float(world.economics.period_days)
+    return state_features(states.obs, outcomes["date"].to_numpy(), window, len(STAGES), len(world.segments),
+                          remaining)
+
+
+__all__ = ["OPESettings", "Target", "evaluate_offline", "bootstrap_intervals", "target_from_policy",
+           "target_from_column", "bandit_data", "trajectory_data", "ESTIMATORS", "ONE_STEP", "SEQUENTIAL"]
