@@ -710,6 +710,106 @@ def frontier(
     _emit(doc, as_json, "\n".join(lines))
 
 
+@app.command()
+def ope(
+    history_dir: Path = typer.Argument(..., metavar="HISTORY_DIR", help="History folder with decisions.csv "
+                                                                       "(customer_id, date, action, propensity[, cost])."),
+    policy: Optional[str] = typer.Option(None, "--policy", help="The candidate: a baseline (none, random, bau, "
+                                                                "churn_threshold, greedy_uplift) or a folder from `clv train`."),
+    target_prob_column: Optional[str] = typer.Option(None, "--target-prob-column", help="Instead of --policy: a "
+                                                     "decisions column holding the candidate's probability of each "
+                                                     "logged action (a policy made elsewhere); ips/snips (pdis/wpdis)."),
+    world_path: Optional[Path] = typer.Option(None, "--world", help="World JSON the policy acts in (default: "
+                                                                    "calibrate the history before --start, or all of it)."),
+    estimators: str = typer.Option("dm,ips,snips,dr", "--estimators", help="Comma-separated: dm, ips, snips, dr, "
+                                   "sndr (per_decision); pdis, wpdis, dr_seq, wdr, fqe (per_customer; the one-step "
+                                   "names run their sequential counterparts)."),
+    estimand: str = typer.Option("per_decision", "--estimand", help="per_decision (mean reward after a decision) or "
+                                                                    "per_customer (sum over a customer's decisions)."),
+    discount: Optional[float] = typer.Option(None, "--discount", help="Per-decision discount of the per_customer sum."),
+    clip: Optional[float] = typer.Option(None, "--clip", help="Cap on importance weights (ips, dr)."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples of customers for the intervals."),
+    alpha: float = typer.Option(0.05, "--alpha", help="1 - confidence level of the intervals."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the folds and the bootstrap."),
+    folds: int = typer.Option(5, "--folds", help="Cross-fitting folds of the outcome models (by customer)."),
+    reward_model: str = typer.Option("ridge", "--reward-model", help="ridge (fast) or hgb (gradient boosting)."),
+    start: Optional[str] = typer.Option(None, "--start", help="Evaluate decisions from this date."),
+    end: Optional[str] = typer.Option(None, "--end", help="... up to this date (exclusive); closes reward windows."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="CPUs of the local Ray for the bootstrap "
+                                                                         "(default: all; 0 runs it in-process)."),
+    address: Optional[str] = typer.Option(None, "--address", help="An existing Ray cluster for the bootstrap."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the result JSON here too."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Estimate a candidate policy's value from the logged decisions (off-policy evaluation), with
+    bootstrap confidence intervals (Ray tasks), effective sample sizes and a warning when the
+    logging policy rarely did what the candidate would do.
+
+    Example: clv ope bank/ --policy greedy_uplift --world world.json --estimators dm,ips,snips,dr --json
+    """
+    with _user_errors():
+        from sim.errors import ConfigError
+        _check_source(history_dir, None)
+        _check_out(out)
+        start_d = _date(start, "--start") if start else None
+        end_d = _date(end, "--end") if end else None
+        if (policy is None) == (target_prob_column is None):
+            raise ConfigError("give --policy P or --target-prob-column COL (exactly one)")
+        if world_path is not None:
+            _check_world(world_path)
+        from experiments.ope import OPESettings, evaluate_offline
+        settings = OPESettings(estimand=estimand, estimators=tuple(e.strip() for e in estimators.split(",") if e.strip()),
+                               discount=discount, clip=clip, n_boot=bootstrap, alpha=alpha, seed=seed, folds=folds,
+                               reward_model=reward_model, start=start_d, end=end_d)
+        history = _load(history_dir, None)
+        world = book = pol = None
+        world_note = None
+        if policy is not None:
+            world, book, world_note = _ope_world(history, world_path, start_d)
+            from experiments.evaluate import resolve_policy
+            pol = resolve_policy(policy, world)
+        with _progress("offline evaluation", 1) as upd:
+            res = evaluate_offline(history, settings, policy=pol, world=world, book=book,
+                                   target_column=target_prob_column, workers=workers, address=address,
+                                   progress=lambda stage, d, t: upd(d, t))
+        res["history"] = str(history_dir)
+        res["world"] = world_note
+        if policy is not None:
+            res["policy"] = policy
+        if out is not None:
+            from sim.atomic import atomic_write_json
+            from sim.world import json_safe
+            atomic_write_json(out, json_safe(res))
+    lines = [f"{res['policy']} on {res['decisions']:,} decisions of {res['customers']:,} customers "
+             f"({res['window']['start']} to {res['window']['end']}), estimand {res['estimand']}",
+             f"logged policy's own value: {res['logged_policy_value']:.4g}",
+             f"{'estimator':<10}{'value':>12}{'95% CI' if abs(alpha - 0.05) < 1e-12 else 'CI':>26}{'ESS':>10}"]
+    for k, e in res["estimates"].items():
+        lines.append(f"{k:<10}{e['value']:>12.4g}   [{e['ci_low']:>10.4g}, {e['ci_high']:>10.4g}]{e['ess']:>10.0f}")
+    if res["diagnostics"].get("warning"):
+        lines.append("warning: " + res["diagnostics"]["warning"])
+    _emit(res, as_json, "\n".join(lines))
+
+
+def _ope_world(history, world_path: Optional[Path], start: Optional[str]):
+    """(world, book, note) for offline evaluation: the given world, or one calibrated on the history
+    before `start` (the whole history without one)."""
+    if world_path is not None:
+        import pandas as pd
+        from sim.world import WorldModel
+        world = WorldModel.load(world_path)
+        bp = world.book_path(world_path)
+        book = pd.read_parquet(bp) if bp is not None and bp.exists() else None
+        return world, book, str(world_path)
+    import pandas as pd
+    from sim.calibrate import calibrate as fit
+    last = history.transactions["date"].max()
+    cut = pd.Timestamp(start) - pd.Timedelta(days=1) if start else last
+    typer.echo(f"calibrating a world on {history.folder} up to {cut.date()} (give --world to reuse one)", err=True)
+    world, book, _ = fit(history, cut)
+    return world, book, f"calibrated on the history up to {cut.date()}"
+
+
 def _date(text: str, option: str) -> str:
     """A calendar date as YYYY-MM-DD (accepts YYYY-MM-DD, YYYYMMDD or an ISO date-time); checked
     without pandas so that bad options are answered at once."""
@@ -725,8 +825,52 @@ def _date(text: str, option: str) -> str:
     return t
 
 
+@app.command()
+def scenarios(
+    file: Path = typer.Argument(..., metavar="FILE", help="Scenario YAML: world, population, customers, horizon, "
+                                                         "seeds, policies, budgets, constraints, values "
+                                                         "(see examples/scenario_bank.yaml)."),
+    out: Path = typer.Option(..., "--out", help="Folder for cells/, results.parquet, periods.parquet, "
+                                                "summary.json, timings.json and scenario.json."),
+    address: Optional[str] = typer.Option(None, "--address", help="An existing Ray cluster (e.g. ray://head:10001 "
+                                                                  "or auto); default: a local Ray started here."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="CPUs of the local Ray (default: all "
+                                                                         "cores); cells run one per CPU."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Run a grid of policies x budgets x seeds over one world, every cell a Ray task; each finished
+    cell is written at once, and a re-run skips the cells already done (resume after interruption).
+
+    Example: clv scenarios examples/scenario_bank.yaml --out runs/bank_sweep --workers 2 --json
+    """
+    with _user_errors():
+        from experiments.scenarios import load_scenario, run_scenario
+        sc = load_scenario(file)
+        _check_out(out, folder=True)
+        with _progress(f"scenario {sc.name}", len(sc.cells())) as upd:
+            doc = run_scenario(sc, out, address=address, workers=workers, progress=lambda d, t: upd(d, t))
+    lines = [f"{doc['cells']} cells ({doc['run']} run, {doc['skipped']} already done) on {doc['workers']} workers "
+             f"in {doc['seconds']:.1f}s -> {doc['results']}",
+             f"{'policy':<22}{'budget':>10}{'CLV':>10}{'incr. CLV':>11}{'retention':>11}{'contacts':>10}"]
+    for s in doc["summary"]:
+        b = "-" if s["budget"] is None else f"{s['budget']:g}"
+        lines.append(f"{s['policy']:<22}{b:>10}{s['clv']['mean']:>10.2f}{s['incremental_clv']['mean']:>11.2f}"
+                     f"{s['retention']['mean']:>11.3f}{s['contacts']['mean']:>10.2f}")
+    _emit(doc, as_json, "\n".join(lines))
+
+
 def main() -> None:  # pragma: no cover
-    app()
+    """The `clv` entry point. Arrow objects still referenced by an error's traceback are freed here,
+    while Arrow is alive: left to the interpreter's final teardown, its reader threads can abort
+    the process (exit 134 instead of the error's exit status; apache/arrow#34314)."""
+    import gc
+    code: Any = 0
+    try:
+        app()
+    except SystemExit as e:
+        code = e.code
+    gc.collect()
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover
