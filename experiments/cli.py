@@ -791,6 +791,90 @@ def ope(
     _emit(res, as_json, "\n".join(lines))
 
 
+@app.command()
+def backtest(
+    history_dir: Path = typer.Argument(..., metavar="HISTORY_DIR", help="History folder with transactions and "
+                                                                       "decisions.csv (customer_id, date, action, propensity[, cost])."),
+    split_date: str = typer.Option(..., "--split-date", help="Calibrate on the history before this date; evaluate "
+                                                            "on the decisions and outcomes from it on."),
+    policies: str = typer.Option(..., "--policies", help="Comma-separated candidates (at least two): baselines (none, "
+                                                        "random, bau, churn_threshold, greedy_uplift) or folders from `clv train`."),
+    world_path: Optional[Path] = typer.Option(None, "--world", help="World JSON (its book beside it) calibrated up to "
+                                                                    "the day before the split; skips calibration."),
+    estimators: str = typer.Option("dm,ips,snips,dr", "--estimators", help="Comma-separated OPE estimators of the "
+                                   "per_decision estimand: dm, ips, snips, dr, sndr (ranking uses dr if given, else the first)."),
+    clip: Optional[float] = typer.Option(None, "--clip", help="Cap on importance weights (ips, dr)."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples of customers for the OPE intervals."),
+    alpha: float = typer.Option(0.05, "--alpha", help="1 - confidence level of the OPE intervals."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the OPE folds and bootstrap, and first simulation seed."),
+    folds: int = typer.Option(5, "--folds", help="Cross-fitting folds of the OPE outcome models."),
+    reward_model: str = typer.Option("ridge", "--reward-model", help="ridge (fast) or hgb (gradient boosting)."),
+    seeds: int = typer.Option(5, "--seeds", min=1, help="Simulation seeds (CIs over seeds)."),
+    customers: Optional[int] = typer.Option(None, "--customers", min=1, help="Simulated customers (default: the whole book)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="CPUs of the local Ray for the bootstrap "
+                                                                         "(default: all; 0 runs it in-process)."),
+    address: Optional[str] = typer.Option(None, "--address", help="An existing Ray cluster for the bootstrap."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the result JSON here too."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Backtest policies on the history after a split date, by OPE and by simulation.
+
+    Calibrates on the history before --split-date, then evaluates each candidate on what happened
+    after it, by OPE on the logged decisions and by simulating the calibrated book, and compares
+    both with the logging policy's actual per-decision value. Reports how well the OPE and
+    simulation rankings agree (Kendall's tau, same best policy).
+
+    Example: clv backtest bank/ --split-date 2024-07-01 --policies none,bau,greedy_uplift --world world.json --json
+    """
+    with _user_errors():
+        from sim.errors import ConfigError
+        _check_source(history_dir, None)
+        _check_out(out)
+        split = _date(split_date, "--split-date")
+        from experiments.backtest import BacktestSettings, check_policies, run_backtest
+        specs = check_policies(policies.split(","))
+        if world_path is not None:
+            _check_world(world_path)
+        if not estimators.strip():
+            raise ConfigError("--estimators: give at least one estimator")
+        settings = BacktestSettings(estimators=tuple(e.strip() for e in estimators.split(",") if e.strip()),
+                                    n_boot=bootstrap, alpha=alpha, seed=seed, folds=folds, reward_model=reward_model,
+                                    clip=clip, seeds=seeds, customers=customers, workers=workers, address=address)
+        from experiments.ope import OPESettings
+        OPESettings(estimators=settings.estimators, clip=clip, n_boot=bootstrap, alpha=alpha, folds=folds,
+                    reward_model=reward_model)  # checks the OPE options before any work
+        history = _load(history_dir, None)
+        world = book = note = None
+        if world_path is not None:
+            world, book, note = _ope_world(history, world_path, split)
+        else:
+            typer.echo(f"calibrating a world on {history_dir} before {split} (give --world to reuse one)", err=True)
+        with _progress("backtest", 1) as upd:
+            res = run_backtest(history, split, specs, settings, world=world, book=book, world_note=note,
+                               progress=lambda stage, d, t: upd(d, t))
+        if out is not None:
+            from sim.atomic import atomic_write_json
+            from sim.world import json_safe
+            atomic_write_json(out, json_safe(res))
+    lg = res["logged"]
+    main = res["estimand"]["main_estimator"]
+    lines = [f"backtest split {res['split_date']}: {lg['decisions']:,} logged decisions of {lg['customers']:,} "
+             f"customers after it; logged policy's actual value per decision {lg['per_decision']:.4g}",
+             f"{'policy':<18}{'OPE ' + main:>12}{'95% CI' if abs(alpha - 0.05) < 1e-12 else 'CI':>24}"
+             f"{'vs logged':>11}{'sim/decision':>14}{'sim CLV':>10}"]
+    for n, p in res["policies"].items():
+        e, s = p["ope"][main], p["simulation"]
+        lines.append(f"{n:<18}{e['value']:>12.4g}   [{e['ci_low']:>9.4g}, {e['ci_high']:>9.4g}]"
+                     f"{p['ope_vs_logged']['value']:>+11.4g}{s['per_decision_reward']['mean']:>14.4g}"
+                     f"{s['clv']['mean']:>10.2f}")
+    r = res["ranking"]
+    lines.append(f"ranking OPE: {' > '.join(r['ope'])}; simulation: {' > '.join(r['simulation'])}; "
+                 f"Kendall tau {r['kendall_tau']:+.2f}; same best: {'yes' if r['same_best'] else 'no'}")
+    lines += [f"warning: {w}" for w in res["warnings"]]
+    lines.append(f"{res['seconds']:.1f}s")
+    _emit(res, as_json, "\n".join(lines))
+
+
 def _ope_world(history, world_path: Optional[Path], start: Optional[str]):
     """(world, book, note) for offline evaluation: the given world, or one calibrated on the history
     before `start` (the whole history without one)."""
