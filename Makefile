@@ -27,6 +27,9 @@ demo: $(STAMP)
 	$(BIN)/clv values $(OUT)/bank_world.json --source sim --horizon 52 --seed 1 --out $(OUT)/values.parquet
 	$(BIN)/clv allocate $(OUT)/values.parquet --budget 2000 --capacity channel:rm_call=50 --min-coverage segment:young_digital=0.3 --max-share segment:affluent=0.5 --out $(OUT)/plan.parquet
 	$(BIN)/clv frontier $(OUT)/values.parquet --budgets 250,500,1000,2000,4000,8000 --capacity channel:rm_call=50 --min-coverage segment:young_digital=0.3 --plot $(OUT)/frontier.png
+	$(BIN)/clv ope $(OUT)/bank --policy greedy_uplift --world $(OUT)/bank_world.json --start 2024-07-01 --estimators dm,ips,snips,dr --out $(OUT)/ope.json
+	$(BIN)/clv backtest $(OUT)/bank --split-date 2024-07-01 --policies none,bau,greedy_uplift --world $(OUT)/bank_world.json --out $(OUT)/backtest.json
+	$(BIN)/clv scenarios examples/scenario_bank.yaml --out $(OUT)/scenarios
 	@echo "demo outputs in $(OUT)/"
 
 test: $(STAMP)
@@ -42,6 +45,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_dp_gap.py
 	$(BIN)/python benchmarks/bench_policies.py
 	$(BIN)/python benchmarks/bench_allocate.py
+	$(BIN)/python benchmarks/bench_ope_truth.py
+	$(BIN)/python benchmarks/bench_scenarios.py
 
 clean:
 	rm -rf $(VENV) $(OUT) build *.egg-info

@@ -940,6 +940,7 @@ def scenarios(
         b = "-" if s["budget"] is None else f"{s['budget']:g}"
         lines.append(f"{s['policy']:<22}{b:>10}{s['clv']['mean']:>10.2f}{s['incremental_clv']['mean']:>11.2f}"
                      f"{s['retention']['mean']:>11.3f}{s['contacts']['mean']:>10.2f}")
+    lines.append(f"report: {doc['report']}" + (f" (offline evaluation: {doc['ope']})" if doc.get("ope") else ""))
     _emit(doc, as_json, "\n".join(lines))
 
 

@@ -16,6 +16,11 @@ The scenario file (YAML, paths relative to its folder)::
       min_coverage: []
       max_share: []
     values: {horizon: 26, replications: 2}   # value tables of the budget cells
+    ope:                       # optional: offline evaluation of every policy on a logged history
+      history: bank_history    # a history folder with decisions (as `clv ope HISTORY_DIR`)
+      estimators: [dm, ips, snips, dr]
+      bootstrap: 500
+      start: 2024-07-01        # evaluate the decisions from this date (optional; also end)
 
 A cell (`run_cell`):
 
@@ -40,7 +45,10 @@ a changed scenario never reuses a stale cell and a re-run skips the cells alread
 `results.parquet` (one row per cell, in cell order), `periods.parquet` (per cell and period: alive,
 contacts, reward, cost and customers per lifecycle stage), `summary.json` (per policy x budget:
 mean and 95% interval over seeds of every metric), `timings.json` and `scenario.json` (the
-resolved scenario).
+resolved scenario); with an `ope:` section, `ope.json` (per policy: the estimates with their
+intervals, the logged policy's value and the diagnostics of `experiments.ope.evaluate_offline`,
+run in-process with the policy acting in the scenario's world; reused while its inputs digest
+matches); and `report.html` (`experiments.report.write_report`, rewritten by every run).
 """
 from __future__ import annotations
 
@@ -57,7 +65,7 @@ from typing import Any, Callable
 from sim.errors import ConfigError
 
 KEYS = ("name", "world", "population", "customers", "horizon", "seeds", "policies", "budgets",
-        "constraints", "values")
+        "constraints", "values", "ope")
 CONSTRAINT_KEYS = {"capacity": "capacity", "min_coverage": "min-coverage", "max_share": "max-share"}
 VALUES_KEYS = ("horizon", "replications")
 BASELINE_NAMES = ("none", "random", "bau", "churn_threshold", "greedy_uplift")  # policies.baselines.BASELINES
@@ -66,6 +74,9 @@ METRICS = ("clv", "incremental_clv", "retention", "marketing_roi", "cross_sell_r
            "contacts", "cost", "discounted_cost", "clv_none")
 PLAN_METRICS = ("plan_objective", "plan_bound", "plan_gap", "plan_spend", "plan_assigned")
 PERIOD_COLUMNS = ("alive", "contacts", "reward", "cost")
+OPE_KEYS = ("history", "estimators", "estimand", "bootstrap", "start", "end", "seed", "folds", "reward_model",
+            "clip", "discount")
+OPE_VERSION = 1           # bump when the offline evaluation's numbers change: ope.json is recomputed
 
 
 # ---- the scenario file ----------------------------------------------------------------------------
@@ -86,6 +97,7 @@ class Scenario:
     constraints: dict[str, tuple[str, ...]] = field(default_factory=dict)
     values_horizon: int = 52
     values_replications: int = 4
+    ope: dict[str, Any] | None = None    # the OPE settings (absolute history path), or None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -273,10 +285,89 @@ def load_scenario(path: str | Path) -> Scenario:
     from optimizer.value_sources import DEFAULT_HORIZON, DEFAULT_REPLICATIONS
     vh = _int(file, "values.horizon", vals.get("horizon", DEFAULT_HORIZON), 1)
     vr = _int(file, "values.replications", vals.get("replications", DEFAULT_REPLICATIONS), 1)
+    ope = _ope_section(file, base, doc["ope"]) if "ope" in doc else None
     return Scenario(name=name, file=str(path.resolve()), world=str(world_path), book=book, population=population,
                     customers=customers, horizon=horizon, seeds=tuple(seeds), policies=tuple(labels),
                     policy_paths=tuple(paths), budgets=tuple(budgets), constraints=constraints,
-                    values_horizon=vh, values_replications=vr)
+                    values_horizon=vh, values_replications=vr, ope=ope)
+
+
+def _date_text(file: str, key: str, v: Any) -> str | None:
+    import datetime as dt
+    if v is None:
+        return None
+    if isinstance(v, dt.datetime):
+        return str(v.date())
+    if isinstance(v, dt.date):          # YAML reads 2024-07-01 as a date
+        return str(v)
+    if isinstance(v, str):
+        try:
+            return str(dt.date.fromisoformat(v.strip()))
+        except ValueError:
+            pass
+    _fail(file, key, f"expected a date YYYY-MM-DD, got {v!r}")
+    return None
+
+
+def _ope_section(file: str, base: Path, raw: Any) -> dict[str, Any]:
+    """The validated `ope:` section: OPESettings fields plus the history's absolute path."""
+    if not isinstance(raw, dict):
+        _fail(file, "ope", "expected a mapping {history: FOLDER, estimators: [dm, ips, snips, dr], bootstrap: N, "
+                           "start: YYYY-MM-DD}")
+    for k in raw:
+        if k not in OPE_KEYS:
+            _fail(file, f"ope.{k}", f"unknown key; known: {', '.join(OPE_KEYS)}")
+    h = raw.get("history")
+    if h in (None, ""):
+        _fail(file, "ope.history", "missing; give a history folder with a decisions table (as for `clv ope`)")
+    if not isinstance(h, str):
+        _fail(file, "ope.history", f"expected a folder path, got {h!r}")
+    hp = (base / h).resolve()
+    if not hp.exists():
+        _fail(file, "ope.history", f"{h}: history folder not found")
+    if not hp.is_dir():
+        _fail(file, "ope.history", f"{h}: is a file, not a history folder")
+    if not any((hp / f"decisions.{ext}").is_file() for ext in ("csv", "parquet")):
+        _fail(file, "ope.history", f"{h}: has no decisions table (decisions.csv or decisions.parquet with "
+                                   "customer_id, date, action, propensity) to evaluate policies on")
+    from experiments.ope import DEFAULT_ESTIMATORS, OPESettings
+    est = raw.get("estimators", list(DEFAULT_ESTIMATORS))
+    if isinstance(est, str):
+        est = [e.strip() for e in est.split(",") if e.strip()]
+    est = _str_list(file, "ope.estimators", est, allow_empty=False)
+    for i, e in enumerate(est):
+        if not isinstance(e, str) or not e.strip():
+            _fail(file, f"ope.estimators[{i}]", f"expected an estimator name, got {e!r}")
+    estimand = raw.get("estimand", "per_decision")
+    if not isinstance(estimand, str):
+        _fail(file, "ope.estimand", f"expected per_decision or per_customer, got {estimand!r}")
+    kw: dict[str, Any] = {"estimand": estimand, "estimators": tuple(e.strip() for e in est),
+                          "n_boot": _int(file, "ope.bootstrap", raw.get("bootstrap", 500), 10),
+                          "seed": _int(file, "ope.seed", raw.get("seed", 0), 0),
+                          "folds": _int(file, "ope.folds", raw.get("folds", 5), 1),
+                          "reward_model": raw.get("reward_model", "ridge"),
+                          "start": _date_text(file, "ope.start", raw.get("start")),
+                          "end": _date_text(file, "ope.end", raw.get("end"))}
+    for k in ("clip", "discount"):
+        v = raw.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+            _fail(file, f"ope.{k}", f"expected a number, got {v!r}")
+        kw[k] = None if v is None else float(v)
+    if kw["start"] and kw["end"] and kw["end"] <= kw["start"]:
+        _fail(file, "ope.end", f"{kw['end']} is not after ope.start {kw['start']}")
+    try:
+        settings = OPESettings(**kw)
+    except ConfigError as e:      # "--estimators: ..." -> "ope.estimators: ..."
+        import re
+        msg = str(e)
+        m = re.match(r"--([a-z-]+)[ :]\s*(.*)", msg)
+        key = {"bootstrap": "bootstrap", "reward-model": "reward_model"}.get(m.group(1), m.group(1).replace("-", "_")) \
+            if m else None
+        _fail(file, f"ope.{key}" if key in OPE_KEYS else "ope",
+              (m.group(2) if m and key in OPE_KEYS else msg).replace("--estimand ", "estimand: "))
+    out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()}
+    out["history"] = str(hp)
+    return out
 
 
 # ---- cell identity --------------------------------------------------------------------------------
@@ -471,6 +562,69 @@ def run_cell(spec: dict[str, Any], cell: dict[str, Any]) -> tuple[dict[str, Any]
     return row, periods
 
 
+# ---- offline evaluation -----------------------------------------------------------------------------
+def ope_digest(sc: Scenario, digests: dict[str, str], label: str, policy_path: str) -> str:
+    """Short sha256 of everything that decides one policy's offline evaluation."""
+    assert sc.ope is not None
+    key = {"v": OPE_VERSION, "world": digests["world"], "book": digests.get("book"),
+           "history": _file_digest(sc.ope["history"]),
+           "policy": label if policy_path in BASELINE_NAMES else digests[f"policy:{label}"],
+           "settings": {k: v for k, v in sorted(sc.ope.items()) if k != "history"}}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_ope(sc: Scenario, out: Path, digests: dict[str, str]) -> tuple[Path | None, int]:
+    """Write out/ope.json: per policy, `evaluate_offline` on the scenario's history with the policy
+    acting in the scenario's world (bootstrap in-process: the same numbers on any machine). A
+    policy whose entry in an existing ope.json has the same inputs digest is not evaluated again.
+    Returns (path or None without an `ope:` section, policies evaluated)."""
+    if sc.ope is None:
+        return None, 0
+    from sim.atomic import atomic_write_json
+    from sim.world import json_safe
+    path = out / "ope.json"
+    wanted = {label: ope_digest(sc, digests, label, pp) for label, pp in zip(sc.policies, sc.policy_paths)}
+    overall = hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:16]
+    old: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            prev = json.loads(path.read_text())
+            if prev.get("inputs_digest") == overall:
+                return path, 0
+            old = {k: v for k, v in (prev.get("policies") or {}).items()
+                   if isinstance(v, dict) and v.get("inputs_digest") == wanted.get(k)}
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            old = {}
+    todo = [(label, pp) for label, pp in zip(sc.policies, sc.policy_paths) if label not in old]
+    entries: dict[str, Any] = dict(old)
+    if todo:
+        import pandas as pd
+        from experiments.evaluate import resolve_policy
+        from experiments.ope import OPESettings, evaluate_offline
+        from sim.history import load_history
+        from sim.world import WorldModel
+        world = WorldModel.load(sc.world)
+        bp = world.book_path(sc.world)
+        book = pd.read_parquet(bp) if bp is not None and bp.is_file() else None
+        settings = OPESettings(**{k: (tuple(v) if k == "estimators" else v) for k, v in sc.ope.items()
+                                  if k != "history"})
+        history = load_history(sc.ope["history"])
+        with _limit_threads():
+            for label, pp in todo:
+                policy = resolve_policy(pp, world)
+                _torch_one_thread()
+                res = evaluate_offline(history, settings, policy=policy, world=world, book=book, workers=0)
+                res.pop("seconds", None)
+                res["policy"] = label
+                res["inputs_digest"] = wanted[label]
+                entries[label] = res
+    doc = {"scenario": sc.name, "history": sc.ope["history"], "world": sc.world,
+           "settings": {k: v for k, v in sc.ope.items() if k != "history"}, "inputs_digest": overall,
+           "policies": {label: entries[label] for label in sc.policies}}
+    atomic_write_json(path, json_safe(doc))
+    return path, len(todo)
+
+
 # ---- Ray ----------------------------------------------------------------------------------------
 def _cell_task(world_text: str, book, scenario: dict[str, Any], cell: dict[str, Any], running_dir: str):
     """The body of the Ray task: announce the worker's pid in running/<cell_id>.pid, run the cell."""
@@ -580,9 +734,29 @@ def _run_on_ray(sc: Scenario, todo: list[dict[str, Any]], out: Path, address: st
     return n_workers
 
 
+def _run_in_process(sc: Scenario, todo: list[dict[str, Any]], out: Path, timings: dict[str, Any],
+                    progress: Callable[[int], None]) -> None:
+    """Run the cells `todo` one after the other in this process (no Ray): the same numbers."""
+    import pandas as pd
+    from sim.atomic import atomic_write_parquet
+    spec = {"world": Path(sc.world).read_text(), "book": pd.read_parquet(sc.book) if sc.book else None,
+            "scenario": sc.to_dict()}
+    for k, c in enumerate(todo, 1):
+        t0 = time.perf_counter()
+        row, periods = run_cell(spec, c)
+        cpath, ppath = _cell_paths(out, c["cell_id"])
+        atomic_write_parquet(ppath, periods)
+        atomic_write_parquet(cpath, pd.DataFrame([row]))
+        timings[c["cell_id"]] = {"pid": os.getpid(), "host": socket.gethostname(),
+                                 "seconds": time.perf_counter() - t0}
+        progress(k)
+
+
 def run_scenario(sc: Scenario, out: str | Path, address: str | None = None, workers: int | None = None,
                  progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Run (or resume) every cell of the scenario on Ray and write the outputs into `out`.
+    """Run (or resume) every cell of the scenario on Ray and write the outputs into `out`
+    (`workers=0`: in this process, one cell after the other, without Ray; same numbers).
+    Then the offline evaluation of the `ope:` section (ope.json) and report.html.
     Returns the document `clv scenarios --json` prints."""
     import pandas as pd
     from sim.atomic import atomic_write_json, atomic_write_parquet
@@ -600,10 +774,12 @@ def run_scenario(sc: Scenario, out: str | Path, address: str | None = None, work
     skipped = len(cells) - len(todo)
     timings: dict[str, Any] = {}
     timings_ray: dict[str, float] = {}
-    n_workers = workers or os.cpu_count() or 1
+    n_workers = workers if workers is not None else os.cpu_count() or 1
     if progress:
         progress(skipped, len(cells))
-    if todo:
+    if todo and workers == 0 and address is None:
+        _run_in_process(sc, todo, out, timings, lambda k: progress(skipped + k, len(cells)) if progress else None)
+    elif todo:
         n_workers = _run_on_ray(sc, todo, out, address, n_workers, timings, timings_ray,
                                 lambda k: progress(skipped + k, len(cells)) if progress else None)
     try:
@@ -623,10 +799,23 @@ def run_scenario(sc: Scenario, out: str | Path, address: str | None = None, work
     atomic_write_json(out / "summary.json", json_safe({"scenario": sc.name, "cells": len(cells),
                                                       "by_policy_budget": summary}))
     atomic_write_json(out / "scenario.json", json_safe({**sc.to_dict(), "fingerprints": digests}))
+    t_ope = time.perf_counter()
+    ope_path, ope_run = run_ope(sc, out, digests)
+    ope_seconds = time.perf_counter() - t_ope
     seconds = time.perf_counter() - t0
     atomic_write_json(out / "timings.json", json_safe({"seconds": seconds, "workers": n_workers, "run": len(todo),
                                                        "skipped": skipped, **timings_ray,
+                                                       "ope_seconds": ope_seconds, "ope_policies_run": ope_run,
                                                        "cells": timings}))
-    return {"scenario": sc.name, "out": str(out), "cells": len(cells), "run": len(todo), "skipped": skipped,
-            "workers": n_workers, "results": str(out / "results.parquet"),
-            "periods": str(out / "periods.parquet"), "summary": summary, "seconds": round(seconds, 3)}
+    from experiments.report import write_report
+    report = write_report(out)       # last: it links every file above
+    seconds = time.perf_counter() - t0
+    doc = {"scenario": sc.name, "out": str(out), "cells": len(cells), "run": len(todo), "skipped": skipped,
+           "workers": n_workers, "results": str(out / "results.parquet"),
+           "periods": str(out / "periods.parquet"), "summary": summary}
+    if ope_path is not None:
+        doc["ope"] = str(ope_path)
+        doc["ope_run"] = ope_run
+    doc["report"] = str(report)
+    doc["seconds"] = round(seconds, 3)
+    return doc
