@@ -6,7 +6,7 @@ fresh output folders, each run in its own `clv` process (so each starts and stop
 and reports the wall times, the speed-up and whether the two results.parquet are identical.
 Target (issue 5): speed-up >= 1.6x on 2 cores.
 
-    python benchmarks/bench_scenarios.py [--customers 50000] [--seeds 3] [--out bench_out/scenarios] [--json]
+    python benchmarks/bench_scenarios.py [--customers 50000] [--seeds 6] [--out bench_out/scenarios] [--json]
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--out", default="bench_out/scenarios", help="working folder (replaced)")
     ap.add_argument("--world", default=None, help="an existing world JSON (default: build a bank world)")
     ap.add_argument("--customers", type=int, default=50000, help="customers per cell")
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds", type=int, default=6)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     work = Path(a.out).resolve()

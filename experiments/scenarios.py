@@ -703,7 +703,11 @@ def _run_on_ray(sc: Scenario, todo: list[dict[str, Any]], out: Path, address: st
             book_ref = ray.put(pd.read_parquet(sc.book) if sc.book else None)
             scen = sc.to_dict()
             task = _remote()
-            pending = {task.remote(world_ref, book_ref, scen, c, str(running)): c for c in todo}
+            # longest first (a budget cell also builds and solves a value table), so that no worker is
+            # left with a long cell at the end while the others wait (LPT scheduling); results do
+            # not depend on the order
+            order = sorted(todo, key=lambda c: c["budget"] is None)
+            pending = {task.remote(world_ref, book_ref, scen, c, str(running)): c for c in order}
             finished = 0
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
