@@ -111,24 +111,23 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    import logging
-
     import ray
-    ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    task = ray.remote(num_cpus=1, max_retries=2)(one_seed)
-    truth_task = ray.remote(num_cpus=1)(population_truth)
-    truth_ref = truth_task.remote(args.truth_customers, 10_000)
-    refs = [task.remote(s, args.customers, args.bootstrap, args.reward_model)
-            for s in range(args.first_seed, args.first_seed + args.seeds)]
-    from tqdm import tqdm
-    pending = list(refs)
-    with tqdm(total=len(refs), desc="seeds", file=sys.stderr) as bar:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            bar.update(len(done))
-    seeds = ray.get(refs)
-    pop = ray.get(truth_ref)
-    ray.shutdown()
+
+    from experiments.ray_session import ray_session
+    with ray_session(args.workers):
+        task = ray.remote(num_cpus=1, max_retries=2)(one_seed)
+        truth_task = ray.remote(num_cpus=1)(population_truth)
+        truth_ref = truth_task.remote(args.truth_customers, 10_000)
+        refs = [task.remote(s, args.customers, args.bootstrap, args.reward_model)
+                for s in range(args.first_seed, args.first_seed + args.seeds)]
+        from tqdm import tqdm
+        pending = list(refs)
+        with tqdm(total=len(refs), desc="seeds", file=sys.stderr) as bar:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                bar.update(len(done))
+        seeds = ray.get(refs)
+        pop = ray.get(truth_ref)
     doc = {"seeds": args.seeds, "customers": args.customers,
            "median_decisions": float(np.median([s["policies"]["none"]["decisions"] for s in seeds])),
            "truth_customers": args.truth_customers, "bootstrap": args.bootstrap, "reward_model": args.reward_model,

@@ -28,6 +28,7 @@ first estimator) and by the simulated per-decision reward; Kendall's tau between
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -174,7 +175,8 @@ def run_backtest(history, split_date: str, policies: list[str], settings: Backte
     per policy and seed."""
     from experiments.evaluate import resolve_policy
 
-    from .ope import OPESettings, _ray_up, evaluate_offline
+    from .ope import OPESettings, evaluate_offline
+    from .ray_session import ray_session
     from .ope_data import decision_outcomes, on_policy_value
 
     t0 = time.perf_counter()
@@ -229,9 +231,9 @@ def run_backtest(history, split_date: str, policies: list[str], settings: Backte
                         "calibration book (born later): OPE counts them, the simulation does not")
 
     main = settings.main_estimator()
-    started = settings.workers != 0 and _ray_up(settings.workers, settings.address)
     out_pols: dict[str, dict[str, Any]] = {}
-    try:
+    # one Ray for every candidate's bootstrap (none with --workers 0)
+    with ray_session(settings.workers, settings.address) if settings.workers != 0 else contextlib.nullcontext():
         for name, pol in pols.items():
             res = evaluate_offline(history, replace(ope_settings, start=split), policy=pol, world=world, book=book,
                                    workers=settings.workers, address=settings.address)
@@ -249,10 +251,6 @@ def run_backtest(history, split_date: str, policies: list[str], settings: Backte
                               "ope_diagnostics": {k: v for k, v in res["diagnostics"].items()
                                                   if isinstance(v, (int, float, str, type(None)))}}
             tick(f"OPE {name}")
-    finally:
-        if started:
-            import ray
-            ray.shutdown()
 
     sim = _simulate(world, book, pols, periods, cadence, settings, lambda: tick("simulation"))
     for name in pols:

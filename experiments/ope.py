@@ -214,8 +214,9 @@ def bootstrap_intervals(jobs: list[tuple[str, dict]], data, n_boot: int, alpha: 
                     progress(1)
     else:
         import ray
-        started = _ray_up(workers, address)
-        try:
+
+        from .ray_session import ray_session
+        with ray_session(workers, address):
             task = ray.remote(num_cpus=1, max_retries=3)(_boot_chunk)
             data_ref, groups_ref = ray.put(data), ray.put(groups)
             refs = {name: [task.remote(name, kw, data_ref, b, s, groups_ref) for b, s in zip(sizes, seeds)]
@@ -226,29 +227,12 @@ def bootstrap_intervals(jobs: list[tuple[str, dict]], data, n_boot: int, alpha: 
                 if progress:
                     progress(len(done))
             results = {name: ray.get(rs) for name, rs in refs.items()}
-        finally:
-            if started:
-                ray.shutdown()
     out = {}
     for name, chunks in results.items():
         reps = np.concatenate(chunks)
         lo, hi = np.quantile(reps, [alpha / 2, 1 - alpha / 2])
         out[name] = (float(lo), float(hi))
     return out
-
-
-def _ray_up(workers: int | None, address: str | None) -> bool:
-    """Start (or join) Ray unless it is already up; True when this call started it."""
-    import logging
-    import ray
-    if ray.is_initialized():
-        return False
-    kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
-    if address:
-        ray.init(address=address, **kw)
-    else:
-        ray.init(num_cpus=workers, **kw)
-    return True
 
 
 # ----------------------------------------------------------------------------------------------

@@ -675,66 +675,45 @@ def _run_on_ray(sc: Scenario, todo: list[dict[str, Any]], out: Path, address: st
                 timings: dict[str, Any], timings_ray: dict[str, float], progress: Callable[[int], None]) -> int:
     """Run the cells `todo` as Ray tasks, writing each as it finishes; returns the cluster's CPUs
     (or `n_workers` for a local Ray). Ray is started here unless already running, and then shut down."""
-    import contextlib
-    import sys
-
     import pandas as pd
     import ray
 
     from sim.atomic import atomic_write_parquet
+
+    from .ray_session import ray_session
     running = out / "running"
-    # Ray prints worker and raylet messages (e.g. "a worker died") on stdout: keep stdout for the
-    # JSON document of `clv scenarios --json`
-    with contextlib.redirect_stdout(sys.stderr):
-        started = False
-        t0 = time.perf_counter()
-        try:
-            if not ray.is_initialized():
-                kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
-                if address:
-                    ray.init(address=address, **kw)
-                else:
-                    ray.init(address="local", num_cpus=n_workers, **kw)   # a new local Ray, even if one runs
-                started = True
-            timings_ray["ray_init_seconds"] = time.perf_counter() - t0
-            if address:
-                n_workers = int(ray.cluster_resources().get("CPU", n_workers))
-            world_ref = ray.put(Path(sc.world).read_text())
-            book_ref = ray.put(pd.read_parquet(sc.book) if sc.book else None)
-            scen = sc.to_dict()
-            task = _remote()
-            # longest first (a budget cell also builds and solves a value table), so that no worker is
-            # left with a long cell at the end while the others wait (LPT scheduling); results do
-            # not depend on the order
-            order = sorted(todo, key=lambda c: c["budget"] is None)
-            pending = {task.remote(world_ref, book_ref, scen, c, str(running)): c for c in order}
-            finished = 0
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                for ref in ready:
-                    c = pending.pop(ref)
-                    try:
-                        row, periods, timing = ray.get(ref)
-                    except ray.exceptions.RayTaskError as e:
-                        for r in pending:
-                            ray.cancel(r, force=True)
-                        cause = getattr(e, "cause", None)
-                        if isinstance(cause, ConfigError):
-                            raise ConfigError(f"cell {c['policy']}/budget {c['budget']}/seed {c['seed']}: "
-                                              f"{cause}") from None
-                        raise
-                    cpath, ppath = _cell_paths(out, c["cell_id"])
-                    atomic_write_parquet(ppath, periods)
-                    atomic_write_parquet(cpath, pd.DataFrame([row]))   # the cell file last: it marks done
-                    (running / f"{c['cell_id']}.pid").unlink(missing_ok=True)
-                    timings[c["cell_id"]] = timing
-                    finished += 1
-                    progress(finished)
-        finally:
-            t1 = time.perf_counter()
-            if started:
-                ray.shutdown()
-                timings_ray["ray_shutdown_seconds"] = time.perf_counter() - t1
+    with ray_session(n_workers, address, timings_ray) as n_workers:
+        world_ref = ray.put(Path(sc.world).read_text())
+        book_ref = ray.put(pd.read_parquet(sc.book) if sc.book else None)
+        scen = sc.to_dict()
+        task = _remote()
+        # longest first (a budget cell also builds and solves a value table), so that no worker is
+        # left with a long cell at the end while the others wait (LPT scheduling); results do
+        # not depend on the order
+        order = sorted(todo, key=lambda c: c["budget"] is None)
+        pending = {task.remote(world_ref, book_ref, scen, c, str(running)): c for c in order}
+        finished = 0
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                c = pending.pop(ref)
+                try:
+                    row, periods, timing = ray.get(ref)
+                except ray.exceptions.RayTaskError as e:
+                    for r in pending:
+                        ray.cancel(r, force=True)
+                    cause = getattr(e, "cause", None)
+                    if isinstance(cause, ConfigError):
+                        raise ConfigError(f"cell {c['policy']}/budget {c['budget']}/seed {c['seed']}: "
+                                          f"{cause}") from None
+                    raise
+                cpath, ppath = _cell_paths(out, c["cell_id"])
+                atomic_write_parquet(ppath, periods)
+                atomic_write_parquet(cpath, pd.DataFrame([row]))   # the cell file last: it marks done
+                (running / f"{c['cell_id']}.pid").unlink(missing_ok=True)
+                timings[c["cell_id"]] = timing
+                finished += 1
+                progress(finished)
     return n_workers
 
 

@@ -1,0 +1,44 @@
+"""Ray for clv-engine's parallel work (scenario cells, bootstrap resamples): one place that starts a
+local Ray or joins the user's cluster, keeps stdout clean for `--json`, and stops what it started.
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from typing import Any, Iterator
+
+
+@contextlib.contextmanager
+def ray_session(workers: int | None = None, address: str | None = None,
+                timings: dict[str, float] | None = None) -> Iterator[int]:
+    """Yield the number of CPUs tasks can use while Ray runs.
+
+    Joins the cluster at `address` when given; otherwise starts a NEW local Ray with `workers`
+    CPUs (all cores when None): `address="local"`, so a cluster file left by an earlier
+    `ray start` is never joined by accident. When Ray already runs in this process it is used as
+    it is and left running. Ray's own messages (e.g. "a worker died") go to stderr, so stdout
+    keeps the one JSON document of a `--json` command. `timings` receives ray_init_seconds and
+    ray_shutdown_seconds."""
+    import ray
+    with contextlib.redirect_stdout(sys.stderr):
+        started = False
+        t0 = time.perf_counter()
+        try:
+            if not ray.is_initialized():
+                kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
+                if address:
+                    ray.init(address=address, **kw)
+                else:
+                    ray.init(address="local", num_cpus=workers, **kw)
+                started = True
+            if timings is not None:
+                timings["ray_init_seconds"] = time.perf_counter() - t0
+            cpus = workers if workers and not address else int(ray.cluster_resources().get("CPU", workers or 1))
+            yield cpus
+        finally:
+            if started:
+                t1 = time.perf_counter()
+                ray.shutdown()
+                if timings is not None:
+                    timings["ray_shutdown_seconds"] = time.perf_counter() - t1
