@@ -49,7 +49,7 @@ def population_truth(customers: int, seed: int) -> dict:
 def one_seed(seed: int, customers: int, n_boot: int, reward_model: str) -> dict:
     import os
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from experiments.ope import OPESettings, evaluate_offline
+    from experiments.ope import OPESettings, evaluate_offline, logged_decisions
     from experiments.ope_truth import true_values_many
     from sim.synthetic import BankConfig, generate_bank_history
     t0 = time.perf_counter()
@@ -59,11 +59,13 @@ def one_seed(seed: int, customers: int, n_boot: int, reward_model: str) -> dict:
     pols = _policies(world)
     same = true_values_many(cfg, pols)
     out = {"seed": seed, "policies": {}}
+    shared = logged_decisions(hist, world=world)   # states and reward model, once for every candidate
     for name, pol in pols.items():
         one = evaluate_offline(hist, OPESettings(estimators=ONE_STEP, n_boot=n_boot, seed=seed,
-                                                 reward_model=reward_model), policy=pol, world=world, workers=0)
+                                                 reward_model=reward_model), policy=pol, world=world, workers=0,
+                               logged=shared)
         seq = evaluate_offline(hist, OPESettings(estimand="per_customer", estimators=SEQUENTIAL, n_boot=n_boot,
-                                                 seed=seed), policy=pol, world=world, workers=0)
+                                                 seed=seed), policy=pol, world=world, workers=0, logged=shared)
         out["policies"][name] = {
             "same_customers_per_decision": same[name]["per_decision"],
             "decisions": one["decisions"],

@@ -175,7 +175,7 @@ def run_backtest(history, split_date: str, policies: list[str], settings: Backte
     per policy and seed."""
     from experiments.evaluate import resolve_policy
 
-    from .ope import OPESettings, evaluate_offline
+    from .ope import OPESettings, evaluate_offline, logged_decisions
     from .ray_session import ray_session
     from .ope_data import decision_outcomes, on_policy_value
 
@@ -233,10 +233,12 @@ def run_backtest(history, split_date: str, policies: list[str], settings: Backte
     main = settings.main_estimator()
     out_pols: dict[str, dict[str, Any]] = {}
     # one Ray for every candidate's bootstrap (none with --workers 0)
+    ope_after = replace(ope_settings, start=split)
+    shared = logged_decisions(history, split, None, world, book)   # states and reward model, once for all candidates
     with ray_session(settings.workers, settings.address) if settings.workers != 0 else contextlib.nullcontext():
         for name, pol in pols.items():
-            res = evaluate_offline(history, replace(ope_settings, start=split), policy=pol, world=world, book=book,
-                                   workers=settings.workers, address=settings.address)
+            res = evaluate_offline(history, ope_after, policy=pol, world=world, book=book,
+                                   workers=settings.workers, address=settings.address, logged=shared)
             est = {k: {f: e[f] for f in ("value", "ci_low", "ci_high", "ess", "estimator")}
                    for k, e in res["estimates"].items()}
             m = est[main]

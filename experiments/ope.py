@@ -32,8 +32,8 @@ import pandas as pd
 from sim.errors import ConfigError
 
 from .ope_data import ESTIMANDS, decision_outcomes, on_policy_value
-from .ope_estimators import (ESTIMATORS, LoggedBandit, LoggedTrajectories, bootstrap_replicates, make_estimator,
-                             support_warning, weight_diagnostics)
+from .ope_estimators import (ESTIMATORS, LoggedBandit, LoggedTrajectories, bootstrap_replicates, kish_ess,
+                             make_estimator, support_warning, weight_diagnostics)
 
 ONE_STEP = ("dm", "ips", "snips", "dr", "sndr")
 SEQUENTIAL = ("pdis", "wpdis", "dr_seq", "wdr", "fqe")
@@ -164,10 +164,11 @@ def trajectory_index(outcomes: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, in
     return codes, step, len(uniq), int(step.max()) + 1
 
 
-def trajectory_data(outcomes: pd.DataFrame, target: Target, action: np.ndarray, q_hat: np.ndarray | None
-                    ) -> tuple[LoggedTrajectories, np.ndarray]:
-    """LoggedTrajectories (customers x steps) and the customer id of each trajectory."""
-    ci, st, n, T = trajectory_index(outcomes)
+def trajectory_data(outcomes: pd.DataFrame, target: Target, action: np.ndarray, q_hat: np.ndarray | None,
+                    index: tuple | None = None) -> tuple[LoggedTrajectories, np.ndarray]:
+    """LoggedTrajectories (customers x steps) and the customer id of each trajectory (`index`:
+    `trajectory_index(outcomes)` when already at hand)."""
+    ci, st, n, T = index if index is not None else trajectory_index(outcomes)
 
     def pad(values, fill=np.nan, dtype=np.float64):
         out = np.full((n, T) + values.shape[1:], fill, dtype=dtype)
@@ -249,24 +250,74 @@ def _estimate_entry(key: str, settings: OPESettings, data, point: float, ci: tup
             w = data.weights(settings.clip if name in CLIPPABLE else None)
         else:
             w = data.cumulative_weights()[:, -1]
-        sq = float((w ** 2).sum())
-        entry["ess"] = float(w.sum()) ** 2 / sq if sq > 0 else 0.0
+        entry["ess"] = kish_ess(w)
     if name in CLIPPABLE and settings.clip is not None:
         entry["clip"] = settings.clip
     return entry
 
 
+@dataclass
+class LoggedDecisions:
+    """What the evaluations of several candidates on one history share: the logged decisions of
+    the window with their rewards, the states rebuilt in `world` (None without a world) and their
+    features, and the cross-fitted reward model, fitted on first use (it does not depend on the
+    candidate). Build with `logged_decisions`; pass to `evaluate_offline(..., logged=)`."""
+
+    outcomes: pd.DataFrame
+    start: str | None
+    end: str | None
+    world: Any = None
+    states: Any = None
+    _features: np.ndarray | None = None
+    _reward_models: dict = field(default_factory=dict)
+
+    def features(self) -> np.ndarray:
+        if self._features is None:
+            self._features = _features(self.outcomes, self.states, self.world)
+        return self._features
+
+    def reward_hat(self, settings: OPESettings) -> tuple[np.ndarray, dict]:
+        """Out-of-fold r_hat (n, A) of the settings' reward model, fitted once per (model, folds, seed)."""
+        from .ope_models import RewardModel
+        key = (settings.reward_model, settings.folds, settings.seed)
+        if key not in self._reward_models:
+            o = self.outcomes
+            self._reward_models[key] = RewardModel(*key).cross_fit(
+                self.features(), self.states.action, o["reward"].to_numpy(), o["customer_id"].to_numpy(),
+                len(self.world.catalogue.names))
+        return self._reward_models[key]
+
+
+def logged_decisions(history, start: str | None = None, end: str | None = None, world=None,
+                     book=None) -> LoggedDecisions:
+    """The decisions in [start, end) with their rewards and, given the `world` candidates act in
+    (and its `book` for K-means segments), the states rebuilt at every decision."""
+    outcomes = decision_outcomes(history, start, end)
+    states = None
+    if world is not None:
+        from .ope_observations import decision_states
+        states = decision_states(history, world, outcomes, book)
+    return LoggedDecisions(outcomes=outcomes, start=start, end=end, world=world, states=states)
+
+
 def evaluate_offline(history, settings: OPESettings, policy=None, world=None, book=None,
                      target_column: str | None = None, workers: int | None = None, address: str | None = None,
-                     progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+                     progress: Callable[[str, int, int], None] | None = None,
+                     logged: LoggedDecisions | None = None) -> dict[str, Any]:
     """Estimate the candidate's value on the history's logged decisions (see the module docstring).
 
     Give `policy` (with the `world` it acts in, and that world's `book` for K-means segments) or
-    `target_column`. `progress(stage, done, total)` is told about the bootstrap tasks."""
+    `target_column`. `logged`: the history's decisions prepared by `logged_decisions` for the same
+    window and world, to share their states and reward model across candidates. `progress(stage,
+    done, total)` is told about the bootstrap tasks."""
     t0 = time.perf_counter()
     if (policy is None) == (target_column is None):
         raise ConfigError("give a policy (--policy) or a target probability column (--target-prob-column), not both")
-    outcomes = decision_outcomes(history, settings.start, settings.end)
+    if logged is None:
+        logged = logged_decisions(history, settings.start, settings.end, world if policy is not None else None, book)
+    elif (logged.start, logged.end) != (settings.start, settings.end) or (policy is not None and logged.world is not world):
+        raise ValueError("evaluate_offline: `logged` was prepared for another window or world")
+    outcomes = logged.outcomes
     if target_column is not None:
         needs = [k for k in settings.estimators if settings.estimator_of(k) in NEEDS_EVERY_ACTION]
         if needs:
@@ -278,8 +329,7 @@ def evaluate_offline(history, settings: OPESettings, policy=None, world=None, bo
         action = _action_codes(outcomes, names)
         n_actions = len(names)
     else:
-        from .ope_observations import decision_states
-        states = decision_states(history, world, outcomes, book)
+        states = logged.states
         target, action = target_from_policy(policy, states), states.action
         n_actions = target.probs.shape[1]
 
@@ -289,26 +339,23 @@ def evaluate_offline(history, settings: OPESettings, policy=None, world=None, bo
     if settings.estimand == "per_decision":
         reward_hat = None
         if need_models:
-            from .ope_models import RewardModel
-            X = _features(outcomes, states, world)
-            reward_hat, models["reward_model"] = RewardModel(settings.reward_model, settings.folds, settings.seed
-                                                             ).cross_fit(X, action, outcomes["reward"].to_numpy(),
-                                                                         ids, n_actions)
+            reward_hat, models["reward_model"] = logged.reward_hat(settings)
         data = bandit_data(outcomes, target, action, reward_hat, n_actions)
         groups = pd.factorize(ids)[0]
     else:
         q_hat = None
+        index = trajectory_index(outcomes)
         if need_models:
             from .ope_models import FittedQ
-            ci, st, _, _ = trajectory_index(outcomes)
+            ci, st, _, _ = index
             length = np.bincount(ci)
             remaining = length[ci] - st
-            X = _features(outcomes, states, world)
             next_row = np.where(st + 1 < length[ci], np.arange(len(outcomes)) + 1, -1)
             q_hat, models["fqe"] = FittedQ(discount=settings.discount or 1.0, folds=settings.folds,
-                                           seed=settings.seed).q_values(X, action, outcomes["reward"].to_numpy(),
+                                           seed=settings.seed).q_values(logged.features(), action,
+                                                                        outcomes["reward"].to_numpy(),
                                                                         target.probs, next_row, ids, remaining)
-        data, _ = trajectory_data(outcomes, target, action, q_hat)
+        data, _ = trajectory_data(outcomes, target, action, q_hat, index)
         groups = None
 
     jobs = []
@@ -351,15 +398,14 @@ def evaluate_offline(history, settings: OPESettings, policy=None, world=None, bo
     }
 
 
-def _features(outcomes, states, world, remaining=None) -> np.ndarray:
+def _features(outcomes, states, world) -> np.ndarray:
     """State features of every decision, from its rebuilt observation."""
     from sim.catalogue import STAGES
 
     from .ope_models import state_features
     window = (outcomes["next_date"] - outcomes["date"]).dt.days.to_numpy() / float(world.economics.period_days)
-    return state_features(states.obs, outcomes["date"].to_numpy(), window, len(STAGES), len(world.segments),
-                          remaining)
+    return state_features(states.obs, outcomes["date"].to_numpy(), window, len(STAGES), len(world.segments))
 
 
-__all__ = ["OPESettings", "Target", "evaluate_offline", "bootstrap_intervals", "target_from_policy",
+__all__ = ["OPESettings", "Target", "LoggedDecisions", "logged_decisions", "evaluate_offline", "bootstrap_intervals", "target_from_policy",
            "target_from_column", "bandit_data", "trajectory_data", "ESTIMATORS", "ONE_STEP", "SEQUENTIAL"]

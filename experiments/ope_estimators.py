@@ -610,10 +610,15 @@ def weight_diagnostics(data: LoggedBandit | LoggedTrajectories) -> dict:
         raise TypeError(f"weight_diagnostics: expects LoggedBandit or LoggedTrajectories, "
                         f"got {type(data).__name__}")
     n = w.shape[0]
-    sq = float((w ** 2).sum())
-    ess = float(w.sum()) ** 2 / sq if sq > 0 else 0.0
+    ess = kish_ess(w)
     return {"n": n, "ess": ess, "ess_share": ess / n, "max_weight": float(w.max()),
             "mean_weight": float(w.mean()), "zero_target_share": float(zero.mean())}
+
+
+def kish_ess(w: np.ndarray) -> float:
+    """Kish's effective sample size of weights w: (sum w)^2 / sum w^2 (0 when every weight is 0)."""
+    sq = float((w ** 2).sum())
+    return float(w.sum()) ** 2 / sq if sq > 0 else 0.0
 
 
 def support_warning(diag: dict) -> str | None:

@@ -10,8 +10,8 @@ allowed for comparison).
 Features of a state (`state_features`): log1p of recency, frequency, monetary, tenure and
 last_contact, a never-contacted flag, recent_contacts, stage and segment indicators, products
 held, the week of the year (sine and cosine) and the length of the decision's reward window in
-periods (known when the decision is made: decision points follow a calendar). FQE also gets the
-number of decisions left in the customer's logged trajectory (its horizon).
+periods (known when the decision is made: decision points follow a calendar). FQE fits one model
+per number of decisions left in the trajectory, so the horizon needs no feature.
 
 Reward models (`RewardModel.kind`):
 - "hgb": scikit-learn HistGradientBoostingRegressor on the features plus the action as a
@@ -37,7 +37,7 @@ LAST_CONTACT_CAP = 520  # periods: "never contacted" is a flag, not a huge numbe
 
 
 def state_features(obs: dict[str, np.ndarray], dates, window_periods: np.ndarray, n_stages: int,
-                   n_segments: int, remaining: np.ndarray | None = None) -> np.ndarray:
+                   n_segments: int) -> np.ndarray:
     """(n, d) float features of n states (see the module docstring)."""
     lc = obs["last_contact"].astype(np.float64)
     never = lc >= LAST_CONTACT_CAP
@@ -50,11 +50,7 @@ def state_features(obs: dict[str, np.ndarray], dates, window_periods: np.ndarray
             np.asarray(window_periods, np.float64)]
     stage = np.eye(n_stages)[obs["stage"]]
     seg = np.eye(max(n_segments, 1))[obs["segment"]]
-    parts = [np.column_stack(cols), stage, seg, obs["products"].astype(np.float64)]
-    if remaining is not None:
-        rem = np.asarray(remaining, np.float64)
-        parts.append(np.column_stack([rem, np.log1p(rem)]))
-    return np.concatenate(parts, axis=1)
+    return np.concatenate([np.column_stack(cols), stage, seg, obs["products"].astype(np.float64)], axis=1)
 
 
 def customer_folds(customer_ids: np.ndarray, folds: int, seed: int) -> np.ndarray:

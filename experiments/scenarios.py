@@ -600,7 +600,7 @@ def run_ope(sc: Scenario, out: Path, digests: dict[str, str]) -> tuple[Path | No
     if todo:
         import pandas as pd
         from experiments.evaluate import resolve_policy
-        from experiments.ope import OPESettings, evaluate_offline
+        from experiments.ope import OPESettings, evaluate_offline, logged_decisions
         from sim.history import load_history
         from sim.world import WorldModel
         world = WorldModel.load(sc.world)
@@ -610,10 +610,12 @@ def run_ope(sc: Scenario, out: Path, digests: dict[str, str]) -> tuple[Path | No
                                   if k != "history"})
         history = load_history(sc.ope["history"])
         with _limit_threads():
+            shared = logged_decisions(history, settings.start, settings.end, world, book)
             for label, pp in todo:
                 policy = resolve_policy(pp, world)
                 _torch_one_thread()
-                res = evaluate_offline(history, settings, policy=policy, world=world, book=book, workers=0)
+                res = evaluate_offline(history, settings, policy=policy, world=world, book=book, workers=0,
+                                       logged=shared)
                 res.pop("seconds", None)
                 res["policy"] = label
                 res["inputs_digest"] = wanted[label]

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from cli_runner import clv, ok_json
-from experiments.ope import OPESettings, bootstrap_intervals, evaluate_offline
+from experiments.ope import OPESettings, bootstrap_intervals, evaluate_offline, logged_decisions
 from experiments.ope_data import decision_outcomes, on_policy_value
 from experiments.ope_estimators import IPS, LoggedBandit, bootstrap_replicates, make_estimator
 from experiments.ope_models import FittedQ, RewardModel
@@ -148,6 +148,22 @@ def test_policy_estimates_agree_and_the_ray_bootstrap_matches_in_process(generat
     local = bootstrap_intervals(jobs, data, 300, 0.05, 9, np.arange(40) // 4, workers=0)
     on_ray = bootstrap_intervals(jobs, data, 300, 0.05, 9, np.arange(40) // 4, workers=2)
     assert local == on_ray
+
+
+def test_candidates_sharing_the_logged_decisions_get_the_same_numbers(generated):
+    hist, truth = generated
+    world = truth["world"]
+    settings = OPESettings(estimators=("dm", "dr"), n_boot=50, seed=2)
+    shared = logged_decisions(hist, world=world)
+    for name in ("bau", "greedy_uplift"):
+        pol = make_baseline(name, world)
+        alone = evaluate_offline(hist, settings, policy=pol, world=world, workers=0)
+        together = evaluate_offline(hist, settings, policy=pol, world=world, workers=0, logged=shared)
+        assert together["estimates"] == alone["estimates"]
+    assert len(shared._reward_models) == 1          # one reward model served both candidates
+    with pytest.raises(ValueError, match="another window or world"):
+        evaluate_offline(hist, OPESettings(estimators=("dr",), n_boot=20, start="2022-06-01"),
+                         policy=make_baseline("bau", world), world=world, workers=0, logged=shared)
 
 
 def test_fqe_and_sequential_estimators_run_on_a_policy(generated):
