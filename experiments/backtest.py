@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,27 +39,24 @@ import pandas as pd
 
 from sim.errors import ConfigError
 
+from .ope import OPESettings
+
 MIN_PERIODS = 4
 
 
 @dataclass(frozen=True)
 class BacktestSettings:
-    """Knobs of a backtest besides the split date and the candidates."""
+    """Knobs of a backtest besides the split date and the candidates: the offline evaluation's
+    (estimand per_decision; its seed is also the first simulation seed) and the simulation's."""
 
-    estimators: tuple[str, ...] = ("dm", "ips", "snips", "dr")
-    n_boot: int = 1000
-    alpha: float = 0.05
-    seed: int = 0
-    folds: int = 5
-    reward_model: str = "ridge"
-    clip: float | None = None
+    ope: OPESettings = field(default_factory=OPESettings)
     seeds: int = 5                 # simulation seeds (CIs over seeds)
     customers: int | None = None   # simulated customers (default: the whole book)
     workers: int | None = None     # Ray CPUs for the OPE bootstrap (0: in-process)
     address: str | None = None     # an existing Ray cluster
 
     def main_estimator(self) -> str:
-        return "dr" if "dr" in self.estimators else self.estimators[0]
+        return "dr" if "dr" in self.ope.estimators else self.ope.estimators[0]
 
 
 def policy_name(spec: str) -> str:
@@ -152,7 +149,7 @@ def _simulate(world, book, policies: dict[str, Any], periods: int, cadence: int,
     per_seed: dict[str, dict[str, list[float]]] = {k: {"clv": [], "per_decision_reward": [], "contacts": []}
                                                     for k in policies}
     for k in range(settings.seeds):
-        s = settings.seed + k
+        s = settings.ope.seed + k
         for name, pol in policies.items():
             res = simulate(world, at_cadence(as_simulator_policy(pol), cadence), periods, s, book=book,
                            customers=n, crn=True)
@@ -175,15 +172,14 @@ def run_backtest(history, split_date: str, policies: list[str], settings: Backte
     per policy and seed."""
     from experiments.evaluate import resolve_policy
 
-    from .ope import OPESettings, evaluate_offline, logged_decisions
+    from .ope import evaluate_offline, logged_decisions
     from .ray_session import ray_session
     from .ope_data import decision_outcomes, on_policy_value
 
     t0 = time.perf_counter()
     specs = check_policies(policies)
-    ope_settings = OPESettings(estimand="per_decision", estimators=tuple(settings.estimators), clip=settings.clip,
-                               n_boot=settings.n_boot, alpha=settings.alpha, seed=settings.seed,
-                               folds=settings.folds, reward_model=settings.reward_model)
+    if settings.ope.estimand != "per_decision":
+        raise ConfigError(f"a backtest ranks candidates on the per_decision estimand, not {settings.ope.estimand}")
     if settings.seeds < 1:
         raise ConfigError(f"--seeds {settings.seeds}: must be >= 1")
     d, end = check_split(history, split_date)
@@ -233,7 +229,7 @@ def run_backtest(history, split_date: str, policies: list[str], settings: Backte
     main = settings.main_estimator()
     out_pols: dict[str, dict[str, Any]] = {}
     # one Ray for every candidate's bootstrap (none with --workers 0)
-    ope_after = replace(ope_settings, start=split)
+    ope_after = replace(settings.ope, start=split)
     shared = logged_decisions(history, split, None, world, book)   # states and reward model, once for all candidates
     with ray_session(settings.workers, settings.address) if settings.workers != 0 else contextlib.nullcontext():
         for name, pol in pols.items():
@@ -282,11 +278,11 @@ def run_backtest(history, split_date: str, policies: list[str], settings: Backte
                      "simulation": f"mean reward (margin - contact cost, undiscounted) per customer per decision "
                                    f"window of {cadence} periods, acting only at decision points"},
         "simulation_settings": {"customers": settings.customers or int(len(book)), "periods": periods,
-                                "seeds": settings.seeds, "seed": settings.seed, "cadence": cadence,
+                                "seeds": settings.seeds, "seed": settings.ope.seed, "cadence": cadence,
                                 "common_random_numbers": True},
-        "ope_settings": {"estimators": list(settings.estimators), "bootstrap": settings.n_boot,
-                         "alpha": settings.alpha, "reward_model": settings.reward_model, "folds": settings.folds,
-                         "clip": settings.clip},
+        "ope_settings": {"estimators": list(settings.ope.estimators), "bootstrap": settings.ope.n_boot,
+                         "alpha": settings.ope.alpha, "reward_model": settings.ope.reward_model,
+                         "folds": settings.ope.folds, "clip": settings.ope.clip},
         "policies": out_pols,
         "ranking": {"ope": ope_order, "simulation": sim_order, "kendall_tau": tau,
                     "same_best": ope_order[0] == sim_order[0]},

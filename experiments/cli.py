@@ -127,6 +127,17 @@ HistoryArg = typer.Argument(None, help="History folder holding transactions.csv 
 DatasetOpt = typer.Option(None, "--dataset", help="Bundled dataset instead of a folder: cdnow or bank.")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON document on stdout (logs go to stderr).")
 
+# options shared by the offline-evaluation commands (ope, backtest)
+ClipOpt = typer.Option(None, "--clip", help="Cap on importance weights (ips, dr).")
+BootstrapOpt = typer.Option(1000, "--bootstrap", help="Bootstrap resamples of customers for the intervals.")
+AlphaOpt = typer.Option(0.05, "--alpha", help="1 - confidence level of the intervals.")
+FoldsOpt = typer.Option(5, "--folds", help="Cross-fitting folds of the outcome models (by customer).")
+RewardModelOpt = typer.Option("ridge", "--reward-model", help="ridge (fast) or hgb (gradient boosting).")
+RayWorkersOpt = typer.Option(None, "--workers", min=0, help="CPUs of the local Ray for the bootstrap "
+                                                           "(default: all; 0 runs it in-process).")
+RayAddressOpt = typer.Option(None, "--address", help="An existing Ray cluster for the bootstrap.")
+OutJsonOpt = typer.Option(None, "--out", help="Write the result JSON here too.")
+
 
 @app.command("make-data")
 def make_data(
@@ -727,18 +738,17 @@ def ope(
     estimand: str = typer.Option("per_decision", "--estimand", help="per_decision (mean reward after a decision) or "
                                                                     "per_customer (sum over a customer's decisions)."),
     discount: Optional[float] = typer.Option(None, "--discount", help="Per-decision discount of the per_customer sum."),
-    clip: Optional[float] = typer.Option(None, "--clip", help="Cap on importance weights (ips, dr)."),
-    bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples of customers for the intervals."),
-    alpha: float = typer.Option(0.05, "--alpha", help="1 - confidence level of the intervals."),
+    clip: Optional[float] = ClipOpt,
+    bootstrap: int = BootstrapOpt,
+    alpha: float = AlphaOpt,
     seed: int = typer.Option(0, "--seed", help="Seed of the folds and the bootstrap."),
-    folds: int = typer.Option(5, "--folds", help="Cross-fitting folds of the outcome models (by customer)."),
-    reward_model: str = typer.Option("ridge", "--reward-model", help="ridge (fast) or hgb (gradient boosting)."),
+    folds: int = FoldsOpt,
+    reward_model: str = RewardModelOpt,
     start: Optional[str] = typer.Option(None, "--start", help="Evaluate decisions from this date."),
     end: Optional[str] = typer.Option(None, "--end", help="... up to this date (exclusive); closes reward windows."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="CPUs of the local Ray for the bootstrap "
-                                                                         "(default: all; 0 runs it in-process)."),
-    address: Optional[str] = typer.Option(None, "--address", help="An existing Ray cluster for the bootstrap."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write the result JSON here too."),
+    workers: Optional[int] = RayWorkersOpt,
+    address: Optional[str] = RayAddressOpt,
+    out: Optional[Path] = OutJsonOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Estimate a candidate policy's value from the logged decisions (off-policy evaluation), with
@@ -758,8 +768,7 @@ def ope(
         if world_path is not None:
             _check_world(world_path)
         from experiments.ope import OPESettings, evaluate_offline
-        settings = OPESettings(estimand=estimand, estimators=tuple(e.strip() for e in estimators.split(",") if e.strip()),
-                               discount=discount, clip=clip, n_boot=bootstrap, alpha=alpha, seed=seed, folds=folds,
+        settings = OPESettings(estimand=estimand, estimators=_names(estimators), discount=discount, clip=clip, n_boot=bootstrap, alpha=alpha, seed=seed, folds=folds,
                                reward_model=reward_model, start=start_d, end=end_d)
         history = _load(history_dir, None)
         world = book = pol = None
@@ -803,18 +812,17 @@ def backtest(
                                                                     "the day before the split; skips calibration."),
     estimators: str = typer.Option("dm,ips,snips,dr", "--estimators", help="Comma-separated OPE estimators of the "
                                    "per_decision estimand: dm, ips, snips, dr, sndr (ranking uses dr if given, else the first)."),
-    clip: Optional[float] = typer.Option(None, "--clip", help="Cap on importance weights (ips, dr)."),
-    bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples of customers for the OPE intervals."),
-    alpha: float = typer.Option(0.05, "--alpha", help="1 - confidence level of the OPE intervals."),
+    clip: Optional[float] = ClipOpt,
+    bootstrap: int = BootstrapOpt,
+    alpha: float = AlphaOpt,
     seed: int = typer.Option(0, "--seed", help="Seed of the OPE folds and bootstrap, and first simulation seed."),
-    folds: int = typer.Option(5, "--folds", help="Cross-fitting folds of the OPE outcome models."),
-    reward_model: str = typer.Option("ridge", "--reward-model", help="ridge (fast) or hgb (gradient boosting)."),
+    folds: int = FoldsOpt,
+    reward_model: str = RewardModelOpt,
     seeds: int = typer.Option(5, "--seeds", min=1, help="Simulation seeds (CIs over seeds)."),
     customers: Optional[int] = typer.Option(None, "--customers", min=1, help="Simulated customers (default: the whole book)."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="CPUs of the local Ray for the bootstrap "
-                                                                         "(default: all; 0 runs it in-process)."),
-    address: Optional[str] = typer.Option(None, "--address", help="An existing Ray cluster for the bootstrap."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write the result JSON here too."),
+    workers: Optional[int] = RayWorkersOpt,
+    address: Optional[str] = RayAddressOpt,
+    out: Optional[Path] = OutJsonOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Backtest policies on the history after a split date, by OPE and by simulation.
@@ -827,7 +835,6 @@ def backtest(
     Example: clv backtest bank/ --split-date 2024-07-01 --policies none,bau,greedy_uplift --world world.json --json
     """
     with _user_errors():
-        from sim.errors import ConfigError
         _check_source(history_dir, None)
         _check_out(out)
         split = _date(split_date, "--split-date")
@@ -835,14 +842,10 @@ def backtest(
         specs = check_policies(policies.split(","))
         if world_path is not None:
             _check_world(world_path)
-        if not estimators.strip():
-            raise ConfigError("--estimators: give at least one estimator")
-        settings = BacktestSettings(estimators=tuple(e.strip() for e in estimators.split(",") if e.strip()),
-                                    n_boot=bootstrap, alpha=alpha, seed=seed, folds=folds, reward_model=reward_model,
-                                    clip=clip, seeds=seeds, customers=customers, workers=workers, address=address)
         from experiments.ope import OPESettings
-        OPESettings(estimators=settings.estimators, clip=clip, n_boot=bootstrap, alpha=alpha, folds=folds,
-                    reward_model=reward_model)  # checks the OPE options before any work
+        ope_settings = OPESettings(estimators=_names(estimators), clip=clip, n_boot=bootstrap, alpha=alpha,
+                                   seed=seed, folds=folds, reward_model=reward_model)  # checked before any work
+        settings = BacktestSettings(ope_settings, seeds=seeds, customers=customers, workers=workers, address=address)
         history = _load(history_dir, None)
         world = book = note = None
         if world_path is not None:
@@ -873,6 +876,11 @@ def backtest(
     lines += [f"warning: {w}" for w in res["warnings"]]
     lines.append(f"{res['seconds']:.1f}s")
     _emit(res, as_json, "\n".join(lines))
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """The names of a comma-separated option, e.g. --estimators dm,ips."""
+    return tuple(e.strip() for e in text.split(",") if e.strip())
 
 
 def _ope_world(history, world_path: Optional[Path], start: Optional[str]):

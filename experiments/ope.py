@@ -56,7 +56,7 @@ class OPESettings:
     alpha: float = 0.05
     seed: int = 0
     folds: int = 5
-    reward_model: str = "hgb"
+    reward_model: str = "ridge"
     start: str | None = None
     end: str | None = None
 

@@ -12,6 +12,7 @@ import pytest
 
 from cli_runner import clv, ok_json
 from experiments.backtest import BacktestSettings, decision_cadence, kendall_tau, run_backtest
+from experiments.ope import OPESettings
 from experiments.ope_data import decision_outcomes, on_policy_value
 from sim.history import load_history
 from sim.synthetic import BankConfig, write_bank_history
@@ -116,8 +117,8 @@ def test_backtest_given_world_matches_api(bank, tmp_path):
     from sim.world import WorldModel
     w2 = WorldModel.load(tmp_path / "world.json")
     assert d["calibration"]["world_hash"] == w2.hash()
-    api = run_backtest(history, SPLIT, ["none", "bau"], BacktestSettings(estimators=("ips", "dm"), n_boot=50,
-                                                                        seeds=2, workers=0),
+    api = run_backtest(history, SPLIT, ["none", "bau"], BacktestSettings(OPESettings(estimators=("ips", "dm"),
+                                                                                    n_boot=50), seeds=2, workers=0),
                        world=w2, book=pd.read_parquet(tmp_path / world.book_file))
     for n in ("none", "bau"):
         assert d["policies"][n]["ope"]["ips"]["value"] == pytest.approx(api["policies"][n]["ope"]["ips"]["value"])
