@@ -887,12 +887,9 @@ def _ope_world(history, world_path: Optional[Path], start: Optional[str]):
     """(world, book, note) for offline evaluation: the given world, or one calibrated on the history
     before `start` (the whole history without one)."""
     if world_path is not None:
-        import pandas as pd
         from sim.world import WorldModel
         world = WorldModel.load(world_path)
-        bp = world.book_path(world_path)
-        book = pd.read_parquet(bp) if bp is not None and bp.exists() else None
-        return world, book, str(world_path)
+        return world, world.read_book(world_path), str(world_path)
     import pandas as pd
     from sim.calibrate import calibrate as fit
     last = history.transactions["date"].max()

@@ -62,13 +62,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from policies.baselines import BASELINES
 from sim.errors import ConfigError
 
 KEYS = ("name", "world", "population", "customers", "horizon", "seeds", "policies", "budgets",
         "constraints", "values", "ope")
 CONSTRAINT_KEYS = {"capacity": "capacity", "min_coverage": "min-coverage", "max_share": "max-share"}
 VALUES_KEYS = ("horizon", "replications")
-BASELINE_NAMES = ("none", "random", "bau", "churn_threshold", "greedy_uplift")  # policies.baselines.BASELINES
 CELL_VERSION = 1          # bump when run_cell's numbers change: every cell id changes with it
 METRICS = ("clv", "incremental_clv", "retention", "marketing_roi", "cross_sell_rate", "active_share",
            "contacts", "cost", "discounted_cost", "clv_none")
@@ -224,12 +224,12 @@ def load_scenario(path: str | Path) -> Scenario:
             _fail(file, key, f"expected a policy name or folder, got {p!r}")
         if p in labels:
             _fail(file, key, f"policy {p!r} is given twice")
-        if p in BASELINE_NAMES:
+        if p in BASELINES:
             paths.append(p)
         elif (base / p).exists():
             paths.append(str((base / p).resolve()))
         else:
-            _fail(file, key, f"unknown policy {p!r}; known: {', '.join(BASELINE_NAMES)} or a folder written by "
+            _fail(file, key, f"unknown policy {p!r}; known: {', '.join(BASELINES)} or a folder written by "
                              "clv train")
         labels.append(p)
 
@@ -389,7 +389,7 @@ def fingerprints(sc: Scenario) -> dict[str, str]:
     if sc.book:
         out["book"] = _file_digest(sc.book)
     for label, p in zip(sc.policies, sc.policy_paths):
-        if p not in BASELINE_NAMES:
+        if p not in BASELINES:
             out[f"policy:{label}"] = _file_digest(p)
     return out
 
@@ -400,7 +400,7 @@ def cell_id(sc: Scenario, cell: dict[str, Any], digests: dict[str, str]) -> str:
     and for budget cells the constraints and the value-table settings."""
     key: dict[str, Any] = {"v": CELL_VERSION, "world": digests["world"], "book": digests.get("book"),
                            "population": sc.population, "customers": sc.customers, "horizon": sc.horizon,
-                           "policy": cell["policy"] if cell["policy_path"] in BASELINE_NAMES
+                           "policy": cell["policy"] if cell["policy_path"] in BASELINES
                            else digests[f"policy:{cell['policy']}"],
                            "budget": cell["budget"], "seed": cell["seed"]}
     if cell["budget"] is not None:
@@ -568,7 +568,7 @@ def ope_digest(sc: Scenario, digests: dict[str, str], label: str, policy_path: s
     assert sc.ope is not None
     key = {"v": OPE_VERSION, "world": digests["world"], "book": digests.get("book"),
            "history": _file_digest(sc.ope["history"]),
-           "policy": label if policy_path in BASELINE_NAMES else digests[f"policy:{label}"],
+           "policy": label if policy_path in BASELINES else digests[f"policy:{label}"],
            "settings": {k: v for k, v in sorted(sc.ope.items()) if k != "history"}}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -598,14 +598,12 @@ def run_ope(sc: Scenario, out: Path, digests: dict[str, str]) -> tuple[Path | No
     todo = [(label, pp) for label, pp in zip(sc.policies, sc.policy_paths) if label not in old]
     entries: dict[str, Any] = dict(old)
     if todo:
-        import pandas as pd
         from experiments.evaluate import resolve_policy
         from experiments.ope import OPESettings, evaluate_offline, logged_decisions
         from sim.history import load_history
         from sim.world import WorldModel
         world = WorldModel.load(sc.world)
-        bp = world.book_path(sc.world)
-        book = pd.read_parquet(bp) if bp is not None and bp.is_file() else None
+        book = world.read_book(sc.world)
         settings = OPESettings(**{k: (tuple(v) if k == "estimators" else v) for k, v in sc.ope.items()
                                   if k != "history"})
         history = load_history(sc.ope["history"])

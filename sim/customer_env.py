@@ -150,10 +150,7 @@ def resolve_world(world: WorldModel | str | Path | None, population: str | None,
         path = Path(world)
         world = WorldModel.load(path)
         if book is None and population != "new":
-            bp = world.book_path(path)
-            if bp is not None and bp.exists():
-                import pandas as pd
-                book = pd.read_parquet(bp)
+            book = world.read_book(path)
     if population is None:
         population = "book" if book is not None else "new"
     return world, population, book

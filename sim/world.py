@@ -209,6 +209,15 @@ class WorldModel:
             return None
         return Path(world_path).parent / self.book_file
 
+    def read_book(self, world_path: str | Path):
+        """The world's book of digital twins (the Parquet beside its JSON) as a DataFrame, or None
+        when the world has none or the file is not there."""
+        bp = self.book_path(world_path)
+        if bp is None or not bp.is_file():
+            return None
+        import pandas as pd
+        return pd.read_parquet(bp)
+
 
 def json_safe(obj: Any) -> Any:
     """JSON-safe copy: numpy scalars to Python, NaN/inf to None."""
