@@ -20,6 +20,39 @@ import pandas as pd
 from sim.errors import ConfigError
 
 ESTIMANDS = ("per_decision", "per_customer")
+FIRST_DAY = -(1 << 31)  # before any date: DayIndex.position(codes, FIRST_DAY) is a customer's first row
+
+
+def customer_codes(*ids: np.ndarray) -> list[np.ndarray]:
+    """Integer customer codes shared by several id arrays (one code per distinct id)."""
+    cats = pd.Categorical(np.concatenate([np.asarray(a) for a in ids]))
+    c = cats.codes.astype(np.int64)
+    bounds = np.cumsum([0] + [len(a) for a in ids])
+    return [c[bounds[k]:bounds[k + 1]] for k in range(len(ids))]
+
+
+def day_numbers(dates) -> np.ndarray:
+    """Days since 1970-01-01 (int64) of datetime-like values."""
+    return np.asarray(dates, dtype="datetime64[D]").astype(np.int64)
+
+
+class DayIndex:
+    """A table's rows sorted by (customer code, day), stably, for point-in-time look-ups:
+    `position(codes, days)` is, per query, the first sorted row of that customer dated on or after
+    the day, so rows [position(c, FIRST_DAY), position(c, d)) are the customer's rows before d."""
+
+    def __init__(self, codes: np.ndarray, days: np.ndarray):
+        key = self._key(codes, days)
+        self.order = np.argsort(key, kind="stable")
+        self.key = key[self.order]
+        self.days = np.asarray(days)[self.order]
+
+    @staticmethod
+    def _key(codes: np.ndarray, days) -> np.ndarray:
+        return np.asarray(codes, np.int64) * (1 << 32) + (np.asarray(days, np.int64) - FIRST_DAY)
+
+    def position(self, codes: np.ndarray, days) -> np.ndarray:
+        return np.searchsorted(self.key, self._key(codes, np.broadcast_to(days, np.shape(codes))), side="left")
 
 
 def decision_outcomes(history, start: str | None = None, end: str | None = None) -> pd.DataFrame:
@@ -50,18 +83,10 @@ def decision_outcomes(history, start: str | None = None, end: str | None = None)
     nxt = np.minimum(nxt, np.datetime64(stop, "ns"))
 
     # margin in [date, next) per decision: cumulative sums over transactions sorted by (customer, day)
-    codes = pd.Categorical(np.concatenate([cust, tx["customer_id"].to_numpy()]))
-    dcode = codes.codes[:len(dec)].astype(np.int64)
-    tcode = codes.codes[len(dec):].astype(np.int64)
-    day = lambda a: np.asarray(a, dtype="datetime64[D]").astype(np.int64)   # noqa: E731
-    span = 1 << 32
-    tkey = tcode * span + (day(tx["date"].to_numpy()) + (1 << 31))
-    order = np.argsort(tkey, kind="stable")
-    tkey = tkey[order]
-    cum = np.concatenate([[0.0], np.cumsum(tx["amount"].to_numpy(dtype=np.float64)[order])])
-    lo = np.searchsorted(tkey, dcode * span + (day(dates) + (1 << 31)), side="left")
-    hi = np.searchsorted(tkey, dcode * span + (day(nxt) + (1 << 31)), side="left")
-    amount = cum[hi] - cum[lo]
+    dcode, tcode = customer_codes(cust, tx["customer_id"].to_numpy())
+    idx = DayIndex(tcode, day_numbers(tx["date"].to_numpy()))
+    cum = np.concatenate([[0.0], np.cumsum(tx["amount"].to_numpy(dtype=np.float64)[idx.order])])
+    amount = cum[idx.position(dcode, day_numbers(nxt))] - cum[idx.position(dcode, day_numbers(dates))]
     margin = history.economics.margin_rate * amount
 
     if "cost" in dec.columns:

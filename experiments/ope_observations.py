@@ -39,7 +39,7 @@ import pandas as pd
 from sim.errors import ConfigError
 from sim.population import NEVER_CONTACTED, WorldTables, action_masks
 
-_DAY = np.timedelta64(1, "D")
+from .ope_data import FIRST_DAY, DayIndex, customer_codes, day_numbers
 
 
 @dataclass
@@ -55,45 +55,18 @@ class DecisionStates:
         return int(self.action.shape[0])
 
 
-def _codes(outcomes: pd.DataFrame, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Shared integer customer codes for the decisions and another table's rows."""
-    cats = pd.Categorical(np.concatenate([outcomes["customer_id"].to_numpy(), frame["customer_id"].to_numpy()]))
-    c = cats.codes.astype(np.int64)
-    return c[:len(outcomes)], c[len(outcomes):]
-
-
-def _day(a) -> np.ndarray:
-    return np.asarray(a, dtype="datetime64[D]").astype(np.int64)
-
-
-def _keyed(codes: np.ndarray, days: np.ndarray) -> np.ndarray:
-    return codes * (1 << 32) + (days + (1 << 31))
-
-
-def _before(codes_rows, days_rows, codes_q, days_q):
-    """For each query (customer, day): the sorted row order and the [lo, hi) range of that
-    customer's rows dated strictly before the day."""
-    key = _keyed(codes_rows, days_rows)
-    order = np.argsort(key, kind="stable")
-    key = key[order]
-    lo = np.searchsorted(key, _keyed(codes_q, np.full_like(days_q, -(1 << 31))), side="left")
-    hi = np.searchsorted(key, _keyed(codes_q, days_q), side="left")
-    return order, lo, hi
-
-
-def _births(history, codes_q: np.ndarray, outcomes: pd.DataFrame) -> np.ndarray:
-    """Birth day per decision: signup date if known, else the first transaction (else the decision)."""
-    tx = history.transactions
-    dc, tc = _codes(outcomes, tx)
-    first = pd.Series(_day(tx["date"].to_numpy())).groupby(tc).min()
+def _births(history, outcomes: pd.DataFrame, dc: np.ndarray, tc: np.ndarray, tday: np.ndarray,
+            dday: np.ndarray) -> np.ndarray:
+    """Birth day per decision: signup date if known, else the first transaction (else the decision).
+    dc, tc: shared customer codes of the decisions and the transactions; tday, dday: their days."""
+    first = pd.Series(tday).groupby(tc).min()
     birth = first.reindex(dc).to_numpy(dtype=np.float64).copy()
     cust = history.customers
     if cust is not None and "signup_date" in cust.columns:
-        sc = pd.Series(_day(cust["signup_date"].to_numpy()), index=cust["customer_id"].to_numpy())
+        sc = pd.Series(day_numbers(cust["signup_date"].to_numpy()), index=cust["customer_id"].to_numpy())
         sign = sc.reindex(outcomes["customer_id"].to_numpy()).to_numpy(dtype=np.float64)
         ok = np.isfinite(sign)
         birth[ok] = sign[ok]
-    dday = _day(outcomes["date"].to_numpy())
     birth = np.where(np.isfinite(birth), birth, dday)
     return np.minimum(birth, dday).astype(np.int64)
 
@@ -155,23 +128,22 @@ def decision_states(history, world, outcomes: pd.DataFrame, book: pd.DataFrame |
                           f"is not in the world's catalogue ({', '.join(names)})")
     action = action.to_numpy(dtype=np.int64)
     n = len(outcomes)
-    dday = _day(outcomes["date"].to_numpy())
-    dc = _codes(outcomes, outcomes)[0]
-    birth = _births(history, dc, outcomes)
-
+    ids = outcomes["customer_id"].to_numpy()
+    dday = day_numbers(outcomes["date"].to_numpy())
     tx = history.transactions
-    qc, tc = _codes(outcomes, tx)
-    tday = _day(tx["date"].to_numpy())
-    order, lo, hi = _before(tc, tday, qc, dday)
+    dc, tc = customer_codes(ids, tx["customer_id"].to_numpy())
+    tday = day_numbers(tx["date"].to_numpy())
+    birth = _births(history, outcomes, dc, tc, tday, dday)
+
     # only transactions since birth count (a signup after earlier purchases restarts the count)
-    sorted_days = tday[order]
-    lo = np.maximum(lo, np.searchsorted(_keyed(tc[order], sorted_days), _keyed(qc, birth), side="left"))
-    hi = np.maximum(hi, lo)
-    amount = np.concatenate([[0.0], np.cumsum(tx["amount"].to_numpy(dtype=np.float64)[order])])
+    txi = DayIndex(tc, tday)
+    lo = txi.position(dc, birth)
+    hi = np.maximum(txi.position(dc, dday), lo)
+    amount = np.concatenate([[0.0], np.cumsum(tx["amount"].to_numpy(dtype=np.float64)[txi.order])])
     frequency = (hi - lo).astype(np.int32)
     monetary = amount[hi] - amount[lo]
     tenure = np.floor((dday - birth) / pdays).astype(np.int32)
-    last_tx = np.where(hi > lo, sorted_days[np.maximum(hi - 1, 0)], 0)
+    last_tx = np.where(hi > lo, txi.days[np.maximum(hi - 1, 0)], 0)
     recency = np.where(hi > lo, np.ceil((dday - last_tx) / pdays) - 1, tenure).astype(np.int32)
 
     P = len(world.products)
@@ -180,22 +152,22 @@ def decision_states(history, world, outcomes: pd.DataFrame, book: pd.DataFrame |
     if P and pe is not None and len(pe):
         known = pe["product"].isin(world.products).to_numpy()
         pe = pe[known]
-        pc, ec = _codes(outcomes, pe)
-        eday = _day(pe["date"].to_numpy())
+        pc, ec = customer_codes(ids, pe["customer_id"].to_numpy())
+        eday = day_numbers(pe["date"].to_numpy())
         pidx = pd.Index(world.products).get_indexer(pe["product"].to_numpy())
         sign = np.where(pe["event"].to_numpy() == "open", 1, -1)
         for j in range(P):
             m = pidx == j
             if not m.any():
                 continue
-            o, plo, phi = _before(ec[m], eday[m], pc, dday)
+            ev = DayIndex(ec[m], eday[m])
+            sign_j = sign[m][ev.order]
+            first, before, through = ev.position(pc, FIRST_DAY), ev.position(pc, dday), ev.position(pc, dday + 1)
             # state after the last event before the day (events sorted by date within customer)
-            last_sign = np.where(phi > plo, sign[m][o][np.maximum(phi - 1, 0)], 0)
-            held = last_sign > 0
+            held = np.where(before > first, sign_j[np.maximum(before - 1, 0)], 0) > 0
             # starting products opened on the signup day count at a decision on that day
-            o2, slo, shi = _before(ec[m], eday[m], pc, dday + 1)
-            on_day = (shi > phi) & (dday == birth)
-            opened_today = np.where(on_day, sign[m][o2][np.maximum(shi - 1, 0)] > 0, False)
+            on_day = (through > before) & (dday == birth)
+            opened_today = np.where(on_day, sign_j[np.maximum(through - 1, 0)] > 0, False)
             products[:, j] = held | opened_today
 
     contacted = action > 0
