@@ -159,6 +159,12 @@ def _header(out: Path, sc: dict, results: pd.DataFrame, world: Any, world_path: 
             + _table(["", ""], rows, left=2) + f"<nav>{nav}</nav>")
 
 
+def _intervals(rows: list[dict], metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, ci_low, ci_high) arrays of a summary metric over rows; a missing value (None) is NaN."""
+    return tuple(np.array([np.nan if r[metric][k] is None else r[metric][k] for r in rows], float)
+                 for k in ("mean", "ci_low", "ci_high"))
+
+
 def _frontier(summary: list[dict], policies: list[str]) -> str:
     out = [f'<h2 id="frontier">{HEADINGS["frontier"]}</h2>']
     budgeted = [s for s in summary if s["budget"] is not None]
@@ -179,12 +185,7 @@ def _frontier(summary: list[dict], policies: list[str]) -> str:
             continue
         c = _color(policies, p)
         x = np.array([s["budget"] for s in rows])
-        m = np.array([np.nan if s["incremental_clv"]["mean"] is None else s["incremental_clv"]["mean"] for s in rows],
-                     float)
-        lo = np.array([np.nan if s["incremental_clv"]["ci_low"] is None else s["incremental_clv"]["ci_low"]
-                       for s in rows], float)
-        hi = np.array([np.nan if s["incremental_clv"]["ci_high"] is None else s["incremental_clv"]["ci_high"]
-                       for s in rows], float)
+        m, lo, hi = _intervals(rows, "incremental_clv")
         a.plot(x, m, "-", color=c, label=p)
         a.errorbar(x, m, yerr=[np.nan_to_num(m - lo), np.nan_to_num(hi - m)], fmt="o", color=c, capsize=4)
         a.fill_between(x, lo, hi, color=c, alpha=0.18, linewidth=0)
@@ -237,9 +238,7 @@ def _compare(summary: list[dict], policies: list[str]) -> str:
     names = [s["policy"] for s in free]
     for j, (m, lab, _) in enumerate(COMPARE_METRICS):
         a = ax[0][j]
-        mean = np.array([np.nan if s[m]["mean"] is None else s[m]["mean"] for s in free], float)
-        lo = np.array([np.nan if s[m]["ci_low"] is None else s[m]["ci_low"] for s in free], float)
-        hi = np.array([np.nan if s[m]["ci_high"] is None else s[m]["ci_high"] for s in free], float)
+        mean, lo, hi = _intervals(free, m)
         err = np.vstack([np.nan_to_num(mean - lo), np.nan_to_num(hi - mean)])
         a.bar(range(len(free)), np.nan_to_num(mean), yerr=err, capsize=4,
               color=[_color(policies, p) for p in names])

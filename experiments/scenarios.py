@@ -143,6 +143,17 @@ def _str_list(file: str, key: str, v: Any, allow_empty: bool = True) -> list:
     return v
 
 
+def _mapping(file: str, key: str | None, raw: Any, known, expected: str) -> dict:
+    """`raw`, checked to be a mapping with only `known` keys (an unknown key is named in full,
+    e.g. "values.horizn"); `expected` says what to write instead of a non-mapping."""
+    if not isinstance(raw, dict):
+        _fail(file, key, expected)
+    for k in raw:
+        if k not in known:
+            _fail(file, f"{key}.{k}" if key else str(k), f"unknown key; known: {', '.join(known)}")
+    return raw
+
+
 def load_scenario(path: str | Path) -> Scenario:
     """Read and validate a scenario file. Every problem is a ConfigError of one line naming the
     file and the key, e.g. "scen.yaml: policies[2]: unknown policy 'gredy'; known: ...". """
@@ -161,11 +172,7 @@ def load_scenario(path: str | Path) -> Scenario:
         _fail(file, None, f"not valid YAML: {where}{getattr(e, 'problem', None) or str(e).splitlines()[0]}")
     except UnicodeDecodeError:
         _fail(file, None, "not a text (YAML) file")
-    if not isinstance(doc, dict):
-        _fail(file, None, f"expected a mapping with the keys {', '.join(KEYS)}")
-    unknown = [str(k) for k in doc if k not in KEYS]
-    if unknown:
-        _fail(file, unknown[0], f"unknown key; known: {', '.join(KEYS)}")
+    _mapping(file, None, doc, KEYS, f"expected a mapping with the keys {', '.join(KEYS)}")
     base = path.resolve().parent
 
     name = doc.get("name", path.stem)
@@ -250,12 +257,8 @@ def load_scenario(path: str | Path) -> Scenario:
         if budgets[-1] in budgets[:-1]:
             _fail(file, key, f"budget {b!r} is given twice")
 
-    cons_raw = doc.get("constraints") or {}
-    if not isinstance(cons_raw, dict):
-        _fail(file, "constraints", "expected a mapping with capacity, min_coverage, max_share")
-    for k in cons_raw:
-        if k not in CONSTRAINT_KEYS:
-            _fail(file, f"constraints.{k}", f"unknown key; known: {', '.join(CONSTRAINT_KEYS)}")
+    cons_raw = _mapping(file, "constraints", doc.get("constraints") or {}, CONSTRAINT_KEYS,
+                        "expected a mapping with capacity, min_coverage, max_share")
     from optimizer.problem import parse_constraint
     seg_names = [s.name for s in world.segments]
     channels = list(dict.fromkeys(a.channel or "no_channel" for a in world.catalogue.actions[1:]))
@@ -276,12 +279,8 @@ def load_scenario(path: str | Path) -> Scenario:
                 _fail(file, key, f"no {c.scope} {c.key!r} in the world (it has {', '.join(known)})")
         constraints[k] = tuple(items)
 
-    vals = doc.get("values") or {}
-    if not isinstance(vals, dict):
-        _fail(file, "values", "expected a mapping {horizon: N, replications: N}")
-    for k in vals:
-        if k not in VALUES_KEYS:
-            _fail(file, f"values.{k}", f"unknown key; known: {', '.join(VALUES_KEYS)}")
+    vals = _mapping(file, "values", doc.get("values") or {}, VALUES_KEYS,
+                    "expected a mapping {horizon: N, replications: N}")
     from optimizer.value_sources import DEFAULT_HORIZON, DEFAULT_REPLICATIONS
     vh = _int(file, "values.horizon", vals.get("horizon", DEFAULT_HORIZON), 1)
     vr = _int(file, "values.replications", vals.get("replications", DEFAULT_REPLICATIONS), 1)
@@ -311,12 +310,8 @@ def _date_text(file: str, key: str, v: Any) -> str | None:
 
 def _ope_section(file: str, base: Path, raw: Any) -> dict[str, Any]:
     """The validated `ope:` section: OPESettings fields plus the history's absolute path."""
-    if not isinstance(raw, dict):
-        _fail(file, "ope", "expected a mapping {history: FOLDER, estimators: [dm, ips, snips, dr], bootstrap: N, "
-                           "start: YYYY-MM-DD}")
-    for k in raw:
-        if k not in OPE_KEYS:
-            _fail(file, f"ope.{k}", f"unknown key; known: {', '.join(OPE_KEYS)}")
+    _mapping(file, "ope", raw, OPE_KEYS, "expected a mapping {history: FOLDER, estimators: [dm, ips, snips, dr], "
+                                         "bootstrap: N, start: YYYY-MM-DD}")
     h = raw.get("history")
     if h in (None, ""):
         _fail(file, "ope.history", "missing; give a history folder with a decisions table (as for `clv ope`)")
