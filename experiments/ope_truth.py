@@ -53,15 +53,15 @@ value plain, ~0.6 % with the control variate; about 120,000 customers bring the 
 """
 from __future__ import annotations
 
-import copy
 import time
-from dataclasses import fields, replace
+from dataclasses import replace
 from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 
-from sim.population import PopulationSimulator, PopulationState
+from policies.base import sample_actions
+from sim.population import PopulationSimulator
 from sim.synthetic import BankConfig, BankRun, logging_chooser, run_bank_weeks, start_bank_run
 
 BRANCH_KEY = 0x0B5E      # seed-sequence words of the branch stream and of the candidates' own streams:
@@ -104,7 +104,7 @@ class _Ledger:
         pos = pos[self.cur[pos] >= 0]
         self.reward[self.cur[pos]] += self.margin * np.minimum(out.transactions[pos], TX_CAP) * self.unit[pos]
 
-    def frame(self, run: BankRun) -> dict[str, np.ndarray]:
+    def frame(self) -> dict[str, np.ndarray]:
         k = self.count
         return {"cust": self.cust[:k], "week": self.week[:k], "step": self.step[:k], "action": self.action[:k],
                 "reward": self.reward[:k]}
@@ -218,17 +218,6 @@ def _check_probs(name: str, probs: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return p
 
 
-def _branch_sim(sim: PopulationSimulator, rows: np.ndarray, rng: np.random.Generator) -> PopulationSimulator:
-    """A sub-simulator holding copies of the customers `rows` of `sim` (full state, same clock t and
-    start date: eff_end is an absolute step), stepping with `rng`."""
-    twin = copy.copy(sim)
-    twin.state = PopulationState(**{f.name: getattr(sim.state, f.name)[rows] for f in fields(PopulationState)})
-    twin.rng = rng
-    twin.crn = False
-    twin.track_expected = False
-    return twin
-
-
 def _one_step_run(cfg: BankConfig, policies: Mapping[str, Any], replicates: int) -> dict[str, Any]:
     """The logging run with its branches: per logged decision, the one-step value of every policy
     and of the logging policy (mean over `replicates` branch draws, and their spread)."""
@@ -256,7 +245,7 @@ def _one_step_run(cfg: BankConfig, policies: Mapping[str, Any], replicates: int)
         ii, aa = np.nonzero(support)
         rows = np.tile(d[ii], R)
         acts = np.tile(aa, R).astype(np.int16)
-        twin = _branch_sim(sim, rows, branch_rng)
+        twin = sim.subset(rows, branch_rng)
         amount = np.zeros(rows.size)
         cost = None
         for h in range(min(cfg.decision_every, cfg.weeks - w)):
@@ -277,7 +266,7 @@ def _one_step_run(cfg: BankConfig, policies: Mapping[str, Any], replicates: int)
 
     run_bank_weeks(run, logging_chooser(run), before_step=before, after_step=lambda w, out: ledger.week_done(out))
     k = ledger.count
-    return {"run": run, "ledger": ledger.frame(run), "values": {n: v[:k] for n, v in vals.items()},
+    return {"run": run, "ledger": ledger.frame(), "values": {n: v[:k] for n, v in vals.items()},
             "branch_var": {n: v[:k] for n, v in bvar.items()}}
 
 
@@ -291,14 +280,11 @@ def _trajectory_run(cfg: BankConfig, policy: Any, name: str) -> dict[str, Any]:
         masks = sim.action_masks()[d]
         obs = {k: v[d] for k, v in sim.observe().items()}
         p = _check_probs(name, policy.action_probs(obs, masks), masks)
-        cum = np.cumsum(p, axis=1)
-        u = rng.random(d.size)[:, None] * cum[:, -1:]
-        a = np.minimum((u >= cum).sum(axis=1), p.shape[1] - 1).astype(np.int16)
-        return a, p
+        return sample_actions(p, rng), p
 
     run_bank_weeks(run, choose, before_step=lambda w, d, a, p: ledger.decide(w, d, a),
                    after_step=lambda w, out: ledger.week_done(out))
-    return {"run": run, "ledger": ledger.frame(run)}
+    return {"run": run, "ledger": ledger.frame()}
 
 
 def _dates(run: BankRun, week: np.ndarray) -> pd.DatetimeIndex:

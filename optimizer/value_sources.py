@@ -35,10 +35,9 @@ the columns of `optimizer.values` (customer_id, segment, action, channel, value,
 """
 from __future__ import annotations
 
-import copy
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -121,18 +120,6 @@ class _Replay:
         raise AttributeError(f"value_sources: a CRN branch asked for rng.{name}; only rng.random((n, k)) is expected")
 
 
-def _branch(sim, idx: np.ndarray, gen) -> Any:
-    """A copy of `sim` holding the customers `idx` (copied state), drawing from `gen`."""
-    from sim.population import PopulationState
-    twin = copy.copy(sim)
-    twin.state = PopulationState(**{f.name: getattr(sim.state, f.name)[idx] for f in fields(PopulationState)})
-    twin.rng = gen
-    bg = type(sim.policy_rng.bit_generator)()
-    bg.state = sim.policy_rng.bit_generator.state
-    twin.policy_rng = np.random.Generator(bg)
-    return twin
-
-
 def branch_values(sim, horizon: int, continuation: Callable | None, discount: float,
                   progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One replication of the CRN branching from `sim` (a PopulationSimulator at the decision time).
@@ -148,11 +135,11 @@ def branch_values(sim, horizon: int, continuation: Callable | None, discount: fl
     masks = sim.action_masks().copy()
     rec = _Recorder(sim.rng)
     everyone = np.arange(n)
-    branches = [(0, everyone, _branch(sim, everyone, rec))]
+    branches = [(0, everyone, sim.subset(everyone, rec))]
     for a in range(1, A):
         idx = np.flatnonzero(masks[:, a])
         if idx.size:
-            branches.append((a, idx, _branch(sim, idx, _Replay(rec, idx))))
+            branches.append((a, idx, sim.subset(idx, _Replay(rec, idx))))
     clv = [np.zeros(idx.size) for _, idx, _ in branches]
     dcost = [np.zeros(idx.size) for _, idx, _ in branches]
     for _, _, b in branches:

@@ -18,6 +18,7 @@ chunks are spread over workers. No per-customer Python loop anywhere.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field, fields
 from typing import Callable
 
@@ -205,6 +206,19 @@ class PopulationSimulator:
             getattr(st, f.name)[idx] = getattr(fresh, f.name)
         running = fresh.eff_end >= 0
         st.eff_end[idx[running]] = fresh.eff_end[running] + self.t
+
+    def subset(self, idx: np.ndarray, rng) -> "PopulationSimulator":
+        """A simulator holding copies of the customers `idx` (full state, same clock t, start date
+        and tables, so effects in force end when they would have), drawing from `rng`; its policy
+        stream starts where this one's is (and does not advance it). For branching: what would
+        these customers do under another action."""
+        twin = copy.copy(self)
+        twin.state = PopulationState(**{f.name: getattr(self.state, f.name)[idx] for f in fields(PopulationState)})
+        twin.rng = rng
+        bg = type(self.policy_rng.bit_generator)()
+        bg.state = self.policy_rng.bit_generator.state
+        twin.policy_rng = np.random.Generator(bg)
+        return twin
 
     # ---- construction ----------------------------------------------------------------
     @classmethod
