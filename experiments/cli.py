@@ -109,7 +109,8 @@ def _check_source(history_dir: Optional[Path], dataset: Optional[str]) -> None:
     if dataset is not None and dataset not in DATASETS:
         raise ConfigError(f"unknown dataset {dataset!r}; bundled: {', '.join(DATASETS)}")
     if history_dir is not None and not Path(history_dir).is_dir():
-        raise HistoryError(str(history_dir), None, None, "history folder not found")
+        raise HistoryError(str(history_dir), None, None, "history folder not found; give the folder that holds "
+                                                         "transactions.csv, or --dataset " + "|".join(DATASETS))
 
 
 def _load(history_dir: Optional[Path], dataset: Optional[str]):
@@ -336,7 +337,8 @@ def _check_world(world_path: Path) -> None:
     from sim.errors import ConfigError
     if not Path(world_path).is_file():
         raise ConfigError(f"{world_path}: world file not found; create one with `clv calibrate`"
-                          if not Path(world_path).exists() else f"{world_path}: is a folder, not a world JSON file")
+                          if not Path(world_path).exists() else f"{world_path}: is a folder, not a world JSON file; "
+                          "pass the .json that `clv calibrate` wrote")
 
 
 def _load_world(world_path: Path, population: str):
@@ -450,7 +452,8 @@ def evaluate(
         if population not in ("book", "new"):
             raise ConfigError(f"--population must be book or new, got {population!r}")
         if len(set(policies)) != len(policies):
-            raise ConfigError("--policy: each policy once")
+            dup = next(p for p in policies if policies.count(p) > 1)
+            raise ConfigError(f"--policy {dup}: given twice; give each policy once")
         _check_world(world_path)
         _check_out(out, folder=True)
         world, book = _load_world(world_path, population)
@@ -643,7 +646,7 @@ def allocate(
     every constraint, shadow prices and totals. Exit 3 with a diagnosis when the constraints
     cannot all hold.
 
-    Example: clv allocate values.parquet --budget 20000 --capacity channel:rm=300 --min-coverage segment:mass=0.2 --out plan.parquet --json
+    Example: clv allocate values.parquet --budget 20000 --capacity channel:rm_call=300 --min-coverage segment:mass=0.2 --out plan.parquet --json
     """
     with _user_errors(), _infeasible(as_json):
         if out is not None and Path(out).suffix.lower() == ".csv":
@@ -689,7 +692,7 @@ def frontier(
     marginal value of one more unit of budget, and every shadow price; each solve starts from the
     previous budget's multipliers. Writes a PNG.
 
-    Example: clv frontier values.parquet --budgets 5000,10000,20000,40000 --capacity channel:rm=300 --json
+    Example: clv frontier values.parquet --budgets 5000,10000,20000,40000 --capacity channel:rm_call=300 --json
     """
     with _user_errors(), _infeasible(as_json):
         from sim.errors import ConfigError
@@ -947,6 +950,62 @@ def scenarios(
                      f"{s['retention']['mean']:>11.3f}{s['contacts']['mean']:>10.2f}")
     lines.append(f"report: {doc['report']}" + (f" (offline evaluation: {doc['ope']})" if doc.get("ope") else ""))
     _emit(doc, as_json, "\n".join(lines))
+
+
+@app.command()
+def run(
+    config: Path = typer.Argument(..., metavar="CONFIG", help="Run config YAML: history, calibration_end, holdout_end, "
+                                                             "policy, values, budgets, budget, constraints, evaluation, "
+                                                             "ope (see examples/bank_demo.yaml)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: ./runs/NAME, NAME from the "
+                                                           "config)."),
+    sets: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set policy.steps=20000 or "
+                                                     "--set budget=1500 (repeatable; values read as YAML)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """The whole job in one command: load (or generate) the history, calibrate, validate on the
+    holdout, train the policy, build the value table, solve the budget frontier and the plan,
+    evaluate the plan in simulation (fresh seeds) and offline (the holdout's logged decisions),
+    and write report.html and run.json. Prints where the report is.
+
+    Exit status: 0 done; 2 bad config or input (one line naming the file and key, row or column);
+    3 the constraints cannot hold at the plan's budget (the line says the smallest budget that would).
+
+    Example: clv run examples/bank_demo.yaml --out demo_out
+    """
+    with _user_errors(), _infeasible(as_json):
+        from experiments.run_config import load_run_config, parse_sets
+        cfg = load_run_config(config, parse_sets(sets))
+        out = Path(out) if out is not None else Path("runs") / cfg.name
+        _check_out(out, folder=True)
+        from experiments.pipeline import run_pipeline
+        t0 = time.perf_counter()
+        with _progress("run", 1) as upd:
+            def progress(step: str, done: int, total: int) -> None:
+                upd(done, max(total, 1))
+
+            def log(msg: str) -> None:
+                typer.echo(f"[{time.perf_counter() - t0:6.1f}s] {msg}", err=True)
+            doc = run_pipeline(cfg, out, progress=progress, log=log)
+    p, chk = doc["plan"], doc["evaluation"]["plan_check"]
+    sim_lift = chk["simulated_lift_per_customer"]
+    lines = [f"plan at budget {p['budget']:,.6g}: {p['assigned_customers']:,} of {doc['calibration']['customers']:,} "
+             f"customers contacted, "
+             f"spend {p['spend']:,.2f}, predicted lift {p['objective']:,.2f} (gap {100 * p['gap']:.4f}%)",
+             f"simulated lift per customer on fresh seeds: {sim_lift['mean']:+.3f} "
+             f"(95% CI {sim_lift['ci_low']:+.3f} to {sim_lift['ci_high']:+.3f}; predicted "
+             f"{chk['predicted_lift_per_customer']:+.3f})"]
+    if doc.get("ope"):
+        o = doc["ope"]
+        main = "dr" if "dr" in o["estimates"] else next(iter(o["estimates"]))
+        d = o["estimates"][main]["plan_minus_logged"]
+        lines.append(f"offline ({main}): plan minus what the bank did, per decision {d['value']:+.3f} "
+                     f"(95% CI {d['ci_low']:+.3f} to {d['ci_high']:+.3f}) on {o['customers']:,} customers")
+    lines += [f"note: {n}" for n in doc.get("notes", [])]
+    lines.append(f"done in {doc['timings']['total']:.0f}s; report: {doc['report']}")
+    _emit(doc, as_json, "\n".join(lines))
+    if as_json:
+        typer.echo(f"report: {doc['report']}", err=True)
 
 
 def main() -> None:  # pragma: no cover

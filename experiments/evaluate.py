@@ -82,10 +82,12 @@ def _seed_metrics(c, clv_none: np.ndarray | None) -> dict[str, float]:
 
 def evaluate(world, policies: dict[str, Any], customers: int, periods: int, seeds: int, seed: int = 0,
              book=None, reference: str | None = None, progress: Callable[[int], None] | None = None,
-             keep_customers: bool = False) -> dict[str, Any]:
+             keep_customers: bool = False, crn: bool = False) -> dict[str, Any]:
     """Simulate each policy for `seeds` seeds (seed, seed+1, ...) on `customers` customers for
     `periods` periods. `reference` (default: "bau" if evaluated, else the first policy) is the
-    policy every other is compared with, paired by seed."""
+    policy every other is compared with, paired by seed. `crn`: the simulator's common random
+    numbers (every customer draws the same uniforms each period whatever the policy did), which
+    shrinks the paired differences' noise (`sim.population.simulate`)."""
     from policies.base import as_simulator_policy
     from policies.baselines import make_baseline
     from sim.population import simulate
@@ -103,12 +105,13 @@ def evaluate(world, policies: dict[str, Any], customers: int, periods: int, seed
     import time
     for k in range(seeds):
         s = seed + k
-        res_none = simulate(world, as_simulator_policy(none_policy), periods, s, book=book, customers=customers)
+        res_none = simulate(world, as_simulator_policy(none_policy), periods, s, book=book, customers=customers,
+                            crn=crn)
         clv_none = res_none.customers["clv"].to_numpy()
         for n in names:
             t0 = time.perf_counter()
             res = res_none if n == "none" and none_policy is policies[n] else simulate(
-                world, as_simulator_policy(policies[n]), periods, s, book=book, customers=customers)
+                world, as_simulator_policy(policies[n]), periods, s, book=book, customers=customers, crn=crn)
             timing[n].append(time.perf_counter() - t0)
             for m, v in _seed_metrics(res.customers, clv_none).items():
                 per_seed[n][m].append(v)

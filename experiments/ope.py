@@ -322,7 +322,7 @@ def evaluate_offline(history, settings: OPESettings, policy=None, world=None, bo
         needs = [k for k in settings.estimators if settings.estimator_of(k) in NEEDS_EVERY_ACTION]
         if needs:
             raise ConfigError(f"--estimators {','.join(needs)}: need the candidate's probability of every action, "
-                              f"but --target-prob-column gives only the logged action's; use "
+                              f"but --target-prob-column gives only the logged action's; use --estimators "
                               f"{'ips,snips' if settings.estimand == 'per_decision' else 'pdis,wpdis'} or --policy")
         target = target_from_column(history, outcomes, target_column)
         names = list(history.actions.names) if history.actions is not None else sorted(outcomes["action"].unique())

@@ -68,12 +68,14 @@ def decision_outcomes(history, start: str | None = None, end: str | None = None)
     tx = history.transactions
     dec = dec.sort_values(["customer_id", "date"], kind="stable").reset_index(drop=True)
     last_seen = max(tx["date"].max(), dec["date"].max())
+    logged_from, logged_to = dec["date"].min().date(), dec["date"].max().date()
     stop = pd.Timestamp(end) if end is not None else last_seen + pd.Timedelta(days=1)
     if start is not None:
         dec = dec[dec["date"] >= pd.Timestamp(start)]
     dec = dec[dec["date"] < stop].reset_index(drop=True)
     if len(dec) == 0:
-        raise ConfigError(f"{history.folder}: no decisions between {start or 'the start'} and {stop.date()}")
+        raise ConfigError(f"{history.folder}: no decisions between {start or 'the start'} and {stop.date()}; "
+                          f"the decisions run from {logged_from} to {logged_to}")
 
     cust = dec["customer_id"].to_numpy()
     same_next = np.zeros(len(dec), dtype=bool)

@@ -80,7 +80,7 @@ def _segments(history, world, outcomes: pd.DataFrame, book: pd.DataFrame | None)
         cust = history.customers
         if cust is None or col not in cust.columns:
             raise ConfigError(f"{history.folder}: the world segments customers by the customers.csv column "
-                              f"{col!r}, which this history does not have")
+                              f"{col!r}, which this history does not have; use a world calibrated on this history")
         lab = pd.Series(cust[col].astype(str).to_numpy(), index=cust["customer_id"].to_numpy()).reindex(ids)
         index = {n: i for i, n in enumerate(names)}
         seg = lab.map(index)
@@ -125,7 +125,8 @@ def decision_states(history, world, outcomes: pd.DataFrame, book: pd.DataFrame |
         i = int(np.flatnonzero(action.isna().to_numpy())[0])
         raise ConfigError(f"decision of {outcomes['customer_id'].iloc[i]} on "
                           f"{pd.Timestamp(outcomes['date'].iloc[i]).date()}: action {outcomes['action'].iloc[i]!r} "
-                          f"is not in the world's catalogue ({', '.join(names)})")
+                          f"is not in the world's catalogue ({', '.join(names)}); use a world calibrated on this "
+                          "history")
     action = action.to_numpy(dtype=np.int64)
     n = len(outcomes)
     ids = outcomes["customer_id"].to_numpy()

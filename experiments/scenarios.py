@@ -161,7 +161,7 @@ def load_scenario(path: str | Path) -> Scenario:
     path = Path(path)
     file = str(path)
     if not path.exists():
-        _fail(file, None, "scenario file not found")
+        _fail(file, None, "scenario file not found; start from a copy of examples/scenario_bank.yaml")
     if path.is_dir():
         _fail(file, None, "is a folder, not a scenario YAML file")
     try:
@@ -433,9 +433,10 @@ def _metrics(c, clv_none) -> dict[str, float]:
     return m
 
 
-class _PlanThenPolicy:
+class PlanThenPolicy:
     """Period 0: the plan's action for each customer (none where the plan has none); afterwards the
-    policy. `simulate` steps its chunks one after the other; `chunks` gives each chunk's first row."""
+    policy (a simulator callable). `simulate` steps its chunks one after the other, all of them on
+    every call; `starts` gives each chunk's first row, so one object serves repeated simulations."""
 
     def __init__(self, plan_actions, policy_fn, starts: list[int]):
         self.plan, self.policy, self.starts = plan_actions, policy_fn, starts
@@ -444,7 +445,7 @@ class _PlanThenPolicy:
     def __call__(self, sim):
         import numpy as np
         if sim is not self.sim:
-            self.sim, self.k = sim, self.k + 1
+            self.sim, self.k = sim, (self.k + 1) % len(self.starts)
         if sim.t == 0:
             lo = self.starts[self.k]
             return np.asarray(self.plan[lo:lo + sim.state.n], np.int16)
@@ -532,7 +533,7 @@ def run_cell(spec: dict[str, Any], cell: dict[str, Any]) -> tuple[dict[str, Any]
                                      plan_assigned=float(s["assigned_customers"]), plan_method=s["method"])
                 n = len(actions)
                 starts = [a for a, _, _ in chunk_seeds(seed, n, DEFAULT_CHUNK)]
-                res = simulate(world, _PlanThenPolicy(actions, fn, starts), horizon, seed, book=book,
+                res = simulate(world, PlanThenPolicy(actions, fn, starts), horizon, seed, book=book,
                                customers=customers)
     if res is None:
         row.update({m: np.nan for m in METRICS})

@@ -61,7 +61,7 @@ def parse_constraint(kind: str, text: str) -> Constraint:
     m = _SPEC.match(text)
     if not m:
         raise ConfigError(f"{opt} {text!r}: expected SCOPE:NAME=LIMIT, e.g. "
-                          + {"capacity": "channel:rm=5000 or action:wealth_call=800",
+                          + {"capacity": "channel:rm_call=50 or action:rm_call_wealth=20",
                              "min-coverage": "segment:small=0.6", "max-share": "segment:affluent=0.5"}[kind])
     scope, key, raw = m.groups()
     try:

@@ -108,7 +108,7 @@ def load_values(path: str | Path) -> ValueTable:
     import pyarrow.parquet as pq
     path = Path(path)
     if not path.exists():
-        raise ValueTableError(str(path), None, None, "value table not found")
+        raise ValueTableError(str(path), None, None, "value table not found; build one with `clv values`")
     try:
         if path.suffix.lower() == ".csv":
             # ids and labels as strings whatever they look like; numbers parsed below with row errors
@@ -122,7 +122,8 @@ def load_values(path: str | Path) -> ValueTable:
             offset = 1   # 1-based data row
     except (pa.ArrowInvalid, OSError) as e:
         raise ValueTableError(str(path), None, None, f"cannot read as {'CSV' if path.suffix.lower() == '.csv' else 'Parquet'}: "
-                              + str(e).splitlines()[0]) from None
+                              + str(e).splitlines()[0].rstrip(". ") + "; give the table written by `clv values` "
+                              "(or a CSV)") from None
     holder = [table]
     table = None  # free the Arrow columns before the dense arrays are built
     return _from_arrow(holder, str(path), offset)

@@ -81,7 +81,11 @@ def as_simulator_policy(policy: Policy, greedy: bool = False) -> Callable:
     """Adapt a policy to the simulator's callable interface `fn(sim) -> actions`.
 
     Randomness comes from the simulator's `policy_rng`, a stream of its own, so a policy's
-    draws never shift the world's random numbers (common random numbers across policies)."""
+    draws never shift the world's random numbers (common random numbers across policies). A
+    callable without `act` is taken to be a simulator policy already and returned as is."""
+    if not hasattr(policy, "act") and callable(policy):
+        return policy
+
     def fn(sim) -> np.ndarray:
         return policy.act(sim.observe(), sim.action_masks(), None if greedy else sim.policy_rng)
     fn.policy = policy  # type: ignore[attr-defined]

@@ -338,6 +338,60 @@ def save(policy: "SB3Policy", out: str | Path) -> None:
     atomic_write_json(out / CARD_FILE, policy.card)
 
 
+def plain_objects(zip_path: str | Path, algo: str, card: dict[str, Any]) -> dict[str, Any]:
+    """Replacements for every cloudpickled entry of an SB3 model.zip, so that loading one unpickles
+    nothing (SB3's `custom_objects`): the policy class from the algorithm, the spaces from their
+    plain JSON fields, the schedules from the card's hyperparameters; training-state entries
+    (last observations, episode buffers, buffer classes, exploration schedule) are not needed to
+    act and SB3 rebuilds them as None or its defaults. The weights are read by torch with
+    weights_only=True."""
+    import re
+    import zipfile
+
+    import gymnasium as gym
+    from sim.errors import ConfigError
+    try:
+        with zipfile.ZipFile(zip_path) as z:
+            data = json.loads(z.read("data"))
+    except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as e:
+        raise ConfigError(f"{zip_path}: not a model.zip written by `clv train` ({e}); retrain with `clv train`") from None
+    hp = card.get("hyperparameters") or {}
+    out: dict[str, Any] = {}
+    for key, item in data.items():
+        if not (isinstance(item, dict) and ":serialized:" in item):
+            continue
+        if key == "policy_class":
+            if algo == "ppo":
+                from stable_baselines3.common.policies import ActorCriticPolicy as policy_class
+            elif algo == "dqn":
+                from stable_baselines3.dqn.policies import DQNPolicy as policy_class
+            else:
+                from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy as policy_class
+            out[key] = policy_class
+        elif key == "observation_space":
+            shape = tuple(int(x) for x in re.findall(r"\d+", str(item.get("_shape", ""))))
+            out[key] = gym.spaces.Box(-np.inf, np.inf, shape=shape, dtype=np.float32)
+        elif key == "action_space":
+            out[key] = gym.spaces.Discrete(int(item["n"]))
+        elif key == "lr_schedule":
+            lr = float(data.get("learning_rate", hp.get("learning_rate", 0.0)))
+            out[key] = _constant(lr)
+        elif key == "clip_range":
+            out[key] = float(hp.get("clip_range", 0.2))
+        elif key == "train_freq":
+            freq = hp.get("train_freq", 4)
+            out[key] = (int(freq[0]), str(freq[1])) if isinstance(freq, (list, tuple)) else (int(freq), "step")
+        else:
+            out[key] = None
+    return out
+
+
+def _constant(value: float) -> Callable[[float], float]:
+    def schedule(_: float) -> float:
+        return value
+    return schedule
+
+
 class SB3Policy(PolicyBase):
     """A trained SB3 agent behind the policy protocol. Deterministic by default (the most probable
     allowed action, or the best allowed Q-value for DQN); `deterministic=False` samples the
@@ -352,8 +406,13 @@ class SB3Policy(PolicyBase):
         self.encoder = make_encoder(world, card["encoder"])
         if self.encoder.names != card["observation"]:
             from sim.errors import ConfigError
-            raise ConfigError(f"policy {card['algo']} was trained on observations {card['observation']}; this world "
-                              f"gives {self.encoder.names} (different segments, products or channels)")
+            want, got = list(card["observation"]), list(self.encoder.names)
+            diff = "; ".join(p for p in (
+                "not in this world: " + ", ".join(n for n in want if n not in got) if set(want) - set(got) else "",
+                "new in this world: " + ", ".join(n for n in got if n not in want) if set(got) - set(want) else "")
+                if p) or "same features in another order"
+            raise ConfigError(f"policy {card['algo']} was trained on a world with other observations ({diff}: "
+                              "different segments, products or channels); retrain it on this world with `clv train`")
         self.name = name or card["algo"]
 
     @classmethod
@@ -374,7 +433,8 @@ class SB3Policy(PolicyBase):
             from stable_baselines3 import DQN as cls_
         else:
             from sb3_contrib import MaskablePPO as cls_
-        model = cls_.load(folder / MODEL_FILE, device="cpu")
+        model = cls_.load(folder / MODEL_FILE, device="cpu",
+                          custom_objects=plain_objects(folder / MODEL_FILE, card["algo"], card))
         return cls(model, card, world, deterministic=deterministic, name=name or folder.name)
 
     def scores(self, obs, chunk: int = 65_536) -> np.ndarray:

@@ -864,7 +864,8 @@ def validate_decisions(df: pd.DataFrame, file: str, actions: ActionCatalogue | N
         unknown = ~_np_bool(pc.is_in(_arrow(action), value_set=pa.array(names, type=pa.large_string())))
         unknown &= (action != "").to_numpy(dtype=bool)
         listed = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
-        ck.add("action", unknown, lambda pos: f"unknown action {action.iloc[pos]!r}; actions.yaml defines: {listed}")
+        ck.add("action", unknown, lambda pos: f"unknown action {action.iloc[pos]!r}; actions.yaml defines: {listed} "
+                                              "(add it there or fix the row)")
     propensity = _propensities(ck, df["propensity"], "propensity")
     cols: dict[str, Any] = {"customer_id": cid, "date": date, "action": action, "propensity": propensity}
     if "cost" in df.columns:
@@ -876,7 +877,7 @@ def validate_decisions(df: pd.DataFrame, file: str, actions: ActionCatalogue | N
         unknown_c = ~_np_bool(pc.is_in(_arrow(cid), value_set=_known_array(known_customers)))
         later.add("customer_id", unknown_c,
                   lambda pos: f"unknown customer {cid.iloc[pos]!r}: not in transactions nor customers; "
-                              "decisions must be about customers in the history")
+                              "decisions must be about customers in the history (drop or fix the row)")
     key = pd.DataFrame({"c": cid.array, "d": date})
     dup = key.duplicated().to_numpy(dtype=bool)
 
@@ -920,7 +921,8 @@ def load_history(folder: str | Path) -> History:
     """Read and validate a history folder; raises HistoryError (file, row, column) on bad input."""
     folder = Path(folder)
     if not folder.exists():
-        raise HistoryError(str(folder), None, None, "history folder not found")
+        raise HistoryError(str(folder), None, None, "history folder not found; give the folder that holds "
+                                                    "transactions.csv")
     if not folder.is_dir():
         raise HistoryError(str(folder), None, None, "not a folder; give the folder that holds transactions.csv")
     report: dict[str, Any] = {}

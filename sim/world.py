@@ -154,18 +154,23 @@ class WorldModel:
         }
 
     def hash(self) -> str:
-        """Content hash (sha256 of the canonical JSON), used to tie results to a world."""
-        blob = json.dumps(_clean(self.to_dict()), sort_keys=True, allow_nan=False).encode()
+        """Content hash (sha256 of the canonical JSON), used to tie results to a world. The fit's
+        timings ("seconds") are left out: the same history and seed give the same hash."""
+        d = self.to_dict()
+        d["fit"] = _without_timings(d.get("fit"))
+        blob = json.dumps(_clean(d), sort_keys=True, allow_nan=False).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "WorldModel":
         ver = d.get("schema_version")
+        if ver is None:
+            raise ConfigError("no schema_version: not a world written by `clv calibrate`; pass the .json it wrote")
         if ver != SCHEMA_VERSION:
             raise ConfigError(f"world schema_version {ver!r} is not supported (this clv-engine reads "
                               f"{SCHEMA_VERSION}); recalibrate with `clv calibrate`")
         if d.get("activity_model") not in ACTIVITY_MODELS:
-            raise ConfigError(f"unknown activity_model {d.get('activity_model')!r}")
+            raise ConfigError(f"unknown activity_model {d.get('activity_model')!r}; recalibrate with `clv calibrate`")
         return cls(
             catalogue=ActionCatalogue.from_list(d["catalogue"]),
             economics=Economics(**d["economics"]),
@@ -187,6 +192,19 @@ class WorldModel:
     def save(self, path: str | Path) -> None:
         atomic_write_json(path, _clean(self.to_dict()))
 
+    def save_with_book(self, path: str | Path, book) -> Path:
+        """Write the world JSON and its book (NAME.book.parquet beside it; `book_file` is set to
+        it). The world, the file users point to, is renamed into place last, after its book.
+        Returns the book's path."""
+        from .atomic import atomic_path
+        path = Path(path)
+        self.book_file = path.name.removesuffix(".json") + ".book.parquet"
+        book_path = path.parent / self.book_file
+        with atomic_path(path) as tmp_world, atomic_path(book_path) as tmp_book:
+            book.to_parquet(tmp_book, index=False)
+            self.save(tmp_world)
+        return book_path
+
     @classmethod
     def load(cls, path: str | Path) -> "WorldModel":
         path = Path(path)
@@ -195,14 +213,21 @@ class WorldModel:
         except FileNotFoundError:
             raise ConfigError(f"{path}: world file not found; create one with `clv calibrate`") from None
         except IsADirectoryError:
-            raise ConfigError(f"{path}: is a folder, not a world JSON file") from None
+            raise ConfigError(f"{path}: is a folder, not a world JSON file; pass the .json that `clv calibrate` "
+                              "wrote") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: not a world JSON file ({type(e).__name__}); "
                               f"pass the .json that `clv calibrate` wrote") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: not a world JSON file (a {type(d).__name__}, not an object); "
+                              "pass the .json that `clv calibrate` wrote")
         try:
             return cls.from_dict(d)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
         except (KeyError, TypeError) as e:
-            raise ConfigError(f"{path}: world file is missing or has a bad field ({e})") from None
+            raise ConfigError(f"{path}: world file is missing or has a bad field ({e}); recalibrate with "
+                              "`clv calibrate`") from None
 
     def book_path(self, world_path: str | Path) -> Path | None:
         if not self.book_file:
@@ -217,6 +242,14 @@ class WorldModel:
             return None
         import pandas as pd
         return pd.read_parquet(bp)
+
+
+def _without_timings(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _without_timings(v) for k, v in obj.items() if k != "seconds"}
+    if isinstance(obj, list):
+        return [_without_timings(v) for v in obj]
+    return obj
 
 
 def json_safe(obj: Any) -> Any:

@@ -65,9 +65,22 @@ def test_same_seed_same_policy_and_card_round_trip(calibrated_world, tmp_path):
 
 
 @pytest.mark.parametrize("algo, overrides", [("maskable_ppo", TINY), ("dqn", TINY_DQN)])
-def test_other_algos_train_and_act_within_masks(calibrated_world, algo, overrides):
+def test_other_algos_train_and_act_within_masks(calibrated_world, algo, overrides, tmp_path, monkeypatch):
     _, world = calibrated_world
-    pol, card = train(world, algo, steps=1024, seed=0, overrides=overrides)
+    pol, card = train(world, algo, steps=1024, seed=0, overrides=overrides, out=tmp_path / algo)
+    # loading a saved agent unpickles nothing (policies.rl.plain_objects) and acts exactly as trained
+    import pickle
+
+    import cloudpickle
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("SB3Policy.load unpickled an object")
+    monkeypatch.setattr(cloudpickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    loaded = SB3Policy.load(tmp_path / algo, world)
+    sim0 = PopulationSimulator.new_customers(world, 200, seed=3)
+    assert np.array_equal(loaded.action_probs(sim0.observe(), sim0.action_masks()),
+                          pol.action_probs(sim0.observe(), sim0.action_masks()))
     sim = PopulationSimulator.new_customers(world, 200, seed=2)
     masks = sim.action_masks()
     for deterministic in (True, False):

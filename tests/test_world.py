@@ -108,6 +108,16 @@ def test_binary_file_is_not_json(tmp_path):
         WorldModel.load(path)
 
 
+@pytest.mark.parametrize("text, match", [("[1, 2]", "not a world JSON file \\(a list"),
+                                         ('{"a": 1}', "no schema_version")])
+def test_json_that_is_no_world_names_the_file(tmp_path, text, match):
+    path = tmp_path / "other.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match) as e:
+        WorldModel.load(path)
+    assert str(e.value).startswith(f"{path}: ") and "clv calibrate" in str(e.value)
+
+
 def test_missing_field(world, tmp_path):
     d = _clean(world.to_dict())
     del d["segments"]

@@ -1,0 +1,48 @@
+"""Every `clv` command has --help with an example, and the example parses as written.
+
+The commands are read from the app, so a new command fails here until it has an example."""
+from __future__ import annotations
+
+import shlex
+
+import pytest
+import typer
+
+from experiments.cli import app
+from cli_runner import clv
+
+GROUP = typer.main.get_command(app)
+COMMANDS = sorted(GROUP.commands)
+
+
+def _example(name: str) -> str:
+    """The command line after 'Example: ' in the command's docstring."""
+    lines = [ln.strip() for ln in (GROUP.commands[name].help or "").splitlines()
+             if ln.strip().startswith("Example:")]
+    assert len(lines) == 1, f"clv {name}: expected one 'Example:' line in its docstring, found {len(lines)}"
+    return lines[0][len("Example:"):].strip()
+
+
+def test_commands_are_found():
+    assert {"make-data", "calibrate", "simulate", "allocate", "scenarios"} <= set(COMMANDS)
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_help_shows_an_example(name):
+    r = clv(name, "--help")
+    assert r.exit_code == 0, (r.exit_code, r.stderr)
+    assert f"Example: clv {name}" in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_example_parses(name):
+    """The example's options exist, its values have the right types and ranges, and every
+    required option is given: click parses it without running the command."""
+    argv = shlex.split(_example(name))
+    assert argv[:2] == ["clv", name], argv
+    cmd = GROUP.commands[name]
+    try:
+        ctx = cmd.make_context(f"clv {name}", argv[2:])
+    except Exception as e:  # a usage error (typer vendors its own click, so not click.UsageError)
+        pytest.fail(f"clv {name} example does not parse: {getattr(e, 'format_message', e.__str__)()}")
+    assert ctx.params, argv
