@@ -118,7 +118,7 @@ def test_budget_needs_a_book(tmp_path, world_path):
 def test_example_scenario_is_valid_against_a_bank_world(tmp_path, world_path):
     """examples/scenario_bank.yaml parses and validates (pointed at the test world)."""
     from experiments.scenarios import load_scenario
-    text = (ROOT / "examples" / "scenario_bank.yaml").read_text().replace("../demo_out/bank_world.json",
+    text = (ROOT / "examples" / "scenario_bank.yaml").read_text().replace("../demo_out/world.json",
                                                                            str(world_path))
     sc = load_scenario(_write(tmp_path, text))
     assert sc.policies == ("bau", "greedy_uplift") and sc.budgets == (None, 1000.0, 2000.0)
