@@ -46,3 +46,17 @@ def test_example_parses(name):
     except Exception as e:  # a usage error (typer vendors its own click, so not click.UsageError)
         pytest.fail(f"clv {name} example does not parse: {getattr(e, 'format_message', e.__str__)()}")
     assert ctx.params, argv
+
+
+@pytest.mark.parametrize("args, message", [
+    (["simulat"], "error: No such command 'simulat'. Did you mean 'simulate'?"),
+    (["simulate", "w.json"], "error: Missing option '--out'."),
+    (["simulate", "w.json", "--out", "x.parquet", "--periods", "0"], "error: Invalid value for '--periods'"),
+])
+def test_usage_errors_are_one_line_exit_2(args, message):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "experiments.cli", *args], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stdout == ""
+    assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith(message)
+    assert r.stderr.strip().endswith(" --help`)")   # and where to read more
