@@ -37,6 +37,7 @@ import pandas as pd
 from sim.errors import ConfigError
 
 from .run_config import RunConfig
+from .scenarios import check_constraint_names, plan_actions
 
 STEPS = ("history", "calibration", "policy", "values", "frontier", "simulation", "ope", "report")
 EVALUATION_SEED_OFFSET = 1000
@@ -69,21 +70,6 @@ def _check_dates(cfg: RunConfig, history) -> None:
     if cfg.holdout_end is not None and pd.Timestamp(cfg.holdout_end) > last:
         raise ConfigError(f"{cfg.file}: holdout_end: {cfg.holdout_end} is past the last transaction "
                           f"({last.date()}); pick a day up to it, or null for no holdout")
-
-
-def _check_constraint_names(cfg: RunConfig, world) -> None:
-    from optimizer.problem import parse_constraint
-
-    from .scenarios import CONSTRAINT_KEYS
-    known = {"segment": [s.name for s in world.segments],
-             "channel": list(dict.fromkeys(a.channel or "no_channel" for a in world.catalogue.actions[1:])),
-             "action": list(world.catalogue.names[1:])}
-    for k, kind in CONSTRAINT_KEYS.items():
-        for i, text in enumerate(cfg.constraints.get(k, ())):
-            c = parse_constraint(kind, text)
-            if c.key not in known[c.scope]:
-                raise ConfigError(f"{cfg.file}: constraints.{k}[{i}]: no {c.scope} {c.key!r} in the calibrated world "
-                                  f"(it has {', '.join(known[c.scope])})")
 
 
 def _calibrate(cfg: RunConfig, history, out: Path, log: Log, tick) -> tuple[Any, pd.DataFrame, dict | None, dict]:
@@ -151,11 +137,11 @@ def _policy(cfg: RunConfig, world, book, out: Path, log: Log, tick) -> tuple[Any
 
 
 def _plan_problems(cfg: RunConfig, df: pd.DataFrame):
-    from optimizer.problem import AllocationProblem, budget_constraint, parse_constraint
+    from optimizer.problem import AllocationProblem, budget_constraint
     from optimizer.values import ValueTable
 
-    from .scenarios import CONSTRAINT_KEYS
-    cons = [parse_constraint(kind, t) for k, kind in CONSTRAINT_KEYS.items() for t in cfg.constraints.get(k, ())]
+    from .scenarios import parsed_constraints
+    cons = parsed_constraints(cfg.constraints)
     table = ValueTable.from_frame(df, source="value table")
     return AllocationProblem(table, cons), AllocationProblem(table, [budget_constraint(cfg.budget)] + cons)
 
@@ -179,19 +165,6 @@ def _frontier_and_plan(cfg: RunConfig, df: pd.DataFrame, out: Path, tick) -> tup
     plan["budget"] = cfg.budget
     atomic_write_json(out / "plan.json", json_safe(plan))
     return fr, alloc, plan
-
-
-def plan_actions(alloc, world, book: pd.DataFrame) -> tuple[np.ndarray, dict[str, str]]:
-    """The plan as catalogue indexes in the book's row order (0 = none), and as customer -> action."""
-    t = alloc.problem.table
-    assigned = alloc.units.sum(axis=1) > 0
-    names = list(world.catalogue.names)
-    chosen = np.asarray(t.actions, dtype=object)[np.argmax(alloc.units[assigned], axis=1)]
-    by_customer = dict(zip(np.asarray(t.ids)[assigned].astype(str).tolist(), chosen.tolist()))
-    ids = book["customer_id"].astype(str).to_numpy()
-    code = {a: i for i, a in enumerate(names)}
-    actions = np.array([code[by_customer.get(c, "none")] for c in ids], np.int16)
-    return actions, by_customer
 
 
 def _simulate(cfg: RunConfig, world, book: pd.DataFrame, policy, actions: np.ndarray, label: str,
@@ -286,7 +259,7 @@ def run_pipeline(cfg: RunConfig, out: str | Path, progress: Progress | None = No
 
     t0 = time.perf_counter()
     world, book, validation, calibration = _calibrate(cfg, history, out, log, stage("calibration"))
-    _check_constraint_names(cfg, world)
+    check_constraint_names(cfg.file, cfg.constraints, world, "the calibrated world")
     timed("calibration", t0)
 
     t0 = time.perf_counter()
@@ -328,7 +301,7 @@ def run_pipeline(cfg: RunConfig, out: str | Path, progress: Progress | None = No
     t0 = time.perf_counter()
     log(f"solving the frontier over {len(cfg.budgets)} budgets and the plan at {cfg.budget:,.6g}")
     fr, alloc, plan_doc = _frontier_and_plan(cfg, df, out, stage("frontier"))
-    actions, plan_by_customer = plan_actions(alloc, world, book)
+    actions, plan_by_customer = plan_actions(alloc, world, book["customer_id"].astype(str).to_numpy())
     timed("frontier", t0)
 
     t0 = time.perf_counter()

@@ -36,7 +36,7 @@ from typing import Any
 from policies.baselines import BASELINES
 from sim.errors import ConfigError
 
-from .scenarios import CONSTRAINT_KEYS, _fail, _int, _mapping, _str_list
+from .scenarios import CONSTRAINT_KEYS, _fail, _int, _mapping, _str_list, constraint_texts, read_yaml
 
 KEYS = ("name", "history", "calibration_end", "holdout_end", "seed", "calibration", "validation", "policy",
         "compare", "values", "budgets", "budget", "constraints", "evaluation", "ope")
@@ -150,28 +150,11 @@ def _number(file: str, key: str, v: Any) -> float:
     return float(v)
 
 
-def _read_yaml(path: Path) -> Any:
-    import yaml
-    file = str(path)
-    if not path.exists():
-        _fail(file, None, "run config not found; start from examples/bank_demo.yaml or examples/my_bank.yaml")
-    if path.is_dir():
-        _fail(file, None, "is a folder, not a run config YAML file")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark is not None else ""
-        _fail(file, None, f"not valid YAML: {where}{getattr(e, 'problem', None) or str(e).splitlines()[0]}")
-    except UnicodeDecodeError:
-        _fail(file, None, "not a text (YAML) file")
-
-
 def load_run_config(path: str | Path, sets: dict[str, Any] | None = None) -> RunConfig:
     """Read, override (`sets`, from --set) and check a run config; ConfigError names file and key."""
     path = Path(path)
     file = str(path)
-    doc = _read_yaml(path)
+    doc = read_yaml(path, "run config", "start from examples/bank_demo.yaml or examples/my_bank.yaml")
     _mapping(file, None, doc, KEYS, f"expected a mapping with the keys {', '.join(KEYS)}")
     if sets:
         doc = _apply_sets(doc, sets)
@@ -283,18 +266,7 @@ def load_run_config(path: str | Path, sets: dict[str, Any] | None = None) -> Run
 
     cons_raw = _mapping(file, "constraints", doc.get("constraints") or {}, CONSTRAINT_KEYS,
                         "expected a mapping with capacity, min_coverage, max_share")
-    from optimizer.problem import parse_constraint
-    constraints: dict[str, tuple[str, ...]] = {}
-    for k, kind in CONSTRAINT_KEYS.items():
-        items = _str_list(file, f"constraints.{k}", cons_raw.get(k))
-        for i, text in enumerate(items):
-            if not isinstance(text, str):
-                _fail(file, f"constraints.{k}[{i}]", f"expected SCOPE:NAME=LIMIT text, got {text!r}")
-            try:
-                parse_constraint(kind, text)
-            except ConfigError as e:
-                _fail(file, f"constraints.{k}[{i}]", str(e))
-        constraints[k] = tuple(items)
+    constraints = constraint_texts(file, cons_raw)
 
     ev = _mapping(file, "evaluation", doc.get("evaluation") or {}, EVALUATION_KEYS,
                   "expected a mapping {seeds: N, horizon: N}")

@@ -154,24 +154,71 @@ def _mapping(file: str, key: str | None, raw: Any, known, expected: str) -> dict
     return raw
 
 
-def load_scenario(path: str | Path) -> Scenario:
-    """Read and validate a scenario file. Every problem is a ConfigError of one line naming the
-    file and the key, e.g. "scen.yaml: policies[2]: unknown policy 'gredy'; known: ...". """
+def read_yaml(path: Path, what: str, start_from: str) -> Any:
+    """The YAML document of a `what` file (scenario, run config); a missing file, a folder or bad
+    YAML is a one-line ConfigError naming the file (and the line), saying where to start from."""
     import yaml
-    path = Path(path)
     file = str(path)
     if not path.exists():
-        _fail(file, None, "scenario file not found; start from a copy of examples/scenario_bank.yaml")
+        _fail(file, None, f"{what} file not found; {start_from}")
     if path.is_dir():
-        _fail(file, None, "is a folder, not a scenario YAML file")
+        _fail(file, None, f"is a folder, not a {what} YAML file")
     try:
-        doc = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
         _fail(file, None, f"not valid YAML: {where}{getattr(e, 'problem', None) or str(e).splitlines()[0]}")
     except UnicodeDecodeError:
         _fail(file, None, "not a text (YAML) file")
+
+
+def constraint_texts(file: str, raw: dict) -> dict[str, tuple[str, ...]]:
+    """The `constraints` section's texts by kind (capacity, min_coverage, max_share), each checked
+    to parse as its `clv allocate` option does; errors name the key, e.g. constraints.capacity[0]."""
+    from optimizer.problem import parse_constraint
+    out: dict[str, tuple[str, ...]] = {}
+    for k, kind in CONSTRAINT_KEYS.items():
+        items = _str_list(file, f"constraints.{k}", raw.get(k))
+        for i, text in enumerate(items):
+            key = f"constraints.{k}[{i}]"
+            if not isinstance(text, str):
+                _fail(file, key, f"expected SCOPE:NAME=LIMIT text, got {text!r}")
+            try:
+                parse_constraint(kind, text)
+            except ConfigError as e:
+                _fail(file, key, str(e))
+        out[k] = tuple(items)
+    return out
+
+
+def parsed_constraints(constraints: dict[str, tuple[str, ...]]) -> list:
+    """The optimizer's Constraint objects of a checked `constraints` section (budget not included)."""
+    from optimizer.problem import parse_constraint
+    return [parse_constraint(kind, t) for k, kind in CONSTRAINT_KEYS.items() for t in constraints.get(k, ())]
+
+
+def check_constraint_names(file: str, constraints: dict[str, tuple[str, ...]], world, which: str) -> None:
+    """Every constraint names a segment, channel or action that `world` has (`which` says which
+    world in the message)."""
+    from optimizer.problem import parse_constraint
+    known = {"segment": [s.name for s in world.segments],
+             "channel": list(dict.fromkeys(a.channel or "no_channel" for a in world.catalogue.actions[1:])),
+             "action": list(world.catalogue.names[1:])}
+    for k, kind in CONSTRAINT_KEYS.items():
+        for i, text in enumerate(constraints.get(k, ())):
+            c = parse_constraint(kind, text)
+            if c.key not in known[c.scope]:
+                _fail(file, f"constraints.{k}[{i}]", f"no {c.scope} {c.key!r} in {which} "
+                                                     f"(it has {', '.join(known[c.scope])})")
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and validate a scenario file. Every problem is a ConfigError of one line naming the
+    file and the key, e.g. "scen.yaml: policies[2]: unknown policy 'gredy'; known: ...". """
+    path = Path(path)
+    file = str(path)
+    doc = read_yaml(path, "scenario", "start from a copy of examples/scenario_bank.yaml")
     _mapping(file, None, doc, KEYS, f"expected a mapping with the keys {', '.join(KEYS)}")
     base = path.resolve().parent
 
@@ -259,25 +306,8 @@ def load_scenario(path: str | Path) -> Scenario:
 
     cons_raw = _mapping(file, "constraints", doc.get("constraints") or {}, CONSTRAINT_KEYS,
                         "expected a mapping with capacity, min_coverage, max_share")
-    from optimizer.problem import parse_constraint
-    seg_names = [s.name for s in world.segments]
-    channels = list(dict.fromkeys(a.channel or "no_channel" for a in world.catalogue.actions[1:]))
-    actions = list(world.catalogue.names[1:])
-    constraints: dict[str, tuple[str, ...]] = {}
-    for k, kind in CONSTRAINT_KEYS.items():
-        items = _str_list(file, f"constraints.{k}", cons_raw.get(k))
-        for i, text in enumerate(items):
-            key = f"constraints.{k}[{i}]"
-            if not isinstance(text, str):
-                _fail(file, key, f"expected SCOPE:NAME=LIMIT text, got {text!r}")
-            try:
-                c = parse_constraint(kind, text)
-            except ConfigError as e:
-                _fail(file, key, str(e))
-            known = {"channel": channels, "action": actions, "segment": seg_names}[c.scope]
-            if c.key not in known:
-                _fail(file, key, f"no {c.scope} {c.key!r} in the world (it has {', '.join(known)})")
-        constraints[k] = tuple(items)
+    constraints = constraint_texts(file, cons_raw)
+    check_constraint_names(file, constraints, world, "the world")
 
     vals = _mapping(file, "values", doc.get("values") or {}, VALUES_KEYS,
                     "expected a mapping {horizon: N, replications: N}")
@@ -452,13 +482,26 @@ class PlanThenPolicy:
         return self.policy(sim)
 
 
+def plan_actions(alloc, world, ids) -> tuple[Any, dict[str, str]]:
+    """A customer-level allocation as catalogue indexes (0 = none) in the order of `ids` (the
+    simulated customers), and as customer -> action for the assigned customers."""
+    import numpy as np
+    t = alloc.problem.table
+    assigned = alloc.units.sum(axis=1) > 0
+    chosen = np.asarray(t.actions, dtype=object)[np.argmax(alloc.units[assigned], axis=1)]
+    by_customer = dict(zip(np.asarray(t.ids)[assigned].astype(str).tolist(), chosen.tolist()))
+    code = {a: i for i, a in enumerate(world.catalogue.names)}
+    actions = np.array([code[by_customer.get(str(c), "none")] for c in ids], np.int16)
+    return actions, by_customer
+
+
 def _plan(world, book, sc_dict: dict[str, Any], policy, seed: int, budget: float):
     """(allocation or None when infeasible, message, plan actions per simulated customer (catalogue
     indexes, in simulate's customer order))."""
     import numpy as np
     from optimizer.allocate import allocate
     from optimizer.diagnose import InfeasibleError
-    from optimizer.problem import AllocationProblem, budget_constraint, parse_constraint
+    from optimizer.problem import AllocationProblem, budget_constraint
     from optimizer.value_sources import _select, values_from_simulation
     from optimizer.values import ValueTable
     customers = sc_dict["customers"]
@@ -469,23 +512,13 @@ def _plan(world, book, sc_dict: dict[str, Any], policy, seed: int, budget: float
     actions = np.zeros(n, np.int16)
     if len(df) == 0:
         return None, "no customer has an allowed action", actions
-    cons = [budget_constraint(budget)]
-    for k, kind in CONSTRAINT_KEYS.items():
-        cons += [parse_constraint(kind, t) for t in sc_dict["constraints"].get(k, ())]
+    cons = [budget_constraint(budget)] + parsed_constraints(sc_dict["constraints"])
     problem = AllocationProblem(ValueTable.from_frame(df, source="value table"), cons)
     try:
         alloc = allocate(problem)
     except InfeasibleError as e:
         return None, str(e), actions
-    t = problem.table
-    assigned = alloc.units.sum(axis=1) > 0
-    names = world.catalogue.names
-    col = np.array([names.index(a) for a in t.actions], np.int16)
-    chosen = dict(zip(t.ids[assigned].tolist(), col[np.argmax(alloc.units[assigned], axis=1)].tolist()))
-    pos = {cid: i for i, cid in enumerate(ids.tolist())}
-    for cid, a in chosen.items():
-        actions[pos[cid]] = a
-    return alloc, "", actions
+    return alloc, "", plan_actions(alloc, world, ids)[0]
 
 
 def run_cell(spec: dict[str, Any], cell: dict[str, Any]) -> tuple[dict[str, Any], "Any"]:

@@ -213,5 +213,5 @@ def test_plan_actions_follow_the_book_order():
 
     world = type("W", (), {"catalogue": type("C", (), {"names": ["none", "a", "b"]})})
     book = pd.DataFrame({"customer_id": ["c0", "c1", "c2"]})
-    codes, by_customer = plan_actions(Alloc, world, book)
+    codes, by_customer = plan_actions(Alloc, world, book["customer_id"].to_numpy())
     assert codes.tolist() == [1, 0, 2] and by_customer == {"c2": "b", "c0": "a"}
