@@ -189,18 +189,12 @@ def calibrate(
         ce = _date(calibration_end, "--calibration-end")
         _check_out(out)
         hist = _load(history_dir, dataset)  # input errors surface before the fitting code is imported
-        from sim.atomic import atomic_path
         from sim.calibrate import calibrate as run
         world, book, report = run(hist, ce, segment_by=segment_by, n_segments=segments,
                                   activity_model=activity_model, seed=seed)
         out = Path(out)
-        book_name = out.name.removesuffix(".json") + ".book.parquet"
-        world.book_file = book_name
-        # the world (the file users point to) is renamed into place last, after its book
-        with atomic_path(out) as tmp_world, atomic_path(out.parent / book_name) as tmp_book:
-            book.to_parquet(tmp_book, index=False)
-            world.save(tmp_world)
-        doc = {"world": str(out), "book": str(out.parent / book_name), "world_hash": world.hash(),
+        book_path = world.save_with_book(out, book)   # the world is renamed into place last, after its book
+        doc = {"world": str(out), "book": str(book_path), "world_hash": world.hash(),
                "customers": report["customers"], "segments": [s.name for s in world.segments],
                "activity_model": world.activity_model,
                "activity": world.segments[0].activity if len(world.segments) == 1 else

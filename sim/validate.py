@@ -305,10 +305,7 @@ def write_outputs(out_dir: str | Path, metrics: dict[str, Any], art: dict[str, A
     files = {}
     plot_tracking(art["tracking"], out / "tracking.png", metrics)  # first: the likeliest to fail
     world: WorldModel = art["world"]
-    world.book_file = "world.book.parquet"
-    with atomic_path(out / "world.book.parquet") as tmp:
-        art["book"].to_parquet(tmp, index=False)
-    world.save(out / "world.json")
+    world.save_with_book(out / "world.json", art["book"])
     for name, df in (("tracking.csv", art["tracking"]), ("conditional_expectation.csv", art["conditional"])):
         with atomic_path(out / name) as tmp:
             df.to_csv(tmp, index=False)
