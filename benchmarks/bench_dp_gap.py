@@ -72,7 +72,7 @@ def make_model(algo: str, tw, seed: int):
     from stable_baselines3 import DQN, PPO
     from stable_baselines3.common.env_util import make_vec_env
 
-    from sim.tabular import TabularCustomerEnv
+    from sim.envs.tabular import TabularCustomerEnv
     if algo == "maskable_ppo":
         from sb3_contrib import MaskablePPO as cls
     else:

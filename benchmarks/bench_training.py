@@ -36,8 +36,8 @@ def main() -> None:
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     import sim.envs  # noqa: F401
-    from sim.customer_env import CustomerEnv, resolve_world
-    from sim.vec_env import PopulationVecEnv
+    from sim.envs.customer import CustomerEnv, resolve_world
+    from sim.envs.vec_env import PopulationVecEnv
 
     torch.set_num_threads(2)
     world, population, book = resolve_world(args.world, None)

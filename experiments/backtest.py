@@ -59,24 +59,19 @@ class BacktestSettings:
         return "dr" if "dr" in self.ope.estimators else self.ope.estimators[0]
 
 
-def policy_name(spec: str) -> str:
-    from policies.baselines import BASELINES
-    return spec if spec in BASELINES else Path(spec).name
-
-
 def check_policies(policies: list[str]) -> list[str]:
     """The candidates' names, after the cheap checks (known, each once, at least two)."""
-    from policies.baselines import BASELINES
+    from policies.registry import UNKNOWN_POLICY, is_policy_spec, policy_label
     specs = [p.strip() for p in policies if p and p.strip()]
     if len(specs) < 2:
-        raise ConfigError("--policies: give at least two policies to rank, comma-separated (e.g. none,bau,greedy_uplift)")
+        raise ConfigError("policies", "give at least two policies to rank, comma-separated (e.g. none,bau,greedy_uplift)")
     for s in specs:
-        if s not in BASELINES and not Path(s).exists():
-            raise ConfigError(f"--policies: {s!r} is not a baseline ({', '.join(BASELINES)}) nor a trained policy folder")
-    names = [policy_name(s) for s in specs]
+        if not is_policy_spec(s):
+            raise ConfigError("policies", f"{s!r} is {UNKNOWN_POLICY}")
+    names = [policy_label(s) for s in specs]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise ConfigError(f"--policies: {', '.join(dup)} given twice; name each policy once")
+        raise ConfigError("policies", f"{', '.join(dup)} given twice; name each policy once")
     return specs
 
 
@@ -94,7 +89,7 @@ def check_split(history, split_date: str) -> tuple[pd.Timestamp, pd.Timestamp]:
     first = pd.Timestamp(history.transactions["date"].min())
     end = history_end(history)
     if not first < d < end:
-        raise ConfigError(f"--split-date {d.date()}: outside the history ({history.folder} runs from "
+        raise ConfigError("split_date", value=f"{d.date()}", message=f"outside the history ({history.folder} runs from "
                           f"{first.date()} to {(end - pd.Timedelta(days=1)).date()}); choose a date inside it "
                           "with history on both sides")
     return d, end
@@ -170,7 +165,7 @@ def run_backtest(history, split_date: str, policies: list[str], settings: Backte
     `split_date` (see the module docstring). Give `world` and its `book` to skip calibration.
     `progress(stage, done, total)` counts steps: calibration, one OPE per policy, one simulation
     per policy and seed."""
-    from experiments.evaluate import resolve_policy
+    from policies.registry import policy_label, resolve_policy
 
     from .ope import evaluate_offline, logged_decisions
     from .ray_session import ray_session
@@ -181,7 +176,7 @@ def run_backtest(history, split_date: str, policies: list[str], settings: Backte
     if settings.ope.estimand != "per_decision":
         raise ConfigError(f"a backtest ranks candidates on the per_decision estimand, not {settings.ope.estimand}")
     if settings.seeds < 1:
-        raise ConfigError(f"--seeds {settings.seeds}: must be >= 1")
+        raise ConfigError("seeds", value=f"{settings.seeds}", message=f"must be >= 1")
     d, end = check_split(history, split_date)
     split = str(d.date())
     outcomes = decision_outcomes(history, split, None)   # ConfigError when nothing was decided after D
@@ -213,7 +208,7 @@ def run_backtest(history, split_date: str, policies: list[str], settings: Backte
     if settings.customers is not None and settings.customers > len(book):
         warnings.append(f"--customers {settings.customers} exceeds the book ({len(book)}): twins are resampled")
 
-    pols = {policy_name(s): resolve_policy(s, world) for s in specs}
+    pols = {policy_label(s): resolve_policy(s, world, key="policies") for s in specs}
     pdays = float(world.economics.period_days)
     span = (end - d).days / pdays
     periods = max(MIN_PERIODS, int(span))
@@ -244,7 +239,7 @@ def run_backtest(history, split_date: str, policies: list[str], settings: Backte
             w = res["diagnostics"].get("warning")
             if w:
                 warnings.append(f"{name}: {w}")
-            out_pols[name] = {"spec": next(s for s in specs if policy_name(s) == name), "ope": est,
+            out_pols[name] = {"spec": next(s for s in specs if policy_label(s) == name), "ope": est,
                               "ope_vs_logged": diff,
                               "ope_diagnostics": {k: v for k, v in res["diagnostics"].items()
                                                   if isinstance(v, (int, float, str, type(None)))}}

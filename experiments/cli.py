@@ -25,6 +25,15 @@ DATASETS = ("cdnow", "bank")
 BASELINE_NAMES = ("none", "random", "bau", "churn_threshold", "greedy_uplift")  # policies.baselines.BASELINES
 
 
+# settings whose command-line option is not the setting's name with "-" for "_"
+OPTION_NAMES = {"n_boot": "--bootstrap"}
+
+
+def option_name(key: str) -> str:
+    """How the command line calls the setting `key` (ConfigError.key): `reward_model` -> `--reward-model`."""
+    return OPTION_NAMES.get(key) or "--" + key.replace("_", "-")
+
+
 def _err(msg: str, code: int = EXIT_INPUT) -> None:
     typer.echo(f"error: {msg}", err=True)
     raise typer.Exit(code)
@@ -33,9 +42,11 @@ def _err(msg: str, code: int = EXIT_INPUT) -> None:
 @contextmanager
 def _user_errors() -> Iterator[None]:
     """Turn known input errors into one line on stderr and exit status 2."""
-    from sim.errors import ClvError
+    from sim.errors import ClvError, ConfigError
     try:
         yield
+    except ConfigError as e:
+        _err(e.about(option_name))
     except ClvError as e:
         _err(str(e))
     except FileNotFoundError as e:
@@ -281,15 +292,14 @@ def simulate(
         from sim.errors import ConfigError
         if population not in ("book", "new"):
             raise ConfigError(f"--population must be book or new, got {population!r}")
-        if policy not in BASELINE_NAMES and not Path(policy).exists():
-            raise ConfigError(f"--policy {policy}: not a baseline ({', '.join(BASELINE_NAMES)}) nor a trained "
-                              "policy folder")
+        from policies.registry import check_policy_spec
+        check_policy_spec(policy)
         if population == "new" and customers is None:
             raise ConfigError("--population new needs --customers N")
         _check_out(out)
         _check_world(world_path)
         from sim.atomic import atomic_path
-        from experiments.evaluate import resolve_policy
+        from policies.registry import policy_label, resolve_policy
         from policies.base import as_simulator_policy
         from sim.population import simulate as run
         world, book = _load_world(world_path, population)
@@ -451,11 +461,12 @@ def evaluate(
         _check_world(world_path)
         _check_out(out, folder=True)
         world, book = _load_world(world_path, population)
-        from experiments.evaluate import evaluate as run, plot, resolve_policy
+        from experiments.evaluate import evaluate as run, plot
+        from policies.registry import policy_label, resolve_policy
         pols = {}
         for spec in policies:
             p = resolve_policy(spec, world)
-            name = spec if spec in BASELINE_NAMES else Path(spec).name
+            name = policy_label(spec)
             pols[name] = p
         if reference is not None and reference not in pols:
             raise ConfigError(f"--reference {reference!r} is not among the policies: {', '.join(pols)}")
@@ -524,10 +535,9 @@ def values(
             raise ConfigError("--policy is for --source policy; with --source sim give --continuation")
         if source == "policy" and continuation is not None:
             raise ConfigError("--continuation is for --source sim; --source policy follows --policy")
-        option, spec = ("--policy", policy) if source == "policy" else ("--continuation", continuation or "none")
-        if spec not in BASELINE_NAMES and not Path(spec).exists():
-            raise ConfigError(f"{option} {spec}: not a baseline ({', '.join(BASELINE_NAMES)}) nor a trained "
-                              "policy folder")
+        option, spec = ("policy", policy) if source == "policy" else ("continuation", continuation or "none")
+        from policies.registry import check_policy_spec
+        check_policy_spec(spec, key=option)
         if Path(out).suffix.lower() == ".csv":
             raise ConfigError(f"--out {out}: the value table is written as Parquet; give a .parquet file name")
         _check_out(out)
@@ -772,7 +782,7 @@ def ope(
         world_note = None
         if policy is not None:
             world, book, world_note = _ope_world(history, world_path, start_d)
-            from experiments.evaluate import resolve_policy
+            from policies.registry import policy_label, resolve_policy
             pol = resolve_policy(policy, world)
         with _progress("offline evaluation", 1) as upd:
             res = evaluate_offline(history, settings, policy=pol, world=world, book=book,

@@ -27,25 +27,6 @@ METRICS = ("clv", "retention", "marketing_roi", "cross_sell_rate", "active_share
 ACTIVE_STAGES = ("new", "growth", "maturity")
 
 
-def resolve_policy(spec: str, world) -> Any:
-    """A policy from a name: a baseline (none, random, bau, churn_threshold, greedy_uplift) or the
-    folder (or its model.zip) written by `clv train`."""
-    from policies.baselines import BASELINES, make_baseline
-    from sim.errors import ConfigError
-    if spec in BASELINES:
-        return make_baseline(spec, world)
-    path = Path(spec)
-    if path.exists():
-        from policies.rl import SB3Policy
-        pol = SB3Policy.load(path, world)
-        if pol.card.get("world_hash") != world.hash():
-            import sys
-            print(f"warning: {spec} was trained on world {pol.card.get('world_hash')}, evaluating on "
-                  f"{world.hash()}", file=sys.stderr)
-        return pol
-    raise ConfigError(f"--policy {spec}: not a baseline ({', '.join(BASELINES)}) nor a trained policy folder")
-
-
 @dataclass
 class Interval:
     mean: float

@@ -62,31 +62,32 @@ class OPESettings:
 
     def __post_init__(self):
         if self.estimand not in ESTIMANDS:
-            raise ConfigError(f"--estimand {self.estimand!r}: choose {' or '.join(ESTIMANDS)}")
+            raise ConfigError("estimand", value=f"{self.estimand!r}", message=f"choose {' or '.join(ESTIMANDS)}")
         if not self.estimators:
-            raise ConfigError("--estimators: give at least one estimator")
+            raise ConfigError("estimators", "give at least one estimator")
         allowed = ONE_STEP if self.estimand == "per_decision" else SEQUENTIAL + tuple(SEQUENTIAL_OF)
         for e in self.estimators:
             if e not in allowed:
                 hint = (" (a sequential estimator: use --estimand per_customer)" if e in SEQUENTIAL else "")
-                raise ConfigError(f"--estimators: {e!r} is not an estimator of the {self.estimand} estimand{hint}; "
+                raise ConfigError("estimators", f"{e!r} is not an estimator of the {self.estimand} estimand{hint}; "
                                   f"choose from {', '.join(allowed)}")
         if len(set(self.estimators)) != len(self.estimators):
-            raise ConfigError(f"--estimators: {','.join(self.estimators)} names an estimator twice")
+            raise ConfigError("estimators", f"{','.join(self.estimators)} names an estimator twice")
         if self.discount is not None and not (0 < self.discount <= 1):
-            raise ConfigError(f"--discount {self.discount}: must be in (0, 1]")
+            raise ConfigError("discount", value=f"{self.discount}", message=f"must be in (0, 1]")
         if self.discount is not None and self.estimand == "per_decision":
-            raise ConfigError("--discount applies to the per_customer estimand (add --estimand per_customer)")
+            raise ConfigError("discount", "{key:discount} applies to the per_customer estimand (add {key:estimand} "
+                                          "per_customer)")
         if self.clip is not None and not self.clip > 0:
-            raise ConfigError(f"--clip {self.clip}: must be > 0")
+            raise ConfigError("clip", value=f"{self.clip}", message=f"must be > 0")
         if self.n_boot < 10:
-            raise ConfigError(f"--bootstrap {self.n_boot}: use at least 10 resamples (1000 for a 95% interval)")
+            raise ConfigError("n_boot", value=f"{self.n_boot}", message=f"use at least 10 resamples (1000 for a 95% interval)")
         if not 0 < self.alpha < 1:
-            raise ConfigError(f"--alpha {self.alpha}: must be in (0, 1)")
+            raise ConfigError("alpha", value=f"{self.alpha}", message=f"must be in (0, 1)")
         if self.folds < 1:
-            raise ConfigError(f"--folds {self.folds}: must be >= 1")
+            raise ConfigError("folds", value=f"{self.folds}", message=f"must be >= 1")
         if self.reward_model not in ("hgb", "ridge"):
-            raise ConfigError(f"--reward-model {self.reward_model!r}: choose hgb or ridge")
+            raise ConfigError("reward_model", value=f"{self.reward_model!r}", message=f"choose hgb or ridge")
 
     def estimator_of(self, key: str) -> str:
         """The registry name that runs for a requested key."""
@@ -122,7 +123,7 @@ def target_from_column(history, outcomes: pd.DataFrame, column: str) -> Target:
     """Target probabilities of the logged actions from a decisions-table column."""
     from sim.history import read_probability_column
     if str(history.folder).startswith("<"):
-        raise ConfigError("--target-prob-column needs a history folder (not a bundled dataset)")
+        raise ConfigError("target_prob_column", "needs a history folder (not a bundled dataset)")
     col = read_probability_column(history.folder, column)
     key = pd.MultiIndex.from_arrays([col["customer_id"].to_numpy(), col["date"].to_numpy()])
     want = pd.MultiIndex.from_arrays([outcomes["customer_id"].astype(str).to_numpy(), outcomes["date"].to_numpy()])
@@ -321,7 +322,7 @@ def evaluate_offline(history, settings: OPESettings, policy=None, world=None, bo
     if target_column is not None:
         needs = [k for k in settings.estimators if settings.estimator_of(k) in NEEDS_EVERY_ACTION]
         if needs:
-            raise ConfigError(f"--estimators {','.join(needs)}: need the candidate's probability of every action, "
+            raise ConfigError("estimators", value=f"{','.join(needs)}", message=f"need the candidate's probability of every action, "
                               f"but --target-prob-column gives only the logged action's; use --estimators "
                               f"{'ips,snips' if settings.estimand == 'per_decision' else 'pdis,wpdis'} or --policy")
         target = target_from_column(history, outcomes, target_column)

@@ -37,7 +37,9 @@ import pandas as pd
 from sim.errors import ConfigError
 
 from .run_config import RunConfig
-from .scenarios import check_constraint_names, plan_actions
+from policies.plan import PlanThenPolicy, plan_actions
+
+from .scenarios import check_constraint_names
 
 STEPS = ("history", "calibration", "policy", "values", "frontier", "simulation", "ope", "report")
 EVALUATION_SEED_OFFSET = 1000
@@ -112,7 +114,7 @@ def _card_matches(card_path: Path, world, train: dict[str, Any]) -> bool:
 
 
 def _policy(cfg: RunConfig, world, book, out: Path, log: Log, tick) -> tuple[Any, dict[str, Any]]:
-    from .evaluate import resolve_policy
+    from policies.registry import resolve_policy
     if "spec" in cfg.policy:
         return resolve_policy(cfg.policy["spec"], world), {"policy": cfg.policy["spec"], "trained": False}
     t = cfg.policy["train"]
@@ -174,7 +176,6 @@ def _simulate(cfg: RunConfig, world, book: pd.DataFrame, policy, actions: np.nda
     from sim.population import DEFAULT_CHUNK, chunk_seeds
 
     from .evaluate import evaluate, paired_difference
-    from .scenarios import PlanThenPolicy
     n = len(book)
     starts = [a for a, _, _ in chunk_seeds(0, n, DEFAULT_CHUNK)]
     fn = as_simulator_policy(policy)
@@ -338,4 +339,4 @@ def run_pipeline(cfg: RunConfig, out: str | Path, progress: Progress | None = No
     return doc
 
 
-__all__ = ["run_pipeline", "plan_actions", "STEPS", "EVALUATION_SEED_OFFSET"]
+__all__ = ["run_pipeline", "STEPS", "EVALUATION_SEED_OFFSET"]

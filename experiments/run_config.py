@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from policies.baselines import BASELINES
+from policies.registry import BASELINE_NAMES, policy_label
 from sim.errors import ConfigError
 
 from .scenarios import CONSTRAINT_KEYS, _fail, _int, _mapping, _str_list, constraint_texts, read_yaml
@@ -86,8 +86,7 @@ class RunConfig:
     def policy_label(self) -> str:
         if "train" in self.policy:
             return self.policy["train"]["algo"]
-        spec = self.policy["spec"]
-        return spec if spec in BASELINES else Path(spec).name
+        return policy_label(self.policy["spec"])
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
@@ -214,12 +213,12 @@ def load_run_config(path: str | Path, sets: dict[str, Any] | None = None) -> Run
     # the policy that acts after the plan's first period
     pol_raw = doc.get("policy", "greedy_uplift")
     if isinstance(pol_raw, str):
-        if pol_raw in BASELINES:
+        if pol_raw in BASELINE_NAMES:
             policy: dict[str, Any] = {"spec": pol_raw}
         elif (base / pol_raw).is_dir():
             policy = {"spec": str((base / pol_raw).resolve())}
         else:
-            _fail(file, "policy", f"unknown policy {pol_raw!r}; give a baseline ({', '.join(BASELINES)}), a folder "
+            _fail(file, "policy", f"unknown policy {pol_raw!r}; give a baseline ({', '.join(BASELINE_NAMES)}), a folder "
                                   "written by `clv train`, or {algo: maskable_ppo, steps: N} to train one")
     else:
         p = _mapping(file, "policy", pol_raw, POLICY_KEYS, "expected a baseline name, a `clv train` folder or "
@@ -238,8 +237,8 @@ def load_run_config(path: str | Path, sets: dict[str, Any] | None = None) -> Run
                             "seed": _int(file, "policy.seed", p.get("seed", seed), 0), "set": dict(overrides)}}
     compare = []
     for i, c in enumerate(_str_list(file, "compare", doc.get("compare", ["bau"]))):
-        if c not in BASELINES:
-            _fail(file, f"compare[{i}]", f"unknown baseline {c!r}; known: {', '.join(BASELINES)}")
+        if c not in BASELINE_NAMES:
+            _fail(file, f"compare[{i}]", f"unknown baseline {c!r}; known: {', '.join(BASELINE_NAMES)}")
         if c in compare:
             _fail(file, f"compare[{i}]", f"{c!r} is given twice")
         compare.append(c)

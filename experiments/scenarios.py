@@ -62,7 +62,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from policies.baselines import BASELINES
+from policies.plan import PlanThenPolicy, plan_actions
+from policies.registry import BASELINE_NAMES
 from sim.errors import ConfigError
 
 KEYS = ("name", "world", "population", "customers", "horizon", "seeds", "policies", "budgets",
@@ -74,6 +75,7 @@ METRICS = ("clv", "incremental_clv", "retention", "marketing_roi", "cross_sell_r
            "contacts", "cost", "discounted_cost", "clv_none")
 PLAN_METRICS = ("plan_objective", "plan_bound", "plan_gap", "plan_spend", "plan_assigned")
 PERIOD_COLUMNS = ("alive", "contacts", "reward", "cost")
+OPE_FILE_KEYS = {"n_boot": "bootstrap"}   # OPESettings field -> key of the ope: section, where they differ
 OPE_KEYS = ("history", "estimators", "estimand", "bootstrap", "start", "end", "seed", "folds", "reward_model",
             "clip", "discount")
 OPE_VERSION = 1           # bump when the offline evaluation's numbers change: ope.json is recomputed
@@ -278,12 +280,12 @@ def load_scenario(path: str | Path) -> Scenario:
             _fail(file, key, f"expected a policy name or folder, got {p!r}")
         if p in labels:
             _fail(file, key, f"policy {p!r} is given twice")
-        if p in BASELINES:
+        if p in BASELINE_NAMES:
             paths.append(p)
         elif (base / p).exists():
             paths.append(str((base / p).resolve()))
         else:
-            _fail(file, key, f"unknown policy {p!r}; known: {', '.join(BASELINES)} or a folder written by "
+            _fail(file, key, f"unknown policy {p!r}; known: {', '.join(BASELINE_NAMES)} or a folder written by "
                              "clv train")
         labels.append(p)
 
@@ -382,14 +384,8 @@ def _ope_section(file: str, base: Path, raw: Any) -> dict[str, Any]:
         _fail(file, "ope.end", f"{kw['end']} is not after ope.start {kw['start']}")
     try:
         settings = OPESettings(**kw)
-    except ConfigError as e:      # "--estimators: ..." -> "ope.estimators: ..."
-        import re
-        msg = str(e)
-        m = re.match(r"--([a-z-]+)[ :]\s*(.*)", msg)
-        key = {"bootstrap": "bootstrap", "reward-model": "reward_model"}.get(m.group(1), m.group(1).replace("-", "_")) \
-            if m else None
-        _fail(file, f"ope.{key}" if key in OPE_KEYS else "ope",
-              (m.group(2) if m and key in OPE_KEYS else msg).replace("--estimand ", "estimand: "))
+    except ConfigError as e:      # OPESettings' keys, as this file calls them
+        raise ConfigError(f"{file}: {e.about(lambda k: 'ope.' + OPE_FILE_KEYS.get(k, k))}") from None
     out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()}
     out["history"] = str(hp)
     return out
@@ -414,7 +410,7 @@ def fingerprints(sc: Scenario) -> dict[str, str]:
     if sc.book:
         out["book"] = _file_digest(sc.book)
     for label, p in zip(sc.policies, sc.policy_paths):
-        if p not in BASELINES:
+        if p not in BASELINE_NAMES:
             out[f"policy:{label}"] = _file_digest(p)
     return out
 
@@ -425,7 +421,7 @@ def cell_id(sc: Scenario, cell: dict[str, Any], digests: dict[str, str]) -> str:
     and for budget cells the constraints and the value-table settings."""
     key: dict[str, Any] = {"v": CELL_VERSION, "world": digests["world"], "book": digests.get("book"),
                            "population": sc.population, "customers": sc.customers, "horizon": sc.horizon,
-                           "policy": cell["policy"] if cell["policy_path"] in BASELINES
+                           "policy": cell["policy"] if cell["policy_path"] in BASELINE_NAMES
                            else digests[f"policy:{cell['policy']}"],
                            "budget": cell["budget"], "seed": cell["seed"]}
     if cell["budget"] is not None:
@@ -463,38 +459,6 @@ def _metrics(c, clv_none) -> dict[str, float]:
     return m
 
 
-class PlanThenPolicy:
-    """Period 0: the plan's action for each customer (none where the plan has none); afterwards the
-    policy (a simulator callable). `simulate` steps its chunks one after the other, all of them on
-    every call; `starts` gives each chunk's first row, so one object serves repeated simulations."""
-
-    def __init__(self, plan_actions, policy_fn, starts: list[int]):
-        self.plan, self.policy, self.starts = plan_actions, policy_fn, starts
-        self.k, self.sim = -1, None
-
-    def __call__(self, sim):
-        import numpy as np
-        if sim is not self.sim:
-            self.sim, self.k = sim, (self.k + 1) % len(self.starts)
-        if sim.t == 0:
-            lo = self.starts[self.k]
-            return np.asarray(self.plan[lo:lo + sim.state.n], np.int16)
-        return self.policy(sim)
-
-
-def plan_actions(alloc, world, ids) -> tuple[Any, dict[str, str]]:
-    """A customer-level allocation as catalogue indexes (0 = none) in the order of `ids` (the
-    simulated customers), and as customer -> action for the assigned customers."""
-    import numpy as np
-    t = alloc.problem.table
-    assigned = alloc.units.sum(axis=1) > 0
-    chosen = np.asarray(t.actions, dtype=object)[np.argmax(alloc.units[assigned], axis=1)]
-    by_customer = dict(zip(np.asarray(t.ids)[assigned].astype(str).tolist(), chosen.tolist()))
-    code = {a: i for i, a in enumerate(world.catalogue.names)}
-    actions = np.array([code[by_customer.get(str(c), "none")] for c in ids], np.int16)
-    return actions, by_customer
-
-
 def _plan(world, book, sc_dict: dict[str, Any], policy, seed: int, budget: float):
     """(allocation or None when infeasible, message, plan actions per simulated customer (catalogue
     indexes, in simulate's customer order))."""
@@ -527,7 +491,7 @@ def run_cell(spec: dict[str, Any], cell: dict[str, Any]) -> tuple[dict[str, Any]
     Scenario.cells() with its "cell_id". Same spec and cell, same numbers."""
     import numpy as np
     import pandas as pd
-    from experiments.evaluate import resolve_policy
+    from policies.registry import resolve_policy
     from policies.base import as_simulator_policy
     from policies.baselines import make_baseline
     from sim.population import DEFAULT_CHUNK, chunk_seeds, simulate
@@ -597,7 +561,7 @@ def ope_digest(sc: Scenario, digests: dict[str, str], label: str, policy_path: s
     assert sc.ope is not None
     key = {"v": OPE_VERSION, "world": digests["world"], "book": digests.get("book"),
            "history": _file_digest(sc.ope["history"]),
-           "policy": label if policy_path in BASELINES else digests[f"policy:{label}"],
+           "policy": label if policy_path in BASELINE_NAMES else digests[f"policy:{label}"],
            "settings": {k: v for k, v in sorted(sc.ope.items()) if k != "history"}}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -627,7 +591,7 @@ def run_ope(sc: Scenario, out: Path, digests: dict[str, str]) -> tuple[Path | No
     todo = [(label, pp) for label, pp in zip(sc.policies, sc.policy_paths) if label not in old]
     entries: dict[str, Any] = dict(old)
     if todo:
-        from experiments.evaluate import resolve_policy
+        from policies.registry import resolve_policy
         from experiments.ope import OPESettings, evaluate_offline, logged_decisions
         from sim.history import load_history
         from sim.world import WorldModel

@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sim.errors import ClvError
+from sim.errors import ClvError, ConfigError
 
 from .problem import AllocationProblem
+from .solve import choose_method, solve
+from .values import ValueTable
 
 
 @dataclass
@@ -136,7 +138,7 @@ def quick_check(problem: AllocationProblem) -> bool:
 def diagnose(problem: AllocationProblem, min_budget_solver=None) -> Diagnosis:
     """Decide feasibility; when infeasible, name a minimal set of conflicting constraints and the
     smallest budget that would do. `min_budget_solver(problem) -> (spend, feasible)` solves
-    "minimise spend" (defaults to optimizer.allocate's own solver choice)."""
+    "minimise spend" (defaults to `min_spend`)."""
     cons = problem.constraints
     cov, counts = _forcing_and_count_rows(problem)
     if not cov:
@@ -155,7 +157,6 @@ def diagnose(problem: AllocationProblem, min_budget_solver=None) -> Diagnosis:
     others = [k for k in range(problem.K) if k != kb]
     spend_problem = AllocationProblem(problem.table, [cons[k] for k in others])
     if min_budget_solver is None:
-        from .allocate import min_spend
         min_budget_solver = min_spend
     spend, ok = min_budget_solver(spend_problem)
     if not ok:
@@ -172,3 +173,19 @@ def diagnose(problem: AllocationProblem, min_budget_solver=None) -> Diagnosis:
                          smallest)
     return Diagnosis(True, smallest_budget=spend)
 
+
+def min_spend(problem: AllocationProblem) -> tuple[float, bool]:
+    """Smallest spend meeting every constraint of `problem` (the budget diagnosis): the plan that
+    maximises -cost, by the engine `auto` picks."""
+    t = problem.table
+    neg = ValueTable(ids=t.ids, segment=t.segment, segments=t.segments, actions=t.actions, channels=t.channels,
+                     action_channel=t.action_channel, value=-t.cost, cost=t.cost, eligible=t.eligible,
+                     count=t.count, source=t.source)
+    spend_problem = AllocationProblem(neg, problem.constraints)
+    try:
+        a = solve(spend_problem, choose_method(spend_problem, "auto"))
+    except ConfigError:
+        return float("nan"), False
+    if a is None:
+        return float("nan"), False
+    return -a.objective, True

@@ -23,10 +23,10 @@ def frontier(problem: AllocationProblem, budgets: list[float], method: str = "au
     """One point per budget (ascending). `problem` holds the other constraints; a budget row is
     added (or its limit replaced). Budgets below what coverage needs are reported as infeasible."""
     if not budgets:
-        raise ConfigError("--budgets: give at least one budget")
+        raise ConfigError("budgets", "give at least one budget")
     budgets = sorted(float(b) for b in budgets)
     if any(not np.isfinite(b) or b < 0 for b in budgets):
-        raise ConfigError("--budgets: every budget must be a finite number >= 0")
+        raise ConfigError("budgets", "every budget must be a finite number >= 0")
     kb = problem.budget_index()
     if kb is None:
         problem = AllocationProblem(problem.table, [budget_constraint(budgets[0])] + list(problem.constraints))

@@ -80,7 +80,7 @@ def parse_constraint(kind: str, text: str) -> Constraint:
 
 def budget_constraint(budget: float) -> Constraint:
     if not math.isfinite(budget) or budget < 0:
-        raise ConfigError(f"--budget {budget!r}: must be a finite number >= 0")
+        raise ConfigError(f"--budget {budget!r}: must be a finite number >= 0")   # the constraint's spec
     return Constraint("budget", "total", None, float(budget))
 
 

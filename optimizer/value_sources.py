@@ -241,7 +241,7 @@ def _continuation(world, continuation) -> tuple[Callable | None, str]:
     if continuation is None or (isinstance(continuation, str) and continuation == "none"):
         return None, "none"
     if isinstance(continuation, str):
-        from experiments.evaluate import resolve_policy
+        from policies.registry import resolve_policy
         return continuation_fn(resolve_policy(continuation, world)), continuation
     return continuation_fn(continuation), str(getattr(continuation, "name", type(continuation).__name__))
 

@@ -38,7 +38,7 @@ _PPO = {
     "max_grad_norm": 0.5,
     "net_arch": [64, 64],
     "normalize_reward": True,  # VecNormalize on rewards only (observations are already scaled)
-    "reward": "expected",      # Rao-Blackwellised training reward (sim.vec_env.PopulationVecEnv)
+    "reward": "expected",      # Rao-Blackwellised training reward (sim.envs.vec_env.PopulationVecEnv)
     "uplift_features": True,   # observation also carries each action's myopic net value (UpliftEncoder)
     # before RL the actor is fitted to: "BASE" = baseline BASE's decisions (behaviour cloning, the
     # default: RL from scratch drowns the small value of a contact in outcome noise and settles on
@@ -98,7 +98,7 @@ class UpliftEncoder:
     contact pays beyond its immediate value instead of re-deriving the economics from noise."""
 
     def __init__(self, world, model_features: bool = True):
-        from sim.customer_env import ObservationEncoder
+        from sim.envs.customer import ObservationEncoder
         from .baselines import GreedyUplift
         self.base = ObservationEncoder.from_world(world, model_features=model_features)
         self.greedy = GreedyUplift(world)
@@ -118,12 +118,12 @@ class UpliftEncoder:
 
     def space(self):
         from gymnasium import spaces
-        from sim.customer_env import OBS_CLIP
+        from sim.envs.customer import OBS_CLIP
         low = np.r_[np.zeros(self.base.dim), np.full(len(self.actions) - 1, -OBS_CLIP)].astype(np.float32)
         return spaces.Box(low, np.full(self.dim, OBS_CLIP, np.float32), dtype=np.float32)
 
     def encode(self, obs) -> np.ndarray:
-        from sim.customer_env import OBS_CLIP
+        from sim.envs.customer import OBS_CLIP
         v = self.greedy.values(obs)[:, 1:]
         extra = np.clip(np.sign(v) * np.log1p(np.abs(v)), -OBS_CLIP, OBS_CLIP).astype(np.float32)
         return np.concatenate([self.base.encode(obs), extra], axis=1)
@@ -131,7 +131,7 @@ class UpliftEncoder:
 
 def make_encoder(world, card_encoder: dict[str, Any]):
     """The observation encoder a card describes."""
-    from sim.customer_env import ObservationEncoder
+    from sim.envs.customer import ObservationEncoder
     if card_encoder.get("uplift_features"):
         return UpliftEncoder(world, card_encoder.get("model_features", True))
     return ObservationEncoder.from_world(world, model_features=card_encoder.get("model_features", True))
@@ -234,8 +234,8 @@ def train(world, algo: str = "ppo", steps: int | None = None, seed: int = 0, out
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.vec_env import VecMonitor, VecNormalize
 
-    from sim.customer_env import resolve_world
-    from sim.vec_env import PopulationVecEnv
+    from sim.envs.customer import resolve_world
+    from sim.envs.vec_env import PopulationVecEnv
 
     hp = hyperparameters(algo, overrides)
     steps = int(DEFAULT_STEPS[algo] if steps is None else steps)

@@ -33,11 +33,13 @@ def validate(history: History, calibration_end: str, holdout_end: str, *, replic
     holds the world, book and tables for the files written beside it."""
     ce, he = pd.Timestamp(calibration_end), pd.Timestamp(holdout_end)
     if he <= ce:
-        raise ConfigError(f"--holdout-end {he.date()} must be after --calibration-end {ce.date()}")
+        raise ConfigError("holdout_end", f"{{key:holdout_end}} {he.date()} must be after {{key:calibration_end}} "
+                                         f"{ce.date()}")
     last = history.transactions["date"].max()
     if he > last:
-        raise ConfigError(f"--holdout-end {he.date()} is past the end of the history (last transaction "
-                          f"{last.date()}): days after it would count as days without purchases")
+        raise ConfigError("holdout_end", value=he.date(),
+                          message=f"is past the end of the history (last transaction {last.date()}): days "
+                                  "after it would count as days without purchases")
     world, book, cal_report = calibrate(history, ce, segment_by=segment_by, n_segments=n_segments,
                                         activity_model=activity_model, seed=seed)
     pdays = world.economics.period_days

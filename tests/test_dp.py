@@ -22,7 +22,8 @@ from policies.dp import (DPPolicy, agreement, evaluate_policy_exact, gap_report,
 from sim.catalogue import STAGES
 from sim.population import PopulationSimulator
 from sim.synthetic import BankConfig, truth_world
-from sim.tabular import TabularCustomerEnv, TabularWorld, horizon_for, small_world_from
+from sim.envs.tabular import TabularCustomerEnv
+from sim.tabular import TabularWorld, horizon_for, small_world_from
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,10 +9,10 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import sim.envs  # noqa: F401  (registers the ids)
-from sim.customer_env import CustomerEnv, ObservationEncoder
+from sim.envs.customer import CustomerEnv, ObservationEncoder
 from sim.population import PopulationSimulator, simulate
 from sim.synthetic import BankConfig, truth_world
-from sim.vec_env import PopulationVecEnv
+from sim.envs.vec_env import PopulationVecEnv
 
 
 @pytest.fixture(scope="module")

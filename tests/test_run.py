@@ -201,7 +201,7 @@ def test_sets_override_nested_keys_and_read_yaml_values(tmp_path):
 
 
 def test_plan_actions_follow_the_book_order():
-    from experiments.pipeline import plan_actions
+    from policies.plan import plan_actions
 
     class Table:
         actions = ["a", "b"]

@@ -12,6 +12,6 @@ CUSTOMER_ENV_ID = "clv/Customer-v0"
 TABULAR_ENV_ID = "clv/TabularCustomer-v0"
 
 if CUSTOMER_ENV_ID not in gym.registry:
-    gym.register(CUSTOMER_ENV_ID, entry_point="sim.customer_env:CustomerEnv")
+    gym.register(CUSTOMER_ENV_ID, entry_point="sim.envs.customer:CustomerEnv")
 if TABULAR_ENV_ID not in gym.registry:
-    gym.register(TABULAR_ENV_ID, entry_point="sim.tabular:TabularCustomerEnv")
+    gym.register(TABULAR_ENV_ID, entry_point="sim.envs.tabular:TabularCustomerEnv")

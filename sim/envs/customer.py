@@ -1,6 +1,6 @@
 """`clv/Customer-v0`: one customer per episode of a calibrated world, as a Gymnasium env.
 
-It and `sim.vec_env.PopulationVecEnv` (many customers stepped at once) draw customers from a calibrated world: digital twins of the book's customers (latent rates
+It and `sim.envs.vec_env.PopulationVecEnv` (many customers stepped at once) draw customers from a calibrated world: digital twins of the book's customers (latent rates
 and alive state drawn from each one's posterior) or brand-new customers from the segment priors.
 Observation: what a bank can see (recency, frequency, monetary, tenure, lifecycle stage, segment,
 products held, periods since last contact, recent contact count, opted-out channels), encoded by
@@ -18,10 +18,10 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
 
-from .catalogue import STAGES
-from .population import (NEVER_CONTACTED, PopulationSimulator, PopulationState, WorldTables, book_columns,
+from ..catalogue import STAGES
+from ..population import (NEVER_CONTACTED, PopulationSimulator, PopulationState, WorldTables, book_columns,
                          new_customer_state, state_from_book, take_rows)
-from .world import WorldModel
+from ..world import WorldModel
 
 DEFAULT_HORIZON = 52
 OBS_CLIP = 30.0  # every encoded feature lies in [0, OBS_CLIP]
@@ -51,7 +51,7 @@ class ObservationEncoder:
     def from_world(cls, world: WorldModel, model_features: bool = True) -> "ObservationEncoder":
         post = None
         if model_features:
-            from .posterior import ObservablePosterior
+            from ..posterior import ObservablePosterior
             post = ObservablePosterior(world)
         pm = world.economics.product_margin_per_period
         return cls(len(world.segments), len(world.products), len(world.catalogue.channels), post,
@@ -144,7 +144,7 @@ def resolve_world(world: WorldModel | str | Path | None, population: str | None,
     a path to a world JSON (its book beside it is loaded), or None for the synthetic bank's true
     world with new customers (handy for trying things out)."""
     if world is None:
-        from .synthetic import BankConfig, truth_world
+        from ..synthetic import BankConfig, truth_world
         return truth_world(BankConfig()), population or "new", None
     if isinstance(world, (str, Path)):
         path = Path(world)

@@ -11,9 +11,9 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
 from stable_baselines3.common.vec_env import VecEnv
 
-from .customer_env import DEFAULT_HORIZON, CustomerSource, ObservationEncoder, resolve_world
-from .population import PopulationSimulator, WorldTables
-from .world import WorldModel
+from .customer import DEFAULT_HORIZON, CustomerSource, ObservationEncoder, resolve_world
+from ..population import PopulationSimulator, WorldTables
+from ..world import WorldModel
 
 
 class PopulationVecEnv(VecEnv):
