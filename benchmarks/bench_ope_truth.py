@@ -4,7 +4,7 @@ decisions; 95 % intervals cover the truth in >= 90 % of seeds).
 For each seed, a synthetic bank history (sim.synthetic, its logging policy = playbook + 30 %
 uniform exploration) of `--customers` customers (1,920 give about 50k decisions) is evaluated with
 `experiments.ope.evaluate_offline` for each candidate policy, built on the generating world.
-Two truths from experiments.ope_truth:
+Two truths from experiments.ope.truth:
 
 - population: the candidate's value in the generating world (per_decision: one-step value at the
   logged states; per_customer: the candidate making every decision), from one large run of
@@ -37,7 +37,7 @@ def _policies(world):
 
 
 def population_truth(customers: int, seed: int) -> dict:
-    from experiments.ope_truth import true_values_many
+    from experiments.ope.truth import true_values_many
     from sim.synthetic import BankConfig, truth_world
     cfg = BankConfig(customers=customers, seed=seed)
     res = true_values_many(cfg, _policies(truth_world(cfg)))
@@ -50,7 +50,7 @@ def one_seed(seed: int, customers: int, n_boot: int, reward_model: str) -> dict:
     import os
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from experiments.ope import OPESettings, evaluate_offline, logged_decisions
-    from experiments.ope_truth import true_values_many
+    from experiments.ope.truth import true_values_many
     from sim.synthetic import BankConfig, generate_bank_history
     t0 = time.perf_counter()
     cfg = BankConfig(customers=customers, seed=seed)
@@ -62,10 +62,10 @@ def one_seed(seed: int, customers: int, n_boot: int, reward_model: str) -> dict:
     shared = logged_decisions(hist, world=world)   # states and reward model, once for every candidate
     for name, pol in pols.items():
         one = evaluate_offline(hist, OPESettings(estimators=ONE_STEP, n_boot=n_boot, seed=seed,
-                                                 reward_model=reward_model), policy=pol, world=world, workers=0,
+                                                 reward_model=reward_model), policy=pol, world=world,
                                logged=shared)
         seq = evaluate_offline(hist, OPESettings(estimand="per_customer", estimators=SEQUENTIAL, n_boot=n_boot,
-                                                 seed=seed), policy=pol, world=world, workers=0, logged=shared)
+                                                 seed=seed), policy=pol, world=world, logged=shared)
         out["policies"][name] = {
             "same_customers_per_decision": same[name]["per_decision"],
             "decisions": one["decisions"],

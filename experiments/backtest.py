@@ -9,7 +9,7 @@
    - simulation of the calibrated world's book (digital twins as of D) for the periods between D
      and the end of the history (at least MIN_PERIODS), several seeds, common random numbers.
 4. Compare both with the logged policy's actual outcome after D: its on-policy per-decision value
-   (experiments.ope_data.on_policy_value), known exactly, with no model.
+   (experiments.ope.data.on_policy_value), known exactly, with no model.
 
 What the simulation's `per_decision_reward` is: to match OPE's estimand, the candidate acts only
 at decision points spaced like the logged ones (`cadence`: the median gap between a customer's
@@ -168,8 +168,8 @@ def run_backtest(history, split_date: str, policies: list[str], settings: Backte
     from policies.registry import policy_label, resolve_policy
 
     from .ope import evaluate_offline, logged_decisions
-    from .ray_session import ray_session
-    from .ope_data import decision_outcomes, on_policy_value
+    from .ray_session import executor_for, ray_session
+    from .ope.data import decision_outcomes, on_policy_value
 
     t0 = time.perf_counter()
     specs = check_policies(policies)
@@ -226,10 +226,11 @@ def run_backtest(history, split_date: str, policies: list[str], settings: Backte
     # one Ray for every candidate's bootstrap (none with --workers 0)
     ope_after = replace(settings.ope, start=split)
     shared = logged_decisions(history, split, None, world, book)   # states and reward model, once for all candidates
-    with ray_session(settings.workers, settings.address) if settings.workers != 0 else contextlib.nullcontext():
+    executor = executor_for(settings.workers, settings.address)
+    with ray_session(settings.workers, settings.address) if executor is not None else contextlib.nullcontext():
         for name, pol in pols.items():
             res = evaluate_offline(history, ope_after, policy=pol, world=world, book=book,
-                                   workers=settings.workers, address=settings.address, logged=shared)
+                                   executor=executor, logged=shared)
             est = {k: {f: e[f] for f in ("value", "ci_low", "ci_high", "ess", "estimator")}
                    for k, e in res["estimates"].items()}
             m = est[main]

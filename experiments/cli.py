@@ -775,6 +775,7 @@ def ope(
         if world_path is not None:
             _check_world(world_path)
         from experiments.ope import OPESettings, evaluate_offline
+        from experiments.ray_session import executor_for
         settings = OPESettings(estimand=estimand, estimators=_names(estimators), discount=discount, clip=clip, n_boot=bootstrap, alpha=alpha, seed=seed, folds=folds,
                                reward_model=reward_model, start=start_d, end=end_d)
         history = _load(history_dir, None)
@@ -786,7 +787,7 @@ def ope(
             pol = resolve_policy(policy, world)
         with _progress("offline evaluation", 1) as upd:
             res = evaluate_offline(history, settings, policy=pol, world=world, book=book,
-                                   target_column=target_prob_column, workers=workers, address=address,
+                                   target_column=target_prob_column, executor=executor_for(workers, address),
                                    progress=lambda stage, d, t: upd(d, t))
         res["history"] = str(history_dir)
         res["world"] = world_note

@@ -18,7 +18,7 @@ Steps (each writes its files atomically into the output folder OUT as it finishe
    measured against it) and the `compare` baselines, with common random numbers and 95% intervals
    over seeds -> OUT/evaluation.json;
 7. with `holdout_end` and logged decisions: the plan valued offline at each book customer's first
-   logged decision in the holdout (`experiments.ope_plan`) -> OUT/ope.json;
+   logged decision in the holdout (`experiments.ope.plan`) -> OUT/ope.json;
 8. OUT/run.json (every figure above, the resolved config, timings) and OUT/report.html.
 
 Seeds: the config's `seed` drives K-means, the validation draws, the value table and (unless
@@ -215,7 +215,7 @@ def _simulate(cfg: RunConfig, world, book: pd.DataFrame, policy, actions: np.nda
 
 def _ope(cfg: RunConfig, history, world, book, plan: dict[str, str]) -> dict[str, Any]:
     from .ope import OPESettings
-    from .ope_plan import evaluate_plan_offline
+    from .ope.plan import evaluate_plan_offline
     o = cfg.ope
     start = str((pd.Timestamp(cfg.calibration_end) + pd.Timedelta(days=1)).date())
     end = str((pd.Timestamp(cfg.holdout_end) + pd.Timedelta(days=1)).date())

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 
 @contextlib.contextmanager
@@ -42,3 +42,35 @@ def ray_session(workers: int | None = None, address: str | None = None,
                 ray.shutdown()
                 if timings is not None:
                     timings["ray_shutdown_seconds"] = time.perf_counter() - t1
+
+
+class RayExecutor:
+    """Runs a library's independent calls as Ray tasks: `map(fn, shared, calls, progress)` returns
+    `[fn(*shared, *call) for call in calls]` in the order of `calls`. `shared` (large arrays used by
+    every call) goes to the object store once. Each map runs in its own `ray_session` (a local Ray
+    with `workers` CPUs, or the cluster at `address`). Libraries such as experiments.ope take it
+    as their `executor` and know nothing of Ray."""
+
+    name = "ray"
+
+    def __init__(self, workers: int | None = None, address: str | None = None, max_retries: int = 3):
+        self.workers, self.address, self.max_retries = workers, address, max_retries
+
+    def map(self, fn: Callable[..., Any], shared: tuple, calls: list[tuple],
+            progress: Callable[[int], None] | None = None) -> list[Any]:
+        import ray
+        with ray_session(self.workers, self.address):
+            task = ray.remote(num_cpus=1, max_retries=self.max_retries)(fn)
+            shared_refs = [ray.put(x) for x in shared]
+            refs = [task.remote(*shared_refs, *call) for call in calls]
+            pending = list(refs)
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                if progress:
+                    progress(len(done))
+            return ray.get(refs)
+
+
+def executor_for(workers: int | None, address: str | None = None) -> RayExecutor | None:
+    """The executor a command's `--workers N --address A` ask for: None (in-process) for 0 workers."""
+    return None if workers == 0 else RayExecutor(workers, address)

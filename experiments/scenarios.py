@@ -605,7 +605,7 @@ def run_ope(sc: Scenario, out: Path, digests: dict[str, str]) -> tuple[Path | No
             for label, pp in todo:
                 policy = resolve_policy(pp, world)
                 _torch_one_thread()
-                res = evaluate_offline(history, settings, policy=policy, world=world, book=book, workers=0,
+                res = evaluate_offline(history, settings, policy=policy, world=world, book=book,
                                        logged=shared)
                 res.pop("seconds", None)
                 res["policy"] = label

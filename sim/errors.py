@@ -34,8 +34,8 @@ class ConfigError(ClvError, ValueError):
     `ConfigError(message)`, or `ConfigError(key, message, value=...)` when the error is about one
     setting. `key` is the setting's name in the code (`clip`, `n_boot`, `holdout_end`); `value` the
     offending value as it should be shown; `message` what is wrong and what to do, where another
-    setting is named as `{key:calibration_end}` (a message that names its own key that way is a
-whole sentence: no key is put before it). The core never words a key for a front end: each
+    setting is named as `{key:calibration_end}` (a message that starts with its own key that way
+is a whole sentence: no key is put before it). The core never words a key for a front end: each
     renders keys its own way with `about(render)`, e.g. `--clip 0.0: must be > 0` on the command
     line and `ope.clip 0.0: must be > 0` in a config file. str() shows the keys as they are.
     """
@@ -54,7 +54,7 @@ whole sentence: no key is put before it). The core never words a key for a front
     def about(self, render: Callable[[str], str] = str) -> str:
         """The one-line message, every setting named by `render(key)` (the front end's name for it)."""
         text = _KEY_REF.sub(lambda m: render(m.group(1)), self.message)
-        if self.key is None or "{key:%s}" % self.key in self.message:   # a sentence that names its key
+        if self.key is None or self.message.startswith("{key:%s}" % self.key):   # a sentence led by its key
             return text
         head = render(self.key) if self.value is None else f"{render(self.key)} {self.value}"
         return f"{head}: {text}"

@@ -13,7 +13,7 @@ import pytest
 from cli_runner import clv, ok_json
 from experiments.backtest import BacktestSettings, decision_cadence, kendall_tau, run_backtest
 from experiments.ope import OPESettings
-from experiments.ope_data import decision_outcomes, on_policy_value
+from experiments.ope.data import decision_outcomes, on_policy_value
 from sim.history import load_history
 from sim.synthetic import BankConfig, write_bank_history
 

@@ -8,10 +8,11 @@ import pytest
 
 from cli_runner import clv, ok_json
 from experiments.ope import OPESettings, bootstrap_intervals, evaluate_offline, logged_decisions
-from experiments.ope_data import decision_outcomes, on_policy_value
-from experiments.ope_estimators import IPS, LoggedBandit, bootstrap_replicates, make_estimator
-from experiments.ope_models import FittedQ, RewardModel
-from experiments.ope_observations import decision_states
+from experiments.ray_session import RayExecutor
+from experiments.ope.data import decision_outcomes, on_policy_value
+from experiments.ope.estimators import IPS, LoggedBandit, bootstrap_replicates, make_estimator
+from experiments.ope.models import FittedQ, RewardModel
+from experiments.ope.observations import decision_states
 from policies.baselines import make_baseline
 from sim.catalogue import STAGES
 from sim.history import load_history
@@ -112,8 +113,7 @@ def test_cluster_bootstrap_with_singleton_groups_is_the_plain_bootstrap():
 
 def test_logging_policy_as_candidate_gives_the_logged_value(folder):
     hist = load_history(folder)
-    res = evaluate_offline(hist, OPESettings(estimators=("ips", "snips"), n_boot=50), target_column="p_same",
-                           workers=0)
+    res = evaluate_offline(hist, OPESettings(estimators=("ips", "snips"), n_boot=50), target_column="p_same")
     logged = on_policy_value(decision_outcomes(hist))
     assert res["estimand"] == "per_decision"
     for k in ("ips", "snips"):
@@ -121,7 +121,7 @@ def test_logging_policy_as_candidate_gives_the_logged_value(folder):
         assert res["estimates"][k]["ci_low"] < logged < res["estimates"][k]["ci_high"]
         assert res["estimates"][k]["ess"] == pytest.approx(res["decisions"])
     seq = evaluate_offline(hist, OPESettings(estimand="per_customer", estimators=("ips", "wpdis"), n_boot=50,
-                                             discount=0.95), target_column="p_same", workers=0)
+                                             discount=0.95), target_column="p_same")
     want = on_policy_value(decision_outcomes(hist), "per_customer", 0.95)
     assert seq["estimates"]["ips"]["estimator"] == "pdis"
     assert seq["estimates"]["ips"]["value"] == pytest.approx(want, rel=1e-9)
@@ -133,7 +133,7 @@ def test_policy_estimates_agree_and_the_ray_bootstrap_matches_in_process(generat
     world = truth["world"]
     pol = make_baseline("greedy_uplift", world)
     settings = OPESettings(estimators=("dm", "ips", "snips", "dr", "sndr"), n_boot=200, seed=4)
-    res = evaluate_offline(hist, settings, policy=pol, world=world, workers=0)
+    res = evaluate_offline(hist, settings, policy=pol, world=world)
     est = res["estimates"]
     assert set(est) == {"dm", "ips", "snips", "dr", "sndr"}
     for e in est.values():
@@ -145,8 +145,8 @@ def test_policy_estimates_agree_and_the_ray_bootstrap_matches_in_process(generat
     jobs = [("ips", {}), ("snips", {})]
     data = LoggedBandit(reward=np.arange(40.0), action=np.zeros(40, int), pscore=np.full(40, 0.5),
                         target=np.tile([0.6, 0.4], (40, 1)))
-    local = bootstrap_intervals(jobs, data, 300, 0.05, 9, np.arange(40) // 4, workers=0)
-    on_ray = bootstrap_intervals(jobs, data, 300, 0.05, 9, np.arange(40) // 4, workers=2)
+    local = bootstrap_intervals(jobs, data, 300, 0.05, 9, np.arange(40) // 4)
+    on_ray = bootstrap_intervals(jobs, data, 300, 0.05, 9, np.arange(40) // 4, executor=RayExecutor(2))
     assert local == on_ray
 
 
@@ -157,13 +157,13 @@ def test_candidates_sharing_the_logged_decisions_get_the_same_numbers(generated)
     shared = logged_decisions(hist, world=world)
     for name in ("bau", "greedy_uplift"):
         pol = make_baseline(name, world)
-        alone = evaluate_offline(hist, settings, policy=pol, world=world, workers=0)
-        together = evaluate_offline(hist, settings, policy=pol, world=world, workers=0, logged=shared)
+        alone = evaluate_offline(hist, settings, policy=pol, world=world)
+        together = evaluate_offline(hist, settings, policy=pol, world=world, logged=shared)
         assert together["estimates"] == alone["estimates"]
     assert len(shared._reward_models) == 1          # one reward model served both candidates
     with pytest.raises(ValueError, match="another window or world"):
         evaluate_offline(hist, OPESettings(estimators=("dr",), n_boot=20, start="2022-06-01"),
-                         policy=make_baseline("bau", world), world=world, workers=0, logged=shared)
+                         policy=make_baseline("bau", world), world=world, logged=shared)
 
 
 def test_fqe_and_sequential_estimators_run_on_a_policy(generated):
@@ -171,7 +171,7 @@ def test_fqe_and_sequential_estimators_run_on_a_policy(generated):
     world = truth["world"]
     res = evaluate_offline(hist, OPESettings(estimand="per_customer", estimators=("pdis", "wpdis", "dr_seq", "wdr",
                                                                                    "fqe"), n_boot=50),
-                           policy=make_baseline("bau", world), world=world, workers=0)
+                           policy=make_baseline("bau", world), world=world)
     assert res["estimand"] == "per_customer"
     assert res["models"]["fqe"]["stages"] == int(decision_outcomes(hist)["step"].max()) + 1
     fqe = res["estimates"]["fqe"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from experiments.ope_data import decision_outcomes, on_policy_value
+from experiments.ope.data import decision_outcomes, on_policy_value
 from sim.errors import ConfigError
 from sim.history import load_history
 

@@ -1,11 +1,11 @@
-"""Off-policy estimators (experiments/ope_estimators.py): input validation, unbiasedness against known
+"""Off-policy estimators (experiments/ope/estimators.py): input validation, unbiasedness against known
 true values (a synthetic contextual bandit and a small MDP solved by dynamic programming), the
 T = 1 reduction of the sequential estimators, the bootstrap and the weight diagnostics."""
 
 import numpy as np
 import pytest
 
-from experiments.ope_estimators import (
+from experiments.ope.estimators import (
     ESTIMATORS, IPS, PDIS, SNIPS, THIN_SUPPORT_ESS_SHARE, WDR, WPDIS, DirectMethod, DoublyRobust,
     LoggedBandit, LoggedTrajectories, SelfNormalizedDR, SequentialDR, bootstrap_ci,
     make_estimator, support_warning, weight_diagnostics)

@@ -1,4 +1,4 @@
-"""True policy values of the synthetic bank (experiments.ope_truth) against generated histories.
+"""True policy values of the synthetic bank (experiments.ope.truth) against generated histories.
 
 Every comparison below is between two Monte Carlo estimates of the same quantity; the tolerance
 is Z standard errors of their difference, the SE computed from the data (clustered by customer:
@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.ope_data import decision_outcomes, on_policy_value
-from experiments.ope_truth import true_values, true_values_many
+from experiments.ope.data import decision_outcomes, on_policy_value
+from experiments.ope.truth import true_values, true_values_many
 from policies.baselines import make_baseline
 from sim.synthetic import BankConfig, generate_bank_history, truth_world
 
@@ -174,7 +174,7 @@ def test_control_variate_mean_and_estimates(truths):
 
 def test_control_mean_closed_form(world):
     """control_mean against a direct Monte Carlo of the customers' latent draws (no simulation)."""
-    from experiments.ope_truth import control_mean
+    from experiments.ope.truth import control_mean
     cfg = BankConfig(customers=1, weeks=60, seed=0, decision_every=3)
     rng = np.random.default_rng(0)
     n = 400_000

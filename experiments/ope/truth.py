@@ -1,7 +1,7 @@
 """True values of candidate policies in the synthetic bank's generating world: what off-policy
-evaluation (experiments/ope_estimators.py on experiments/ope_data.py's rewards) is checked against.
+evaluation (experiments/ope/estimators.py on experiments/ope/data.py's rewards) is checked against.
 
-The reward of a decision is experiments/ope_data.py's: margin_rate x the amount of the
+The reward of a decision is experiments/ope/data.py's: margin_rate x the amount of the
 customer's transactions from the decision's week (inclusive) to their next decision's week
 (exclusive), or to the end of the window for their last decision, minus the action's
 catalogue cost. A week's amount is taken as its expected value given the simulated count,

@@ -39,7 +39,7 @@ import pandas as pd
 from sim.errors import ConfigError
 from sim.population import NEVER_CONTACTED, WorldTables, action_masks
 
-from .ope_data import FIRST_DAY, DayIndex, customer_codes, day_numbers
+from .data import FIRST_DAY, DayIndex, customer_codes, day_numbers
 
 
 @dataclass
@@ -114,7 +114,7 @@ def _contacts(outcomes: pd.DataFrame, period_days: float, decay: float, dday: np
 
 
 def decision_states(history, world, outcomes: pd.DataFrame, book: pd.DataFrame | None = None) -> DecisionStates:
-    """Observations and masks at every decision of `outcomes` (from `experiments.ope_data.decision_outcomes`),
+    """Observations and masks at every decision of `outcomes` (from `experiments.ope.data.decision_outcomes`),
     as the world's simulator would present them to a policy."""
     tables = WorldTables.from_world(world)
     pdays = float(world.economics.period_days)

@@ -6,8 +6,8 @@ date. In the logged history each customer meets the bank's logging policy at the
 points; the plan's action is taken to happen at the first of them on or after the plan's start
 (`start`). On those decisions, one per customer, the plan is a deterministic one-step policy: the
 planned action where the rebuilt state allows it, else "none" (counted in `not_allowed`). The
-one-step estimators of `experiments.ope_estimators` value it (reward: margin from the decision to
-the customer's next one minus the decision's cost, as in `experiments.ope_data`), with the reward
+one-step estimators of `experiments.ope.estimators` value it (reward: margin from the decision to
+the customer's next one minus the decision's cost, as in `experiments.ope.data`), with the reward
 model cross-fitted on every decision of the window (it does not depend on the candidate).
 
 Returned per estimator: the plan's value per customer, the value of contacting no one, the plan
@@ -25,8 +25,8 @@ import pandas as pd
 
 from sim.errors import ConfigError
 
-from .ope import CLIPPABLE, NEEDS_EVERY_ACTION, OPESettings, logged_decisions
-from .ope_estimators import LoggedBandit, make_estimator, support_warning, weight_diagnostics
+from .evaluate import CLIPPABLE, NEEDS_EVERY_ACTION, OPESettings, logged_decisions
+from .estimators import LoggedBandit, make_estimator, support_warning, weight_diagnostics
 
 BOOT_CHUNK = 250
 

@@ -1,10 +1,10 @@
 """Offline evaluation of a candidate policy on a history's logged decisions (`clv ope`).
 
-Pipeline: logged decisions and their rewards (experiments.ope_data) -> the candidate's
+Pipeline: logged decisions and their rewards (experiments.ope.data) -> the candidate's
 probabilities at the logged states (a clv-engine policy on the rebuilt observations of
-experiments.ope_observations, or a column of the decisions table) -> cross-fitted outcome models
-(experiments.ope_models) -> estimators (experiments.ope_estimators) -> bootstrap intervals, run
-as Ray tasks (`bootstrap_intervals`), with weight diagnostics and a thin-support warning.
+experiments.ope.observations, or a column of the decisions table) -> cross-fitted outcome models
+(experiments.ope.models) -> estimators (experiments.ope.estimators) -> bootstrap intervals, run
+on the caller's executor (`bootstrap_intervals`), with weight diagnostics and a thin-support warning.
 
 Estimands (named in every result):
 - per_decision: mean over logged decisions of the reward that would follow the candidate's
@@ -17,8 +17,8 @@ Estimands (named in every result):
 
 Bootstrap: customers are resampled (a cluster bootstrap: a customer's decisions share their
 latent state). The resamples are split in fixed chunks, each with its own seed spawned from the
-run's seed, so the intervals are the same whether the chunks run in-process, on 1 or on many
-Ray workers.
+run's seed, so the intervals are the same whether the chunks run in-process or on an executor
+with any number of workers (the caller's: this library knows nothing of Ray or of a CLI).
 """
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ import pandas as pd
 
 from sim.errors import ConfigError
 
-from .ope_data import ESTIMANDS, decision_outcomes, on_policy_value
-from .ope_estimators import (ESTIMATORS, LoggedBandit, LoggedTrajectories, bootstrap_replicates, kish_ess,
+from .data import ESTIMANDS, decision_outcomes, on_policy_value
+from .estimators import (ESTIMATORS, LoggedBandit, LoggedTrajectories, bootstrap_replicates, kish_ess,
                              make_estimator, support_warning, weight_diagnostics)
 
 ONE_STEP = ("dm", "ips", "snips", "dr", "sndr")
@@ -110,7 +110,7 @@ class Target:
 
 
 def target_from_policy(policy, states) -> Target:
-    """The candidate's probabilities at the rebuilt observations (`ope_observations.DecisionStates`)."""
+    """The candidate's probabilities at the rebuilt observations (`observations.DecisionStates`)."""
     probs = np.asarray(policy.action_probs(states.obs, states.masks), dtype=np.float64)
     rows = np.arange(len(states))
     info = {"rebuilt_states": len(states), "unknown_segment": states.unknown_segment,
@@ -189,49 +189,36 @@ def trajectory_data(outcomes: pd.DataFrame, target: Target, action: np.ndarray, 
 
 
 # ----------------------------------------------------------------------------------------------
-# bootstrap on Ray
+# bootstrap
 
 
-def _boot_chunk(name: str, kw: dict, data, n_boot: int, seed: int, groups) -> np.ndarray:
+def _boot_chunk(data, groups, name: str, kw: dict, n_boot: int, seed: int) -> np.ndarray:
     return bootstrap_replicates(make_estimator(name, **kw), data, n_boot, seed, groups)
 
 
 def bootstrap_intervals(jobs: list[tuple[str, dict]], data, n_boot: int, alpha: float, seed: int,
-                        groups: np.ndarray | None, workers: int | None = None, address: str | None = None,
+                        groups: np.ndarray | None, executor=None,
                         progress: Callable[[int], None] | None = None) -> dict[str, tuple[float, float]]:
     """Percentile intervals of several estimators on the same data. Each estimator's resamples are
-    split into chunks of BOOT_CHUNK with seeds spawned from `seed`; workers = 0 runs them
-    in-process, otherwise as Ray tasks (a local Ray with `workers` CPUs, or the cluster at
-    `address`). Same numbers either way."""
+    split into chunks of BOOT_CHUNK with seeds spawned from `seed`. The chunks run in-process, or
+    on `executor`, the caller's: `executor.map(fn, shared, calls, progress)` returns
+    `[fn(*shared, *call) for call in calls]` in order (e.g. experiments.ray_session.RayExecutor).
+    Same numbers either way."""
     n_chunks = -(-n_boot // BOOT_CHUNK)
     sizes = [min(BOOT_CHUNK, n_boot - k * BOOT_CHUNK) for k in range(n_chunks)]
     seeds = [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(n_chunks)]
-    results: dict[str, list] = {}
-    if workers == 0:
-        for name, kw in jobs:
-            results[name] = []
-            for b, s in zip(sizes, seeds):
-                results[name].append(_boot_chunk(name, kw, data, b, s, groups))
-                if progress:
-                    progress(1)
+    calls = [(name, kw, b, s) for name, kw in jobs for b, s in zip(sizes, seeds)]
+    if executor is None:
+        chunks = []
+        for call in calls:
+            chunks.append(_boot_chunk(data, groups, *call))
+            if progress:
+                progress(1)
     else:
-        import ray
-
-        from .ray_session import ray_session
-        with ray_session(workers, address):
-            task = ray.remote(num_cpus=1, max_retries=3)(_boot_chunk)
-            data_ref, groups_ref = ray.put(data), ray.put(groups)
-            refs = {name: [task.remote(name, kw, data_ref, b, s, groups_ref) for b, s in zip(sizes, seeds)]
-                    for name, kw in jobs}
-            pending = [r for rs in refs.values() for r in rs]
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                if progress:
-                    progress(len(done))
-            results = {name: ray.get(rs) for name, rs in refs.items()}
+        chunks = executor.map(_boot_chunk, (data, groups), calls, progress)
     out = {}
-    for name, chunks in results.items():
-        reps = np.concatenate(chunks)
+    for k, (name, _) in enumerate(jobs):
+        reps = np.concatenate(chunks[k * n_chunks:(k + 1) * n_chunks])
         lo, hi = np.quantile(reps, [alpha / 2, 1 - alpha / 2])
         out[name] = (float(lo), float(hi))
     return out
@@ -279,7 +266,7 @@ class LoggedDecisions:
 
     def reward_hat(self, settings: OPESettings) -> tuple[np.ndarray, dict]:
         """Out-of-fold r_hat (n, A) of the settings' reward model, fitted once per (model, folds, seed)."""
-        from .ope_models import RewardModel
+        from .models import RewardModel
         key = (settings.reward_model, settings.folds, settings.seed)
         if key not in self._reward_models:
             o = self.outcomes
@@ -296,13 +283,13 @@ def logged_decisions(history, start: str | None = None, end: str | None = None, 
     outcomes = decision_outcomes(history, start, end)
     states = None
     if world is not None:
-        from .ope_observations import decision_states
+        from .observations import decision_states
         states = decision_states(history, world, outcomes, book)
     return LoggedDecisions(outcomes=outcomes, start=start, end=end, world=world, states=states)
 
 
 def evaluate_offline(history, settings: OPESettings, policy=None, world=None, book=None,
-                     target_column: str | None = None, workers: int | None = None, address: str | None = None,
+                     target_column: str | None = None, executor=None,
                      progress: Callable[[str, int, int], None] | None = None,
                      logged: LoggedDecisions | None = None) -> dict[str, Any]:
     """Estimate the candidate's value on the history's logged decisions (see the module docstring).
@@ -310,10 +297,12 @@ def evaluate_offline(history, settings: OPESettings, policy=None, world=None, bo
     Give `policy` (with the `world` it acts in, and that world's `book` for K-means segments) or
     `target_column`. `logged`: the history's decisions prepared by `logged_decisions` for the same
     window and world, to share their states and reward model across candidates. `progress(stage,
-    done, total)` is told about the bootstrap tasks."""
+    done, total)` is told about the bootstrap tasks; `executor` runs them (see `bootstrap_intervals`;
+    None: in-process)."""
     t0 = time.perf_counter()
     if (policy is None) == (target_column is None):
-        raise ConfigError("give a policy (--policy) or a target probability column (--target-prob-column), not both")
+        raise ConfigError("give a policy ({key:policy}) or a target probability column ({key:target_prob_column}), "
+                          "not both")
     if logged is None:
         logged = logged_decisions(history, settings.start, settings.end, world if policy is not None else None, book)
     elif (logged.start, logged.end) != (settings.start, settings.end) or (policy is not None and logged.world is not world):
@@ -322,9 +311,11 @@ def evaluate_offline(history, settings: OPESettings, policy=None, world=None, bo
     if target_column is not None:
         needs = [k for k in settings.estimators if settings.estimator_of(k) in NEEDS_EVERY_ACTION]
         if needs:
-            raise ConfigError("estimators", value=f"{','.join(needs)}", message=f"need the candidate's probability of every action, "
-                              f"but --target-prob-column gives only the logged action's; use --estimators "
-                              f"{'ips,snips' if settings.estimand == 'per_decision' else 'pdis,wpdis'} or --policy")
+            raise ConfigError("estimators", value=",".join(needs),
+                              message="need the candidate's probability of every action, but {key:target_prob_column} "
+                                      "gives only the logged action's; use {key:estimators} "
+                                      f"{'ips,snips' if settings.estimand == 'per_decision' else 'pdis,wpdis'} "
+                                      "or {key:policy}")
         target = target_from_column(history, outcomes, target_column)
         names = list(history.actions.names) if history.actions is not None else sorted(outcomes["action"].unique())
         action = _action_codes(outcomes, names)
@@ -347,7 +338,7 @@ def evaluate_offline(history, settings: OPESettings, policy=None, world=None, bo
         q_hat = None
         index = trajectory_index(outcomes)
         if need_models:
-            from .ope_models import FittedQ
+            from .models import FittedQ
             ci, st, _, _ = index
             length = np.bincount(ci)
             remaining = length[ci] - st
@@ -378,7 +369,7 @@ def evaluate_offline(history, settings: OPESettings, policy=None, world=None, bo
             progress("bootstrap", done[0], total)
 
     cis = bootstrap_intervals([(name, kw) for _, name, kw in jobs], data, settings.n_boot, settings.alpha,
-                              settings.seed, groups, workers=workers, address=address, progress=tick)
+                              settings.seed, groups, executor=executor, progress=tick)
     estimates = {key: _estimate_entry(key, settings, data, points[key], cis[name]) for key, name, _ in jobs}
     diag = weight_diagnostics(data)
     warning = support_warning(diag)
@@ -393,7 +384,7 @@ def evaluate_offline(history, settings: OPESettings, policy=None, world=None, bo
         "diagnostics": {**diag, "warning": warning, **target.info},
         "models": models,
         "bootstrap": {"resamples": settings.n_boot, "alpha": settings.alpha, "seed": settings.seed,
-                      "unit": "customer", "tasks": total, "ray": workers != 0},
+                      "unit": "customer", "tasks": total, "ray": getattr(executor, "name", None) == "ray"},
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},
         "seconds": time.perf_counter() - t0,
     }
@@ -403,7 +394,7 @@ def _features(outcomes, states, world) -> np.ndarray:
     """State features of every decision, from its rebuilt observation."""
     from sim.catalogue import STAGES
 
-    from .ope_models import state_features
+    from .models import state_features
     window = (outcomes["next_date"] - outcomes["date"]).dt.days.to_numpy() / float(world.economics.period_days)
     return state_features(states.obs, outcomes["date"].to_numpy(), window, len(STAGES), len(world.segments))
 
