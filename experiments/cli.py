@@ -979,7 +979,8 @@ def run(
     Example: clv run examples/bank_demo.yaml --out demo_out
     """
     with _user_errors(), _infeasible(as_json):
-        from experiments.run_config import load_run_config, parse_sets
+        from experiments.config import parse_sets
+        from experiments.run_config import load_run_config
         cfg = load_run_config(config, parse_sets(sets))
         out = Path(out) if out is not None else Path("runs") / cfg.name
         _check_out(out, folder=True)

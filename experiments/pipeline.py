@@ -39,7 +39,7 @@ from sim.errors import ConfigError
 from .run_config import RunConfig
 from policies.plan import PlanThenPolicy, plan_actions
 
-from .scenarios import check_constraint_names
+from .config import check_constraint_names, parsed_constraints
 
 STEPS = ("history", "calibration", "policy", "values", "frontier", "simulation", "ope", "report")
 EVALUATION_SEED_OFFSET = 1000
@@ -142,7 +142,6 @@ def _plan_problems(cfg: RunConfig, df: pd.DataFrame):
     from optimizer.problem import AllocationProblem, budget_constraint
     from optimizer.values import ValueTable
 
-    from .scenarios import parsed_constraints
     cons = parsed_constraints(cfg.constraints)
     table = ValueTable.from_frame(df, source="value table")
     return AllocationProblem(table, cons), AllocationProblem(table, [budget_constraint(cfg.budget)] + cons)

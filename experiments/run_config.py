@@ -25,10 +25,7 @@ ConfigError line naming the file and the key, e.g. "run.yaml: budgets[1]: expect
 """
 from __future__ import annotations
 
-import copy
-import datetime as dt
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +33,8 @@ from typing import Any
 from policies.registry import BASELINE_NAMES, policy_label
 from sim.errors import ConfigError
 
-from .scenarios import CONSTRAINT_KEYS, _fail, _int, _mapping, _str_list, constraint_texts, read_yaml
+from .config import (CONSTRAINT_KEYS, apply_sets, check_mapping, constraint_texts, fail, list_value,
+                     non_negative_number, read_date, read_yaml, whole_number)
 
 KEYS = ("name", "history", "calibration_end", "holdout_end", "seed", "calibration", "validation", "policy",
         "compare", "values", "budgets", "budget", "constraints", "evaluation", "ope")
@@ -89,64 +87,15 @@ class RunConfig:
         return policy_label(self.policy["spec"])
 
 
-def parse_sets(items: list[str]) -> dict[str, Any]:
-    """KEY=VALUE overrides (dotted keys reach into sections); values are read as YAML, so numbers,
-    lists and null come out typed: `budgets=[100,200]`, `holdout_end=null`."""
-    import yaml
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set policy.steps=20000")
-        k, v = item.split("=", 1)
-        k = k.strip()
-        if not k or any(not part for part in k.split(".")):
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set evaluation.seeds=2")
-        try:
-            out[k] = yaml.safe_load(v) if v.strip() else None
-        except yaml.YAMLError:
-            out[k] = v
-    return out
-
-
-def _apply_sets(doc: dict, sets: dict[str, Any]) -> dict:
-    doc = copy.deepcopy(doc)
-    for key, value in sets.items():
-        parts = key.split(".")
-        node = doc
-        for i, p in enumerate(parts[:-1]):
-            nxt = node.get(p)
-            if nxt is None:
-                nxt = node[p] = {}
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"--set {key}: {'.'.join(parts[:i + 1])} is not a section")
-            node = nxt
-        node[parts[-1]] = value
-    return doc
-
-
 def _date(file: str, key: str, v: Any, required: bool) -> str | None:
     if v is None:
         if required:
-            _fail(file, key, "missing; give a date YYYY-MM-DD")
+            fail(file, key, "missing; give a date YYYY-MM-DD")
         return None
-    if isinstance(v, dt.datetime):
-        return str(v.date())
-    if isinstance(v, dt.date):
-        return str(v)
-    if isinstance(v, str):
-        for parse in (dt.date.fromisoformat, lambda t: dt.datetime.strptime(t, "%Y%m%d").date()):
-            try:
-                return str(parse(v.strip()))
-            except ValueError:
-                continue
-    _fail(file, key, f"{v!r} is not a date; use YYYY-MM-DD")
-    return None
-
-
-def _number(file: str, key: str, v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-        _fail(file, key, f"expected a number >= 0, got {v!r}")
-    return float(v)
+    d = read_date(v)
+    if d is None:
+        fail(file, key, f"{v!r} is not a date; use YYYY-MM-DD")
+    return d
 
 
 def load_run_config(path: str | Path, sets: dict[str, Any] | None = None) -> RunConfig:
@@ -154,61 +103,61 @@ def load_run_config(path: str | Path, sets: dict[str, Any] | None = None) -> Run
     path = Path(path)
     file = str(path)
     doc = read_yaml(path, "run config", "start from examples/bank_demo.yaml or examples/my_bank.yaml")
-    _mapping(file, None, doc, KEYS, f"expected a mapping with the keys {', '.join(KEYS)}")
+    check_mapping(file, None, doc, KEYS, f"expected a mapping with the keys {', '.join(KEYS)}")
     if sets:
-        doc = _apply_sets(doc, sets)
-        _mapping(file, None, doc, KEYS, "")
+        doc = apply_sets(doc, sets)
+        check_mapping(file, None, doc, KEYS, "")
     base = path.resolve().parent
 
     name = doc.get("name", path.stem)
     if not isinstance(name, str) or not name.strip():
-        _fail(file, "name", f"expected a non-empty text, got {name!r}")
+        fail(file, "name", f"expected a non-empty text, got {name!r}")
 
     # where the history comes from
-    hist = _mapping(file, "history", doc.get("history"), HISTORY_KEYS,
+    hist = check_mapping(file, "history", doc.get("history"), HISTORY_KEYS,
                     "expected one of {path: FOLDER}, {dataset: bank} or {generate: {customers: N, ...}}")
     given = [k for k in HISTORY_KEYS if hist.get(k) is not None]
     if len(given) != 1:
-        _fail(file, "history", "give exactly one of path, dataset or generate")
+        fail(file, "history", "give exactly one of path, dataset or generate")
     if "path" in given:
         folder = (base / str(hist["path"])).resolve()
         if not folder.is_dir():
-            _fail(file, "history.path", f"{hist['path']}: history folder not found (paths are relative to "
+            fail(file, "history.path", f"{hist['path']}: history folder not found (paths are relative to "
                                         f"{base})")
         history: dict[str, Any] = {"path": str(folder)}
     elif "dataset" in given:
         if hist["dataset"] not in DATASETS:
-            _fail(file, "history.dataset", f"unknown dataset {hist['dataset']!r}; bundled: {', '.join(DATASETS)}")
+            fail(file, "history.dataset", f"unknown dataset {hist['dataset']!r}; bundled: {', '.join(DATASETS)}")
         history = {"dataset": hist["dataset"]}
     else:
-        g = _mapping(file, "history.generate", hist["generate"], GENERATE_KEYS,
+        g = check_mapping(file, "history.generate", hist["generate"], GENERATE_KEYS,
                      "expected a mapping, e.g. {customers: 6000, weeks: 156, seed: 7}")
-        gen = {"customers": _int(file, "history.generate.customers", g.get("customers", 6000), 10),
-               "weeks": _int(file, "history.generate.weeks", g.get("weeks", 156), 20),
-               "seed": _int(file, "history.generate.seed", g.get("seed", 7), 0),
+        gen = {"customers": whole_number(file, "history.generate.customers", g.get("customers", 6000), 10),
+               "weeks": whole_number(file, "history.generate.weeks", g.get("weeks", 156), 20),
+               "seed": whole_number(file, "history.generate.seed", g.get("seed", 7), 0),
                "start": _date(file, "history.generate.start", g.get("start", "2022-01-03"), True),
-               "decision_every": _int(file, "history.generate.decision_every", g.get("decision_every", 4), 1)}
+               "decision_every": whole_number(file, "history.generate.decision_every", g.get("decision_every", 4), 1)}
         history = {"generate": gen}
 
     ce = _date(file, "calibration_end", doc.get("calibration_end"), True)
     he = _date(file, "holdout_end", doc.get("holdout_end"), False)
     if he is not None and he <= ce:
-        _fail(file, "holdout_end", f"{he} must be after calibration_end {ce}")
-    seed = _int(file, "seed", doc.get("seed", 0), 0)
+        fail(file, "holdout_end", f"{he} must be after calibration_end {ce}")
+    seed = whole_number(file, "seed", doc.get("seed", 0), 0)
 
-    cal = _mapping(file, "calibration", doc.get("calibration") or {}, CALIBRATION_KEYS,
+    cal = check_mapping(file, "calibration", doc.get("calibration") or {}, CALIBRATION_KEYS,
                    "expected a mapping {segment_by: COLUMN, segments: K, activity_model: pareto_nbd}")
     activity = cal.get("activity_model", "pareto_nbd")
     if activity not in ("pareto_nbd", "bg_nbd"):
-        _fail(file, "calibration.activity_model", f"expected pareto_nbd or bg_nbd, got {activity!r}")
+        fail(file, "calibration.activity_model", f"expected pareto_nbd or bg_nbd, got {activity!r}")
     seg_by = cal.get("segment_by")
     if seg_by is not None and not isinstance(seg_by, str):
-        _fail(file, "calibration.segment_by", f"expected a customers column name, got {seg_by!r}")
-    calibration = {"segment_by": seg_by, "segments": _int(file, "calibration.segments", cal.get("segments", 4), 1),
+        fail(file, "calibration.segment_by", f"expected a customers column name, got {seg_by!r}")
+    calibration = {"segment_by": seg_by, "segments": whole_number(file, "calibration.segments", cal.get("segments", 4), 1),
                    "activity_model": activity}
-    val = _mapping(file, "validation", doc.get("validation") or {}, ("replications",),
+    val = check_mapping(file, "validation", doc.get("validation") or {}, ("replications",),
                    "expected a mapping {replications: N}")
-    val_reps = _int(file, "validation.replications", val.get("replications", 16), 1)
+    val_reps = whole_number(file, "validation.replications", val.get("replications", 16), 1)
 
     # the policy that acts after the plan's first period
     pol_raw = doc.get("policy", "greedy_uplift")
@@ -218,84 +167,84 @@ def load_run_config(path: str | Path, sets: dict[str, Any] | None = None) -> Run
         elif (base / pol_raw).is_dir():
             policy = {"spec": str((base / pol_raw).resolve())}
         else:
-            _fail(file, "policy", f"unknown policy {pol_raw!r}; give a baseline ({', '.join(BASELINE_NAMES)}), a folder "
+            fail(file, "policy", f"unknown policy {pol_raw!r}; give a baseline ({', '.join(BASELINE_NAMES)}), a folder "
                                   "written by `clv train`, or {algo: maskable_ppo, steps: N} to train one")
     else:
-        p = _mapping(file, "policy", pol_raw, POLICY_KEYS, "expected a baseline name, a `clv train` folder or "
+        p = check_mapping(file, "policy", pol_raw, POLICY_KEYS, "expected a baseline name, a `clv train` folder or "
                                                            "{algo: maskable_ppo, steps: N}")
         algo = p.get("algo", "maskable_ppo")
         if algo not in ALGOS:
-            _fail(file, "policy.algo", f"unknown algorithm {algo!r}; choose {', '.join(ALGOS)}")
+            fail(file, "policy.algo", f"unknown algorithm {algo!r}; choose {', '.join(ALGOS)}")
         from policies.rl import DEFAULT_STEPS, hyperparameters
-        overrides = _mapping(file, "policy.set", p.get("set") or {}, _hyperparameter_names(algo),
+        overrides = check_mapping(file, "policy.set", p.get("set") or {}, _hyperparameter_names(algo),
                              "expected a mapping of hyperparameters, e.g. {n_envs: 256}")
         try:
             hyperparameters(algo, overrides)
         except ValueError as e:
-            _fail(file, "policy.set", str(e))
-        policy = {"train": {"algo": algo, "steps": _int(file, "policy.steps", p.get("steps", DEFAULT_STEPS[algo]), 1),
-                            "seed": _int(file, "policy.seed", p.get("seed", seed), 0), "set": dict(overrides)}}
+            fail(file, "policy.set", str(e))
+        policy = {"train": {"algo": algo, "steps": whole_number(file, "policy.steps", p.get("steps", DEFAULT_STEPS[algo]), 1),
+                            "seed": whole_number(file, "policy.seed", p.get("seed", seed), 0), "set": dict(overrides)}}
     compare = []
-    for i, c in enumerate(_str_list(file, "compare", doc.get("compare", ["bau"]))):
+    for i, c in enumerate(list_value(file, "compare", doc.get("compare", ["bau"]))):
         if c not in BASELINE_NAMES:
-            _fail(file, f"compare[{i}]", f"unknown baseline {c!r}; known: {', '.join(BASELINE_NAMES)}")
+            fail(file, f"compare[{i}]", f"unknown baseline {c!r}; known: {', '.join(BASELINE_NAMES)}")
         if c in compare:
-            _fail(file, f"compare[{i}]", f"{c!r} is given twice")
+            fail(file, f"compare[{i}]", f"{c!r} is given twice")
         compare.append(c)
 
     from optimizer.value_sources import DEFAULT_HORIZON, DEFAULT_REPLICATIONS
-    vals = _mapping(file, "values", doc.get("values") or {}, VALUES_KEYS, "expected a mapping {source: policy, "
+    vals = check_mapping(file, "values", doc.get("values") or {}, VALUES_KEYS, "expected a mapping {source: policy, "
                                                                           "horizon: N, replications: N}")
     vsource = vals.get("source", "policy")
     if vsource not in ("policy", "sim"):
-        _fail(file, "values.source", f"expected policy (smoothed advantages) or sim (raw simulated means), got "
+        fail(file, "values.source", f"expected policy (smoothed advantages) or sim (raw simulated means), got "
                                      f"{vsource!r}")
-    vh = _int(file, "values.horizon", vals.get("horizon", DEFAULT_HORIZON), 1)
-    vr = _int(file, "values.replications", vals.get("replications", DEFAULT_REPLICATIONS), 1)
+    vh = whole_number(file, "values.horizon", vals.get("horizon", DEFAULT_HORIZON), 1)
+    vr = whole_number(file, "values.replications", vals.get("replications", DEFAULT_REPLICATIONS), 1)
 
     if "budgets" not in doc:
-        _fail(file, "budgets", "missing; give the budgets of the frontier, e.g. [500, 1000, 2000]")
-    budgets = [_number(file, f"budgets[{i}]", b)
-               for i, b in enumerate(_str_list(file, "budgets", doc["budgets"], allow_empty=False))]
+        fail(file, "budgets", "missing; give the budgets of the frontier, e.g. [500, 1000, 2000]")
+    budgets = [non_negative_number(file, f"budgets[{i}]", b)
+               for i, b in enumerate(list_value(file, "budgets", doc["budgets"], allow_empty=False))]
     if len(set(budgets)) != len(budgets):
-        _fail(file, "budgets", "a budget is given twice")
+        fail(file, "budgets", "a budget is given twice")
     if doc.get("budget") is None:
-        _fail(file, "budget", "missing; give the budget of the plan to write and evaluate, e.g. 2000")
-    budget = _number(file, "budget", doc["budget"])
+        fail(file, "budget", "missing; give the budget of the plan to write and evaluate, e.g. 2000")
+    budget = non_negative_number(file, "budget", doc["budget"])
 
-    cons_raw = _mapping(file, "constraints", doc.get("constraints") or {}, CONSTRAINT_KEYS,
+    cons_raw = check_mapping(file, "constraints", doc.get("constraints") or {}, CONSTRAINT_KEYS,
                         "expected a mapping with capacity, min_coverage, max_share")
     constraints = constraint_texts(file, cons_raw)
 
-    ev = _mapping(file, "evaluation", doc.get("evaluation") or {}, EVALUATION_KEYS,
+    ev = check_mapping(file, "evaluation", doc.get("evaluation") or {}, EVALUATION_KEYS,
                   "expected a mapping {seeds: N, horizon: N}")
-    ev_seeds = _int(file, "evaluation.seeds", ev.get("seeds", 5), 2)
-    ev_horizon = _int(file, "evaluation.horizon", ev.get("horizon", vh), 1)
+    ev_seeds = whole_number(file, "evaluation.seeds", ev.get("seeds", 5), 2)
+    ev_horizon = whole_number(file, "evaluation.horizon", ev.get("horizon", vh), 1)
 
     ope: dict[str, Any] | None = None
     if doc.get("ope", {}) is not None:
-        o = _mapping(file, "ope", doc.get("ope") or {}, OPE_KEYS, "expected a mapping, e.g. {estimators: [dm, dr], "
+        o = check_mapping(file, "ope", doc.get("ope") or {}, OPE_KEYS, "expected a mapping, e.g. {estimators: [dm, dr], "
                                                                   "bootstrap: 500}, or null to skip")
         est = o.get("estimators", ["dm", "ips", "snips", "dr"])
-        est = _str_list(file, "ope.estimators", est, allow_empty=False)
+        est = list_value(file, "ope.estimators", est, allow_empty=False)
         for i, e in enumerate(est):
             if e not in ("dm", "ips", "snips", "dr", "sndr"):
-                _fail(file, f"ope.estimators[{i}]", f"unknown one-step estimator {e!r}; choose dm, ips, snips, dr, "
+                fail(file, f"ope.estimators[{i}]", f"unknown one-step estimator {e!r}; choose dm, ips, snips, dr, "
                                                      "sndr")
         rm = o.get("reward_model", "ridge")
         if rm not in ("ridge", "hgb"):
-            _fail(file, "ope.reward_model", f"expected ridge or hgb, got {rm!r}")
+            fail(file, "ope.reward_model", f"expected ridge or hgb, got {rm!r}")
         clip = o.get("clip")
         if clip is not None:
-            clip = _number(file, "ope.clip", clip)
+            clip = non_negative_number(file, "ope.clip", clip)
         alpha = o.get("alpha", 0.05)
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
-            _fail(file, "ope.alpha", f"expected a number between 0 and 1, got {alpha!r}")
-        ope = {"estimators": list(dict.fromkeys(est)), "bootstrap": _int(file, "ope.bootstrap", o.get("bootstrap", 500), 10),
-               "reward_model": rm, "folds": _int(file, "ope.folds", o.get("folds", 5), 2), "clip": clip,
+            fail(file, "ope.alpha", f"expected a number between 0 and 1, got {alpha!r}")
+        ope = {"estimators": list(dict.fromkeys(est)), "bootstrap": whole_number(file, "ope.bootstrap", o.get("bootstrap", 500), 10),
+               "reward_model": rm, "folds": whole_number(file, "ope.folds", o.get("folds", 5), 2), "clip": clip,
                "alpha": float(alpha)}
         if he is None:
-            _fail(file, "ope", "offline evaluation judges the plan on the logged decisions of the holdout: give "
+            fail(file, "ope", "offline evaluation judges the plan on the logged decisions of the holdout: give "
                                "holdout_end, or set ope: null")
 
     return RunConfig(name=name.strip(), file=str(path.resolve()), history=history, calibration_end=ce,
@@ -311,4 +260,4 @@ def _hyperparameter_names(algo: str) -> tuple[str, ...]:
     return tuple(hyperparameters(algo, {}))
 
 
-__all__ = ["RunConfig", "load_run_config", "parse_sets", "KEYS"]
+__all__ = ["RunConfig", "load_run_config", "KEYS"]

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from cli_runner import clv, ok_json
-from experiments.run_config import load_run_config, parse_sets
+from experiments.config import parse_sets
+from experiments.run_config import load_run_config
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TINY_PPO = {"n_envs": 32, "horizon": 8, "n_steps": 8, "batch_size": 128, "n_epochs": 2, "rollout_customers": 200,
