@@ -230,7 +230,7 @@ def run_pipeline(cfg: RunConfig, out: str | Path, progress: Progress | None = No
     from sim.atomic import atomic_write_json
     from sim.world import json_safe
 
-    from .run_report import write_run_report
+    from .reports import write_run_report
     t_all = time.perf_counter()
     out = Path(out).resolve()
     log = log or (lambda s: None)

@@ -1,4 +1,4 @@
-"""The scenario report (experiments/report.py) and the `ope:` section of a scenario: a tiny world
+"""The scenario report (experiments/reports/scenario.py) and the `ope:` section of a scenario: a tiny world
 calibrated with `clv calibrate`, a tiny scenario with offline evaluation run in-process, then the
 report's content, self-containment, ope.json, the resume of both, and bad `ope:` sections."""
 from __future__ import annotations
@@ -180,7 +180,7 @@ def test_changed_ope_settings_recompute_only_ope(run, tmp_path):
 
 
 def test_report_without_ope_says_how_to_add_it(run, tmp_path):
-    from experiments.report import write_report
+    from experiments.reports import write_report
     _, _, out, _ = run
     copy = tmp_path / "out"
     shutil.copytree(out, copy)
@@ -194,7 +194,7 @@ def test_report_without_ope_says_how_to_add_it(run, tmp_path):
 
 
 def test_write_report_needs_a_scenario_output(tmp_path):
-    from experiments.report import write_report
+    from experiments.reports import write_report
     from sim.errors import ConfigError
     with pytest.raises(ConfigError, match="no scenario.json; run `clv scenarios"):
         write_report(tmp_path)

@@ -48,7 +48,7 @@ mean and 95% interval over seeds of every metric), `timings.json` and `scenario.
 resolved scenario); with an `ope:` section, `ope.json` (per policy: the estimates with their
 intervals, the logged policy's value and the diagnostics of `experiments.ope.evaluate_offline`,
 run in-process with the policy acting in the scenario's world; reused while its inputs digest
-matches); and `report.html` (`experiments.report.write_report`, rewritten by every run).
+matches); and `report.html` (`experiments.reports.write_report`, rewritten by every run).
 """
 from .cells import METRICS, PLAN_METRICS, cell_id, fingerprints, run_cell
 from .file import Scenario, load_scenario

@@ -251,7 +251,7 @@ def run_scenario(sc: Scenario, out: str | Path, address: str | None = None, work
                                                        "skipped": skipped, **timings_ray,
                                                        "ope_seconds": ope_seconds, "ope_policies_run": ope_run,
                                                        "cells": timings}))
-    from experiments.report import write_report
+    from experiments.reports import write_report
     report = write_report(out)       # last: it links every file above
     seconds = time.perf_counter() - t0
     doc = {"scenario": sc.name, "out": str(out), "cells": len(cells), "run": len(todo), "skipped": skipped,

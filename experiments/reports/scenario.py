@@ -14,9 +14,6 @@ world took from priors, verbatim.
 """
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import math
 import os
@@ -28,6 +25,10 @@ import pandas as pd
 
 from sim.errors import ConfigError
 
+from .kit import CSS, ci_cell, escape, figure, inline_png, number, table
+from .world import HEADINGS as WORLD_HEADINGS
+from .world import assumptions, calibration_fit
+
 STAGE_ORDER = ("new", "growth", "maturity", "dormancy", "churned")
 STAGE_COLORS = {"new": "#8ecae6", "growth": "#219ebc", "maturity": "#126782", "dormancy": "#ffb703",
                 "churned": "#bdbdbd"}
@@ -37,73 +38,7 @@ COMPARE_METRICS = (("clv", "CLV per customer", "{:,.2f}"), ("incremental_clv", "
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
            "#bcbd22")
 HEADINGS = {"frontier": "Budget frontier", "compare": "Policy comparison", "stages": "Lifecycle-stage flows",
-            "fit": "Calibration fit", "ope": "OPE vs simulation", "assumptions": "Assumptions taken from priors"}
-
-CSS = """
-body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;color:#222;max-width:1100px;margin:24px auto;
-padding:0 16px;line-height:1.45;font-size:15px}
-h1{font-size:26px;margin-bottom:4px}
-h2{font-size:20px;border-bottom:2px solid #e5e5e5;padding-bottom:4px;margin-top:36px}
-h3{font-size:16px;margin-top:22px}
-table{border-collapse:collapse;margin:10px 0;font-size:13px}
-th,td{border:1px solid #ddd;padding:4px 8px;text-align:right;vertical-align:top}
-th{background:#f4f6f8;font-weight:600}td.l,th.l{text-align:left}
-tr:nth-child(even) td{background:#fafafa}
-.ci{color:#777;font-size:11px;white-space:nowrap}
-.note{color:#555;font-size:13px}.warn{color:#a15c00}
-img{max-width:100%;height:auto;display:block;margin:8px 0}
-nav a{margin-right:12px}code{background:#f3f3f3;padding:1px 4px;border-radius:3px}
-ul.assumptions li{margin:3px 0}
-"""
-
-
-# ---- small helpers -----------------------------------------------------------------------------
-def _e(x: Any) -> str:
-    return html.escape(str(x), quote=True)
-
-
-def _num(v: Any, fmt: str = "{:,.2f}") -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "–"
-    if isinstance(v, (int, np.integer)) and fmt == "{:,.2f}":
-        return f"{int(v):,}"
-    try:
-        return fmt.format(v)
-    except (ValueError, TypeError):
-        return _e(v)
-
-
-def _ci_cell(d: dict | None, fmt: str = "{:,.2f}") -> str:
-    """A mean with its interval below it, from {"mean", "ci_low", "ci_high"}."""
-    if not d or d.get("mean") is None:
-        return "–"
-    lo, hi = d.get("ci_low"), d.get("ci_high")
-    ci = "" if lo is None or hi is None else f'<br><span class="ci">[{_num(lo, fmt)}, {_num(hi, fmt)}]</span>'
-    return _num(d["mean"], fmt) + ci
-
-
-def _table(header: list[str], rows: list[list[str]], left: int = 1) -> str:
-    """An HTML table; cells are HTML already; the first `left` columns are left-aligned."""
-    h = "".join(f'<th class="l">{c}</th>' if i < left else f"<th>{c}</th>" for i, c in enumerate(header))
-    body = "".join("<tr>" + "".join(f'<td class="l">{c}</td>' if i < left else f"<td>{c}</td>"
-                                    for i, c in enumerate(r)) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _img(fig, alt: str) -> str:
-    """The figure as an inline base64 PNG (no metadata: the same figure gives the same bytes)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
-    data = base64.b64encode(buf.getvalue()).decode("ascii")
-    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
-
-
-def _figure(w: float, h: float, ncols: int = 1, nrows: int = 1):
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(w, h), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    return fig, axes
-
+            "fit": WORLD_HEADINGS["fit"], "ope": "OPE vs simulation", "assumptions": WORLD_HEADINGS["assumptions"]}
 
 def _color(policies: list[str], p: str) -> str:
     return PALETTE[policies.index(p) % len(PALETTE)] if p in policies else "#444"
@@ -120,24 +55,24 @@ def _header(out: Path, sc: dict, results: pd.DataFrame, world: Any, world_path: 
     n_bad = int(len(results) - n_ok)
     cons = [f"{k}: {', '.join(v)}" for k, v in (sc.get("constraints") or {}).items() if v]
     world_hash = world.hash() if world is not None else "(world file not found)"
-    rows = [["Scenario", _e(sc.get("name"))],
-            ["World", f"<code>{_e(world_path.name)}</code>, hash <code>{_e(world_hash)}</code>"
-                      + (f", calibrated up to {_e(world.calibration_end)}" if world is not None
+    rows = [["Scenario", escape(sc.get("name"))],
+            ["World", f"<code>{escape(world_path.name)}</code>, hash <code>{escape(world_hash)}</code>"
+                      + (f", calibrated up to {escape(world.calibration_end)}" if world is not None
                          and world.calibration_end else "")],
-            ["Population", _e(f"{sc.get('population')} (" + ("the whole book" if sc.get("customers") is None
+            ["Population", escape(f"{sc.get('population')} (" + ("the whole book" if sc.get("customers") is None
                                                               else f"{sc['customers']:,} customers") + " per cell)")],
-            ["Horizon", _e(f"{sc.get('horizon')} periods"
+            ["Horizon", escape(f"{sc.get('horizon')} periods"
                            + (f" ({world.economics.period})" if world is not None else ""))],
-            ["Seeds", _e(", ".join(str(s) for s in seeds)) + f" ({len(seeds)})"],
-            ["Policies", _e(", ".join(sc.get("policies", [])))],
-            ["Budgets", _e(", ".join(_budget_label(b) for b in sc.get("budgets", [])))],
+            ["Seeds", escape(", ".join(str(s) for s in seeds)) + f" ({len(seeds)})"],
+            ["Policies", escape(", ".join(sc.get("policies", [])))],
+            ["Budgets", escape(", ".join(_budget_label(b) for b in sc.get("budgets", [])))],
             ["Cells", f"{len(results)} ({n_ok} ok" + (f", {n_bad} infeasible" if n_bad else "") + ")"],
-            ["Constraints", _e("; ".join(cons) if cons else "none besides the budget")],
-            ["Value tables", _e(f"horizon {sc.get('values', {}).get('horizon')}, "
+            ["Constraints", escape("; ".join(cons) if cons else "none besides the budget")],
+            ["Value tables", escape(f"horizon {sc.get('values', {}).get('horizon')}, "
                                 f"replications {sc.get('values', {}).get('replications')} (budget cells)")]]
     if ope is not None:
         s = ope.get("settings", {})
-        rows.append(["Offline evaluation", _e(f"{Path(ope.get('history', '')).name}: {s.get('estimand')}, "
+        rows.append(["Offline evaluation", escape(f"{Path(ope.get('history', '')).name}: {s.get('estimand')}, "
                                              f"{', '.join(s.get('estimators', []))}, {s.get('n_boot')} bootstrap "
                                              f"resamples" + (f", from {s['start']}" if s.get("start") else "")
                                              + (f" to {s['end']}" if s.get("end") else ""))])
@@ -146,17 +81,17 @@ def _header(out: Path, sc: dict, results: pd.DataFrame, world: Any, world_path: 
              ("timings.json", "run times")]
     if (out / "ope.json").is_file():
         files.append(("ope.json", "offline evaluation per policy"))
-    links = [f'<a href="{_e(f)}">{_e(f)}</a> <span class="note">({_e(d)})</span>' for f, d in files
+    links = [f'<a href="{escape(f)}">{escape(f)}</a> <span class="note">({escape(d)})</span>' for f, d in files
              if (out / f).is_file()]
     rel = os.path.relpath(world_path, out)
-    links.append(f'<a href="{_e(Path(rel).as_posix())}">{_e(world_path.name)}</a> '
+    links.append(f'<a href="{escape(Path(rel).as_posix())}">{escape(world_path.name)}</a> '
                  '<span class="note">(the world)</span>')
     rows.append(["Files", "<br>".join(links)])
-    nav = " ".join(f'<a href="#{k}">{_e(v)}</a>' for k, v in HEADINGS.items())
-    return (f"<h1>Scenario report: {_e(sc.get('name'))}</h1>"
+    nav = " ".join(f'<a href="#{k}">{escape(v)}</a>' for k, v in HEADINGS.items())
+    return (f"<h1>Scenario report: {escape(sc.get('name'))}</h1>"
             f'<p class="note">Every number below comes from the files listed here; intervals are 95% '
             f"Student-t intervals over the seeds unless stated otherwise.</p>"
-            + _table(["", ""], rows, left=2) + f"<nav>{nav}</nav>")
+            + table(["", ""], rows, left=2) + f"<nav>{nav}</nav>")
 
 
 def _intervals(rows: list[dict], metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -176,7 +111,7 @@ def _frontier(summary: list[dict], policies: list[str]) -> str:
                "seed) when the first period follows the best plan under the budget and the policy decides "
                "afterwards; bands are 95% intervals over seeds. The dashed line is the policy without a budget. "
                "Plan gap: relative gap between the plan's objective and the solver's bound.</p>")
-    fig, ax = _figure(10, 4, ncols=2)
+    fig, ax = figure(10, 4, ncols=2)
     a, g = ax[0][0], ax[0][1]
     top = 0.0
     for p in policies:
@@ -207,17 +142,17 @@ def _frontier(summary: list[dict], policies: list[str]) -> str:
     g.set_ylim(0, max(1.2 * top, 0.01))
     g.ticklabel_format(axis="y", useOffset=False, style="plain")
     g.grid(alpha=0.3)
-    out.append(_img(fig, "budget frontier: incremental CLV per customer against budget, with 95% bands"))
+    out.append(inline_png(fig, "budget frontier: incremental CLV per customer against budget, with 95% bands"))
     rows = []
     for s in sorted(budgeted, key=lambda s: (policies.index(s["policy"]) if s["policy"] in policies else 0,
                                              s["budget"])):
         gap = s.get("plan_gap", {})
-        rows.append([_e(s["policy"]), _num(s["budget"], "{:,.6g}"), _ci_cell(s["incremental_clv"]),
-                     _ci_cell(s["clv"]), _ci_cell(s.get("plan_objective")), _ci_cell(s.get("plan_bound")),
-                     _ci_cell({k: (None if v is None else 100 * v) for k, v in gap.items()}, "{:.3f}"),
-                     _ci_cell(s.get("plan_spend")), _ci_cell(s.get("plan_assigned"), "{:,.1f}"),
-                     _ci_cell(s["contacts"]), f"{s['seeds'] - s['infeasible']} / {s['seeds']}"])
-    out.append(_table(["policy", "budget", "incremental CLV", "CLV", "plan objective", "plan bound", "plan gap %",
+        rows.append([escape(s["policy"]), number(s["budget"], "{:,.6g}"), ci_cell(s["incremental_clv"]),
+                     ci_cell(s["clv"]), ci_cell(s.get("plan_objective")), ci_cell(s.get("plan_bound")),
+                     ci_cell({k: (None if v is None else 100 * v) for k, v in gap.items()}, "{:.3f}"),
+                     ci_cell(s.get("plan_spend")), ci_cell(s.get("plan_assigned"), "{:,.1f}"),
+                     ci_cell(s["contacts"]), f"{s['seeds'] - s['infeasible']} / {s['seeds']}"])
+    out.append(table(["policy", "budget", "incremental CLV", "CLV", "plan objective", "plan bound", "plan gap %",
                        "plan spend", "customers planned", "contacts", "feasible seeds"], rows))
     return "".join(out)
 
@@ -232,9 +167,9 @@ def _compare(summary: list[dict], policies: list[str]) -> str:
     out.append('<p class="note">The cells without a budget: each policy simulated alone, per customer over the '
                "horizon; incremental CLV and marketing ROI against no contact on the same customers and "
                "seeds.</p>")
-    rows = [[_e(s["policy"])] + [_ci_cell(s[m], f) for m, _, f in COMPARE_METRICS] for s in free]
-    out.append(_table(["policy"] + [lab for _, lab, _ in COMPARE_METRICS], rows))
-    fig, ax = _figure(11, 3.2, ncols=len(COMPARE_METRICS))
+    rows = [[escape(s["policy"])] + [ci_cell(s[m], f) for m, _, f in COMPARE_METRICS] for s in free]
+    out.append(table(["policy"] + [lab for _, lab, _ in COMPARE_METRICS], rows))
+    fig, ax = figure(11, 3.2, ncols=len(COMPARE_METRICS))
     names = [s["policy"] for s in free]
     for j, (m, lab, _) in enumerate(COMPARE_METRICS):
         a = ax[0][j]
@@ -245,7 +180,7 @@ def _compare(summary: list[dict], policies: list[str]) -> str:
         a.set_xticks(range(len(free)), names, rotation=30, ha="right", fontsize=8)
         a.set_title(lab, fontsize=10)
         a.grid(axis="y", alpha=0.3)
-    out.append(_img(fig, "policy comparison: bars with 95% intervals over seeds"))
+    out.append(inline_png(fig, "policy comparison: bars with 95% intervals over seeds"))
     return "".join(out)
 
 
@@ -276,7 +211,7 @@ def _stages(periods: pd.DataFrame, policies: list[str], budgets: list) -> str:
                    "(periods.parquet has every cell).</p>")
     ncols = min(3, len(combos))
     nrows = -(-len(combos) // ncols)
-    fig, ax = _figure(3.8 * ncols, 2.9 * nrows + 0.4, ncols=ncols, nrows=nrows)
+    fig, ax = figure(3.8 * ncols, 2.9 * nrows + 0.4, ncols=ncols, nrows=nrows)
     labels = [c[len("stage_"):] for c in cols]
     colors = [STAGE_COLORS.get(lab, PALETTE[i % len(PALETTE)]) for i, lab in enumerate(labels)]
     for k, (p, b, m) in enumerate(combos):
@@ -290,145 +225,14 @@ def _stages(periods: pd.DataFrame, policies: list[str], budgets: list) -> str:
         ax[k // ncols][k % ncols].axis("off")
     handles, labs = ax[0][0].get_legend_handles_labels()
     fig.legend(handles, labs, loc="outside lower center", ncols=len(labels), fontsize=8)
-    out.append(_img(fig, "lifecycle-stage flows: stacked customers per stage and period"))
+    out.append(inline_png(fig, "lifecycle-stage flows: stacked customers per stage and period"))
     rows = []
     for p, b, m in combos:
         first, last = m.iloc[0], m.iloc[-1]
-        rows.append([_e(p), _e(_budget_label(b))]
+        rows.append([escape(p), escape(_budget_label(b))]
                     + [f"{first[c]:,.1f} → {last[c]:,.1f}" for c in cols])
     out.append("<h3>First and last period</h3>")
-    out.append(_table(["policy", "budget"] + [_e(lab) for lab in labels], rows, left=2))
-    return "".join(out)
-
-
-def _fit_rows(info: dict, segments: list[str]) -> list[list[str]]:
-    rows = []
-    for key, v in info.items():
-        if key == "model":
-            continue
-        who = "pooled (all customers)" if key == "pooled" else key
-        if key.startswith("segment_"):
-            try:
-                who = f"segment {segments[int(key.split('_', 1)[1])]}"
-            except (ValueError, IndexError):
-                pass
-        if not isinstance(v, dict):
-            rows.append([_e(who), "–", "–", "–", "–", _e(v)])
-            continue
-        se = v.get("se") or {}
-        rows.append([_e(who), _num(v.get("n_customers"), "{:,}"), _num(v.get("loglik"), "{:,.2f}"),
-                     _e(v.get("converged")), _num(v.get("iterations"), "{}"),
-                     _e(", ".join(f"{k} {_num(x, '{:.4g}')}" for k, x in se.items()) or "–")])
-    return rows
-
-
-def _fit(world: Any, wd: dict | None) -> str:
-    out = [f'<h2 id="fit">{HEADINGS["fit"]}</h2>']
-    if world is None or wd is None:
-        out.append('<p class="note">The world file named by the scenario was not found: no calibration '
-                   "details.</p>")
-        return "".join(out)
-    fit = wd.get("fit") or {}
-    seg_names = [s.name for s in world.segments]
-    seg_m = wd.get("segmentation") or {}
-    out.append(f'<p class="note">Activity model <code>{_e(world.activity_model)}</code>, spend model Gamma-Gamma, '
-               f"calibrated on the history up to {_e(world.calibration_end or '–')}; segments "
-               f"{_e(seg_m.get('method', '–'))}" + (f" (column <code>{_e(seg_m['column'])}</code>)"
-                                                    if seg_m.get("column") else "")
-               + (f"; calibration took {fit['seconds']} s" if isinstance(fit.get("seconds"), (int, float)) else "")
-               + ".</p>")
-    # segments
-    mult = fit.get("campaign_multiplier") or {}
-    act_keys = list(dict.fromkeys(k for s in world.segments for k in s.activity if k != "model"))
-    sp_keys = list(dict.fromkeys(k for s in world.segments for k in s.spend if k != "model"))
-    own_act = {k for k in (fit.get("activity") or {}) if k.startswith("segment_")}
-    own_sp = {k for k in (fit.get("spend") or {}) if isinstance(fit.get("spend"), dict) and k.startswith("segment_")}
-    rows = []
-    for g, s in enumerate(world.segments):
-        rows.append([_e(s.name), f"{s.n_customers:,}", f"{s.share:.3f}"]
-                    + [_num(s.activity.get(k), "{:.4g}") for k in act_keys]
-                    + [_num(mult.get(s.name), "{:.3f}")]
-                    + [_num(s.spend.get(k), "{:.4g}") for k in sp_keys]
-                    + [("own" if f"segment_{g}" in own_act else "pooled") + " / "
-                       + ("own" if f"segment_{g}" in own_sp else "pooled")])
-    out.append("<h3>Segments: activity and spend parameters</h3>")
-    out.append('<p class="note">Activity parameters as simulated (the rate scale alpha is divided out of the '
-               "logging policy's campaigns by the campaign multiplier); spend is Gamma-Gamma (p, q, gamma). "
-               "The last column says whether the segment's activity / spend parameters come from its own fit "
-               "or the pooled one.</p>")
-    out.append(_table(["segment", "customers", "share"] + [f"activity {_e(k)}" for k in act_keys]
-                      + ["campaign multiplier"] + [f"spend {_e(k)}" for k in sp_keys] + ["fit (activity / spend)"],
-                      rows))
-    # maximum-likelihood fits
-    for part, title in (("activity", "Activity fits"), ("spend", "Spend fits")):
-        info = fit.get(part)
-        if isinstance(info, dict) and info:
-            model = info.get("model", "gamma_gamma" if part == "spend" else "")
-            out.append(f"<h3>{title}{' (' + _e(model) + ')' if model else ''}</h3>")
-            out.append(_table(["fit", "customers", "log-likelihood", "converged", "iterations", "standard errors"],
-                              _fit_rows(info, seg_names)))
-    # intervention response
-    resp = fit.get("response") or {}
-    dpc = resp.get("decisions_per_cell")
-    src = world.response.source or {}
-    if isinstance(dpc, list) and dpc:
-        acts = list(world.catalogue.names)
-        stages = list(world.stages)
-        out.append("<h3>Intervention response: logged decisions per action and stage</h3>")
-        out.append('<p class="note">Each cell: logged decisions, then where the activity lift (L), dropout '
-                   "reduction (D) and adoption uplift (A) come from: d = data, b = blend of data and prior, "
-                   "p = prior" + (f"; a cell needs {_e(resp['min_decisions'])} decisions for a data estimate"
-                                  if resp.get("min_decisions") is not None else "")
-                   + (f"; effects measured over {_e(resp['post_window'])} periods after a decision"
-                      if resp.get("post_window") is not None else "") + ".</p>")
-        abbrev = {"data": "d", "blend": "b", "prior": "p"}
-        rows = []
-        for i, a in enumerate(acts):
-            if i == 0:
-                continue
-            cells = []
-            for j in range(len(stages)):
-                n = dpc[i][j] if i < len(dpc) and j < len(dpc[i]) else None
-                tags = []
-                for key, letter in (("activity_lift", "L"), ("dropout_reduction", "D"), ("adoption_uplift", "A")):
-                    tab = src.get(key)
-                    if isinstance(tab, list) and i < len(tab) and j < len(tab[i]):
-                        tags.append(f"{letter}:{abbrev.get(tab[i][j], tab[i][j])}")
-                cells.append(_num(n, "{:,}") + (f'<br><span class="ci">{_e(" ".join(tags))}</span>' if tags else ""))
-            rows.append([_e(a)] + cells)
-        out.append(_table(["action"] + [_e(s) for s in stages], rows))
-    # products
-    prods = fit.get("products") or {}
-    if prods.get("adopt_events") is not None and world.products:
-        try:
-            ae, ar = np.asarray(prods["adopt_events"], float), np.asarray(prods["adopt_at_risk"], float)
-            ce, cr = np.asarray(prods["close_events"], float), np.asarray(prods["close_at_risk"], float)
-            rows = []
-            for k, pname in enumerate(world.products):
-                a_n, a_r = ae[..., k].sum(), ar[..., k].sum()
-                c_n, c_r = ce[..., k].sum(), cr[..., k].sum()
-                rows.append([_e(pname), f"{a_n:,.0f}", f"{a_r:,.0f}", _num(a_n / a_r if a_r > 0 else None, "{:.5f}"),
-                             f"{c_n:,.0f}", f"{c_r:,.0f}", _num(c_n / c_r if c_r > 0 else None, "{:.5f}")])
-            out.append("<h3>Products: adoption and closing hazards</h3>")
-            out.append('<p class="note">Events and customer-periods at risk over all segments and stages; the '
-                       "world holds the hazards per segment and stage.</p>")
-            out.append(_table(["product", "adoptions", "at risk", "adoption rate", "closings", "at risk",
-                               "closing rate"], rows))
-        except (KeyError, ValueError, IndexError):
-            pass
-    # economics and stage rules
-    eco = world.economics.to_dict()
-    eco_txt = ", ".join(f"{k} {v}" for k, v in eco.items() if not isinstance(v, dict))
-    ppm = eco.get("product_margin_per_period") or {}
-    sr = world.stage_rules
-    out.append("<h3>Economics and stage rules</h3>")
-    out.append(_table(["", ""], [
-        ["economics", _e(eco_txt)],
-        ["product margin per period", _e(", ".join(f"{k} {v}" for k, v in ppm.items()) or "–")],
-        ["stage rules (periods)", _e(f"new < {sr.new_periods} tenure, maturity ≥ {sr.mature_periods} tenure, "
-                                     f"dormancy ≥ {sr.dormant_after} recency, churned ≥ {sr.churned_after} "
-                                     "recency")],
-        ["seasonality", _e("estimated (53 weekly multipliers)" if world.seasonality else "not estimated")]], left=2))
+    out.append(table(["policy", "budget"] + [escape(lab) for lab in labels], rows, left=2))
     return "".join(out)
 
 
@@ -457,10 +261,10 @@ def _ope(ope: dict | None, summary: list[dict], policies: list[str]) -> str:
     estimand = first.get("estimand", ope.get("settings", {}).get("estimand"))
     window = first.get("window") or {}
     units = "mean reward after a decision" if estimand == "per_decision" else "sum of rewards per customer"
-    out.append(f'<p class="note">Off-policy estimates (estimand <code>{_e(estimand)}</code>) on '
-               f"{_num(first.get('decisions'), '{:,}')} logged decisions of {_num(first.get('customers'), '{:,}')} "
-               f"customers from {_e(window.get('start', '–'))} to {_e(window.get('end', '–'))} in "
-               f"<code>{_e(Path(ope.get('history', '')).name)}</code>, each policy acting in the scenario's world; "
+    out.append(f'<p class="note">Off-policy estimates (estimand <code>{escape(estimand)}</code>) on '
+               f"{number(first.get('decisions'), '{:,}')} logged decisions of {number(first.get('customers'), '{:,}')} "
+               f"customers from {escape(window.get('start', '–'))} to {escape(window.get('end', '–'))} in "
+               f"<code>{escape(Path(ope.get('history', '')).name)}</code>, each policy acting in the scenario's world; "
                f"intervals are customer-bootstrap percentile intervals. The OPE values are in the estimand's "
                f"units ({units}), "
                "the simulated values are CLV per customer over the horizon: compare the rankings, not the "
@@ -472,33 +276,33 @@ def _ope(ope: dict | None, summary: list[dict], policies: list[str]) -> str:
         cells = []
         for k in est_keys:
             v = (e.get("estimates") or {}).get(k)
-            cells.append("–" if v is None else _ci_cell({"mean": v.get("value"), "ci_low": v.get("ci_low"),
+            cells.append("–" if v is None else ci_cell({"mean": v.get("value"), "ci_low": v.get("ci_low"),
                                                        "ci_high": v.get("ci_high")}, "{:,.3f}")
                          + ("" if v is None or v.get("ess") is None
                             else f'<br><span class="ci">ESS {v["ess"]:,.0f}</span>'))
         s = free.get(p)
-        rows.append([_e(p)] + cells + [_num(e.get("logged_policy_value"), "{:,.3f}"),
-                                       _ci_cell(s["clv"]) if s else "–",
-                                       _ci_cell(s["incremental_clv"]) if s else "–"])
-    out.append(_table(["policy"] + [f"OPE {_e(k)}" for k in est_keys]
+        rows.append([escape(p)] + cells + [number(e.get("logged_policy_value"), "{:,.3f}"),
+                                       ci_cell(s["clv"]) if s else "–",
+                                       ci_cell(s["incremental_clv"]) if s else "–"])
+    out.append(table(["policy"] + [f"OPE {escape(k)}" for k in est_keys]
                       + ["logged policy", "simulated CLV", "simulated incr. CLV"], rows))
     # rankings
     sim_vals = {p: (free[p]["clv"]["mean"] if p in free else None) for p in pols}
     ranks = {"simulation (CLV)": _rank(sim_vals)}
     for k in est_keys:
         ranks[f"OPE {k}"] = _rank({p: (entries[p].get("estimates") or {}).get(k, {}).get("value") for p in pols})
-    rrows = [[_e(p)] + [str(r[p]) for r in ranks.values()] for p in pols]
+    rrows = [[escape(p)] + [str(r[p]) for r in ranks.values()] for p in pols]
     out.append("<h3>Rankings (1 = best)</h3>")
-    out.append(_table(["policy"] + [_e(k) for k in ranks], rrows))
+    out.append(table(["policy"] + [escape(k) for k in ranks], rrows))
     if len(pols) >= 2 and any(v is not None for v in sim_vals.values()):
         agree = []
         sim_order = [p for p, _ in sorted(ranks["simulation (CLV)"].items(), key=lambda kv: kv[1])]
         for k in est_keys:
             o = [p for p, _ in sorted(ranks[f"OPE {k}"].items(), key=lambda kv: kv[1])]
             agree.append(f"{k}: {'same order' if o == sim_order else 'different order'}")
-        out.append(f'<p class="note">Agreement with the simulator\'s ranking: {_e("; ".join(agree))}.</p>')
+        out.append(f'<p class="note">Agreement with the simulator\'s ranking: {escape("; ".join(agree))}.</p>')
     # figure
-    fig, ax = _figure(10, 3.8, ncols=2)
+    fig, ax = figure(10, 3.8, ncols=2)
     a, b = ax[0][0], ax[0][1]
     width = 0.8 / max(len(est_keys), 1)
     for j, k in enumerate(est_keys):
@@ -527,38 +331,22 @@ def _ope(ope: dict | None, summary: list[dict], policies: list[str]) -> str:
     b.set_xlim(-0.6, len(pols) - 0.4)
     b.set_title("Simulated CLV per customer (no budget)", fontsize=10)
     b.grid(axis="y", alpha=0.3)
-    out.append(_img(fig, "OPE estimates with intervals next to simulated CLV"))
+    out.append(inline_png(fig, "OPE estimates with intervals next to simulated CLV"))
     # diagnostics
     drows = []
     for p in pols:
         d = entries[p].get("diagnostics") or {}
-        drows.append([_e(p), _num(d.get("n"), "{:,}"), _num(d.get("ess"), "{:,.1f}"),
-                      _num(d.get("ess_share"), "{:.3f}"),
-                      _num(d.get("max_weight"), "{:,.2f}"), _num(d.get("mean_weight"), "{:.3f}"),
-                      _num(d.get("zero_target_share"), "{:.3f}"),
-                      f'<span class="warn">{_e(d["warning"])}</span>' if d.get("warning") else "–"])
+        drows.append([escape(p), number(d.get("n"), "{:,}"), number(d.get("ess"), "{:,.1f}"),
+                      number(d.get("ess_share"), "{:.3f}"),
+                      number(d.get("max_weight"), "{:,.2f}"), number(d.get("mean_weight"), "{:.3f}"),
+                      number(d.get("zero_target_share"), "{:.3f}"),
+                      f'<span class="warn">{escape(d["warning"])}</span>' if d.get("warning") else "–"])
     out.append("<h3>Importance-weight diagnostics</h3>")
-    out.append(_table(["policy", "decisions", "ESS", "ESS share", "max weight", "mean weight",
+    out.append(table(["policy", "decisions", "ESS", "ESS share", "max weight", "mean weight",
                        "zero-target share", "warning"], drows))
     return "".join(out)
 
 
-def _assumptions(world: Any) -> str:
-    out = [f'<h2 id="assumptions">{HEADINGS["assumptions"]}</h2>']
-    if world is None:
-        out.append('<p class="note">The world file was not found: its assumptions cannot be listed.</p>')
-        return "".join(out)
-    if not world.assumptions:
-        out.append('<p class="note">The world lists no assumptions: everything was estimated from data.</p>')
-        return "".join(out)
-    out.append(f'<p class="note">The {len(world.assumptions)} assumptions the calibration recorded '
-               "(<code>world.assumptions</code>), verbatim: these parts of the world come from priors, not from "
-               "the history.</p>")
-    out.append('<ul class="assumptions">' + "".join(f"<li>{_e(a)}</li>" for a in world.assumptions) + "</ul>")
-    return "".join(out)
-
-
-# ---- the report ------------------------------------------------------------------------------------
 def build_report_html(out_dir: str | Path) -> str:
     """The report's HTML text, from the files of a `clv scenarios` output folder."""
     out = Path(out_dir).resolve()
@@ -579,11 +367,11 @@ def build_report_html(out_dir: str | Path) -> str:
     policies = list(sc.get("policies", []))
     budgets = list(sc.get("budgets", []))
     body = "".join([_header(out, sc, results, world, world_path, ope), _frontier(summary, policies),
-                    _compare(summary, policies), _stages(periods, policies, budgets), _fit(world, wd),
-                    _ope(ope, summary, policies), _assumptions(world)])
+                    _compare(summary, policies), _stages(periods, policies, budgets), calibration_fit(world, wd),
+                    _ope(ope, summary, policies), assumptions(world)])
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>Scenario report: {_e(sc.get('name'))}</title><style>{CSS}</style></head>"
+            f"<title>Scenario report: {escape(sc.get('name'))}</title><style>{CSS}</style></head>"
             f"<body>{body}</body></html>\n")
 
 
