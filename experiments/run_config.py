@@ -31,7 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from policies.registry import BASELINE_NAMES, policy_label
+from policies.rl import ALGOS
+from sim.datasets import NAMES as DATASETS
 from sim.errors import ConfigError
+from sim.world import ACTIVITY_MODELS
+
+from .ope import DEFAULT_ESTIMATORS, ONE_STEP
+from .ope.models import REWARD_MODELS
 
 from .config import (CONSTRAINT_KEYS, apply_sets, check_mapping, constraint_texts, fail, list_value,
                      non_negative_number, read_date, read_yaml, whole_number)
@@ -42,11 +48,9 @@ HISTORY_KEYS = ("path", "dataset", "generate")
 GENERATE_KEYS = ("customers", "weeks", "seed", "start", "decision_every")
 CALIBRATION_KEYS = ("segment_by", "segments", "activity_model")
 POLICY_KEYS = ("algo", "steps", "seed", "set")
-ALGOS = ("ppo", "maskable_ppo", "dqn")
 VALUES_KEYS = ("source", "horizon", "replications")
 EVALUATION_KEYS = ("seeds", "horizon")
 OPE_KEYS = ("estimators", "bootstrap", "reward_model", "folds", "clip", "alpha")
-DATASETS = ("bank", "cdnow")
 
 
 @dataclass(frozen=True)
@@ -148,8 +152,8 @@ def load_run_config(path: str | Path, sets: dict[str, Any] | None = None) -> Run
     cal = check_mapping(file, "calibration", doc.get("calibration") or {}, CALIBRATION_KEYS,
                    "expected a mapping {segment_by: COLUMN, segments: K, activity_model: pareto_nbd}")
     activity = cal.get("activity_model", "pareto_nbd")
-    if activity not in ("pareto_nbd", "bg_nbd"):
-        fail(file, "calibration.activity_model", f"expected pareto_nbd or bg_nbd, got {activity!r}")
+    if activity not in ACTIVITY_MODELS:
+        fail(file, "calibration.activity_model", f"expected {' or '.join(ACTIVITY_MODELS)}, got {activity!r}")
     seg_by = cal.get("segment_by")
     if seg_by is not None and not isinstance(seg_by, str):
         fail(file, "calibration.segment_by", f"expected a customers column name, got {seg_by!r}")
@@ -225,15 +229,14 @@ def load_run_config(path: str | Path, sets: dict[str, Any] | None = None) -> Run
     if doc.get("ope", {}) is not None:
         o = check_mapping(file, "ope", doc.get("ope") or {}, OPE_KEYS, "expected a mapping, e.g. {estimators: [dm, dr], "
                                                                   "bootstrap: 500}, or null to skip")
-        est = o.get("estimators", ["dm", "ips", "snips", "dr"])
+        est = o.get("estimators", list(DEFAULT_ESTIMATORS))
         est = list_value(file, "ope.estimators", est, allow_empty=False)
         for i, e in enumerate(est):
-            if e not in ("dm", "ips", "snips", "dr", "sndr"):
-                fail(file, f"ope.estimators[{i}]", f"unknown one-step estimator {e!r}; choose dm, ips, snips, dr, "
-                                                     "sndr")
+            if e not in ONE_STEP:
+                fail(file, f"ope.estimators[{i}]", f"unknown one-step estimator {e!r}; choose {', '.join(ONE_STEP)}")
         rm = o.get("reward_model", "ridge")
-        if rm not in ("ridge", "hgb"):
-            fail(file, "ope.reward_model", f"expected ridge or hgb, got {rm!r}")
+        if rm not in REWARD_MODELS:
+            fail(file, "ope.reward_model", f"expected {' or '.join(REWARD_MODELS)}, got {rm!r}")
         clip = o.get("clip")
         if clip is not None:
             clip = non_negative_number(file, "ope.clip", clip)

@@ -8,7 +8,7 @@ in the shape the CLI writes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pandas as pd
@@ -17,6 +17,9 @@ from sim.errors import ConfigError
 
 from .problem import AllocationProblem
 from .values import ValueTable
+
+if TYPE_CHECKING:   # for the annotation only: optimizer.diagnose builds on this module
+    from .diagnose import Diagnosis
 
 METHODS = ("auto", "exact", "lagrangian")
 EXACT_AUTO_MAX_OPTIONS = 5_000     # customer-level tables above this go to the Lagrangian engine

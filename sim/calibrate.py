@@ -21,7 +21,7 @@ from .features import CustomerRows, CustomerSummary, Panel, build_panel, lookup,
 from .history import History, merge_same_day
 from .response import decisions_frame_to_data, estimate_response, load_priors, prior_response
 from .spend import GammaGamma, fit_gamma_gamma
-from .world import SegmentModel, StageRules, WorldModel
+from .world import ACTIVITY_MODELS, SegmentModel, StageRules, WorldModel
 
 MIN_SEGMENT_FIT = 500        # customers needed to fit a segment's own activity model
 MAX_FIT_CUSTOMERS = 200_000  # larger books are fitted on a seeded random sample of this size
@@ -216,8 +216,8 @@ def fit_activity(summary: CustomerSummary, seg: np.ndarray, G: int, exogenous: b
     """Pooled fit, plus a fit per segment when segments are exogenous and large enough (segments
     cut on RFM are not: fitting a BTYD prior on customers selected by their own x and t_x
     would bias it, so they share the pooled prior and differ through their posteriors)."""
-    if model not in ("pareto_nbd", "bg_nbd"):
-        raise ConfigError("activity_model", value=f"{model!r}", message=f"choose pareto_nbd or bg_nbd")
+    if model not in ACTIVITY_MODELS:
+        raise ConfigError("activity_model", value=f"{model!r}", message=f"choose {' or '.join(ACTIVITY_MODELS)}")
     fitter = fit_pareto_nbd if model == "pareto_nbd" else fit_bg_nbd
     rows = fit_sample(np.ones(len(summary), bool), seed)
     pooled, info = fitter(summary.x[rows], summary.t_x[rows], summary.T[rows])

@@ -30,6 +30,7 @@ from .world import WorldModel
 
 N_STAGES = len(STAGES)
 NEVER_CONTACTED = 10_000  # periods since last contact for customers never contacted
+POPULATIONS = ("book", "new")   # digital twins of the calibrated book | brand-new customers from the priors
 DEFAULT_CHUNK = 262_144   # customers stepped together: big enough to amortise numpy calls, small
                           # enough for the state arrays to stay in cache
 

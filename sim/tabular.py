@@ -298,7 +298,8 @@ def small_world_from(world: WorldModel, segment: int | str = 0, levels: int = DE
             raise ValueError(f"segment index {segment} out of range (the world has {len(names)})")
     if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or not 1 <= levels <= 20:
         raise ValueError(f"levels must be an integer in 1..20, got {levels!r}")
-    if start not in ("book", "new"):
+    from .population import POPULATIONS
+    if start not in POPULATIONS:
         raise ValueError(f"start must be 'book' or 'new', got {start!r}")
     sm = world.segments[seg]
     act, sp = sm.activity, sm.spend

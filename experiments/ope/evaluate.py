@@ -32,6 +32,7 @@ import pandas as pd
 from sim.errors import ConfigError
 
 from .data import ESTIMANDS, decision_outcomes, on_policy_value
+from .models import REWARD_MODELS
 from .estimators import (ESTIMATORS, LoggedBandit, LoggedTrajectories, bootstrap_replicates, kish_ess,
                              make_estimator, support_warning, weight_diagnostics)
 
@@ -86,8 +87,8 @@ class OPESettings:
             raise ConfigError("alpha", value=f"{self.alpha}", message=f"must be in (0, 1)")
         if self.folds < 1:
             raise ConfigError("folds", value=f"{self.folds}", message=f"must be >= 1")
-        if self.reward_model not in ("hgb", "ridge"):
-            raise ConfigError("reward_model", value=f"{self.reward_model!r}", message=f"choose hgb or ridge")
+        if self.reward_model not in REWARD_MODELS:
+            raise ConfigError("reward_model", value=f"{self.reward_model!r}", message=f"choose {' or '.join(REWARD_MODELS)}")
 
     def estimator_of(self, key: str) -> str:
         """The registry name that runs for a requested key."""

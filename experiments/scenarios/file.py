@@ -8,6 +8,7 @@ from typing import Any
 
 from policies.registry import BASELINE_NAMES
 from sim.errors import ConfigError
+from sim.population import POPULATIONS
 
 from ..config import (CONSTRAINT_KEYS, check_constraint_names, check_mapping, constraint_texts, fail, list_value,
                      read_date, read_yaml, whole_number)
@@ -89,7 +90,7 @@ def load_scenario(path: str | Path) -> Scenario:
         fail(file, "world", str(e))
 
     population = doc.get("population", "book")
-    if population not in ("book", "new"):
+    if population not in POPULATIONS:
         fail(file, "population", f"expected book or new, got {population!r}")
     book = None
     if population == "book":

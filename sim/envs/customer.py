@@ -19,7 +19,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
 
 from ..catalogue import STAGES
-from ..population import (NEVER_CONTACTED, PopulationSimulator, PopulationState, WorldTables, book_columns,
+from ..population import (NEVER_CONTACTED, POPULATIONS, PopulationSimulator, PopulationState, WorldTables, book_columns,
                          new_customer_state, state_from_book, take_rows)
 from ..world import WorldModel
 
@@ -122,7 +122,7 @@ class CustomerSource:
 
     def __init__(self, world: WorldModel, population: str = "book", book=None,
                  tables: WorldTables | None = None):
-        if population not in ("book", "new"):
+        if population not in POPULATIONS:
             raise ValueError(f"population must be 'book' or 'new', got {population!r}")
         if population == "book" and book is None:
             raise ValueError("population='book' needs the calibrated book (or use population='new')")
