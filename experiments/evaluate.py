@@ -51,7 +51,7 @@ def mean_ci(values: np.ndarray, level: float = 0.95) -> Interval:
     return Interval(m, m - half, m + half)
 
 
-def _seed_metrics(c, clv_none: np.ndarray | None) -> dict[str, float]:
+def seed_metrics(c, clv_none: np.ndarray | None) -> dict[str, float]:
     cost = float(c["discounted_cost"].mean())
     clv = float(c["clv"].mean())
     roi = float("nan") if clv_none is None or cost <= 0 else (clv - float(clv_none.mean())) / cost
@@ -94,7 +94,7 @@ def evaluate(world, policies: dict[str, Any], customers: int, periods: int, seed
             res = res_none if n == "none" and none_policy is policies[n] else simulate(
                 world, as_simulator_policy(policies[n]), periods, s, book=book, customers=customers, crn=crn)
             timing[n].append(time.perf_counter() - t0)
-            for m, v in _seed_metrics(res.customers, clv_none).items():
+            for m, v in seed_metrics(res.customers, clv_none).items():
                 per_seed[n][m].append(v)
             cols = [c for c in res.periods.columns if c.startswith("contacts_stage_")]
             if cols:

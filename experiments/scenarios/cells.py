@@ -80,8 +80,8 @@ def torch_one_thread() -> None:
 
 
 def _metrics(c, clv_none) -> dict[str, float]:
-    from experiments.evaluate import _seed_metrics
-    m = _seed_metrics(c, clv_none)
+    from experiments.evaluate import seed_metrics
+    m = seed_metrics(c, clv_none)
     m["clv_none"] = float(clv_none.mean())
     m["incremental_clv"] = m["clv"] - m["clv_none"]
     m["cost"] = float(c["cost"].mean())
