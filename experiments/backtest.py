@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -89,7 +88,7 @@ def check_split(history, split_date: str) -> tuple[pd.Timestamp, pd.Timestamp]:
     first = pd.Timestamp(history.transactions["date"].min())
     end = history_end(history)
     if not first < d < end:
-        raise ConfigError("split_date", value=f"{d.date()}", message=f"outside the history ({history.folder} runs from "
+        raise ConfigError("split_date", value=d.date(), message=f"outside the history ({history.folder} runs from "
                           f"{first.date()} to {(end - pd.Timedelta(days=1)).date()}); choose a date inside it "
                           "with history on both sides")
     return d, end
@@ -176,7 +175,7 @@ def run_backtest(history, split_date: str, policies: list[str], settings: Backte
     if settings.ope.estimand != "per_decision":
         raise ConfigError(f"a backtest ranks candidates on the per_decision estimand, not {settings.ope.estimand}")
     if settings.seeds < 1:
-        raise ConfigError("seeds", value=f"{settings.seeds}", message=f"must be >= 1")
+        raise ConfigError("seeds", value=settings.seeds, message="must be >= 1")
     d, end = check_split(history, split_date)
     split = str(d.date())
     outcomes = decision_outcomes(history, split, None)   # ConfigError when nothing was decided after D

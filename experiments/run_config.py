@@ -33,7 +33,6 @@ from typing import Any
 from policies.registry import BASELINE_NAMES, policy_label
 from policies.rl import ALGOS
 from sim.datasets import NAMES as DATASETS
-from sim.errors import ConfigError
 from sim.world import ACTIVITY_MODELS
 
 from .ope import DEFAULT_ESTIMATORS, ONE_STEP

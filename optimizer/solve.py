@@ -164,7 +164,7 @@ def _units_from_choice(choice: np.ndarray, table: ValueTable) -> np.ndarray:
 
 def choose_method(problem: AllocationProblem, method: str) -> str:
     if method not in METHODS:
-        raise ConfigError("method", value=f"{method!r}", message=f"choose from {', '.join(METHODS)}")
+        raise ConfigError("method", value=repr(method), message=f"choose from {', '.join(METHODS)}")
     if method != "auto":
         if method == "lagrangian" and not problem.table.customer_level:
             raise ConfigError("method", value="lagrangian",
@@ -198,7 +198,7 @@ def _allocate_exact(problem: AllocationProblem, solver: str, time_limit: float |
     from .exact import MIP_SOLVERS, solve_exact
     solver = solver.upper()
     if solver not in MIP_SOLVERS:
-        raise ConfigError("solver", value=f"{solver!r}", message=f"an integer plan needs one of {', '.join(MIP_SOLVERS)}")
+        raise ConfigError("solver", value=repr(solver), message=f"an integer plan needs one of {', '.join(MIP_SOLVERS)}")
     lp = solve_exact(problem, "GLOP")
     if lp.status == "infeasible":
         return None

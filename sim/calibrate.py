@@ -165,7 +165,7 @@ def assign_segments(summary: CustomerSummary, customers: pd.DataFrame | None, se
     col = segment_by or ("segment" if customers is not None and "segment" in customers.columns else None)
     if col is not None:
         if customers is None or col not in customers.columns:
-            raise ConfigError("segment_by", value=f"{col!r}", message=(
+            raise ConfigError("segment_by", value=repr(col), message=(
                 "the history has no customers table (customers.csv)" if customers is None else
                 "customers.csv has no such column; its columns: " + ", ".join(map(str, customers.columns))))
         lab = customers.set_index("customer_id")[col].astype(str).reindex(summary.customer_id).fillna("unknown")
@@ -217,7 +217,7 @@ def fit_activity(summary: CustomerSummary, seg: np.ndarray, G: int, exogenous: b
     cut on RFM are not: fitting a BTYD prior on customers selected by their own x and t_x
     would bias it, so they share the pooled prior and differ through their posteriors)."""
     if model not in ACTIVITY_MODELS:
-        raise ConfigError("activity_model", value=f"{model!r}", message=f"choose {' or '.join(ACTIVITY_MODELS)}")
+        raise ConfigError("activity_model", value=repr(model), message=f"choose {' or '.join(ACTIVITY_MODELS)}")
     fitter = fit_pareto_nbd if model == "pareto_nbd" else fit_bg_nbd
     rows = fit_sample(np.ones(len(summary), bool), seed)
     pooled, info = fitter(summary.x[rows], summary.t_x[rows], summary.T[rows])

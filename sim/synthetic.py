@@ -200,7 +200,7 @@ def run_bank_weeks(run: BankRun, choose: Chooser,
     acts), one simulator step per week, the logs of transactions counts, decisions and product
     events. `before_step(w, deciding, actions, probs)` sees the simulator just before week w's step
     (in weeks with decision points); `after_step(w, outcome)` sees the StepOutcome of week w."""
-    cfg, sim, tables = run.cfg, run.sim, run.tables
+    cfg, sim = run.cfg, run.sim
     st = sim.state
     N, Wk = cfg.customers, cfg.weeks
     birth, init_products, born = run.birth, run.init_products, run.born

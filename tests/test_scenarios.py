@@ -213,7 +213,8 @@ def test_changed_scenario_never_reuses_stale_cells(tiny, tmp_path):
     b = load_scenario(_write(tmp_path, scen.read_text().replace("horizon: 12", "horizon: 13")))
     c = load_scenario(_write(tmp_path, scen.read_text().replace("budgets: [null, 300]", "budgets: [null]"),
                              "c.yaml"))
-    ids = lambda sc: {(x["policy"], x["budget"], x["seed"]): cell_id(sc, x, fingerprints(sc)) for x in sc.cells()}
+    def ids(sc):
+        return {(x["policy"], x["budget"], x["seed"]): cell_id(sc, x, fingerprints(sc)) for x in sc.cells()}
     ia, ib, ic = ids(a), ids(b), ids(c)
     assert not set(ia.values()) & set(ib.values())
     assert all(ia[k] == v for k, v in ic.items())

@@ -63,7 +63,7 @@ class OPESettings:
 
     def __post_init__(self):
         if self.estimand not in ESTIMANDS:
-            raise ConfigError("estimand", value=f"{self.estimand!r}", message=f"choose {' or '.join(ESTIMANDS)}")
+            raise ConfigError("estimand", value=repr(self.estimand), message=f"choose {' or '.join(ESTIMANDS)}")
         if not self.estimators:
             raise ConfigError("estimators", "give at least one estimator")
         allowed = ONE_STEP if self.estimand == "per_decision" else SEQUENTIAL + tuple(SEQUENTIAL_OF)
@@ -75,20 +75,20 @@ class OPESettings:
         if len(set(self.estimators)) != len(self.estimators):
             raise ConfigError("estimators", f"{','.join(self.estimators)} names an estimator twice")
         if self.discount is not None and not (0 < self.discount <= 1):
-            raise ConfigError("discount", value=f"{self.discount}", message=f"must be in (0, 1]")
+            raise ConfigError("discount", value=self.discount, message="must be in (0, 1]")
         if self.discount is not None and self.estimand == "per_decision":
             raise ConfigError("discount", "{key:discount} applies to the per_customer estimand (add {key:estimand} "
                                           "per_customer)")
         if self.clip is not None and not self.clip > 0:
-            raise ConfigError("clip", value=f"{self.clip}", message=f"must be > 0")
+            raise ConfigError("clip", value=self.clip, message="must be > 0")
         if self.n_boot < 10:
-            raise ConfigError("n_boot", value=f"{self.n_boot}", message=f"use at least 10 resamples (1000 for a 95% interval)")
+            raise ConfigError("n_boot", value=self.n_boot, message="use at least 10 resamples (1000 for a 95% interval)")
         if not 0 < self.alpha < 1:
-            raise ConfigError("alpha", value=f"{self.alpha}", message=f"must be in (0, 1)")
+            raise ConfigError("alpha", value=self.alpha, message="must be in (0, 1)")
         if self.folds < 1:
-            raise ConfigError("folds", value=f"{self.folds}", message=f"must be >= 1")
+            raise ConfigError("folds", value=self.folds, message="must be >= 1")
         if self.reward_model not in REWARD_MODELS:
-            raise ConfigError("reward_model", value=f"{self.reward_model!r}", message=f"choose {' or '.join(REWARD_MODELS)}")
+            raise ConfigError("reward_model", value=repr(self.reward_model), message=f"choose {' or '.join(REWARD_MODELS)}")
 
     def estimator_of(self, key: str) -> str:
         """The registry name that runs for a requested key."""
