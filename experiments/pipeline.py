@@ -36,6 +36,7 @@ import pandas as pd
 
 from sim.errors import ConfigError
 
+from .results import CalibrationResult, ValueTableResult
 from .run_config import RunConfig
 from policies.plan import PlanThenPolicy, plan_actions
 
@@ -93,11 +94,8 @@ def _calibrate(cfg: RunConfig, history, out: Path, log: Log, tick) -> tuple[Any,
         log(f"calibrating up to {cfg.calibration_end}")
         world, book, _ = calibrate(history, cfg.calibration_end, **kw)
     world.save_with_book(out / "world.json", book)
-    summary = {"world": str(out / "world.json"), "book": str(out / world.book_file), "world_hash": world.hash(),
-               "customers": int(len(book)), "segments": [s.name for s in world.segments],
-               "activity_model": world.activity_model, "calibration_end": world.calibration_end,
-               "seasonality_modelled": world.seasonality is not None, "assumptions": list(world.assumptions),
-               "seconds": round(time.perf_counter() - t0, 2)}
+    summary = CalibrationResult(world, str(out / "world.json"), str(out / world.book_file), customers=int(len(book)),
+                                seconds=round(time.perf_counter() - t0, 2)).summary()
     return world, book, validation, summary
 
 
@@ -287,15 +285,8 @@ def run_pipeline(cfg: RunConfig, out: str | Path, progress: Progress | None = No
         raise ConfigError(f"{cfg.file}: no customer of the book has an allowed action at {cfg.calibration_end}; "
                           "nothing to plan (check the catalogue's eligible_stages)")
     atomic_write_parquet(out / "values.parquet", df)
-    diag = df.attrs["diagnostics"]
-    values_doc = {"out": str(out / "values.parquet"), "rows": int(len(df)), "customers": int(diag["customers"]),
-                  "customers_with_options": int(df["customer_id"].nunique()), "horizon": cfg.values_horizon,
-                  "replications": cfg.values_replications, "continuation": label, "source": cfg.values_source,
-                  **({"fit": {k: diag[k] for k in ("heldout_r2", "smoothed") if k in diag}}
-                     if cfg.values_source == "policy" else {}),
-                  "mean_value_by_action": diag["mean_value_by_action"],
-                  "mean_cost_by_action": diag["mean_cost_by_action"],
-                  "mean_standard_error_by_action": diag["mean_standard_error_by_action"]}
+    values_doc = ValueTableResult(df, str(out / "values.parquet"), cfg.values_source, label, cfg.values_horizon,
+                                  cfg.values_replications).summary()
     timed("values", t0)
 
     t0 = time.perf_counter()

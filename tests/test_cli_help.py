@@ -60,3 +60,12 @@ def test_usage_errors_are_one_line_exit_2(args, message):
     assert r.returncode == 2 and r.stdout == ""
     assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith(message)
     assert r.stderr.strip().endswith(" --help`)")   # and where to read more
+
+
+def test_the_clis_name_copies_equal_their_owners():
+    """The CLI keeps copies of a few name lists so that --help imports nothing heavy; they must not drift."""
+    from experiments.cli.common import BASELINE_NAMES, DATASETS
+    from policies.registry import BASELINE_NAMES as OWNER_BASELINES
+    from sim.datasets import NAMES
+    assert DATASETS == NAMES
+    assert BASELINE_NAMES == OWNER_BASELINES

@@ -1,0 +1,190 @@
+"""What the `clv` commands share: error rendering and exit codes, the --json document, progress
+bars, the cheap checks on inputs and outputs made before anything heavy is imported, and the
+options several commands take. Light to import: typer and the standard library only."""
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import typer
+
+EXIT_INPUT = 2
+EXIT_INFEASIBLE = 3
+# copies of their owners' names, so that --help and the first checks import nothing heavy
+# (tests/test_cli_help.py checks that they equal sim.datasets.NAMES and policies.registry.BASELINE_NAMES)
+DATASETS = ("cdnow", "bank")
+BASELINE_NAMES = ("none", "random", "bau", "churn_threshold", "greedy_uplift")
+
+
+# settings whose command-line option is not the setting's name with "-" for "_"
+OPTION_NAMES = {"n_boot": "--bootstrap"}
+
+
+def option_name(key: str) -> str:
+    """How the command line calls the setting `key` (ConfigError.key): `reward_model` -> `--reward-model`."""
+    return OPTION_NAMES.get(key) or "--" + key.replace("_", "-")
+
+
+def _err(msg: str, code: int = EXIT_INPUT) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn known input errors into one line on stderr and exit status 2."""
+    from sim.errors import ClvError, ConfigError
+    try:
+        yield
+    except ConfigError as e:
+        _err(e.about(option_name))
+    except ClvError as e:
+        _err(str(e))
+    except FileNotFoundError as e:
+        _err(f"{e.filename}: not found")
+    except OSError as e:  # e.g. --out under an existing file, or a folder without write permission
+        _err(f"{e.filename}: {e.strerror}" if e.filename else str(e))
+
+
+@contextmanager
+def _infeasible(as_json: bool) -> Iterator[None]:
+    """An infeasible problem: the diagnosis on stderr (one line), as JSON on stdout with --json, exit 3."""
+    from optimizer.diagnose import InfeasibleError
+    try:
+        yield
+    except InfeasibleError as e:
+        if as_json:
+            _emit({"status": "infeasible", **e.diagnosis.to_dict()}, True, "")
+        _err(str(e), EXIT_INFEASIBLE)
+
+
+def _emit(doc: dict[str, Any], as_json: bool, human: str) -> None:
+    if as_json:
+        from sim.world import json_safe  # NaN/inf become null: the document stays valid JSON
+        sys.stdout.write(json.dumps(json_safe(doc), indent=2, default=_json_default, allow_nan=False) + "\n")
+    else:
+        typer.echo(human)
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+@contextmanager
+def _progress(description: str, total: int, enabled: bool = True):
+    """A rich progress bar on stderr; yields advance(done) callable."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    console = Console(stderr=True)
+    show = enabled and console.is_terminal
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                  TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), TimeRemainingColumn(),
+                  console=console, transient=True, disable=not show) as prog:
+        task = prog.add_task(description, total=total)
+
+        def update(done: int, tot: int | None = None) -> None:
+            prog.update(task, completed=done, total=tot or total)
+        yield update
+
+
+def _check_out(path: Optional[Path], option: str = "--out", folder: bool = False) -> None:
+    """Fail before any work when an output path cannot be written (a parent is a file, or the
+    nearest existing folder is not writable)."""
+    import os
+    from sim.errors import ConfigError
+    if path is None:
+        return
+    p = Path(path)
+    if folder and p.exists() and not p.is_dir():
+        raise ConfigError(f"{option} {p}: exists and is not a folder")
+    if not folder and p.is_dir():
+        raise ConfigError(f"{option} {p}: is a folder; give a file name")
+    parent = p if folder else p.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{option} {p}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"{option} {p}: {parent} is not writable")
+
+
+def _check_source(history_dir: Optional[Path], dataset: Optional[str]) -> None:
+    """The cheap checks on where the history comes from, before anything heavy is imported."""
+    from sim.errors import ConfigError, HistoryError
+    if (history_dir is None) == (dataset is None):
+        _err("give exactly one of HISTORY_DIR or --dataset NAME (" + ", ".join(DATASETS) + ")")
+    if dataset is not None and dataset not in DATASETS:
+        raise ConfigError(f"unknown dataset {dataset!r}; bundled: {', '.join(DATASETS)}")
+    if history_dir is not None and not Path(history_dir).is_dir():
+        raise HistoryError(str(history_dir), None, None, "history folder not found; give the folder that holds "
+                                                         "transactions.csv, or --dataset " + "|".join(DATASETS))
+
+
+def _load(history_dir: Optional[Path], dataset: Optional[str]):
+    _check_source(history_dir, dataset)
+    from sim.datasets import load_dataset
+    from sim.history import load_history
+    if dataset is not None:
+        return load_dataset(dataset)
+    return load_history(history_dir)
+
+
+def _check_world(world_path: Path) -> None:
+    from sim.errors import ConfigError
+    if not Path(world_path).is_file():
+        raise ConfigError(f"{world_path}: world file not found; create one with `clv calibrate`"
+                          if not Path(world_path).exists() else f"{world_path}: is a folder, not a world JSON file; "
+                          "pass the .json that `clv calibrate` wrote")
+
+
+def _load_world(world_path: Path, population: str):
+    """(world, book or None) for --population book|new."""
+    from sim.errors import ConfigError
+    from sim.world import WorldModel
+    world = WorldModel.load(world_path)
+    if population == "new":
+        return world, None
+    bp = world.book_path(world_path)
+    if bp is None or not bp.exists():
+        raise ConfigError(f"{world_path}: its book ({bp}) is missing; use --population new or recalibrate")
+    import pandas as pd
+    return world, pd.read_parquet(bp)
+
+
+def _date(text: str, option: str) -> str:
+    """A calendar date as YYYY-MM-DD (experiments.config.read_date: YYYY-MM-DD, YYYYMMDD or an ISO
+    date-time); checked without pandas so that bad options are answered at once."""
+    from experiments.config import read_date
+    d = read_date(text or "")
+    if d is None:
+        _err(f"{option}: {text!r} is not a date (use YYYY-MM-DD)")
+    return d
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """The names of a comma-separated option, e.g. --estimators dm,ips."""
+    return tuple(e.strip() for e in text.split(",") if e.strip())
+
+
+def _write_json(path: Path, doc: dict[str, Any]) -> None:
+    """Write a result document (NaN/inf as null) atomically: the --out of ope, backtest, evaluate."""
+    from sim.atomic import atomic_write_json
+    from sim.world import json_safe
+    atomic_write_json(path, json_safe(doc))
+
+
+HistoryArg = typer.Argument(None, help="History folder holding transactions.csv or .parquet (optionally "
+                                       "customers, products, decisions, actions.yaml, economics.yaml, stages.yaml).",
+                            show_default=False)
+DatasetOpt = typer.Option(None, "--dataset", help="Bundled dataset instead of a folder: cdnow or bank.")
+JsonOpt = typer.Option(False, "--json", help="Print one JSON document on stdout (logs go to stderr).")
