@@ -21,6 +21,8 @@ demo: $(STAMP)
 	$(BIN)/clv run examples/bank_demo.yaml --out $(OUT)
 
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)

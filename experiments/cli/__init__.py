@@ -1,8 +1,8 @@
 """The `clv` command line (`clv = "experiments.cli:main"`): the app and its entry point.
 
-main.py makes the typer app and `main()`; the commands are registered by group: world.py
+main.py is the entry point `main()`; the commands are registered by group: world.py
 (make-data, calibrate, validate, simulate), agents.py (train, evaluate), plan.py (values,
-allocate, frontier), offline.py (ope, backtest), jobs.py (scenarios, run); common.py holds what
+allocate, frontier), offline.py (ope, backtest), jobs.py (scenarios, run); common.py holds the app and what
 they share (error rendering, --json output, progress bars, output and input checks, options).
 Nothing outside this package imports it: the documents the commands print are built by the
 library (e.g. experiments.results).

@@ -7,8 +7,7 @@ from typing import Optional
 
 import typer
 
-from .common import JsonOpt, _check_out, _check_world, _emit, _load_world, _progress, _user_errors, _write_json
-from .main import app
+from .common import app, JsonOpt, _check_out, _check_world, _emit, _load_world, _progress, _user_errors, _write_json
 
 
 @app.command()

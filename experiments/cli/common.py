@@ -11,6 +11,10 @@ from typing import Any, Iterator, Optional
 
 import typer
 
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="clv-engine: calibrate customer worlds from history, simulate them, and plan "
+                       "interventions. Run `clv COMMAND --help` for each command.")
+
 EXIT_INPUT = 2
 EXIT_INFEASIBLE = 3
 # copies of their owners' names, so that --help and the first checks import nothing heavy

@@ -8,8 +8,7 @@ from typing import Optional
 
 import typer
 
-from .common import JsonOpt, _check_out, _emit, _infeasible, _progress, _user_errors
-from .main import app
+from .common import app, JsonOpt, _check_out, _emit, _infeasible, _progress, _user_errors
 
 
 @app.command()

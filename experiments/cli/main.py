@@ -5,9 +5,9 @@ Heavy libraries (pandas, scipy, torch, ray, ortools) are imported inside the com
 document; progress and logs go to stderr. Bad input exits with status 2 and one line naming
 the file, row and column; nothing is written.
 
-This module makes the app and the entry point; the commands live by group in the modules below
-(each registers its commands on `app` when imported; the import order is the order of
-`clv --help`), the helpers they share in `common`.
+This module is the entry point; the commands live by group in the modules beside it (each
+registers its commands on `common.app` when imported; the import order is the order of
+`clv --help`), the app and the helpers they share in `common`.
 """
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ from typing import Any
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="clv-engine: calibrate customer worlds from history, simulate them, and plan "
-                       "interventions. Run `clv COMMAND --help` for each command.")
+from .common import app
 
-# the command groups register on `app` (so it is made first); the order is the order of `clv --help`
-from . import world, agents, plan, offline, jobs  # noqa: E402,F401
+# the command groups register on `app` when imported; their order is the order of `clv --help`
+# isort: off
+from . import world, agents, plan, offline, jobs  # noqa: F401
+# isort: on
 
 
 def main() -> None:  # pragma: no cover
@@ -45,7 +45,7 @@ def main() -> None:  # pragma: no cover
     except cx.ClickException as e:
         e.show()
         code = e.exit_code
-    except cx.Abort:
+    except typer.Abort:   # public: typer's click copy has no Abort of its own
         typer.echo("aborted", err=True)
         code = 1
     except SystemExit as e:

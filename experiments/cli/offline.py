@@ -7,9 +7,8 @@ from typing import Optional
 
 import typer
 
-from .common import (JsonOpt, _check_out, _check_source, _check_world, _date, _emit, _load, _names, _progress,
+from .common import (app, JsonOpt, _check_out, _check_source, _check_world, _date, _emit, _load, _names, _progress,
                      _user_errors, _write_json)
-from .main import app
 
 # options shared by the offline-evaluation commands (ope, backtest)
 ClipOpt = typer.Option(None, "--clip", help="Cap on importance weights (ips, dr).")

@@ -8,8 +8,7 @@ from typing import Optional
 
 import typer
 
-from .common import JsonOpt, _check_out, _check_world, _emit, _infeasible, _load_world, _progress, _user_errors
-from .main import app
+from .common import app, JsonOpt, _check_out, _check_world, _emit, _infeasible, _load_world, _progress, _user_errors
 
 CapacityOpt = typer.Option([], "--capacity", help="channel:NAME=N or action:NAME=N: at most N contacts (repeatable).")
 MinCoverageOpt = typer.Option([], "--min-coverage", help="segment:NAME=F: at least a share F of the segment's "

@@ -7,9 +7,8 @@ from typing import Optional
 
 import typer
 
-from .common import (DatasetOpt, HistoryArg, JsonOpt, _check_out, _check_world, _date, _emit, _err, _load,
+from .common import (app, DatasetOpt, HistoryArg, JsonOpt, _check_out, _check_world, _date, _emit, _err, _load,
                      _load_world, _progress, _user_errors)
-from .main import app
 
 
 @app.command("make-data")
