@@ -6,6 +6,7 @@ Calibration summary: same-day purchases merged, first purchase = birth, repeat p
 1997-09-30, times in weeks (23,570 customers). Each timed call includes input validation and
 `compress` (the fits run on the unique (x, t_x, T) rows) and the standard errors.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,7 +14,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -27,6 +27,7 @@ def cdnow_calibration(end: str = "1997-09-30"):
     own loader and summary (same-day purchases merged; times in weeks = days / 7)."""
     from sim.features import summarise
     from sim.history import load_cdnow, merge_same_day
+
     tx, _ = merge_same_day(load_cdnow().transactions)
     s = summarise(tx, end, 7.0)
     return s.x, s.t_x, s.T, s.spend_mean
@@ -52,8 +53,10 @@ def main() -> None:
             model, info = job()
             times.append(time.perf_counter() - t0)
         params = ", ".join(f"{k}={v:.6g}" for k, v in model.to_dict().items() if k != "model")
-        print(f"{name:12s} median {statistics.median(times):.3f} s  (min {min(times):.3f}, max {max(times):.3f}); "
-              f"{info.iterations} iterations, LL {info.loglik:.4f}; {params}")
+        print(
+            f"{name:12s} median {statistics.median(times):.3f} s  (min {min(times):.3f}, max {max(times):.3f}); "
+            f"{info.iterations} iterations, LL {info.loglik:.4f}; {params}"
+        )
 
 
 if __name__ == "__main__":

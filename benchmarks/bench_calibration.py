@@ -6,6 +6,7 @@
 The lifetimes anchor (../shared/anchors/cdnow_lifetimes.py) needs its own throwaway venv:
 python -m venv /tmp/anchors && /tmp/anchors/bin/pip install lifetimes scikit-learn
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,6 +28,7 @@ def cdnow_times(repeats: int) -> dict:
     from sim.calibrate import calibrate
     from sim.features import summarise
     from sim.history import load_cdnow, merge_same_day
+
     hist = load_cdnow()
     ce = "1997-09-30"
     prep_fit, full = [], []
@@ -47,8 +49,7 @@ def anchor_times(python: str, anchor: str, repeats: int) -> float | None:
         return None
     out = []
     for _ in range(repeats):
-        doc = json.loads(subprocess.run([python, anchor, "--json"], capture_output=True, text=True,
-                                        check=True).stdout)
+        doc = json.loads(subprocess.run([python, anchor, "--json"], capture_output=True, text=True, check=True).stdout)
         out.append(doc["fit_seconds"])
     return statistics.median(out)
 
@@ -57,6 +58,7 @@ def make_big_history(folder: Path, customers: int, transactions: int, seed: int 
     """A synthetic book in Parquet: Pareto/NBD-like customers, two years of daily transactions."""
     import numpy as np
     import pandas as pd
+
     rng = np.random.default_rng(seed)
     lam = rng.gamma(0.8, 1.0, customers)
     n = rng.multinomial(transactions - customers, lam / lam.sum()) + 1
@@ -64,8 +66,13 @@ def make_big_history(folder: Path, customers: int, transactions: int, seed: int 
     birth = rng.integers(0, 365, customers)
     day = birth[cid] + (rng.random(cid.size) * (730 - birth[cid])).astype(np.int64)
     dates = np.datetime64("2022-01-01") + day.astype("timedelta64[D]")
-    df = pd.DataFrame({"customer_id": np.char.add("C", cid.astype(str)), "date": dates,
-                       "amount": np.round(rng.gamma(2.0, 30.0, cid.size), 2)})
+    df = pd.DataFrame(
+        {
+            "customer_id": np.char.add("C", cid.astype(str)),
+            "date": dates,
+            "amount": np.round(rng.gamma(2.0, 30.0, cid.size), 2),
+        }
+    )
     folder.mkdir(parents=True, exist_ok=True)
     df.to_parquet(folder / "transactions.parquet", index=False)
 
@@ -92,15 +99,37 @@ def big_book(customers: int, transactions: int) -> dict:
         folder = Path(tmp) / "big"
         # generated in a child so this process stays small: a fork copies the parent's resident
         # pages into the child's peak RSS before it execs
-        _run_child([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); "
-                                          f"from bench_calibration import make_big_history as m; from pathlib import Path; "
-                                          f"m(Path({str(folder)!r}), {customers}, {transactions})"])
-        out, _, rss_kb, wall = _run_child([sys.executable, "-m", "experiments.cli", "calibrate", str(folder),
-                                           "--calibration-end", "2023-12-31", "--out", str(Path(tmp) / "world.json"),
-                                           "--json"])
+        _run_child(
+            [
+                sys.executable,
+                "-c",
+                f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); "
+                f"from bench_calibration import make_big_history as m; from pathlib import Path; "
+                f"m(Path({str(folder)!r}), {customers}, {transactions})",
+            ]
+        )
+        out, _, rss_kb, wall = _run_child(
+            [
+                sys.executable,
+                "-m",
+                "experiments.cli",
+                "calibrate",
+                str(folder),
+                "--calibration-end",
+                "2023-12-31",
+                "--out",
+                str(Path(tmp) / "world.json"),
+                "--json",
+            ]
+        )
         doc = json.loads(out)
-        return {"customers": customers, "transactions": transactions, "wall_seconds_load_and_calibrate": wall,
-                "calibrate_seconds": doc["seconds"], "peak_rss_gb": rss_kb / 1024 ** 2}
+        return {
+            "customers": customers,
+            "transactions": transactions,
+            "wall_seconds_load_and_calibrate": wall,
+            "calibrate_seconds": doc["seconds"],
+            "peak_rss_gb": rss_kb / 1024**2,
+        }
 
 
 def main() -> None:

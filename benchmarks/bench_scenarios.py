@@ -8,6 +8,7 @@ Target (issue 5): speed-up >= 1.6x on 2 cores.
 
     python benchmarks/bench_scenarios.py [--customers 50000] [--seeds 6] [--out bench_out/scenarios] [--json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,30 +73,46 @@ def main() -> None:
         doc = json.loads(r.stdout)
         tim = json.loads((work / f"workers{w}" / "timings.json").read_text())
         cell_secs = [c["seconds"] for c in tim["cells"].values()]
-        runs[w] = {"wall_seconds": round(wall, 2), "run_seconds": doc["seconds"],
-                   "ray_init_seconds": round(tim.get("ray_init_seconds", float("nan")), 2),
-                   "cells": doc["cells"], "cell_seconds_mean": round(sum(cell_secs) / len(cell_secs), 2),
-                   "cell_seconds_sum": round(sum(cell_secs), 2), "worker_pids": len({c["pid"] for c in tim["cells"].values()}),
-                   # other processes on the machine take cores from the workers: say how busy it was
-                   "load_average_before": round(load_before, 2), "load_average_after": round(os.getloadavg()[0], 2)}
+        runs[w] = {
+            "wall_seconds": round(wall, 2),
+            "run_seconds": doc["seconds"],
+            "ray_init_seconds": round(tim.get("ray_init_seconds", float("nan")), 2),
+            "cells": doc["cells"],
+            "cell_seconds_mean": round(sum(cell_secs) / len(cell_secs), 2),
+            "cell_seconds_sum": round(sum(cell_secs), 2),
+            "worker_pids": len({c["pid"] for c in tim["cells"].values()}),
+            # other processes on the machine take cores from the workers: say how busy it was
+            "load_average_before": round(load_before, 2),
+            "load_average_after": round(os.getloadavg()[0], 2),
+        }
     import pandas as pd
+
     r1 = pd.read_parquet(work / "workers1" / "results.parquet")
     r2 = pd.read_parquet(work / "workers2" / "results.parquet")
     p1 = pd.read_parquet(work / "workers1" / "periods.parquet")
     p2 = pd.read_parquet(work / "workers2" / "periods.parquet")
-    doc = {"benchmark": "scenarios", "cores": os.cpu_count(), "customers_per_cell": a.customers,
-           "cells": runs[1]["cells"], "workers_1": runs[1], "workers_2": runs[2],
-           "speedup_wall": round(runs[1]["wall_seconds"] / runs[2]["wall_seconds"], 3),
-           "speedup_run": round(runs[1]["run_seconds"] / runs[2]["run_seconds"], 3),
-           "results_identical": bool(r1.equals(r2)), "periods_identical": bool(p1.equals(p2)),
-           "target_speedup": 1.6}
+    doc = {
+        "benchmark": "scenarios",
+        "cores": os.cpu_count(),
+        "customers_per_cell": a.customers,
+        "cells": runs[1]["cells"],
+        "workers_1": runs[1],
+        "workers_2": runs[2],
+        "speedup_wall": round(runs[1]["wall_seconds"] / runs[2]["wall_seconds"], 3),
+        "speedup_run": round(runs[1]["run_seconds"] / runs[2]["run_seconds"], 3),
+        "results_identical": bool(r1.equals(r2)),
+        "periods_identical": bool(p1.equals(p2)),
+        "target_speedup": 1.6,
+    }
     doc["meets_target"] = doc["speedup_wall"] >= 1.6
     if a.json:
         print(json.dumps(doc, indent=2))
     else:
-        print(f"{doc['cells']} cells x {a.customers} customers: 1 worker {runs[1]['wall_seconds']:.1f}s, "
-              f"2 workers {runs[2]['wall_seconds']:.1f}s, speed-up {doc['speedup_wall']:.2f}x "
-              f"(target 1.6x); results identical: {doc['results_identical']}")
+        print(
+            f"{doc['cells']} cells x {a.customers} customers: 1 worker {runs[1]['wall_seconds']:.1f}s, "
+            f"2 workers {runs[2]['wall_seconds']:.1f}s, speed-up {doc['speedup_wall']:.2f}x "
+            f"(target 1.6x); results identical: {doc['results_identical']}"
+        )
 
 
 if __name__ == "__main__":

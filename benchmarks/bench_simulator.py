@@ -9,6 +9,7 @@ policy, a campaign policy contacting ~10% of customers per period with a random 
 action, and a heavy one contacting a random allowed action every time the rules allow it.
 Only `step` is timed (policy time is reported separately).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,13 +38,16 @@ def campaign(rate: float):
         a[~m[np.arange(len(a)), a]] = 0
         a[sim.rng.random(len(a)) >= rate] = 0
         return a
+
     return pol
 
 
 def measure(world, n: int, steps: int, policy, seed: int) -> tuple[float, float]:
     """n customers stepped in chunks of DEFAULT_CHUNK, as `sim.population.simulate` runs them."""
-    sims = [PopulationSimulator.new_customers(world, stop - start, seq) for start, stop, seq in
-            chunk_seeds(seed, n, DEFAULT_CHUNK)]
+    sims = [
+        PopulationSimulator.new_customers(world, stop - start, seq)
+        for start, stop, seq in chunk_seeds(seed, n, DEFAULT_CHUNK)
+    ]
     for sim in sims:
         for _ in range(5):  # warm up; let effects and stages mix
             sim.step(policy(sim))
@@ -69,16 +73,20 @@ def run_anchor(path: str) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--anchor", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "anchors",
-                                                      "plain_gym_env.py"))
+    ap.add_argument(
+        "--anchor", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "anchors", "plain_gym_env.py")
+    )
     ap.add_argument("--customers", type=int, default=1_000_000)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     world = truth_world(BankConfig())
-    workloads = {"none": lambda sim: np.zeros(sim.state.n, np.int16), "campaign_10pct": campaign(0.10),
-                 "contact_every_allowed": campaign(1.0)}
+    workloads = {
+        "none": lambda sim: np.zeros(sim.state.n, np.int16),
+        "campaign_10pct": campaign(0.10),
+        "contact_every_allowed": campaign(1.0),
+    }
     res: dict[str, list] = {k: [] for k in workloads}
     res_pol: dict[str, list] = {k: [] for k in workloads}
     anchors_naive, anchors_vec = [], []
@@ -92,9 +100,13 @@ def main() -> None:
             res[k].append(s)
             res_pol[k].append(sp)
     med = {k: statistics.median(v) for k, v in res.items()}
-    doc = {"customers": args.customers, "steps": args.steps, "repeats": args.repeats,
-           "clv_steps_per_second": med,
-           "clv_steps_per_second_incl_policy": {k: statistics.median(v) for k, v in res_pol.items()}}
+    doc = {
+        "customers": args.customers,
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "clv_steps_per_second": med,
+        "clv_steps_per_second_incl_policy": {k: statistics.median(v) for k, v in res_pol.items()},
+    }
     if anchors_naive:
         naive = statistics.median(anchors_naive)
         doc["anchor_plain_gym_env_steps_per_second"] = naive

@@ -8,6 +8,7 @@ rewards; PPO updates are included, as in real training. Reported: customer-steps
 `model.learn` (median over repeats) and the ratio. Without --world, the synthetic bank's true
 world with new customers is used.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,19 +42,32 @@ def main() -> None:
 
     torch.set_num_threads(2)
     world, population, book = resolve_world(args.world, None)
-    kw = dict(n_steps=args.n_steps, batch_size=args.n_envs * args.n_steps // 4, n_epochs=4, seed=args.seed,
-              verbose=0, device="cpu", policy_kwargs={"net_arch": [64, 64]})
+    kw = dict(
+        n_steps=args.n_steps,
+        batch_size=args.n_envs * args.n_steps // 4,
+        n_epochs=4,
+        seed=args.seed,
+        verbose=0,
+        device="cpu",
+        policy_kwargs={"net_arch": [64, 64]},
+    )
 
     def vectorised():
-        return PopulationVecEnv(world, n_envs=args.n_envs, horizon=52, population=population, book=book,
-                                seed=args.seed, reward="sampled")
+        return PopulationVecEnv(
+            world, n_envs=args.n_envs, horizon=52, population=population, book=book, seed=args.seed, reward="sampled"
+        )
 
     def dummy():
-        return DummyVecEnv([lambda: CustomerEnv(world, horizon=52, population=population, book=book)
-                            for _ in range(args.n_envs)])
+        return DummyVecEnv(
+            [lambda: CustomerEnv(world, horizon=52, population=population, book=book) for _ in range(args.n_envs)]
+        )
 
-    out = {"n_envs": args.n_envs, "steps_per_run": args.steps, "repeats": args.repeats,
-           "world": args.world or "synthetic truth world (new customers)"}
+    out = {
+        "n_envs": args.n_envs,
+        "steps_per_run": args.steps,
+        "repeats": args.repeats,
+        "world": args.world or "synthetic truth world (new customers)",
+    }
     for name, make in (("population_vec_env", vectorised), ("dummy_vec_env", dummy)):
         rates = []
         for r in range(args.repeats):
@@ -63,13 +77,17 @@ def main() -> None:
             model.learn(total_timesteps=args.steps)
             rates.append(args.steps / (time.perf_counter() - t0))
         out[name] = {"steps_per_second_median": statistics.median(rates), "runs": rates}
-    out["ratio"] = out["population_vec_env"]["steps_per_second_median"] / out["dummy_vec_env"]["steps_per_second_median"]
+    out["ratio"] = (
+        out["population_vec_env"]["steps_per_second_median"] / out["dummy_vec_env"]["steps_per_second_median"]
+    )
     if args.json:
         print(json.dumps(out, indent=2))
     else:
-        print(f"PPO training, {args.n_envs} envs: vectorised {out['population_vec_env']['steps_per_second_median']:,.0f} "
-              f"steps/s, DummyVecEnv {out['dummy_vec_env']['steps_per_second_median']:,.0f} steps/s, "
-              f"ratio {out['ratio']:.1f}x")
+        print(
+            f"PPO training, {args.n_envs} envs: vectorised {out['population_vec_env']['steps_per_second_median']:,.0f} "
+            f"steps/s, DummyVecEnv {out['dummy_vec_env']['steps_per_second_median']:,.0f} steps/s, "
+            f"ratio {out['ratio']:.1f}x"
+        )
 
 
 if __name__ == "__main__":

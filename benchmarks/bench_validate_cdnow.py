@@ -8,6 +8,7 @@ weeks with a purchase (lifetimes' weekly summary); clv-engine counts purchase da
 purchases merged). AUC is on the same event (any purchase in the holdout); clv-engine's
 correlation is reported against both counts (per_customer_corr, per_customer_corr_active_weeks).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SPLITS = [("1997-09-30", "1998-06-30"), ("1997-06-30", "1998-06-30"), ("1997-12-31", "1998-06-30"),
-          ("1997-04-30", "1997-12-31"), ("1997-07-31", "1998-03-31")]
+SPLITS = [
+    ("1997-09-30", "1998-06-30"),
+    ("1997-06-30", "1998-06-30"),
+    ("1997-12-31", "1998-06-30"),
+    ("1997-04-30", "1997-12-31"),
+    ("1997-07-31", "1998-03-31"),
+]
 # lifetimes on clv-engine's own day-level summary, so that both models are judged on the same counts
 SAME_COUNTS = r"""
 import json, sys, numpy as np, pandas as pd
@@ -37,8 +43,17 @@ for name, F in (("bg_nbd", BetaGeoFitter), ("pareto_nbd", ParetoNBDFitter)):
 print(json.dumps(out))
 """
 
-KEYS = ("customers", "holdout_repeat_actual", "holdout_repeat_predicted", "aggregate_error", "per_customer_corr",
-        "per_customer_mae", "active_auc", "holdout_value_error", "top_decile_value_share")
+KEYS = (
+    "customers",
+    "holdout_repeat_actual",
+    "holdout_repeat_predicted",
+    "aggregate_error",
+    "per_customer_corr",
+    "per_customer_mae",
+    "active_auc",
+    "holdout_value_error",
+    "top_decile_value_share",
+)
 
 
 def main() -> None:
@@ -55,24 +70,40 @@ def main() -> None:
     from sim.features import summarise
     from sim.history import load_cdnow, merge_same_day
     from sim.validate import validate
+
     hist = load_cdnow()
     tx, _ = merge_same_day(hist.transactions)
     rows = []
     for ce, he in SPLITS:
         m, art = validate(hist, ce, he, replications=a.replications)
-        row = {"calibration_end": ce, "holdout_end": he,
-               "clv": {k: m[k] for k in KEYS} | {"per_customer_corr_active_weeks": m["per_customer_corr_active_weeks"],
-                                                 "calibration_seconds": m["calibration_seconds"]}}
+        row = {
+            "calibration_end": ce,
+            "holdout_end": he,
+            "clv": {k: m[k] for k in KEYS}
+            | {
+                "per_customer_corr_active_weeks": m["per_customer_corr_active_weeks"],
+                "calibration_seconds": m["calibration_seconds"],
+            },
+        }
         if os.path.exists(a.anchor_python) and os.path.exists(a.anchor):
-            out = subprocess.run([a.anchor_python, a.anchor, "--calibration-end", ce, "--holdout-end", he, "--json"],
-                                 capture_output=True, text=True, check=True).stdout
+            out = subprocess.run(
+                [a.anchor_python, a.anchor, "--calibration-end", ce, "--holdout-end", he, "--json"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
             row["lifetimes_bgnbd"] = {k: v for k, v in json.loads(out).items() if k in KEYS or k == "fit_seconds"}
             s = summarise(tx, ce, 7.0)
             with tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False) as f:
-                pd.DataFrame({"x": s.x, "t_x": s.t_x, "T": s.T,
-                              "actual": art["predictions"]["actual"].to_numpy()}).to_csv(f, index=False)
-            out = subprocess.run([a.anchor_python, "-c", SAME_COUNTS, f.name, str(m["holdout_periods"])],
-                                 capture_output=True, text=True, check=True).stdout
+                pd.DataFrame(
+                    {"x": s.x, "t_x": s.t_x, "T": s.T, "actual": art["predictions"]["actual"].to_numpy()}
+                ).to_csv(f, index=False)
+            out = subprocess.run(
+                [a.anchor_python, "-c", SAME_COUNTS, f.name, str(m["holdout_periods"])],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
             os.unlink(f.name)
             row["lifetimes_on_clv_day_counts"] = json.loads(out)
         rows.append(row)

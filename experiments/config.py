@@ -4,6 +4,7 @@ checker, one date reader, one `--set` parser and the `constraints:` section, sha
 Every problem in a file is one ConfigError line naming the file and the key, as the file spells
 it: "run.yaml: budgets[1]: expected a number >= 0, got -5".
 """
+
 from __future__ import annotations
 
 import copy
@@ -77,8 +78,11 @@ def read_date(v: Any) -> str | None:
     if not isinstance(v, str):
         return None
     t = v.strip()
-    for parse in (dt.date.fromisoformat, lambda s: dt.datetime.strptime(s, "%Y%m%d").date(),
-                  lambda s: dt.datetime.fromisoformat(s).date()):
+    for parse in (
+        dt.date.fromisoformat,
+        lambda s: dt.datetime.strptime(s, "%Y%m%d").date(),
+        lambda s: dt.datetime.fromisoformat(s).date(),
+    ):
         try:
             return str(parse(t))
         except ValueError:
@@ -91,6 +95,7 @@ def read_yaml(path: Path, what: str, start_from: str) -> Any:
     """The YAML document of a `what` file (scenario, run config); a missing file, a folder or bad
     YAML is a one-line ConfigError naming the file (and the line), saying where to start from."""
     import yaml
+
     file = str(path)
     if not path.exists():
         fail(file, None, f"{what} file not found; {start_from}")
@@ -113,6 +118,7 @@ def parse_sets(items: list[str], example: str = "policy.steps=20000", name: str 
     `learning_rate=1e-4`, `holdout_end=null`). `example` is a KEY=VALUE shown when one is malformed (`name`: what
     the caller calls a KEY, e.g. NAME for hyperparameters)."""
     import yaml
+
     out: dict[str, Any] = {}
     for item in items:
         k, sep, v = item.partition("=")
@@ -143,7 +149,7 @@ def apply_sets(doc: dict, sets: dict[str, Any]) -> dict:
             if nxt is None:
                 nxt = node[p] = {}
             if not isinstance(nxt, dict):
-                raise ConfigError("set", value=key, message=f"{'.'.join(parts[:i + 1])} is not a section")
+                raise ConfigError("set", value=key, message=f"{'.'.join(parts[: i + 1])} is not a section")
             node = nxt
         node[parts[-1]] = value
     return doc
@@ -154,6 +160,7 @@ def constraint_texts(file: str, raw: dict) -> dict[str, tuple[str, ...]]:
     """The `constraints` section's texts by kind (capacity, min_coverage, max_share), each checked
     to parse as its `clv allocate` option does; errors name the key, e.g. constraints.capacity[0]."""
     from optimizer.problem import parse_constraint
+
     out: dict[str, tuple[str, ...]] = {}
     for k, kind in CONSTRAINT_KEYS.items():
         items = list_value(file, f"constraints.{k}", raw.get(k))
@@ -172,6 +179,7 @@ def constraint_texts(file: str, raw: dict) -> dict[str, tuple[str, ...]]:
 def parsed_constraints(constraints: dict[str, tuple[str, ...]]) -> list:
     """The optimizer's Constraint objects of a checked `constraints` section (budget not included)."""
     from optimizer.problem import parse_constraint
+
     return [parse_constraint(kind, t) for k, kind in CONSTRAINT_KEYS.items() for t in constraints.get(k, ())]
 
 
@@ -179,12 +187,18 @@ def check_constraint_names(file: str, constraints: dict[str, tuple[str, ...]], w
     """Every constraint names a segment, channel or action that `world` has (`which` says which
     world in the message)."""
     from optimizer.problem import parse_constraint
-    known = {"segment": [s.name for s in world.segments],
-             "channel": list(dict.fromkeys(a.channel or "no_channel" for a in world.catalogue.actions[1:])),
-             "action": list(world.catalogue.names[1:])}
+
+    known = {
+        "segment": [s.name for s in world.segments],
+        "channel": list(dict.fromkeys(a.channel or "no_channel" for a in world.catalogue.actions[1:])),
+        "action": list(world.catalogue.names[1:]),
+    }
     for k, kind in CONSTRAINT_KEYS.items():
         for i, text in enumerate(constraints.get(k, ())):
             c = parse_constraint(kind, text)
             if c.key not in known[c.scope]:
-                fail(file, f"constraints.{k}[{i}]", f"no {c.scope} {c.key!r} in {which} "
-                                                    f"(it has {', '.join(known[c.scope])})")
+                fail(
+                    file,
+                    f"constraints.{k}[{i}]",
+                    f"no {c.scope} {c.key!r} in {which} (it has {', '.join(known[c.scope])})",
+                )

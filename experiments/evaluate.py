@@ -15,6 +15,7 @@ Metrics per policy (means per customer over the horizon):
 - active_share: share in the active stages (new, growth, maturity) at the horizon;
 - contacts: contacts per customer.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ class Interval:
 def mean_ci(values: np.ndarray, level: float = 0.95) -> Interval:
     """Mean and Student-t interval over seeds (NaN entries dropped; a point when only one)."""
     from scipy import stats
+
     v = np.asarray(values, float)
     v = v[np.isfinite(v)]
     if v.size == 0:
@@ -55,15 +57,29 @@ def seed_metrics(c, clv_none: np.ndarray | None) -> dict[str, float]:
     cost = float(c["discounted_cost"].mean())
     clv = float(c["clv"].mean())
     roi = float("nan") if clv_none is None or cost <= 0 else (clv - float(clv_none.mean())) / cost
-    return {"clv": clv, "retention": float(c["alive_end"].mean()), "marketing_roi": roi,
-            "cross_sell_rate": float((c["products_opened"] > 0).mean()),
-            "active_share": float(c["end_stage"].isin(ACTIVE_STAGES).mean()),
-            "contacts": float(c["contacts"].mean())}
+    return {
+        "clv": clv,
+        "retention": float(c["alive_end"].mean()),
+        "marketing_roi": roi,
+        "cross_sell_rate": float((c["products_opened"] > 0).mean()),
+        "active_share": float(c["end_stage"].isin(ACTIVE_STAGES).mean()),
+        "contacts": float(c["contacts"].mean()),
+    }
 
 
-def evaluate(world, policies: dict[str, Any], customers: int, periods: int, seeds: int, seed: int = 0,
-             book=None, reference: str | None = None, progress: Callable[[int], None] | None = None,
-             keep_customers: bool = False, crn: bool = False) -> dict[str, Any]:
+def evaluate(
+    world,
+    policies: dict[str, Any],
+    customers: int,
+    periods: int,
+    seeds: int,
+    seed: int = 0,
+    book=None,
+    reference: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    keep_customers: bool = False,
+    crn: bool = False,
+) -> dict[str, Any]:
     """Simulate each policy for `seeds` seeds (seed, seed+1, ...) on `customers` customers for
     `periods` periods. `reference` (default: "bau" if evaluated, else the first policy) is the
     policy every other is compared with, paired by seed. `crn`: the simulator's common random
@@ -84,15 +100,22 @@ def evaluate(world, policies: dict[str, Any], customers: int, periods: int, seed
     stage_contacts: dict[str, np.ndarray] = {}
     kept: dict[str, Any] = {}
     import time
+
     for k in range(seeds):
         s = seed + k
-        res_none = simulate(world, as_simulator_policy(none_policy), periods, s, book=book, customers=customers,
-                            crn=crn)
+        res_none = simulate(
+            world, as_simulator_policy(none_policy), periods, s, book=book, customers=customers, crn=crn
+        )
         clv_none = res_none.customers["clv"].to_numpy()
         for n in names:
             t0 = time.perf_counter()
-            res = res_none if n == "none" and none_policy is policies[n] else simulate(
-                world, as_simulator_policy(policies[n]), periods, s, book=book, customers=customers, crn=crn)
+            res = (
+                res_none
+                if n == "none" and none_policy is policies[n]
+                else simulate(
+                    world, as_simulator_policy(policies[n]), periods, s, book=book, customers=customers, crn=crn
+                )
+            )
             timing[n].append(time.perf_counter() - t0)
             for m, v in seed_metrics(res.customers, clv_none).items():
                 per_seed[n][m].append(v)
@@ -103,9 +126,17 @@ def evaluate(world, policies: dict[str, Any], customers: int, periods: int, seed
                 kept[n] = res.customers
             if progress:
                 progress(1)
-    out: dict[str, Any] = {"customers": customers, "periods": periods, "seeds": seeds, "seed": seed,
-                           "reference": reference, "discount_per_period": world.economics.discount_per_period,
-                           "world_hash": world.hash(), "policies": {}, "vs_reference": {}}
+    out: dict[str, Any] = {
+        "customers": customers,
+        "periods": periods,
+        "seeds": seeds,
+        "seed": seed,
+        "reference": reference,
+        "discount_per_period": world.economics.discount_per_period,
+        "world_hash": world.hash(),
+        "policies": {},
+        "vs_reference": {},
+    }
     for n in names:
         out["policies"][n] = {m: mean_ci(np.array(per_seed[n][m])).to_dict() for m in METRICS}
         out["policies"][n]["per_seed"] = per_seed[n]
@@ -120,13 +151,17 @@ def evaluate(world, policies: dict[str, Any], customers: int, periods: int, seed
             iv = mean_ci(a - b)
             base = float(np.nanmean(b)) if np.isfinite(b).any() else float("nan")
             rel = iv.mean / abs(base) if base and np.isfinite(base) else float("nan")
-            d[m] = {**iv.to_dict(), "relative": rel,
-                    "ci_excludes_zero": bool(np.isfinite(iv.ci_low) and (iv.ci_low > 0 or iv.ci_high < 0))}
+            d[m] = {
+                **iv.to_dict(),
+                "relative": rel,
+                "ci_excludes_zero": bool(np.isfinite(iv.ci_low) and (iv.ci_low > 0 or iv.ci_high < 0)),
+            }
         out["vs_reference"][n] = d
     if stage_contacts:
-        out["contacts_by_stage"] = {n: dict(zip([c.removeprefix("contacts_stage_") for c in cols],
-                                                (v / (seeds * customers)).tolist()))
-                                    for n, v in stage_contacts.items()}
+        out["contacts_by_stage"] = {
+            n: dict(zip([c.removeprefix("contacts_stage_") for c in cols], (v / (seeds * customers)).tolist()))
+            for n, v in stage_contacts.items()
+        }
     if keep_customers:
         out["_customers"] = kept
     return out
@@ -139,34 +174,54 @@ def paired_difference(result: dict[str, Any], a: str, b: str, metric: str = "clv
     y = np.array(result["policies"][b]["per_seed"][metric], float)
     iv = mean_ci(x - y)
     base = float(np.nanmean(y))
-    return {**iv.to_dict(), "relative": iv.mean / abs(base) if base else float("nan"),
-            "ci_excludes_zero": bool(iv.ci_low > 0 or iv.ci_high < 0)}
+    return {
+        **iv.to_dict(),
+        "relative": iv.mean / abs(base) if base else float("nan"),
+        "ci_excludes_zero": bool(iv.ci_low > 0 or iv.ci_high < 0),
+    }
 
 
 def plot(result: dict[str, Any], path: str | Path) -> None:
     """Bar charts with 95% intervals: CLV, retention and marketing ROI per policy."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from sim.atomic import atomic_path
+
     names = list(result["policies"])
     fig, axes = plt.subplots(1, 4, figsize=(16, 4))
-    for ax, (m, label) in zip(axes, (("clv", "CLV per customer (discounted)"), ("retention", "retention at horizon"),
-                                     ("marketing_roi", "marketing ROI"), ("contacts", "contacts per customer"))):
+    for ax, (m, label) in zip(
+        axes,
+        (
+            ("clv", "CLV per customer (discounted)"),
+            ("retention", "retention at horizon"),
+            ("marketing_roi", "marketing ROI"),
+            ("contacts", "contacts per customer"),
+        ),
+    ):
         mean = np.array([result["policies"][n][m]["mean"] for n in names])
         lo = np.array([result["policies"][n][m]["ci_low"] for n in names])
         hi = np.array([result["policies"][n][m]["ci_high"] for n in names])
         ok = np.isfinite(mean)
         x = np.arange(len(names))
-        ax.bar(x[ok], mean[ok], yerr=[mean[ok] - lo[ok], hi[ok] - mean[ok]], capsize=4,
-               color=["#4c72b0" if n != result["reference"] else "#dd8452" for n in np.array(names)[ok]])
+        ax.bar(
+            x[ok],
+            mean[ok],
+            yerr=[mean[ok] - lo[ok], hi[ok] - mean[ok]],
+            capsize=4,
+            color=["#4c72b0" if n != result["reference"] else "#dd8452" for n in np.array(names)[ok]],
+        )
         ax.set_xticks(x, names, rotation=30, ha="right")
         ax.set_title(label, fontsize=10)
         if m == "retention":
             ax.set_ylim(max(0.0, float(np.nanmin(lo)) - 0.05), min(1.0, float(np.nanmax(hi)) + 0.02))
-    fig.suptitle(f"{result['customers']:,} customers x {result['periods']} periods, {result['seeds']} seeds "
-                 f"(95% CI over seeds; reference {result['reference']})", fontsize=10)
+    fig.suptitle(
+        f"{result['customers']:,} customers x {result['periods']} periods, {result['seeds']} seeds "
+        f"(95% CI over seeds; reference {result['reference']})",
+        fontsize=10,
+    )
     fig.tight_layout()
     with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
@@ -187,6 +242,7 @@ class PlaybookTiming:
 
     def action_probs(self, obs, masks: np.ndarray) -> np.ndarray:
         from policies.base import one_hot
+
         when = self.timing.act(obs, masks, None) > 0
         contact_masks = masks.copy()
         contact_masks[:, 0] = False
@@ -205,6 +261,7 @@ def contact_profile(world, policy, periods: int, seed: int, customers: int, book
     from sim.catalogue import STAGES
     from sim.population import PopulationSimulator, WorldTables, sample_book
     from sim.posterior import ObservablePosterior
+
     tables = WorldTables.from_world(world)
     if book is not None:
         sim = PopulationSimulator.from_book(world, sample_book(book, customers, seed), seed, tables=tables)
@@ -228,34 +285,52 @@ def contact_profile(world, policy, periods: int, seed: int, customers: int, book
             by_action += np.bincount(out.actions[c], minlength=tables.n_actions)
             p_alive_sum += float(post.p_alive({k: np.asarray(v)[c] for k, v in obs.items()}).sum())
     total = max(by_stage.sum(), 1.0)
-    labels = [f"{a}" if b - a == 1 else (f"{a}-{b - 1}" if b < 10**9 else f"{a}+")
-              for a, b in zip(RECENCY_BUCKETS[:-1], RECENCY_BUCKETS[1:])]
-    return {"contacts_per_customer": float(by_stage.sum() / customers),
-            "by_stage": dict(zip(STAGES, (by_stage / total).tolist())),
-            "by_recency": dict(zip(labels, (by_recency / total).tolist())),
-            "by_action": dict(zip(world.catalogue.names, (by_action / total).tolist())),
-            "mean_p_alive_at_contact": p_alive_sum / total}
+    labels = [
+        f"{a}" if b - a == 1 else (f"{a}-{b - 1}" if b < 10**9 else f"{a}+")
+        for a, b in zip(RECENCY_BUCKETS[:-1], RECENCY_BUCKETS[1:])
+    ]
+    return {
+        "contacts_per_customer": float(by_stage.sum() / customers),
+        "by_stage": dict(zip(STAGES, (by_stage / total).tolist())),
+        "by_recency": dict(zip(labels, (by_recency / total).tolist())),
+        "by_action": dict(zip(world.catalogue.names, (by_action / total).tolist())),
+        "mean_p_alive_at_contact": p_alive_sum / total,
+    }
 
 
 def plot_timing(profiles: dict[str, dict[str, Any]], path: str | Path) -> None:
     """Side-by-side shares of contacts by lifecycle stage and by periods since last transaction."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from sim.atomic import atomic_path
+
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.2))
     names = list(profiles)
-    for ax, key, title in zip(axes, ("by_stage", "by_recency", "by_action"),
-                              ("stage at contact", "periods since last transaction at contact", "action")):
+    for ax, key, title in zip(
+        axes,
+        ("by_stage", "by_recency", "by_action"),
+        ("stage at contact", "periods since last transaction at contact", "action"),
+    ):
         cats = list(next(iter(profiles.values()))[key])
         x = np.arange(len(cats))
         width = 0.8 / max(len(names), 1)
         for i, n in enumerate(names):
-            ax.bar(x + i * width, [profiles[n][key][c] for c in cats], width,
-                   label=f"{n} ({profiles[n]['contacts_per_customer']:.2f}/customer)")
-        ax.set_xticks(x + 0.4 - width / 2, cats, rotation=30 if key == "by_action" else 0,
-                      ha="right" if key == "by_action" else "center", fontsize=8)
+            ax.bar(
+                x + i * width,
+                [profiles[n][key][c] for c in cats],
+                width,
+                label=f"{n} ({profiles[n]['contacts_per_customer']:.2f}/customer)",
+            )
+        ax.set_xticks(
+            x + 0.4 - width / 2,
+            cats,
+            rotation=30 if key == "by_action" else 0,
+            ha="right" if key == "by_action" else "center",
+            fontsize=8,
+        )
         ax.set_title(f"share of contacts by {title}", fontsize=10)
     axes[0].legend(fontsize=8)
     fig.tight_layout()

@@ -1,6 +1,7 @@
 """Ray for clv-engine's parallel work (scenario cells, bootstrap resamples): one place that starts a
 local Ray or joins the user's cluster, keeps stdout clean for `--json`, and stops what it started.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -10,8 +11,9 @@ from typing import Any, Callable, Iterator
 
 
 @contextlib.contextmanager
-def ray_session(workers: int | None = None, address: str | None = None,
-                timings: dict[str, float] | None = None) -> Iterator[int]:
+def ray_session(
+    workers: int | None = None, address: str | None = None, timings: dict[str, float] | None = None
+) -> Iterator[int]:
     """Yield the number of CPUs tasks can use while Ray runs.
 
     Joins the cluster at `address` when given; otherwise starts a NEW local Ray with `workers`
@@ -21,6 +23,7 @@ def ray_session(workers: int | None = None, address: str | None = None,
     keeps the one JSON document of a `--json` command. `timings` receives ray_init_seconds and
     ray_shutdown_seconds."""
     import ray
+
     with contextlib.redirect_stdout(sys.stderr):
         started = False
         t0 = time.perf_counter()
@@ -56,9 +59,11 @@ class RayExecutor:
     def __init__(self, workers: int | None = None, address: str | None = None, max_retries: int = 3):
         self.workers, self.address, self.max_retries = workers, address, max_retries
 
-    def map(self, fn: Callable[..., Any], shared: tuple, calls: list[tuple],
-            progress: Callable[[int], None] | None = None) -> list[Any]:
+    def map(
+        self, fn: Callable[..., Any], shared: tuple, calls: list[tuple], progress: Callable[[int], None] | None = None
+    ) -> list[Any]:
         import ray
+
         with ray_session(self.workers, self.address):
             task = ray.remote(num_cpus=1, max_retries=self.max_retries)(fn)
             shared_refs = [ray.put(x) for x in shared]

@@ -23,6 +23,7 @@ A run config is YAML; paths are relative to the file's folder. Every key but `ca
 sections: `--set policy.steps=20000`, `--set evaluation.seeds=2`). Every problem is one
 ConfigError line naming the file and the key, e.g. "run.yaml: budgets[1]: expected a number >= 0".
 """
+
 from __future__ import annotations
 
 import json
@@ -35,14 +36,38 @@ from policies.rl import ALGOS
 from sim.datasets import NAMES as DATASETS
 from sim.world import ACTIVITY_MODELS
 
+from .config import (
+    CONSTRAINT_KEYS,
+    apply_sets,
+    check_mapping,
+    constraint_texts,
+    fail,
+    list_value,
+    non_negative_number,
+    read_date,
+    read_yaml,
+    whole_number,
+)
 from .ope import DEFAULT_ESTIMATORS, ONE_STEP
 from .ope.models import REWARD_MODELS
 
-from .config import (CONSTRAINT_KEYS, apply_sets, check_mapping, constraint_texts, fail, list_value,
-                     non_negative_number, read_date, read_yaml, whole_number)
-
-KEYS = ("name", "history", "calibration_end", "holdout_end", "seed", "calibration", "validation", "policy",
-        "compare", "values", "budgets", "budget", "constraints", "evaluation", "ope")
+KEYS = (
+    "name",
+    "history",
+    "calibration_end",
+    "holdout_end",
+    "seed",
+    "calibration",
+    "validation",
+    "policy",
+    "compare",
+    "values",
+    "budgets",
+    "budget",
+    "constraints",
+    "evaluation",
+    "ope",
+)
 HISTORY_KEYS = ("path", "dataset", "generate")
 GENERATE_KEYS = ("customers", "weeks", "seed", "start", "decision_every")
 CALIBRATION_KEYS = ("segment_by", "segments", "activity_model")
@@ -58,15 +83,15 @@ class RunConfig:
 
     name: str
     file: str
-    history: dict[str, Any]              # {"path": abs folder} | {"dataset": name} | {"generate": {...}}
+    history: dict[str, Any]  # {"path": abs folder} | {"dataset": name} | {"generate": {...}}
     calibration_end: str
     holdout_end: str | None
     seed: int
     calibration: dict[str, Any]
     validation_replications: int
-    policy: dict[str, Any]               # {"train": {algo, steps, seed, set}} | {"spec": baseline name or folder}
+    policy: dict[str, Any]  # {"train": {algo, steps, seed, set}} | {"spec": baseline name or folder}
     compare: tuple[str, ...]
-    values_source: str                   # policy: smoothed advantages (default) | sim: raw simulated means
+    values_source: str  # policy: smoothed advantages (default) | sim: raw simulated means
     values_horizon: int
     values_replications: int
     budgets: tuple[float, ...]
@@ -74,7 +99,7 @@ class RunConfig:
     constraints: dict[str, tuple[str, ...]]
     evaluation_seeds: int
     evaluation_horizon: int
-    ope: dict[str, Any] | None           # None: `ope: null`, no offline evaluation
+    ope: dict[str, Any] | None  # None: `ope: null`, no offline evaluation
     overrides: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -117,29 +142,40 @@ def load_run_config(path: str | Path, sets: dict[str, Any] | None = None) -> Run
         fail(file, "name", f"expected a non-empty text, got {name!r}")
 
     # where the history comes from
-    hist = check_mapping(file, "history", doc.get("history"), HISTORY_KEYS,
-                    "expected one of {path: FOLDER}, {dataset: bank} or {generate: {customers: N, ...}}")
+    hist = check_mapping(
+        file,
+        "history",
+        doc.get("history"),
+        HISTORY_KEYS,
+        "expected one of {path: FOLDER}, {dataset: bank} or {generate: {customers: N, ...}}",
+    )
     given = [k for k in HISTORY_KEYS if hist.get(k) is not None]
     if len(given) != 1:
         fail(file, "history", "give exactly one of path, dataset or generate")
     if "path" in given:
         folder = (base / str(hist["path"])).resolve()
         if not folder.is_dir():
-            fail(file, "history.path", f"{hist['path']}: history folder not found (paths are relative to "
-                                        f"{base})")
+            fail(file, "history.path", f"{hist['path']}: history folder not found (paths are relative to {base})")
         history: dict[str, Any] = {"path": str(folder)}
     elif "dataset" in given:
         if hist["dataset"] not in DATASETS:
             fail(file, "history.dataset", f"unknown dataset {hist['dataset']!r}; bundled: {', '.join(DATASETS)}")
         history = {"dataset": hist["dataset"]}
     else:
-        g = check_mapping(file, "history.generate", hist["generate"], GENERATE_KEYS,
-                     "expected a mapping, e.g. {customers: 6000, weeks: 156, seed: 7}")
-        gen = {"customers": whole_number(file, "history.generate.customers", g.get("customers", 6000), 10),
-               "weeks": whole_number(file, "history.generate.weeks", g.get("weeks", 156), 20),
-               "seed": whole_number(file, "history.generate.seed", g.get("seed", 7), 0),
-               "start": _date(file, "history.generate.start", g.get("start", "2022-01-03"), True),
-               "decision_every": whole_number(file, "history.generate.decision_every", g.get("decision_every", 4), 1)}
+        g = check_mapping(
+            file,
+            "history.generate",
+            hist["generate"],
+            GENERATE_KEYS,
+            "expected a mapping, e.g. {customers: 6000, weeks: 156, seed: 7}",
+        )
+        gen = {
+            "customers": whole_number(file, "history.generate.customers", g.get("customers", 6000), 10),
+            "weeks": whole_number(file, "history.generate.weeks", g.get("weeks", 156), 20),
+            "seed": whole_number(file, "history.generate.seed", g.get("seed", 7), 0),
+            "start": _date(file, "history.generate.start", g.get("start", "2022-01-03"), True),
+            "decision_every": whole_number(file, "history.generate.decision_every", g.get("decision_every", 4), 1),
+        }
         history = {"generate": gen}
 
     ce = _date(file, "calibration_end", doc.get("calibration_end"), True)
@@ -148,18 +184,27 @@ def load_run_config(path: str | Path, sets: dict[str, Any] | None = None) -> Run
         fail(file, "holdout_end", f"{he} must be after calibration_end {ce}")
     seed = whole_number(file, "seed", doc.get("seed", 0), 0)
 
-    cal = check_mapping(file, "calibration", doc.get("calibration") or {}, CALIBRATION_KEYS,
-                   "expected a mapping {segment_by: COLUMN, segments: K, activity_model: pareto_nbd}")
+    cal = check_mapping(
+        file,
+        "calibration",
+        doc.get("calibration") or {},
+        CALIBRATION_KEYS,
+        "expected a mapping {segment_by: COLUMN, segments: K, activity_model: pareto_nbd}",
+    )
     activity = cal.get("activity_model", "pareto_nbd")
     if activity not in ACTIVITY_MODELS:
         fail(file, "calibration.activity_model", f"expected {' or '.join(ACTIVITY_MODELS)}, got {activity!r}")
     seg_by = cal.get("segment_by")
     if seg_by is not None and not isinstance(seg_by, str):
         fail(file, "calibration.segment_by", f"expected a customers column name, got {seg_by!r}")
-    calibration = {"segment_by": seg_by, "segments": whole_number(file, "calibration.segments", cal.get("segments", 4), 1),
-                   "activity_model": activity}
-    val = check_mapping(file, "validation", doc.get("validation") or {}, ("replications",),
-                   "expected a mapping {replications: N}")
+    calibration = {
+        "segment_by": seg_by,
+        "segments": whole_number(file, "calibration.segments", cal.get("segments", 4), 1),
+        "activity_model": activity,
+    }
+    val = check_mapping(
+        file, "validation", doc.get("validation") or {}, ("replications",), "expected a mapping {replications: N}"
+    )
     val_reps = whole_number(file, "validation.replications", val.get("replications", 16), 1)
 
     # the policy that acts after the plan's first period
@@ -170,23 +215,44 @@ def load_run_config(path: str | Path, sets: dict[str, Any] | None = None) -> Run
         elif (base / pol_raw).is_dir():
             policy = {"spec": str((base / pol_raw).resolve())}
         else:
-            fail(file, "policy", f"unknown policy {pol_raw!r}; give a baseline ({', '.join(BASELINE_NAMES)}), a folder "
-                                  "written by `clv train`, or {algo: maskable_ppo, steps: N} to train one")
+            fail(
+                file,
+                "policy",
+                f"unknown policy {pol_raw!r}; give a baseline ({', '.join(BASELINE_NAMES)}), a folder "
+                "written by `clv train`, or {algo: maskable_ppo, steps: N} to train one",
+            )
     else:
-        p = check_mapping(file, "policy", pol_raw, POLICY_KEYS, "expected a baseline name, a `clv train` folder or "
-                                                           "{algo: maskable_ppo, steps: N}")
+        p = check_mapping(
+            file,
+            "policy",
+            pol_raw,
+            POLICY_KEYS,
+            "expected a baseline name, a `clv train` folder or {algo: maskable_ppo, steps: N}",
+        )
         algo = p.get("algo", "maskable_ppo")
         if algo not in ALGOS:
             fail(file, "policy.algo", f"unknown algorithm {algo!r}; choose {', '.join(ALGOS)}")
         from policies.rl import DEFAULT_STEPS, hyperparameters
-        overrides = check_mapping(file, "policy.set", p.get("set") or {}, _hyperparameter_names(algo),
-                             "expected a mapping of hyperparameters, e.g. {n_envs: 256}")
+
+        overrides = check_mapping(
+            file,
+            "policy.set",
+            p.get("set") or {},
+            _hyperparameter_names(algo),
+            "expected a mapping of hyperparameters, e.g. {n_envs: 256}",
+        )
         try:
             hyperparameters(algo, overrides)
         except ValueError as e:
             fail(file, "policy.set", str(e))
-        policy = {"train": {"algo": algo, "steps": whole_number(file, "policy.steps", p.get("steps", DEFAULT_STEPS[algo]), 1),
-                            "seed": whole_number(file, "policy.seed", p.get("seed", seed), 0), "set": dict(overrides)}}
+        policy = {
+            "train": {
+                "algo": algo,
+                "steps": whole_number(file, "policy.steps", p.get("steps", DEFAULT_STEPS[algo]), 1),
+                "seed": whole_number(file, "policy.seed", p.get("seed", seed), 0),
+                "set": dict(overrides),
+            }
+        }
     compare = []
     for i, c in enumerate(list_value(file, "compare", doc.get("compare", ["bau"]))):
         if c not in BASELINE_NAMES:
@@ -196,38 +262,60 @@ def load_run_config(path: str | Path, sets: dict[str, Any] | None = None) -> Run
         compare.append(c)
 
     from optimizer.value_sources import DEFAULT_HORIZON, DEFAULT_REPLICATIONS
-    vals = check_mapping(file, "values", doc.get("values") or {}, VALUES_KEYS, "expected a mapping {source: policy, "
-                                                                          "horizon: N, replications: N}")
+
+    vals = check_mapping(
+        file,
+        "values",
+        doc.get("values") or {},
+        VALUES_KEYS,
+        "expected a mapping {source: policy, horizon: N, replications: N}",
+    )
     vsource = vals.get("source", "policy")
     if vsource not in ("policy", "sim"):
-        fail(file, "values.source", f"expected policy (smoothed advantages) or sim (raw simulated means), got "
-                                     f"{vsource!r}")
+        fail(
+            file,
+            "values.source",
+            f"expected policy (smoothed advantages) or sim (raw simulated means), got {vsource!r}",
+        )
     vh = whole_number(file, "values.horizon", vals.get("horizon", DEFAULT_HORIZON), 1)
     vr = whole_number(file, "values.replications", vals.get("replications", DEFAULT_REPLICATIONS), 1)
 
     if "budgets" not in doc:
         fail(file, "budgets", "missing; give the budgets of the frontier, e.g. [500, 1000, 2000]")
-    budgets = [non_negative_number(file, f"budgets[{i}]", b)
-               for i, b in enumerate(list_value(file, "budgets", doc["budgets"], allow_empty=False))]
+    budgets = [
+        non_negative_number(file, f"budgets[{i}]", b)
+        for i, b in enumerate(list_value(file, "budgets", doc["budgets"], allow_empty=False))
+    ]
     if len(set(budgets)) != len(budgets):
         fail(file, "budgets", "a budget is given twice")
     if doc.get("budget") is None:
         fail(file, "budget", "missing; give the budget of the plan to write and evaluate, e.g. 2000")
     budget = non_negative_number(file, "budget", doc["budget"])
 
-    cons_raw = check_mapping(file, "constraints", doc.get("constraints") or {}, CONSTRAINT_KEYS,
-                        "expected a mapping with capacity, min_coverage, max_share")
+    cons_raw = check_mapping(
+        file,
+        "constraints",
+        doc.get("constraints") or {},
+        CONSTRAINT_KEYS,
+        "expected a mapping with capacity, min_coverage, max_share",
+    )
     constraints = constraint_texts(file, cons_raw)
 
-    ev = check_mapping(file, "evaluation", doc.get("evaluation") or {}, EVALUATION_KEYS,
-                  "expected a mapping {seeds: N, horizon: N}")
+    ev = check_mapping(
+        file, "evaluation", doc.get("evaluation") or {}, EVALUATION_KEYS, "expected a mapping {seeds: N, horizon: N}"
+    )
     ev_seeds = whole_number(file, "evaluation.seeds", ev.get("seeds", 5), 2)
     ev_horizon = whole_number(file, "evaluation.horizon", ev.get("horizon", vh), 1)
 
     ope: dict[str, Any] | None = None
     if doc.get("ope", {}) is not None:
-        o = check_mapping(file, "ope", doc.get("ope") or {}, OPE_KEYS, "expected a mapping, e.g. {estimators: [dm, dr], "
-                                                                  "bootstrap: 500}, or null to skip")
+        o = check_mapping(
+            file,
+            "ope",
+            doc.get("ope") or {},
+            OPE_KEYS,
+            "expected a mapping, e.g. {estimators: [dm, dr], bootstrap: 500}, or null to skip",
+        )
         est = o.get("estimators", list(DEFAULT_ESTIMATORS))
         est = list_value(file, "ope.estimators", est, allow_empty=False)
         for i, e in enumerate(est):
@@ -242,23 +330,49 @@ def load_run_config(path: str | Path, sets: dict[str, Any] | None = None) -> Run
         alpha = o.get("alpha", 0.05)
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
             fail(file, "ope.alpha", f"expected a number between 0 and 1, got {alpha!r}")
-        ope = {"estimators": list(dict.fromkeys(est)), "bootstrap": whole_number(file, "ope.bootstrap", o.get("bootstrap", 500), 10),
-               "reward_model": rm, "folds": whole_number(file, "ope.folds", o.get("folds", 5), 2), "clip": clip,
-               "alpha": float(alpha)}
+        ope = {
+            "estimators": list(dict.fromkeys(est)),
+            "bootstrap": whole_number(file, "ope.bootstrap", o.get("bootstrap", 500), 10),
+            "reward_model": rm,
+            "folds": whole_number(file, "ope.folds", o.get("folds", 5), 2),
+            "clip": clip,
+            "alpha": float(alpha),
+        }
         if he is None:
-            fail(file, "ope", "offline evaluation judges the plan on the logged decisions of the holdout: give "
-                               "holdout_end, or set ope: null")
+            fail(
+                file,
+                "ope",
+                "offline evaluation judges the plan on the logged decisions of the holdout: give "
+                "holdout_end, or set ope: null",
+            )
 
-    return RunConfig(name=name.strip(), file=str(path.resolve()), history=history, calibration_end=ce,
-                     holdout_end=he, seed=seed, calibration=calibration, validation_replications=val_reps,
-                     policy=policy, compare=tuple(compare), values_source=vsource, values_horizon=vh, values_replications=vr,
-                     budgets=tuple(sorted(budgets)), budget=budget, constraints=constraints,
-                     evaluation_seeds=ev_seeds, evaluation_horizon=ev_horizon, ope=ope,
-                     overrides=json.loads(json.dumps(sets or {}, default=str)))   # YAML dates as text
+    return RunConfig(
+        name=name.strip(),
+        file=str(path.resolve()),
+        history=history,
+        calibration_end=ce,
+        holdout_end=he,
+        seed=seed,
+        calibration=calibration,
+        validation_replications=val_reps,
+        policy=policy,
+        compare=tuple(compare),
+        values_source=vsource,
+        values_horizon=vh,
+        values_replications=vr,
+        budgets=tuple(sorted(budgets)),
+        budget=budget,
+        constraints=constraints,
+        evaluation_seeds=ev_seeds,
+        evaluation_horizon=ev_horizon,
+        ope=ope,
+        overrides=json.loads(json.dumps(sets or {}, default=str)),
+    )  # YAML dates as text
 
 
 def _hyperparameter_names(algo: str) -> tuple[str, ...]:
     from policies.rl import hyperparameters
+
     return tuple(hyperparameters(algo, {}))
 
 

@@ -11,6 +11,7 @@ every limit), so a problem is infeasible in one of two ways:
    budget is the optimum of "minimise spend subject to every other constraint", solved with the
    same machinery as the allocation itself.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,13 +29,17 @@ from .values import ValueTable
 @dataclass
 class Diagnosis:
     feasible: bool
-    conflicts: list[str] = field(default_factory=list)      # constraint names, e.g. "min-coverage segment:small"
+    conflicts: list[str] = field(default_factory=list)  # constraint names, e.g. "min-coverage segment:small"
     message: str = ""
-    smallest_budget: float | None = None                    # None: no budget would do (or no budget row)
+    smallest_budget: float | None = None  # None: no budget would do (or no budget row)
 
     def to_dict(self) -> dict:
-        return {"feasible": self.feasible, "conflicts": self.conflicts, "message": self.message,
-                "smallest_budget": self.smallest_budget}
+        return {
+            "feasible": self.feasible,
+            "conflicts": self.conflicts,
+            "message": self.message,
+            "smallest_budget": self.smallest_budget,
+        }
 
 
 class InfeasibleError(ClvError):
@@ -52,10 +57,10 @@ def _count_lp_feasible(problem: AllocationProblem, keep: list[int]) -> bool:
     """Exact feasibility of the count rows in `keep` (capacity and min-coverage), by an LP over
     groups of interchangeable customers."""
     from ortools.linear_solver.python import model_builder as mb
+
     t = problem.table
     pattern = np.packbits(t.eligible, axis=1, bitorder="little")
-    key = np.concatenate([t.segment[:, None].astype(np.int64),
-                          pattern.astype(np.int64)], axis=1)
+    key = np.concatenate([t.segment[:, None].astype(np.int64), pattern.astype(np.int64)], axis=1)
     groups, inv = np.unique(key, axis=0, return_inverse=True)
     inv = inv.ravel()
     size = np.bincount(inv, weights=t.count, minlength=len(groups))
@@ -95,8 +100,10 @@ def _describe(problem: AllocationProblem, ks: list[int]) -> str:
         if c.kind == "min-coverage":
             s = t.segments.index(c.key)
             reach = int(t.count[(t.segment == s) & t.eligible.any(axis=1)].sum())
-            parts.append(f"{c.spec} needs {int(-problem.b[k]):,} of {int(sizes[s]):,} customers "
-                         f"({reach:,} eligible for any action)")
+            parts.append(
+                f"{c.spec} needs {int(-problem.b[k]):,} of {int(sizes[s]):,} customers "
+                f"({reach:,} eligible for any action)"
+            )
         else:
             parts.append(c.spec)
     return "; ".join(parts)
@@ -105,8 +112,10 @@ def _describe(problem: AllocationProblem, ks: list[int]) -> str:
 def _forcing_and_count_rows(problem: AllocationProblem) -> tuple[list[int], list[int]]:
     """(min-coverage rows that ask for at least one customer, all capacity and coverage rows)."""
     cons = problem.constraints
-    return ([k for k, c in enumerate(cons) if c.kind == "min-coverage" and problem.b[k] < 0],
-            [k for k, c in enumerate(cons) if c.kind in COUNT_KINDS])
+    return (
+        [k for k, c in enumerate(cons) if c.kind == "min-coverage" and problem.b[k] < 0],
+        [k for k, c in enumerate(cons) if c.kind in COUNT_KINDS],
+    )
 
 
 def quick_check(problem: AllocationProblem) -> bool:
@@ -130,7 +139,7 @@ def quick_check(problem: AllocationProblem) -> bool:
         order = rows[np.argsort(cheapest[rows], kind="stable")]
         cum = np.cumsum(t.count[order])
         m = int(np.searchsorted(cum, -problem.b[k])) + 1
-        units = np.minimum(t.count[order[:m]], np.maximum(-problem.b[k] - np.concatenate([[0], cum[:m - 1]]), 0))
+        units = np.minimum(t.count[order[:m]], np.maximum(-problem.b[k] - np.concatenate([[0], cum[: m - 1]]), 0))
         need += float((units * cheapest[order[:m]]).sum())
     return need <= cons[kb].limit * (1 + 1e-9) + 1e-9
 
@@ -145,13 +154,19 @@ def diagnose(problem: AllocationProblem, min_budget_solver=None) -> Diagnosis:
         return Diagnosis(True)
     if not _count_lp_feasible(problem, counts):
         conflict = list(counts)
-        for k in list(conflict):                       # deletion filter
+        for k in list(conflict):  # deletion filter
             trial = [x for x in conflict if x != k]
             if not _count_lp_feasible(problem, trial):
                 conflict = trial
         names = [cons[k].name for k in conflict]
-        return Diagnosis(False, names, "no budget would do: " + _describe(problem, conflict)
-                         + (" (beyond what eligibility allows)" if len(conflict) == 1 else " cannot all hold"), None)
+        return Diagnosis(
+            False,
+            names,
+            "no budget would do: "
+            + _describe(problem, conflict)
+            + (" (beyond what eligibility allows)" if len(conflict) == 1 else " cannot all hold"),
+            None,
+        )
     kb = problem.budget_index()
     # money: minimise spend under every constraint except the budget
     others = [k for k in range(problem.K) if k != kb]
@@ -162,15 +177,23 @@ def diagnose(problem: AllocationProblem, min_budget_solver=None) -> Diagnosis:
     if not ok:
         share = [k for k in others if cons[k].kind == "max-share"]
         names = [cons[k].name for k in cov + share]
-        return Diagnosis(False, names, "the spend shares cannot hold together with coverage: "
-                         + _describe(problem, cov + share), None)
+        return Diagnosis(
+            False,
+            names,
+            "the spend shares cannot hold together with coverage: " + _describe(problem, cov + share),
+            None,
+        )
     if kb is not None and spend > cons[kb].limit * (1 + 1e-9) + 1e-9:
         budget = cons[kb].limit
         smallest = math.ceil(spend * 100) / 100
-        return Diagnosis(False, [cons[kb].name] + [cons[k].name for k in cov],
-                         f"--budget {budget:g} is too small for " + _describe(problem, cov)
-                         + f"; the smallest budget that would do is {smallest:,.2f}",
-                         smallest)
+        return Diagnosis(
+            False,
+            [cons[kb].name] + [cons[k].name for k in cov],
+            f"--budget {budget:g} is too small for "
+            + _describe(problem, cov)
+            + f"; the smallest budget that would do is {smallest:,.2f}",
+            smallest,
+        )
     return Diagnosis(True, smallest_budget=spend)
 
 
@@ -178,9 +201,19 @@ def min_spend(problem: AllocationProblem) -> tuple[float, bool]:
     """Smallest spend meeting every constraint of `problem` (the budget diagnosis): the plan that
     maximises -cost, by the engine `auto` picks."""
     t = problem.table
-    neg = ValueTable(ids=t.ids, segment=t.segment, segments=t.segments, actions=t.actions, channels=t.channels,
-                     action_channel=t.action_channel, value=-t.cost, cost=t.cost, eligible=t.eligible,
-                     count=t.count, source=t.source)
+    neg = ValueTable(
+        ids=t.ids,
+        segment=t.segment,
+        segments=t.segments,
+        actions=t.actions,
+        channels=t.channels,
+        action_channel=t.action_channel,
+        value=-t.cost,
+        cost=t.cost,
+        eligible=t.eligible,
+        count=t.count,
+        source=t.source,
+    )
     spend_problem = AllocationProblem(neg, problem.constraints)
     try:
         a = solve(spend_problem, choose_method(spend_problem, "auto"))

@@ -6,6 +6,7 @@ so a few hundred thousand variables cost seconds, not Python loops. Variables ar
 (row, action) options; rows are "at most `count` per row" plus the K coupling constraints of
 `optimizer.problem`.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,11 +27,11 @@ MIP_SOLVERS = ("CP_SAT", "SCIP", "HIGHS")
 
 @dataclass
 class ExactResult:
-    status: str                 # "optimal" | "feasible" | "infeasible" | "not_solved"
+    status: str  # "optimal" | "feasible" | "infeasible" | "not_solved"
     objective: float
     bound: float
-    units: np.ndarray           # (n_options,) customers of row i taking action j (option order)
-    duals: np.ndarray | None    # (K,) multipliers >= 0 of the coupling constraints (LP only)
+    units: np.ndarray  # (n_options,) customers of row i taking action j (option order)
+    duals: np.ndarray | None  # (K,) multipliers >= 0 of the coupling constraints (LP only)
     seconds: float
     solver: str
     option_rows: np.ndarray
@@ -47,16 +48,23 @@ class ExactResult:
         return out
 
 
-def options_model(value: np.ndarray, coef: np.ndarray, option_rows: np.ndarray, row_count: np.ndarray,
-                  b: np.ndarray, integer: bool):
+def options_model(
+    value: np.ndarray, coef: np.ndarray, option_rows: np.ndarray, row_count: np.ndarray, b: np.ndarray, integer: bool
+):
     """An OR-Tools model_builder model over options (one variable each, 0..row_count of its row):
     maximise value . x subject to sum of each row's options <= row_count[row] and coef @ x <= b."""
     import scipy.sparse as sp
     from ortools.linear_solver.python import model_builder as mb
+
     m, n_rows = len(value), len(row_count)
     counts = row_count.astype(np.float64)
-    A = sp.vstack([sp.csr_matrix((np.ones(m), (option_rows, np.arange(m))), shape=(n_rows, m)),
-                   sp.csr_matrix(np.where(np.abs(coef) < 1e-15, 0.0, coef))], format="csr")
+    A = sp.vstack(
+        [
+            sp.csr_matrix((np.ones(m), (option_rows, np.arange(m))), shape=(n_rows, m)),
+            sp.csr_matrix(np.where(np.abs(coef) < 1e-15, 0.0, coef)),
+        ],
+        format="csr",
+    )
     lo = np.concatenate([np.zeros(n_rows), np.full(len(b), -np.inf)])
     hi = np.concatenate([counts, b])
     model = mb.Model()
@@ -73,19 +81,20 @@ def build_model(problem: AllocationProblem, integer: bool):
     t = problem.table
     rows, acts = np.nonzero(t.eligible)
     seg = t.segment[rows]
-    coef = problem.P[:, seg, acts] + problem.Q[:, seg] * t.cost[rows, acts][None, :]   # (K, n_opt)
+    coef = problem.P[:, seg, acts] + problem.Q[:, seg] * t.cost[rows, acts][None, :]  # (K, n_opt)
     return options_model(t.value[rows, acts], coef, rows, t.count, problem.b, integer), rows, acts
 
 
 def _run(model, solver: str, time_limit: float | None, params: str | None = None):
     """Solve with one OR-Tools backend, native output kept off stdout; returns the solver helper."""
     from ortools.linear_solver.python import model_builder_helper as mbh
+
     h = mbh.ModelSolverHelper(solver)
     if time_limit:
         h.set_time_limit_in_seconds(float(time_limit))
     if params:
         h.set_solver_specific_parameters(params)
-    with _stdout_to_stderr():     # HiGHS prints a banner on stdout; keep stdout for --json
+    with _stdout_to_stderr():  # HiGHS prints a banner on stdout; keep stdout for --json
         h.solve(model.helper)
     return h
 
@@ -104,8 +113,13 @@ def _stdout_to_stderr():
         os.close(saved)
 
 
-def solve_exact(problem: AllocationProblem, solver: str = "CP_SAT", time_limit: float | None = None,
-                threads: int | None = None, hint: np.ndarray | None = None) -> ExactResult:
+def solve_exact(
+    problem: AllocationProblem,
+    solver: str = "CP_SAT",
+    time_limit: float | None = None,
+    threads: int | None = None,
+    hint: np.ndarray | None = None,
+) -> ExactResult:
     """Solve with one OR-Tools backend: an LP solver gives the relaxation (fractional units and
     duals), a MIP solver the integer plan and its proven bound. `hint` (units per option) gives
     the MIP a starting plan."""
@@ -117,7 +131,7 @@ def solve_exact(problem: AllocationProblem, solver: str = "CP_SAT", time_limit: 
     model, rows, acts = build_model(problem, integer)
     if hint is not None and integer:
         # a starting plan (units per option, in option order): the MIP starts from its value
-        for v, x in enumerate(hint.tolist()):     # a complete solution: solvers may drop partial ones
+        for v, x in enumerate(hint.tolist()):  # a complete solution: solvers may drop partial ones
             model.helper.add_hint(v, x)
     params = None
     if solver == "CP_SAT":
@@ -130,20 +144,36 @@ def solve_exact(problem: AllocationProblem, solver: str = "CP_SAT", time_limit: 
     name = {0: "optimal", 1: "feasible", 2: "infeasible"}.get(int(status), "not_solved")
     secs = time.perf_counter() - t0
     if not h.has_solution():
-        return ExactResult(name if name == "infeasible" else "not_solved", float("nan"), float("nan"),
-                           np.zeros(len(rows)), None, secs, solver, rows, acts)
+        return ExactResult(
+            name if name == "infeasible" else "not_solved",
+            float("nan"),
+            float("nan"),
+            np.zeros(len(rows)),
+            None,
+            secs,
+            solver,
+            rows,
+            acts,
+        )
     x = np.asarray(h.variable_values())
     obj = float(h.objective_value())
     bound = float(h.best_objective_bound()) if integer else obj
     duals = None
     if not integer:
-        d = np.asarray(h.dual_values())[problem.table.n:]
-        duals = np.maximum(d, 0.0)    # maximisation with <= rows: dual >= 0 (clip solver noise)
+        d = np.asarray(h.dual_values())[problem.table.n :]
+        duals = np.maximum(d, 0.0)  # maximisation with <= rows: dual >= 0 (clip solver noise)
     return ExactResult(name, obj, bound, x, duals, secs, solver, rows, acts)
 
 
-def solve_subproblem(value: np.ndarray, coef: np.ndarray, option_rows: np.ndarray, row_count: np.ndarray,
-                     b: np.ndarray, solver: str = "SCIP", time_limit: float | None = 30.0) -> np.ndarray | None:
+def solve_subproblem(
+    value: np.ndarray,
+    coef: np.ndarray,
+    option_rows: np.ndarray,
+    row_count: np.ndarray,
+    b: np.ndarray,
+    solver: str = "SCIP",
+    time_limit: float | None = 30.0,
+) -> np.ndarray | None:
     """A small integer problem given as options directly: maximise value . x subject to
     sum over each row's options <= row_count[row], coef @ x <= b, 0 <= x <= row_count[row]
     (integer). Used by the Lagrangian engine to re-solve the customers at the margin exactly.

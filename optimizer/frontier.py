@@ -1,5 +1,6 @@
 """Efficient frontier: the best plan's value for each budget, the marginal value of a unit of
 budget and every shadow price, each solve warm-started from the previous budget's multipliers."""
+
 from __future__ import annotations
 
 import time
@@ -13,13 +14,18 @@ from .allocate import allocate, choose_method
 from .diagnose import InfeasibleError, diagnose
 from .problem import AllocationProblem, budget_constraint
 
-
-DUAL_TOL = 1e-5   # relative accuracy of each budget's dual solve; the certified gap is reported anyway
+DUAL_TOL = 1e-5  # relative accuracy of each budget's dual solve; the certified gap is reported anyway
 GAP_TARGET = 5e-4  # a budget whose certified gap is above this gets a tighter dual solve
 
 
-def frontier(problem: AllocationProblem, budgets: list[float], method: str = "auto", solver: str = "SCIP",
-             time_limit: float | None = None, progress: Callable[[int], None] | None = None) -> dict:
+def frontier(
+    problem: AllocationProblem,
+    budgets: list[float],
+    method: str = "auto",
+    solver: str = "SCIP",
+    time_limit: float | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict:
     """One point per budget (ascending). `problem` holds the other constraints; a budget row is
     added (or its limit replaced). Budgets below what coverage needs are reported as infeasible."""
     if not budgets:
@@ -36,6 +42,7 @@ def frontier(problem: AllocationProblem, budgets: list[float], method: str = "au
     engine = None
     if method == "lagrangian":
         from .lagrangian import DualEngine
+
         engine = DualEngine(problem)
     # the smallest budget that coverage needs: one diagnosis for the whole sweep
     diag = diagnose(problem.with_limit(kb, float(np.finfo(float).max) / 4))
@@ -46,9 +53,19 @@ def frontier(problem: AllocationProblem, budgets: list[float], method: str = "au
     for i, b in enumerate(budgets):
         p = problem.with_limit(kb, b)
         if b < need * (1 - 1e-9) - 1e-9:
-            points.append({"budget": b, "status": "infeasible", "objective": None, "bound": None, "gap": None,
-                           "spend": None, "marginal_value": None, "shadow_prices": None,
-                           "message": f"below the smallest budget that the constraints need ({need:,.2f})"})
+            points.append(
+                {
+                    "budget": b,
+                    "status": "infeasible",
+                    "objective": None,
+                    "bound": None,
+                    "gap": None,
+                    "spend": None,
+                    "marginal_value": None,
+                    "shadow_prices": None,
+                    "message": f"below the smallest budget that the constraints need ({need:,.2f})",
+                }
+            )
             if progress:
                 progress(i + 1)
             continue
@@ -56,32 +73,60 @@ def frontier(problem: AllocationProblem, budgets: list[float], method: str = "au
         try:
             if engine is not None:
                 from .lagrangian import solve_lagrangian
+
                 engine.p = p
                 r = solve_lagrangian(p, lam0=lam, engine=engine, tol=DUAL_TOL)
-                if r.feasible and r.gap > GAP_TARGET:   # tighten this budget's dual (its cuts are kept)
+                if r.feasible and r.gap > GAP_TARGET:  # tighten this budget's dual (its cuts are kept)
                     r = solve_lagrangian(p, lam0=r.multipliers, engine=engine, tol=DUAL_TOL / 100)
                 if not r.feasible:
                     raise InfeasibleError(diagnose(p), p.table.source)
                 lam = r.multipliers
                 counts, seg_spend = p.plan_counts(r.choice)
-                point = {"budget": b, "status": "optimal" if r.gap <= 1e-9 else "feasible", "objective": r.objective,
-                         "bound": r.bound, "gap": r.gap, "spend": float(seg_spend.sum()),
-                         "assigned_customers": int(counts.sum()), "marginal_value": None,
-                         "budget_shadow_price": float(r.multipliers[kb]),
-                         "shadow_prices": p.shadow_prices(r.multipliers, seg_spend),
-                         "seconds": time.perf_counter() - s, "iterations": r.iterations}
+                point = {
+                    "budget": b,
+                    "status": "optimal" if r.gap <= 1e-9 else "feasible",
+                    "objective": r.objective,
+                    "bound": r.bound,
+                    "gap": r.gap,
+                    "spend": float(seg_spend.sum()),
+                    "assigned_customers": int(counts.sum()),
+                    "marginal_value": None,
+                    "budget_shadow_price": float(r.multipliers[kb]),
+                    "shadow_prices": p.shadow_prices(r.multipliers, seg_spend),
+                    "seconds": time.perf_counter() - s,
+                    "iterations": r.iterations,
+                }
             else:
                 a = allocate(p, method="exact", solver=solver, time_limit=time_limit, check=False)
                 summ = a.summary()
-                point = {"budget": b, "status": a.status, "objective": a.objective, "bound": a.bound, "gap": a.gap,
-                         "spend": summ["spend"], "assigned_customers": summ["assigned_customers"],
-                         "marginal_value": None, "budget_shadow_price": float(a.multipliers[kb]),
-                         "shadow_prices": summ["shadow_prices"], "seconds": time.perf_counter() - s,
-                         "iterations": a.iterations}
+                point = {
+                    "budget": b,
+                    "status": a.status,
+                    "objective": a.objective,
+                    "bound": a.bound,
+                    "gap": a.gap,
+                    "spend": summ["spend"],
+                    "assigned_customers": summ["assigned_customers"],
+                    "marginal_value": None,
+                    "budget_shadow_price": float(a.multipliers[kb]),
+                    "shadow_prices": summ["shadow_prices"],
+                    "seconds": time.perf_counter() - s,
+                    "iterations": a.iterations,
+                }
         except InfeasibleError as e:
-            points.append({"budget": b, "status": "infeasible", "objective": None, "bound": None, "gap": None,
-                           "spend": None, "marginal_value": None, "shadow_prices": None,
-                           "message": str(e.diagnosis.message)})
+            points.append(
+                {
+                    "budget": b,
+                    "status": "infeasible",
+                    "objective": None,
+                    "bound": None,
+                    "gap": None,
+                    "spend": None,
+                    "marginal_value": None,
+                    "shadow_prices": None,
+                    "message": str(e.diagnosis.message),
+                }
+            )
             if progress:
                 progress(i + 1)
             continue
@@ -91,16 +136,24 @@ def frontier(problem: AllocationProblem, budgets: list[float], method: str = "au
         prev = point
         if progress:
             progress(i + 1)
-    return {"budgets": budgets, "method": method, "smallest_budget": need, "points": points,
-            "seconds": time.perf_counter() - t0, "customers": int(problem.table.count.sum()),
-            "constraints": [c.name for k, c in enumerate(problem.constraints) if k != kb]}
+    return {
+        "budgets": budgets,
+        "method": method,
+        "smallest_budget": need,
+        "points": points,
+        "seconds": time.perf_counter() - t0,
+        "customers": int(problem.table.count.sum()),
+        "constraints": [c.name for k, c in enumerate(problem.constraints) if k != kb],
+    }
 
 
 def plot_frontier(doc: dict, path) -> None:
     """Value against budget, with the marginal value of budget (shadow price) beside it."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     pts = [p for p in doc["points"] if p["objective"] is not None]
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
     if pts:

@@ -1,6 +1,7 @@
 """Random value tables shaped like a bank's (segments, channels, per-action costs, sparse
 eligibility), for property tests and the 1M-customer benchmarks where a simulated table would
 take longer to build than to solve."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -40,6 +41,15 @@ def bank_like_table(n: int, seed: int = 0, n_actions: int = 10, eligibility: flo
     value = cust[:, None] * mean[None, :] + rng.standard_normal((n, J)) * sd[None, :] * 0.5
     cost = unit[None, :] * rng.uniform(0.9, 1.1, size=(n, J))
     eligible = rng.random((n, J)) < eligibility
-    return ValueTable(ids=np.char.add("C", np.arange(n).astype(str)), segment=seg, segments=segs, actions=names,
-                      channels=chans, action_channel=np.array([chans.index(BANK_LIKE_ACTIONS[a][0]) for a in names]),
-                      value=value, cost=cost, eligible=eligible, source=f"bank_like_table(n={n}, seed={seed})")
+    return ValueTable(
+        ids=np.char.add("C", np.arange(n).astype(str)),
+        segment=seg,
+        segments=segs,
+        actions=names,
+        channels=chans,
+        action_channel=np.array([chans.index(BANK_LIKE_ACTIONS[a][0]) for a in names]),
+        value=value,
+        cost=cost,
+        eligible=eligible,
+        source=f"bank_like_table(n={n}, seed={seed})",
+    )

@@ -17,6 +17,7 @@ Method (Everett 1963; Fisher 1981 for the bound; Marsten et al. 1975 "boxstep" f
    a greedy fill spends whatever slack is left on the best remaining moves.
 4. Certificate: gap = (L(lam_best) - objective(plan)) / |L(lam_best)|, both exact numbers.
 """
+
 from __future__ import annotations
 
 import time
@@ -30,17 +31,17 @@ from .problem import AllocationProblem
 
 @dataclass
 class LagrangianResult:
-    choice: np.ndarray          # (n,) action index per row, -1 = none
-    objective: float            # value of the integral plan
-    bound: float                # best dual bound L(lam)
-    gap: float                  # (bound - objective) / |bound|
-    multipliers: np.ndarray     # (K,) the multipliers that gave the bound
+    choice: np.ndarray  # (n,) action index per row, -1 = none
+    objective: float  # value of the integral plan
+    bound: float  # best dual bound L(lam)
+    gap: float  # (bound - objective) / |bound|
+    multipliers: np.ndarray  # (K,) the multipliers that gave the bound
     feasible: bool
     iterations: int
     evaluations: int
     seconds: float
     history: list[dict] = field(default_factory=list)
-    polished_rows: int = 0      # customers re-solved exactly because the greedy repair got stuck
+    polished_rows: int = 0  # customers re-solved exactly because the greedy repair got stuck
 
 
 class DualEngine:
@@ -67,6 +68,7 @@ class DualEngine:
         # pricing tasks: segment blocks cut into pieces, shared by the threads
         self.tasks = [(s, a, min(a + self.CHUNK, hi)) for s, lo, hi in self.blocks for a in range(lo, hi, self.CHUNK)]
         import os
+
         self.threads = max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1, 4))
         self._executor = None
         self._h_cuts: list = []
@@ -95,8 +97,9 @@ class DualEngine:
         """(lam . P as (S, J), lam . Q as (S,)): what one unit of each option costs per segment."""
         return np.tensordot(lam, self.p.P, axes=1), lam @ self.p.Q
 
-    def price_block(self, prices: tuple[np.ndarray, np.ndarray], task: tuple[int, int, int],
-                    out: np.ndarray | None = None) -> np.ndarray:
+    def price_block(
+        self, prices: tuple[np.ndarray, np.ndarray], task: tuple[int, int, int], out: np.ndarray | None = None
+    ) -> np.ndarray:
         """Priced values value - lam . a(i, j) of one task's rows (all in segment s); -inf where
         not eligible. Every caller prices through here, so all see the same numbers."""
         Pl, Ql = prices
@@ -148,6 +151,7 @@ class DualEngine:
     def _pool(self):
         if self._executor is None:
             from concurrent.futures import ThreadPoolExecutor
+
             self._executor = ThreadPoolExecutor(self.threads)
         return self._executor
 
@@ -169,8 +173,13 @@ class DualEngine:
         return float((self.w[rows] * self.V[rows, choice[rows]]).sum())
 
     # --- multipliers -------------------------------------------------------------------------
-    def solve_dual(self, lam0: np.ndarray | None = None, tol: float = 2e-7, max_iter: int = 200,
-                   progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, float, np.ndarray, list[dict]]:
+    def solve_dual(
+        self,
+        lam0: np.ndarray | None = None,
+        tol: float = 2e-7,
+        max_iter: int = 200,
+        progress: Callable[[int], None] | None = None,
+    ) -> tuple[np.ndarray, float, np.ndarray, list[dict]]:
         """Boxstep Kelley: returns (best lam, L(best lam), its choice, history)."""
         K = self.p.K
         b = self.p.b
@@ -181,12 +190,13 @@ class DualEngine:
             return lam, Lc, xc, history
         # cuts of h(lam) = L(lam) - lam . b stay valid when only the limits b change (a budget
         # sweep), so earlier solves' cuts warm-start this one
-        if self._pricing_key is None or not (np.array_equal(self._pricing_key[0], self.p.P)
-                                             and np.array_equal(self._pricing_key[1], self.p.Q)):
+        if self._pricing_key is None or not (
+            np.array_equal(self._pricing_key[0], self.p.P) and np.array_equal(self._pricing_key[1], self.p.Q)
+        ):
             self._h_cuts = []
             self._pricing_key = (self.p.P.copy(), self.p.Q.copy())
         self._h_cuts.append((lam.copy(), Lc - lam @ b, b - gc))
-        cuts = [(lt, ht + lt @ b, b - ut) for lt, ht, ut in self._h_cuts[-self.MAX_CUTS:]]
+        cuts = [(lt, ht + lt @ b, b - ut) for lt, ht, ut in self._h_cuts[-self.MAX_CUTS :]]
         center = lam.copy()
         warm = lam0 is not None and len(cuts) > 1
         radius = np.where(lam > 0, np.maximum(lam * (0.1 if warm else 0.5), 0.02 * self.scale), self.scale)
@@ -200,17 +210,17 @@ class DualEngine:
             Lt, gt, xt = self.evaluate(lam_t)
             cuts.append((lam_t, Lt, gt))
             self._h_cuts.append((lam_t.copy(), Lt - lam_t @ b, b - gt))
-            if len(cuts) > self.MAX_CUTS:           # keep the master small: drop the oldest cuts
-                cuts = cuts[-self.MAX_CUTS:]
+            if len(cuts) > self.MAX_CUTS:  # keep the master small: drop the oldest cuts
+                cuts = cuts[-self.MAX_CUTS :]
             on_box = np.any(np.isclose(lam_t, hi, rtol=1e-6) | (np.isclose(lam_t, lo, rtol=1e-6) & (lo > 0)))
-            if Lc - Lt >= 0.1 * predicted:          # serious step
+            if Lc - Lt >= 0.1 * predicted:  # serious step
                 center, Lc, xc = lam_t, Lt, xt
                 if on_box:
                     radius = radius * 2.0
-            else:                                   # null step: the cut improves the model
+            else:  # null step: the cut improves the model
                 radius = np.maximum(radius * 0.7, 1e-9 * self.scale)
             history.append({"iteration": it, "bound": Lc})
-            if np.any(center > 1e9 * self.scale):   # the dual runs off to infinity: infeasible rows
+            if np.any(center > 1e9 * self.scale):  # the dual runs off to infinity: infeasible rows
                 break
             if progress:
                 progress(it)
@@ -218,7 +228,7 @@ class DualEngine:
 
     # --- primal --------------------------------------------------------------------------------
     MAX_CUTS = 150
-    CHUNK = 131_072   # rows per pricing task (tasks never cross segments): bounds temporary memory
+    CHUNK = 131_072  # rows per pricing task (tasks never cross segments): bounds temporary memory
 
     def coef_rows(self, k: int, task: tuple[int, int, int]) -> np.ndarray:
         """(rows, J) coefficients of constraint k for one task's rows (all in segment s)."""
@@ -245,8 +255,11 @@ class DualEngine:
             if (viol <= tol).all():
                 return choice, True
             k = int(np.argmax(viol * self.scale))
-            tight = [k2 for k2 in range(p.K) if k2 != k and p.b[k2] - use[k2] <= tol[k2]
-                     and (self.coverage_rows[k2] or not self.coverage_rows[k])]
+            tight = [
+                k2
+                for k2 in range(p.K)
+                if k2 != k and p.b[k2] - use[k2] <= tol[k2] and (self.coverage_rows[k2] or not self.coverage_rows[k])
+            ]
             best_ratio = np.full(self.n, np.inf)
             best_j = np.zeros(self.n, dtype=np.int64)
             best_red = np.zeros(self.n)
@@ -264,7 +277,7 @@ class DualEngine:
                 cur_r = np.where(has, R[ii, cj], 0.0)
                 red = cur_a[:, None] - a
                 ok = (red > 1e-12) & np.isfinite(R)
-                for k2 in tight:                     # moves must not push a tight constraint over
+                for k2 in tight:  # moves must not push a tight constraint over
                     a2 = np.concatenate([self.coef_rows(k2, task), np.zeros((m, 1))], axis=1)
                     ok &= a2 - np.where(has, a2[ii, cj], 0.0)[:, None] <= 1e-12
                 ratio = np.where(ok, np.maximum(cur_r[:, None] - R, 0.0) / np.where(ok, red, 1.0), np.inf)
@@ -272,6 +285,7 @@ class DualEngine:
                 best_ratio[lo:hi] = ratio[ii, jb]
                 best_j[lo:hi] = jb
                 best_red[lo:hi] = red[ii, jb]
+
             self._map(block, self.tasks)
             cand = np.flatnonzero(np.isfinite(best_ratio))
             if not len(cand):
@@ -336,6 +350,7 @@ class DualEngine:
                 jb = np.argmax(pg, axis=1)
                 gain[lo:hi] = pg[ii, jb]
                 jbest[lo:hi] = jb
+
             self._map(block, self.tasks)
             rows = np.flatnonzero(np.isfinite(gain))
             if not len(rows):
@@ -351,12 +366,14 @@ class DualEngine:
             choice[rows[taken]] = jr[taken]
         return choice
 
-    def polish(self, choice: np.ndarray, lam: np.ndarray, rows: int, solver: str = "SCIP",
-               time_limit: float = 30.0) -> np.ndarray | None:
+    def polish(
+        self, choice: np.ndarray, lam: np.ndarray, rows: int, solver: str = "SCIP", time_limit: float = 30.0
+    ) -> np.ndarray | None:
         """Re-solve exactly (OR-Tools MIP) the `rows` customers closest to indifference at lam
         (smallest gap between their two best priced options, none included) with everyone
         else fixed: repairs what single-customer moves cannot (swaps under budget + coverage)."""
         from .exact import solve_subproblem
+
         prices = self.prices(lam)
         margin = np.empty(self.n)
         priced_choice = np.empty(self.n, dtype=np.int64)
@@ -366,8 +383,9 @@ class DualEngine:
             R = np.concatenate([self.price_block(prices, task), np.zeros((hi - lo, 1))], axis=1)
             top2 = -np.partition(-R, 1, axis=1)[:, :2]
             margin[lo:hi] = top2[:, 0] - top2[:, 1]
-            j = np.argmax(R[:, :self.J], axis=1)     # the priced choice, as evaluate() makes it
+            j = np.argmax(R[:, : self.J], axis=1)  # the priced choice, as evaluate() makes it
             priced_choice[lo:hi] = np.where(R[np.arange(hi - lo), j] > 0, j, -1)
+
         self._map(block, self.tasks)
         off_best = np.flatnonzero(choice != priced_choice)
         pick = np.argpartition(margin, min(rows, self.n - 1))[:rows] if rows < self.n else np.arange(self.n)
@@ -407,13 +425,16 @@ def _greedy_fit(delta: np.ndarray, slack: np.ndarray, max_rounds: int = 200) -> 
         if first:
             keep[alive[:first]] = True
             rem -= cum[:, first - 1]
-        alive = alive[first + 1:]
+        alive = alive[first + 1 :]
     return keep
 
 
-def _master(cuts: list[tuple[np.ndarray, float, np.ndarray]], lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, float]:
+def _master(
+    cuts: list[tuple[np.ndarray, float, np.ndarray]], lo: np.ndarray, hi: np.ndarray
+) -> tuple[np.ndarray, float]:
     """min theta s.t. theta >= L_t + g_t . (lam - lam_t), lo <= lam <= hi; solved with GLOP."""
     from ortools.linear_solver.python import model_builder as mb
+
     K = len(lo)
     m = mb.Model()
     lam = [m.new_num_var(float(lo[k]), float(hi[k]), f"lam{k}") for k in range(K)]
@@ -429,9 +450,14 @@ def _master(cuts: list[tuple[np.ndarray, float, np.ndarray]], lo: np.ndarray, hi
     return np.array([s.value(v) for v in lam]), float(s.objective_value)
 
 
-def solve_lagrangian(problem: AllocationProblem, lam0: np.ndarray | None = None, tol: float = 2e-7,
-                     max_iter: int = 200, engine: DualEngine | None = None,
-                     progress: Callable[[int], None] | None = None) -> LagrangianResult:
+def solve_lagrangian(
+    problem: AllocationProblem,
+    lam0: np.ndarray | None = None,
+    tol: float = 2e-7,
+    max_iter: int = 200,
+    engine: DualEngine | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> LagrangianResult:
     """Integral plan + certified gap for the whole book (see module docstring)."""
     t0 = time.perf_counter()
     eng = engine or DualEngine(problem)
@@ -439,7 +465,7 @@ def solve_lagrangian(problem: AllocationProblem, lam0: np.ndarray | None = None,
     lam, bound, x, history = eng.solve_dual(lam0, tol=tol, max_iter=max_iter, progress=progress)
     x, feasible = eng.repair(x, lam)
     polished = 0
-    if not feasible:          # single-customer moves got stuck: re-solve the margin exactly
+    if not feasible:  # single-customer moves got stuck: re-solve the margin exactly
         for rows in (2_000, 20_000):
             if polished >= eng.n:
                 break
@@ -454,6 +480,16 @@ def solve_lagrangian(problem: AllocationProblem, lam0: np.ndarray | None = None,
     choice = np.empty(eng.n, dtype=np.int64)
     choice[eng.order] = x
     gap = (bound - obj) / max(abs(bound), 1e-12) if feasible else float("inf")
-    return LagrangianResult(choice=choice, objective=obj, bound=bound, gap=max(gap, 0.0), multipliers=lam,
-                            feasible=feasible, iterations=len(history) - 1, evaluations=eng.evaluations,
-                            seconds=time.perf_counter() - t0, history=history, polished_rows=polished)
+    return LagrangianResult(
+        choice=choice,
+        objective=obj,
+        bound=bound,
+        gap=max(gap, 0.0),
+        multipliers=lam,
+        feasible=feasible,
+        iterations=len(history) - 1,
+        evaluations=eng.evaluations,
+        seconds=time.perf_counter() - t0,
+        history=history,
+        polished_rows=polished,
+    )

@@ -18,6 +18,7 @@ Keeping coefficients per (segment, action) plus a cost term lets the Lagrangian 
 million customers with a few vector operations and lets usage be computed from (segment x
 action) counts and per-segment spend.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,6 +39,7 @@ _SPEC = re.compile(r"^\s*(channel|action|segment)\s*:\s*(.+?)\s*=\s*([^=]+?)\s*$
 class Constraint:
     """One coupling constraint as the user wrote it: kind, scope (total/channel/action/segment),
     key, limit. `name` is the stable label used in JSON (e.g. "capacity channel:rm")."""
+
     kind: str
     scope: str
     key: str | None
@@ -60,9 +62,14 @@ def parse_constraint(kind: str, text: str) -> Constraint:
     opt = f"--{kind}"
     m = _SPEC.match(text)
     if not m:
-        raise ConfigError(f"{opt} {text!r}: expected SCOPE:NAME=LIMIT, e.g. "
-                          + {"capacity": "channel:rm_call=50 or action:rm_call_wealth=20",
-                             "min-coverage": "segment:small=0.6", "max-share": "segment:affluent=0.5"}[kind])
+        raise ConfigError(
+            f"{opt} {text!r}: expected SCOPE:NAME=LIMIT, e.g. "
+            + {
+                "capacity": "channel:rm_call=50 or action:rm_call_wealth=20",
+                "min-coverage": "segment:small=0.6",
+                "max-share": "segment:affluent=0.5",
+            }[kind]
+        )
     scope, key, raw = m.groups()
     try:
         limit = float(raw)
@@ -80,18 +87,19 @@ def parse_constraint(kind: str, text: str) -> Constraint:
 
 def budget_constraint(budget: float) -> Constraint:
     if not math.isfinite(budget) or budget < 0:
-        raise ConfigError(f"--budget {budget!r}: must be a finite number >= 0")   # the constraint's spec
+        raise ConfigError(f"--budget {budget!r}: must be a finite number >= 0")  # the constraint's spec
     return Constraint("budget", "total", None, float(budget))
 
 
 @dataclass
 class AllocationProblem:
     """A value table with its coupling constraints in the shared linear form (module docstring)."""
+
     table: ValueTable
     constraints: list[Constraint]
-    P: np.ndarray = field(init=False)   # (K, S, J)
-    Q: np.ndarray = field(init=False)   # (K, S)
-    b: np.ndarray = field(init=False)   # (K,)
+    P: np.ndarray = field(init=False)  # (K, S, J)
+    Q: np.ndarray = field(init=False)  # (K, S)
+    b: np.ndarray = field(init=False)  # (K,)
 
     def __post_init__(self) -> None:
         t = self.table
@@ -111,16 +119,23 @@ class AllocationProblem:
             elif c.kind == "capacity":
                 names = t.channels if c.scope == "channel" else t.actions
                 if c.key not in names:
-                    raise ConfigError(f"--capacity {c.scope}:{c.key}: no {c.scope} {c.key!r} in {t.source} "
-                                      f"(it has {', '.join(names)})")
-                cols = (t.action_channel == names.index(c.key)) if c.scope == "channel" \
+                    raise ConfigError(
+                        f"--capacity {c.scope}:{c.key}: no {c.scope} {c.key!r} in {t.source} "
+                        f"(it has {', '.join(names)})"
+                    )
+                cols = (
+                    (t.action_channel == names.index(c.key))
+                    if c.scope == "channel"
                     else (np.arange(J) == t.actions.index(c.key))
+                )
                 self.P[k][:, cols] = 1.0
                 self.b[k] = c.limit
             else:
                 if c.key not in t.segments:
-                    raise ConfigError(f"--{c.kind} segment:{c.key}: no segment {c.key!r} in {t.source} "
-                                      f"(it has {', '.join(t.segments)})")
+                    raise ConfigError(
+                        f"--{c.kind} segment:{c.key}: no segment {c.key!r} in {t.source} "
+                        f"(it has {', '.join(t.segments)})"
+                    )
                 s = t.segments.index(c.key)
                 if c.kind == "min-coverage":
                     self.P[k, s, :] = -1.0
@@ -195,9 +210,13 @@ class AllocationProblem:
             elif c.kind == "min-coverage":
                 s = t.segments.index(c.key)
                 covered = float(counts[s].sum())
-                row.update(used=covered / sizes[s] if sizes[s] else 0.0, covered=covered,
-                           required=float(-self.b[k]), size=int(sizes[s]),
-                           slack=float(covered + self.b[k]))
+                row.update(
+                    used=covered / sizes[s] if sizes[s] else 0.0,
+                    covered=covered,
+                    required=float(-self.b[k]),
+                    size=int(sizes[s]),
+                    slack=float(covered + self.b[k]),
+                )
             else:
                 s = t.segments.index(c.key)
                 share = float(seg_spend[s] / total_spend) if total_spend > 0 else 0.0
@@ -220,8 +239,9 @@ class AllocationProblem:
                 row.update(shadow_price=lk, per="unit of " + ("budget" if c.kind == "budget" else "capacity"))
             elif c.kind == "min-coverage":
                 s = t.segments.index(c.key)
-                row.update(shadow_price=-lk * float(sizes[s]) + 0.0, per="unit of coverage share",
-                           per_customer=-lk + 0.0)   # + 0.0: no "-0" when the row does not bind
+                row.update(
+                    shadow_price=-lk * float(sizes[s]) + 0.0, per="unit of coverage share", per_customer=-lk + 0.0
+                )  # + 0.0: no "-0" when the row does not bind
             else:
                 row.update(shadow_price=lk * total, per="unit of spend share")
             out.append(row)

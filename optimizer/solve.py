@@ -5,6 +5,7 @@ No feasibility diagnosis here (optimizer.diagnose builds on these engines; optim
 the two together). `Allocation` explains a plan (totals, usage, shadow prices, per-customer rows)
 in the shape the CLI writes.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -18,11 +19,11 @@ from sim.errors import ConfigError
 from .problem import AllocationProblem
 from .values import ValueTable
 
-if TYPE_CHECKING:   # for the annotation only: optimizer.diagnose builds on this module
+if TYPE_CHECKING:  # for the annotation only: optimizer.diagnose builds on this module
     from .diagnose import Diagnosis
 
 METHODS = ("auto", "exact", "lagrangian")
-EXACT_AUTO_MAX_OPTIONS = 5_000     # customer-level tables above this go to the Lagrangian engine
+EXACT_AUTO_MAX_OPTIONS = 5_000  # customer-level tables above this go to the Lagrangian engine
 DEFAULT_MIP_SOLVER = "SCIP"
 
 
@@ -31,12 +32,12 @@ class Allocation:
     problem: AllocationProblem
     method: str
     solver: str
-    status: str                      # "optimal" | "feasible" (gap > 0 or time limit)
-    units: np.ndarray                # (n, J) customers of row i given action j (int64)
+    status: str  # "optimal" | "feasible" (gap > 0 or time limit)
+    units: np.ndarray  # (n, J) customers of row i given action j (int64)
     objective: float
     bound: float
     gap: float
-    multipliers: np.ndarray          # (K,) prices of the coupling rows (<= form)
+    multipliers: np.ndarray  # (K,) prices of the coupling rows (<= form)
     seconds: float
     iterations: int = 0
     diagnosis: Diagnosis | None = None
@@ -62,18 +63,38 @@ class Allocation:
         t = self.problem.table
         counts, cost_sj, value_sj = aggregates or self.segment_totals()
         sizes = t.segment_sizes()
-        by_seg = [{"segment": s, "customers": int(sizes[i]), "assigned": int(counts[i].sum()),
-                   "coverage": float(counts[i].sum() / sizes[i]) if sizes[i] else 0.0,
-                   "spend": float(cost_sj[i].sum()), "value": float(value_sj[i].sum())}
-                  for i, s in enumerate(t.segments)]
-        by_act = [{"action": a, "channel": t.channels[t.action_channel[j]], "assigned": int(counts[:, j].sum()),
-                   "spend": float(cost_sj[:, j].sum()), "value": float(value_sj[:, j].sum())}
-                  for j, a in enumerate(t.actions)]
+        by_seg = [
+            {
+                "segment": s,
+                "customers": int(sizes[i]),
+                "assigned": int(counts[i].sum()),
+                "coverage": float(counts[i].sum() / sizes[i]) if sizes[i] else 0.0,
+                "spend": float(cost_sj[i].sum()),
+                "value": float(value_sj[i].sum()),
+            }
+            for i, s in enumerate(t.segments)
+        ]
+        by_act = [
+            {
+                "action": a,
+                "channel": t.channels[t.action_channel[j]],
+                "assigned": int(counts[:, j].sum()),
+                "spend": float(cost_sj[:, j].sum()),
+                "value": float(value_sj[:, j].sum()),
+            }
+            for j, a in enumerate(t.actions)
+        ]
         by_chan = []
         for c, name in enumerate(t.channels):
             cols = t.action_channel == c
-            by_chan.append({"channel": name, "assigned": int(counts[:, cols].sum()),
-                            "spend": float(cost_sj[:, cols].sum()), "value": float(value_sj[:, cols].sum())})
+            by_chan.append(
+                {
+                    "channel": name,
+                    "assigned": int(counts[:, cols].sum()),
+                    "spend": float(cost_sj[:, cols].sum()),
+                    "value": float(value_sj[:, cols].sum()),
+                }
+            )
         return {"segment": by_seg, "channel": by_chan, "action": by_act}
 
     def summary(self) -> dict:
@@ -83,14 +104,23 @@ class Allocation:
         counts, spend = aggregates[0], aggregates[1].sum(axis=1)
         usage = p.usage_from_counts(counts, spend)
         return {
-            "objective": self.objective, "bound": self.bound, "gap": self.gap, "spend": float(spend.sum()),
+            "objective": self.objective,
+            "bound": self.bound,
+            "gap": self.gap,
+            "spend": float(spend.sum()),
             "usage": p.describe_usage(usage, counts, spend),
             "shadow_prices": p.shadow_prices(self.multipliers, spend),
             "assigned_customers": int(self.units.sum()),
             "seconds": self.seconds,
-            "status": self.status, "method": self.method, "solver": self.solver,
-            "customers": int(p.table.count.sum()), "rows": p.table.n, "options": p.table.n_options,
-            "iterations": self.iterations, "totals": self.totals(aggregates), **self.extra,
+            "status": self.status,
+            "method": self.method,
+            "solver": self.solver,
+            "customers": int(p.table.count.sum()),
+            "rows": p.table.n,
+            "options": p.table.n_options,
+            "iterations": self.iterations,
+            "totals": self.totals(aggregates),
+            **self.extra,
         }
 
     # --- per-customer plan ---------------------------------------------------------------------
@@ -135,12 +165,22 @@ class Allocation:
             pc = np.concatenate([priced_cost, np.zeros((hi - lo, 1))], axis=1)[rows, j]
             vals = np.concatenate([t.value[lo:hi], np.zeros((hi - lo, 1))], axis=1)[rows, j]
             costs = np.concatenate([t.cost[lo:hi], np.zeros((hi - lo, 1))], axis=1)[rows, j]
-            frame = pd.DataFrame({
-                "customer_id": t.ids[lo:hi][rows], "segment": segs[s[rows]], "action": acts[j],
-                "channel": chans[act_chan[j]], "value": vals, "cost": costs,
-                "priced_cost": pc, "net_value": chosen,
-                "runner_up": acts[ru], "runner_up_net_value": ru_net,
-                "margin": chosen - ru_net, "priced_best": chosen >= ru_net - 1e-9})
+            frame = pd.DataFrame(
+                {
+                    "customer_id": t.ids[lo:hi][rows],
+                    "segment": segs[s[rows]],
+                    "action": acts[j],
+                    "channel": chans[act_chan[j]],
+                    "value": vals,
+                    "cost": costs,
+                    "priced_cost": pc,
+                    "net_value": chosen,
+                    "runner_up": acts[ru],
+                    "runner_up_net_value": ru_net,
+                    "margin": chosen - ru_net,
+                    "priced_best": chosen >= ru_net - 1e-9,
+                }
+            )
             if not t.customer_level:
                 frame.insert(3, "units", u)
             pieces.append(frame)
@@ -167,38 +207,60 @@ def choose_method(problem: AllocationProblem, method: str) -> str:
         raise ConfigError("method", value=repr(method), message=f"choose from {', '.join(METHODS)}")
     if method != "auto":
         if method == "lagrangian" and not problem.table.customer_level:
-            raise ConfigError("method", value="lagrangian",
-                              message="needs a customer-level table (no count column > 1); segment-level "
-                                      "tables are small: use {key:method} exact")
+            raise ConfigError(
+                "method",
+                value="lagrangian",
+                message="needs a customer-level table (no count column > 1); segment-level "
+                "tables are small: use {key:method} exact",
+            )
         return method
     t = problem.table
     return "exact" if (not t.customer_level or t.n_options <= EXACT_AUTO_MAX_OPTIONS) else "lagrangian"
 
 
-def solve(problem: AllocationProblem, method: str, solver: str = DEFAULT_MIP_SOLVER,
-          time_limit: float | None = None, lam0: np.ndarray | None = None,
-          progress: Callable[[int], None] | None = None, engine=None) -> Allocation | None:
+def solve(
+    problem: AllocationProblem,
+    method: str,
+    solver: str = DEFAULT_MIP_SOLVER,
+    time_limit: float | None = None,
+    lam0: np.ndarray | None = None,
+    progress: Callable[[int], None] | None = None,
+    engine=None,
+) -> Allocation | None:
     """The plan of engine `method` ("exact" or "lagrangian", as chosen by `choose_method`), or None
     when the engine found no feasible plan. `seconds` is left at 0 for the caller to set."""
     if method == "exact":
         return _allocate_exact(problem, solver, time_limit)
     from .lagrangian import solve_lagrangian
+
     r = solve_lagrangian(problem, lam0=lam0, progress=progress, engine=engine)
     if not r.feasible:
         return None
-    return Allocation(problem, "lagrangian", "numpy+GLOP", "optimal" if r.gap <= 1e-9 else "feasible",
-                      _units_from_choice(r.choice, problem.table), r.objective, r.bound, r.gap,
-                      r.multipliers, 0.0, r.iterations,
-                      extra={"evaluations": r.evaluations, **({"polished_rows": r.polished_rows}
-                                                             if r.polished_rows else {})})
+    return Allocation(
+        problem,
+        "lagrangian",
+        "numpy+GLOP",
+        "optimal" if r.gap <= 1e-9 else "feasible",
+        _units_from_choice(r.choice, problem.table),
+        r.objective,
+        r.bound,
+        r.gap,
+        r.multipliers,
+        0.0,
+        r.iterations,
+        extra={"evaluations": r.evaluations, **({"polished_rows": r.polished_rows} if r.polished_rows else {})},
+    )
 
 
 def _allocate_exact(problem: AllocationProblem, solver: str, time_limit: float | None) -> Allocation | None:
     """The MIP plan with GLOP's duals; None when the problem is infeasible."""
     from .exact import MIP_SOLVERS, solve_exact
+
     solver = solver.upper()
     if solver not in MIP_SOLVERS:
-        raise ConfigError("solver", value=repr(solver), message=f"an integer plan needs one of {', '.join(MIP_SOLVERS)}")
+        raise ConfigError(
+            "solver", value=repr(solver), message=f"an integer plan needs one of {', '.join(MIP_SOLVERS)}"
+        )
     lp = solve_exact(problem, "GLOP")
     if lp.status == "infeasible":
         return None
@@ -207,6 +269,7 @@ def _allocate_exact(problem: AllocationProblem, solver: str, time_limit: float |
         # large customer-level MIPs start from the Lagrangian plan, so a time limit still leaves
         # a plan at least as good as the Lagrangian engine's, with the MIP's own proven bound
         from .lagrangian import solve_lagrangian
+
         r = solve_lagrangian(problem)
         if r.feasible:
             hint = (r.choice[lp.option_rows] == lp.option_actions).astype(np.float64)
@@ -214,8 +277,9 @@ def _allocate_exact(problem: AllocationProblem, solver: str, time_limit: float |
     if mip.status not in ("optimal", "feasible"):
         if mip.status == "infeasible":
             return None
-        raise ConfigError(f"{solver} found no integer plan within the time limit; raise --time-limit "
-                          "or use --method lagrangian")
+        raise ConfigError(
+            f"{solver} found no integer plan within the time limit; raise --time-limit or use --method lagrangian"
+        )
     t = problem.table
     units = np.zeros((t.n, t.n_actions), dtype=np.int64)
     units[mip.option_rows, mip.option_actions] = np.rint(mip.units).astype(np.int64)
@@ -224,10 +288,20 @@ def _allocate_exact(problem: AllocationProblem, solver: str, time_limit: float |
         hint_units = np.zeros_like(units)
         hint_units[lp.option_rows, lp.option_actions] = np.rint(hint).astype(np.int64)
         hint_obj = float((hint_units * t.value).sum())
-        if hint_obj > obj:    # the MIP stopped (time limit) below its starting plan: keep the better plan
+        if hint_obj > obj:  # the MIP stopped (time limit) below its starting plan: keep the better plan
             units, obj = hint_units, hint_obj
     bound = min(mip.bound, lp.objective) if np.isfinite(mip.bound) else lp.objective
     gap = max(bound - obj, 0.0) / max(abs(bound), 1e-12)
-    return Allocation(problem, "exact", solver, "optimal" if gap <= 1e-6 else "feasible", units, obj, bound, gap,
-                      lp.duals if lp.duals is not None else np.zeros(problem.K), 0.0,
-                      extra={"lp_bound": lp.objective, "mip_bound": mip.bound})
+    return Allocation(
+        problem,
+        "exact",
+        solver,
+        "optimal" if gap <= 1e-6 else "feasible",
+        units,
+        obj,
+        bound,
+        gap,
+        lp.duals if lp.duals is not None else np.zeros(problem.K),
+        0.0,
+        extra={"lp_bound": lp.objective, "mip_bound": mip.bound},
+    )

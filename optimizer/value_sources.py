@@ -33,6 +33,7 @@ the work of full copies. Same seed, same table.
 The table has one row per customer x allowed action (never "none", never a masked action) and
 the columns of `optimizer.values` (customer_id, segment, action, channel, value, cost).
 """
+
 from __future__ import annotations
 
 import sys
@@ -43,12 +44,12 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-DEFAULT_HORIZON = 52          # periods each branch is followed (one year of weeks)
-DEFAULT_REPLICATIONS = 4      # twin draws x futures per customer; on the bank world 20,000
-                              # customers x 52 weeks x 4 take 10-13 s on one core (continuation
-                              # none; see values_from_simulation)
-CHUNK = 65_536                # customers branched together (bounds memory: ~A/3 copies of their state)
-NO_CHANNEL = "no_channel"     # channel label of a catalogue action without one
+DEFAULT_HORIZON = 52  # periods each branch is followed (one year of weeks)
+DEFAULT_REPLICATIONS = 4  # twin draws x futures per customer; on the bank world 20,000
+# customers x 52 weeks x 4 take 10-13 s on one core (continuation
+# none; see values_from_simulation)
+CHUNK = 65_536  # customers branched together (bounds memory: ~A/3 copies of their state)
+NO_CHANNEL = "no_channel"  # channel label of a catalogue action without one
 COLUMNS = ("customer_id", "segment", "action", "channel", "value", "cost")
 
 Progress = Callable[[int], None]
@@ -61,6 +62,7 @@ def _one_torch_thread(load: bool = False):
     on a machine whose other core is busy two threads made the run 3x slower (measured)."""
     if load:
         import importlib
+
         importlib.import_module("torch")
     torch = sys.modules.get("torch")
     if torch is None:
@@ -89,8 +91,10 @@ class _Recorder:
 
     def random(self, size=None, *args, **kwargs):
         if self.block is not None or args or kwargs or size is None:
-            raise RuntimeError("value_sources: the simulator drew other random numbers than one block of uniforms "
-                               "per period in CRN mode; the branches would not share them")
+            raise RuntimeError(
+                "value_sources: the simulator drew other random numbers than one block of uniforms "
+                "per period in CRN mode; the branches would not share them"
+            )
         self.block = self.gen.random(size)
         self.period += 1
         return self.block
@@ -110,8 +114,13 @@ class _Replay:
 
     def random(self, size=None, *args, **kwargs):
         block = self.rec.block
-        if block is None or self.period == self.rec.period or args or kwargs \
-                or tuple(np.atleast_1d(size)) != (self.idx.size, block.shape[1]):
+        if (
+            block is None
+            or self.period == self.rec.period
+            or args
+            or kwargs
+            or tuple(np.atleast_1d(size)) != (self.idx.size, block.shape[1])
+        ):
             raise RuntimeError("value_sources: a CRN branch drew random numbers out of step with the reference branch")
         self.period = self.rec.period
         return block[self.idx]
@@ -120,8 +129,9 @@ class _Replay:
         raise AttributeError(f"value_sources: a CRN branch asked for rng.{name}; only rng.random((n, k)) is expected")
 
 
-def branch_values(sim, horizon: int, continuation: Callable | None, discount: float,
-                  progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def branch_values(
+    sim, horizon: int, continuation: Callable | None, discount: float, progress: Progress | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One replication of the CRN branching from `sim` (a PopulationSimulator at the decision time).
 
     Returns (masks, value, cost), each (n, A): the allowed actions at t = 0 and, where allowed,
@@ -147,7 +157,7 @@ def branch_values(sim, horizon: int, continuation: Callable | None, discount: fl
     w = 1.0
     for t in range(horizon):
         rec.next_period()
-        for k, (a, idx, b) in enumerate(branches):   # the reference branch first: it draws the block
+        for k, (a, idx, b) in enumerate(branches):  # the reference branch first: it draws the block
             if t == 0:
                 acts = np.full(idx.size, a, np.int16)
             elif continuation is None:
@@ -171,12 +181,12 @@ def branch_values(sim, horizon: int, continuation: Callable | None, discount: fl
 # ---- estimates over replications ------------------------------------------------------------------
 @dataclass
 class _Estimate:
-    ids: np.ndarray          # (n,) str, unique
-    segment: np.ndarray      # (n,) int index into world.segments
-    masks: np.ndarray        # (n, A) allowed at t = 0
-    value: np.ndarray        # (n, A) mean over replications
-    value_se: np.ndarray     # (n, A) standard error of the mean (NaN with one replication)
-    cost: np.ndarray         # (n, A) mean over replications (clipped at 0 by the caller)
+    ids: np.ndarray  # (n,) str, unique
+    segment: np.ndarray  # (n,) int index into world.segments
+    masks: np.ndarray  # (n, A) allowed at t = 0
+    value: np.ndarray  # (n, A) mean over replications
+    value_se: np.ndarray  # (n, A) standard error of the mean (NaN with one replication)
+    cost: np.ndarray  # (n, A) mean over replications (clipped at 0 by the caller)
     obs: dict[str, np.ndarray]  # bank-visible observation at t = 0
     resampled: bool
 
@@ -186,6 +196,7 @@ def _select(book: pd.DataFrame, customers: int | None, seed: int) -> tuple[pd.Da
     drawn more than once (more customers asked for than the book has) is 'ID#2', 'ID#3', ..."""
     from sim.errors import ConfigError
     from sim.population import sample_book
+
     if book is None or len(book) == 0:
         raise ConfigError("value tables are built for a book of customers; this world has none")
     if customers is not None and int(customers) < 1:
@@ -223,6 +234,7 @@ def continuation_fn(policy) -> Callable:
     policy must choose it (probabilities are zero on masked actions), so leaving out the customers
     with nothing allowed (churned, just contacted, opted out) saves work and changes no decision."""
     from policies.base import as_simulator_policy
+
     act = as_simulator_policy(policy, greedy=True)
 
     def fn(sim) -> np.ndarray:
@@ -232,6 +244,7 @@ def continuation_fn(policy) -> Callable:
         if live.size:
             out[live] = act(_Rows(sim, live, masks))
         return out
+
     fn.policy = policy  # type: ignore[attr-defined]
     return fn
 
@@ -242,14 +255,17 @@ def _continuation(world, continuation) -> tuple[Callable | None, str]:
         return None, "none"
     if isinstance(continuation, str):
         from policies.registry import resolve_policy
+
         return continuation_fn(resolve_policy(continuation, world)), continuation
     return continuation_fn(continuation), str(getattr(continuation, "name", type(continuation).__name__))
 
 
-def _estimate(world, book, customers, horizon, replications, seed, continuation: Callable | None,
-              progress: Progress | None) -> _Estimate:
-    from sim.population import PopulationSimulator, WorldTables, book_columns, take_rows
+def _estimate(
+    world, book, customers, horizon, replications, seed, continuation: Callable | None, progress: Progress | None
+) -> _Estimate:
     from sim.errors import ConfigError
+    from sim.population import PopulationSimulator, WorldTables, book_columns, take_rows
+
     if int(horizon) < 1:
         raise ConfigError(f"horizon must be >= 1, got {horizon}")
     if int(replications) < 1:
@@ -280,10 +296,17 @@ def _estimate(world, book, customers, horizon, replications, seed, continuation:
             c1[start:stop] += c
     R = int(replications)
     mean = s1 / R
-    se = np.sqrt(np.maximum(s2 / R - mean ** 2, 0.0) * R / (R - 1) / R) if R > 1 else np.full((n, A), np.nan)
-    return _Estimate(ids=ids, segment=np.asarray(src["segment"]).astype(np.int64), masks=masks, value=mean,
-                     value_se=se, cost=c1 / R, obs={k: np.concatenate(v) for k, v in obs.items()},
-                     resampled=resampled)
+    se = np.sqrt(np.maximum(s2 / R - mean**2, 0.0) * R / (R - 1) / R) if R > 1 else np.full((n, A), np.nan)
+    return _Estimate(
+        ids=ids,
+        segment=np.asarray(src["segment"]).astype(np.int64),
+        masks=masks,
+        value=mean,
+        value_se=se,
+        cost=c1 / R,
+        obs={k: np.concatenate(v) for k, v in obs.items()},
+        resampled=resampled,
+    )
 
 
 def _frame(world, est: _Estimate, value: np.ndarray, cost: np.ndarray) -> pd.DataFrame:
@@ -294,15 +317,18 @@ def _frame(world, est: _Estimate, value: np.ndarray, cost: np.ndarray) -> pd.Dat
     channels = list(dict.fromkeys(chan_of))
     r, j = np.nonzero(est.masks[:, 1:])
     seg_names = [s.name for s in world.segments]
-    return pd.DataFrame({
-        "customer_id": est.ids[r].astype(str),
-        "segment": pd.Categorical.from_codes(est.segment[r], categories=seg_names),
-        "action": pd.Categorical.from_codes(j, categories=actions),
-        "channel": pd.Categorical.from_codes(np.array([channels.index(c) for c in chan_of], np.int64)[j],
-                                             categories=channels),
-        "value": value[r, j + 1].astype(np.float64),
-        "cost": cost[r, j + 1].astype(np.float64),
-    })
+    return pd.DataFrame(
+        {
+            "customer_id": est.ids[r].astype(str),
+            "segment": pd.Categorical.from_codes(est.segment[r], categories=seg_names),
+            "action": pd.Categorical.from_codes(j, categories=actions),
+            "channel": pd.Categorical.from_codes(
+                np.array([channels.index(c) for c in chan_of], np.int64)[j], categories=channels
+            ),
+            "value": value[r, j + 1].astype(np.float64),
+            "cost": cost[r, j + 1].astype(np.float64),
+        }
+    )
 
 
 def _by_action(world, masks: np.ndarray, x: np.ndarray) -> dict[str, float]:
@@ -322,9 +348,16 @@ def _clip_cost(est: _Estimate) -> int:
     return int(neg[:, 1:].sum())
 
 
-def values_from_simulation(world, book: pd.DataFrame, customers: int | None = None, horizon: int = DEFAULT_HORIZON,
-                           replications: int = DEFAULT_REPLICATIONS, seed: int = 0, continuation: Any = "none",
-                           progress: Progress | None = None) -> pd.DataFrame:
+def values_from_simulation(
+    world,
+    book: pd.DataFrame,
+    customers: int | None = None,
+    horizon: int = DEFAULT_HORIZON,
+    replications: int = DEFAULT_REPLICATIONS,
+    seed: int = 0,
+    continuation: Any = "none",
+    progress: Progress | None = None,
+) -> pd.DataFrame:
     """The world model's simulated incremental CLV of each allowed action over "none", with common
     random numbers (see the module docstring).
 
@@ -348,8 +381,13 @@ def values_from_simulation(world, book: pd.DataFrame, customers: int | None = No
     clipped = _clip_cost(est)
     df = _frame(world, est, est.value, est.cost)
     df.attrs["diagnostics"] = {
-        "source": "sim", "continuation": name, "horizon": int(horizon), "replications": int(replications),
-        "customers": int(len(est.ids)), "resampled": bool(est.resampled), "seed": int(seed),
+        "source": "sim",
+        "continuation": name,
+        "horizon": int(horizon),
+        "replications": int(replications),
+        "customers": int(len(est.ids)),
+        "resampled": bool(est.resampled),
+        "seed": int(seed),
         "mean_value_by_action": _by_action(world, est.masks, est.value),
         "mean_standard_error_by_action": _by_action(world, est.masks, est.value_se),
         "mean_cost_by_action": _by_action(world, est.masks, est.cost),
@@ -358,9 +396,16 @@ def values_from_simulation(world, book: pd.DataFrame, customers: int | None = No
     return df
 
 
-def values_from_policy(world, book: pd.DataFrame, policy: Any, customers: int | None = None,
-                       horizon: int = DEFAULT_HORIZON, replications: int = DEFAULT_REPLICATIONS, seed: int = 0,
-                       progress: Progress | None = None) -> pd.DataFrame:
+def values_from_policy(
+    world,
+    book: pd.DataFrame,
+    policy: Any,
+    customers: int | None = None,
+    horizon: int = DEFAULT_HORIZON,
+    replications: int = DEFAULT_REPLICATIONS,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> pd.DataFrame:
     """A policy's advantage estimates Q^pi(s, a) - Q^pi(s, none) for every allowed action a.
 
     `policy`: a baseline name, a folder written by `clv train`, or a policy object. The raw
@@ -376,17 +421,20 @@ def values_from_policy(world, book: pd.DataFrame, policy: Any, customers: int | 
     smoothed), the raw and returned mean value by action, mean cost by action, cost_clipped_rows.
     """
     from policies.rollout import fit_advantages
+
     cont, name = _continuation(world, policy)
-    if cont is None:   # "none" as the policy: Q^none, the world model's own values
+    if cont is None:  # "none" as the policy: Q^none, the world model's own values
         from policies.baselines import make_baseline
+
         cont, name = _continuation(world, make_baseline("none", world))
     pol = cont.policy
     encoder = getattr(pol, "encoder", None)
     if encoder is None or not hasattr(encoder, "encode"):
         from policies.rl import UpliftEncoder
+
         encoder = UpliftEncoder(world)
     fit: dict[str, Any] = {"heldout_r2": float("nan")}
-    with _one_torch_thread(load=True):   # the fit needs torch: it runs on one thread too
+    with _one_torch_thread(load=True):  # the fit needs torch: it runs on one thread too
         est = _estimate(world, book, customers, horizon, replications, seed, cont, progress)
         X = np.asarray(encoder.encode(est.obs), np.float32)
         value = est.value
@@ -399,9 +447,15 @@ def values_from_policy(world, book: pd.DataFrame, policy: Any, customers: int | 
     smoothed = value is not est.value
     df = _frame(world, est, value, est.cost)
     df.attrs["diagnostics"] = {
-        "source": "policy", "policy": name, "horizon": int(horizon), "replications": int(replications),
-        "customers": int(len(est.ids)), "resampled": bool(est.resampled), "seed": int(seed),
-        "smoothed": bool(smoothed), "features": int(X.shape[1]),
+        "source": "policy",
+        "policy": name,
+        "horizon": int(horizon),
+        "replications": int(replications),
+        "customers": int(len(est.ids)),
+        "resampled": bool(est.resampled),
+        "seed": int(seed),
+        "smoothed": bool(smoothed),
+        "features": int(X.shape[1]),
         **{k: (int(v) if isinstance(v, (int, np.integer)) else float(v)) for k, v in fit.items()},
         "raw_mean_value_by_action": _by_action(world, est.masks, est.value),
         "mean_standard_error_by_action": _by_action(world, est.masks, est.value_se),

@@ -14,6 +14,7 @@ optional `count`:
 not eligible for it (contact rules, opt-outs). Strings stay in Arrow (dictionary-encoded) so a
 10M-row table loads without ten million Python strings.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -36,15 +37,16 @@ class ValueTableError(HistoryError):
 @dataclass
 class ValueTable:
     """Dense form of a value table: row i (a customer, or `count[i]` identical ones) x action j."""
-    ids: np.ndarray                 # (n,) customer ids (or segment-level row ids) as strings
-    segment: np.ndarray             # (n,) int index into `segments`
+
+    ids: np.ndarray  # (n,) customer ids (or segment-level row ids) as strings
+    segment: np.ndarray  # (n,) int index into `segments`
     segments: list[str]
-    actions: list[str]              # J actions (never "none")
+    actions: list[str]  # J actions (never "none")
     channels: list[str]
-    action_channel: np.ndarray      # (J,) int index into `channels`
-    value: np.ndarray               # (n, J) float64, 0 where not eligible
-    cost: np.ndarray                # (n, J) float64, 0 where not eligible
-    eligible: np.ndarray            # (n, J) bool
+    action_channel: np.ndarray  # (J,) int index into `channels`
+    value: np.ndarray  # (n, J) float64, 0 where not eligible
+    cost: np.ndarray  # (n, J) float64, 0 where not eligible
+    eligible: np.ndarray  # (n, J) bool
     count: np.ndarray = field(default=None)  # (n,) int64 >= 1
     source: str = "<arrays>"
 
@@ -78,24 +80,31 @@ class ValueTable:
     def from_frame(cls, df: pd.DataFrame, source: str = "<frame>", row_offset: int = 1) -> "ValueTable":
         """Validate and pack a long DataFrame (see the module docstring for the columns)."""
         import pyarrow as pa
+
         for col in ("value", "cost", "count"):
             if col in df.columns and df[col].dtype == object:
                 num = pd.to_numeric(df[col], errors="coerce")
                 bad = np.flatnonzero(num.isna().to_numpy() & df[col].notna().to_numpy())
                 if len(bad):
-                    raise ValueTableError(source, int(bad[0]) + row_offset, col,
-                                          f"{df[col].iloc[bad[0]]!r} is not a number")
+                    raise ValueTableError(
+                        source, int(bad[0]) + row_offset, col, f"{df[col].iloc[bad[0]]!r} is not a number"
+                    )
                 df = df.assign(**{col: num})
         return _from_arrow([pa.Table.from_pandas(df, preserve_index=False)], source, row_offset)
 
     def to_frame(self) -> pd.DataFrame:
         """The long table back (eligible rows only), e.g. to save a built or generated table."""
         r, j = np.nonzero(self.eligible)
-        out = pd.DataFrame({
-            "customer_id": self.ids[r], "segment": np.asarray(self.segments, dtype=object)[self.segment[r]],
-            "action": np.asarray(self.actions, dtype=object)[j],
-            "channel": np.asarray(self.channels, dtype=object)[self.action_channel[j]],
-            "value": self.value[r, j], "cost": self.cost[r, j]})
+        out = pd.DataFrame(
+            {
+                "customer_id": self.ids[r],
+                "segment": np.asarray(self.segments, dtype=object)[self.segment[r]],
+                "action": np.asarray(self.actions, dtype=object)[j],
+                "channel": np.asarray(self.channels, dtype=object)[self.action_channel[j]],
+                "value": self.value[r, j],
+                "cost": self.cost[r, j],
+            }
+        )
         if not self.customer_level:
             out["count"] = self.count[r]
         return out
@@ -106,24 +115,41 @@ def load_values(path: str | Path) -> ValueTable:
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
+
     path = Path(path)
     if not path.exists():
         raise ValueTableError(str(path), None, None, "value table not found; build one with `clv values`")
     try:
         if path.suffix.lower() == ".csv":
             # ids and labels as strings whatever they look like; numbers parsed below with row errors
-            table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
-                column_types={c: pa.dictionary(pa.int32(), pa.string())
-                              for c in ("customer_id", "segment", "action", "channel")}))
-            offset = 2   # spreadsheet row: header is row 1
+            table = pacsv.read_csv(
+                path,
+                convert_options=pacsv.ConvertOptions(
+                    column_types={
+                        c: pa.dictionary(pa.int32(), pa.string())
+                        for c in ("customer_id", "segment", "action", "channel")
+                    }
+                ),
+            )
+            offset = 2  # spreadsheet row: header is row 1
         else:
-            table = pq.read_table(path, read_dictionary=[c for c in ("customer_id", "segment", "action", "channel")
-                                                         if c in pq.read_schema(path).names])
-            offset = 1   # 1-based data row
+            table = pq.read_table(
+                path,
+                read_dictionary=[
+                    c for c in ("customer_id", "segment", "action", "channel") if c in pq.read_schema(path).names
+                ],
+            )
+            offset = 1  # 1-based data row
     except (pa.ArrowInvalid, OSError) as e:
-        raise ValueTableError(str(path), None, None, f"cannot read as {'CSV' if path.suffix.lower() == '.csv' else 'Parquet'}: "
-                              + str(e).splitlines()[0].rstrip(". ") + "; give the table written by `clv values` "
-                              "(or a CSV)") from None
+        raise ValueTableError(
+            str(path),
+            None,
+            None,
+            f"cannot read as {'CSV' if path.suffix.lower() == '.csv' else 'Parquet'}: "
+            + str(e).splitlines()[0].rstrip(". ")
+            + "; give the table written by `clv values` "
+            "(or a CSV)",
+        ) from None
     holder = [table]
     table = None  # free the Arrow columns before the dense arrays are built
     return _from_arrow(holder, str(path), offset)
@@ -134,6 +160,7 @@ def _from_arrow(holder: list, source: str, offset: int) -> ValueTable:
     the columns are extracted so its memory is freed before the dense arrays are built."""
     import pyarrow as pa
     import pyarrow.compute as pc
+
     table = holder.pop()
 
     def fail(i: int | None, col: str | None, msg: str):
@@ -161,8 +188,11 @@ def _from_arrow(holder: list, source: str, offset: int) -> ValueTable:
         dictionary = chunks[0].dictionary if chunks else pa.array([], pa.string())
         if not (pa.types.is_string(dictionary.type) or pa.types.is_large_string(dictionary.type)):
             dictionary = pc.cast(dictionary, pa.string())
-        idx = np.concatenate([np.asarray(c.indices.fill_null(-1)) for c in chunks]).astype(np.int64) \
-            if chunks else np.zeros(0, dtype=np.int64)
+        idx = (
+            np.concatenate([np.asarray(c.indices.fill_null(-1)) for c in chunks]).astype(np.int64)
+            if chunks
+            else np.zeros(0, dtype=np.int64)
+        )
         names = np.asarray([(v or "").strip() for v in dictionary.to_pylist()], dtype=object)
         bad = idx < 0
         empty = np.flatnonzero(names == "")
@@ -170,7 +200,7 @@ def _from_arrow(holder: list, source: str, offset: int) -> ValueTable:
             bad |= np.isin(idx, empty)
         if bad.any():
             fail(np.flatnonzero(bad)[0], col, "empty")
-        uniq, inv = np.unique(names.astype(str), return_inverse=True)   # trimming can merge values
+        uniq, inv = np.unique(names.astype(str), return_inverse=True)  # trimming can merge values
         used = np.zeros(len(uniq), dtype=bool)
         codes = inv.ravel()[idx]
         used[codes] = True
@@ -227,24 +257,32 @@ def _from_arrow(holder: list, source: str, offset: int) -> ValueTable:
     del sk
     if len(dup):
         first = order[dup + 1].min()
-        fail(first, "action", f"duplicate row for customer {cust_names[cust[first]]!r} and action "
-                              f"{act_names[act[first]]!r}")
+        fail(
+            first,
+            "action",
+            f"duplicate row for customer {cust_names[cust[first]]!r} and action {act_names[act[first]]!r}",
+        )
 
     def consistent(owner: np.ndarray, n_owner: int, attr: np.ndarray, col: str, what: str, names_, attr_names):
         ref = np.full(n_owner, -1, dtype=np.int64)
-        ref[owner[::-1]] = attr[::-1]          # first occurrence wins
+        ref[owner[::-1]] = attr[::-1]  # first occurrence wins
         bad = attr != ref[owner]
         if bad.any():
             i = np.flatnonzero(bad)[0]
             show = (lambda v: int(v)) if attr_names is None else (lambda v: attr_names[v])
-            fail(i, col, f"{what} {names_[owner[i]]!r} has {col} {show(attr[i])!r} here but "
-                         f"{show(ref[owner[i]])!r} on an earlier row")
+            fail(
+                i,
+                col,
+                f"{what} {names_[owner[i]]!r} has {col} {show(attr[i])!r} here but "
+                f"{show(ref[owner[i]])!r} on an earlier row",
+            )
         return ref
 
     cust_seg = consistent(cust, n, seg, "segment", "customer", cust_names, seg_names)
     act_chan = consistent(act, J, chan, "channel", "action", act_names, chan_names)
-    cust_cnt = consistent(cust, n, cnt, "count", "customer", cust_names, None) if has_count \
-        else np.ones(n, dtype=np.int64)
+    cust_cnt = (
+        consistent(cust, n, cnt, "count", "customer", cust_names, None) if has_count else np.ones(n, dtype=np.int64)
+    )
 
     # actions and segments in sorted order so that results do not depend on row order
     a_order = np.argsort(act_names.astype(str))
@@ -266,6 +304,16 @@ def _from_arrow(holder: list, source: str, offset: int) -> ValueTable:
     E[cust, aj] = True
     act_channel = np.empty(J, dtype=np.int64)
     act_channel[a_rank] = c_rank[act_chan]
-    return ValueTable(ids=cust_names.astype(str), segment=s_rank[cust_seg], segments=[str(s) for s in seg_names[s_order]],
-                      actions=[str(a) for a in act_names[a_order]], channels=[str(c) for c in chan_names[c_order]],
-                      action_channel=act_channel, value=V, cost=C, eligible=E, count=cust_cnt, source=source)
+    return ValueTable(
+        ids=cust_names.astype(str),
+        segment=s_rank[cust_seg],
+        segments=[str(s) for s in seg_names[s_order]],
+        actions=[str(a) for a in act_names[a_order]],
+        channels=[str(c) for c in chan_names[c_order]],
+        action_channel=act_channel,
+        value=V,
+        cost=C,
+        eligible=E,
+        count=cust_cnt,
+        source=source,
+    )

@@ -7,6 +7,7 @@ segment, products, last_contact, recent_contacts, opted_out); `masks` is the (n,
 of allowed actions (`PopulationSimulator.action_masks()`), column 0 being "none".
 Policies never see the latent rate or alive flag.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Mapping, Protocol, runtime_checkable
@@ -88,5 +89,6 @@ def as_simulator_policy(policy: Policy, greedy: bool = False) -> Callable:
 
     def fn(sim) -> np.ndarray:
         return policy.act(sim.observe(), sim.action_masks(), None if greedy else sim.policy_rng)
+
     fn.policy = policy  # type: ignore[attr-defined]
     return fn

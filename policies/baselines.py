@@ -15,6 +15,7 @@ customers and for histories with signup dates; set `repeat_only=True` for worlds
 histories without them, whose book customers' frequency includes the birth purchase), t_x =
 tenure - recency (0 when x = 0), T = tenure, all in periods.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
@@ -24,14 +25,22 @@ import numpy as np
 
 from sim.catalogue import STAGES
 from sim.playbook import Playbook
-from sim.posterior import ObservablePosterior
 from sim.population import WorldTables
+from sim.posterior import ObservablePosterior
 from sim.world import WorldModel
 
 from .base import Observation, PolicyBase, masked_normalise, one_hot
 
-__all__ = ["BASELINES", "BusinessAsUsual", "ChurnThreshold", "GreedyUplift", "NonePolicy", "ObservablePosterior",
-           "RandomPolicy", "make_baseline"]
+__all__ = [
+    "BASELINES",
+    "BusinessAsUsual",
+    "ChurnThreshold",
+    "GreedyUplift",
+    "NonePolicy",
+    "ObservablePosterior",
+    "RandomPolicy",
+    "make_baseline",
+]
 
 _BLOCK = 65_536  # customers valued together: bounds the (n, A) temporaries at ~5 MB each
 
@@ -284,8 +293,7 @@ class GreedyUplift(_Baseline):
         # that would not have been held anyway: an opening now replaces one that would have come
         # later at the baseline hazard, so period t only counts while that has not happened yet
         # (valuing every held period overstated the card offer's realised value by ~45 %)
-        keep = (np.clip(1.0 - tb.close_cells, 0.0, 1.0) * np.clip(1.0 - tb.adopt_cells, 0.0, 1.0)
-                * np.exp(self._log_d))
+        keep = np.clip(1.0 - tb.close_cells, 0.0, 1.0) * np.clip(1.0 - tb.adopt_cells, 0.0, 1.0) * np.exp(self._log_d)
         hold = _annuity(-np.log(np.maximum(keep, 1e-300)), self.horizon)
         self._adopt_value = tb.adopt_cells * tb.product_margin[None, :] * hold  # (G*S, P)
 
@@ -295,7 +303,7 @@ class GreedyUplift(_Baseline):
         rows = np.arange(np.asarray(obs["stage"]).shape[0]) if rows is None else np.asarray(rows)
         out = np.empty((rows.size, self._cost.size))
         for b in range(0, rows.size, _BLOCK):
-            out[b:b + _BLOCK] = self._values_block(obs, rows[b:b + _BLOCK])
+            out[b : b + _BLOCK] = self._values_block(obs, rows[b : b + _BLOCK])
         return out
 
     def _values_block(self, obs: Observation, rows: np.ndarray) -> np.ndarray:
@@ -307,14 +315,16 @@ class GreedyUplift(_Baseline):
         f = (self._fatigue ** np.asarray(obs["recent_contacts"], float)[rows])[:, None]
         # decay per period of a discounted, still-alive customer: hazard - log(discount factor)
         c0 = mu - self._log_d
-        c1 = c0[:, None] - mu[:, None] * self._dropout[stage] * f      # under the effect's hazard
+        c1 = c0[:, None] - mu[:, None] * self._dropout[stage] * f  # under the effect's hazard
         # discounted alive periods during the effect's D periods, and d^D P(alive after them)
-        alive_win, surv_win = _annuity_and_tail(c1, self._duration)     # (n, A)
+        alive_win, surv_win = _annuity_and_tail(c1, self._duration)  # (n, A)
         base_win, surv_base = _annuity_and_tail(c0[:, None], self._durations)
         base_win, surv_base = base_win[:, self._duration_of], surv_base[:, self._duration_of]
         later = w * _annuity(c0, self.horizon)  # (n,) value of being alive after the window
-        v = (w[:, None] * ((1.0 + self._lift[stage] * f) * alive_win - base_win)
-             + (surv_win - surv_base) * later[:, None])
+        v = (
+            w[:, None] * ((1.0 + self._lift[stage] * f) * alive_win - base_win)
+            + (surv_win - surv_base) * later[:, None]
+        )
         if self._adopt_value.shape[1]:
             cell = np.asarray(obs["segment"])[rows].astype(np.intp) * len(STAGES) + stage
             not_held = ~np.asarray(obs["products"])[rows]
@@ -339,8 +349,9 @@ class GreedyUplift(_Baseline):
         return one_hot(act, A)
 
 
-BASELINES: dict[str, type[_Baseline]] = {cls.name: cls for cls in (
-    NonePolicy, RandomPolicy, BusinessAsUsual, ChurnThreshold, GreedyUplift)}
+BASELINES: dict[str, type[_Baseline]] = {
+    cls.name: cls for cls in (NonePolicy, RandomPolicy, BusinessAsUsual, ChurnThreshold, GreedyUplift)
+}
 
 
 def make_baseline(name: str, world: WorldModel, **params: Any) -> _Baseline:
@@ -351,6 +362,8 @@ def make_baseline(name: str, world: WorldModel, **params: Any) -> _Baseline:
     known = cls.param_names()
     unknown = sorted(set(params) - set(known))
     if unknown:
-        raise ValueError(f"baseline {name!r} has no parameter {unknown[0]!r}; "
-                         f"its parameters: {', '.join(known) if known else '(none)'}")
+        raise ValueError(
+            f"baseline {name!r} has no parameter {unknown[0]!r}; "
+            f"its parameters: {', '.join(known) if known else '(none)'}"
+        )
     return cls(world, **params)

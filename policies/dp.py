@@ -12,6 +12,7 @@
 The second is the honest one: most of a customer's value comes without any contact, so a
 policy can reach a high ratio while capturing little of what contacts can add.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -71,8 +72,7 @@ def value_iteration(tw: TabularWorld, tol: float = 1e-10, max_iter: int = 100_00
     Q = R + g * (Pst @ V).reshape(A, S).T
     # ties (e.g. contacts worth exactly nothing) go to the lowest index, so "none" wins them
     policy = np.argmax(Q >= Q.max(axis=1, keepdims=True) - 1e-12 * (1.0 + np.abs(V))[:, None], axis=1)
-    return DPSolution(V=V, Q=Q, policy=policy, iterations=it, residual=residual,
-                      seconds=time.perf_counter() - t0)
+    return DPSolution(V=V, Q=Q, policy=policy, iterations=it, residual=residual, seconds=time.perf_counter() - t0)
 
 
 def _check_probs(tw: TabularWorld, probs: np.ndarray) -> np.ndarray:
@@ -116,9 +116,14 @@ def gap_report(tw: TabularWorld, probs: np.ndarray, solution: DPSolution | None 
     sol = solution or value_iteration(tw)
     v_opt, v_none, v = sol.value(tw), policy_value(tw, none_probs(tw)), policy_value(tw, probs)
     gain = v_opt - v_none
-    return {"value": v, "optimum": v_opt, "none_value": v_none, "ratio": v / v_opt,
-            "none_ratio": v_none / v_opt,
-            "improvement_captured": (v - v_none) / gain if gain > 0 else float("nan")}
+    return {
+        "value": v,
+        "optimum": v_opt,
+        "none_value": v_none,
+        "ratio": v / v_opt,
+        "none_ratio": v_none / v_opt,
+        "improvement_captured": (v - v_none) / gain if gain > 0 else float("nan"),
+    }
 
 
 class DPPolicy(PolicyBase):

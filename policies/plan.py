@@ -1,6 +1,7 @@
 """A one-period plan run on top of a policy: the plan's actions in the first period, the policy
 afterwards (`PlanThenPolicy`), and an allocation turned into per-customer catalogue actions
 (`plan_actions`)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -22,7 +23,7 @@ class PlanThenPolicy:
             self.sim, self.k = sim, (self.k + 1) % len(self.starts)
         if sim.t == 0:
             lo = self.starts[self.k]
-            return np.asarray(self.plan[lo:lo + sim.state.n], np.int16)
+            return np.asarray(self.plan[lo : lo + sim.state.n], np.int16)
         return self.policy(sim)
 
 

@@ -4,6 +4,7 @@ The one owner of the vocabulary "a policy spec": a baseline name (`policies.base
 or the folder (or its model.zip) that `clv train` wrote. Every front end (the CLI, scenario files,
 run configs, backtests) checks and labels specs here.
 """
+
 from __future__ import annotations
 
 import sys
@@ -44,9 +45,12 @@ def resolve_policy(spec: str, world, key: str = "policy") -> Any:
     path = Path(spec)
     if path.exists():
         from .rl import SB3Policy
+
         pol = SB3Policy.load(path, world)
         if pol.card.get("world_hash") != world.hash():
-            print(f"warning: {spec} was trained on world {pol.card.get('world_hash')}, evaluating on "
-                  f"{world.hash()}", file=sys.stderr)
+            print(
+                f"warning: {spec} was trained on world {pol.card.get('world_hash')}, evaluating on {world.hash()}",
+                file=sys.stderr,
+            )
         return pol
     raise ConfigError(key, value=spec, message=UNKNOWN_POLICY)

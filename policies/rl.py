@@ -6,6 +6,7 @@ changes any of them and the card records the values used. Same seed, same traine
 env draws everything from the seed, SB3 seeds torch and the action space, and torch runs on a
 fixed number of threads.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,30 +25,30 @@ MODEL_FILE = "model.zip"
 CARD_VERSION = 1
 
 _PPO = {
-    "n_envs": 512,            # customers stepped together by the vectorised simulator
-    "horizon": 52,            # periods per training episode (one customer-year)
-    "gamma": 0.99,            # agent discount per period: a ~2-year effective horizon (see docs)
-    "n_steps": 26,            # rollout length per customer slot: 512 x 26 = 13,312 steps per update
+    "n_envs": 512,  # customers stepped together by the vectorised simulator
+    "horizon": 52,  # periods per training episode (one customer-year)
+    "gamma": 0.99,  # agent discount per period: a ~2-year effective horizon (see docs)
+    "n_steps": 26,  # rollout length per customer slot: 512 x 26 = 13,312 steps per update
     "batch_size": 3328,
     "n_epochs": 4,
     "learning_rate": 3e-4,
     "gae_lambda": 0.95,
     "clip_range": 0.2,
-    "ent_coef": 0.001,         # small: the warm-started actor should refine, not re-randomise
+    "ent_coef": 0.001,  # small: the warm-started actor should refine, not re-randomise
     "vf_coef": 0.5,
     "max_grad_norm": 0.5,
     "net_arch": [64, 64],
     "normalize_reward": True,  # VecNormalize on rewards only (observations are already scaled)
-    "reward": "expected",      # Rao-Blackwellised training reward (sim.envs.vec_env.PopulationVecEnv)
-    "uplift_features": True,   # observation also carries each action's myopic net value (UpliftEncoder)
+    "reward": "expected",  # Rao-Blackwellised training reward (sim.envs.vec_env.PopulationVecEnv)
+    "uplift_features": True,  # observation also carries each action's myopic net value (UpliftEncoder)
     # before RL the actor is fitted to: "BASE" = baseline BASE's decisions (behaviour cloning, the
     # default: RL from scratch drowns the small value of a contact in outcome noise and settles on
     # contacting almost nobody); "rollout:BASE" = the action of largest fitted CRN-rollout advantage
     # with BASE followed afterwards (policies.rollout); "" = nothing (RL from scratch)
     "warm_start": "greedy_uplift",
-    "rollout_customers": 20_000,    # customers whose states are labelled ...
-    "rollout_every": 4,             # ... every 4 periods of one horizon of the base policy
-    "rollout_horizon": 52,          # periods each rollout follows the base policy
+    "rollout_customers": 20_000,  # customers whose states are labelled ...
+    "rollout_every": 4,  # ... every 4 periods of one horizon of the base policy
+    "rollout_horizon": 52,  # periods each rollout follows the base policy
     "warm_start_samples": 262_144,  # decisions collected when cloning a baseline
     "warm_start_epochs": 8,
     "critic_warmup_steps": 266_240,  # RL steps with the actor frozen, so the critic is sensible first
@@ -64,7 +65,7 @@ HYPERPARAMS: dict[str, dict[str, Any]] = {
         "buffer_size": 200_000,
         "learning_starts": 10_000,
         "batch_size": 256,
-        "train_freq": 1,          # one gradient step per vectorised step (= n_envs transitions)
+        "train_freq": 1,  # one gradient step per vectorised step (= n_envs transitions)
         "gradient_steps": 4,
         "target_update_interval": 2_000,
         "exploration_fraction": 0.3,
@@ -99,7 +100,9 @@ class UpliftEncoder:
 
     def __init__(self, world, model_features: bool = True):
         from sim.envs.customer import ObservationEncoder
+
         from .baselines import GreedyUplift
+
         self.base = ObservationEncoder.from_world(world, model_features=model_features)
         self.greedy = GreedyUplift(world)
         self.actions = list(world.catalogue.names)
@@ -118,12 +121,15 @@ class UpliftEncoder:
 
     def space(self):
         from gymnasium import spaces
+
         from sim.envs.customer import OBS_CLIP
+
         low = np.r_[np.zeros(self.base.dim), np.full(len(self.actions) - 1, -OBS_CLIP)].astype(np.float32)
         return spaces.Box(low, np.full(self.dim, OBS_CLIP, np.float32), dtype=np.float32)
 
     def encode(self, obs) -> np.ndarray:
         from sim.envs.customer import OBS_CLIP
+
         v = self.greedy.values(obs)[:, 1:]
         extra = np.clip(np.sign(v) * np.log1p(np.abs(v)), -OBS_CLIP, OBS_CLIP).astype(np.float32)
         return np.concatenate([self.base.encode(obs), extra], axis=1)
@@ -132,6 +138,7 @@ class UpliftEncoder:
 def make_encoder(world, card_encoder: dict[str, Any]):
     """The observation encoder a card describes."""
     from sim.envs.customer import ObservationEncoder
+
     if card_encoder.get("uplift_features"):
         return UpliftEncoder(world, card_encoder.get("model_features", True))
     return ObservationEncoder.from_world(world, model_features=card_encoder.get("model_features", True))
@@ -159,24 +166,36 @@ def _rollout_data(world, encoder, hp: dict[str, Any], seed: int, book, populatio
     (policies.rollout: CRN rollouts, then a least-squares fit of Q(s, a) - Q(s, none) on features)."""
     from .baselines import make_baseline
     from .rollout import fit_advantages, rollout_labels
+
     every = int(hp["rollout_every"])
-    lab = rollout_labels(world, make_baseline(hp["warm_start"].removeprefix("rollout:"), world),
-                         int(hp["rollout_customers"]), list(range(0, int(hp["horizon"]), every)),
-                         int(hp["rollout_horizon"]), seed, book=book if population == "book" else None)
+    lab = rollout_labels(
+        world,
+        make_baseline(hp["warm_start"].removeprefix("rollout:"), world),
+        int(hp["rollout_customers"]),
+        list(range(0, int(hp["horizon"]), every)),
+        int(hp["rollout_horizon"]),
+        seed,
+        book=book if population == "book" else None,
+    )
     X = np.concatenate([encoder.encode(o) for o in lab.obs])
     predict, fit = fit_advantages(X, lab.q, lab.masks, seed)
     adv = np.where(lab.masks, predict(X), -np.inf)
     best = np.argmax(adv, axis=1)
-    info = {**lab.summary(), **{f"advantage_{k}": v for k, v in fit.items()},
-            "improved_share": float((best != lab.base_action).mean())}
+    info = {
+        **lab.summary(),
+        **{f"advantage_{k}": v for k, v in fit.items()},
+        "improved_share": float((best != lab.base_action).mean()),
+    }
     return X, best.astype(np.int64), lab.masks, None, info
 
 
-def _fit_actor(model, X: np.ndarray, y: np.ndarray, M: np.ndarray, weights: np.ndarray | None, epochs: int,
-               seed: int) -> dict[str, float]:
+def _fit_actor(
+    model, X: np.ndarray, y: np.ndarray, M: np.ndarray, weights: np.ndarray | None, epochs: int, seed: int
+) -> dict[str, float]:
     """Fit the actor to labelled decisions by (weighted) maximum likelihood, masked for
     MaskablePPO. Returns the final loss and the share of labels the actor reproduces."""
     import torch
+
     X = torch.as_tensor(X)
     y = torch.as_tensor(y)
     w = torch.ones(len(y)) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
@@ -187,13 +206,17 @@ def _fit_actor(model, X: np.ndarray, y: np.ndarray, M: np.ndarray, weights: np.n
     maskable = "Maskable" in type(policy).__name__
 
     def dist_of(idx):
-        return (policy.get_distribution(X[idx], action_masks=M[idx.numpy()]) if maskable
-                else policy.get_distribution(X[idx]))
+        return (
+            policy.get_distribution(X[idx], action_masks=M[idx.numpy()])
+            if maskable
+            else policy.get_distribution(X[idx])
+        )
+
     loss = torch.tensor(0.0)
     for _ in range(epochs):
         perm = torch.randperm(X.shape[0], generator=gen)
         for i in range(0, X.shape[0], 4096):
-            b = perm[i:i + 4096]
+            b = perm[i : i + 4096]
             loss = -(w[b] * dist_of(b).log_prob(y[b])).sum() / w[b].sum()
             opt.zero_grad()
             loss.backward()
@@ -201,32 +224,76 @@ def _fit_actor(model, X: np.ndarray, y: np.ndarray, M: np.ndarray, weights: np.n
     with torch.no_grad():
         idx = torch.arange(min(len(y), 65_536))
         probs = dist_of(idx).distribution.probs.numpy()
-    best = np.argmax(np.where(M[:len(idx)], probs, -np.inf), axis=1)
-    return {"loss": float(loss.item()), "agreement": float((best == y[:len(idx)].numpy()).mean()),
-            "samples": int(X.shape[0])}
+    best = np.argmax(np.where(M[: len(idx)], probs, -np.inf), axis=1)
+    return {
+        "loss": float(loss.item()),
+        "agreement": float((best == y[: len(idx)].numpy()).mean()),
+        "samples": int(X.shape[0]),
+    }
 
 
 def _make_model(algo: str, env, hp: dict[str, Any], seed: int, tensorboard: str | None):
-    common = dict(policy_kwargs={"net_arch": list(hp["net_arch"])}, seed=seed, verbose=0,
-                  tensorboard_log=tensorboard, device="cpu", gamma=hp["gamma"], learning_rate=hp["learning_rate"])
+    common = dict(
+        policy_kwargs={"net_arch": list(hp["net_arch"])},
+        seed=seed,
+        verbose=0,
+        tensorboard_log=tensorboard,
+        device="cpu",
+        gamma=hp["gamma"],
+        learning_rate=hp["learning_rate"],
+    )
     if algo in ("ppo", "maskable_ppo"):
-        kw = {k: hp[k] for k in ("n_steps", "batch_size", "n_epochs", "gae_lambda", "clip_range", "ent_coef",
-                                 "vf_coef", "max_grad_norm")}
+        kw = {
+            k: hp[k]
+            for k in (
+                "n_steps",
+                "batch_size",
+                "n_epochs",
+                "gae_lambda",
+                "clip_range",
+                "ent_coef",
+                "vf_coef",
+                "max_grad_norm",
+            )
+        }
         if algo == "ppo":
             from stable_baselines3 import PPO
+
             return PPO("MlpPolicy", env, **kw, **common)
         from sb3_contrib import MaskablePPO
+
         return MaskablePPO("MlpPolicy", env, **kw, **common)
     from stable_baselines3 import DQN
-    kw = {k: hp[k] for k in ("buffer_size", "learning_starts", "batch_size", "train_freq", "gradient_steps",
-                             "target_update_interval", "exploration_fraction", "exploration_final_eps")}
+
+    kw = {
+        k: hp[k]
+        for k in (
+            "buffer_size",
+            "learning_starts",
+            "batch_size",
+            "train_freq",
+            "gradient_steps",
+            "target_update_interval",
+            "exploration_fraction",
+            "exploration_final_eps",
+        )
+    }
     return DQN("MlpPolicy", env, **kw, **common)
 
 
-def train(world, algo: str = "ppo", steps: int | None = None, seed: int = 0, out: str | Path | None = None,
-          overrides: dict[str, Any] | None = None, population: str | None = None, book=None,
-          tensorboard: str | None = None, progress: Callable[[int, int], None] | None = None,
-          world_path: str | None = None) -> tuple["SB3Policy", dict[str, Any]]:
+def train(
+    world,
+    algo: str = "ppo",
+    steps: int | None = None,
+    seed: int = 0,
+    out: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    population: str | None = None,
+    book=None,
+    tensorboard: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    world_path: str | None = None,
+) -> tuple["SB3Policy", dict[str, Any]]:
     """Train `algo` on `world` (a WorldModel or a world JSON path, its book beside it) for `steps`
     customer-periods. Writes out/model.zip and out/card.json when `out` is given (atomically:
     the card, the file that says a training finished, is written last). Returns (policy, card)."""
@@ -247,8 +314,16 @@ def train(world, algo: str = "ppo", steps: int | None = None, seed: int = 0, out
     torch.set_num_threads(int(hp["torch_threads"]))
     encoder_card = {"model_features": True, "uplift_features": bool(hp["uplift_features"])}
     encoder = make_encoder(world, encoder_card)
-    vec = PopulationVecEnv(world, n_envs=hp["n_envs"], horizon=hp["horizon"], population=population, book=book,
-                           seed=seed, reward=hp["reward"], encoder=encoder)
+    vec = PopulationVecEnv(
+        world,
+        n_envs=hp["n_envs"],
+        horizon=hp["horizon"],
+        population=population,
+        book=book,
+        seed=seed,
+        reward=hp["reward"],
+        encoder=encoder,
+    )
     env = VecMonitor(vec)
     if hp["normalize_reward"]:
         env = VecNormalize(env, norm_obs=False, norm_reward=True, gamma=hp["gamma"])
@@ -270,9 +345,13 @@ def train(world, algo: str = "ppo", steps: int | None = None, seed: int = 0, out
                     self.returns.append(ep["r"])
             if self.num_timesteps >= self.next_at:
                 if self.returns:
-                    curve.append({"timesteps": int(self.num_timesteps),
-                                  "mean_episode_return": float(np.mean(self.returns)),
-                                  "episodes": len(self.returns)})
+                    curve.append(
+                        {
+                            "timesteps": int(self.num_timesteps),
+                            "mean_episode_return": float(np.mean(self.returns)),
+                            "episodes": len(self.returns),
+                        }
+                    )
                 self.returns = []
                 self.next_at += self.every
             if progress is not None:
@@ -287,13 +366,26 @@ def train(world, algo: str = "ppo", steps: int | None = None, seed: int = 0, out
             X, y, M, wts, info = _rollout_data(world, encoder, hp, seed, book, population)
         else:
             from .baselines import make_baseline
-            teacher_env = PopulationVecEnv(world, n_envs=hp["n_envs"], horizon=hp["horizon"], population=population,
-                                           book=book, seed=seed + 1_000_003, reward=hp["reward"], encoder=encoder)
-            X, y, M, wts = _teacher_data(teacher_env, make_baseline(hp["warm_start"], world),
-                                         int(hp["warm_start_samples"]))
+
+            teacher_env = PopulationVecEnv(
+                world,
+                n_envs=hp["n_envs"],
+                horizon=hp["horizon"],
+                population=population,
+                book=book,
+                seed=seed + 1_000_003,
+                reward=hp["reward"],
+                encoder=encoder,
+            )
+            X, y, M, wts = _teacher_data(
+                teacher_env, make_baseline(hp["warm_start"], world), int(hp["warm_start_samples"])
+            )
             info = {}
-        warm = {**info, **_fit_actor(model, X, y, M, wts, int(hp["warm_start_epochs"]), seed),
-                "teacher": hp["warm_start"]}
+        warm = {
+            **info,
+            **_fit_actor(model, X, y, M, wts, int(hp["warm_start_epochs"]), seed),
+            "teacher": hp["warm_start"],
+        }
         frozen = list(model.policy.mlp_extractor.policy_net.parameters()) + list(model.policy.action_net.parameters())
         warm_steps = min(int(hp["critic_warmup_steps"]), steps)
         if warm_steps:
@@ -303,21 +395,36 @@ def train(world, algo: str = "ppo", steps: int | None = None, seed: int = 0, out
             for p in frozen:
                 p.requires_grad_(True)
         if steps > warm_steps:
-            model.learn(total_timesteps=steps - warm_steps, callback=callback, progress_bar=False,
-                        reset_num_timesteps=False)
+            model.learn(
+                total_timesteps=steps - warm_steps, callback=callback, progress_bar=False, reset_num_timesteps=False
+            )
     else:
         model.learn(total_timesteps=steps, callback=callback, progress_bar=False)
     seconds = time.perf_counter() - t0
     import sb3_contrib
     import stable_baselines3
+
     card = {
-        "card_version": CARD_VERSION, "algo": algo, "seed": seed, "steps": steps,
-        "world_hash": world.hash(), "world_path": world_path, "population": population,
-        "hyperparameters": hp, "observation": vec.encoder.names, "actions": list(world.catalogue.names),
-        "encoder": encoder_card, "warm_start": warm,
-        "training_curve": curve, "seconds": round(seconds, 2), "ineligible_actions_replaced": int(vec.n_ineligible),
-        "versions": {"stable_baselines3": stable_baselines3.__version__, "sb3_contrib": sb3_contrib.__version__,
-                     "torch": torch.__version__},
+        "card_version": CARD_VERSION,
+        "algo": algo,
+        "seed": seed,
+        "steps": steps,
+        "world_hash": world.hash(),
+        "world_path": world_path,
+        "population": population,
+        "hyperparameters": hp,
+        "observation": vec.encoder.names,
+        "actions": list(world.catalogue.names),
+        "encoder": encoder_card,
+        "warm_start": warm,
+        "training_curve": curve,
+        "seconds": round(seconds, 2),
+        "ineligible_actions_replaced": int(vec.n_ineligible),
+        "versions": {
+            "stable_baselines3": stable_baselines3.__version__,
+            "sb3_contrib": sb3_contrib.__version__,
+            "torch": torch.__version__,
+        },
     }
     policy = SB3Policy(model, card, world)
     if out is not None:
@@ -327,6 +434,7 @@ def train(world, algo: str = "ppo", steps: int | None = None, seed: int = 0, out
 
 def save(policy: "SB3Policy", out: str | Path) -> None:
     from sim.atomic import atomic_path, atomic_write_json
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / MODEL_FILE) as tmp:
@@ -349,12 +457,16 @@ def plain_objects(zip_path: str | Path, algo: str, card: dict[str, Any]) -> dict
     import zipfile
 
     import gymnasium as gym
+
     from sim.errors import ConfigError
+
     try:
         with zipfile.ZipFile(zip_path) as z:
             data = json.loads(z.read("data"))
     except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as e:
-        raise ConfigError(f"{zip_path}: not a model.zip written by `clv train` ({e}); retrain with `clv train`") from None
+        raise ConfigError(
+            f"{zip_path}: not a model.zip written by `clv train` ({e}); retrain with `clv train`"
+        ) from None
     hp = card.get("hyperparameters") or {}
     out: dict[str, Any] = {}
     for key, item in data.items():
@@ -389,6 +501,7 @@ def plain_objects(zip_path: str | Path, algo: str, card: dict[str, Any]) -> dict
 def _constant(value: float) -> Callable[[float], float]:
     def schedule(_: float) -> float:
         return value
+
     return schedule
 
 
@@ -406,19 +519,34 @@ class SB3Policy(PolicyBase):
         self.encoder = make_encoder(world, card["encoder"])
         if self.encoder.names != card["observation"]:
             from sim.errors import ConfigError
+
             want, got = list(card["observation"]), list(self.encoder.names)
-            diff = "; ".join(p for p in (
-                "not in this world: " + ", ".join(n for n in want if n not in got) if set(want) - set(got) else "",
-                "new in this world: " + ", ".join(n for n in got if n not in want) if set(got) - set(want) else "")
-                if p) or "same features in another order"
-            raise ConfigError(f"policy {card['algo']} was trained on a world with other observations ({diff}: "
-                              "different segments, products or channels); retrain it on this world with `clv train`")
+            diff = (
+                "; ".join(
+                    p
+                    for p in (
+                        "not in this world: " + ", ".join(n for n in want if n not in got)
+                        if set(want) - set(got)
+                        else "",
+                        "new in this world: " + ", ".join(n for n in got if n not in want)
+                        if set(got) - set(want)
+                        else "",
+                    )
+                    if p
+                )
+                or "same features in another order"
+            )
+            raise ConfigError(
+                f"policy {card['algo']} was trained on a world with other observations ({diff}: "
+                "different segments, products or channels); retrain it on this world with `clv train`"
+            )
         self.name = name or card["algo"]
 
     @classmethod
     def load(cls, path: str | Path, world, deterministic: bool = True, name: str | None = None) -> "SB3Policy":
         """From a folder written by `train` (card.json + model.zip), to act in `world`."""
         from sim.errors import ConfigError
+
         path = Path(path)
         folder = path.parent if path.suffix == ".zip" else path
         card_path = folder / CARD_FILE
@@ -433,18 +561,20 @@ class SB3Policy(PolicyBase):
             from stable_baselines3 import DQN as cls_
         else:
             from sb3_contrib import MaskablePPO as cls_
-        model = cls_.load(folder / MODEL_FILE, device="cpu",
-                          custom_objects=plain_objects(folder / MODEL_FILE, card["algo"], card))
+        model = cls_.load(
+            folder / MODEL_FILE, device="cpu", custom_objects=plain_objects(folder / MODEL_FILE, card["algo"], card)
+        )
         return cls(model, card, world, deterministic=deterministic, name=name or folder.name)
 
     def scores(self, obs, chunk: int = 65_536) -> np.ndarray:
         """(n, A) action probabilities of the actor (PPO) or Q-values (DQN), before masking."""
         import torch
+
         x = self.encoder.encode(obs)
         out = []
         with torch.no_grad():
             for i in range(0, x.shape[0], chunk):
-                t = torch.as_tensor(x[i:i + chunk])
+                t = torch.as_tensor(x[i : i + chunk])
                 if self.algo == "dqn":
                     out.append(self.model.q_net(t).numpy())
                 else:

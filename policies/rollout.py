@@ -10,6 +10,7 @@ never worse than the base policy in expectation (policy improvement theorem, up 
 truncation and the noise). `policies.rl.train` distils the labels into the PPO actor (weighted by
 the regret of the base action) before RL fine-tuning.
 """
+
 from __future__ import annotations
 
 import copy
@@ -21,10 +22,10 @@ import numpy as np
 
 @dataclass
 class RolloutLabels:
-    obs: list[dict[str, np.ndarray]]   # bank-visible observation dicts, one per snapshot
-    masks: np.ndarray                  # (N, A)
-    q: np.ndarray                      # (N, A) discounted return of each action (-inf where masked)
-    base_action: np.ndarray            # (N,)
+    obs: list[dict[str, np.ndarray]]  # bank-visible observation dicts, one per snapshot
+    masks: np.ndarray  # (N, A)
+    q: np.ndarray  # (N, A) discounted return of each action (-inf where masked)
+    base_action: np.ndarray  # (N,)
 
     @property
     def best(self) -> np.ndarray:
@@ -36,8 +37,11 @@ class RolloutLabels:
         return self.q.max(axis=1) - self.q[np.arange(len(self.q)), self.base_action]
 
     def summary(self) -> dict[str, Any]:
-        return {"states": int(len(self.q)), "changed_share": float((self.best != self.base_action).mean()),
-                "mean_regret_of_base": float(self.regret.mean())}
+        return {
+            "states": int(len(self.q)),
+            "changed_share": float((self.best != self.base_action).mean()),
+            "mean_regret_of_base": float(self.regret.mean()),
+        }
 
 
 def clone_simulator(sim):
@@ -52,12 +56,23 @@ def clone_simulator(sim):
     return twin
 
 
-def rollout_labels(world, base, customers: int, snapshots: list[int], horizon: int, seed: int, book=None,
-                   discount: float | None = None, progress: Callable[[int], None] | None = None) -> RolloutLabels:
+def rollout_labels(
+    world,
+    base,
+    customers: int,
+    snapshots: list[int],
+    horizon: int,
+    seed: int,
+    book=None,
+    discount: float | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> RolloutLabels:
     """Follow `base` (a policies.base policy) with `customers` customers and, at each period in
     `snapshots`, measure Q(s, a) for every allowed action a by CRN rollouts of `horizon` periods."""
     from sim.population import PopulationSimulator, WorldTables
+
     from .base import as_simulator_policy
+
     tables = WorldTables.from_world(world)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED]))
     if book is not None:
@@ -84,7 +99,7 @@ def rollout_labels(world, base, customers: int, snapshots: list[int], horizon: i
                 branch = clone_simulator(sim)
                 ret = branch.step(np.where(allowed, a, 0).astype(np.int16)).reward.copy()
                 for h in range(1, horizon):
-                    ret += gamma ** h * branch.step(act(branch)).reward
+                    ret += gamma**h * branch.step(act(branch)).reward
                 q[allowed, a] = ret[allowed]
                 if progress:
                     progress(1)
@@ -93,8 +108,9 @@ def rollout_labels(world, base, customers: int, snapshots: list[int], horizon: i
     return RolloutLabels(obs_l, np.concatenate(mask_l), np.concatenate(q_l), np.concatenate(base_l))
 
 
-def fit_advantages(X: np.ndarray, q: np.ndarray, masks: np.ndarray, seed: int, epochs: int = 30,
-                   hidden: tuple[int, ...] = (128, 128)) -> tuple[Any, dict[str, float]]:
+def fit_advantages(
+    X: np.ndarray, q: np.ndarray, masks: np.ndarray, seed: int, epochs: int = 30, hidden: tuple[int, ...] = (128, 128)
+) -> tuple[Any, dict[str, float]]:
     """Regress each action's rollout advantage over "none", Q(s, a) - Q(s, none), on the state's
     features by least squares (a small torch MLP, masked to the allowed actions).
 
@@ -103,6 +119,7 @@ def fit_advantages(X: np.ndarray, q: np.ndarray, masks: np.ndarray, seed: int, e
     lifetime), so labels come from the fitted conditional mean instead. Returns (predict(X) ->
     (n, A) advantages with 0 for "none", diagnostics incl. held-out R^2)."""
     import torch
+
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     A = q.shape[1]
@@ -122,7 +139,7 @@ def fit_advantages(X: np.ndarray, q: np.ndarray, masks: np.ndarray, seed: int, e
     for _ in range(epochs):
         perm = train_idx[torch.randperm(len(train_idx), generator=gen)]
         for i in range(0, len(perm), 2048):
-            b = perm[i:i + 2048]
+            b = perm[i : i + 2048]
             loss = (((net(Xt[b]) - Dt[b]) ** 2) * Mt[b]).sum() / Mt[b].sum().clamp(min=1.0)
             opt.zero_grad()
             loss.backward()
@@ -133,9 +150,13 @@ def fit_advantages(X: np.ndarray, q: np.ndarray, masks: np.ndarray, seed: int, e
         with torch.no_grad():
             out = net(torch.as_tensor(x, dtype=torch.float32)).numpy() * scale
         return np.concatenate([np.zeros((len(x), 1)), out], axis=1)
+
     pred = predict(X[held])[:, 1:]
     mh = m[held] > 0
     resid = ((pred - d[held]) ** 2)[mh].sum()
     tot = ((d[held] - d[held][mh].mean()) ** 2)[mh].sum()
-    return predict, {"heldout_r2": float(1 - resid / tot) if tot > 0 else float("nan"),
-                     "target_rms": scale, "epochs": epochs}
+    return predict, {
+        "heldout_r2": float(1 - resid / tot) if tot > 0 else float("nan"),
+        "target_rms": scale,
+        "epochs": epochs,
+    }

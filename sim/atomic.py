@@ -1,4 +1,5 @@
 """Atomic output writes (temp file in the same folder + rename): a failed run leaves no half files."""
+
 from __future__ import annotations
 
 import json

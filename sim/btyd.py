@@ -28,6 +28,7 @@ scipy's hyp2f1.
 BG/NBD (Fader, Hardie & Lee 2005, "Counting your customers the easy way"): closed-form likelihood
 and analytic gradient.
 """
+
 from __future__ import annotations
 
 import time
@@ -284,9 +285,14 @@ def _bgnbd_terms(params, data: _Data, want_grad: bool):
     z = np.where(pos, np.log(a) - np.log(bx1) + m * (la_T - la_t), -np.inf)
     sp = np.logaddexp(0.0, z)  # log(1 + e^z)
     ll = (
-        data.by_x(lambda xv: gammaln(r + xv) - gammaln(r)
-                  + gammaln(b + xv) - gammaln(a + b + xv) - gammaln(b) + gammaln(a + b))
-        + r * np.log(alpha) - m * la_T + sp
+        data.by_x(
+            lambda xv: (
+                gammaln(r + xv) - gammaln(r) + gammaln(b + xv) - gammaln(a + b + xv) - gammaln(b) + gammaln(a + b)
+            )
+        )
+        + r * np.log(alpha)
+        - m * la_T
+        + sp
     )
     log_pa = -sp
     if not want_grad:
@@ -538,8 +544,14 @@ def _fit_loglinear(
 
     u0 = np.log(np.asarray(theta0, dtype=np.float64))
     bounds = [(-_LOG_BOUND, _LOG_BOUND)] * len(u0)
-    res = minimize(obj, u0, jac=True, method="L-BFGS-B", bounds=bounds,
-                   options={"maxiter": 500, "ftol": 1e-13, "gtol": 1e-7, "maxcor": 20})
+    res = minimize(
+        obj,
+        u0,
+        jac=True,
+        method="L-BFGS-B",
+        bounds=bounds,
+        options={"maxiter": 500, "ftol": 1e-13, "gtol": 1e-7, "maxcor": 20},
+    )
     u = np.clip(res.x, -_LOG_BOUND, _LOG_BOUND)
     f, g = -float(res.fun) * W, -np.asarray(res.jac, dtype=np.float64) * W
 

@@ -5,6 +5,7 @@ Steps (each a function below, so a newcomer can find the one to change):
   -> stage rules -> activity panel (if products or decisions) -> response (decisions or priors)
   -> product hazards -> seasonality (if the history covers a year) -> book.
 """
+
 from __future__ import annotations
 
 import time
@@ -23,15 +24,22 @@ from .response import decisions_frame_to_data, estimate_response, load_priors, p
 from .spend import GammaGamma, fit_gamma_gamma
 from .world import ACTIVITY_MODELS, SegmentModel, StageRules, WorldModel
 
-MIN_SEGMENT_FIT = 500        # customers needed to fit a segment's own activity model
+MIN_SEGMENT_FIT = 500  # customers needed to fit a segment's own activity model
 MAX_FIT_CUSTOMERS = 200_000  # larger books are fitted on a seeded random sample of this size
 KMEANS_SAMPLE = 20_000
 SEASON_MIN_DAYS = 364
 
 
-def calibrate(history: History, calibration_end: str | pd.Timestamp, *, segment_by: str | None = None,
-              n_segments: int = 4, activity_model: str = "pareto_nbd", priors_path: str | None = None,
-              seed: int = 0) -> tuple[WorldModel, pd.DataFrame, dict[str, Any]]:
+def calibrate(
+    history: History,
+    calibration_end: str | pd.Timestamp,
+    *,
+    segment_by: str | None = None,
+    n_segments: int = 4,
+    activity_model: str = "pareto_nbd",
+    priors_path: str | None = None,
+    seed: int = 0,
+) -> tuple[WorldModel, pd.DataFrame, dict[str, Any]]:
     """Fit a world on history up to `calibration_end` (inclusive). Returns (world, book, report)."""
     t0 = time.perf_counter()
     ce = pd.Timestamp(calibration_end)
@@ -39,23 +47,28 @@ def calibrate(history: History, calibration_end: str | pd.Timestamp, *, segment_
     pdays = econ.period_days
     tx, merged = merge_same_day(history.transactions)
     if (tx["date"] <= ce).sum() == 0:
-        raise ConfigError(f"no transactions on or before the calibration end {ce.date()}; "
-                          f"the history starts on {tx['date'].min().date()}; choose a later date")
+        raise ConfigError(
+            f"no transactions on or before the calibration end {ce.date()}; "
+            f"the history starts on {tx['date'].min().date()}; choose a later date"
+        )
     rows = CustomerRows.from_frame(tx.loc[tx["date"] <= ce, ["customer_id", "date", "amount"]])
     summary = summarise(tx, ce, pdays, history.customers, rows=rows)
     used = int((tx["date"] <= ce).sum())
     all_customers = set(tx["customer_id"].unique())
     if history.customers is not None:
         all_customers |= set(history.customers["customer_id"])
-    report: dict[str, Any] = {"same_day_merged": int(merged), "customers": len(summary),
-                              "transactions_used": used, "transactions_after_calibration_end": int(len(tx) - used),
-                              "customers_born_after_calibration_end": int(len(all_customers) - len(summary))}
+    report: dict[str, Any] = {
+        "same_day_merged": int(merged),
+        "customers": len(summary),
+        "transactions_used": used,
+        "transactions_after_calibration_end": int(len(tx) - used),
+        "customers_born_after_calibration_end": int(len(all_customers) - len(summary)),
+    }
     catalogue = history.actions or _catalogue_for(history)
     priors = load_priors(priors_path)
     assumptions: list[str] = []
 
-    seg, seg_names, segmentation, exogenous = assign_segments(summary, history.customers, segment_by,
-                                                              n_segments, seed)
+    seg, seg_names, segmentation, exogenous = assign_segments(summary, history.customers, segment_by, n_segments, seed)
     G = len(seg_names)
     # activity / dropout
     fits = fit_activity(summary, seg, G, exogenous, activity_model, seed)
@@ -83,34 +96,59 @@ def calibrate(history: History, calibration_end: str | pd.Timestamp, *, segment_
         panel = build_panel(summary, tx, ce, pdays, rules)
         opens = closes = held_before = None
         if products:
-            opens, closes, held_before, held_end, initial = product_panels(history.products, summary, panel,
-                                                                           products, pdays, ce)
+            opens, closes, held_before, held_end, initial = product_panels(
+                history.products, summary, panel, products, pdays, ce
+            )
         under_effect = np.zeros(panel.counts.shape, bool)
         if history.decisions is not None:
             dec_df = history.decisions.loc[history.decisions["date"] <= ce]
             decay = prior_resp.contact_decay
-            dec, contact_end = decisions_frame_to_data(dec_df, catalogue, summary.customer_id, panel.origin, pdays,
-                                                       panel.stage_before, prior_resp.fatigue, decay,
-                                                       panel.n_periods, prior_resp.duration)
+            dec, contact_end = decisions_frame_to_data(
+                dec_df,
+                catalogue,
+                summary.customer_id,
+                panel.origin,
+                pdays,
+                panel.stage_before,
+                prior_resp.fatigue,
+                decay,
+                panel.n_periods,
+                prior_resp.duration,
+            )
             mu_stage = mean_hazard_by_stage(fits, seg, summary, panel, activity_model)
-            response, resp_report = estimate_response(prior_resp, catalogue, dec, panel.counts, opens, mu_stage,
-                                                      panel.n_periods, products, seed=seed, priors=priors)
+            response, resp_report = estimate_response(
+                prior_resp,
+                catalogue,
+                dec,
+                panel.counts,
+                opens,
+                mu_stage,
+                panel.n_periods,
+                products,
+                seed=seed,
+                priors=priors,
+            )
             under_effect, effect_mult = effect_exposure(dec, response, panel, catalogue)
         if products:
             alive = alive_panel(summary, seg, fits, panel, pdays)
             adopt, close, init_products, product_counts = product_hazards(
-                opens, closes, held_before, initial, panel, seg, G, under_effect, alive)
+                opens, closes, held_before, initial, panel, seg, G, under_effect, alive
+            )
     if history.decisions is None:
         assumptions.append("intervention response: all effects taken from priors (no logged decisions)")
-    assumptions += [f"intervention response: {k} taken from priors" for k in
-                    ("reactivation", "duration", "opt_out", "fatigue", "min_gap")]
+    assumptions += [
+        f"intervention response: {k} taken from priors"
+        for k in ("reactivation", "duration", "opt_out", "fatigue", "min_gap")
+    ]
     if resp_report is not None:
         eligible = [(i, STAGES.index(st)) for i, a in enumerate(catalogue.actions) if i for st in a.eligible_stages]
         for k in ("activity_lift", "dropout_reduction", "adoption_uplift"):
             n_prior = sum(response.source[k][i][j] == "prior" for i, j in eligible)
             if n_prior:
-                assumptions.append(f"intervention response: {k} of {n_prior} of {len(eligible)} eligible action x "
-                                   f"stage cells taken from priors (too few logged decisions)")
+                assumptions.append(
+                    f"intervention response: {k} of {n_prior} of {len(eligible)} eligible action x "
+                    f"stage cells taken from priors (too few logged decisions)"
+                )
     if not products:
         assumptions.append("products: none in the history; product adoption not modelled")
 
@@ -129,18 +167,41 @@ def calibrate(history: History, calibration_end: str | pd.Timestamp, *, segment_
         if m.any():
             campaign_multiplier[seg_names[g]] = 1.0 + float(effect_mult[m].mean())
             act["alpha"] = float(act["alpha"] * campaign_multiplier[seg_names[g]])
-        segments.append(SegmentModel(
-            name=seg_names[g], n_customers=int(m.sum()), share=float(m.mean()), activity=act,
-            spend=spend["by_segment"][g].to_dict(), product_adoption=adopt[g].tolist(),
-            product_close=close[g].tolist(), initial_products=init_products[g].tolist()))
+        segments.append(
+            SegmentModel(
+                name=seg_names[g],
+                n_customers=int(m.sum()),
+                share=float(m.mean()),
+                activity=act,
+                spend=spend["by_segment"][g].to_dict(),
+                product_adoption=adopt[g].tolist(),
+                product_close=close[g].tolist(),
+                initial_products=init_products[g].tolist(),
+            )
+        )
 
     world = WorldModel(
-        catalogue=catalogue, economics=econ, products=products, segments=segments, segmentation=segmentation,
-        stage_rules=rules, response=response, activity_model=activity_model, calibration_end=str(ce.date()),
-        seasonality=None if seasonality is None else seasonality.tolist(), assumptions=assumptions,
-        fit={"activity": fits["info"], "spend": spend["info"], "response": resp_report,
-             "products": product_counts, "campaign_multiplier": campaign_multiplier, "seconds": None},
-        source={"history": history.folder, "report": history.report, **report})
+        catalogue=catalogue,
+        economics=econ,
+        products=products,
+        segments=segments,
+        segmentation=segmentation,
+        stage_rules=rules,
+        response=response,
+        activity_model=activity_model,
+        calibration_end=str(ce.date()),
+        seasonality=None if seasonality is None else seasonality.tolist(),
+        assumptions=assumptions,
+        fit={
+            "activity": fits["info"],
+            "spend": spend["info"],
+            "response": resp_report,
+            "products": product_counts,
+            "campaign_multiplier": campaign_multiplier,
+            "seconds": None,
+        },
+        source={"history": history.folder, "report": history.report, **report},
+    )
     book = build_book(world, summary, seg, fits, spend, ce, held_end, contact_end, effect_mult, activity_model, dec)
     world.fit["seconds"] = round(time.perf_counter() - t0, 3)
     report["seconds"] = world.fit["seconds"]
@@ -153,25 +214,35 @@ def _catalogue_for(history: History) -> ActionCatalogue:
     if history.decisions is not None:
         unknown = sorted(set(history.decisions["action"].astype(str)) - set(cat.names))
         if unknown:
-            raise ConfigError(f"decisions.csv names actions {unknown[:3]} that the default catalogue lacks; "
-                              f"add an actions.yaml to the history folder")
+            raise ConfigError(
+                f"decisions.csv names actions {unknown[:3]} that the default catalogue lacks; "
+                f"add an actions.yaml to the history folder"
+            )
     return cat
 
 
 # ---- segments --------------------------------------------------------------------------------
-def assign_segments(summary: CustomerSummary, customers: pd.DataFrame | None, segment_by: str | None,
-                    n_segments: int, seed: int) -> tuple[np.ndarray, list[str], dict[str, Any], bool]:
+def assign_segments(
+    summary: CustomerSummary, customers: pd.DataFrame | None, segment_by: str | None, n_segments: int, seed: int
+) -> tuple[np.ndarray, list[str], dict[str, Any], bool]:
     """Segments from a customer attribute (exogenous) or K-means on RFM features."""
     col = segment_by or ("segment" if customers is not None and "segment" in customers.columns else None)
     if col is not None:
         if customers is None or col not in customers.columns:
-            raise ConfigError("segment_by", value=repr(col), message=(
-                "the history has no customers table (customers.csv)" if customers is None else
-                "customers.csv has no such column; its columns: " + ", ".join(map(str, customers.columns))))
+            raise ConfigError(
+                "segment_by",
+                value=repr(col),
+                message=(
+                    "the history has no customers table (customers.csv)"
+                    if customers is None
+                    else "customers.csv has no such column; its columns: " + ", ".join(map(str, customers.columns))
+                ),
+            )
         lab = customers.set_index("customer_id")[col].astype(str).reindex(summary.customer_id).fillna("unknown")
         names, seg = np.unique(lab.to_numpy(), return_inverse=True)
         return seg.astype(np.int16), [str(n) for n in names], {"method": "attribute", "column": col}, True
     from sklearn.cluster import KMeans
+
     feats = rfm_features(summary)
     mean, std = feats.mean(axis=0), feats.std(axis=0) + 1e-12
     z = (feats - mean) / std
@@ -181,16 +252,30 @@ def assign_segments(summary: CustomerSummary, customers: pd.DataFrame | None, se
     km = KMeans(n_clusters=k, n_init=2, random_state=seed).fit(sample)
     lab = km.predict(z)
     # order segments by value (frequency rate x monetary), highest first
-    value = np.array([np.mean(np.expm1(feats[lab == j, 0]) * np.expm1(feats[lab == j, 2])) if np.any(lab == j)
-                      else -1 for j in range(k)])
+    value = np.array(
+        [
+            np.mean(np.expm1(feats[lab == j, 0]) * np.expm1(feats[lab == j, 2])) if np.any(lab == j) else -1
+            for j in range(k)
+        ]
+    )
     order = np.argsort(-value)
     rank = np.empty(k, int)
     rank[order] = np.arange(k)
     seg = rank[lab].astype(np.int16)
     names = [f"rfm_{i + 1}" for i in range(k)]
     centers = (km.cluster_centers_ * std + mean)[order]
-    return seg, names, {"method": "kmeans_rfm", "k": k, "features": ["log1p_rate", "recency", "log1p_monetary"],
-                        "centers": centers.tolist(), "seed": seed}, False
+    return (
+        seg,
+        names,
+        {
+            "method": "kmeans_rfm",
+            "k": k,
+            "features": ["log1p_rate", "recency", "log1p_monetary"],
+            "centers": centers.tolist(),
+            "seed": seed,
+        },
+        False,
+    )
 
 
 def rfm_features(summary: CustomerSummary) -> np.ndarray:
@@ -211,8 +296,9 @@ def fit_sample(mask: np.ndarray, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(idx, MAX_FIT_CUSTOMERS, replace=False))
 
 
-def fit_activity(summary: CustomerSummary, seg: np.ndarray, G: int, exogenous: bool,
-                 model: str, seed: int = 0) -> dict[str, Any]:
+def fit_activity(
+    summary: CustomerSummary, seg: np.ndarray, G: int, exogenous: bool, model: str, seed: int = 0
+) -> dict[str, Any]:
     """Pooled fit, plus a fit per segment when segments are exogenous and large enough (segments
     cut on RFM are not: fitting a BTYD prior on customers selected by their own x and t_x
     would bias it, so they share the pooled prior and differ through their posteriors)."""
@@ -237,10 +323,14 @@ def fit_activity(summary: CustomerSummary, seg: np.ndarray, G: int, exogenous: b
 def fit_spend(summary: CustomerSummary, seg: np.ndarray, G: int, exogenous: bool, seed: int = 0) -> dict[str, Any]:
     ok = (summary.spend_x > 0) & (summary.spend_mean > 0)
     if ok.sum() < 10:
-        pooled = GammaGamma(p=1.0, q=2.0, gamma=float(max(summary.total_amount.sum(), 1.0) /
-                                                      max(summary.n_tx.sum(), 1)))
-        return {"pooled": pooled, "by_segment": [pooled] * G,
-                "info": {"pooled": "too few repeat transactions with a value; spend prior assumed"}}
+        pooled = GammaGamma(
+            p=1.0, q=2.0, gamma=float(max(summary.total_amount.sum(), 1.0) / max(summary.n_tx.sum(), 1))
+        )
+        return {
+            "pooled": pooled,
+            "by_segment": [pooled] * G,
+            "info": {"pooled": "too few repeat transactions with a value; spend prior assumed"},
+        }
     r = fit_sample(ok, seed)
     pooled, info = fit_gamma_gamma(summary.spend_x[r], summary.spend_mean[r])
     by_seg, infos = [], {"pooled": asdict(info)}
@@ -290,13 +380,23 @@ def stage_rules_from(rows: CustomerRows, period_days: float) -> StageRules:
         q90, q99 = np.quantile(gaps, [0.9, 0.99])
     dormant = int(np.clip(np.ceil(q90), 4, 52))
     churned = int(np.clip(max(2 * dormant, np.ceil(q99)), dormant + 1, 104))
-    return StageRules(new_periods=int(round(90 / period_days)) or 1, mature_periods=int(round(365 / period_days)) or 1,
-                      dormant_after=dormant, churned_after=churned)
+    return StageRules(
+        new_periods=int(round(90 / period_days)) or 1,
+        mature_periods=int(round(365 / period_days)) or 1,
+        dormant_after=dormant,
+        churned_after=churned,
+    )
 
 
 # ---- products ----------------------------------------------------------------------------------
-def product_panels(products_df: pd.DataFrame, summary: CustomerSummary, panel: Panel, products: list[str],
-                   period_days: float, ce: pd.Timestamp):
+def product_panels(
+    products_df: pd.DataFrame,
+    summary: CustomerSummary,
+    panel: Panel,
+    products: list[str],
+    period_days: float,
+    ce: pd.Timestamp,
+):
     """Adoptions and closings (N, W, P) int8, holdings at the start of each period and at the end,
     and the products each customer started with (opened on or before their birth date: those
     are the starting holdings, not adoptions)."""
@@ -339,12 +439,23 @@ def alive_panel(summary: CustomerSummary, seg: np.ndarray, fits, panel: Panel, p
         rows, cols = np.nonzero(after & (seg == g)[:, None])
         if rows.size:
             out[rows, cols] = fits["by_segment"][g].p_alive_at(
-                np.minimum(tau[rows, cols], summary.T[rows]), summary.x[rows], summary.t_x[rows], summary.T[rows])
+                np.minimum(tau[rows, cols], summary.T[rows]), summary.x[rows], summary.t_x[rows], summary.T[rows]
+            )
     return out
 
 
-def product_hazards(opens, closes, held_before, initial, panel: Panel, seg: np.ndarray, G: int,
-                    under_effect: np.ndarray, alive: np.ndarray, shrink: float = 50.0):
+def product_hazards(
+    opens,
+    closes,
+    held_before,
+    initial,
+    panel: Panel,
+    seg: np.ndarray,
+    G: int,
+    under_effect: np.ndarray,
+    alive: np.ndarray,
+    shrink: float = 50.0,
+):
     """Per segment x stage x product hazards per period, from periods with no campaign effect in
     force, shrunk towards the stage's pooled rate (`shrink` pseudo-periods). Only a living
     customer opens a product (as in the simulator), so adoption's periods at risk are weighted
@@ -403,8 +514,9 @@ def effect_exposure(dec, response, panel: Panel, catalogue: ActionCatalogue):
 
 
 # ---- seasonality --------------------------------------------------------------------------------
-def estimate_seasonality(summary: CustomerSummary, rows: CustomerRows, ce: pd.Timestamp, period_days: float,
-                         fits, seg: np.ndarray) -> np.ndarray | None:
+def estimate_seasonality(
+    summary: CustomerSummary, rows: CustomerRows, ce: pd.Timestamp, period_days: float, fits, seg: np.ndarray
+) -> np.ndarray | None:
     """Week-of-year multipliers (53), from the ratio of actual to model-expected transactions per
     period, detrended, averaged by ISO week, smoothed, shrunk by the number of years seen and
     normalised to a geometric mean of 1. None when the history covers less than a year."""
@@ -437,8 +549,9 @@ def estimate_seasonality(summary: CustomerSummary, rows: CustomerRows, ce: pd.Ti
     return np.exp(shrunk)
 
 
-def actual_by_period(rows: CustomerRows, birth_is_signup: bool, start: pd.Timestamp, n_periods: int,
-                     period_days: float) -> np.ndarray:
+def actual_by_period(
+    rows: CustomerRows, birth_is_signup: bool, start: pd.Timestamp, n_periods: int, period_days: float
+) -> np.ndarray:
     """Transactions per period from `start` (repeat transactions only for first-purchase births)."""
     keep = np.ones(rows.codes.size, bool)
     if not birth_is_signup:
@@ -467,8 +580,9 @@ def effect_in_force(dec, world: WorldModel, n: int, W: int) -> dict[str, np.ndar
     return {"eff_code": code, "eff_left": left, "eff_scale": scale}
 
 
-def expected_by_period(summary: CustomerSummary, seg: np.ndarray, by_segment: list, start: pd.Timestamp,
-                       n_periods: int, period_days: float) -> np.ndarray:
+def expected_by_period(
+    summary: CustomerSummary, seg: np.ndarray, by_segment: list, start: pd.Timestamp, n_periods: int, period_days: float
+) -> np.ndarray:
     """Model-expected (unconditional) transactions after birth in each period from `start`, summed
     over customers; customers are grouped by birth time so the cost is cohorts x periods."""
     bfrac = ((summary.birth - np.datetime64(pd.Timestamp(start), "ns")) / np.timedelta64(1, "D")) / period_days
@@ -485,15 +599,25 @@ def expected_by_period(summary: CustomerSummary, seg: np.ndarray, by_segment: li
 
 
 # ---- the book of digital twins ------------------------------------------------------------------
-def build_book(world: WorldModel, summary: CustomerSummary, seg: np.ndarray, fits, spend, ce: pd.Timestamp,
-               held_end: np.ndarray, contact_end, effect_mult: np.ndarray, model: str, dec=None) -> pd.DataFrame:
+def build_book(
+    world: WorldModel,
+    summary: CustomerSummary,
+    seg: np.ndarray,
+    fits,
+    spend,
+    ce: pd.Timestamp,
+    held_end: np.ndarray,
+    contact_end,
+    effect_mult: np.ndarray,
+    model: str,
+    dec=None,
+) -> pd.DataFrame:
     """One row per customer: observables at the cut-off and the parameters of the posterior of
     their latent state (alive probability, rate, hazard, spend), per segment's fitted model."""
     n = len(summary)
     pdays = world.economics.period_days
     cols: dict[str, Any] = {"customer_id": summary.customer_id, "segment": seg.astype(np.int16)}
-    post = {k: np.zeros(n) for k in ("p_alive", "lam_shape", "lam_rate", "mu_shape", "mu_rate", "nu_shape",
-                                     "nu_rate")}
+    post = {k: np.zeros(n) for k in ("p_alive", "lam_shape", "lam_rate", "mu_shape", "mu_rate", "nu_shape", "nu_rate")}
     for g in range(len(world.segments)):
         m = seg == g
         if not m.any():

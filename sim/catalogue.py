@@ -3,6 +3,7 @@
 The catalogue always starts with the "none" action (index 0, no channel, no cost), so that a
 policy's action index and the world model's response tables line up everywhere.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -93,18 +94,27 @@ def default_bank_catalogue() -> ActionCatalogue:
     """The six-step bank playbook (open a card, bind it, log in, transact, take a recommended
     product, refer/stay) as channel x offer actions. Costs are per contact, in margin units."""
     A = Action
-    return ActionCatalogue((
-        NONE_ACTION,
-        A("push_login_reminder", "app_push", "login_reminder", 0.02, ("new", "growth", "dormancy"), "digital"),
-        A("sms_activation_bonus", "sms", "activation_bonus", 2.0, ("new", "growth"), "sms"),
-        A("email_card_offer", "email", "product_recommendation", 0.1, ("new", "growth", "maturity"), "email",
-          "credit_card"),
-        A("push_cashback", "app_push", "cashback", 1.5, ("growth", "maturity", "dormancy"), "digital"),
-        A("email_fee_waiver", "email", "fee_waiver", 1.0, ("maturity", "dormancy"), "email"),
-        A("sms_rate_bonus_savings", "sms", "rate_bonus", 3.0, ("growth", "maturity"), "sms", "savings"),
-        A("rm_call_wealth", "rm_call", "product_recommendation", 12.0, ("maturity",), "rm", "wealth"),
-        A("rm_call_retention", "rm_call", "retention_offer", 15.0, ("maturity", "dormancy"), "rm"),
-    ))
+    return ActionCatalogue(
+        (
+            NONE_ACTION,
+            A("push_login_reminder", "app_push", "login_reminder", 0.02, ("new", "growth", "dormancy"), "digital"),
+            A("sms_activation_bonus", "sms", "activation_bonus", 2.0, ("new", "growth"), "sms"),
+            A(
+                "email_card_offer",
+                "email",
+                "product_recommendation",
+                0.1,
+                ("new", "growth", "maturity"),
+                "email",
+                "credit_card",
+            ),
+            A("push_cashback", "app_push", "cashback", 1.5, ("growth", "maturity", "dormancy"), "digital"),
+            A("email_fee_waiver", "email", "fee_waiver", 1.0, ("maturity", "dormancy"), "email"),
+            A("sms_rate_bonus_savings", "sms", "rate_bonus", 3.0, ("growth", "maturity"), "sms", "savings"),
+            A("rm_call_wealth", "rm_call", "product_recommendation", 12.0, ("maturity",), "rm", "wealth"),
+            A("rm_call_retention", "rm_call", "retention_offer", 15.0, ("maturity", "dormancy"), "rm"),
+        )
+    )
 
 
 def load_actions(path: str | Path) -> ActionCatalogue:
@@ -144,9 +154,17 @@ def load_actions(path: str | Path) -> ActionCatalogue:
         bad = [s for s in stages if s not in STAGES]
         if bad:
             raise HistoryError(path.name, i, "eligible_stages", f"unknown stage {bad[0]!r}; stages: {list(STAGES)}")
-        acts.append(Action(name=name, channel=item.get("channel"), offer=item.get("offer"), cost=cost,
-                           eligible_stages=tuple(stages), capacity_group=item.get("capacity_group"),
-                           target_product=item.get("target_product")))
+        acts.append(
+            Action(
+                name=name,
+                channel=item.get("channel"),
+                offer=item.get("offer"),
+                cost=cost,
+                eligible_stages=tuple(stages),
+                capacity_group=item.get("capacity_group"),
+                target_product=item.get("target_product"),
+            )
+        )
     if acts[0].name != "none":
         acts = [a for a in acts if a.name != "none"]
         acts.insert(0, NONE_ACTION)
@@ -155,6 +173,7 @@ def load_actions(path: str | Path) -> ActionCatalogue:
 
 def save_actions(cat: ActionCatalogue, path: str | Path) -> None:
     from .atomic import atomic_write_text
+
     atomic_write_text(path, yaml.safe_dump({"actions": cat.to_list()}, sort_keys=False))
 
 
@@ -224,4 +243,5 @@ def load_economics(path: str | Path) -> Economics:
 
 def save_economics(econ: Economics, path: str | Path) -> None:
     from .atomic import atomic_write_text
+
     atomic_write_text(path, yaml.safe_dump(econ.to_dict(), sort_keys=False))

@@ -1,10 +1,11 @@
 """Errors a user can act on: bad input named by file, row and column, in one line."""
+
 from __future__ import annotations
 
 import re
 from typing import Callable
 
-_KEY_REF = re.compile(r"\{key:(\w+)\}")   # another setting named inside a ConfigError message
+_KEY_REF = re.compile(r"\{key:(\w+)\}")  # another setting named inside a ConfigError message
 
 
 class ClvError(Exception):
@@ -31,13 +32,13 @@ class HistoryError(ClvError, ValueError):
 class ConfigError(ClvError, ValueError):
     """Bad option or configuration value (world file, settings, CLI arguments).
 
-    `ConfigError(message)`, or `ConfigError(key, message, value=...)` when the error is about one
-    setting. `key` is the setting's name in the code (`clip`, `n_boot`, `holdout_end`); `value` the
-    offending value as it should be shown; `message` what is wrong and what to do, where another
-    setting is named as `{key:calibration_end}` (a message that starts with its own key that way
-is a whole sentence: no key is put before it). The core never words a key for a front end: each
-    renders keys its own way with `about(render)`, e.g. `--clip 0.0: must be > 0` on the command
-    line and `ope.clip 0.0: must be > 0` in a config file. str() shows the keys as they are.
+        `ConfigError(message)`, or `ConfigError(key, message, value=...)` when the error is about one
+        setting. `key` is the setting's name in the code (`clip`, `n_boot`, `holdout_end`); `value` the
+        offending value as it should be shown; `message` what is wrong and what to do, where another
+        setting is named as `{key:calibration_end}` (a message that starts with its own key that way
+    is a whole sentence: no key is put before it). The core never words a key for a front end: each
+        renders keys its own way with `about(render)`, e.g. `--clip 0.0: must be > 0` on the command
+        line and `ope.clip 0.0: must be > 0` in a config file. str() shows the keys as they are.
     """
 
     def __init__(self, key_or_message: str, message: str | None = None, *, value: object = None):
@@ -54,7 +55,7 @@ is a whole sentence: no key is put before it). The core never words a key for a 
     def about(self, render: Callable[[str], str] = str) -> str:
         """The one-line message, every setting named by `render(key)` (the front end's name for it)."""
         text = _KEY_REF.sub(lambda m: render(m.group(1)), self.message)
-        if self.key is None or self.message.startswith("{key:%s}" % self.key):   # a sentence led by its key
+        if self.key is None or self.message.startswith("{key:%s}" % self.key):  # a sentence led by its key
             return text
         head = render(self.key) if self.value is None else f"{render(self.key)} {self.value}"
         return f"{head}: {text}"

@@ -5,6 +5,7 @@ t = days / period_days. A customer's birth is their signup date when customers.c
 otherwise their first transaction; with a first-transaction birth, x counts repeat transactions
 only (the BTYD convention); with a signup birth, every transaction counts.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,24 +16,39 @@ import pandas as pd
 
 @dataclass
 class CustomerSummary:
-    customer_id: np.ndarray   # str, sorted
-    birth: np.ndarray         # datetime64[ns]
-    x: np.ndarray             # transactions after birth (repeat transactions for first-purchase births)
-    t_x: np.ndarray           # periods from birth to the last transaction (0 if none)
-    T: np.ndarray             # periods from birth to the cut-off
-    n_tx: np.ndarray          # all transactions up to the cut-off (incl. the birth purchase)
+    customer_id: np.ndarray  # str, sorted
+    birth: np.ndarray  # datetime64[ns]
+    x: np.ndarray  # transactions after birth (repeat transactions for first-purchase births)
+    t_x: np.ndarray  # periods from birth to the last transaction (0 if none)
+    T: np.ndarray  # periods from birth to the cut-off
+    n_tx: np.ndarray  # all transactions up to the cut-off (incl. the birth purchase)
     total_amount: np.ndarray  # all amounts up to the cut-off
-    spend_x: np.ndarray       # number of transactions whose values feed the spend model
-    spend_mean: np.ndarray    # their mean value (0 when spend_x == 0)
-    last_date: np.ndarray     # datetime64, NaT when no transaction
+    spend_x: np.ndarray  # number of transactions whose values feed the spend model
+    spend_mean: np.ndarray  # their mean value (0 when spend_x == 0)
+    last_date: np.ndarray  # datetime64, NaT when no transaction
     birth_is_signup: bool
 
     def __len__(self) -> int:
         return int(self.customer_id.shape[0])
 
     def frame(self) -> pd.DataFrame:
-        return pd.DataFrame({k: getattr(self, k) for k in (
-            "customer_id", "birth", "x", "t_x", "T", "n_tx", "total_amount", "spend_x", "spend_mean", "last_date")})
+        return pd.DataFrame(
+            {
+                k: getattr(self, k)
+                for k in (
+                    "customer_id",
+                    "birth",
+                    "x",
+                    "t_x",
+                    "T",
+                    "n_tx",
+                    "total_amount",
+                    "spend_x",
+                    "spend_mean",
+                    "last_date",
+                )
+            }
+        )
 
 
 @dataclass
@@ -40,11 +56,11 @@ class CustomerRows:
     """Transactions grouped by customer: sorted by (customer, date), with integer codes.
     Built once per cut-off (hash factorisation, no string sort) and shared by the summaries."""
 
-    ids: np.ndarray      # (C,) str, sorted
-    codes: np.ndarray    # (n,) customer code of each row
-    day_ns: np.ndarray   # (n,) int64 date in ns
-    amount: np.ndarray   # (n,) float
-    starts: np.ndarray   # (C,) first row of each customer
+    ids: np.ndarray  # (C,) str, sorted
+    codes: np.ndarray  # (n,) customer code of each row
+    day_ns: np.ndarray  # (n,) int64 date in ns
+    amount: np.ndarray  # (n,) float
+    starts: np.ndarray  # (C,) first row of each customer
 
     @classmethod
     def from_frame(cls, tx: pd.DataFrame) -> "CustomerRows":
@@ -65,8 +81,13 @@ class CustomerRows:
         return (np.diff(self.day_ns)[same]) / 86_400e9
 
 
-def summarise(tx: pd.DataFrame, cutoff: pd.Timestamp, period_days: float,
-              customers: pd.DataFrame | None = None, rows: CustomerRows | None = None) -> CustomerSummary:
+def summarise(
+    tx: pd.DataFrame,
+    cutoff: pd.Timestamp,
+    period_days: float,
+    customers: pd.DataFrame | None = None,
+    rows: CustomerRows | None = None,
+) -> CustomerSummary:
     """Summary of every customer born on or before `cutoff` from day-level transactions
     (same-day transactions already merged), using only transactions on or before `cutoff`.
     `rows` may pass the already grouped transactions up to the cut-off."""
@@ -121,10 +142,19 @@ def summarise(tx: pd.DataFrame, cutoff: pd.Timestamp, period_days: float,
     spend_mean = np.divide(spend_sum, spend_x, out=np.zeros_like(spend_sum, dtype=float), where=spend_x > 0)
     last_dt = np.where(has_tx, last_c, np.iinfo(np.int64).min).astype("datetime64[ns]")
     last_dt[~has_tx] = np.datetime64("NaT")
-    return CustomerSummary(customer_id=ids, birth=birth.astype("datetime64[ns]"), x=x, t_x=np.maximum(t_x, 0.0),
-                           T=np.maximum(T, 0.0), n_tx=n_tx_c.astype(np.int64), total_amount=total_c.astype(float),
-                           spend_x=spend_x, spend_mean=spend_mean, last_date=last_dt,
-                           birth_is_signup=birth_is_signup)
+    return CustomerSummary(
+        customer_id=ids,
+        birth=birth.astype("datetime64[ns]"),
+        x=x,
+        t_x=np.maximum(t_x, 0.0),
+        T=np.maximum(T, 0.0),
+        n_tx=n_tx_c.astype(np.int64),
+        total_amount=total_c.astype(float),
+        spend_x=spend_x,
+        spend_mean=spend_mean,
+        last_date=last_dt,
+        birth_is_signup=birth_is_signup,
+    )
 
 
 def lookup(ids: np.ndarray, values) -> tuple[np.ndarray, np.ndarray]:
@@ -143,8 +173,7 @@ def period_index(dates: np.ndarray, origin: pd.Timestamp, period_days: float) ->
     return np.floor(days / period_days).astype(np.int64)
 
 
-def count_in_window(codes: np.ndarray, dates: np.ndarray, n: int, start: pd.Timestamp,
-                    end: pd.Timestamp) -> np.ndarray:
+def count_in_window(codes: np.ndarray, dates: np.ndarray, n: int, start: pd.Timestamp, end: pd.Timestamp) -> np.ndarray:
     """Per customer code, the number of rows with start < date <= end."""
     d = np.asarray(dates, "datetime64[ns]")
     m = (d > np.datetime64(pd.Timestamp(start), "ns")) & (d <= np.datetime64(pd.Timestamp(end), "ns"))
@@ -160,13 +189,12 @@ class Panel:
 
     origin: pd.Timestamp
     n_periods: int
-    counts: np.ndarray         # (N, W) int16 transactions per period
-    birth_period: np.ndarray   # (N,) int
-    stage_before: np.ndarray   # (N, W) int8; -1 before birth
+    counts: np.ndarray  # (N, W) int16 transactions per period
+    birth_period: np.ndarray  # (N,) int
+    stage_before: np.ndarray  # (N, W) int8; -1 before birth
 
 
-def build_panel(summary: CustomerSummary, tx: pd.DataFrame, cutoff: pd.Timestamp, period_days: float,
-                rules) -> Panel:
+def build_panel(summary: CustomerSummary, tx: pd.DataFrame, cutoff: pd.Timestamp, period_days: float, rules) -> Panel:
     """The activity panel, for histories that need it (products, decisions); O(N x W) memory."""
     origin = pd.Timestamp(summary.birth.min()).normalize()
     W = int(period_index(np.array([np.datetime64(pd.Timestamp(cutoff), "ns")]), origin, period_days)[0]) + 1

@@ -16,6 +16,7 @@ optional seconds and fraction, optional ``Z``/``+hh:mm`` offset, which is droppe
 taken as written). Parquet datetime columns (naive or tz-aware, same rule) and integer
 ``YYYYMMDD`` columns are accepted too. Dates are normalised to the day, datetime64[ns].
 """
+
 from __future__ import annotations
 
 import codecs
@@ -36,9 +37,18 @@ from .catalogue import ActionCatalogue, Economics, load_actions, load_economics
 from .errors import HistoryError
 
 __all__ = [
-    "History", "load_history", "read_table", "validate_transactions", "validate_customers",
-    "validate_products", "validate_decisions", "merge_same_day", "load_cdnow", "read_probability_column",
-    "REQUIRED_COLUMNS", "PRODUCT_EVENTS",
+    "History",
+    "load_history",
+    "read_table",
+    "validate_transactions",
+    "validate_customers",
+    "validate_products",
+    "validate_decisions",
+    "merge_same_day",
+    "load_cdnow",
+    "read_probability_column",
+    "REQUIRED_COLUMNS",
+    "PRODUCT_EVENTS",
 ]
 
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -53,12 +63,14 @@ CDNOW_FOLDER = "<dataset:cdnow>"
 _DAY_NS = 86_400_000_000_000
 _DATE_HELP = "expected a date like 2024-03-31 (YYYY-MM-DD), 20240331 or 2024-03-31T14:05:00"
 _COMPACT_DATE = r"\d{8}"
-_ISO_DATE = (r"\d{4}-\d{2}-\d{2}"
-             r"(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d{1,9})?)?)?"
-             r"(?:Z|[+-]\d{2}(?::?\d{2})?)?")
+_ISO_DATE = (
+    r"\d{4}-\d{2}-\d{2}"
+    r"(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d{1,9})?)?)?"
+    r"(?:Z|[+-]\d{2}(?::?\d{2})?)?"
+)
 _TZ_SUFFIX = r"^(\d{4}-\d{2}-\d{2}(?:[T ][\d:.,]+)?)(?:Z|[+-]\d{2}(?::?\d{2})?)$"
 _NAN_WORDS = frozenset({"nan", "-nan", "+nan", "na", "n/a", "nat", "null", "none", "#n/a"})
-_MIN_DATE = np.datetime64("1678-01-01", "us")   # datetime64[ns] range, whole days
+_MIN_DATE = np.datetime64("1678-01-01", "us")  # datetime64[ns] range, whole days
 _MAX_DATE = np.datetime64("2262-04-10", "us")
 
 
@@ -66,14 +78,14 @@ _MAX_DATE = np.datetime64("2262-04-10", "us")
 class History:
     """A validated history folder (or a bundled dataset)."""
 
-    folder: str                          # where it came from ("<dataset:cdnow>" for bundled data)
-    transactions: pd.DataFrame           # customer_id str, date datetime64[ns], amount float64 [+ product, channel, extras]
+    folder: str  # where it came from ("<dataset:cdnow>" for bundled data)
+    transactions: pd.DataFrame  # customer_id str, date datetime64[ns], amount float64 [+ product, channel, extras]
     customers: pd.DataFrame | None = None
     products: pd.DataFrame | None = None
     decisions: pd.DataFrame | None = None
     actions: ActionCatalogue | None = None
     economics: Economics = field(default_factory=Economics)
-    stage_rules: Any = None              # StageRules from stages.yaml when the user fixes them
+    stage_rules: Any = None  # StageRules from stages.yaml when the user fixes them
     report: dict[str, Any] = field(default_factory=dict)
 
 
@@ -93,8 +105,9 @@ def read_table(folder: Path, stem: str, required: bool) -> tuple[pd.DataFrame | 
     csv_path, pq_path = folder / f"{stem}.csv", folder / f"{stem}.parquet"
     has_csv, has_pq = csv_path.is_file(), pq_path.is_file()
     if has_csv and has_pq:
-        raise HistoryError(csv_path.name, None, None,
-                           f"both {csv_path.name} and {pq_path.name} are in {folder}; keep only one")
+        raise HistoryError(
+            csv_path.name, None, None, f"both {csv_path.name} and {pq_path.name} are in {folder}; keep only one"
+        )
     if not (has_csv or has_pq):
         if not required:
             return None, csv_path.name
@@ -103,8 +116,12 @@ def read_table(folder: Path, stem: str, required: bool) -> tuple[pd.DataFrame | 
             near = sorted(p.name for p in folder.iterdir() if p.name.lower().startswith(stem.lower()))
             if near:
                 hint = f" (found {', '.join(near)}: names are case-sensitive and must end in .csv or .parquet)"
-        raise HistoryError(csv_path.name, None, None,
-                           f"missing: the history folder {folder} needs {csv_path.name} or {pq_path.name}{hint}")
+        raise HistoryError(
+            csv_path.name,
+            None,
+            None,
+            f"missing: the history folder {folder} needs {csv_path.name} or {pq_path.name}{hint}",
+        )
     if has_pq:
         return _read_parquet(pq_path), pq_path.name
     return _read_csv(csv_path), csv_path.name
@@ -126,8 +143,13 @@ def _clean_names(raw: list[str], file: str) -> list[str]:
     names = [c.strip() for c in raw]
     for i, n in enumerate(names, start=1):
         if not n:
-            raise HistoryError(file, 1, None, f"column {i} of the header has no name; name it or remove the "
-                                              "column (a saved pandas index? write with index=False)")
+            raise HistoryError(
+                file,
+                1,
+                None,
+                f"column {i} of the header has no name; name it or remove the "
+                "column (a saved pandas index? write with index=False)",
+            )
     seen: set[str] = set()
     for n in names:
         if n in seen:
@@ -150,8 +172,11 @@ def _read_csv(path: Path) -> pd.DataFrame:
         table = pacsv.read_csv(
             path,
             parse_options=pacsv.ParseOptions(newlines_in_values=has_quotes, invalid_row_handler=skip_blank),
-            convert_options=pacsv.ConvertOptions(column_types={h: pa.large_string() for h in header},
-                                                 strings_can_be_null=False, quoted_strings_can_be_null=False),
+            convert_options=pacsv.ConvertOptions(
+                column_types={h: pa.large_string() for h in header},
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
         )
     except (pa.ArrowInvalid, UnicodeDecodeError) as e:
         _raise_csv_problem(path, ncols, e)
@@ -160,7 +185,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
     df = table.to_pandas()
     df.columns = names
     if content_lines != n + 1:
-        rows = _record_rows(path, ncols, n)   # blank lines or multi-line values: map records to rows
+        rows = _record_rows(path, ncols, n)  # blank lines or multi-line values: map records to rows
         if rows is not None:
             df.index = pd.Index(rows - 2)
     if n:
@@ -189,8 +214,12 @@ def _csv_header(path: Path) -> list[str]:
         _raise_not_utf8(path)
     except csv.Error as e:
         raise HistoryError(path.name, 1, None, f"cannot read the header line: {e}") from None
-    raise HistoryError(path.name, None, None, "file is empty; expected a header line (e.g. "
-                                              "customer_id,date,amount) and at least one data row")
+    raise HistoryError(
+        path.name,
+        None,
+        None,
+        "file is empty; expected a header line (e.g. customer_id,date,amount) and at least one data row",
+    )
 
 
 def _scan_bytes(path: Path) -> tuple[bool, int | None]:
@@ -251,9 +280,12 @@ def _raise_csv_problem(path: Path, ncols: int, err: Exception) -> None:
                     line = ",".join(rec)
                     line = line if len(line) <= 80 else line[:77] + "..."
                     raise HistoryError(
-                        path.name, rowno, None,
+                        path.name,
+                        rowno,
+                        None,
                         f"found {len(rec)} fields where the header has {ncols} ({line!r}); check for a "
-                        "missing or extra comma, or quote values that contain commas")
+                        "missing or extra comma, or quote values that contain commas",
+                    )
     except csv.Error as e:
         raise HistoryError(path.name, rowno + 1, None, f"cannot parse this CSV line: {e}") from None
     raise HistoryError(path.name, None, None, f"cannot parse the CSV file: {err}")
@@ -268,10 +300,13 @@ def _raise_not_utf8(path: Path) -> None:
                 dec.decode(chunk)
             except UnicodeDecodeError as e:
                 start = max(0, min(e.start, len(chunk)))
-                bad = e.object[e.start:e.start + 1].hex() if isinstance(e.object, bytes) else "?"
-                raise HistoryError(path.name, lines + chunk.count(b"\n", 0, start) + 1, None,
-                                   f"the file is not UTF-8 text (byte 0x{bad}); save it as UTF-8 "
-                                   "(in Excel: 'CSV UTF-8')") from None
+                bad = e.object[e.start : e.start + 1].hex() if isinstance(e.object, bytes) else "?"
+                raise HistoryError(
+                    path.name,
+                    lines + chunk.count(b"\n", 0, start) + 1,
+                    None,
+                    f"the file is not UTF-8 text (byte 0x{bad}); save it as UTF-8 (in Excel: 'CSV UTF-8')",
+                ) from None
             lines += chunk.count(b"\n")
     raise HistoryError(path.name, None, None, "the file is not UTF-8 text; save it as UTF-8")
 
@@ -323,7 +358,7 @@ def _to_str(s: pd.Series) -> pd.Series:
     if pd.api.types.is_float_dtype(dt):
         v = s.to_numpy(dtype="float64", na_value=np.nan)
         fin = v[np.isfinite(v)]
-        if len(fin) and np.all(fin == np.round(fin)) and np.abs(fin).max() < 2 ** 53:
+        if len(fin) and np.all(fin == np.round(fin)) and np.abs(fin).max() < 2**53:
             s = s.astype("Int64")
     s = s.astype("str")
     if s.hasnans:
@@ -350,8 +385,9 @@ def _needs_strip(arr: pa.ChunkedArray) -> bool:
             return True
         width = 8 if pa.types.is_large_string(ch.type) else 4
         bufs = ch.buffers()
-        offs = np.frombuffer(bufs[1], dtype=np.int64 if width == 8 else np.int32, count=len(ch) + 1,
-                             offset=ch.offset * width)
+        offs = np.frombuffer(
+            bufs[1], dtype=np.int64 if width == 8 else np.int32, count=len(ch) + 1, offset=ch.offset * width
+        )
         if bufs[2] is None or offs[-1] == offs[0]:
             continue
         data = np.frombuffer(bufs[2], dtype=np.uint8)
@@ -375,13 +411,13 @@ def _pack_fixed_width(arr: pa.ChunkedArray) -> np.ndarray | None:
             return None
         isz = 8 if pa.types.is_large_string(ch.type) else 4
         bufs = ch.buffers()
-        offs = np.frombuffer(bufs[1], dtype=np.int64 if isz == 8 else np.int32, count=len(ch) + 1,
-                             offset=ch.offset * isz)
+        offs = np.frombuffer(
+            bufs[1], dtype=np.int64 if isz == 8 else np.int32, count=len(ch) + 1, offset=ch.offset * isz
+        )
         w = int(offs[1] - offs[0])
         if width is None:
             width = w
-        if w != width or not 1 <= w <= 8 or int(offs[-1] - offs[0]) != w * len(ch) \
-                or not np.all(np.diff(offs) == w):
+        if w != width or not 1 <= w <= 8 or int(offs[-1] - offs[0]) != w * len(ch) or not np.all(np.diff(offs) == w):
             return None
         data = np.frombuffer(bufs[2], dtype=np.uint8, count=w * len(ch), offset=int(offs[0]))
         parts.append(data.reshape(len(ch), w))
@@ -389,7 +425,7 @@ def _pack_fixed_width(arr: pa.ChunkedArray) -> np.ndarray | None:
     out = np.zeros((len(arr), 8), dtype=np.uint8)
     pos = 0
     for d in parts:
-        out[pos:pos + len(d), :width] = d
+        out[pos : pos + len(d), :width] = d
         pos += len(d)
     return out.view(">u8").ravel().astype(np.uint64)
 
@@ -399,7 +435,7 @@ def _encode(arr: pa.ChunkedArray, chunked: bool) -> tuple[np.ndarray, pa.Array]:
     (fast and copy-free when there are few distinct values, e.g. dates)."""
     if not chunked:
         packed = _pack_fixed_width(arr)
-        if packed is not None:   # short fixed-width ids: hashing integers is ~3x faster
+        if packed is not None:  # short fixed-width ids: hashing integers is ~3x faster
             enc = pc.dictionary_encode(pa.array(packed))
             codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
             # codes are numbered in order of first appearance: first occurrences are where the
@@ -418,7 +454,7 @@ def _encode(arr: pa.ChunkedArray, chunked: bool) -> tuple[np.ndarray, pa.Array]:
     pos = dpos = 0
     for p in parts:
         k = len(p)
-        codes[pos:pos + k] = gmap[dpos + p.indices.to_numpy(zero_copy_only=False)]
+        codes[pos : pos + k] = gmap[dpos + p.indices.to_numpy(zero_copy_only=False)]
         pos += k
         dpos += len(p.dictionary)
     return codes, top.dictionary
@@ -499,7 +535,7 @@ def _numbers(s: pd.Series) -> tuple[np.ndarray, Callable[[int], str]]:
         v = s.to_numpy(dtype="float64", na_value=np.nan)
         return v, lambda pos: "NaN" if np.isnan(v[pos]) else repr(float(v[pos]))
     if isinstance(s.dtype, pd.StringDtype) and not s.hasnans:
-        try:   # fast path: clean text casts directly
+        try:  # fast path: clean text casts directly
             v = pc.cast(_arrow(s), pa.float64()).to_numpy()
             return np.asarray(v, dtype="float64"), lambda pos: str(s.iloc[pos]).strip()
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -519,8 +555,10 @@ def _number_problem(column: str, raw: str, v: float) -> str | None:
             return f"{column} is empty"
         if raw.lower() in _NAN_WORDS:
             return f"{column} is NaN (missing value {raw!r})"
-        return (f"{column} is not a number ({raw!r}): write plain numbers such as 1234.56, without "
-                "currency symbols or thousands separators")
+        return (
+            f"{column} is not a number ({raw!r}): write plain numbers such as 1234.56, without "
+            "currency symbols or thousands separators"
+        )
     if np.isinf(v):
         return f"{column} is infinite ({raw})"
     return None
@@ -550,8 +588,10 @@ def _propensities(ck: _Checks, s: pd.Series, column: str) -> np.ndarray:
     def describe(pos: int) -> str:
         r = raw(pos)
         p = _number_problem(column, r, v[pos]) or f"{column} is {r}"
-        return (f"{p}; propensity must be in (0, 1] — the logging policy's probability of the action it "
-                "took (log 'none' decisions with their probability too)")
+        return (
+            f"{p}; propensity must be in (0, 1] — the logging policy's probability of the action it "
+            "took (log 'none' decisions with their probability too)"
+        )
 
     ck.add(column, bad, describe)
     return v
@@ -565,8 +605,13 @@ def read_probability_column(folder: str | Path, column: str) -> pd.DataFrame:
     df = _prepare(raw, file, "decisions")
     if column not in df.columns:
         extra = [c for c in df.columns if c not in REQUIRED_COLUMNS["decisions"] + ("cost",)]
-        raise HistoryError(file, None, column, "no such column" + (
-            f"; extra columns: {', '.join(extra)}" if extra else "; the table has no extra columns"))
+        raise HistoryError(
+            file,
+            None,
+            column,
+            "no such column"
+            + (f"; extra columns: {', '.join(extra)}" if extra else "; the table has no extra columns"),
+        )
     ck = _Checks(df, file)
     v, text = _numbers(df[column])
     with np.errstate(invalid="ignore"):
@@ -594,8 +639,10 @@ def _costs(ck: _Checks, s: pd.Series, column: str) -> np.ndarray:
         r = raw(pos)
         p = _number_problem(column, r, v[pos])
         if p is not None:
-            return (f"{p}; expected the contact's cost, a number >= 0 (0 if it cost nothing), or drop the "
-                    "cost column to use the catalogue's costs")
+            return (
+                f"{p}; expected the contact's cost, a number >= 0 (0 if it cost nothing), or drop the "
+                "cost column to use the catalogue's costs"
+            )
         return f"{column} is negative ({r}); costs must be >= 0"
 
     ck.add(column, bad, describe)
@@ -619,12 +666,15 @@ def _prepare(df: pd.DataFrame | None, file: str, table: str) -> pd.DataFrame:
                 hint = f" (found {near[0]!r}: column names are case-sensitive)"
             elif len(names) == 1 and any(sep in names[0] for sep in (";", "\t", "|")):
                 hint = " (the header looks like it uses another separator; save as comma-separated CSV)"
-            raise HistoryError(file, None, col,
-                               f"missing required column '{col}'; the {table} table needs "
-                               f"{', '.join(REQUIRED_COLUMNS[table])}; found: {', '.join(names)}{hint}")
+            raise HistoryError(
+                file,
+                None,
+                col,
+                f"missing required column '{col}'; the {table} table needs "
+                f"{', '.join(REQUIRED_COLUMNS[table])}; found: {', '.join(names)}{hint}",
+            )
     if len(df) == 0:
-        raise HistoryError(file, None, None, f"no data rows; the {table} table needs at least one row "
-                                             "below the header")
+        raise HistoryError(file, None, None, f"no data rows; the {table} table needs at least one row below the header")
     return df
 
 
@@ -670,13 +720,13 @@ def _sort_order(cid: pa.ChunkedArray, day: np.ndarray | None) -> tuple[np.ndarra
     srt = pc.sort_indices(dictionary).to_numpy()
     rank = np.empty(len(dictionary), dtype=np.int64)
     rank[srt] = np.arange(len(dictionary), dtype=np.int64)
-    key = rank[codes]                                   # customer rank, in file order
+    key = rank[codes]  # customer rank, in file order
     del codes, rank
     span, dmin = 1, 0
     if day is not None:
         dmin = int(day.min())
         span = int(day.max()) - dmin + 1
-    if len(dictionary) * span * n < 2 ** 62:
+    if len(dictionary) * span * n < 2**62:
         # one int64 key (rank, day, position): a plain sort is stable and much faster than argsort
         if day is not None:
             key *= span
@@ -691,7 +741,7 @@ def _sort_order(cid: pa.ChunkedArray, day: np.ndarray | None) -> tuple[np.ndarra
     else:
         order = np.lexsort((day, key)) if day is not None else np.argsort(key, kind="stable")
         ranks = key[order]
-    ids = dictionary.take(pa.array(srt)).take(pa.array(ranks))   # monotone gather: fast
+    ids = dictionary.take(pa.array(srt)).take(pa.array(ranks))  # monotone gather: fast
     return order, ids
 
 
@@ -804,9 +854,13 @@ def validate_customers(df: pd.DataFrame, file: str) -> pd.DataFrame:
     if dup.any():
         pos = int(dup.argmax())
         first = int(np.flatnonzero((cid == cid.iloc[pos]).to_numpy(dtype=bool))[0])
-        raise HistoryError(file, ck.row(pos), "customer_id",
-                           f"duplicate customer_id {cid.iloc[pos]!r} (first in row {ck.row(first)}); "
-                           "the customers table needs one row per customer")
+        raise HistoryError(
+            file,
+            ck.row(pos),
+            "customer_id",
+            f"duplicate customer_id {cid.iloc[pos]!r} (first in row {ck.row(first)}); "
+            "the customers table needs one row per customer",
+        )
     cols.update(_extras(df, cols))
     return _sorted_frame(cols, by_date=False)
 
@@ -819,8 +873,11 @@ def validate_products(df: pd.DataFrame, file: str) -> pd.DataFrame:
     date = _dates(ck, df["date"], "date")
     product = _text(ck, df["product"], "product", "name the product opened or closed (e.g. credit_card)")
     event = _to_str(df["event"]).str.lower()
-    ck.add("event", ~event.isin(PRODUCT_EVENTS).to_numpy(dtype=bool),
-           lambda pos: f"event is {_to_str(df['event']).iloc[pos]!r}; expected 'open' or 'close'")
+    ck.add(
+        "event",
+        ~event.isin(PRODUCT_EVENTS).to_numpy(dtype=bool),
+        lambda pos: f"event is {_to_str(df['event']).iloc[pos]!r}; expected 'open' or 'close'",
+    )
     ck.raise_first()
     key = pd.DataFrame({"c": cid.array, "d": date, "p": product.array, "e": event.array})
     dup = key.duplicated().to_numpy(dtype=bool)
@@ -828,9 +885,13 @@ def validate_products(df: pd.DataFrame, file: str) -> pd.DataFrame:
         pos = int(dup.argmax())
         same = (key == key.iloc[pos]).all(axis=1).to_numpy(dtype=bool)
         first = int(np.flatnonzero(same)[0])
-        raise HistoryError(file, ck.row(pos), None,
-                           f"duplicate of row {ck.row(first)} (same customer_id, date, product and event); "
-                           "record each product event once")
+        raise HistoryError(
+            file,
+            ck.row(pos),
+            None,
+            f"duplicate of row {ck.row(first)} (same customer_id, date, product and event); "
+            "record each product event once",
+        )
     cols: dict[str, Any] = {"customer_id": cid, "date": date, "product": product, "event": event}
     cols.update(_extras(df, cols))
     return _sorted_frame(cols)
@@ -846,8 +907,9 @@ def _known_array(known: Any) -> pa.Array:
     return pa.array(np.asarray(known, dtype=object), type=pa.large_string())
 
 
-def validate_decisions(df: pd.DataFrame, file: str, actions: ActionCatalogue | None,
-                       known_customers: set[str] | None) -> pd.DataFrame:
+def validate_decisions(
+    df: pd.DataFrame, file: str, actions: ActionCatalogue | None, known_customers: set[str] | None
+) -> pd.DataFrame:
     """customer_id, date, action (str), propensity (float64 in (0, 1]) [+ cost float64 >= 0],
     one decision per customer and day, sorted by customer and date.
 
@@ -864,8 +926,13 @@ def validate_decisions(df: pd.DataFrame, file: str, actions: ActionCatalogue | N
         unknown = ~_np_bool(pc.is_in(_arrow(action), value_set=pa.array(names, type=pa.large_string())))
         unknown &= (action != "").to_numpy(dtype=bool)
         listed = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
-        ck.add("action", unknown, lambda pos: f"unknown action {action.iloc[pos]!r}; actions.yaml defines: {listed} "
-                                              "(add it there or fix the row)")
+        ck.add(
+            "action",
+            unknown,
+            lambda pos: (
+                f"unknown action {action.iloc[pos]!r}; actions.yaml defines: {listed} (add it there or fix the row)"
+            ),
+        )
     propensity = _propensities(ck, df["propensity"], "propensity")
     cols: dict[str, Any] = {"customer_id": cid, "date": date, "action": action, "propensity": propensity}
     if "cost" in df.columns:
@@ -875,9 +942,14 @@ def validate_decisions(df: pd.DataFrame, file: str, actions: ActionCatalogue | N
     later = _Checks(df, file)
     if known_customers is not None:
         unknown_c = ~_np_bool(pc.is_in(_arrow(cid), value_set=_known_array(known_customers)))
-        later.add("customer_id", unknown_c,
-                  lambda pos: f"unknown customer {cid.iloc[pos]!r}: not in transactions nor customers; "
-                              "decisions must be about customers in the history (drop or fix the row)")
+        later.add(
+            "customer_id",
+            unknown_c,
+            lambda pos: (
+                f"unknown customer {cid.iloc[pos]!r}: not in transactions nor customers; "
+                "decisions must be about customers in the history (drop or fix the row)"
+            ),
+        )
     key = pd.DataFrame({"c": cid.array, "d": date})
     dup = key.duplicated().to_numpy(dtype=bool)
 
@@ -885,8 +957,10 @@ def validate_decisions(df: pd.DataFrame, file: str, actions: ActionCatalogue | N
         same = ((key["c"] == key["c"].iloc[pos]) & (key["d"] == key["d"].iloc[pos])).to_numpy(dtype=bool)
         first = int(np.flatnonzero(same)[0])
         day = str(np.datetime64(date[pos], "D"))
-        return (f"second decision for customer {cid.iloc[pos]!r} on {day} (first in row {ck.row(first)}); "
-                "log one decision per customer per day")
+        return (
+            f"second decision for customer {cid.iloc[pos]!r} on {day} (first in row {ck.row(first)}); "
+            "log one decision per customer per day"
+        )
 
     later.add("date", dup, describe_dup)
     later.raise_first()
@@ -921,8 +995,9 @@ def load_history(folder: str | Path) -> History:
     """Read and validate a history folder; raises HistoryError (file, row, column) on bad input."""
     folder = Path(folder)
     if not folder.exists():
-        raise HistoryError(str(folder), None, None, "history folder not found; give the folder that holds "
-                                                    "transactions.csv")
+        raise HistoryError(
+            str(folder), None, None, "history folder not found; give the folder that holds transactions.csv"
+        )
     if not folder.is_dir():
         raise HistoryError(str(folder), None, None, "not a folder; give the folder that holds transactions.csv")
     report: dict[str, Any] = {}
@@ -963,9 +1038,17 @@ def load_history(folder: str | Path) -> History:
     report["decisions_rows"] = 0 if decisions is None else len(decisions)
     report.update(counts)
     report["blank_rows_skipped"] = skipped
-    return History(folder=str(folder), transactions=tx, customers=customers, products=products,
-                   decisions=decisions, actions=actions, economics=economics, report=report,
-                   stage_rules=stage_rules)
+    return History(
+        folder=str(folder),
+        transactions=tx,
+        customers=customers,
+        products=products,
+        decisions=decisions,
+        actions=actions,
+        economics=economics,
+        report=report,
+        stage_rules=stage_rules,
+    )
 
 
 def load_cdnow() -> History:
@@ -974,22 +1057,30 @@ def load_cdnow() -> History:
     name = "CDNOW_master.txt.gz"
     ref = importlib.resources.files("sim.data") / name
     with ref.open("rb") as fh:
-        raw = pd.read_csv(fh, compression="gzip", sep=r"\s+", header=0,
-                          names=["customer_id", "date", "n_items", "amount"],
-                          dtype={"customer_id": str, "date": str, "n_items": np.int64, "amount": np.float64})
+        raw = pd.read_csv(
+            fh,
+            compression="gzip",
+            sep=r"\s+",
+            header=0,
+            names=["customer_id", "date", "n_items", "amount"],
+            dtype={"customer_id": str, "date": str, "n_items": np.int64, "amount": np.float64},
+        )
     tx = validate_transactions(raw[["customer_id", "date", "amount", "n_items"]], name)
     report = {"transactions_rows": len(tx), "customers_rows": 0, "products_rows": 0, "decisions_rows": 0}
     report.update(_summarise_transactions(tx)[1])
     report["blank_rows_skipped"] = 0
-    return History(folder=CDNOW_FOLDER, transactions=tx, economics=Economics(period="week", margin_rate=1.0),
-                   report=report)
+    return History(
+        folder=CDNOW_FOLDER, transactions=tx, economics=Economics(period="week", margin_rate=1.0), report=report
+    )
 
 
 def load_stage_rules(path: Path):
     """stages.yaml: fixed lifecycle-stage thresholds, in periods (new_periods, mature_periods,
     dormant_after, churned_after); any key left out is estimated from the history."""
     import yaml
+
     from .world import StageRules
+
     try:
         raw = yaml.safe_load(Path(path).read_text()) or {}
     except yaml.YAMLError as e:

@@ -17,6 +17,7 @@ spend per period (monetary / tenure) above the top-quintile cut of the world's e
 per period across customers: per segment, lambda * E[value | nu] = (p gamma / alpha) * G1/G2
 with G1 ~ Gamma(r), G2 ~ Gamma(q), a scaled beta-prime(r, q) variable, mixed by segment share.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -49,16 +50,21 @@ STEPS: dict[str, Step] = {
     "cross_sell": Step("maturity", "email_fee_waiver", ("product_recommendation", "fee_waiver", "cashback")),
     "cross_sell_high_value": Step("maturity", "rm_call_wealth", ("product_recommendation", "fee_waiver")),
     "reactivation": Step("dormancy", "push_login_reminder", ("reactivation", "login_reminder", "fee_waiver")),
-    "retention_high_value": Step("dormancy", "rm_call_retention",
-                                 ("retention_offer", "reactivation", "login_reminder", "fee_waiver")),
+    "retention_high_value": Step(
+        "dormancy", "rm_call_retention", ("retention_offer", "reactivation", "login_reminder", "fee_waiver")
+    ),
 }
 # (stage, flag) -> step; the flag is "holds the onboarding product" for new customers and
 # "high value" for the others. Churned customers get nothing.
 _STEP_OF = {
-    ("new", False): "onboarding", ("new", True): "activation",
-    ("growth", False): "growth", ("growth", True): "growth",
-    ("maturity", False): "cross_sell", ("maturity", True): "cross_sell_high_value",
-    ("dormancy", False): "reactivation", ("dormancy", True): "retention_high_value",
+    ("new", False): "onboarding",
+    ("new", True): "activation",
+    ("growth", False): "growth",
+    ("growth", True): "growth",
+    ("maturity", False): "cross_sell",
+    ("maturity", True): "cross_sell_high_value",
+    ("dormancy", False): "reactivation",
+    ("dormancy", True): "retention_high_value",
 }
 
 
@@ -78,10 +84,13 @@ def high_value_threshold(world: WorldModel, quantile: float = 0.8) -> float:
     """Expected spend per period that the top (1 - quantile) of the world's customers exceed:
     the quantile of the share-weighted mixture of scaled beta-prime(r, q) laws (see module doc)."""
     from scipy import optimize, stats
+
     shares = np.array([s.share for s in world.segments], float)
     shares = shares / shares.sum()
-    laws = [stats.betaprime(s.activity["r"], s.spend["q"],
-                            scale=s.spend["p"] * s.spend["gamma"] / s.activity["alpha"]) for s in world.segments]
+    laws = [
+        stats.betaprime(s.activity["r"], s.spend["q"], scale=s.spend["p"] * s.spend["gamma"] / s.activity["alpha"])
+        for s in world.segments
+    ]
 
     def excess(log_v: float) -> float:
         return sum(w * law.cdf(np.exp(log_v)) for w, law in zip(shares, laws)) - quantile
@@ -107,8 +116,8 @@ class Playbook:
     segment_names: list[str] | None = None
     high_value_quantile: float = 0.8
     step_action: dict[str, int] = field(init=False)
-    onboarding_product: int = field(init=False)   # product index, -1 = "holds any product"
-    high_value_segment: int = field(init=False)   # segment index, -1 = use the spend rule
+    onboarding_product: int = field(init=False)  # product index, -1 = "holds any product"
+    high_value_segment: int = field(init=False)  # segment index, -1 = use the spend rule
     _lut: np.ndarray = field(init=False, repr=False)
     _threshold: float | None = field(init=False, default=None, repr=False)
 

@@ -16,6 +16,7 @@ All randomness comes from one `numpy.random.Generator` per chunk of customers; c
 their seeds from `numpy.random.SeedSequence(seed).spawn`, so results do not depend on how
 chunks are spread over workers. No per-customer Python loop anywhere.
 """
+
 from __future__ import annotations
 
 import copy
@@ -30,9 +31,9 @@ from .world import WorldModel
 
 N_STAGES = len(STAGES)
 NEVER_CONTACTED = 10_000  # periods since last contact for customers never contacted
-POPULATIONS = ("book", "new")   # digital twins of the calibrated book | brand-new customers from the priors
-DEFAULT_CHUNK = 262_144   # customers stepped together: big enough to amortise numpy calls, small
-                          # enough for the state arrays to stay in cache
+POPULATIONS = ("book", "new")  # digital twins of the calibrated book | brand-new customers from the priors
+DEFAULT_CHUNK = 262_144  # customers stepped together: big enough to amortise numpy calls, small
+# enough for the state arrays to stay in cache
 
 
 @dataclass
@@ -42,27 +43,27 @@ class WorldTables:
     n_actions: int
     n_products: int
     n_channels: int
-    action_cost: np.ndarray        # (A,)
-    action_channel: np.ndarray     # (A,) channel index, -1 for none
-    action_target: np.ndarray      # (A,) product index, -1 = all products, -2 = none (unknown product)
-    eligible: np.ndarray           # (A, S) bool
+    action_cost: np.ndarray  # (A,)
+    action_channel: np.ndarray  # (A,) channel index, -1 for none
+    action_target: np.ndarray  # (A,) product index, -1 = all products, -2 = none (unknown product)
+    eligible: np.ndarray  # (A, S) bool
     eligible_by_stage: np.ndarray  # (S, A) bool, contiguous rows for fast mask gathers
-    duration: np.ndarray           # (A,) int
-    lift: np.ndarray               # (A*S,) flat, index code = a*S + s
+    duration: np.ndarray  # (A,) int
+    lift: np.ndarray  # (A*S,) flat, index code = a*S + s
     dropout_reduction: np.ndarray  # (A*S,)
-    adoption_uplift: np.ndarray    # (A*S,)
-    reactivation: np.ndarray       # (A*S,)
-    opt_out: np.ndarray            # (C,)
+    adoption_uplift: np.ndarray  # (A*S,)
+    reactivation: np.ndarray  # (A*S,)
+    opt_out: np.ndarray  # (C,)
     fatigue: float
     contact_decay: float
     min_gap: int
-    spend_p: np.ndarray            # (G,)
+    spend_p: np.ndarray  # (G,)
     margin_rate: float
-    product_margin: np.ndarray     # (P,)
-    adopt_cells: np.ndarray        # (G*S, P) adoption hazard by segment x stage cell
-    close_cells: np.ndarray        # (G*S, P) closing hazard by cell
-    product_bound_all: float       # max hazard over cells and products (thinning bound)
-    any_adoption_uplift: bool      # whether any action boosts adoption
+    product_margin: np.ndarray  # (P,)
+    adopt_cells: np.ndarray  # (G*S, P) adoption hazard by segment x stage cell
+    close_cells: np.ndarray  # (G*S, P) closing hazard by cell
+    product_bound_all: float  # max hazard over cells and products (thinning bound)
+    any_adoption_uplift: bool  # whether any action boosts adoption
     seasonality: np.ndarray | None  # (53,) or None
     pareto: bool
 
@@ -79,9 +80,15 @@ class WorldTables:
             for s in a.eligible_stages:
                 eligible[i, STAGES.index(s)] = True
         # -1: the action boosts every product; -2: its target is not modelled, it boosts none
-        target = np.array([-1 if not a.target_product else
-                           (products.index(a.target_product) if a.target_product in products else -2)
-                           for a in cat.actions], np.int16)
+        target = np.array(
+            [
+                -1
+                if not a.target_product
+                else (products.index(a.target_product) if a.target_product in products else -2)
+                for a in cat.actions
+            ],
+            np.int16,
+        )
 
         def flat(tab: list[list[float]]) -> np.ndarray:
             arr = np.asarray(tab, dtype=np.float64).reshape(A, S)
@@ -97,20 +104,28 @@ class WorldTables:
                 close[g] = np.asarray(seg.product_close, float).reshape(S, P)
         pm = world.economics.product_margin_per_period
         return cls(
-            n_actions=A, n_products=P, n_channels=len(channels),
+            n_actions=A,
+            n_products=P,
+            n_channels=len(channels),
             action_cost=np.asarray(cat.costs, float),
             action_channel=np.array([channels.index(a.channel) if a.channel else -1 for a in cat.actions], np.int16),
-            action_target=target, eligible=eligible, eligible_by_stage=np.ascontiguousarray(eligible.T),
+            action_target=target,
+            eligible=eligible,
+            eligible_by_stage=np.ascontiguousarray(eligible.T),
             duration=np.asarray(resp.duration, np.int16),
-            lift=flat(resp.activity_lift), dropout_reduction=flat(resp.dropout_reduction),
-            adoption_uplift=flat(resp.adoption_uplift), reactivation=flat(resp.reactivation),
+            lift=flat(resp.activity_lift),
+            dropout_reduction=flat(resp.dropout_reduction),
+            adoption_uplift=flat(resp.adoption_uplift),
+            reactivation=flat(resp.reactivation),
             opt_out=np.array([float(resp.opt_out.get(c, 0.0)) for c in channels]),
-            fatigue=float(resp.fatigue), contact_decay=resp.contact_decay,
+            fatigue=float(resp.fatigue),
+            contact_decay=resp.contact_decay,
             min_gap=int(resp.min_gap),
             spend_p=np.array([seg.spend["p"] for seg in world.segments], float),
             margin_rate=float(world.economics.margin_rate),
             product_margin=np.array([float(pm.get(p, 0.0)) for p in products]),
-            adopt_cells=adopt.reshape(G * S, P), close_cells=close.reshape(G * S, P),
+            adopt_cells=adopt.reshape(G * S, P),
+            close_cells=close.reshape(G * S, P),
             product_bound_all=float(np.maximum(adopt, close).max()) if P and G else 0.0,
             any_adoption_uplift=bool(np.any(np.asarray(resp.adoption_uplift, float)[1:] != 0)),
             seasonality=None if world.seasonality is None else np.asarray(world.seasonality, float),
@@ -124,29 +139,29 @@ class PopulationState:
 
     # latent
     lam: np.ndarray
-    mu: np.ndarray            # dropout hazard per period (pareto) or dropout prob per transaction (bg)
-    nu: np.ndarray            # Gamma-Gamma spend rate: each transaction ~ Gamma(p, scale=1/nu)
+    mu: np.ndarray  # dropout hazard per period (pareto) or dropout prob per transaction (bg)
+    nu: np.ndarray  # Gamma-Gamma spend rate: each transaction ~ Gamma(p, scale=1/nu)
     alive: np.ndarray
     # observable
     segment: np.ndarray
-    tenure: np.ndarray        # periods since birth
-    recency: np.ndarray       # periods since last transaction (since birth if none)
-    frequency: np.ndarray     # transactions since birth
-    monetary: np.ndarray      # total amount since birth
-    products: np.ndarray      # (N, P) bool
+    tenure: np.ndarray  # periods since birth
+    recency: np.ndarray  # periods since last transaction (since birth if none)
+    frequency: np.ndarray  # transactions since birth
+    monetary: np.ndarray  # total amount since birth
+    products: np.ndarray  # (N, P) bool
     last_contact: np.ndarray  # periods since last contact
     recent_contacts: np.ndarray
-    opted_out: np.ndarray     # (N, C) bool
+    opted_out: np.ndarray  # (N, C) bool
     stage: np.ndarray
     # effect in force
-    eff_code: np.ndarray      # a*S + s of the action/stage whose effect is in force (0 = none)
-    eff_end: np.ndarray       # simulator step at which that effect ends (-1 = none)
-    eff_scale: np.ndarray     # fatigue factor it was applied with
-    lam_eff: np.ndarray       # rate under the effect in force (kept in step with contacts and expiries)
-    mu_eff: np.ndarray        # dropout hazard (or probability) under the effect in force
-    adopt_up: np.ndarray      # adoption uplift in force (0 = none), on the product eff_code's action targets
+    eff_code: np.ndarray  # a*S + s of the action/stage whose effect is in force (0 = none)
+    eff_end: np.ndarray  # simulator step at which that effect ends (-1 = none)
+    eff_scale: np.ndarray  # fatigue factor it was applied with
+    lam_eff: np.ndarray  # rate under the effect in force (kept in step with contacts and expiries)
+    mu_eff: np.ndarray  # dropout hazard (or probability) under the effect in force
+    adopt_up: np.ndarray  # adoption uplift in force (0 = none), on the product eff_code's action targets
     product_margin: np.ndarray  # margin per period of the products held (kept in step with products)
-    opened: np.ndarray        # products opened since the simulation started (cross-sell)
+    opened: np.ndarray  # products opened since the simulation started (cross-sell)
 
     @property
     def n(self) -> int:
@@ -157,22 +172,28 @@ class PopulationState:
 class StepOutcome:
     """What one period produced, per customer."""
 
-    reward: np.ndarray                 # margin from amounts + product margins - contact cost
-    transactions: np.ndarray           # sampled counts
+    reward: np.ndarray  # margin from amounts + product margins - contact cost
+    transactions: np.ndarray  # sampled counts
     expected_transactions: np.ndarray | None  # E[count | latent state]; None unless track_expected
     amount: np.ndarray
     expected_amount: np.ndarray | None  # E[amount | latent state]; None unless track_expected
     cost: np.ndarray
     contacted: np.ndarray
-    actions: np.ndarray                # actions applied (ineligible ones replaced by 0)
+    actions: np.ndarray  # actions applied (ineligible ones replaced by 0)
     n_ineligible: int = 0
 
 
 class PopulationSimulator:
     """Steps N customers at once. Build with `from_book` (digital twins) or `new_customers`."""
 
-    def __init__(self, world: WorldModel, state: PopulationState, rng: np.random.Generator,
-                 start_date: str | pd.Timestamp | None = None, tables: WorldTables | None = None):
+    def __init__(
+        self,
+        world: WorldModel,
+        state: PopulationState,
+        rng: np.random.Generator,
+        start_date: str | pd.Timestamp | None = None,
+        tables: WorldTables | None = None,
+    ):
         self.world = world
         self.tables = tables or WorldTables.from_world(world)
         self.state = state
@@ -181,8 +202,11 @@ class PopulationSimulator:
         # world's random numbers: same seed, same customers, whichever policy runs
         self.policy_rng = rng.spawn(1)[0]
         self.t = 0
-        start = start_date if start_date is not None else (
-            pd.Timestamp(world.calibration_end) + pd.Timedelta(days=1) if world.calibration_end else None)
+        start = (
+            start_date
+            if start_date is not None
+            else (pd.Timestamp(world.calibration_end) + pd.Timedelta(days=1) if world.calibration_end else None)
+        )
         self.start_date = None if start is None else pd.Timestamp(start)
         self._season_by_t = np.zeros(0)
         # common random numbers: every period draws the same fixed block of uniforms per customer
@@ -223,8 +247,14 @@ class PopulationSimulator:
 
     # ---- construction ----------------------------------------------------------------
     @classmethod
-    def new_customers(cls, world: WorldModel, n: int, seed: int | np.random.SeedSequence,
-                      tables: WorldTables | None = None, start_date=None) -> "PopulationSimulator":
+    def new_customers(
+        cls,
+        world: WorldModel,
+        n: int,
+        seed: int | np.random.SeedSequence,
+        tables: WorldTables | None = None,
+        start_date=None,
+    ) -> "PopulationSimulator":
         """N brand-new customers (tenure 0), segments drawn by share, latents from segment priors."""
         rng = np.random.default_rng(seed)
         tables = tables or WorldTables.from_world(world)
@@ -232,9 +262,15 @@ class PopulationSimulator:
         return cls(world, state, rng, start_date=start_date, tables=tables)
 
     @classmethod
-    def from_book(cls, world: WorldModel, book: pd.DataFrame, seed: int | np.random.SeedSequence,
-                  tables: WorldTables | None = None, start_date=None,
-                  uniforms: np.ndarray | None = None) -> "PopulationSimulator":
+    def from_book(
+        cls,
+        world: WorldModel,
+        book: pd.DataFrame,
+        seed: int | np.random.SeedSequence,
+        tables: WorldTables | None = None,
+        start_date=None,
+        uniforms: np.ndarray | None = None,
+    ) -> "PopulationSimulator":
         """Digital twins: each row of the book becomes a customer whose alive state and latent
         rates are drawn from their posterior given their own history."""
         rng = np.random.default_rng(seed)
@@ -252,10 +288,18 @@ class PopulationSimulator:
     def observe(self) -> dict[str, np.ndarray]:
         """What a bank can see about each customer (never the latent rate or alive flag)."""
         st = self.state
-        return {"recency": st.recency, "frequency": st.frequency, "monetary": st.monetary,
-                "tenure": st.tenure, "stage": st.stage, "segment": st.segment,
-                "products": st.products, "last_contact": st.last_contact,
-                "recent_contacts": st.recent_contacts, "opted_out": st.opted_out}
+        return {
+            "recency": st.recency,
+            "frequency": st.frequency,
+            "monetary": st.monetary,
+            "tenure": st.tenure,
+            "stage": st.stage,
+            "segment": st.segment,
+            "products": st.products,
+            "last_contact": st.last_contact,
+            "recent_contacts": st.recent_contacts,
+            "opted_out": st.opted_out,
+        }
 
     def season_factor(self) -> float:
         tb = self.tables
@@ -343,6 +387,7 @@ class PopulationSimulator:
                 amount[b] = rng.standard_gamma(shape) / st.nu[b]
             else:
                 from scipy.special import gammaincinv
+
                 amount[b] = gammaincinv(shape, np.clip(U[b, 4], 1e-300, 1 - 1e-16)) / st.nu[b]
         exp_amount = None
         if self.track_expected:
@@ -386,9 +431,17 @@ class PopulationSimulator:
         if tb.n_products:
             reward += st.product_margin
         self.t += 1
-        return StepOutcome(reward=reward, transactions=counts, expected_transactions=mean, amount=amount,
-                           expected_amount=exp_amount, cost=cost, contacted=contacted, actions=actions,
-                           n_ineligible=n_inel)
+        return StepOutcome(
+            reward=reward,
+            transactions=counts,
+            expected_transactions=mean,
+            amount=amount,
+            expected_amount=exp_amount,
+            cost=cost,
+            contacted=contacted,
+            actions=actions,
+            n_ineligible=n_inel,
+        )
 
     def _product_events(self, boosted: np.ndarray | None) -> None:
         """Open/close products. Each (customer, product) pair changes with its own hazard; events are
@@ -498,6 +551,7 @@ def poisson_ppf(u: np.ndarray, mean: np.ndarray) -> np.ndarray:
     big = m > 200.0
     if big.any():
         from scipy.special import ndtri
+
         k[big] = np.maximum(0, np.round(m[big] + np.sqrt(m[big]) * ndtri(np.clip(u[big], 1e-16, 1 - 1e-16))))
     idx = np.flatnonzero(~big)
     p = np.exp(-m[idx])
@@ -535,7 +589,10 @@ def _draw_prior_latents(world: WorldModel, seg: np.ndarray, rng: np.random.Gener
     alpha = np.array([s.activity["alpha"] for s in acts])[seg]
     lam = rng.gamma(r) / alpha
     if world.activity_model == "pareto_nbd":
-        mu = rng.gamma(np.array([s.activity["s"] for s in acts])[seg]) / np.array([s.activity["beta"] for s in acts])[seg]
+        mu = (
+            rng.gamma(np.array([s.activity["s"] for s in acts])[seg])
+            / np.array([s.activity["beta"] for s in acts])[seg]
+        )
     else:
         mu = rng.beta(np.array([s.activity["a"] for s in acts])[seg], np.array([s.activity["b"] for s in acts])[seg])
     q = np.array([s.spend["q"] for s in acts])[seg]
@@ -569,14 +626,29 @@ def new_customer_state(world: WorldModel, n: int, rng: np.random.Generator, tabl
 def _fresh_state(lam, mu, nu, alive, seg, products, n_channels) -> PopulationState:
     n = lam.shape[0]
     return PopulationState(
-        lam=lam.astype(float), mu=mu.astype(float), nu=nu.astype(float), alive=alive.astype(bool),
-        segment=seg.astype(np.int16), tenure=np.zeros(n, np.int32), recency=np.zeros(n, np.int32),
-        frequency=np.zeros(n, np.int32), monetary=np.zeros(n), products=products.astype(bool),
-        last_contact=np.full(n, NEVER_CONTACTED, np.int32), recent_contacts=np.zeros(n),
-        opted_out=np.zeros((n, n_channels), bool), stage=np.zeros(n, np.int8),
-        eff_code=np.zeros(n, np.int16), eff_end=np.full(n, -1, np.int32), eff_scale=np.zeros(n),
-        lam_eff=lam.astype(float), mu_eff=mu.astype(float), adopt_up=np.zeros(n),
-        product_margin=np.zeros(n), opened=np.zeros(n, np.int32))
+        lam=lam.astype(float),
+        mu=mu.astype(float),
+        nu=nu.astype(float),
+        alive=alive.astype(bool),
+        segment=seg.astype(np.int16),
+        tenure=np.zeros(n, np.int32),
+        recency=np.zeros(n, np.int32),
+        frequency=np.zeros(n, np.int32),
+        monetary=np.zeros(n),
+        products=products.astype(bool),
+        last_contact=np.full(n, NEVER_CONTACTED, np.int32),
+        recent_contacts=np.zeros(n),
+        opted_out=np.zeros((n, n_channels), bool),
+        stage=np.zeros(n, np.int8),
+        eff_code=np.zeros(n, np.int16),
+        eff_end=np.full(n, -1, np.int32),
+        eff_scale=np.zeros(n),
+        lam_eff=lam.astype(float),
+        mu_eff=mu.astype(float),
+        adopt_up=np.zeros(n),
+        product_margin=np.zeros(n),
+        opened=np.zeros(n, np.int32),
+    )
 
 
 BOOK_POSTERIOR_COLUMNS = ("p_alive", "lam_shape", "lam_rate", "mu_shape", "mu_rate", "nu_shape", "nu_rate")
@@ -592,8 +664,13 @@ def take_rows(cols: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.nda
     return {k: v[rows] for k, v in cols.items()}
 
 
-def state_from_book(world: WorldModel, book: pd.DataFrame | dict[str, np.ndarray], rng: np.random.Generator,
-                    tables: WorldTables, uniforms: np.ndarray | None = None) -> PopulationState:
+def state_from_book(
+    world: WorldModel,
+    book: pd.DataFrame | dict[str, np.ndarray],
+    rng: np.random.Generator,
+    tables: WorldTables,
+    uniforms: np.ndarray | None = None,
+) -> PopulationState:
     """Draw each book customer's alive flag and latent rates from their posterior.
 
     The book carries the posterior's parameters (see sim.calibrate.build_book):
@@ -604,6 +681,7 @@ def state_from_book(world: WorldModel, book: pd.DataFrame | dict[str, np.ndarray
     draws by inverse CDFs: callers pass stratified uniforms to cut Monte Carlo variance.
     """
     from scipy import special
+
     if not isinstance(book, dict):
         book = book_columns(book)
     n = len(book["segment"])
@@ -664,10 +742,12 @@ def builtin_policy(name: str) -> PolicyFn:
     if name == "none":
         return lambda sim: np.zeros(sim.state.n, np.int16)
     if name == "random":
+
         def _random(sim: PopulationSimulator) -> np.ndarray:
             m = sim.action_masks()
             g = sim.policy_rng.random(m.shape) * m
             return np.argmax(g, axis=1).astype(np.int16)
+
         return _random
     raise KeyError(f"unknown policy {name!r}; built in: none, random")
 
@@ -681,8 +761,8 @@ def chunk_seeds(seed: int, n: int, chunk_size: int) -> list[tuple[int, int, np.r
 
 @dataclass
 class SimulationResult:
-    customers: pd.DataFrame                 # one row per simulated customer
-    periods: pd.DataFrame                   # one row per period: totals
+    customers: pd.DataFrame  # one row per simulated customer
+    periods: pd.DataFrame  # one row per period: totals
     meta: dict = field(default_factory=dict)
 
 
@@ -696,10 +776,17 @@ def sample_book(book: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     return book.iloc[rows].reset_index(drop=True)
 
 
-def simulate(world: WorldModel, policy: PolicyFn | str, periods: int, seed: int,
-             book: pd.DataFrame | None = None, customers: int | None = None,
-             chunk_size: int = DEFAULT_CHUNK, progress: Callable[[int], None] | None = None,
-             crn: bool = False) -> SimulationResult:
+def simulate(
+    world: WorldModel,
+    policy: PolicyFn | str,
+    periods: int,
+    seed: int,
+    book: pd.DataFrame | None = None,
+    customers: int | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
+    progress: Callable[[int], None] | None = None,
+    crn: bool = False,
+) -> SimulationResult:
     """Run `policy` for `periods` on the book's digital twins (resampled to `customers` when given)
     or on `customers` brand-new customers when there is no book."""
     if isinstance(policy, str):
@@ -713,13 +800,27 @@ def simulate(world: WorldModel, policy: PolicyFn | str, periods: int, seed: int,
         if customers is None:
             raise ValueError("simulating new customers needs a number of customers")
         n, src = int(customers), None
-    per = {k: np.zeros(periods) for k in ("transactions", "amount", "margin", "cost", "reward", "alive",
-                                          "contacts")}
+    per = {k: np.zeros(periods) for k in ("transactions", "amount", "margin", "cost", "reward", "alive", "contacts")}
     stage_counts = np.zeros((periods, N_STAGES), np.int64)
     stage_contacts = np.zeros((periods, N_STAGES), np.int64)  # contacts by the stage they were made in
-    out_cols: dict[str, list[np.ndarray]] = {k: [] for k in (
-        "segment", "start_stage", "end_stage", "transactions", "amount", "cost", "reward", "clv",
-        "discounted_cost", "contacts", "alive_end", "products_end", "products_opened")}
+    out_cols: dict[str, list[np.ndarray]] = {
+        k: []
+        for k in (
+            "segment",
+            "start_stage",
+            "end_stage",
+            "transactions",
+            "amount",
+            "cost",
+            "reward",
+            "clv",
+            "discounted_cost",
+            "contacts",
+            "alive_end",
+            "products_end",
+            "products_opened",
+        )
+    }
     for start, stop, seq in chunk_seeds(seed, n, chunk_size):
         if src is not None:
             sim = PopulationSimulator.from_book(world, src.iloc[start:stop], seq, tables=tables)
@@ -728,8 +829,9 @@ def simulate(world: WorldModel, policy: PolicyFn | str, periods: int, seed: int,
         sim.crn = crn
         m = stop - start
         start_stage = sim.state.stage.copy()
-        acc = {k: np.zeros(m) for k in ("transactions", "amount", "cost", "reward", "clv", "discounted_cost",
-                                        "contacts")}
+        acc = {
+            k: np.zeros(m) for k in ("transactions", "amount", "cost", "reward", "clv", "discounted_cost", "contacts")
+        }
         for t in range(periods):
             stage_before = sim.state.stage
             out = sim.step(policy(sim))
@@ -739,8 +841,8 @@ def simulate(world: WorldModel, policy: PolicyFn | str, periods: int, seed: int,
             acc["amount"] += out.amount
             acc["cost"] += out.cost
             acc["reward"] += out.reward
-            acc["clv"] += out.reward * disc ** t
-            acc["discounted_cost"] += out.cost * disc ** t
+            acc["clv"] += out.reward * disc**t
+            acc["discounted_cost"] += out.cost * disc**t
             acc["contacts"] += out.contacted
             per["transactions"][t] += out.transactions.sum()
             per["amount"][t] += out.amount.sum()
@@ -762,20 +864,27 @@ def simulate(world: WorldModel, policy: PolicyFn | str, periods: int, seed: int,
         out_cols["products_opened"].append(sim.state.opened.copy())
     cust = {k: np.concatenate(v) for k, v in out_cols.items()}
     seg_names = np.array([s.name for s in world.segments])
-    df = pd.DataFrame({
-        "customer_id": (src["customer_id"].astype(str).to_numpy() if src is not None
-                        else np.char.add("sim", np.arange(n).astype(str))),
-        "segment": seg_names[cust["segment"]],
-        "start_stage": np.array(STAGES)[cust["start_stage"]],
-        "end_stage": np.array(STAGES)[cust["end_stage"]],
-        **{k: cust[k] for k in ("transactions", "amount", "cost", "reward", "clv", "discounted_cost", "contacts")},
-        "alive_end": cust["alive_end"], "products_end": cust["products_end"],
-        "products_opened": cust["products_opened"],
-    })
+    df = pd.DataFrame(
+        {
+            "customer_id": (
+                src["customer_id"].astype(str).to_numpy()
+                if src is not None
+                else np.char.add("sim", np.arange(n).astype(str))
+            ),
+            "segment": seg_names[cust["segment"]],
+            "start_stage": np.array(STAGES)[cust["start_stage"]],
+            "end_stage": np.array(STAGES)[cust["end_stage"]],
+            **{k: cust[k] for k in ("transactions", "amount", "cost", "reward", "clv", "discounted_cost", "contacts")},
+            "alive_end": cust["alive_end"],
+            "products_end": cust["products_end"],
+            "products_opened": cust["products_opened"],
+        }
+    )
     pdf = pd.DataFrame({"period": np.arange(periods), **per})
     for j, s in enumerate(STAGES):
         pdf[f"stage_{s}"] = stage_counts[:, j]
     for j, s in enumerate(STAGES):
         pdf[f"contacts_stage_{s}"] = stage_contacts[:, j]
-    return SimulationResult(customers=df, periods=pdf, meta={"customers": n, "periods": periods, "seed": seed,
-                                                             "chunk_size": chunk_size})
+    return SimulationResult(
+        customers=df, periods=pdf, meta={"customers": n, "periods": periods, "seed": seed, "chunk_size": chunk_size}
+    )

@@ -8,6 +8,7 @@ customers and for histories with signup dates; `repeat_only=True` for worlds cal
 histories without them, whose book customers' frequency includes the birth purchase), t_x =
 tenure - recency (0 when x = 0), T = tenure, all in periods.
 """
+
 from __future__ import annotations
 
 from typing import Mapping
@@ -21,8 +22,9 @@ from .world import WorldModel
 Observation = Mapping[str, np.ndarray]
 
 
-def btyd_data(obs: Observation, rows: np.ndarray | None = None,
-              repeat_only: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def btyd_data(
+    obs: Observation, rows: np.ndarray | None = None, repeat_only: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(x, t_x, T) as int64 arrays from the observation (see the module doc for the conventions)."""
     sel = (lambda a: np.asarray(a)) if rows is None else (lambda a: np.asarray(a)[rows])
     freq = sel(obs["frequency"]).astype(np.int64)
@@ -50,8 +52,10 @@ class ObservablePosterior:
         self.pareto = cls is ParetoNBD
         mult = (world.fit or {}).get("campaign_multiplier") or {}
         self.multiplier = np.array([float(mult.get(s.name, 1.0)) for s in world.segments])
-        self.activity = [cls(**{k: float(s.activity[k]) / (m if k == "alpha" else 1.0) for k in cls._param_names})
-                         for s, m in zip(world.segments, self.multiplier)]
+        self.activity = [
+            cls(**{k: float(s.activity[k]) / (m if k == "alpha" else 1.0) for k in cls._param_names})
+            for s, m in zip(world.segments, self.multiplier)
+        ]
         self.spend = [GammaGamma(**{k: float(s.spend[k]) for k in GammaGamma._param_names}) for s in world.segments]
         self.repeat_only = repeat_only
 
@@ -103,7 +107,7 @@ class ObservablePosterior:
 def _distinct_rows(x: np.ndarray, t_x: np.ndarray, T: np.ndarray):
     """Distinct (x, t_x, T) rows and the inverse index (one int64 key; t_x <= T)."""
     base = int(T.max(initial=0)) + 1
-    if (int(x.max(initial=0)) + 1) * base * base >= 2 ** 62:  # key would overflow: no compression
+    if (int(x.max(initial=0)) + 1) * base * base >= 2**62:  # key would overflow: no compression
         return (x, t_x, T), np.arange(x.shape[0])
     key = (x * base + t_x) * base + T
     uniq, inv = np.unique(key, return_inverse=True)

@@ -19,6 +19,7 @@ and prior; `source` says per cell whether that is mostly data, mostly prior, or 
 measured this way already contains the customers a contact brought back, so cells estimated
 from data get no separate reactivation.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,16 +34,15 @@ from .catalogue import STAGES, ActionCatalogue
 from .world import ResponseModel
 
 EFFECTS = ("activity_lift", "dropout_reduction", "adoption_uplift")
-POST_WINDOW = 8       # K: periods after the effect window used to see who stayed
-PRE_WINDOW = 8        # periods before a decision whose activity weighs its fatigue factor
+POST_WINDOW = 8  # K: periods after the effect window used to see who stayed
+PRE_WINDOW = 8  # periods before a decision whose activity weighs its fatigue factor
 BOOTSTRAP = 200
-MIN_DECISIONS = 30    # per arm and cell; fewer -> no data estimate for that cell
-MIN_EVENTS = 20       # per arm, for count outcomes of rare events (product openings)
+MIN_DECISIONS = 30  # per arm and cell; fewer -> no data estimate for that cell
+MIN_EVENTS = 20  # per arm, for count outcomes of rare events (product openings)
 
 
 def load_priors(path: str | None = None) -> dict[str, Any]:
-    text = (open(path).read() if path else
-            resources.files("sim.data").joinpath("priors.yaml").read_text())
+    text = open(path).read() if path else resources.files("sim.data").joinpath("priors.yaml").read_text()
     return yaml.safe_load(text)
 
 
@@ -66,31 +66,44 @@ def prior_response(catalogue: ActionCatalogue, priors: dict[str, Any]) -> Respon
     opt_out = {c: float(oo.get(c, oo.get("default", 0.0))) for c in catalogue.channels}
     src = {k: [["prior"] * S for _ in range(A)] for k in EFFECTS}
     return ResponseModel(
-        activity_lift=tabs["activity_lift"].tolist(), dropout_reduction=tabs["dropout_reduction"].tolist(),
-        adoption_uplift=tabs["adoption_uplift"].tolist(), reactivation=tabs["reactivation"].tolist(),
-        duration=duration, opt_out=opt_out, fatigue=float(priors.get("fatigue", 0.7)),
-        fatigue_half_life=float(priors.get("fatigue_half_life", 4.0)), min_gap=int(priors.get("min_gap", 2)),
-        source={**src, "reactivation": "prior", "duration": "prior", "opt_out": "prior", "fatigue": "prior",
-                "min_gap": "prior"},
-        se={k: [[None] * S for _ in range(A)] for k in EFFECTS})
+        activity_lift=tabs["activity_lift"].tolist(),
+        dropout_reduction=tabs["dropout_reduction"].tolist(),
+        adoption_uplift=tabs["adoption_uplift"].tolist(),
+        reactivation=tabs["reactivation"].tolist(),
+        duration=duration,
+        opt_out=opt_out,
+        fatigue=float(priors.get("fatigue", 0.7)),
+        fatigue_half_life=float(priors.get("fatigue_half_life", 4.0)),
+        min_gap=int(priors.get("min_gap", 2)),
+        source={
+            **src,
+            "reactivation": "prior",
+            "duration": "prior",
+            "opt_out": "prior",
+            "fatigue": "prior",
+            "min_gap": "prior",
+        },
+        se={k: [[None] * S for _ in range(A)] for k in EFFECTS},
+    )
 
 
 @dataclass
 class DecisionData:
     """Logged decisions placed on the activity panel (one row per decision)."""
 
-    cust: np.ndarray        # panel row
-    period: np.ndarray      # panel column of the decision
-    action: np.ndarray      # catalogue index
-    weight: np.ndarray      # 1 / propensity
-    stage: np.ndarray       # stage at the decision
-    fatigue: np.ndarray     # fatigue ** recent_contacts at the decision
-    gap: np.ndarray         # periods until the customer's next logged decision (large if none)
-    clean: np.ndarray       # no earlier contact's effect still in force at the decision
+    cust: np.ndarray  # panel row
+    period: np.ndarray  # panel column of the decision
+    action: np.ndarray  # catalogue index
+    weight: np.ndarray  # 1 / propensity
+    stage: np.ndarray  # stage at the decision
+    fatigue: np.ndarray  # fatigue ** recent_contacts at the decision
+    gap: np.ndarray  # periods until the customer's next logged decision (large if none)
+    clean: np.ndarray  # no earlier contact's effect still in force at the decision
 
 
-def contact_state(cust: np.ndarray, period: np.ndarray, contacted: np.ndarray, n: int, W: int,
-                  decay: float) -> tuple[np.ndarray, np.ndarray]:
+def contact_state(
+    cust: np.ndarray, period: np.ndarray, contacted: np.ndarray, n: int, W: int, decay: float
+) -> tuple[np.ndarray, np.ndarray]:
     """(recent_contacts at each decision, per-customer (recent, last contact period) at W).
 
     recent(w) = sum over earlier contacts w' < w of decay ** (w - w' - 1), exactly as the
@@ -106,9 +119,18 @@ def contact_state(cust: np.ndarray, period: np.ndarray, contacted: np.ndarray, n
     return at_decision, np.stack([recent[:, W], last], axis=1)
 
 
-def estimate_response(prior: ResponseModel, catalogue: ActionCatalogue, dec: DecisionData, counts: np.ndarray,
-                      opens: np.ndarray | None, mu_stage: np.ndarray, W: int, products: list[str],
-                      seed: int = 0, priors: dict[str, Any] | None = None) -> tuple[ResponseModel, dict[str, Any]]:
+def estimate_response(
+    prior: ResponseModel,
+    catalogue: ActionCatalogue,
+    dec: DecisionData,
+    counts: np.ndarray,
+    opens: np.ndarray | None,
+    mu_stage: np.ndarray,
+    W: int,
+    products: list[str],
+    seed: int = 0,
+    priors: dict[str, Any] | None = None,
+) -> tuple[ResponseModel, dict[str, Any]]:
     """Estimate the effect tables from decisions and blend them with the prior.
 
     counts: (N, W) transactions per period; opens: (N, W, P) product openings (products in `products` order) or None;
@@ -122,8 +144,9 @@ def estimate_response(prior: ResponseModel, catalogue: ActionCatalogue, dec: Dec
     cum = np.concatenate([np.zeros((n_cust, 1), np.int64), np.cumsum(counts, axis=1, dtype=np.int64)], axis=1)
     oc = None
     if opens is not None and opens.shape[2]:
-        oc = np.concatenate([np.zeros((n_cust, 1, opens.shape[2]), np.int32),
-                             np.cumsum(opens, axis=1, dtype=np.int32)], axis=1)
+        oc = np.concatenate(
+            [np.zeros((n_cust, 1, opens.shape[2]), np.int32), np.cumsum(opens, axis=1, dtype=np.int32)], axis=1
+        )
     pcfg = priors or {}
     rel, floor = float(pcfg.get("prior_sd_relative", 0.5)), float(pcfg.get("prior_sd_floor", 0.05))
     tabs = {k: np.array(getattr(prior, k), float) for k in EFFECTS}
@@ -155,7 +178,7 @@ def estimate_response(prior: ResponseModel, catalogue: ActionCatalogue, dec: Dec
             za = (window_sum(dec.cust[ia], dec.period[ia], D, D + POST_WINDOW) > 0).astype(float)
             z0 = (window_sum(dec.cust[i0], dec.period[i0], D, D + POST_WINDOW) > 0).astype(float)
             wa, w0, fa = dec.weight[ia], dec.weight[i0], dec.fatigue[ia]
-            Ba, B0 = boot[:, dec.cust[ia]], boot[:, dec.cust[i0]]   # (B, n_arm)
+            Ba, B0 = boot[:, dec.cust[ia]], boot[:, dec.cust[i0]]  # (B, n_arm)
 
             def ratio(va: np.ndarray, v0: np.ndarray) -> tuple[float, np.ndarray]:
                 point = (np.sum(wa * va) / np.sum(wa)) / max(np.sum(w0 * v0) / np.sum(w0), 1e-300)
@@ -166,8 +189,9 @@ def estimate_response(prior: ResponseModel, catalogue: ActionCatalogue, dec: Dec
             # the fatigue factor averaged with weights proportional to each customer's activity
             # before the decision (a pre-treatment proxy of their baseline outcome): the lift
             # scales the baseline, so busier customers, often contacted more, weigh more
-            pre = (cum[dec.cust[ia], dec.period[ia]] - cum[dec.cust[ia], np.maximum(dec.period[ia] - PRE_WINDOW, 0)]
-                   + 0.5)
+            pre = (
+                cum[dec.cust[ia], dec.period[ia]] - cum[dec.cust[ia], np.maximum(dec.period[ia] - PRE_WINDOW, 0)] + 0.5
+            )
             F = float(np.sum(wa * pre * fa) / np.sum(wa * pre))
             Fb = (Ba @ (wa * pre * fa)) / np.maximum(Ba @ (wa * pre), 1e-300)
             est: dict[str, tuple[float, np.ndarray]] = {}
@@ -176,13 +200,14 @@ def estimate_response(prior: ResponseModel, catalogue: ActionCatalogue, dec: Dec
             if mu_stage[s] > 0:
                 r2, rb2 = ratio(za, z0)
                 denom, denom_b = F * mu_stage[s] * D, Fb * mu_stage[s] * D
-                est["dropout_reduction"] = (np.log(max(r2, 1e-12)) / denom,
-                                            np.log(np.maximum(rb2, 1e-12)) / denom_b)
+                est["dropout_reduction"] = (np.log(max(r2, 1e-12)) / denom, np.log(np.maximum(rb2, 1e-12)) / denom_b)
             if oc is not None:
                 tgt = targets[a]
-                plist = list(range(opens.shape[2])) if tgt is None else (
-                    [products.index(tgt)] if tgt in products else [])
+                plist = (
+                    list(range(opens.shape[2])) if tgt is None else ([products.index(tgt)] if tgt in products else [])
+                )
                 if plist:
+
                     def osum(c, p, h):
                         hi, lo = np.minimum(p + h, W), np.minimum(p, W)
                         return (oc[c, hi][:, plist] - oc[c, lo][:, plist]).sum(axis=1).astype(float)
@@ -216,25 +241,45 @@ def estimate_response(prior: ResponseModel, catalogue: ActionCatalogue, dec: Dec
     react = np.array(prior.reactivation, float)
     react[np.isfinite(raw["activity_lift"])] = 0.0
     out = ResponseModel(
-        activity_lift=tabs["activity_lift"].tolist(), dropout_reduction=tabs["dropout_reduction"].tolist(),
-        adoption_uplift=tabs["adoption_uplift"].tolist(), reactivation=react.tolist(),
-        duration=prior.duration, opt_out=prior.opt_out, fatigue=prior.fatigue,
-        fatigue_half_life=prior.fatigue_half_life, min_gap=prior.min_gap,
+        activity_lift=tabs["activity_lift"].tolist(),
+        dropout_reduction=tabs["dropout_reduction"].tolist(),
+        adoption_uplift=tabs["adoption_uplift"].tolist(),
+        reactivation=react.tolist(),
+        duration=prior.duration,
+        opt_out=prior.opt_out,
+        fatigue=prior.fatigue,
+        fatigue_half_life=prior.fatigue_half_life,
+        min_gap=prior.min_gap,
         source={**prior.source, **src, "reactivation": "prior (0 where the lift was estimated from data)"},
-        se={k: np.where(np.isnan(se[k]), None, se[k]).tolist() for k in EFFECTS})
-    report = {"raw": {k: raw[k].tolist() for k in EFFECTS}, "se": {k: se[k].tolist() for k in EFFECTS},
-              "decisions_per_cell": n_obs.tolist(), "bootstrap": BOOTSTRAP, "post_window": POST_WINDOW,
-              "min_decisions": MIN_DECISIONS}
+        se={k: np.where(np.isnan(se[k]), None, se[k]).tolist() for k in EFFECTS},
+    )
+    report = {
+        "raw": {k: raw[k].tolist() for k in EFFECTS},
+        "se": {k: se[k].tolist() for k in EFFECTS},
+        "decisions_per_cell": n_obs.tolist(),
+        "bootstrap": BOOTSTRAP,
+        "post_window": POST_WINDOW,
+        "min_decisions": MIN_DECISIONS,
+    }
     return out, report
 
 
-def decisions_frame_to_data(decisions: pd.DataFrame, catalogue: ActionCatalogue, ids: np.ndarray,
-                            origin: pd.Timestamp, period_days: float, stage_before: np.ndarray,
-                            fatigue: float, decay: float, W: int,
-                            durations: list[int]) -> tuple[DecisionData, np.ndarray]:
+def decisions_frame_to_data(
+    decisions: pd.DataFrame,
+    catalogue: ActionCatalogue,
+    ids: np.ndarray,
+    origin: pd.Timestamp,
+    period_days: float,
+    stage_before: np.ndarray,
+    fatigue: float,
+    decay: float,
+    W: int,
+    durations: list[int],
+) -> tuple[DecisionData, np.ndarray]:
     """Place logged decisions on the panel. Returns the data and the per-customer contact state
     at the cut-off ((N, 2): recent_contacts, last contact period or -1)."""
     from .features import lookup, period_index
+
     d = decisions
     cust, known = lookup(ids, d["customer_id"].to_numpy(dtype=str))
     per = period_index(d["date"].to_numpy("datetime64[ns]"), origin, period_days)
@@ -261,5 +306,6 @@ def decisions_frame_to_data(decisions: pd.DataFrame, catalogue: ActionCatalogue,
     prev_end = np.full(per.size, -1, np.int64)
     prev_end[order[1:][same]] = run[:-1][same]
     clean = prev_end <= per
-    return DecisionData(cust=cust, period=per, action=act, weight=weight, stage=stage,
-                        fatigue=fatigue ** recent, gap=gap, clean=clean), state
+    return DecisionData(
+        cust=cust, period=per, action=act, weight=weight, stage=stage, fatigue=fatigue**recent, gap=gap, clean=clean
+    ), state

@@ -14,6 +14,7 @@ The fit (`fit_gamma_gamma`) uses customers with x > 0 and m̄ > 0 only, maximise
 log-parameters with L-BFGS-B and the analytic gradient, and reports standard errors from the numerical
 Hessian (see `sim.btyd.FitInfo`).
 """
+
 from __future__ import annotations
 
 import time
@@ -71,6 +72,7 @@ class GammaGamma(_Model):
             raise ValueError("loglik needs x > 0 and mean_spend > 0")
         return _gg_terms(self.params, _GGData(x, m), False)[0]
 
+
 class _GGData:
     """Rows plus the distinct x values (the special functions depend on x only)."""
 
@@ -90,8 +92,14 @@ def _gg_terms(params, data: _GGData, want_grad: bool):
     pxv = p * data.xv
     xi = data.xi
     lgm = np.log(g + m * x)
-    ll = ((gammaln(pxv + q) - gammaln(pxv))[xi] - gammaln(q) + q * np.log(g)
-          + (px - 1.0) * data.log_m + px * data.log_x - (px + q) * lgm)
+    ll = (
+        (gammaln(pxv + q) - gammaln(pxv))[xi]
+        - gammaln(q)
+        + q * np.log(g)
+        + (px - 1.0) * data.log_m
+        + px * data.log_x
+        - (px + q) * lgm
+    )
     if not want_grad:
         return ll, None, None
     psi_v = digamma(pxv + q)

@@ -8,6 +8,7 @@ first two thirds of the window and a logged campaign history whose logging polic
 propensity. The true world is saved beside the data (truth.json, truth_customers.parquet), so
 calibration and offline evaluation can be checked against the truth.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -34,10 +35,10 @@ class BankConfig:
     customers: int = 6000
     weeks: int = 156
     start: str = "2022-01-03"
-    decision_every: int = 4       # weeks between a customer's decision points
-    explore: float = 0.3          # share of uniform exploration in the logging policy
+    decision_every: int = 4  # weeks between a customer's decision points
+    explore: float = 0.3  # share of uniform exploration in the logging policy
     bau_contact_rate: float = 0.5  # the playbook contacts half of the eligible decision points
-    birth_share: float = 0.67     # customers sign up during this first share of the window
+    birth_share: float = 0.67  # customers sign up during this first share of the window
     seed: int = 7
 
 
@@ -55,8 +56,16 @@ TRUE_EFFECTS = {
     "rm_call_retention": (0.25, 0.50, 0.0, 0.0),
 }
 TRUE_STAGE_MULT = {"new": 1.3, "growth": 1.0, "maturity": 0.7, "dormancy": 1.5, "churned": 0.6}
-TRUE_DURATION = {"push_login_reminder": 2, "sms_activation_bonus": 4, "email_card_offer": 4, "push_cashback": 4,
-                 "email_fee_waiver": 8, "sms_rate_bonus_savings": 8, "rm_call_wealth": 4, "rm_call_retention": 8}
+TRUE_DURATION = {
+    "push_login_reminder": 2,
+    "sms_activation_bonus": 4,
+    "email_card_offer": 4,
+    "push_cashback": 4,
+    "email_fee_waiver": 8,
+    "sms_rate_bonus_savings": 8,
+    "rm_call_wealth": 4,
+    "rm_call_retention": 8,
+}
 
 
 def truth_world(cfg: BankConfig) -> WorldModel:
@@ -69,40 +78,105 @@ def truth_world(cfg: BankConfig) -> WorldModel:
             tabs[:, i, j] = np.array(TRUE_EFFECTS[a.name]) * TRUE_STAGE_MULT[s]
     tabs[1] = np.clip(tabs[1], 0, 0.95)
     response = ResponseModel(
-        activity_lift=tabs[0].tolist(), dropout_reduction=tabs[1].tolist(), adoption_uplift=tabs[2].tolist(),
-        reactivation=tabs[3].tolist(), duration=[0] + [TRUE_DURATION[a.name] for a in cat.actions[1:]],
+        activity_lift=tabs[0].tolist(),
+        dropout_reduction=tabs[1].tolist(),
+        adoption_uplift=tabs[2].tolist(),
+        reactivation=tabs[3].tolist(),
+        duration=[0] + [TRUE_DURATION[a.name] for a in cat.actions[1:]],
         opt_out={"app_push": 0.004, "sms": 0.006, "email": 0.003, "rm_call": 0.002},
-        fatigue=0.7, fatigue_half_life=4.0, min_gap=2, source={"all": "truth"})
+        fatigue=0.7,
+        fatigue_half_life=4.0,
+        min_gap=2,
+        source={"all": "truth"},
+    )
     # weekly hazards [stage][product]
     adopt = {
-        "mass": [[0.020, 0.010, 0.0005, 0.002], [0.010, 0.006, 0.0008, 0.003], [0.004, 0.004, 0.0010, 0.002],
-                 [0.001, 0.001, 0.0001, 0.0005], [0.0, 0.0, 0.0, 0.0]],
-        "affluent": [[0.020, 0.012, 0.004, 0.002], [0.010, 0.008, 0.006, 0.003], [0.005, 0.006, 0.008, 0.002],
-                     [0.001, 0.001, 0.001, 0.0005], [0.0, 0.0, 0.0, 0.0]],
-        "young_digital": [[0.030, 0.008, 0.0003, 0.001], [0.015, 0.006, 0.0005, 0.002], [0.006, 0.004, 0.0008, 0.002],
-                          [0.002, 0.001, 0.0001, 0.0005], [0.0, 0.0, 0.0, 0.0]],
+        "mass": [
+            [0.020, 0.010, 0.0005, 0.002],
+            [0.010, 0.006, 0.0008, 0.003],
+            [0.004, 0.004, 0.0010, 0.002],
+            [0.001, 0.001, 0.0001, 0.0005],
+            [0.0, 0.0, 0.0, 0.0],
+        ],
+        "affluent": [
+            [0.020, 0.012, 0.004, 0.002],
+            [0.010, 0.008, 0.006, 0.003],
+            [0.005, 0.006, 0.008, 0.002],
+            [0.001, 0.001, 0.001, 0.0005],
+            [0.0, 0.0, 0.0, 0.0],
+        ],
+        "young_digital": [
+            [0.030, 0.008, 0.0003, 0.001],
+            [0.015, 0.006, 0.0005, 0.002],
+            [0.006, 0.004, 0.0008, 0.002],
+            [0.002, 0.001, 0.0001, 0.0005],
+            [0.0, 0.0, 0.0, 0.0],
+        ],
     }
-    close = [[0.001, 0.001, 0.001, 0.0], [0.002, 0.002, 0.002, 0.001], [0.002, 0.002, 0.002, 0.001],
-             [0.010, 0.010, 0.010, 0.002], [0.030, 0.030, 0.030, 0.005]]
+    close = [
+        [0.001, 0.001, 0.001, 0.0],
+        [0.002, 0.002, 0.002, 0.001],
+        [0.002, 0.002, 0.002, 0.001],
+        [0.010, 0.010, 0.010, 0.002],
+        [0.030, 0.030, 0.030, 0.005],
+    ]
     segs = [
-        SegmentModel("mass", 0, 0.60, {"r": 1.2, "alpha": 1.5, "s": 0.6, "beta": 30.0},
-                     {"p": 3.0, "q": 5.0, "gamma": 120.0}, adopt["mass"], close, [0.30, 0.50, 0.02, 0.05]),
-        SegmentModel("affluent", 0, 0.25, {"r": 2.0, "alpha": 1.5, "s": 0.8, "beta": 80.0},
-                     {"p": 3.0, "q": 6.0, "gamma": 400.0}, adopt["affluent"], close, [0.40, 0.60, 0.10, 0.08]),
-        SegmentModel("young_digital", 0, 0.15, {"r": 1.5, "alpha": 1.0, "s": 0.7, "beta": 25.0},
-                     {"p": 2.5, "q": 4.0, "gamma": 90.0}, adopt["young_digital"], close, [0.35, 0.30, 0.01, 0.02]),
+        SegmentModel(
+            "mass",
+            0,
+            0.60,
+            {"r": 1.2, "alpha": 1.5, "s": 0.6, "beta": 30.0},
+            {"p": 3.0, "q": 5.0, "gamma": 120.0},
+            adopt["mass"],
+            close,
+            [0.30, 0.50, 0.02, 0.05],
+        ),
+        SegmentModel(
+            "affluent",
+            0,
+            0.25,
+            {"r": 2.0, "alpha": 1.5, "s": 0.8, "beta": 80.0},
+            {"p": 3.0, "q": 6.0, "gamma": 400.0},
+            adopt["affluent"],
+            close,
+            [0.40, 0.60, 0.10, 0.08],
+        ),
+        SegmentModel(
+            "young_digital",
+            0,
+            0.15,
+            {"r": 1.5, "alpha": 1.0, "s": 0.7, "beta": 25.0},
+            {"p": 2.5, "q": 4.0, "gamma": 90.0},
+            adopt["young_digital"],
+            close,
+            [0.35, 0.30, 0.01, 0.02],
+        ),
     ]
     season = np.ones(53)
-    season[47:52] = 1.25   # ISO weeks 48-52: December spending
-    season[27:33] = 0.90   # weeks 28-33: summer holidays
+    season[47:52] = 1.25  # ISO weeks 48-52: December spending
+    season[27:33] = 0.90  # weeks 28-33: summer holidays
     season = season / np.exp(np.log(season[:52]).mean())
-    econ = Economics(period="week", margin_rate=0.02,
-                     product_margin_per_period={"credit_card": 2.0, "savings": 1.5, "wealth": 6.0, "loan": 4.0},
-                     annual_discount_rate=0.08)
-    return WorldModel(catalogue=cat, economics=econ, products=list(PRODUCTS), segments=segs,
-                      segmentation={"method": "attribute", "column": "segment"}, stage_rules=TRUE_STAGE_RULES,
-                      response=response, activity_model="pareto_nbd", calibration_end=None,
-                      seasonality=season.tolist(), assumptions=[], fit={}, source={"generator": asdict(cfg)})
+    econ = Economics(
+        period="week",
+        margin_rate=0.02,
+        product_margin_per_period={"credit_card": 2.0, "savings": 1.5, "wealth": 6.0, "loan": 4.0},
+        annual_discount_rate=0.08,
+    )
+    return WorldModel(
+        catalogue=cat,
+        economics=econ,
+        products=list(PRODUCTS),
+        segments=segs,
+        segmentation={"method": "attribute", "column": "segment"},
+        stage_rules=TRUE_STAGE_RULES,
+        response=response,
+        activity_model="pareto_nbd",
+        calibration_end=None,
+        seasonality=season.tolist(),
+        assumptions=[],
+        fit={},
+        source={"generator": asdict(cfg)},
+    )
 
 
 def logging_probs(sim: PopulationSimulator, segment_names: list[str], cfg: BankConfig) -> np.ndarray:
@@ -130,13 +204,13 @@ class BankRun:
     world: WorldModel
     tables: WorldTables
     sim: PopulationSimulator
-    rng_gen: np.random.Generator      # the generator's own stream (births, calendar, logging draws, post-processing)
+    rng_gen: np.random.Generator  # the generator's own stream (births, calendar, logging draws, post-processing)
     seg_names: list[str]
-    birth: np.ndarray                 # (N,) signup week
-    offset: np.ndarray                # (N,) decision calendar offset: decisions at weeks w with (w + offset) % every == 0
-    init_products: np.ndarray         # (N, P) products held at signup
-    cid: np.ndarray                   # (N,) customer ids
-    born: np.ndarray = None           # (N,) bool, signed up by the current week
+    birth: np.ndarray  # (N,) signup week
+    offset: np.ndarray  # (N,) decision calendar offset: decisions at weeks w with (w + offset) % every == 0
+    init_products: np.ndarray  # (N, P) products held at signup
+    cid: np.ndarray  # (N,) customer ids
+    born: np.ndarray = None  # (N,) bool, signed up by the current week
     tx_c: list = field(default_factory=list)
     tx_w: list = field(default_factory=list)
     tx_n: list = field(default_factory=list)
@@ -173,8 +247,19 @@ def start_bank_run(cfg: BankConfig, world: WorldModel | None = None) -> BankRun:
     st.alive[:] = False
     st.products[:] = False
     offset = rng_gen.integers(0, cfg.decision_every, N)
-    return BankRun(cfg=cfg, world=world, tables=tables, sim=sim, rng_gen=rng_gen, seg_names=seg_names,
-                   birth=birth, offset=offset, init_products=init_products, cid=cid, born=np.zeros(N, bool))
+    return BankRun(
+        cfg=cfg,
+        world=world,
+        tables=tables,
+        sim=sim,
+        rng_gen=rng_gen,
+        seg_names=seg_names,
+        birth=birth,
+        offset=offset,
+        init_products=init_products,
+        cid=cid,
+        born=np.zeros(N, bool),
+    )
 
 
 # choose(sim, deciding) -> (actions (d,) int, probabilities (d, A)) of the acting policy at the
@@ -184,18 +269,23 @@ Chooser = Callable[[PopulationSimulator, np.ndarray], "tuple[np.ndarray, np.ndar
 
 def logging_chooser(run: BankRun) -> Chooser:
     """The logging policy (`logging_probs`), drawing from the generator's stream as the history does."""
+
     def choose(sim: PopulationSimulator, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         probs = logging_probs(sim, run.seg_names, run.cfg)[d]
         cum = np.cumsum(probs, axis=1)
         u = run.rng_gen.random(d.size)[:, None]
         a = np.minimum((u > cum).sum(axis=1), probs.shape[1] - 1).astype(np.int16)
         return a, probs
+
     return choose
 
 
-def run_bank_weeks(run: BankRun, choose: Chooser,
-                   before_step: Callable[[int, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
-                   after_step: Callable[[int, Any], None] | None = None) -> BankRun:
+def run_bank_weeks(
+    run: BankRun,
+    choose: Chooser,
+    before_step: Callable[[int, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
+    after_step: Callable[[int, Any], None] | None = None,
+) -> BankRun:
     """The week loop of the generating world: signups, decision points (the policy behind `choose`
     acts), one simulator step per week, the logs of transactions counts, decisions and product
     events. `before_step(w, deciding, actions, probs)` sees the simulator just before week w's step
@@ -205,7 +295,7 @@ def run_bank_weeks(run: BankRun, choose: Chooser,
     N, Wk = cfg.customers, cfg.weeks
     birth, init_products, born = run.birth, run.init_products, run.born
     for w in range(Wk):
-        newborn = (birth == w)
+        newborn = birth == w
         if newborn.any():
             i = np.flatnonzero(newborn)
             st.alive[i] = True
@@ -218,15 +308,20 @@ def run_bank_weeks(run: BankRun, choose: Chooser,
             born |= newborn
             sim.refresh()
             ii, pp = np.nonzero(init_products[i])
-            run.pe_c.append(i[ii]); run.pe_w.append(np.full(ii.size, w)); run.pe_p.append(pp)
-            run.pe_e.append(np.ones(ii.size, bool)); run.pe_i.append(np.ones(ii.size, bool))
+            run.pe_c.append(i[ii])
+            run.pe_w.append(np.full(ii.size, w))
+            run.pe_p.append(pp)
+            run.pe_e.append(np.ones(ii.size, bool))
+            run.pe_i.append(np.ones(ii.size, bool))
         d = run.decides(w)
         actions = np.zeros(N, np.int16)
         if d.size:
             a, probs = choose(sim, d)
             a = np.asarray(a).astype(np.int16)
             actions[d] = a
-            run.dec_c.append(d); run.dec_w.append(np.full(d.size, w)); run.dec_a.append(a)
+            run.dec_c.append(d)
+            run.dec_w.append(np.full(d.size, w))
+            run.dec_a.append(a)
             run.dec_p.append(probs[np.arange(d.size), a])
             if before_step is not None:
                 before_step(w, d, a, probs)
@@ -238,13 +333,18 @@ def run_bank_weeks(run: BankRun, choose: Chooser,
         st.tenure[~born] = 0
         st.recency[~born] = 0
         pos = np.flatnonzero(out.transactions)
-        run.tx_c.append(pos); run.tx_w.append(np.full(pos.size, w)); run.tx_n.append(out.transactions[pos])
+        run.tx_c.append(pos)
+        run.tx_w.append(np.full(pos.size, w))
+        run.tx_n.append(out.transactions[pos])
         opened = st.products & ~before
         closed = before & ~st.products
         for ev, m in ((True, opened), (False, closed)):
             ii, pp = np.nonzero(m)
-            run.pe_c.append(ii); run.pe_w.append(np.full(ii.size, w)); run.pe_p.append(pp)
-            run.pe_e.append(np.full(ii.size, ev)); run.pe_i.append(np.zeros(ii.size, bool))
+            run.pe_c.append(ii)
+            run.pe_w.append(np.full(ii.size, w))
+            run.pe_p.append(pp)
+            run.pe_e.append(np.full(ii.size, ev))
+            run.pe_i.append(np.zeros(ii.size, bool))
         if after_step is not None:
             after_step(w, out)
     return run
@@ -261,10 +361,15 @@ def observation_frame(run: BankRun, w: int, d: np.ndarray) -> pd.DataFrame:
     cols: dict[str, Any] = {
         "customer_id": run.cid[d],
         "date": np.full(d.size, pd.Timestamp(run.cfg.start) + pd.Timedelta(days=7 * w)),
-        "recency": obs["recency"][d].copy(), "frequency": obs["frequency"][d].copy(),
-        "monetary": obs["monetary"][d].copy(), "tenure": obs["tenure"][d].copy(),
-        "stage": np.array(STAGES)[obs["stage"][d]], "segment": np.array(run.seg_names)[obs["segment"][d]],
-        "last_contact": obs["last_contact"][d].copy(), "recent_contacts": obs["recent_contacts"][d].copy()}
+        "recency": obs["recency"][d].copy(),
+        "frequency": obs["frequency"][d].copy(),
+        "monetary": obs["monetary"][d].copy(),
+        "tenure": obs["tenure"][d].copy(),
+        "stage": np.array(STAGES)[obs["stage"][d]],
+        "segment": np.array(run.seg_names)[obs["segment"][d]],
+        "last_contact": obs["last_contact"][d].copy(),
+        "recent_contacts": obs["recent_contacts"][d].copy(),
+    }
     for j, p in enumerate(world.products):
         cols[f"product_{p}"] = obs["products"][d, j].copy()
     for j, c in enumerate(world.catalogue.channels):
@@ -287,8 +392,15 @@ def generate_bank_history(cfg: BankConfig, record_observations: bool = False) ->
     world, tables, rng_gen, seg_names = run.world, run.tables, run.rng_gen, run.seg_names
     st, birth, cid = run.sim.state, run.birth, run.cid
     N, start = cfg.customers, pd.Timestamp(cfg.start)
-    tx_c, tx_w, tx_n, dec_c, dec_w, dec_a, dec_p = (run.tx_c, run.tx_w, run.tx_n, run.dec_c, run.dec_w, run.dec_a,
-                                                    run.dec_p)
+    tx_c, tx_w, tx_n, dec_c, dec_w, dec_a, dec_p = (
+        run.tx_c,
+        run.tx_w,
+        run.tx_n,
+        run.dec_c,
+        run.dec_w,
+        run.dec_a,
+        run.dec_p,
+    )
     pe_c, pe_w, pe_p, pe_e, pe_i = run.pe_c, run.pe_w, run.pe_p, run.pe_e, run.pe_i
 
     # transactions: counts per week become rows on distinct days of that week
@@ -303,41 +415,81 @@ def generate_bank_history(cfg: BankConfig, record_observations: bool = False) ->
     p_seg = tables.spend_p[seg]
     amount = rng_gen.gamma(p_seg) / st.nu[cust]
     dates = start + pd.to_timedelta(w[rows] * 7 + day, unit="D")
-    transactions = pd.DataFrame({"customer_id": cid[cust], "date": dates.normalize(),
-                                 "amount": np.round(amount, 2)})
+    transactions = pd.DataFrame({"customer_id": cid[cust], "date": dates.normalize(), "amount": np.round(amount, 2)})
     transactions = transactions.sort_values(["customer_id", "date"], kind="stable").reset_index(drop=True)
     transactions["channel"] = np.where(rng_gen.random(len(transactions)) < 0.6, "card", "transfer")
 
     segment = np.array(seg_names)[st.segment]
-    age = np.where(segment == "young_digital", rng_gen.choice(["18-29", "30-44"], N, p=[0.8, 0.2]),
-                   rng_gen.choice(["30-44", "45-59", "60+"], N, p=[0.4, 0.4, 0.2]))
-    customers = pd.DataFrame({"customer_id": cid, "signup_date": start + pd.to_timedelta(birth * 7, unit="D"),
-                              "segment": segment, "age_band": age,
-                              "region": rng_gen.choice(["north", "south", "east", "west"], N)})
+    age = np.where(
+        segment == "young_digital",
+        rng_gen.choice(["18-29", "30-44"], N, p=[0.8, 0.2]),
+        rng_gen.choice(["30-44", "45-59", "60+"], N, p=[0.4, 0.4, 0.2]),
+    )
+    customers = pd.DataFrame(
+        {
+            "customer_id": cid,
+            "signup_date": start + pd.to_timedelta(birth * 7, unit="D"),
+            "segment": segment,
+            "age_band": age,
+            "region": rng_gen.choice(["north", "south", "east", "west"], N),
+        }
+    )
     c, w, p, e, initial_row = (np.concatenate(x) for x in (pe_c, pe_w, pe_p, pe_e, pe_i))
     # starting products are opened on the signup day; later events in the signup week after it
     first_week = w == birth[c]
     pday = np.where(first_week, rng_gen.integers(1, 7, c.size), rng_gen.integers(0, 7, c.size))
     pday[first_week & e & initial_row] = 0
-    products = pd.DataFrame({"customer_id": cid[c], "date": start + pd.to_timedelta(w * 7 + pday, unit="D"),
-                             "product": np.array(PRODUCTS)[p], "event": np.where(e, "open", "close")})
+    products = pd.DataFrame(
+        {
+            "customer_id": cid[c],
+            "date": start + pd.to_timedelta(w * 7 + pday, unit="D"),
+            "product": np.array(PRODUCTS)[p],
+            "event": np.where(e, "open", "close"),
+        }
+    )
     products = products.sort_values(["customer_id", "date", "event"], kind="stable").reset_index(drop=True)
     c, w, a, pr = (np.concatenate(x) for x in (dec_c, dec_w, dec_a, dec_p))
     names = np.array(world.catalogue.names)
-    decisions = pd.DataFrame({"customer_id": cid[c], "date": start + pd.to_timedelta(w * 7, unit="D"),
-                              "action": names[a], "propensity": np.round(pr, 6),
-                              "cost": np.asarray(world.catalogue.costs)[a]})
+    decisions = pd.DataFrame(
+        {
+            "customer_id": cid[c],
+            "date": start + pd.to_timedelta(w * 7, unit="D"),
+            "action": names[a],
+            "propensity": np.round(pr, 6),
+            "cost": np.asarray(world.catalogue.costs)[a],
+        }
+    )
     decisions = decisions.sort_values(["customer_id", "date"], kind="stable").reset_index(drop=True)
     # the rounded propensities are what the data says; keep them in (0, 1]
     decisions["propensity"] = decisions["propensity"].clip(1e-6, 1.0)
 
-    hist = History(folder=f"<dataset:bank seed={cfg.seed}>", transactions=transactions, customers=customers,
-                   products=products, decisions=decisions, actions=world.catalogue, economics=world.economics,
-                   report={"transactions_rows": len(transactions), "customers_rows": N,
-                           "products_rows": len(products), "decisions_rows": len(decisions)},
-                   stage_rules=asdict(TRUE_STAGE_RULES))
-    latent = pd.DataFrame({"customer_id": cid, "segment": segment, "birth_week": birth, "lam": st.lam, "mu": st.mu,
-                           "nu": st.nu, "alive_at_end": st.alive})
+    hist = History(
+        folder=f"<dataset:bank seed={cfg.seed}>",
+        transactions=transactions,
+        customers=customers,
+        products=products,
+        decisions=decisions,
+        actions=world.catalogue,
+        economics=world.economics,
+        report={
+            "transactions_rows": len(transactions),
+            "customers_rows": N,
+            "products_rows": len(products),
+            "decisions_rows": len(decisions),
+        },
+        stage_rules=asdict(TRUE_STAGE_RULES),
+    )
+    latent = pd.DataFrame(
+        {
+            "customer_id": cid,
+            "segment": segment,
+            "birth_week": birth,
+            "lam": st.lam,
+            "mu": st.mu,
+            "nu": st.nu,
+            "alive_at_end": st.alive,
+        }
+    )
     truth = {"world": world, "customers": latent, "config": cfg}
     if record_observations:
         obs = pd.concat(obs_frames, ignore_index=True) if obs_frames else pd.DataFrame()
@@ -353,8 +505,12 @@ def write_bank_history(out: str | Path, cfg: BankConfig) -> dict[str, Any]:
     out = Path(out)
     hist, truth = generate_bank_history(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    for name, df in (("transactions", hist.transactions), ("customers", hist.customers),
-                     ("products", hist.products), ("decisions", hist.decisions)):
+    for name, df in (
+        ("transactions", hist.transactions),
+        ("customers", hist.customers),
+        ("products", hist.products),
+        ("decisions", hist.decisions),
+    ):
         df = df.copy()
         for col in ("date", "signup_date"):
             if col in df:
@@ -367,13 +523,34 @@ def write_bank_history(out: str | Path, cfg: BankConfig) -> dict[str, Any]:
     truth["world"].save(out / "truth.json")
     with atomic_path(out / "truth_customers.parquet") as tmp:
         truth["customers"].to_parquet(tmp, index=False)
-    atomic_write_json(out / "README.json", {
-        "generator": "clv-engine sim.synthetic", "config": asdict(cfg),
-        "files": ["transactions.csv", "customers.csv", "products.csv", "decisions.csv", "actions.yaml",
-                  "economics.yaml", "stages.yaml", "truth.json", "truth_customers.parquet"],
-        "note": "truth.json is the world that generated this history; truth_customers.parquet holds each "
-                "customer's latent rate (lam, per week), hazard (mu), spend rate (nu) and alive flag at the end."})
-    return {"out": str(out), "customers": cfg.customers, "weeks": cfg.weeks,
-            "transactions": int(len(hist.transactions)), "products_events": int(len(hist.products)),
-            "decisions": int(len(hist.decisions)), "start": cfg.start,
-            "end": str((pd.Timestamp(cfg.start) + pd.Timedelta(days=7 * cfg.weeks - 1)).date()), "seed": cfg.seed}
+    atomic_write_json(
+        out / "README.json",
+        {
+            "generator": "clv-engine sim.synthetic",
+            "config": asdict(cfg),
+            "files": [
+                "transactions.csv",
+                "customers.csv",
+                "products.csv",
+                "decisions.csv",
+                "actions.yaml",
+                "economics.yaml",
+                "stages.yaml",
+                "truth.json",
+                "truth_customers.parquet",
+            ],
+            "note": "truth.json is the world that generated this history; truth_customers.parquet holds each "
+            "customer's latent rate (lam, per week), hazard (mu), spend rate (nu) and alive flag at the end.",
+        },
+    )
+    return {
+        "out": str(out),
+        "customers": cfg.customers,
+        "weeks": cfg.weeks,
+        "transactions": int(len(hist.transactions)),
+        "products_events": int(len(hist.products)),
+        "decisions": int(len(hist.decisions)),
+        "start": cfg.start,
+        "end": str((pd.Timestamp(cfg.start) + pd.Timedelta(days=7 * cfg.weeks - 1)).date()),
+        "seed": cfg.seed,
+    }

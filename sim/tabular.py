@@ -77,6 +77,7 @@ need (effects last 2-8 periods, stages change within a year) and too long for an
 credit assignment in minutes of training. At 0.95 (an effective horizon of 20 periods) retention
 and cross-sell, which pay over many periods, still count.
 """
+
 from __future__ import annotations
 
 import functools
@@ -92,9 +93,9 @@ from .catalogue import STAGES
 from .world import WorldModel
 
 DEFAULT_DISCOUNT = 0.95
-MAX_EFFECTIVE_HORIZON = 104.0   # periods: two years of weeks
+MAX_EFFECTIVE_HORIZON = 104.0  # periods: two years of weeks
 DEFAULT_LEVELS = 3
-TENURE = ("new", "growth", "maturity")     # stage indices 0, 1, 2 of STAGES
+TENURE = ("new", "growth", "maturity")  # stage indices 0, 1, 2 of STAGES
 RECENCY = ("active", "dormant", "lapsed")  # lapsed = the "churned" stage (recency >= churned_after)
 GONE_LABEL = "gone"
 FORMAT = "clv-tabular-world"
@@ -145,13 +146,16 @@ class TabularWorld:
                 raise ValueError("masks must be boolean (or 0/1)")
             m = m.astype(bool)
         if not m[:, 0].all():
-            raise ValueError(f"action 0 ('none') must be allowed in every state; it is masked in state "
-                             f"{int(np.flatnonzero(~m[:, 0])[0])}")
+            raise ValueError(
+                f"action 0 ('none') must be allowed in every state; it is masked in state "
+                f"{int(np.flatnonzero(~m[:, 0])[0])}"
+            )
         self.masks = m
         self.init = _float_array(self.init, "init", (S,))
         if (self.init < 0).any() or abs(self.init.sum() - 1.0) > 1e-6:
-            raise ValueError(f"init must be a probability distribution (>= 0, sums to 1); "
-                             f"sums to {self.init.sum():.6g}")
+            raise ValueError(
+                f"init must be a probability distribution (>= 0, sums to 1); sums to {self.init.sum():.6g}"
+            )
         d = self.discount
         if isinstance(d, bool) or not isinstance(d, (int, float, np.floating)) or not (0.0 <= float(d) < 1.0):
             raise ValueError(f"discount must be a number in [0, 1), got {d!r}")
@@ -185,10 +189,16 @@ class TabularWorld:
         """JSON-ready dict; P is stored sparse as (action, state, next state, probability) lists."""
         a, s, t = np.nonzero(self.P)
         return {
-            "format": FORMAT, "version": 1,
-            "n_states": self.n_states, "n_actions": self.n_actions, "discount": self.discount,
-            "state_labels": list(self.state_labels), "action_names": list(self.action_names),
-            "init": self.init.tolist(), "R": self.R.tolist(), "masks": self.masks.astype(int).tolist(),
+            "format": FORMAT,
+            "version": 1,
+            "n_states": self.n_states,
+            "n_actions": self.n_actions,
+            "discount": self.discount,
+            "state_labels": list(self.state_labels),
+            "action_names": list(self.action_names),
+            "init": self.init.tolist(),
+            "R": self.R.tolist(),
+            "masks": self.masks.astype(int).tolist(),
             "P": {"action": a.tolist(), "state": s.tolist(), "next": t.tolist(), "p": self.P[a, s, t].tolist()},
             "factors": self.factors,
         }
@@ -204,13 +214,22 @@ class TabularWorld:
             P[np.asarray(sp["action"], int), np.asarray(sp["state"], int), np.asarray(sp["next"], int)] = sp["p"]
         except IndexError:
             raise ValueError("P entries index outside n_actions x n_states") from None
-        return cls(n_states=S, n_actions=A, P=P, R=np.asarray(d["R"], float),
-                   masks=np.asarray(d["masks"]).astype(bool), init=np.asarray(d["init"], float),
-                   discount=float(d["discount"]), state_labels=list(d["state_labels"]),
-                   action_names=list(d["action_names"]), factors=d.get("factors"))
+        return cls(
+            n_states=S,
+            n_actions=A,
+            P=P,
+            R=np.asarray(d["R"], float),
+            masks=np.asarray(d["masks"]).astype(bool),
+            init=np.asarray(d["init"], float),
+            discount=float(d["discount"]),
+            state_labels=list(d["state_labels"]),
+            action_names=list(d["action_names"]),
+            factors=d.get("factors"),
+        )
 
     def save(self, path: str | Path) -> None:
         from .atomic import atomic_write_json
+
         atomic_write_json(path, self.to_dict())
 
     @classmethod
@@ -241,10 +260,11 @@ def horizon_for(discount: float, tail: float = 1e-3) -> int:
 def _level_rates(r: float, alpha: float, levels: int) -> np.ndarray:
     """Mean of Gamma(r, rate alpha) within each of `levels` equal-probability buckets."""
     from scipy import special
+
     q = np.arange(levels + 1) / levels
-    x = special.gammaincinv(r, q)          # edges in units of alpha * lam
+    x = special.gammaincinv(r, q)  # edges in units of alpha * lam
     x[-1] = np.inf
-    upper = special.gammainc(r + 1.0, x)   # E[lam 1{alpha lam < x}] = (r/alpha) G_{r+1}(x)
+    upper = special.gammainc(r + 1.0, x)  # E[lam 1{alpha lam < x}] = (r/alpha) G_{r+1}(x)
     return r / alpha * levels * np.diff(upper)
 
 
@@ -252,7 +272,7 @@ def _recency_probs(lam: np.ndarray, D: int, m: int) -> tuple[np.ndarray, np.ndar
     """Per-period probabilities (transaction, active -> dormant, dormant -> lapsed) at rate lam;
     lam -> 0 gives the limits (0, 1/D, 1/m)."""
     lam = np.maximum(lam, 1e-12)
-    p_tx = -np.expm1(-lam)                                   # 1 - q
+    p_tx = -np.expm1(-lam)  # 1 - q
     to_dormant = p_tx * np.exp(-D * lam) / -np.expm1(-D * lam)
     to_lapsed = p_tx * np.exp(-m * lam) / -np.expm1(-m * lam)
     return p_tx, to_dormant, to_lapsed
@@ -269,14 +289,22 @@ def _pick_product(world: WorldModel, seg: int, product: str | None) -> int | Non
     targeted = {a.target_product for a in world.catalogue.actions if a.target_product}
     adopt = np.asarray(world.segments[seg].product_adoption, float).reshape(len(STAGES), -1)
     margins = world.economics.product_margin_per_period
-    worth = [float(margins.get(p, 0.0)) * adopt[:3, j].mean() if p in targeted else -1.0
-             for j, p in enumerate(world.products)]
+    worth = [
+        float(margins.get(p, 0.0)) * adopt[:3, j].mean() if p in targeted else -1.0
+        for j, p in enumerate(world.products)
+    ]
     return int(np.argmax(worth)) if max(worth) > 0 else None
 
 
-def small_world_from(world: WorldModel, segment: int | str = 0, levels: int = DEFAULT_LEVELS,
-                     discount: float | None = None, product: str | None = "auto",
-                     start: str = "new", clock: str = "geometric") -> TabularWorld:
+def small_world_from(
+    world: WorldModel,
+    segment: int | str = 0,
+    levels: int = DEFAULT_LEVELS,
+    discount: float | None = None,
+    product: str | None = "auto",
+    start: str = "new",
+    clock: str = "geometric",
+) -> TabularWorld:
     """The small tabular lifecycle of one segment of `world` (equations in the module docstring).
 
     segment: index or name. levels: activity levels K. discount: per period (default: the
@@ -285,8 +313,9 @@ def small_world_from(world: WorldModel, segment: int | str = 0, levels: int = DE
     start: "new" customers or the steady-state "book". clock: "geometric" or "exact".
     """
     if world.activity_model != "pareto_nbd":
-        raise ValueError(f"small_world_from needs a Pareto/NBD world (a dropout hazard); this one is "
-                         f"{world.activity_model!r}")
+        raise ValueError(
+            f"small_world_from needs a Pareto/NBD world (a dropout hazard); this one is {world.activity_model!r}"
+        )
     names = [s.name for s in world.segments]
     if isinstance(segment, str):
         if segment not in names:
@@ -299,6 +328,7 @@ def small_world_from(world: WorldModel, segment: int | str = 0, levels: int = DE
     if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or not 1 <= levels <= 20:
         raise ValueError(f"levels must be an integer in 1..20, got {levels!r}")
     from .population import POPULATIONS
+
     if start not in POPULATIONS:
         raise ValueError(f"start must be 'book' or 'new', got {start!r}")
     sm = world.segments[seg]
@@ -337,6 +367,7 @@ def small_world_from(world: WorldModel, segment: int | str = 0, levels: int = DE
         arr = np.asarray(t, float).reshape(A, nS).copy()
         arr[0] = 0.0
         return arr
+
     lift, drop_red, adopt_up = table(resp.activity_lift), table(resp.dropout_reduction), table(resp.adoption_uplift)
     if pj is not None:  # an uplift reaches the tracked product if the action targets it or every product
         reaches = np.array([a.target_product in (None, world.products[pj]) for a in cat.actions])
@@ -401,11 +432,11 @@ def small_world_from(world: WorldModel, segment: int | str = 0, levels: int = DE
     W_next = np.zeros((3, 3))
     if pj is not None:
         R_dead = rho_matrix(np.zeros(3), np.arange(3))
-        M = np.kron(T_tau, R_dead)                      # (tau, rho) -> (tau', rho')
+        M = np.kron(T_tau, R_dead)  # (tau, rho) -> (tau', rho')
         st9 = np.array([t if r == 0 else (3 if r == 1 else 4) for t in range(3) for r in range(3)])
         keep = 1.0 - close[st9]
         W = np.linalg.solve(np.eye(9) - gamma * keep[:, None] * M, keep * pmargin)
-        W_next = (M @ W).reshape(3, 3)                  # expected W of the next period's (tau, rho)
+        W_next = (M @ W).reshape(3, 3)  # expected W of the next period's (tau, rho)
 
     allowed = eligible.T[stage] & clock_allows[clk][:, None]
     allowed[:, 0] = True
@@ -420,7 +451,7 @@ def small_world_from(world: WorldModel, segment: int | str = 0, levels: int = DE
         exposure = np.where(mu_eff > 1e-12, -np.expm1(-mu_eff) / np.maximum(mu_eff, 1e-300), 1.0)
         R[:N, a] = econ.margin_rate * spend * lam_eff * exposure - np.where(contact, cost[a], 0.0)
         nxt_clock = np.where(contact, start_of.get(a, 0) if last_c[a] >= 1 else 0, idle_next[clk])
-        stay = np.where(contact, 0.0, idle_stay[clk])   # geometric clock: chance of staying put
+        stay = np.where(contact, 0.0, idle_stay[clk])  # geometric clock: chance of staying put
         rho_next = rho_matrix(lam_eff, rho)
         if pj is None:
             h_next = np.ones((N, 1))
@@ -428,7 +459,7 @@ def small_world_from(world: WorldModel, segment: int | str = 0, levels: int = DE
             p_open = np.minimum(adopt[stage] * (1.0 + adopt_up[eff, stage]), 1.0)
             p_keep = 1.0 - close[stage]
             h_next = np.stack([np.where(hold == 1, 1 - p_keep, 1 - p_open), np.where(hold == 1, p_keep, p_open)], 1)
-            held_dead = (1.0 - surv) * (hold == 1) * p_keep   # leaves this period, product still held
+            held_dead = (1.0 - surv) * (hold == 1) * p_keep  # leaves this period, product still held
             R[:N, a] += pmargin * (surv * h_next[:, 1] + held_dead) + gamma * held_dead * W_next[tau, rho]
         # survivors: independent moves of tenure, recency, product and clock (the clock moves
         # deterministically except in the geometric "effect running" state)
@@ -450,8 +481,10 @@ def small_world_from(world: WorldModel, segment: int | str = 0, levels: int = DE
         cols.append(np.array([GONE]))
         vals.append(np.array([1.0]))
     from scipy import sparse
-    Pfull = sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                              shape=(A * (N + 1), N + 1))
+
+    Pfull = sparse.csr_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(A * (N + 1), N + 1)
+    )
     masks = np.zeros((N + 1, A), bool)
     masks[:N] = allowed
     masks[GONE, 0] = True
@@ -464,18 +497,20 @@ def small_world_from(world: WorldModel, segment: int | str = 0, levels: int = DE
             init[np.ravel_multi_index((0, k, 0, h, 0), dims)] = share / levels
     if start == "book":
         from scipy.sparse.linalg import spsolve
-        P0 = Pfull[:N + 1][:N, :N]                      # "none" among living states (transient)
+
+        P0 = Pfull[: N + 1][:N, :N]  # "none" among living states (transient)
         occ = spsolve((sparse.identity(N, format="csc") - P0.T.tocsc()), init[:N])
         init = np.zeros(N + 1)
         init[:N] = np.maximum(occ, 0.0)
         init /= init.sum()
 
     # keep the states some policy can reach from the initial distribution (allowed actions only)
-    live_rows = np.flatnonzero(masks.T.ravel())        # rows a * (N + 1) + s with a allowed in s
+    live_rows = np.flatnonzero(masks.T.ravel())  # rows a * (N + 1) + s with a allowed in s
     step = Pfull[live_rows]
     src = live_rows % (N + 1)
-    adj = sparse.csr_matrix((np.ones(step.nnz, bool), (np.repeat(src, np.diff(step.indptr)), step.indices)),
-                            shape=(N + 1, N + 1))
+    adj = sparse.csr_matrix(
+        (np.ones(step.nnz, bool), (np.repeat(src, np.diff(step.indptr)), step.indices)), shape=(N + 1, N + 1)
+    )
     reach = init > 0
     reach[GONE] = True
     frontier = reach.copy()
@@ -490,7 +525,7 @@ def small_world_from(world: WorldModel, segment: int | str = 0, levels: int = DE
     P = np.empty((A, S, S))
     for a in range(A):
         P[a] = Pfull[a * (N + 1) + keep][:, keep].toarray()
-    P /= P.sum(axis=2, keepdims=True)                   # rounding only: successors of kept states are kept
+    P /= P.sum(axis=2, keepdims=True)  # rounding only: successors of kept states are kept
     masks, R, init = masks[keep], R[keep], init[keep]
 
     pname = world.products[pj] if pj is not None else None
@@ -510,20 +545,51 @@ def small_world_from(world: WorldModel, segment: int | str = 0, levels: int = DE
 
     def fac(x: np.ndarray) -> list[int]:
         return np.where(is_gone, -1, x[k_]).astype(int).tolist()
+
     factors = {
-        "segment": sm.name, "levels": int(levels), "level_rates": lam.tolist(), "dropout_hazard": mu,
-        "mean_spend": spend, "margin_rate": float(econ.margin_rate), "product": pname,
-        "product_margin": pmargin if pj is not None else 0.0, "discount": gamma, "discount_source": discount_source,
-        "world_discount_per_period": float(econ.discount_per_period), "start": start,
-        "tenure": list(TENURE), "recency": list(RECENCY), "stages": list(STAGES),
-        "min_gap": gap, "duration": dur.tolist(), "grid": list(dims), "full_states": N + 1,
+        "segment": sm.name,
+        "levels": int(levels),
+        "level_rates": lam.tolist(),
+        "dropout_hazard": mu,
+        "mean_spend": spend,
+        "margin_rate": float(econ.margin_rate),
+        "product": pname,
+        "product_margin": pmargin if pj is not None else 0.0,
+        "discount": gamma,
+        "discount_source": discount_source,
+        "world_discount_per_period": float(econ.discount_per_period),
+        "start": start,
+        "tenure": list(TENURE),
+        "recency": list(RECENCY),
+        "stages": list(STAGES),
+        "min_gap": gap,
+        "duration": dur.tolist(),
+        "grid": list(dims),
+        "full_states": N + 1,
         "clock_states": clock_names,
-        "state": {"tenure": fac(tau), "level": fac(lev), "recency": fac(rho), "product": fac(hold),
-                  "clock": fac(clk), "clock_action": fac(clock_a[clk]), "clock_periods": fac(clock_c[clk]),
-                  "stage": fac(stage)},
+        "state": {
+            "tenure": fac(tau),
+            "level": fac(lev),
+            "recency": fac(rho),
+            "product": fac(hold),
+            "clock": fac(clk),
+            "clock_action": fac(clock_a[clk]),
+            "clock_periods": fac(clock_c[clk]),
+            "stage": fac(stage),
+        },
     }
-    return TabularWorld(n_states=S, n_actions=A, P=P, R=R, masks=masks, init=init, discount=gamma,
-                        state_labels=labels, action_names=list(cat.names), factors=factors)
+    return TabularWorld(
+        n_states=S,
+        n_actions=A,
+        P=P,
+        R=R,
+        masks=masks,
+        init=init,
+        discount=gamma,
+        state_labels=labels,
+        action_names=list(cat.names),
+        factors=factors,
+    )
 
 
 @functools.lru_cache(maxsize=4)
@@ -531,4 +597,5 @@ def default_small_world(discount: float | None = None) -> TabularWorld:
     """small_world_from(truth_world(BankConfig())), built once per process (envs share it; never
     mutate the returned arrays)."""
     from .synthetic import BankConfig, truth_world
+
     return small_world_from(truth_world(BankConfig()), discount=discount)

@@ -6,6 +6,7 @@ state (alive, rate, hazard, spend), `replications` draws per customer. Within a 
 Poisson count noise is integrated out (Rao-Blackwellisation: the expected count given the
 simulated latent path), which lowers the Monte Carlo variance without changing the target.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,23 +26,36 @@ from .world import WorldModel
 FREQ_BINS = 8  # conditional-expectation table: calibration frequency 0, 1, ..., 7+
 
 
-def validate(history: History, calibration_end: str, holdout_end: str, *, replications: int = 32,
-             seed: int = 0, segment_by: str | None = None, n_segments: int = 4,
-             activity_model: str = "pareto_nbd", progress: Callable[[int, int], None] | None = None
-             ) -> tuple[dict[str, Any], dict[str, Any]]:
+def validate(
+    history: History,
+    calibration_end: str,
+    holdout_end: str,
+    *,
+    replications: int = 32,
+    seed: int = 0,
+    segment_by: str | None = None,
+    n_segments: int = 4,
+    activity_model: str = "pareto_nbd",
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Returns (metrics, artefacts): metrics is the JSON document of `clv validate`; artefacts
     holds the world, book and tables for the files written beside it."""
     ce, he = pd.Timestamp(calibration_end), pd.Timestamp(holdout_end)
     if he <= ce:
-        raise ConfigError("holdout_end", f"{{key:holdout_end}} {he.date()} must be after {{key:calibration_end}} "
-                                         f"{ce.date()}")
+        raise ConfigError(
+            "holdout_end", f"{{key:holdout_end}} {he.date()} must be after {{key:calibration_end}} {ce.date()}"
+        )
     last = history.transactions["date"].max()
     if he > last:
-        raise ConfigError("holdout_end", value=he.date(),
-                          message=f"is past the end of the history (last transaction {last.date()}): days "
-                                  "after it would count as days without purchases")
-    world, book, cal_report = calibrate(history, ce, segment_by=segment_by, n_segments=n_segments,
-                                        activity_model=activity_model, seed=seed)
+        raise ConfigError(
+            "holdout_end",
+            value=he.date(),
+            message=f"is past the end of the history (last transaction {last.date()}): days "
+            "after it would count as days without purchases",
+        )
+    world, book, cal_report = calibrate(
+        history, ce, segment_by=segment_by, n_segments=n_segments, activity_model=activity_model, seed=seed
+    )
     pdays = world.economics.period_days
     horizon = (he - ce).days / pdays
     n_periods = int(np.ceil(horizon - 1e-9))
@@ -72,19 +86,29 @@ def validate(history: History, calibration_end: str, holdout_end: str, *, replic
     wk = hold.loc[known, "date"].dt.to_period("W").to_numpy()
     pairs = pd.DataFrame({"c": code[known], "w": wk}).drop_duplicates()
     act_weeks = np.bincount(pairs["c"].to_numpy(), minlength=len(ids)).astype(float)
-    metrics["per_customer_corr_active_weeks"] = (float(np.corrcoef(sim["pred_n"], act_weeks)[0, 1])
-                                                 if act_weeks.std() > 0 and sim["pred_n"].std() > 0 else None)
-    metrics.update({
-        "dataset": history.folder, "calibration_end": str(ce.date()), "holdout_end": str(he.date()),
-        "holdout_periods": round(float(horizon), 4), "period": world.economics.period,
-        "replications": replications, "seed": seed, "activity_model": world.activity_model,
-        "holdout_policy": "logged decisions replayed" if replay["decisions"] else "none",
-        "replayed_decisions": replay["decisions"], "replayed_contacts_applied": int(sim["contacts"]),
-        "forecast_method": sim["method"],
-        "calibration_seconds": cal_report["seconds"], "simulated_customer_steps": int(sim["customer_steps"]),
-        "seasonality_modelled": world.seasonality is not None,
-        "assumptions": world.assumptions,
-    })
+    metrics["per_customer_corr_active_weeks"] = (
+        float(np.corrcoef(sim["pred_n"], act_weeks)[0, 1]) if act_weeks.std() > 0 and sim["pred_n"].std() > 0 else None
+    )
+    metrics.update(
+        {
+            "dataset": history.folder,
+            "calibration_end": str(ce.date()),
+            "holdout_end": str(he.date()),
+            "holdout_periods": round(float(horizon), 4),
+            "period": world.economics.period,
+            "replications": replications,
+            "seed": seed,
+            "activity_model": world.activity_model,
+            "holdout_policy": "logged decisions replayed" if replay["decisions"] else "none",
+            "replayed_decisions": replay["decisions"],
+            "replayed_contacts_applied": int(sim["contacts"]),
+            "forecast_method": sim["method"],
+            "calibration_seconds": cal_report["seconds"],
+            "simulated_customer_steps": int(sim["customer_steps"]),
+            "seasonality_modelled": world.seasonality is not None,
+            "assumptions": world.assumptions,
+        }
+    )
     # weekly tracking: model expectation over calibration, simulation over the holdout
     start = pd.Timestamp(summary.birth.min()).normalize()
     W_cal = int(np.ceil(((ce - start).days + 1) / pdays))
@@ -97,26 +121,45 @@ def validate(history: History, calibration_end: str, holdout_end: str, *, replic
         mids = start + pd.to_timedelta((np.arange(W_cal) + 0.5) * pdays, unit="D")
         cal_expected = cal_expected * np.asarray(world.seasonality)[np.asarray(mids.isocalendar().week, int) - 1]
     cal_actual = actual_by_period(rows, summary.birth_is_signup, start, W_cal, pdays)
-    tracking = pd.DataFrame({
-        "period_start": np.concatenate([
-            [str((start + pd.Timedelta(days=i * pdays)).date()) for i in range(W_cal)],
-            [str((ce + pd.Timedelta(days=1 + i * pdays)).date()) for i in range(n_periods)]]),
-        "window": ["calibration"] * W_cal + ["holdout"] * n_periods,
-        "actual": np.concatenate([cal_actual, act_weekly]),
-        "model": np.concatenate([cal_expected, sim["weekly"]]),
-    })
+    tracking = pd.DataFrame(
+        {
+            "period_start": np.concatenate(
+                [
+                    [str((start + pd.Timedelta(days=i * pdays)).date()) for i in range(W_cal)],
+                    [str((ce + pd.Timedelta(days=1 + i * pdays)).date()) for i in range(n_periods)],
+                ]
+            ),
+            "window": ["calibration"] * W_cal + ["holdout"] * n_periods,
+            "actual": np.concatenate([cal_actual, act_weekly]),
+            "model": np.concatenate([cal_expected, sim["weekly"]]),
+        }
+    )
     cond = conditional_table(summary.x, act_n, sim["pred_n"])
     metrics["conditional_expectation"] = cond.to_dict(orient="records")
-    return metrics, {"world": world, "book": book, "tracking": tracking, "conditional": cond,
-                     "predictions": pd.DataFrame({"customer_id": ids, "x_cal": summary.x, "actual": act_n,
-                                                  "predicted": sim["pred_n"], "p_active": sim["p_active"],
-                                                  "actual_value": act_v, "predicted_value": sim["pred_v"]})}
+    return metrics, {
+        "world": world,
+        "book": book,
+        "tracking": tracking,
+        "conditional": cond,
+        "predictions": pd.DataFrame(
+            {
+                "customer_id": ids,
+                "x_cal": summary.x,
+                "actual": act_n,
+                "predicted": sim["pred_n"],
+                "p_active": sim["p_active"],
+                "actual_value": act_v,
+                "predicted_value": sim["pred_v"],
+            }
+        ),
+    }
 
 
 def _activity_by_segment(world: WorldModel, undo_campaigns: bool = False) -> list:
     """The segments' activity models; with undo_campaigns, as fitted on the logged history
     (before the logging campaigns' mean lift was taken out of the rate)."""
     from .btyd import BGNBD, ParetoNBD
+
     cls = ParetoNBD if world.activity_model == "pareto_nbd" else BGNBD
     mult = world.fit.get("campaign_multiplier") or {}
     out = []
@@ -128,8 +171,9 @@ def _activity_by_segment(world: WorldModel, undo_campaigns: bool = False) -> lis
     return out
 
 
-def replay_actions(history: History, world: WorldModel, ids: np.ndarray, ce: pd.Timestamp, n_periods: int,
-                   pdays: float) -> tuple[np.ndarray | None, dict[str, int]]:
+def replay_actions(
+    history: History, world: WorldModel, ids: np.ndarray, ce: pd.Timestamp, n_periods: int, pdays: float
+) -> tuple[np.ndarray | None, dict[str, int]]:
     """(N, periods) catalogue indices of the decisions logged in the holdout window, or None."""
     dec = history.decisions
     if dec is None:
@@ -144,8 +188,9 @@ def replay_actions(history: History, world: WorldModel, ids: np.ndarray, ce: pd.
     a = d["action"].astype(str).map(names).to_numpy()
     unknown = ok & pd.isna(a)
     if unknown.any():
-        raise ConfigError(f"decisions name actions the world's catalogue lacks: "
-                          f"{sorted(set(d['action'].astype(str)[unknown]))[:3]}")
+        raise ConfigError(
+            f"decisions name actions the world's catalogue lacks: {sorted(set(d['action'].astype(str)[unknown]))[:3]}"
+        )
     acts = np.zeros((len(ids), n_periods), np.int16)
     # the simulator takes one action per customer and period: the last logged one in a period wins
     acts[code[ok], w[ok]] = a[ok].astype(np.int16)
@@ -165,8 +210,9 @@ def latin_hypercube(n: int, replications: int, dims: int, seed: int) -> np.ndarr
     return strata.reshape(R * n, dims)
 
 
-def forecast_without_decisions(world: WorldModel, book: pd.DataFrame, exposures: np.ndarray, replications: int,
-                               seed: int, ce: pd.Timestamp) -> dict[str, Any]:
+def forecast_without_decisions(
+    world: WorldModel, book: pd.DataFrame, exposures: np.ndarray, replications: int, seed: int, ce: pd.Timestamp
+) -> dict[str, Any]:
     """The twins' forecast when no decisions are replayed (no contacts, so nothing feeds back
     from the observables into the latent process): latent rates are drawn from each customer's
     posterior as in the simulator (Latin hypercube over `replications`), and the alive state and
@@ -176,6 +222,7 @@ def forecast_without_decisions(world: WorldModel, book: pd.DataFrame, exposures:
     transactions (with lam at its posterior mean, independent of mu given alive), and P(no transaction) = sum_k mu e^(-mu t_k - lam C_k) (1 - e^(-(mu + lam s_k) e_k))
     / (mu + lam s_k) + e^(-mu t_K - lam C_K), with C_k the seasonal exposure before period k."""
     from .population import state_from_book
+
     n = len(book)
     tables = WorldTables.from_world(world)
     u = latin_hypercube(n, replications, 4, seed)
@@ -213,12 +260,27 @@ def forecast_without_decisions(world: WorldModel, book: pd.DataFrame, exposures:
     pred_n = np.bincount(rows, weights=exp_n * p_alive, minlength=n) / R
     pred_v = np.bincount(rows, weights=exp_n * p_alive * spend, minlength=n) / R
     p_act = np.bincount(rows, weights=(1.0 - p_none) * p_alive, minlength=n) / R
-    return {"pred_n": pred_n, "pred_v": pred_v, "p_active": p_act, "weekly": weekly / R, "contacts": 0,
-            "customer_steps": rows.size * K, "method": "twins, alive state and death time integrated out"}
+    return {
+        "pred_n": pred_n,
+        "pred_v": pred_v,
+        "p_active": p_act,
+        "weekly": weekly / R,
+        "contacts": 0,
+        "customer_steps": rows.size * K,
+        "method": "twins, alive state and death time integrated out",
+    }
 
 
-def simulate_holdout(world: WorldModel, book: pd.DataFrame, actions: np.ndarray | None, exposures: np.ndarray,
-                     replications: int, seed: int, progress=None, chunk_size: int = DEFAULT_CHUNK) -> dict[str, Any]:
+def simulate_holdout(
+    world: WorldModel,
+    book: pd.DataFrame,
+    actions: np.ndarray | None,
+    exposures: np.ndarray,
+    replications: int,
+    seed: int,
+    progress=None,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> dict[str, Any]:
     """Average over `replications` digital-twin draws of each book customer, simulated step by
     step (used when logged decisions are replayed). Each customer's draws of (alive, rate, hazard,
     spend) are a Latin-hypercube sample of their posterior, which keeps every draw exact while
@@ -236,8 +298,7 @@ def simulate_holdout(world: WorldModel, book: pd.DataFrame, actions: np.ndarray 
     done = 0
     for start, stop, seq in chunk_seeds(seed, total, chunk_size):
         rows = rep_rows[start:stop]
-        sim = PopulationSimulator.from_book(world, book.iloc[rows], seq, tables=tables,
-                                            uniforms=strata[start:stop])
+        sim = PopulationSimulator.from_book(world, book.iloc[rows], seq, tables=tables, uniforms=strata[start:stop])
         sim.track_expected = True
         lam_cum = np.zeros(rows.size)
         any_tx = np.zeros(rows.size, bool)
@@ -260,12 +321,20 @@ def simulate_holdout(world: WorldModel, book: pd.DataFrame, actions: np.ndarray 
         if progress:
             progress(done, total)
     r = float(replications)
-    return {"pred_n": pred_n / r, "pred_v": pred_v / r, "p_active": p_act / r, "weekly": weekly / r,
-            "contacts": contacts / r, "customer_steps": total * len(exposures), "method": "twins simulated"}
+    return {
+        "pred_n": pred_n / r,
+        "pred_v": pred_v / r,
+        "p_active": p_act / r,
+        "weekly": weekly / r,
+        "contacts": contacts / r,
+        "customer_steps": total * len(exposures),
+        "method": "twins simulated",
+    }
 
 
 def holdout_metrics(act_n, act_v, pred_n, pred_v, p_active) -> dict[str, Any]:
     from sklearn.metrics import roc_auc_score
+
     active = act_n > 0
     top = np.argsort(-pred_v, kind="stable")[: max(1, int(0.1 * len(pred_v)))]
     out = {
@@ -273,13 +342,13 @@ def holdout_metrics(act_n, act_v, pred_n, pred_v, p_active) -> dict[str, Any]:
         "holdout_repeat_actual": float(act_n.sum()),
         "holdout_repeat_predicted": float(pred_n.sum()),
         "aggregate_error": float((pred_n.sum() - act_n.sum()) / max(act_n.sum(), 1e-12)),
-        "per_customer_corr": (float(np.corrcoef(pred_n, act_n)[0, 1])
-                              if act_n.std() > 0 and pred_n.std() > 0 else None),
+        "per_customer_corr": (
+            float(np.corrcoef(pred_n, act_n)[0, 1]) if act_n.std() > 0 and pred_n.std() > 0 else None
+        ),
         "per_customer_mae": float(np.abs(pred_n - act_n).mean()),
         # scored by the predicted number of holdout transactions, as lifetimes' anchor scores it
         "active_auc": float(roc_auc_score(active, pred_n)) if 0 < active.sum() < len(active) else None,
-        "active_auc_p_active": (float(roc_auc_score(active, p_active))
-                                if 0 < active.sum() < len(active) else None),
+        "active_auc_p_active": (float(roc_auc_score(active, p_active)) if 0 < active.sum() < len(active) else None),
         "holdout_value_actual": float(act_v.sum()),
         "holdout_value_predicted": float(pred_v.sum()),
         "holdout_value_error": float((pred_v.sum() - act_v.sum()) / max(act_v.sum(), 1e-12)),
@@ -314,16 +383,24 @@ def write_outputs(out_dir: str | Path, metrics: dict[str, Any], art: dict[str, A
         files[name.split(".")[0]] = str(out / name)
     with atomic_path(out / "predictions.parquet") as tmp:
         art["predictions"].to_parquet(tmp, index=False)
-    files.update({"world": str(out / "world.json"), "plot": str(out / "tracking.png"),
-                  "predictions": str(out / "predictions.parquet"), "metrics": str(out / "validation.json")})
+    files.update(
+        {
+            "world": str(out / "world.json"),
+            "plot": str(out / "tracking.png"),
+            "predictions": str(out / "predictions.parquet"),
+            "metrics": str(out / "validation.json"),
+        }
+    )
     atomic_write_json(out / "validation.json", {**metrics, "files": files})
     return files
 
 
 def plot_tracking(tracking: pd.DataFrame, path: Path, metrics: dict[str, Any]) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(1, 2, figsize=(13, 4.5))
     x = np.arange(len(tracking))
     split = int((tracking["window"] == "calibration").sum())
@@ -337,12 +414,16 @@ def plot_tracking(tracking: pd.DataFrame, path: Path, metrics: dict[str, Any]) -
         a.set_title(title)
         a.set_xticks(ticks, tracking["period_start"].to_numpy()[ticks], rotation=30, fontsize=8)
         a.legend(frameon=False)
+
     def fmt(v, spec):
         return "n/a" if v is None else format(v, spec)
-    fig.suptitle(f"holdout: actual {metrics['holdout_repeat_actual']:.0f}, predicted "
-                 f"{metrics['holdout_repeat_predicted']:.0f} ({fmt(metrics['aggregate_error'], '+.1%')}); "
-                 f"corr {fmt(metrics['per_customer_corr'], '.3f')}, AUC {fmt(metrics['active_auc'], '.3f')}",
-                 fontsize=10)
+
+    fig.suptitle(
+        f"holdout: actual {metrics['holdout_repeat_actual']:.0f}, predicted "
+        f"{metrics['holdout_repeat_predicted']:.0f} ({fmt(metrics['aggregate_error'], '+.1%')}); "
+        f"corr {fmt(metrics['per_customer_corr'], '.3f')}, AUC {fmt(metrics['active_auc'], '.3f')}",
+        fontsize=10,
+    )
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

@@ -5,6 +5,7 @@ lifecycle-stage rules, the intervention-response tables (action x stage), the ec
 the action catalogue. The customers themselves (the "book" the digital twins start from) are
 a Parquet file beside the JSON, named in `book_file`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -60,11 +61,11 @@ class SegmentModel:
     name: str
     n_customers: int
     share: float
-    activity: dict[str, float]            # {"r","alpha","s","beta"} (pareto_nbd) or {"r","alpha","a","b"}
-    spend: dict[str, float]               # Gamma-Gamma {"p","q","gamma"}
-    product_adoption: list[list[float]]   # [stage][product] hazard per period (not held -> open)
-    product_close: list[list[float]]      # [stage][product] hazard per period (held -> close), by stage alone
-    initial_products: list[float]         # [product] probability a new customer holds it at signup
+    activity: dict[str, float]  # {"r","alpha","s","beta"} (pareto_nbd) or {"r","alpha","a","b"}
+    spend: dict[str, float]  # Gamma-Gamma {"p","q","gamma"}
+    product_adoption: list[list[float]]  # [stage][product] hazard per period (not held -> open)
+    product_close: list[list[float]]  # [stage][product] hazard per period (held -> close), by stage alone
+    initial_products: list[float]  # [product] probability a new customer holds it at signup
 
 
 @dataclass
@@ -117,7 +118,7 @@ class WorldModel:
     response: ResponseModel
     activity_model: str = "pareto_nbd"
     calibration_end: str | None = None
-    seasonality: list[float] | None = None   # 53 multipliers by ISO week, or None
+    seasonality: list[float] | None = None  # 53 multipliers by ISO week, or None
     assumptions: list[str] = field(default_factory=list)
     fit: dict[str, Any] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
@@ -167,8 +168,10 @@ class WorldModel:
         if ver is None:
             raise ConfigError("no schema_version: not a world written by `clv calibrate`; pass the .json it wrote")
         if ver != SCHEMA_VERSION:
-            raise ConfigError(f"world schema_version {ver!r} is not supported (this clv-engine reads "
-                              f"{SCHEMA_VERSION}); recalibrate with `clv calibrate`")
+            raise ConfigError(
+                f"world schema_version {ver!r} is not supported (this clv-engine reads "
+                f"{SCHEMA_VERSION}); recalibrate with `clv calibrate`"
+            )
         if d.get("activity_model") not in ACTIVITY_MODELS:
             raise ConfigError(f"unknown activity_model {d.get('activity_model')!r}; recalibrate with `clv calibrate`")
         return cls(
@@ -197,6 +200,7 @@ class WorldModel:
         it). The world, the file users point to, is renamed into place last, after its book.
         Returns the book's path."""
         from .atomic import atomic_path
+
         path = Path(path)
         self.book_file = path.name.removesuffix(".json") + ".book.parquet"
         book_path = path.parent / self.book_file
@@ -213,21 +217,26 @@ class WorldModel:
         except FileNotFoundError:
             raise ConfigError(f"{path}: world file not found; create one with `clv calibrate`") from None
         except IsADirectoryError:
-            raise ConfigError(f"{path}: is a folder, not a world JSON file; pass the .json that `clv calibrate` "
-                              "wrote") from None
+            raise ConfigError(
+                f"{path}: is a folder, not a world JSON file; pass the .json that `clv calibrate` wrote"
+            ) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: not a world JSON file ({type(e).__name__}); "
-                              f"pass the .json that `clv calibrate` wrote") from None
+            raise ConfigError(
+                f"{path}: not a world JSON file ({type(e).__name__}); pass the .json that `clv calibrate` wrote"
+            ) from None
         if not isinstance(d, dict):
-            raise ConfigError(f"{path}: not a world JSON file (a {type(d).__name__}, not an object); "
-                              "pass the .json that `clv calibrate` wrote")
+            raise ConfigError(
+                f"{path}: not a world JSON file (a {type(d).__name__}, not an object); "
+                "pass the .json that `clv calibrate` wrote"
+            )
         try:
             return cls.from_dict(d)
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
         except (KeyError, TypeError) as e:
-            raise ConfigError(f"{path}: world file is missing or has a bad field ({e}); recalibrate with "
-                              "`clv calibrate`") from None
+            raise ConfigError(
+                f"{path}: world file is missing or has a bad field ({e}); recalibrate with `clv calibrate`"
+            ) from None
 
     def book_path(self, world_path: str | Path) -> Path | None:
         if not self.book_file:
@@ -241,6 +250,7 @@ class WorldModel:
         if bp is None or not bp.is_file():
             return None
         import pandas as pd
+
         return pd.read_parquet(bp)
 
 

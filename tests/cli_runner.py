@@ -1,4 +1,5 @@
 """Run `clv` in-process for the CLI tests: stdout and stderr captured apart."""
+
 from __future__ import annotations
 
 import inspect

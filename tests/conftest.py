@@ -1,4 +1,5 @@
 """Shared fixtures: one small calibrated bank world for the env, policy and evaluation tests."""
+
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ def calibrated_world(tmp_path_factory) -> tuple[Path, object]:
     from sim.atomic import atomic_path
     from sim.calibrate import calibrate
     from sim.synthetic import BankConfig, generate_bank_history
+
     hist, _ = generate_bank_history(BankConfig(customers=800, weeks=80, seed=5))
     world, book, _ = calibrate(hist, "2023-06-30", seed=0)
     out = tmp_path_factory.mktemp("world") / "world.json"

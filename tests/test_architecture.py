@@ -2,6 +2,7 @@
 (sim <- sim.envs <- policies <- optimizer <- experiments), nothing imports the CLI, sim outside its
 envs imports neither gymnasium nor stable-baselines3, and no two modules import each other, even
 through a chain or a function-level import."""
+
 from __future__ import annotations
 
 import ast
@@ -51,12 +52,12 @@ def _imports(name: str, path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = name.split(".") if is_pkg else name.split(".")[:-1]
-                base = base[:len(base) - (node.level - 1)]
+                base = base[: len(base) - (node.level - 1)]
                 mod = ".".join(base + ([node.module] if node.module else []))
             else:
                 mod = node.module or ""
             out.add(mod)
-            out.update(f"{mod}.{a.name}" for a in node.names)   # `from pkg import module`
+            out.update(f"{mod}.{a.name}" for a in node.names)  # `from pkg import module`
     return out
 
 
@@ -72,8 +73,14 @@ def _layer(module: str) -> int:
 
 
 def test_the_source_is_found():
-    assert {"sim.population", "sim.envs.customer", "policies.registry", "optimizer.allocate",
-            "experiments.ope.evaluate", "experiments.config"} <= set(MODULES)
+    assert {
+        "sim.population",
+        "sim.envs.customer",
+        "policies.registry",
+        "optimizer.allocate",
+        "experiments.ope.evaluate",
+        "experiments.config",
+    } <= set(MODULES)
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
@@ -89,7 +96,9 @@ def test_nothing_imports_the_cli(name):
     assert not any(m == "experiments.cli" or m.startswith("experiments.cli.") for m in IMPORTS[name]), name
 
 
-@pytest.mark.parametrize("name", sorted(m for m in MODULES if m.split(".")[0] == "sim" and not m.startswith("sim.envs")))
+@pytest.mark.parametrize(
+    "name", sorted(m for m in MODULES if m.split(".")[0] == "sim" and not m.startswith("sim.envs"))
+)
 def test_sim_outside_its_envs_needs_no_gymnasium_nor_sb3(name):
     heavy = sorted(m for m in IMPORTS[name] if m.split(".")[0] in ("gymnasium", "stable_baselines3", "sb3_contrib"))
     assert not heavy, f"{name} imports {heavy}"
@@ -106,7 +115,7 @@ def test_no_import_cycle_between_modules():
         state[n] = 1
         for m in sorted(graph[n]):
             if state.get(m) == 1:
-                cycle.extend(path[path.index(m):] + [m] if m in path else [n, m])
+                cycle.extend(path[path.index(m) :] + [m] if m in path else [n, m])
                 return True
             if state.get(m) is None and visit(m, path + [m]):
                 return True

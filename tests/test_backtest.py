@@ -1,5 +1,6 @@
 """`clv backtest`: calibrate before a split date, evaluate candidates after it by OPE and by
 simulation, compare with the logged policy's actual value, and rank (small synthetic history)."""
+
 from __future__ import annotations
 
 import json
@@ -9,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from cli_runner import clv, ok_json
+
 from experiments.backtest import BacktestSettings, decision_cadence, kendall_tau, run_backtest
 from experiments.ope import OPESettings
 from experiments.ope.data import decision_outcomes, on_policy_value
 from sim.history import load_history
 from sim.synthetic import BankConfig, write_bank_history
 
-SPLIT = "2023-04-03"          # the history runs 2022-01-03 .. 2023-07-16 (80 weeks)
+SPLIT = "2023-04-03"  # the history runs 2022-01-03 .. 2023-07-16 (80 weeks)
 POLICIES = ["none", "bau", "greedy_uplift"]
 FAST = ["--bootstrap", "50", "--seeds", "2", "--workers", "0"]
 
@@ -32,8 +33,9 @@ def bank(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def doc(bank, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("bt_out") / "backtest.json"
-    d = ok_json(clv("backtest", bank, "--split-date", SPLIT, "--policies", ",".join(POLICIES), *FAST,
-                    "--out", out, "--json"))
+    d = ok_json(
+        clv("backtest", bank, "--split-date", SPLIT, "--policies", ",".join(POLICIES), *FAST, "--out", out, "--json")
+    )
     d["_out"] = out
     return d
 
@@ -60,7 +62,7 @@ def test_backtest_per_policy(doc):
     logged = doc["logged"]["per_decision"]
     periods = doc["simulation_settings"]["periods"]
     cadence = doc["simulation_settings"]["cadence"]
-    assert periods >= 4 and cadence == 4      # the synthetic bank decides every 4 weeks
+    assert periods >= 4 and cadence == 4  # the synthetic bank decides every 4 weeks
     for name, p in doc["policies"].items():
         assert set(p["ope"]) == {"dm", "ips", "snips", "dr"}
         for e in p["ope"].values():
@@ -103,27 +105,49 @@ def test_backtest_given_world_matches_api(bank, tmp_path):
     """--world skips calibration; the CLI and run_backtest give the same numbers on that world."""
     from sim.atomic import atomic_path
     from sim.calibrate import calibrate
+
     history = load_history(bank)
     world, book, _ = calibrate(history, "2023-04-02")
     world.book_file = "world.book.parquet"
     with atomic_path(tmp_path / world.book_file) as tmp:
         book.to_parquet(tmp, index=False)
     world.save(tmp_path / "world.json")
-    d = ok_json(clv("backtest", bank, "--split-date", SPLIT, "--policies", "none,bau", "--world",
-                    tmp_path / "world.json", "--estimators", "ips,dm", *FAST, "--json"))
+    d = ok_json(
+        clv(
+            "backtest",
+            bank,
+            "--split-date",
+            SPLIT,
+            "--policies",
+            "none,bau",
+            "--world",
+            tmp_path / "world.json",
+            "--estimators",
+            "ips,dm",
+            *FAST,
+            "--json",
+        )
+    )
     assert d["calibration"]["source"] == str(tmp_path / "world.json")
     assert d["estimand"]["main_estimator"] == "ips"
     assert not d["warnings"] or all("calibrated up to" not in w for w in d["warnings"])
     from sim.world import WorldModel
+
     w2 = WorldModel.load(tmp_path / "world.json")
     assert d["calibration"]["world_hash"] == w2.hash()
-    api = run_backtest(history, SPLIT, ["none", "bau"], BacktestSettings(OPESettings(estimators=("ips", "dm"),
-                                                                                    n_boot=50), seeds=2, workers=0),
-                       world=w2, book=pd.read_parquet(tmp_path / world.book_file))
+    api = run_backtest(
+        history,
+        SPLIT,
+        ["none", "bau"],
+        BacktestSettings(OPESettings(estimators=("ips", "dm"), n_boot=50), seeds=2, workers=0),
+        world=w2,
+        book=pd.read_parquet(tmp_path / world.book_file),
+    )
     for n in ("none", "bau"):
         assert d["policies"][n]["ope"]["ips"]["value"] == pytest.approx(api["policies"][n]["ope"]["ips"]["value"])
         assert d["policies"][n]["simulation"]["clv"]["mean"] == pytest.approx(
-            api["policies"][n]["simulation"]["clv"]["mean"])
+            api["policies"][n]["simulation"]["clv"]["mean"]
+        )
 
 
 def test_backtest_human_output(bank):
@@ -150,18 +174,21 @@ def no_decisions(bank, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("source, args, message", [
-    ("bank", ["--split-date", "2019-01-01", "--policies", "none,bau"], "outside the history"),
-    ("bank", ["--split-date", "2030-01-01", "--policies", "none,bau"], "outside the history"),
-    ("bank", ["--split-date", "soon", "--policies", "none,bau"], "is not a date"),
-    ("bank", ["--split-date", SPLIT, "--policies", "none,nosuch"], "'nosuch' is not a baseline"),
-    ("bank", ["--split-date", SPLIT, "--policies", "bau,none,bau"], "bau given twice"),
-    ("bank", ["--split-date", SPLIT, "--policies", "bau"], "at least two policies"),
-    ("bank", ["--split-date", SPLIT, "--policies", "none,bau", "--estimators", "dm,pdis"], "pdis"),
-    ("bank", ["--split-date", SPLIT, "--policies", "none,bau", "--world", "missing.json"], "world file not found"),
-    ("no_late_decisions", ["--split-date", SPLIT, "--policies", "none,bau"], "no decisions between"),
-    ("no_decisions", ["--split-date", SPLIT, "--policies", "none,bau"], "no decisions table"),
-])
+@pytest.mark.parametrize(
+    "source, args, message",
+    [
+        ("bank", ["--split-date", "2019-01-01", "--policies", "none,bau"], "outside the history"),
+        ("bank", ["--split-date", "2030-01-01", "--policies", "none,bau"], "outside the history"),
+        ("bank", ["--split-date", "soon", "--policies", "none,bau"], "is not a date"),
+        ("bank", ["--split-date", SPLIT, "--policies", "none,nosuch"], "'nosuch' is not a baseline"),
+        ("bank", ["--split-date", SPLIT, "--policies", "bau,none,bau"], "bau given twice"),
+        ("bank", ["--split-date", SPLIT, "--policies", "bau"], "at least two policies"),
+        ("bank", ["--split-date", SPLIT, "--policies", "none,bau", "--estimators", "dm,pdis"], "pdis"),
+        ("bank", ["--split-date", SPLIT, "--policies", "none,bau", "--world", "missing.json"], "world file not found"),
+        ("no_late_decisions", ["--split-date", SPLIT, "--policies", "none,bau"], "no decisions between"),
+        ("no_decisions", ["--split-date", SPLIT, "--policies", "none,bau"], "no decisions table"),
+    ],
+)
 def test_backtest_bad_input(request, source, args, message, tmp_path):
     folder = request.getfixturevalue(source)
     args = [str(tmp_path / a) if a == "missing.json" else a for a in args]

@@ -1,4 +1,5 @@
 """Baseline policies (policies.baselines) and the playbook they share with the synthetic bank (sim.playbook)."""
+
 import copy
 import dataclasses
 
@@ -8,7 +9,7 @@ import pytest
 from policies.base import Policy, as_simulator_policy
 from policies.baselines import BASELINES, ChurnThreshold, GreedyUplift, make_baseline
 from sim.btyd import ParetoNBD
-from sim.catalogue import STAGES, Action, ActionCatalogue, NONE_ACTION
+from sim.catalogue import NONE_ACTION, STAGES, Action, ActionCatalogue
 from sim.playbook import Playbook, high_value_threshold, playbook_action
 from sim.population import PopulationSimulator, simulate
 from sim.synthetic import BankConfig, logging_probs, truth_world
@@ -95,12 +96,18 @@ def hand_obs(world, rows):
     n, P, C = len(rows), len(world.products), len(world.catalogue.channels)
     products = np.zeros((n, P), bool)
     products[:, world.products.index("credit_card")] = [r[2] for r in rows]
-    return {"stage": np.array([STAGES.index(r[0]) for r in rows], np.int8),
-            "segment": np.array([seg.index(r[1]) for r in rows], np.int16), "products": products,
-            "last_contact": np.array([r[3] for r in rows], np.int32),
-            "monetary": np.array([r[4] for r in rows], float), "tenure": np.array([r[5] for r in rows], np.int32),
-            "recency": np.zeros(n, np.int32), "frequency": np.zeros(n, np.int32),
-            "recent_contacts": np.zeros(n), "opted_out": np.zeros((n, C), bool)}
+    return {
+        "stage": np.array([STAGES.index(r[0]) for r in rows], np.int8),
+        "segment": np.array([seg.index(r[1]) for r in rows], np.int16),
+        "products": products,
+        "last_contact": np.array([r[3] for r in rows], np.int32),
+        "monetary": np.array([r[4] for r in rows], float),
+        "tenure": np.array([r[5] for r in rows], np.int32),
+        "recency": np.zeros(n, np.int32),
+        "frequency": np.zeros(n, np.int32),
+        "recent_contacts": np.zeros(n),
+        "opted_out": np.zeros((n, C), bool),
+    }
 
 
 def eligibility_masks(world, obs):
@@ -108,16 +115,19 @@ def eligibility_masks(world, obs):
     return tab[obs["stage"]]
 
 
-@pytest.mark.parametrize("stage, segment, card, expected", [
-    ("new", "mass", False, "email_card_offer"),          # onboarding: get the card
-    ("new", "mass", True, "sms_activation_bonus"),       # activation once they have it
-    ("growth", "young_digital", True, "push_cashback"),
-    ("maturity", "mass", True, "email_fee_waiver"),
-    ("maturity", "affluent", True, "rm_call_wealth"),    # cross-sell to high value
-    ("dormancy", "mass", False, "push_login_reminder"),  # reactivation
-    ("dormancy", "affluent", False, "rm_call_retention"),  # retention call, high value at risk
-    ("churned", "affluent", True, "none"),
-])
+@pytest.mark.parametrize(
+    "stage, segment, card, expected",
+    [
+        ("new", "mass", False, "email_card_offer"),  # onboarding: get the card
+        ("new", "mass", True, "sms_activation_bonus"),  # activation once they have it
+        ("growth", "young_digital", True, "push_cashback"),
+        ("maturity", "mass", True, "email_fee_waiver"),
+        ("maturity", "affluent", True, "rm_call_wealth"),  # cross-sell to high value
+        ("dormancy", "mass", False, "push_login_reminder"),  # reactivation
+        ("dormancy", "affluent", False, "rm_call_retention"),  # retention call, high value at risk
+        ("churned", "affluent", True, "none"),
+    ],
+)
 def test_bau_follows_the_playbook_by_stage(world, stage, segment, card, expected):
     obs = hand_obs(world, [(stage, segment, card, 10_000, 0.0, 60)])
     p = make_baseline("bau", world).action_probs(obs, eligibility_masks(world, obs))
@@ -188,9 +198,14 @@ def custom_world(world, actions, segment_names=("retail", "premium")):
     A, S = len(w.catalogue), len(STAGES)
     tab = np.full((A, S), 0.1)
     tab[0] = 0.0
-    w.response = dataclasses.replace(w.response, activity_lift=tab.tolist(), dropout_reduction=tab.tolist(),
-                                     adoption_uplift=tab.tolist(), reactivation=np.zeros((A, S)).tolist(),
-                                     duration=[0] + [4] * (A - 1))
+    w.response = dataclasses.replace(
+        w.response,
+        activity_lift=tab.tolist(),
+        dropout_reduction=tab.tolist(),
+        adoption_uplift=tab.tolist(),
+        reactivation=np.zeros((A, S)).tolist(),
+        duration=[0] + [4] * (A - 1),
+    )
     w.segments = [dataclasses.replace(s, name=n) for s, n in zip(w.segments[:2], segment_names)]
     for s in w.segments:
         s.share = 0.5
@@ -198,23 +213,36 @@ def custom_world(world, actions, segment_names=("retail", "premium")):
 
 
 def test_playbook_maps_a_custom_catalogue_by_offer(world):
-    acts = (Action("reco_cheap", "email", "product_recommendation", 0.5, ("new", "maturity"), None, "savings"),
-            Action("reco_pricey", "rm", "product_recommendation", 9.0, ("maturity",), None, "wealth"),
-            Action("bonus", "sms", "activation_bonus", 1.0, ("new", "growth")),
-            Action("cashback", "app", "cashback", 2.0, ("growth",)),
-            Action("nudge", "app", "login_reminder", 0.1, ("dormancy",)),
-            Action("keep", "rm", "retention_offer", 10.0, ("dormancy",)))
+    acts = (
+        Action("reco_cheap", "email", "product_recommendation", 0.5, ("new", "maturity"), None, "savings"),
+        Action("reco_pricey", "rm", "product_recommendation", 9.0, ("maturity",), None, "wealth"),
+        Action("bonus", "sms", "activation_bonus", 1.0, ("new", "growth")),
+        Action("cashback", "app", "cashback", 2.0, ("growth",)),
+        Action("nudge", "app", "login_reminder", 0.1, ("dormancy",)),
+        Action("keep", "rm", "retention_offer", 10.0, ("dormancy",)),
+    )
     w = custom_world(world, acts)
     pb = Playbook(w)
     name = {k: w.catalogue.names[i] for k, i in pb.step_action.items()}
-    assert name == {"onboarding": "reco_cheap", "activation": "bonus", "growth": "cashback",
-                    "cross_sell": "reco_cheap", "cross_sell_high_value": "reco_cheap",
-                    "reactivation": "nudge", "retention_high_value": "keep"}
+    assert name == {
+        "onboarding": "reco_cheap",
+        "activation": "bonus",
+        "growth": "cashback",
+        "cross_sell": "reco_cheap",
+        "cross_sell_high_value": "reco_cheap",
+        "reactivation": "nudge",
+        "retention_high_value": "keep",
+    }
     assert pb.high_value_segment == -1 and pb.onboarding_product == w.products.index("savings")
     # no affluent segment: high value is observable spend per period above the world's top-quintile cut
     thr = pb.threshold
-    obs = hand_obs(w, [("dormancy", "retail", False, 10_000, 0.5 * thr * 40, 40),
-                       ("dormancy", "retail", False, 10_000, 2.0 * thr * 40, 40)])
+    obs = hand_obs(
+        w,
+        [
+            ("dormancy", "retail", False, 10_000, 0.5 * thr * 40, 40),
+            ("dormancy", "retail", False, 10_000, 2.0 * thr * 40, 40),
+        ],
+    )
     assert [w.catalogue.names[a] for a in pb.action(obs)] == ["nudge", "keep"]
     # a catalogue that serves no step gives none everywhere
     bare = custom_world(world, (Action("survey", "email", "survey", 0.1),))
@@ -278,8 +306,9 @@ def test_greedy_never_contacts_without_effects(world):
     A, S = world.n_actions, len(STAGES)
     zero = np.zeros((A, S)).tolist()
     w = with_response(world, activity_lift=zero, dropout_reduction=zero, adoption_uplift=zero, reactivation=zero)
-    res = simulate(w, as_simulator_policy(make_baseline("greedy_uplift", w, every=1)), periods=10, seed=1,
-                   customers=2000)
+    res = simulate(
+        w, as_simulator_policy(make_baseline("greedy_uplift", w, every=1)), periods=10, seed=1, customers=2000
+    )
     assert res.customers["contacts"].sum() == 0
 
 
@@ -289,8 +318,13 @@ def test_greedy_contacts_when_a_cheap_action_has_a_big_lift(world):
     lift = zero.copy()
     nudge = world.catalogue.index("push_login_reminder")
     lift[nudge] = 5.0
-    w = with_response(world, activity_lift=lift.tolist(), dropout_reduction=zero.tolist(),
-                      adoption_uplift=zero.tolist(), reactivation=zero.tolist())
+    w = with_response(
+        world,
+        activity_lift=lift.tolist(),
+        dropout_reduction=zero.tolist(),
+        adoption_uplift=zero.tolist(),
+        reactivation=zero.tolist(),
+    )
     sim = PopulationSimulator.new_customers(w, 2000, seed=2)
     obs, masks = snapshot(sim)
     a = make_baseline("greedy_uplift", w).act(obs, masks)
@@ -304,8 +338,13 @@ def test_greedy_value_of_a_lift_for_a_newborn_customer(world):
     lift = zero.copy()
     a = world.catalogue.index("push_cashback")
     lift[a] = 0.4
-    w = with_response(world, activity_lift=lift.tolist(), dropout_reduction=zero.tolist(),
-                      adoption_uplift=zero.tolist(), reactivation=zero.tolist())
+    w = with_response(
+        world,
+        activity_lift=lift.tolist(),
+        dropout_reduction=zero.tolist(),
+        adoption_uplift=zero.tolist(),
+        reactivation=zero.tolist(),
+    )
     w.economics.annual_discount_rate = 0.0
     obs = hand_obs(w, [("new", "affluent", True, 10_000, 0.0, 0)])
     obs["recent_contacts"][:] = 1.0
@@ -315,7 +354,7 @@ def test_greedy_value_of_a_lift_for_a_newborn_customer(world):
     spend = seg.spend["p"] * seg.spend["gamma"] / (seg.spend["q"] - 1)
     D = w.response.duration[a]
     alive_periods = sum(np.exp(-mu * t) for t in range(D))
-    f = w.response.fatigue ** 1.0
+    f = w.response.fatigue**1.0
     expected = w.economics.margin_rate * spend * lam * 0.4 * f * alive_periods - w.catalogue.costs[a]
     assert v[a] == pytest.approx(expected, rel=1e-10)
     others = [i for i in range(1, A) if i != a]
@@ -323,19 +362,22 @@ def test_greedy_value_of_a_lift_for_a_newborn_customer(world):
 
 
 # ---- construction errors -------------------------------------------------------------------------
-@pytest.mark.parametrize("name, params, error, message", [
-    ("nope", {}, KeyError, "unknown baseline 'nope'; known: none, random, bau, churn_threshold, greedy_uplift"),
-    ("none", {"every": 4}, ValueError, r"baseline 'none' has no parameter 'every'; its parameters: \(none\)"),
-    ("bau", {"evry": 4}, ValueError, "baseline 'bau' has no parameter 'evry'; its parameters: every, contact_rate"),
-    ("bau", {"every": 0}, ValueError, "every must be an integer >= 1, got 0"),
-    ("bau", {"every": 2.5}, ValueError, "every must be an integer >= 1, got 2.5"),
-    ("bau", {"contact_rate": 0.0}, ValueError, r"contact_rate must be in \(0.0, 1.0\], got 0.0"),
-    ("churn_threshold", {"threshold": 1.0}, ValueError, r"threshold must be in \[0.0, 1.0\), got 1.0"),
-    ("churn_threshold", {"floor": "low"}, ValueError, "floor must be a finite number, got 'low'"),
-    ("greedy_uplift", {"horizon": True}, ValueError, "horizon must be an integer >= 1, got True"),
-    ("greedy_uplift", {"min_gain": float("nan")}, ValueError, "min_gain must be a finite number, got nan"),
-    ("greedy_uplift", {"repeat_only": "yes"}, ValueError, "repeat_only must be True or False, got 'yes'"),
-])
+@pytest.mark.parametrize(
+    "name, params, error, message",
+    [
+        ("nope", {}, KeyError, "unknown baseline 'nope'; known: none, random, bau, churn_threshold, greedy_uplift"),
+        ("none", {"every": 4}, ValueError, r"baseline 'none' has no parameter 'every'; its parameters: \(none\)"),
+        ("bau", {"evry": 4}, ValueError, "baseline 'bau' has no parameter 'evry'; its parameters: every, contact_rate"),
+        ("bau", {"every": 0}, ValueError, "every must be an integer >= 1, got 0"),
+        ("bau", {"every": 2.5}, ValueError, "every must be an integer >= 1, got 2.5"),
+        ("bau", {"contact_rate": 0.0}, ValueError, r"contact_rate must be in \(0.0, 1.0\], got 0.0"),
+        ("churn_threshold", {"threshold": 1.0}, ValueError, r"threshold must be in \[0.0, 1.0\), got 1.0"),
+        ("churn_threshold", {"floor": "low"}, ValueError, "floor must be a finite number, got 'low'"),
+        ("greedy_uplift", {"horizon": True}, ValueError, "horizon must be an integer >= 1, got True"),
+        ("greedy_uplift", {"min_gain": float("nan")}, ValueError, "min_gain must be a finite number, got nan"),
+        ("greedy_uplift", {"repeat_only": "yes"}, ValueError, "repeat_only must be True or False, got 'yes'"),
+    ],
+)
 def test_make_baseline_rejects_bad_input(world, name, params, error, message):
     with pytest.raises(error, match=message):
         make_baseline(name, world, **params)

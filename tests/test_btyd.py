@@ -25,6 +25,7 @@ monetary_value_col="dollar_value")` with recency and T divided by 7 gives identi
   hand to the published CDNOW-sample parameters (FHL 2005: BG/NBD r=0.243, alpha=4.414, a=0.793,
   b=2.426; Pareto/NBD r=0.553, alpha=10.578, s=0.606, beta=11.669) and to a second set with a > 1 / s > 1.
 """
+
 from __future__ import annotations
 
 import time
@@ -36,7 +37,6 @@ from scipy.special import gammaln, hyp2f1
 from sim import btyd
 from sim.btyd import BGNBD, FitInfo, ParetoNBD, compress, fit_bg_nbd, fit_pareto_nbd
 from sim.spend import GammaGamma, fit_gamma_gamma
-
 
 # ---- lifetimes reference values (see module docstring) -----------------------------------------
 REF_BG = dict(r=0.2516239690074597, alpha=4.788943417035242, a=0.7234335078401817, b=2.161088328107823)
@@ -50,43 +50,133 @@ REF_GG_SE = dict(p=0.3996975092947232, q=0.09055341400769155, gamma=1.3440363865
 REF_GG_N = 9450
 
 # (x, t_x, T) triples, holdout length 39 weeks; "uncond" is E[X(t)] at t = 1, 10, 39, 78
-TRIPLES = [(0, 0.0, 38.86), (0, 0.0, 27.0), (1, 2.0, 38.0), (1, 30.43, 32.0), (2, 5.57, 38.86), (2, 30.0, 31.0),
-           (3, 12.0, 35.0), (4, 35.71, 38.86), (5, 8.0, 39.0), (6, 30.14, 37.0), (8, 20.0, 36.0), (10, 37.0, 38.0),
-           (12, 15.0, 38.86), (15, 33.0, 34.0), (20, 25.0, 39.0), (25, 38.5, 38.86), (30, 10.0, 30.0),
-           (40, 36.0, 38.0), (50, 38.0, 38.86), (60, 20.0, 39.0)]
+TRIPLES = [
+    (0, 0.0, 38.86),
+    (0, 0.0, 27.0),
+    (1, 2.0, 38.0),
+    (1, 30.43, 32.0),
+    (2, 5.57, 38.86),
+    (2, 30.0, 31.0),
+    (3, 12.0, 35.0),
+    (4, 35.71, 38.86),
+    (5, 8.0, 39.0),
+    (6, 30.14, 37.0),
+    (8, 20.0, 36.0),
+    (10, 37.0, 38.0),
+    (12, 15.0, 38.86),
+    (15, 33.0, 34.0),
+    (20, 25.0, 39.0),
+    (25, 38.5, 38.86),
+    (30, 10.0, 30.0),
+    (40, 36.0, 38.0),
+    (50, 38.0, 38.86),
+    (60, 20.0, 39.0),
+]
 REF_COND = {
     "bg_published": dict(
         params=(0.243, 4.414, 0.793, 2.426),
-        holdout=[0.19509805201125396, 0.2593953814922083, 0.22050908903541014, 0.8261024983069087,
-                 0.234030708275127, 1.6013313378372496, 0.6378935140040644, 2.5860256959923555,
-                 0.042903300601084896, 3.508793116150551, 0.9791507913873255, 6.794423335522145,
-                 0.008013027000787563, 11.000274486517478, 0.14287452763621056, 16.98329489036276,
-                 3.7039057182137455e-09, 25.029330663932726, 33.39119799906576, 2.8032407502624034e-12],
-        uncond=[0.05326789117165627, 0.4324133622344203, 1.1967231933207985, 1.8605190579427455]),
+        holdout=[
+            0.19509805201125396,
+            0.2593953814922083,
+            0.22050908903541014,
+            0.8261024983069087,
+            0.234030708275127,
+            1.6013313378372496,
+            0.6378935140040644,
+            2.5860256959923555,
+            0.042903300601084896,
+            3.508793116150551,
+            0.9791507913873255,
+            6.794423335522145,
+            0.008013027000787563,
+            11.000274486517478,
+            0.14287452763621056,
+            16.98329489036276,
+            3.7039057182137455e-09,
+            25.029330663932726,
+            33.39119799906576,
+            2.8032407502624034e-12,
+        ],
+        uncond=[0.05326789117165627, 0.4324133622344203, 1.1967231933207985, 1.8605190579427455],
+    ),
     "bg_a_gt_1": dict(
         params=(0.5, 6.0, 1.6, 4.0),
-        holdout=[0.37088934223081743, 0.48092267765215035, 0.1724999271737713, 0.8376661195179957,
-                 0.15932717014215664, 1.4393270533458045, 0.42009305302340005, 2.1525926353442566,
-                 0.027330382232561738, 2.625858580893335, 0.5510040037487632, 5.358735839616467,
-                 0.0051003756146702425, 8.356131682094732, 0.07820511258495654, 13.120357700317548,
-                 7.135298323370644e-09, 17.805361967653425, 25.10790609052865, 4.905930844563461e-12],
-        uncond=[0.08050956195087902, 0.6347006218421083, 1.6040362050066554, 2.2938346922011026]),
+        holdout=[
+            0.37088934223081743,
+            0.48092267765215035,
+            0.1724999271737713,
+            0.8376661195179957,
+            0.15932717014215664,
+            1.4393270533458045,
+            0.42009305302340005,
+            2.1525926353442566,
+            0.027330382232561738,
+            2.625858580893335,
+            0.5510040037487632,
+            5.358735839616467,
+            0.0051003756146702425,
+            8.356131682094732,
+            0.07820511258495654,
+            13.120357700317548,
+            7.135298323370644e-09,
+            17.805361967653425,
+            25.10790609052865,
+            4.905930844563461e-12,
+        ],
+        uncond=[0.08050956195087902, 0.6347006218421083, 1.6040362050066554, 2.2938346922011026],
+    ),
     "pnbd_published": dict(
         params=(0.553, 10.578, 0.606, 11.669),
-        holdout=[0.10708146821530892, 0.1753614929904234, 0.18721682700562395, 1.1296546345676777,
-                 0.24045901896089017, 1.9097097158108973, 0.726132073159759, 2.853214445787415,
-                 0.09128025240475637, 3.798305037295202, 1.4954321423788095, 6.928508092132328,
-                 0.032059580269481636, 10.958168907255621, 0.42017325904900543, 16.677028643819462,
-                 8.41244602188927e-07, 25.3039441457825, 32.60144271728027, 6.082888057343713e-10],
-        uncond=[0.050979843245990884, 0.4276011428324295, 1.2130028442810157, 1.9093981293136852]),
+        holdout=[
+            0.10708146821530892,
+            0.1753614929904234,
+            0.18721682700562395,
+            1.1296546345676777,
+            0.24045901896089017,
+            1.9097097158108973,
+            0.726132073159759,
+            2.853214445787415,
+            0.09128025240475637,
+            3.798305037295202,
+            1.4954321423788095,
+            6.928508092132328,
+            0.032059580269481636,
+            10.958168907255621,
+            0.42017325904900543,
+            16.677028643819462,
+            8.41244602188927e-07,
+            25.3039441457825,
+            32.60144271728027,
+            6.082888057343713e-10,
+        ],
+        uncond=[0.050979843245990884, 0.4276011428324295, 1.2130028442810157, 1.9093981293136852],
+    ),
     "pnbd_s_gt_1": dict(
         params=(0.8, 9.0, 1.7, 14.0),
-        holdout=[0.01798674596007211, 0.04120048248751986, 0.021737404038045836, 0.948170718819473,
-                 0.02865395215304548, 1.5310599721944267, 0.14547165149514013, 2.1489679791572684,
-                 0.008425113196626401, 2.329065685584987, 0.3309348103864884, 5.331073421338211,
-                 0.0033950553020962136, 8.216579486092515, 0.0711357904533999, 12.892483514362114,
-                 3.625572155803261e-08, 17.535500835663413, 24.56993065830648, 3.059873669560449e-11],
-        uncond=[0.08381752086754289, 0.5587342051952603, 1.077655351012545, 1.3018778717418502]),
+        holdout=[
+            0.01798674596007211,
+            0.04120048248751986,
+            0.021737404038045836,
+            0.948170718819473,
+            0.02865395215304548,
+            1.5310599721944267,
+            0.14547165149514013,
+            2.1489679791572684,
+            0.008425113196626401,
+            2.329065685584987,
+            0.3309348103864884,
+            5.331073421338211,
+            0.0033950553020962136,
+            8.216579486092515,
+            0.0711357904533999,
+            12.892483514362114,
+            3.625572155803261e-08,
+            17.535500835663413,
+            24.56993065830648,
+            3.059873669560449e-11,
+        ],
+        uncond=[0.08381752086754289, 0.5587342051952603, 1.077655351012545, 1.3018778717418502],
+    ),
 }
 
 
@@ -95,6 +185,7 @@ def cdnow_calibration(end: str = "1997-09-30"):
     own loader and summary (same-day purchases merged; times in weeks = days / 7)."""
     from sim.features import summarise
     from sim.history import load_cdnow, merge_same_day
+
     tx, _ = merge_same_day(load_cdnow().transactions)
     s = summarise(tx, end, 7.0)
     return s.x, s.t_x, s.T, s.spend_mean
@@ -171,18 +262,39 @@ def _log_integral_hyp2f1(r, alpha, s, beta, x, t_x, T):
 
     def logJ(t):
         z = d / (big + t)
-        return (-k * np.log(big + t) - np.log(k) + (1.0 - bb) * np.log1p(-z)
-                + np.log(hyp2f1(1.0, k + 1.0 - bb, k + 1.0, z)))
+        return (
+            -k * np.log(big + t) - np.log(k) + (1.0 - bb) * np.log1p(-z) + np.log(hyp2f1(1.0, k + 1.0 - bb, k + 1.0, z))
+        )
 
     l0, l1 = logJ(t_x), logJ(T)
     return l0 + np.log1p(-np.exp(l1 - l0))
 
 
-PNBD_GRID_PARAMS = [(r, a, s, b) for r in (0.1, 0.55, 2.0) for s in (0.1, 0.6, 2.5)
-                    for a, b in ((0.5, 20.0), (10.6, 11.7), (20.0, 0.5), (5.0, 80.0), (60.0, 3.0), (3.0, 3.0))]
-PNBD_GRID_ROWS = np.array([(0, 0, 1), (0, 0, 39), (0, 0, 200), (1, 0.5, 39), (2, 10, 39), (5, 10, 200),
-                           (5, 150, 200), (50, 20, 200), (200, 30, 200), (200, 150, 200), (20, 0.1, 52),
-                           (500, 10, 200), (500, 199, 200), (3, 0.01, 100)], dtype=float)
+PNBD_GRID_PARAMS = [
+    (r, a, s, b)
+    for r in (0.1, 0.55, 2.0)
+    for s in (0.1, 0.6, 2.5)
+    for a, b in ((0.5, 20.0), (10.6, 11.7), (20.0, 0.5), (5.0, 80.0), (60.0, 3.0), (3.0, 3.0))
+]
+PNBD_GRID_ROWS = np.array(
+    [
+        (0, 0, 1),
+        (0, 0, 39),
+        (0, 0, 200),
+        (1, 0.5, 39),
+        (2, 10, 39),
+        (5, 10, 200),
+        (5, 150, 200),
+        (50, 20, 200),
+        (200, 30, 200),
+        (200, 150, 200),
+        (20, 0.1, 52),
+        (500, 10, 200),
+        (500, 199, 200),
+        (3, 0.01, 100),
+    ],
+    dtype=float,
+)
 
 
 def test_pareto_integral_matches_hyp2f1():
@@ -196,8 +308,13 @@ def test_pareto_integral_matches_hyp2f1():
         exact = _log_integral_hyp2f1(r, a, s, b, x, t_x, T)
         worst = max(worst, float(np.max(np.abs(np.expm1(ours - exact)))))
         # the full per-customer log-likelihood, assembled from the exact integral
-        ll_exact = (gammaln(r + x) - gammaln(r) + r * np.log(a) + s * np.log(b)
-                    + np.logaddexp(-(r + x) * np.log(a + T) - s * np.log(b + T), np.log(s) + exact))
+        ll_exact = (
+            gammaln(r + x)
+            - gammaln(r)
+            + r * np.log(a)
+            + s * np.log(b)
+            + np.logaddexp(-(r + x) * np.log(a + T) - s * np.log(b + T), np.log(s) + exact)
+        )
         np.testing.assert_allclose(ParetoNBD(r, a, s, b).loglik(x, t_x, T), ll_exact, rtol=0, atol=1e-8)
     assert worst < 1e-8, worst
 
@@ -223,15 +340,26 @@ def _fd_check(terms, params, data, rtol=1e-6):
         up[j] += h
         dn[j] -= h
         fd = (terms(up, data, False)[0] - terms(dn, data, False)[0]) / (2 * h)
-        np.testing.assert_allclose(g[:, j], fd, rtol=rtol, atol=rtol * max(1.0, float(np.max(np.abs(fd)))),
-                                   err_msg=f"parameter {j} at {params}")
+        np.testing.assert_allclose(
+            g[:, j],
+            fd,
+            rtol=rtol,
+            atol=rtol * max(1.0, float(np.max(np.abs(fd)))),
+            err_msg=f"parameter {j} at {params}",
+        )
 
 
 def test_pareto_gradient_matches_finite_differences():
     x, t_x, T = PNBD_GRID_ROWS.T
     data = btyd._Data(x, t_x, T)
-    for params in [(0.55, 10.6, 0.6, 11.7), (0.1, 0.5, 2.5, 20.0), (2.0, 20.0, 0.1, 0.5), (0.3, 60.0, 1.2, 3.0),
-                   (1.5, 5.0, 0.6, 80.0), (0.8, 9.0, 1.0, 9.0)]:
+    for params in [
+        (0.55, 10.6, 0.6, 11.7),
+        (0.1, 0.5, 2.5, 20.0),
+        (2.0, 20.0, 0.1, 0.5),
+        (0.3, 60.0, 1.2, 3.0),
+        (1.5, 5.0, 0.6, 80.0),
+        (0.8, 9.0, 1.0, 9.0),
+    ]:
         _fd_check(btyd._pnbd_terms, params, data)
 
 
@@ -259,8 +387,10 @@ def test_bg_nbd_fit_matches_lifetimes(cdnow):
     x, t_x, T, _ = cdnow
     t0 = time.perf_counter()
     model, info = fit_bg_nbd(x, t_x, T)
-    print(f"\nBG/NBD fit on CDNOW ({x.size} customers, {info.n_unique} unique rows): "
-          f"{time.perf_counter() - t0:.3f} s, {info.iterations} iterations")
+    print(
+        f"\nBG/NBD fit on CDNOW ({x.size} customers, {info.n_unique} unique rows): "
+        f"{time.perf_counter() - t0:.3f} s, {info.iterations} iterations"
+    )
     assert isinstance(info, FitInfo) and info.converged
     assert info.n_customers == 23570
     assert _rel(model.params, list(REF_BG.values())) < 1e-5
@@ -274,8 +404,10 @@ def test_pareto_nbd_fit_matches_lifetimes(cdnow):
     x, t_x, T, _ = cdnow
     t0 = time.perf_counter()
     model, info = fit_pareto_nbd(x, t_x, T)
-    print(f"\nPareto/NBD fit on CDNOW ({x.size} customers, {info.n_unique} unique rows): "
-          f"{time.perf_counter() - t0:.3f} s, {info.iterations} iterations")
+    print(
+        f"\nPareto/NBD fit on CDNOW ({x.size} customers, {info.n_unique} unique rows): "
+        f"{time.perf_counter() - t0:.3f} s, {info.iterations} iterations"
+    )
     assert info.converged
     assert _rel(model.params, list(REF_PNBD.values())) < 1e-5
     assert abs(info.loglik / REF_PNBD_LL - 1) < 1e-9
@@ -312,7 +444,9 @@ def test_expected_holdout_matches_lifetimes(key):
     model = cls(*ref["params"])
     x, t_x, T = np.array(TRIPLES).T
     np.testing.assert_allclose(model.expected_holdout(39.0, x, t_x, T), ref["holdout"], rtol=1e-6, atol=0)
-    np.testing.assert_allclose(model.expected_unconditional(np.array([1.0, 10.0, 39.0, 78.0])), ref["uncond"], rtol=1e-6)
+    np.testing.assert_allclose(
+        model.expected_unconditional(np.array([1.0, 10.0, 39.0, 78.0])), ref["uncond"], rtol=1e-6
+    )
 
 
 def test_expected_holdout_continuous_at_s1_and_a1():
@@ -348,8 +482,13 @@ def test_expected_unconditional_equals_conditional_for_newborn():
 
 
 def test_p_alive_bounds_and_monotone_in_T():
-    models = (ParetoNBD(0.553, 10.578, 0.606, 11.669), ParetoNBD(2.0, 0.5, 2.5, 20.0), ParetoNBD(0.3, 60.0, 0.2, 3.0),
-              BGNBD(0.243, 4.414, 0.793, 2.426), BGNBD(2.0, 0.5, 3.0, 0.4))
+    models = (
+        ParetoNBD(0.553, 10.578, 0.606, 11.669),
+        ParetoNBD(2.0, 0.5, 2.5, 20.0),
+        ParetoNBD(0.3, 60.0, 0.2, 3.0),
+        BGNBD(0.243, 4.414, 0.793, 2.426),
+        BGNBD(2.0, 0.5, 3.0, 0.4),
+    )
     T = np.linspace(20.0, 300.0, 60)
     for model in models:
         for x, t_x in ((0, 0.0), (1, 5.0), (3, 19.0), (20, 10.0), (200, 19.9)):

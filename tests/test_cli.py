@@ -4,6 +4,7 @@ Most commands run in-process through typer's CliRunner (stdout and stderr are ca
 separately); the checks that need a fresh interpreter (what `--help` imports, what really
 reaches file descriptor 1) use a subprocess. Sizes are tiny so the file runs in seconds.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,22 +18,38 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from cli_runner import clv, ok_json
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = ("make-data", "calibrate", "validate", "simulate")
 HEAVY = ("torch", "ray", "ortools", "pandas", "scipy", "sklearn")
 
-START = date(2022, 1, 3)                                   # make-data's default --start
+START = date(2022, 1, 3)  # make-data's default --start
 WEEKS = 80
-CAL_END = str(START + timedelta(weeks=60))                 # 2023-02-27
-HIST_END = str(START + timedelta(days=7 * WEEKS - 1))      # 2023-07-16, the last day of the history
-HISTORY_FILES = ("transactions.csv", "customers.csv", "products.csv", "decisions.csv", "actions.yaml",
-                 "economics.yaml", "stages.yaml", "truth.json")
-VALIDATE_KEYS = ("customers", "holdout_repeat_actual", "holdout_repeat_predicted", "aggregate_error",
-                 "per_customer_corr", "per_customer_mae", "active_auc", "holdout_value_error",
-                 "top_decile_value_share", "conditional_expectation")
+CAL_END = str(START + timedelta(weeks=60))  # 2023-02-27
+HIST_END = str(START + timedelta(days=7 * WEEKS - 1))  # 2023-07-16, the last day of the history
+HISTORY_FILES = (
+    "transactions.csv",
+    "customers.csv",
+    "products.csv",
+    "decisions.csv",
+    "actions.yaml",
+    "economics.yaml",
+    "stages.yaml",
+    "truth.json",
+)
+VALIDATE_KEYS = (
+    "customers",
+    "holdout_repeat_actual",
+    "holdout_repeat_predicted",
+    "aggregate_error",
+    "per_customer_corr",
+    "per_customer_mae",
+    "active_auc",
+    "holdout_value_error",
+    "top_decile_value_share",
+    "conditional_expectation",
+)
 
 
 def run_subprocess(*args: str, code: str | None = None) -> subprocess.CompletedProcess:
@@ -42,6 +59,7 @@ def run_subprocess(*args: str, code: str | None = None) -> subprocess.CompletedP
 
 
 # ---- fixtures: one small pipeline shared by the module ------------------------------------
+
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory) -> tuple[Path, dict]:
@@ -68,6 +86,7 @@ def world_path(calibrated) -> Path:
 
 
 # ---- help -----------------------------------------------------------------------------------
+
 
 def test_top_level_help():
     r = clv("--help")
@@ -101,7 +120,7 @@ def test_help_in_fresh_process_is_light():
     assert p.returncode == 0, p.stderr
     line = [ln for ln in p.stderr.splitlines() if ln.startswith("HEAVY=")]
     assert line, p.stderr
-    assert json.loads(line[-1][len("HEAVY="):]) == []
+    assert json.loads(line[-1][len("HEAVY=") :]) == []
     assert "Example:" in p.stdout
 
 
@@ -112,6 +131,7 @@ def test_help_subprocess_exit_zero():
 
 
 # ---- the pipeline ---------------------------------------------------------------------------
+
 
 def test_make_data(made):
     out, doc = made
@@ -145,6 +165,7 @@ def test_calibrate(calibrated):
     raw = json.loads(world.read_text())
     assert raw["schema_version"] == 1 and raw["book_file"] == "world.book.parquet"
     from sim.world import WorldModel
+
     assert WorldModel.load(world).hash() == doc["world_hash"]
     book = pd.read_parquet(world.parent / "world.book.parquet")
     assert len(book) == doc["customers"]
@@ -152,8 +173,21 @@ def test_calibrate(calibrated):
 
 def test_validate(history, tmp_path):
     out = tmp_path / "V"
-    doc = ok_json(clv("validate", history, "--calibration-end", CAL_END, "--holdout-end", HIST_END,
-                      "--replications", 2, "--out", out, "--json"))
+    doc = ok_json(
+        clv(
+            "validate",
+            history,
+            "--calibration-end",
+            CAL_END,
+            "--holdout-end",
+            HIST_END,
+            "--replications",
+            2,
+            "--out",
+            out,
+            "--json",
+        )
+    )
     for k in VALIDATE_KEYS:
         assert k in doc, k
     assert doc["customers"] == 400
@@ -217,16 +251,28 @@ def test_json_stdout_in_real_process(history, tmp_path):
 
 def test_validate_cdnow():
     """The bundled CDNOW benchmark (Fader-Hardie split): ~3 s, so not marked slow."""
-    doc = ok_json(clv("validate", "--dataset", "cdnow", "--calibration-end", "1997-09-30",
-                      "--holdout-end", "1998-06-30", "--replications", 4, "--json"))
+    doc = ok_json(
+        clv(
+            "validate",
+            "--dataset",
+            "cdnow",
+            "--calibration-end",
+            "1997-09-30",
+            "--holdout-end",
+            "1998-06-30",
+            "--replications",
+            4,
+            "--json",
+        )
+    )
     assert doc["customers"] == 23570
     assert doc["holdout_repeat_actual"] == 19684
 
 
 # ---- bad input: one line on stderr, exit 2, nothing written ---------------------------------
 
-NEG_ROW = 12   # spreadsheet row (header is row 1) that gets the negative amount
-PROP_ROW = 4   # spreadsheet row of decisions.csv that gets propensity 1.5
+NEG_ROW = 12  # spreadsheet row (header is row 1) that gets the negative amount
+PROP_ROW = 4  # spreadsheet row of decisions.csv that gets propensity 1.5
 
 
 def _edit_csv(src: Path, dst_dir: Path, file: str, row: int, column: str, value: str) -> Path:
@@ -287,8 +333,18 @@ def out_under_a_file(tmp, hist, world):
 
 def holdout_before_calibration(tmp, hist, world):
     out = tmp / "V"
-    return ["validate", hist, "--calibration-end", CAL_END, "--holdout-end", "2023-01-01",
-            "--replications", 2, "--out", out], [out]
+    return [
+        "validate",
+        hist,
+        "--calibration-end",
+        CAL_END,
+        "--holdout-end",
+        "2023-01-01",
+        "--replications",
+        2,
+        "--out",
+        out,
+    ], [out]
 
 
 def empty_holdout_end(tmp, hist, world):
@@ -303,8 +359,10 @@ def holdout_past_history(tmp, hist, world):
 
 def _sim_args(tmp, world, *extra):
     out = tmp / "S" / "sim.parquet"
-    return (["simulate", world, "--customers", 20, "--periods", 2, "--out", out, *extra],
-            [out, out.with_name("sim.periods.parquet"), out.parent])
+    return (
+        ["simulate", world, "--customers", 20, "--periods", 2, "--out", out, *extra],
+        [out, out.with_name("sim.periods.parquet"), out.parent],
+    )
 
 
 def missing_world(tmp, hist, world):
@@ -360,8 +418,9 @@ BAD_INPUT: list = [
 
 
 @pytest.mark.parametrize("as_json", [False, True], ids=["human", "json"])
-@pytest.mark.parametrize("desc,setup,code,needles", BAD_INPUT,
-                         ids=[(c.values if hasattr(c, "values") else c)[0] for c in BAD_INPUT])
+@pytest.mark.parametrize(
+    "desc,setup,code,needles", BAD_INPUT, ids=[(c.values if hasattr(c, "values") else c)[0] for c in BAD_INPUT]
+)
 def test_bad_input(desc, setup, code, needles, as_json, history, world_path, tmp_path):
     args, must_not_exist = setup(tmp_path, history, world_path)
     # numeric RuntimeWarnings from a fit that runs before the failure (the "out under a file" case)

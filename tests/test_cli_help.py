@@ -1,15 +1,16 @@
 """Every `clv` command has --help with an example, and the example parses as written.
 
 The commands are read from the app, so a new command fails here until it has an example."""
+
 from __future__ import annotations
 
 import shlex
 
 import pytest
 import typer
+from cli_runner import clv
 
 from experiments.cli import app
-from cli_runner import clv
 
 GROUP = typer.main.get_command(app)
 COMMANDS = sorted(GROUP.commands)
@@ -17,10 +18,9 @@ COMMANDS = sorted(GROUP.commands)
 
 def _example(name: str) -> str:
     """The command line after 'Example: ' in the command's docstring."""
-    lines = [ln.strip() for ln in (GROUP.commands[name].help or "").splitlines()
-             if ln.strip().startswith("Example:")]
+    lines = [ln.strip() for ln in (GROUP.commands[name].help or "").splitlines() if ln.strip().startswith("Example:")]
     assert len(lines) == 1, f"clv {name}: expected one 'Example:' line in its docstring, found {len(lines)}"
-    return lines[0][len("Example:"):].strip()
+    return lines[0][len("Example:") :].strip()
 
 
 def test_commands_are_found():
@@ -48,18 +48,22 @@ def test_example_parses(name):
     assert ctx.params, argv
 
 
-@pytest.mark.parametrize("args, message", [
-    (["simulat"], "error: No such command 'simulat'. Did you mean 'simulate'?"),
-    (["simulate", "w.json"], "error: Missing option '--out'."),
-    (["simulate", "w.json", "--out", "x.parquet", "--periods", "0"], "error: Invalid value for '--periods'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["simulat"], "error: No such command 'simulat'. Did you mean 'simulate'?"),
+        (["simulate", "w.json"], "error: Missing option '--out'."),
+        (["simulate", "w.json", "--out", "x.parquet", "--periods", "0"], "error: Invalid value for '--periods'"),
+    ],
+)
 def test_usage_errors_are_one_line_exit_2(args, message):
     import subprocess
     import sys
+
     r = subprocess.run([sys.executable, "-m", "experiments.cli", *args], capture_output=True, text=True)
     assert r.returncode == 2 and r.stdout == ""
     assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith(message)
-    assert r.stderr.strip().endswith(" --help`)")   # and where to read more
+    assert r.stderr.strip().endswith(" --help`)")  # and where to read more
 
 
 def test_the_clis_name_copies_equal_their_owners():
@@ -67,5 +71,6 @@ def test_the_clis_name_copies_equal_their_owners():
     from experiments.cli.common import BASELINE_NAMES, DATASETS
     from policies.registry import BASELINE_NAMES as OWNER_BASELINES
     from sim.datasets import NAMES
+
     assert DATASETS == NAMES
     assert BASELINE_NAMES == OWNER_BASELINES

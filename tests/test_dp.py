@@ -5,6 +5,7 @@ Monte Carlo through the env (4 standard errors, fixed seed), the small world aga
 population simulator it discretises, and a short PPO run against the "none" policy. The full
 >= 95 %-of-optimum check of the benchmark's hyperparameters is marked slow.
 """
+
 import copy
 import importlib.util
 import itertools
@@ -17,12 +18,22 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from policies.base import Policy
-from policies.dp import (DPPolicy, agreement, evaluate_policy_exact, gap_report, none_probs, occupancy,
-                         optimality_ratio, policy_value, sb3_state_probs, value_iteration)
+from policies.dp import (
+    DPPolicy,
+    agreement,
+    evaluate_policy_exact,
+    gap_report,
+    none_probs,
+    occupancy,
+    optimality_ratio,
+    policy_value,
+    sb3_state_probs,
+    value_iteration,
+)
 from sim.catalogue import STAGES
+from sim.envs.tabular import TabularCustomerEnv
 from sim.population import PopulationSimulator
 from sim.synthetic import BankConfig, truth_world
-from sim.envs.tabular import TabularCustomerEnv
 from sim.tabular import TabularWorld, horizon_for, small_world_from
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,8 +69,17 @@ def toy_mdp(discount=0.9):
     P[2] = [[0.1, 0.85, 0.05], [0.0, 0.0, 1.0], [0, 0, 1]]
     R = np.array([[1.0, 0.2, -0.5], [2.0, 1.2, 50.0], [0.0, 0.0, 0.0]])
     masks = np.array([[1, 1, 1], [1, 1, 0], [1, 0, 0]], bool)
-    return TabularWorld(n_states=3, n_actions=3, P=P, R=R, masks=masks, init=np.array([0.6, 0.4, 0.0]),
-                        discount=discount, state_labels=["a", "b", "gone"], action_names=["none", "x", "y"])
+    return TabularWorld(
+        n_states=3,
+        n_actions=3,
+        P=P,
+        R=R,
+        masks=masks,
+        init=np.array([0.6, 0.4, 0.0]),
+        discount=discount,
+        state_labels=["a", "b", "gone"],
+        action_names=["none", "x", "y"],
+    )
 
 
 def brute_force(tw):
@@ -79,12 +99,12 @@ def test_value_iteration_matches_brute_force(discount):
     tw = toy_mdp(discount)
     sol = value_iteration(tw, tol=1e-12)
     values = brute_force(tw)
-    best = np.max([v for _, v in values], axis=0)   # an optimal policy is best in every state at once
+    best = np.max([v for _, v in values], axis=0)  # an optimal policy is best in every state at once
     np.testing.assert_allclose(sol.V, best, atol=1e-9)
     chosen = dict(values)[tuple(sol.policy)]
     np.testing.assert_allclose(chosen, best, atol=1e-9)
     np.testing.assert_allclose(evaluate_policy_exact(tw, sol.probs()), best, atol=1e-9)
-    assert sol.policy[1] != 2 and np.isneginf(sol.Q[1, 2])          # the masked 50-reward action
+    assert sol.policy[1] != 2 and np.isneginf(sol.Q[1, 2])  # the masked 50-reward action
     assert sol.residual < 1e-12 and sol.iterations >= 1
 
 
@@ -95,8 +115,17 @@ def test_value_iteration_closed_form_two_states():
     P[:, 0, 0], P[:, 0, 1], P[:, 1, 1] = p, 1 - p, 1.0
     R = np.zeros((2, 3))
     R[0] = r
-    tw = TabularWorld(2, 3, P, R, np.array([[1, 1, 1], [1, 0, 0]], bool), np.array([1.0, 0.0]), g,
-                      ["alive", "gone"], ["none", "a", "b"])
+    tw = TabularWorld(
+        2,
+        3,
+        P,
+        R,
+        np.array([[1, 1, 1], [1, 0, 0]], bool),
+        np.array([1.0, 0.0]),
+        g,
+        ["alive", "gone"],
+        ["none", "a", "b"],
+    )
     sol = value_iteration(tw)
     closed = r / (1 - g * p)
     assert sol.V[0] == pytest.approx(closed.max(), rel=1e-9)
@@ -108,7 +137,7 @@ def test_evaluate_policy_exact_masked_actions_become_none():
     tw = toy_mdp()
     probs = np.zeros((3, 3))
     probs[:, 0] = 1.0
-    probs[1] = [0.0, 0.0, 1.0]       # the masked action: the env plays "none" instead
+    probs[1] = [0.0, 0.0, 1.0]  # the masked action: the env plays "none" instead
     np.testing.assert_allclose(evaluate_policy_exact(tw, probs), evaluate_policy_exact(tw, none_probs(tw)))
     with pytest.raises(ValueError, match="probs must have shape"):
         evaluate_policy_exact(tw, np.ones((2, 3)) / 3)
@@ -145,8 +174,17 @@ def test_evaluate_policy_exact_matches_monte_carlo(tw):
 # ---- TabularWorld validation and JSON ---------------------------------------------------------
 def _bad(**changes):
     base = toy_mdp()
-    kw = dict(n_states=3, n_actions=3, P=base.P.copy(), R=base.R.copy(), masks=base.masks.copy(),
-              init=base.init.copy(), discount=0.9, state_labels=["a", "b", "c"], action_names=["none", "x", "y"])
+    kw = dict(
+        n_states=3,
+        n_actions=3,
+        P=base.P.copy(),
+        R=base.R.copy(),
+        masks=base.masks.copy(),
+        init=base.init.copy(),
+        discount=0.9,
+        state_labels=["a", "b", "c"],
+        action_names=["none", "x", "y"],
+    )
     for k, fn in changes.items():
         kw[k] = fn(kw[k]) if callable(fn) else fn
     return kw
@@ -158,25 +196,28 @@ def _set(arr, idx, val):
     return arr
 
 
-@pytest.mark.parametrize("kwargs,err,fragment", [
-    (_bad(n_states=0), ValueError, "n_states must be a positive integer"),
-    (_bad(n_actions=2.5), ValueError, "n_actions must be a positive integer"),
-    (_bad(P=lambda P: P[:2]), ValueError, "P must have shape (3, 3, 3)"),
-    (_bad(P=lambda P: _set(P, (1, 0, 0), 0.9)), ValueError, "P rows must sum to 1: action 1, state 0"),
-    (_bad(P=lambda P: _set(_set(P, (0, 0, 0), 1.0), (0, 0, 1), -0.1)), ValueError, "negative probability"),
-    (_bad(P=lambda P: _set(P, (0, 0, 0), np.nan)), ValueError, "P has non-finite entries"),
-    (_bad(R=lambda R: R[:, :2]), ValueError, "R must have shape (3, 3)"),
-    (_bad(R=lambda R: _set(R, (0, 0), np.inf)), ValueError, "R has non-finite entries"),
-    (_bad(masks=lambda m: m[:2]), ValueError, "masks must have shape (3, 3)"),
-    (_bad(masks=lambda m: _set(m, (1, 0), 0).astype(bool)), ValueError, "action 0 ('none') must be allowed"),
-    (_bad(masks=lambda m: _set(m, (0, 1), 2)), ValueError, "masks must be boolean"),
-    (_bad(init=[0.5, 0.2, 0.2]), ValueError, "init must be a probability distribution"),
-    (_bad(init=[1.2, -0.2, 0.0]), ValueError, "init must be a probability distribution"),
-    (_bad(discount=1.0), ValueError, "discount must be a number in [0, 1)"),
-    (_bad(discount="0.9"), ValueError, "discount must be a number in [0, 1)"),
-    (_bad(state_labels=["a", "b"]), ValueError, "state_labels has 2 entries for 3 states"),
-    (_bad(action_names=["none"]), ValueError, "action_names has 1 entries for 3 actions"),
-])
+@pytest.mark.parametrize(
+    "kwargs,err,fragment",
+    [
+        (_bad(n_states=0), ValueError, "n_states must be a positive integer"),
+        (_bad(n_actions=2.5), ValueError, "n_actions must be a positive integer"),
+        (_bad(P=lambda P: P[:2]), ValueError, "P must have shape (3, 3, 3)"),
+        (_bad(P=lambda P: _set(P, (1, 0, 0), 0.9)), ValueError, "P rows must sum to 1: action 1, state 0"),
+        (_bad(P=lambda P: _set(_set(P, (0, 0, 0), 1.0), (0, 0, 1), -0.1)), ValueError, "negative probability"),
+        (_bad(P=lambda P: _set(P, (0, 0, 0), np.nan)), ValueError, "P has non-finite entries"),
+        (_bad(R=lambda R: R[:, :2]), ValueError, "R must have shape (3, 3)"),
+        (_bad(R=lambda R: _set(R, (0, 0), np.inf)), ValueError, "R has non-finite entries"),
+        (_bad(masks=lambda m: m[:2]), ValueError, "masks must have shape (3, 3)"),
+        (_bad(masks=lambda m: _set(m, (1, 0), 0).astype(bool)), ValueError, "action 0 ('none') must be allowed"),
+        (_bad(masks=lambda m: _set(m, (0, 1), 2)), ValueError, "masks must be boolean"),
+        (_bad(init=[0.5, 0.2, 0.2]), ValueError, "init must be a probability distribution"),
+        (_bad(init=[1.2, -0.2, 0.0]), ValueError, "init must be a probability distribution"),
+        (_bad(discount=1.0), ValueError, "discount must be a number in [0, 1)"),
+        (_bad(discount="0.9"), ValueError, "discount must be a number in [0, 1)"),
+        (_bad(state_labels=["a", "b"]), ValueError, "state_labels has 2 entries for 3 states"),
+        (_bad(action_names=["none"]), ValueError, "action_names has 1 entries for 3 actions"),
+    ],
+)
 def test_tabular_world_validation(kwargs, err, fragment):
     with pytest.raises(err) as e:
         TabularWorld(**kwargs)
@@ -203,8 +244,8 @@ def test_small_world_is_small_and_valid(tw, world):
     assert tw.n_actions == len(world.catalogue) == 9
     assert 100 <= tw.n_states <= 1000
     assert np.allclose(tw.P.sum(axis=2), 1.0) and (tw.P >= 0).all()
-    assert f["discount_source"] == "default" and tw.discount == 0.95     # 8 %/yr weekly is too long
-    assert tw.discount ** tw.horizon < 1e-3 <= tw.discount ** (tw.horizon - 1)
+    assert f["discount_source"] == "default" and tw.discount == 0.95  # 8 %/yr weekly is too long
+    assert tw.discount**tw.horizon < 1e-3 <= tw.discount ** (tw.horizon - 1)
     act = world.segments[0].activity
     assert np.mean(f["level_rates"]) == pytest.approx(act["r"] / act["alpha"], rel=1e-9)
     assert f["dropout_hazard"] == pytest.approx(act["s"] / act["beta"])
@@ -226,12 +267,12 @@ def test_small_world_masks_follow_eligibility_and_min_gap(tw, world):
         eligible[i, [STAGES.index(s) for s in a.eligible_stages]] = True
     allowed_by_stage = eligible.T[st["stage"][living]]
     assert tw.masks[:, 0].all()
-    assert not (tw.masks[living] & ~allowed_by_stage).any()                # never outside the stage
+    assert not (tw.masks[living] & ~allowed_by_stage).any()  # never outside the stage
     free = living & (st["clock"] == 0)
-    np.testing.assert_array_equal(tw.masks[free], eligible.T[st["stage"][free]])    # free: exactly the stage
+    np.testing.assert_array_equal(tw.masks[free], eligible.T[st["stage"][free]])  # free: exactly the stage
     gap = world.response.min_gap
     cooling = living & (st["clock_action"] > 0) & (st["clock_periods"] < gap)
-    assert cooling.any() and not tw.masks[cooling, 1:].any()              # no contact within min_gap
+    assert cooling.any() and not tw.masks[cooling, 1:].any()  # no contact within min_gap
     # a contact puts the customer into that action's first cooldown period (or gone)
     gone = np.flatnonzero(tw.terminal)[0]
     for s in np.flatnonzero(free)[:200]:
@@ -247,14 +288,14 @@ def test_small_world_masks_follow_eligibility_and_min_gap(tw, world):
 def test_contacts_matter_in_the_small_world(tw, sol):
     rep = gap_report(tw, none_probs(tw), sol)
     assert rep["ratio"] == pytest.approx(rep["none_ratio"]) and rep["improvement_captured"] == 0.0
-    assert rep["optimum"] > 1.2 * rep["none_value"]         # the optimum adds > 20 % over "none"
+    assert rep["optimum"] > 1.2 * rep["none_value"]  # the optimum adds > 20 % over "none"
     # and no one-action rule gets close: "email_card_offer whenever allowed" stays below 95 %
     email = tw.action_names.index("email_card_offer")
     probs = one_hot(np.where(tw.masks[:, email], email, 0), tw.n_actions)
     assert optimality_ratio(tw, probs, sol) < 0.95
     assert agreement(tw, sol.probs(), sol) == pytest.approx(1.0)
     used = occupancy(tw, sol.probs()) @ sol.probs()
-    assert (used[1:] > 0).sum() >= 3                         # several different contacts are optimal
+    assert (used[1:] > 0).sum() >= 3  # several different contacts are optimal
 
 
 def test_geometric_clock_close_to_exact_clock(world, tw, sol):
@@ -268,7 +309,7 @@ def test_geometric_clock_close_to_exact_clock(world, tw, sol):
 def test_small_world_options_and_errors(world):
     book = small_world_from(world, start="book", product=None, levels=2)
     st = np.asarray(book.factors["state"]["recency"])
-    assert (book.init[st == 1] > 0).any()              # the steady-state book holds dormant customers
+    assert (book.init[st == 1] > 0).any()  # the steady-state book holds dormant customers
     assert book.factors["product"] is None and book.factors["levels"] == 2
     monthly = copy.deepcopy(world)
     monthly.economics.period, monthly.economics.annual_discount_rate = "month", 1.0
@@ -277,10 +318,16 @@ def test_small_world_options_and_errors(world):
     assert small_world_from(world, discount=0.9).discount == 0.9
     bg = copy.deepcopy(world)
     bg.activity_model = "bg_nbd"
-    for bad, frag in [(dict(world=bg), "Pareto/NBD"), (dict(segment="nobody"), "unknown segment"),
-                      (dict(segment=7), "out of range"), (dict(levels=0), "levels must be"),
-                      (dict(start="old"), "start must be"), (dict(clock="fuzzy"), "clock must be"),
-                      (dict(product="yacht"), "unknown product"), (dict(discount=1.0), "discount must be")]:
+    for bad, frag in [
+        (dict(world=bg), "Pareto/NBD"),
+        (dict(segment="nobody"), "unknown segment"),
+        (dict(segment=7), "out of range"),
+        (dict(levels=0), "levels must be"),
+        (dict(start="old"), "start must be"),
+        (dict(clock="fuzzy"), "clock must be"),
+        (dict(product="yacht"), "unknown product"),
+        (dict(discount=1.0), "discount must be"),
+    ]:
         kw = {"world": world, **bad}
         with pytest.raises(ValueError, match=frag):
             small_world_from(kw.pop("world"), **kw)
@@ -296,11 +343,12 @@ def test_small_world_is_faithful_to_the_simulator(world):
     w.segments[0].share = 1.0
     w.seasonality = None
     mu = w.segments[0].activity["s"] / w.segments[0].activity["beta"]
-    w.segments[0].activity.update(s=1e5, beta=1e5 / mu)       # every customer has the mean hazard
+    w.segments[0].activity.update(s=1e5, beta=1e5 / mu)  # every customer has the mean hazard
     w.response.fatigue = 1.0
     w.response.opt_out = {k: 0.0 for k in w.response.opt_out}
-    w.economics.product_margin_per_period = {k: (v if k == "credit_card" else 0.0)
-                                             for k, v in w.economics.product_margin_per_period.items()}
+    w.economics.product_margin_per_period = {
+        k: (v if k == "credit_card" else 0.0) for k, v in w.economics.product_margin_per_period.items()
+    }
     tw = small_world_from(w)
     for name in ("none", "email_card_offer"):
         a = tw.action_names.index(name)
@@ -309,17 +357,18 @@ def test_small_world_is_faithful_to_the_simulator(world):
         total = np.zeros(40_000)
         for t in range(tw.horizon):
             act = np.where(sim.action_masks()[:, a], a, 0).astype(np.int16)
-            total += tw.discount ** t * sim.step(act).reward
+            total += tw.discount**t * sim.step(act).reward
         assert v_tab == pytest.approx(total.mean(), rel=0.05), name
 
 
 # ---- the env ------------------------------------------------------------------------------------
 def test_check_env_passes(tw):
     with warnings.catch_warnings():
-        warnings.simplefilter("error")           # any checker warning fails the test ...
-        warnings.filterwarnings("ignore", message=".*render.*")   # ... except "no render modes to test"
+        warnings.simplefilter("error")  # any checker warning fails the test ...
+        warnings.filterwarnings("ignore", message=".*render.*")  # ... except "no render modes to test"
         check_env(TabularCustomerEnv(tabular=tw))
     import sim.envs  # noqa: F401  (registers the id)
+
     env = gym.make("clv/TabularCustomer-v0")
     obs, _ = env.reset(seed=0)
     assert env.observation_space.contains(obs) and env.unwrapped.horizon == horizon_for(env.unwrapped.discount)
@@ -337,6 +386,7 @@ def test_env_same_seed_same_episode(tw):
                 s, _ = env.reset()
                 out.append(s)
         return out
+
     assert episode(3) == episode(3)
     assert episode(3) != episode(4)
 
@@ -344,7 +394,7 @@ def test_env_same_seed_same_episode(tw):
 def test_env_masks_termination_and_truncation(tw):
     env = TabularCustomerEnv(tabular=tw, horizon=10_000)
     s, _ = env.reset(seed=1)
-    masked = int(np.flatnonzero(~env.action_masks())[0])        # e.g. an RM call for a new customer
+    masked = int(np.flatnonzero(~env.action_masks())[0])  # e.g. an RM call for a new customer
     s2, r, term, trunc, info = env.step(masked)
     assert info["ineligible"] and info["action"] == 0 and r == tw.R[s, 0]
     steps = 1
@@ -418,6 +468,7 @@ def _bench():
 def one_torch_thread():
     """The benchmark's setting (reproducible runs); the previous thread count is restored after."""
     import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -1,6 +1,7 @@
 """The Gymnasium env `clv/Customer-v0` and the vectorised SB3 VecEnv: API contracts (check_env,
 autoreset mode, masks, truncation), what the agent may see, determinism, and agreement of the
 VecEnv's rewards with the population simulator."""
+
 import copy
 
 import gymnasium as gym
@@ -10,9 +11,9 @@ from gymnasium.utils.env_checker import check_env
 
 import sim.envs  # noqa: F401  (registers the ids)
 from sim.envs.customer import CustomerEnv, ObservationEncoder
+from sim.envs.vec_env import PopulationVecEnv
 from sim.population import PopulationSimulator, simulate
 from sim.synthetic import BankConfig, truth_world
-from sim.envs.vec_env import PopulationVecEnv
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +52,7 @@ def test_same_seed_same_episode(world):
             o, r, *_ = env.step(2 if t % 5 == 0 else 0)
             out += [o, np.array([r])]
         return np.concatenate(out)
+
     assert np.array_equal(run(7), run(7))
     assert not np.array_equal(run(7), run(8))
 
@@ -83,14 +85,15 @@ def test_action_masks_enforce_min_gap_and_stage_eligibility(world):
     assert mask[0] and mask.dtype == bool and mask.shape == (len(cat),)
     stage = env._sim.state.stage[0]
     for i, a in enumerate(cat.actions[1:], start=1):
-        assert mask[i] == (cat.actions[i].eligible_stages.__contains__(("new", "growth", "maturity", "dormancy",
-                                                                          "churned")[stage]))
+        assert mask[i] == (
+            cat.actions[i].eligible_stages.__contains__(("new", "growth", "maturity", "dormancy", "churned")[stage])
+        )
     a = int(np.flatnonzero(mask[1:])[0]) + 1
     _, _, _, _, info = env.step(a)
     assert info["contacted"] and not info["ineligible"]
     for _ in range(gap - 1):
         assert not env.action_masks()[1:].any()  # contacts min_gap periods apart
-        _, _, _, _, info = env.step(a)           # a masked action becomes "none"
+        _, _, _, _, info = env.step(a)  # a masked action becomes "none"
         assert info["ineligible"] and not info["contacted"]
 
 
@@ -110,19 +113,23 @@ def test_unknown_action_is_an_error(world):
         env.step(99)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"horizon": 0}, "horizon must be >= 1"),
-    ({"discount": 1.5}, "discount must be in"),
-    ({"population": "book"}, "needs the calibrated book"),
-    ({"population": "aliens"}, "population must be"),
-    ({"render_mode": "human"}, "no render modes"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"horizon": 0}, "horizon must be >= 1"),
+        ({"discount": 1.5}, "discount must be in"),
+        ({"population": "book"}, "needs the calibrated book"),
+        ({"population": "aliens"}, "population must be"),
+        ({"render_mode": "human"}, "no render modes"),
+    ],
+)
 def test_bad_env_arguments(world, kwargs, message):
     with pytest.raises(ValueError, match=message):
         CustomerEnv(world, **kwargs)
 
 
 # ---- the vectorised VecEnv ------------------------------------------------------------------
+
 
 def test_vec_env_autoresets_slots_at_the_horizon(world):
     v = PopulationVecEnv(world, n_envs=64, horizon=3, seed=5)
@@ -139,6 +146,7 @@ def test_vec_env_autoresets_slots_at_the_horizon(world):
 
 def test_vec_env_masks_reach_maskable_ppo(world):
     from sb3_contrib.common.maskable.utils import get_action_masks, is_masking_supported
+
     v = PopulationVecEnv(world, n_envs=16, horizon=4, seed=1)
     v.reset()
     assert is_masking_supported(v)
@@ -157,6 +165,7 @@ def test_vec_env_same_seed_same_numbers(world):
             o, r, d, _ = v.step_wait()
             out.append(np.concatenate([o.ravel(), r]))
         return np.concatenate(out)
+
     assert np.array_equal(run(), run())
 
 

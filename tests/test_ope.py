@@ -1,18 +1,19 @@
 """Offline evaluation end to end: rebuilt decision states against the simulator's own, cross-fitting,
 FQE, the pipeline's exact cases, the Ray bootstrap, and `clv ope` (JSON and bad input)."""
+
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
-
 from cli_runner import clv, ok_json
+
 from experiments.ope import OPESettings, bootstrap_intervals, evaluate_offline, logged_decisions
-from experiments.ray_session import RayExecutor
 from experiments.ope.data import decision_outcomes, on_policy_value
 from experiments.ope.estimators import IPS, LoggedBandit, bootstrap_replicates, make_estimator
 from experiments.ope.models import FittedQ, RewardModel
 from experiments.ope.observations import decision_states
+from experiments.ray_session import RayExecutor
 from policies.baselines import make_baseline
 from sim.catalogue import STAGES
 from sim.history import load_history
@@ -31,9 +32,9 @@ def folder(tmp_path_factory):
     out = tmp_path_factory.mktemp("ope") / "bank"
     write_bank_history(out, CFG)
     d = pd.read_csv(out / "decisions.csv")
-    d["p_same"] = d["propensity"]          # the logging policy as its own candidate
+    d["p_same"] = d["propensity"]  # the logging policy as its own candidate
     d["p_bad"] = d["propensity"]
-    d.loc[7, "p_bad"] = 1.5                # data row 7 = spreadsheet row 9
+    d.loc[7, "p_bad"] = 1.5  # data row 7 = spreadsheet row 9
     d.to_csv(out / "decisions.csv", index=False)
     return out
 
@@ -71,10 +72,10 @@ def test_cross_fitting_never_uses_a_customers_own_rewards():
     r1, info = model.cross_fit(X, a, y, ids, 3)
     y2 = y.copy()
     own = ids == "7"
-    y2[own] += 1000.0                        # a wild change to one customer's rewards
+    y2[own] += 1000.0  # a wild change to one customer's rewards
     r2, _ = model.cross_fit(X, a, y2, ids, 3)
-    np.testing.assert_allclose(r1[own], r2[own])   # their predictions do not move
-    assert not np.allclose(r1[~own], r2[~own])     # the other folds' models did see them
+    np.testing.assert_allclose(r1[own], r2[own])  # their predictions do not move
+    assert not np.allclose(r1[~own], r2[~own])  # the other folds' models did see them
     assert info["out_of_fold_r2"] > 0.3
 
 
@@ -91,9 +92,10 @@ def test_fqe_recovers_a_known_value():
     a = rng.integers(0, A, n)
     target = rng.dirichlet(np.ones(A), n)
     next_row = np.where(remaining > 1, np.arange(n) + 1, -1)
-    q, info = FittedQ(discount=0.9, folds=3, ridge=1e-6).q_values(X, a, np.full(n, 2.0), target, next_row,
-                                                                    cust.astype(str), remaining)
-    exact = 2 * (1 - 0.9 ** remaining) / 0.1
+    q, info = FittedQ(discount=0.9, folds=3, ridge=1e-6).q_values(
+        X, a, np.full(n, 2.0), target, next_row, cust.astype(str), remaining
+    )
+    exact = 2 * (1 - 0.9**remaining) / 0.1
     np.testing.assert_allclose(q, np.repeat(exact[:, None], A, axis=1), atol=1e-6)
     assert info["stages"] == 6
 
@@ -101,8 +103,12 @@ def test_fqe_recovers_a_known_value():
 def test_cluster_bootstrap_with_singleton_groups_is_the_plain_bootstrap():
     rng = np.random.default_rng(2)
     n = 300
-    data = LoggedBandit(reward=rng.normal(size=n), action=rng.integers(0, 2, n), pscore=np.full(n, 0.5),
-                        target=np.tile([0.3, 0.7], (n, 1)))
+    data = LoggedBandit(
+        reward=rng.normal(size=n),
+        action=rng.integers(0, 2, n),
+        pscore=np.full(n, 0.5),
+        target=np.tile([0.3, 0.7], (n, 1)),
+    )
     plain = bootstrap_replicates(IPS(), data, 50, seed=3)
     grouped = bootstrap_replicates(IPS(), data, 50, seed=3, groups=np.arange(n))
     np.testing.assert_allclose(plain, grouped)
@@ -120,8 +126,11 @@ def test_logging_policy_as_candidate_gives_the_logged_value(folder):
         assert res["estimates"][k]["value"] == pytest.approx(logged, rel=1e-9)
         assert res["estimates"][k]["ci_low"] < logged < res["estimates"][k]["ci_high"]
         assert res["estimates"][k]["ess"] == pytest.approx(res["decisions"])
-    seq = evaluate_offline(hist, OPESettings(estimand="per_customer", estimators=("ips", "wpdis"), n_boot=50,
-                                             discount=0.95), target_column="p_same")
+    seq = evaluate_offline(
+        hist,
+        OPESettings(estimand="per_customer", estimators=("ips", "wpdis"), n_boot=50, discount=0.95),
+        target_column="p_same",
+    )
     want = on_policy_value(decision_outcomes(hist), "per_customer", 0.95)
     assert seq["estimates"]["ips"]["estimator"] == "pdis"
     assert seq["estimates"]["ips"]["value"] == pytest.approx(want, rel=1e-9)
@@ -143,8 +152,9 @@ def test_policy_estimates_agree_and_the_ray_bootstrap_matches_in_process(generat
     assert res["models"]["reward_model"]["out_of_fold_r2"] > 0.1
     # the same bootstrap chunks on 2 Ray workers give the same intervals
     jobs = [("ips", {}), ("snips", {})]
-    data = LoggedBandit(reward=np.arange(40.0), action=np.zeros(40, int), pscore=np.full(40, 0.5),
-                        target=np.tile([0.6, 0.4], (40, 1)))
+    data = LoggedBandit(
+        reward=np.arange(40.0), action=np.zeros(40, int), pscore=np.full(40, 0.5), target=np.tile([0.6, 0.4], (40, 1))
+    )
     local = bootstrap_intervals(jobs, data, 300, 0.05, 9, np.arange(40) // 4)
     on_ray = bootstrap_intervals(jobs, data, 300, 0.05, 9, np.arange(40) // 4, executor=RayExecutor(2))
     assert local == on_ray
@@ -160,18 +170,26 @@ def test_candidates_sharing_the_logged_decisions_get_the_same_numbers(generated)
         alone = evaluate_offline(hist, settings, policy=pol, world=world)
         together = evaluate_offline(hist, settings, policy=pol, world=world, logged=shared)
         assert together["estimates"] == alone["estimates"]
-    assert len(shared._reward_models) == 1          # one reward model served both candidates
+    assert len(shared._reward_models) == 1  # one reward model served both candidates
     with pytest.raises(ValueError, match="another window or world"):
-        evaluate_offline(hist, OPESettings(estimators=("dr",), n_boot=20, start="2022-06-01"),
-                         policy=make_baseline("bau", world), world=world, logged=shared)
+        evaluate_offline(
+            hist,
+            OPESettings(estimators=("dr",), n_boot=20, start="2022-06-01"),
+            policy=make_baseline("bau", world),
+            world=world,
+            logged=shared,
+        )
 
 
 def test_fqe_and_sequential_estimators_run_on_a_policy(generated):
     hist, truth = generated
     world = truth["world"]
-    res = evaluate_offline(hist, OPESettings(estimand="per_customer", estimators=("pdis", "wpdis", "dr_seq", "wdr",
-                                                                                   "fqe"), n_boot=50),
-                           policy=make_baseline("bau", world), world=world)
+    res = evaluate_offline(
+        hist,
+        OPESettings(estimand="per_customer", estimators=("pdis", "wpdis", "dr_seq", "wdr", "fqe"), n_boot=50),
+        policy=make_baseline("bau", world),
+        world=world,
+    )
     assert res["estimand"] == "per_customer"
     assert res["models"]["fqe"]["stages"] == int(decision_outcomes(hist)["step"].max()) + 1
     fqe = res["estimates"]["fqe"]
@@ -181,28 +199,54 @@ def test_fqe_and_sequential_estimators_run_on_a_policy(generated):
 
 
 def test_cli_json(folder):
-    doc = ok_json(clv("ope", folder, "--target-prob-column", "p_same", "--estimators", "ips,snips",
-                      "--bootstrap", "50", "--workers", "0", "--end", "2023-06-01", "--json"))
+    doc = ok_json(
+        clv(
+            "ope",
+            folder,
+            "--target-prob-column",
+            "p_same",
+            "--estimators",
+            "ips,snips",
+            "--bootstrap",
+            "50",
+            "--workers",
+            "0",
+            "--end",
+            "2023-06-01",
+            "--json",
+        )
+    )
     assert doc["estimand"] == "per_decision"
     assert set(doc["estimates"]["ips"]) >= {"value", "ci_low", "ci_high", "ess"}
     assert doc["window"]["end"] <= "2023-06-01"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--target-prob-column", "p_nope", "--estimators", "ips"], "decisions.csv, column 'p_nope': no such column"),
-    (["--target-prob-column", "p_bad", "--estimators", "ips"], "decisions.csv, row 9, column 'p_bad': p_bad is 1.5"),
-    (["--target-prob-column", "p_same", "--estimators", "ips,dr"], "--estimators dr: need the candidate's probability"),
-    (["--target-prob-column", "p_same", "--estimators", "pdis"], "'pdis' is not an estimator of the per_decision"),
-    (["--target-prob-column", "p_same", "--estimators", "ips", "--discount", "0.9"], "--discount applies to the "
-                                                                                      "per_customer estimand"),
-    (["--target-prob-column", "p_same", "--estimators", "ips,ips"], "names an estimator twice"),
-    (["--target-prob-column", "p_same", "--estimand", "per_visit"], "--estimand 'per_visit'"),
-    (["--target-prob-column", "p_same", "--policy", "bau"], "give --policy P or --target-prob-column COL"),
-    ([], "give --policy P or --target-prob-column COL"),
-    (["--policy", "gredy", "--world", "missing.json"], "missing.json: world file not found"),
-    (["--target-prob-column", "p_same", "--start", "2031-01-01"], "no decisions between 2031-01-01"),
-    (["--target-prob-column", "p_same", "--end", "yesterday"], "--end: 'yesterday' is not a date"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--target-prob-column", "p_nope", "--estimators", "ips"], "decisions.csv, column 'p_nope': no such column"),
+        (
+            ["--target-prob-column", "p_bad", "--estimators", "ips"],
+            "decisions.csv, row 9, column 'p_bad': p_bad is 1.5",
+        ),
+        (
+            ["--target-prob-column", "p_same", "--estimators", "ips,dr"],
+            "--estimators dr: need the candidate's probability",
+        ),
+        (["--target-prob-column", "p_same", "--estimators", "pdis"], "'pdis' is not an estimator of the per_decision"),
+        (
+            ["--target-prob-column", "p_same", "--estimators", "ips", "--discount", "0.9"],
+            "--discount applies to the per_customer estimand",
+        ),
+        (["--target-prob-column", "p_same", "--estimators", "ips,ips"], "names an estimator twice"),
+        (["--target-prob-column", "p_same", "--estimand", "per_visit"], "--estimand 'per_visit'"),
+        (["--target-prob-column", "p_same", "--policy", "bau"], "give --policy P or --target-prob-column COL"),
+        ([], "give --policy P or --target-prob-column COL"),
+        (["--policy", "gredy", "--world", "missing.json"], "missing.json: world file not found"),
+        (["--target-prob-column", "p_same", "--start", "2031-01-01"], "no decisions between 2031-01-01"),
+        (["--target-prob-column", "p_same", "--end", "yesterday"], "--end: 'yesterday' is not a date"),
+    ],
+)
 def test_cli_bad_input(folder, args, message):
     r = clv("ope", folder, *args, "--workers", "0", "--bootstrap", "20")
     assert r.exit_code == 2, (r.stdout, r.stderr)

@@ -5,6 +5,7 @@ is Z standard errors of their difference, the SE computed from the data (cluster
 customers are the independent units of the generating process). Seeds are fixed, so each
 assertion is deterministic; Z = 4 makes a false failure for a new seed a ~1e-4 event.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -56,8 +57,8 @@ def paired(truths, history):
 
 def test_logging_run_is_the_history(paired):
     oc, m = paired
-    assert (m["_merge"] == "both").all()                      # same decision points
-    assert (m["action_x"] == m["action_y"]).all()              # the same logged actions
+    assert (m["_merge"] == "both").all()  # same decision points
+    assert (m["action_x"] == m["action_y"]).all()  # the same logged actions
     # the truth's realised rewards use expected amounts given the counts: close to the observed ones
     assert np.corrcoef(m["reward"], m["reward_logged"])[0, 1] > 0.95
 
@@ -74,8 +75,10 @@ def test_logging_one_step_truth_matches_observed_reward(truths, paired):
     assert se < 0.3 * log["se"]["per_decision"]
     # the logging run's own (expected-amount) rewards give the same per-customer value as the history
     obs_pc = on_policy_value(oc, "per_customer")
-    d_pc = (oc.groupby("customer_id")["reward"].sum() - pd.Series(m["reward_logged"].to_numpy())
-            .groupby(m["customer_id"].to_numpy()).sum())
+    d_pc = (
+        oc.groupby("customer_id")["reward"].sum()
+        - pd.Series(m["reward_logged"].to_numpy()).groupby(m["customer_id"].to_numpy()).sum()
+    )
     assert abs(obs_pc - log["per_customer"]) < Z * d_pc.std(ddof=1) / np.sqrt(len(d_pc))
 
 
@@ -85,8 +88,9 @@ def test_none_branch_matches_logged_none_decisions(truths, paired):
     _, m = paired
     sel = (m["action_x"] == "none").to_numpy()
     assert sel.sum() > 1000
-    diff, se = cluster_mean_se(m["reward"].to_numpy()[sel] - m["value"].to_numpy()[sel],
-                               m["customer_id"].to_numpy()[sel])
+    diff, se = cluster_mean_se(
+        m["reward"].to_numpy()[sel] - m["value"].to_numpy()[sel], m["customer_id"].to_numpy()[sel]
+    )
     assert abs(diff) < Z * se
 
 
@@ -151,8 +155,18 @@ def test_decision_observations(history):
     # the logged action was allowed by the recorded mask
     allowed = np.array([obs.at[i, f"mask_{a}"] for i, a in enumerate(dec["action"])])
     assert allowed.all() and obs["mask_none"].all()
-    for col in ("recency", "frequency", "monetary", "tenure", "stage", "segment", "last_contact",
-                "recent_contacts", "product_credit_card", "opted_out_sms"):
+    for col in (
+        "recency",
+        "frequency",
+        "monetary",
+        "tenure",
+        "stage",
+        "segment",
+        "last_contact",
+        "recent_contacts",
+        "product_credit_card",
+        "opted_out_sms",
+    ):
         assert col in obs
     # off by default, and recording changes nothing in the history
     h2, t2 = generate_bank_history(CFG)
@@ -175,18 +189,25 @@ def test_control_variate_mean_and_estimates(truths):
 def test_control_mean_closed_form(world):
     """control_mean against a direct Monte Carlo of the customers' latent draws (no simulation)."""
     from experiments.ope.truth import control_mean
+
     cfg = BankConfig(customers=1, weeks=60, seed=0, decision_every=3)
     rng = np.random.default_rng(0)
     n = 400_000
     shares = np.array([s.share for s in world.segments])
     g = rng.choice(len(shares), n, p=shares / shares.sum())
-    par = lambda key, f: np.array([getattr(s, key)[f] for s in world.segments])[g]   # noqa: E731
+    par = lambda key, f: np.array([getattr(s, key)[f] for s in world.segments])[g]  # noqa: E731
     lam = rng.gamma(par("activity", "r")) / par("activity", "alpha")
     mu = rng.gamma(par("activity", "s")) / par("activity", "beta")
     inv_nu = par("spend", "gamma") / rng.gamma(par("spend", "q"))
     birth = rng.integers(0, int(cfg.birth_share * cfg.weeks), n)
     off = rng.integers(0, cfg.decision_every, n)
     first = np.minimum(birth + np.mod(-(birth + off), cfg.decision_every), cfg.weeks)
-    alive = lambda T: -np.expm1(-mu * T) / mu   # noqa: E731
-    X = world.economics.margin_rate * lam * par("spend", "p") * inv_nu * (alive(cfg.weeks - birth) - alive(first - birth))
+    alive = lambda T: -np.expm1(-mu * T) / mu  # noqa: E731
+    X = (
+        world.economics.margin_rate
+        * lam
+        * par("spend", "p")
+        * inv_nu
+        * (alive(cfg.weeks - birth) - alive(first - birth))
+    )
     assert abs(X.mean() - control_mean(cfg, world)) < Z * X.std() / np.sqrt(n)

@@ -7,6 +7,7 @@ cents, shares in integer percent), enumerates all (J+1)^n plans of a customer-le
 checks every constraint in exact integer arithmetic, so float ties in the solvers cannot hide
 behind the same float ties in the test.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -30,23 +31,29 @@ from optimizer.values import ValueTable, ValueTableError, load_values
 from sim.errors import ConfigError
 
 # OPTIMIZER_EXAMPLES=1000 for a longer hunt; 60 keeps the file fast
-PROPERTY = settings(max_examples=int(os.environ.get("OPTIMIZER_EXAMPLES", "60")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(
+    max_examples=int(os.environ.get("OPTIMIZER_EXAMPLES", "60")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 REPAIR_MSG = "found no feasible plan although one exists"
 
 
 # ---- random small instances and the brute-force oracle ----------------------------------------
 
+
 @dataclass
 class Instance:
     """A small allocation instance as drawn: row i is customer f"u{i}" (or a segment-level row
     standing for count[i] customers), action j is f"a{j}"; money in integer cents."""
-    seg: np.ndarray          # (n,) segment index
-    chan: np.ndarray         # (J,) channel index of each action
-    elig: np.ndarray         # (n, J) bool
-    value: np.ndarray        # (n, J) int cents (may be negative)
-    cost: np.ndarray         # (n, J) int cents >= 0
-    count: np.ndarray        # (n,) customers per row
-    cons: list               # (kind, scope, key index, limit): limit in cents / units / percent
+
+    seg: np.ndarray  # (n,) segment index
+    chan: np.ndarray  # (J,) channel index of each action
+    elig: np.ndarray  # (n, J) bool
+    value: np.ndarray  # (n, J) int cents (may be negative)
+    cost: np.ndarray  # (n, J) int cents >= 0
+    count: np.ndarray  # (n,) customers per row
+    cons: list  # (kind, scope, key index, limit): limit in cents / units / percent
 
     @property
     def n(self) -> int:
@@ -60,8 +67,14 @@ class Instance:
         rows = []
         for i in range(self.n):
             for j in np.flatnonzero(self.elig[i]):
-                row = {"customer_id": f"u{i}", "segment": f"s{self.seg[i]}", "action": f"a{j}",
-                       "channel": f"c{self.chan[j]}", "value": self.value[i, j] / 100, "cost": self.cost[i, j] / 100}
+                row = {
+                    "customer_id": f"u{i}",
+                    "segment": f"s{self.seg[i]}",
+                    "action": f"a{j}",
+                    "channel": f"c{self.chan[j]}",
+                    "value": self.value[i, j] / 100,
+                    "cost": self.cost[i, j] / 100,
+                }
                 if with_count:
                     row["count"] = int(self.count[i])
                 rows.append(row)
@@ -116,7 +129,7 @@ class Instance:
             elif kind == "min-coverage":
                 covered = units[:, self.seg == key, :].sum(axis=(1, 2))
                 ok &= 100 * covered >= limit * sizes[key]
-            else:   # max-share: 100 * spend of the segment <= limit% of total spend
+            else:  # max-share: 100 * spend of the segment <= limit% of total spend
                 seg_spend = (units[:, self.seg == key, :] * self.cost[self.seg == key]).sum(axis=(1, 2))
                 ok &= 100 * seg_spend <= limit * spend
         return ok
@@ -193,6 +206,7 @@ def instances(draw, max_rows: int = 7, max_count: int = 1) -> Instance:
 
 # ---- (a) exact engine = brute force ----------------------------------------------------------
 
+
 @PROPERTY
 @given(inst=instances())
 def test_exact_allocation_matches_brute_force(inst):
@@ -223,6 +237,7 @@ def test_exact_allocation_matches_brute_force(inst):
 
 # ---- (b) Lagrangian engine: feasible, certified, honest ------------------------------------
 
+
 @PROPERTY
 @given(inst=instances())
 def test_lagrangian_is_feasible_and_certified(inst):
@@ -233,7 +248,9 @@ def test_lagrangian_is_feasible_and_certified(inst):
 
     r = solve_lagrangian(problem)
     ok, value = inst.check_plan(problem.table, inst.choice_units(problem.table, r.choice))
-    event(f"instance {'feasible' if feasible else 'infeasible'}, engine plan {'feasible' if r.feasible else 'infeasible'}")
+    event(
+        f"instance {'feasible' if feasible else 'infeasible'}, engine plan {'feasible' if r.feasible else 'infeasible'}"
+    )
     assert r.feasible == ok, "the feasible flag must say whether the plan meets every constraint"
     if not feasible:
         assert not r.feasible
@@ -269,6 +286,7 @@ def test_lagrangian_is_feasible_and_certified(inst):
 
 # ---- (c) the MIP backends agree ---------------------------------------------------------------
 
+
 @PROPERTY
 @given(inst=instances())
 def test_mip_backends_agree_with_brute_force(inst):
@@ -289,6 +307,7 @@ def test_mip_backends_agree_with_brute_force(inst):
 
 
 # ---- (d) segment-level tables = the same customers one row each ------------------------------
+
 
 @PROPERTY
 @given(inst=instances(max_rows=4, max_count=4))
@@ -316,9 +335,15 @@ def test_segment_level_table_equals_expanded_table(inst):
 
 def test_oracle_sanity():
     """The oracle on a hand-checked instance: 3 customers, budget 3, coverage 1 of 3."""
-    inst = Instance(seg=np.zeros(3, dtype=int), chan=np.zeros(1, dtype=int), elig=np.ones((3, 1), dtype=bool),
-                    value=np.array([[-100], [100], [400]]), cost=np.array([[100], [200], [400]]),
-                    count=np.ones(3, dtype=int), cons=[("budget", "total", None, 300), ("min-coverage", "segment", 0, 30)])
+    inst = Instance(
+        seg=np.zeros(3, dtype=int),
+        chan=np.zeros(1, dtype=int),
+        elig=np.ones((3, 1), dtype=bool),
+        value=np.array([[-100], [100], [400]]),
+        cost=np.array([[100], [200], [400]]),
+        count=np.ones(3, dtype=int),
+        cons=[("budget", "total", None, 300), ("min-coverage", "segment", 0, 30)],
+    )
     assert inst.brute_force() == (1.0, True)
     inst.cons = [("budget", "total", None, 300), ("min-coverage", "segment", 0, 100)]
     assert inst.brute_force()[1] is False
@@ -326,30 +351,57 @@ def test_oracle_sanity():
 
 # ---- bugs found by the properties, as minimal reproductions ------------------------------------
 
+
 def _one_customer(value=1.0, cost=1.0) -> ValueTable:
-    return ValueTable.from_frame(pd.DataFrame({"customer_id": ["u0"], "segment": ["s0"], "action": ["a"],
-                                               "channel": ["c"], "value": [value], "cost": [cost]}))
+    return ValueTable.from_frame(
+        pd.DataFrame(
+            {
+                "customer_id": ["u0"],
+                "segment": ["s0"],
+                "action": ["a"],
+                "channel": ["c"],
+                "value": [value],
+                "cost": [cost],
+            }
+        )
+    )
 
 
 @pytest.mark.parametrize("method", ["exact", "lagrangian"])
 def test_infeasible_max_share_with_coverage_is_diagnosed(method):
     # one customer who must be covered (cost 1) in a segment allowed at most half the spend
-    problem = AllocationProblem(_one_customer(), [budget_constraint(10),
-                                                  parse_constraint("min-coverage", "segment:s0=1"),
-                                                  parse_constraint("max-share", "segment:s0=0.5")])
+    problem = AllocationProblem(
+        _one_customer(),
+        [
+            budget_constraint(10),
+            parse_constraint("min-coverage", "segment:s0=1"),
+            parse_constraint("max-share", "segment:s0=0.5"),
+        ],
+    )
     with pytest.raises(InfeasibleError) as info:
         allocate(problem, method=method)
     assert set(info.value.diagnosis.conflicts) >= {"min-coverage segment:s0", "max-share segment:s0"}
 
 
 def _three_customers() -> ValueTable:
-    return ValueTable.from_frame(pd.DataFrame({"customer_id": ["u0", "u1", "u2"], "segment": "s", "action": "a",
-                                               "channel": "c", "value": [-1.0, 1.0, 4.0], "cost": [1.0, 2.0, 4.0]}))
+    return ValueTable.from_frame(
+        pd.DataFrame(
+            {
+                "customer_id": ["u0", "u1", "u2"],
+                "segment": "s",
+                "action": "a",
+                "channel": "c",
+                "value": [-1.0, 1.0, 4.0],
+                "cost": [1.0, 2.0, 4.0],
+            }
+        )
+    )
 
 
 def test_lagrangian_repair_swaps_under_budget_and_coverage():
-    problem = AllocationProblem(_three_customers(), [budget_constraint(3),
-                                                     parse_constraint("min-coverage", "segment:s=0.3")])
+    problem = AllocationProblem(
+        _three_customers(), [budget_constraint(3), parse_constraint("min-coverage", "segment:s=0.3")]
+    )
     assert allocate(problem, method="exact").objective == pytest.approx(1.0)
     r = solve_lagrangian(problem)
     assert r.feasible
@@ -364,10 +416,17 @@ def test_lagrangian_frontier_never_reports_a_plan_over_budget():
 
 # ---- LP duality on a bank-sized instance ------------------------------------------------------
 
+
 def _bank_problem(seed: int, budget: float = 8000.0, n: int = 2000) -> AllocationProblem:
-    return AllocationProblem(bank_like_table(n, seed=seed), [
-        budget_constraint(budget), parse_constraint("capacity", "channel:rm=150"),
-        parse_constraint("min-coverage", "segment:small=0.97"), parse_constraint("max-share", "segment:affluent=0.2")])
+    return AllocationProblem(
+        bank_like_table(n, seed=seed),
+        [
+            budget_constraint(budget),
+            parse_constraint("capacity", "channel:rm=150"),
+            parse_constraint("min-coverage", "segment:small=0.97"),
+            parse_constraint("max-share", "segment:affluent=0.2"),
+        ],
+    )
 
 
 @pytest.mark.parametrize("seed", [3, 11])
@@ -378,7 +437,7 @@ def test_lagrangian_bound_and_prices_match_the_lp(seed):
     assert (lp.duals > 1e-4).all(), f"every constraint should bind: duals {lp.duals}"
     r = solve_lagrangian(problem)
     assert r.feasible
-    assert r.bound == pytest.approx(lp.objective, rel=1e-6)        # Lagrangian dual = LP relaxation
+    assert r.bound == pytest.approx(lp.objective, rel=1e-6)  # Lagrangian dual = LP relaxation
     assert r.gap <= 5e-4
     assert r.objective <= lp.objective + 1e-6
     assert r.multipliers[0] == pytest.approx(lp.duals[0], rel=0.02)
@@ -401,15 +460,19 @@ def test_lagrangian_bound_and_prices_match_the_lp(seed):
             assert u["used"] <= u["limit"] + 1e-9, u
     prices = {p["constraint"]: p for p in summary["shadow_prices"]}
     assert prices["budget"]["shadow_price"] == pytest.approx(lp.duals[0], rel=0.02)
-    assert prices["min-coverage segment:small"]["shadow_price"] < 0     # more coverage costs value
+    assert prices["min-coverage segment:small"]["shadow_price"] < 0  # more coverage costs value
 
 
 # ---- frontier -----------------------------------------------------------------------------------
 
+
 def test_frontier_is_monotone_warm_equals_cold_and_reports_infeasible_budgets():
     t = bank_like_table(2000, seed=3)
-    cons = [parse_constraint("capacity", "channel:rm=150"), parse_constraint("min-coverage", "segment:small=0.97"),
-            parse_constraint("max-share", "segment:affluent=0.2")]
+    cons = [
+        parse_constraint("capacity", "channel:rm=150"),
+        parse_constraint("min-coverage", "segment:small=0.97"),
+        parse_constraint("max-share", "segment:affluent=0.2"),
+    ]
     problem = AllocationProblem(t, cons)
     need = diagnose(AllocationProblem(t, [budget_constraint(1e12)] + cons)).smallest_budget
     assert need > 0
@@ -428,8 +491,10 @@ def test_frontier_is_monotone_warm_equals_cold_and_reports_infeasible_budgets():
     for prev, p in zip(solved, solved[1:]):
         assert p["objective"] >= prev["objective"] - 1e-9
         assert p["bound"] >= prev["bound"] - 1e-6
-        assert p["marginal_value"] == pytest.approx((p["objective"] - prev["objective"]) / (p["budget"] - prev["budget"]))
-        assert p["budget_shadow_price"] <= prev["budget_shadow_price"] * (1 + 1e-3)    # concave LP value
+        assert p["marginal_value"] == pytest.approx(
+            (p["objective"] - prev["objective"]) / (p["budget"] - prev["budget"])
+        )
+        assert p["budget_shadow_price"] <= prev["budget_shadow_price"] * (1 + 1e-3)  # concave LP value
     for p in solved:
         assert p["spend"] <= p["budget"] + 1e-6
         assert p["objective"] <= p["bound"] + 1e-6
@@ -465,11 +530,16 @@ def test_frontier_rejects_bad_budgets():
 
 # ---- infeasibility diagnosis ------------------------------------------------------------------
 
+
 def test_budget_too_small_for_coverage_names_both_and_gives_the_smallest_budget():
     t = bank_like_table(1000, seed=5)
-    cons = [budget_constraint(50), parse_constraint("capacity", "channel:email=20"),
-            parse_constraint("capacity", "channel:push=20"), parse_constraint("min-coverage", "segment:small=0.5"),
-            parse_constraint("min-coverage", "segment:mass=0.1")]
+    cons = [
+        budget_constraint(50),
+        parse_constraint("capacity", "channel:email=20"),
+        parse_constraint("capacity", "channel:push=20"),
+        parse_constraint("min-coverage", "segment:small=0.5"),
+        parse_constraint("min-coverage", "segment:mass=0.1"),
+    ]
     problem = AllocationProblem(t, cons)
     with pytest.raises(InfeasibleError) as info:
         allocate(problem)
@@ -495,10 +565,16 @@ def test_budget_too_small_for_coverage_names_both_and_gives_the_smallest_budget(
 
 def test_lagrangian_allocates_at_the_reported_smallest_budget():
     t = bank_like_table(1000, seed=5)
-    problem = AllocationProblem(t, [budget_constraint(50), parse_constraint("capacity", "channel:email=20"),
-                                    parse_constraint("capacity", "channel:push=20"),
-                                    parse_constraint("min-coverage", "segment:small=0.5"),
-                                    parse_constraint("min-coverage", "segment:mass=0.1")])
+    problem = AllocationProblem(
+        t,
+        [
+            budget_constraint(50),
+            parse_constraint("capacity", "channel:email=20"),
+            parse_constraint("capacity", "channel:push=20"),
+            parse_constraint("min-coverage", "segment:small=0.5"),
+            parse_constraint("min-coverage", "segment:mass=0.1"),
+        ],
+    )
     smallest = diagnose(problem).smallest_budget
     for factor in (1.0, 1.1):
         a = allocate(problem.with_limit(0, factor * smallest), method="lagrangian")
@@ -508,8 +584,11 @@ def test_lagrangian_allocates_at_the_reported_smallest_budget():
 def test_capacity_below_coverage_names_both_and_no_budget_helps():
     t = bank_like_table(1000, seed=5)
     small = int(t.segment_sizes()[t.segments.index("small")])
-    cons = [budget_constraint(1e6)] + [parse_constraint("capacity", f"channel:{c}=5") for c in t.channels] + \
-        [parse_constraint("min-coverage", "segment:small=0.9"), parse_constraint("max-share", "segment:mass=0.9")]
+    cons = (
+        [budget_constraint(1e6)]
+        + [parse_constraint("capacity", f"channel:{c}=5") for c in t.channels]
+        + [parse_constraint("min-coverage", "segment:small=0.9"), parse_constraint("max-share", "segment:mass=0.9")]
+    )
     problem = AllocationProblem(t, cons)
     assert 5 * len(t.channels) < 0.9 * small
     for method in ("exact", "lagrangian"):
@@ -519,35 +598,47 @@ def test_capacity_below_coverage_names_both_and_no_budget_helps():
         assert d.smallest_budget is None
         assert "min-coverage segment:small" in d.conflicts
         assert all(c.startswith("capacity channel:") or c == "min-coverage segment:small" for c in d.conflicts)
-        assert len(d.conflicts) == 1 + len(t.channels)    # minimal: every channel's cap is needed
+        assert len(d.conflicts) == 1 + len(t.channels)  # minimal: every channel's cap is needed
         assert "no budget would do" in str(info.value)
         assert "--capacity channel:rm=5" in str(info.value)
 
 
 def test_coverage_beyond_eligibility_is_diagnosed_alone():
-    frame = pd.DataFrame({"customer_id": ["u0", "u1"], "segment": "s", "action": ["a", "b"], "channel": "c",
-                          "value": [1.0, 2.0], "cost": [1.0, 1.0]})
+    frame = pd.DataFrame(
+        {
+            "customer_id": ["u0", "u1"],
+            "segment": "s",
+            "action": ["a", "b"],
+            "channel": "c",
+            "value": [1.0, 2.0],
+            "cost": [1.0, 1.0],
+        }
+    )
     frame.loc[2] = ["u2", "t", "a", "c", 1.0, 1.0]
     t = ValueTable.from_frame(frame)
-    problem = AllocationProblem(t, [parse_constraint("capacity", "action:a=1"),
-                                    parse_constraint("min-coverage", "segment:s=1")])
-    assert allocate(problem).objective == pytest.approx(3.0)       # u0 gets a, u1 gets b, u2 nothing
-    problem = AllocationProblem(t, [parse_constraint("capacity", "action:a=0"),
-                                    parse_constraint("min-coverage", "segment:s=1")])
+    problem = AllocationProblem(
+        t, [parse_constraint("capacity", "action:a=1"), parse_constraint("min-coverage", "segment:s=1")]
+    )
+    assert allocate(problem).objective == pytest.approx(3.0)  # u0 gets a, u1 gets b, u2 nothing
+    problem = AllocationProblem(
+        t, [parse_constraint("capacity", "action:a=0"), parse_constraint("min-coverage", "segment:s=1")]
+    )
     d = diagnose(problem)
     assert not d.feasible and set(d.conflicts) == {"capacity action:a", "min-coverage segment:s"}
 
 
 # ---- value tables: validation -----------------------------------------------------------------
 
-BASE = pd.DataFrame({
-    "customer_id": ["c1", "c1", "c2", "c3", "c3"],
-    "segment": ["mass", "mass", "mass", "small", "small"],
-    "action": ["email_offer", "rm_call", "email_offer", "rm_call", "push_bonus"],
-    "channel": ["email", "rm", "email", "rm", "push"],
-    "value": [1.0, 2.0, 0.5, -1.0, 0.2],
-    "cost": [0.1, 5.0, 0.1, 5.0, 0.0],
-})
+BASE = pd.DataFrame(
+    {
+        "customer_id": ["c1", "c1", "c2", "c3", "c3"],
+        "segment": ["mass", "mass", "mass", "small", "small"],
+        "action": ["email_offer", "rm_call", "email_offer", "rm_call", "push_bonus"],
+        "channel": ["email", "rm", "email", "rm", "push"],
+        "value": [1.0, 2.0, 0.5, -1.0, 0.2],
+        "cost": [0.1, 5.0, 0.1, 5.0, 0.0],
+    }
+)
 BASE_CSV = BASE.to_csv(index=False)
 
 
@@ -558,6 +649,7 @@ def _set(i, col, v):
             df[col] = df[col].astype(object)
         df.loc[i, col] = v
         return df
+
     return edit
 
 
@@ -572,33 +664,69 @@ bad_value_tables = [
     ("NaN value", _set(2, "value", np.nan), 3, "value", "NaN"),
     ("infinite cost", _set(1, "cost", np.inf), 2, "cost", "infinite"),
     ("negative cost", _set(3, "cost", -1.5), 4, "cost", "negative cost -1.5"),
-    ("duplicate customer and action", lambda df: pd.concat([df, df.iloc[[2]]], ignore_index=True), 6, "action",
-     "duplicate row for customer 'c2' and action 'email_offer'"),
+    (
+        "duplicate customer and action",
+        lambda df: pd.concat([df, df.iloc[[2]]], ignore_index=True),
+        6,
+        "action",
+        "duplicate row for customer 'c2' and action 'email_offer'",
+    ),
     ("action none", _set(4, "action", "none"), 5, "action", "'none' is implicit"),
     ("action None, any case", _set(4, "action", " None"), 5, "action", "'none' is implicit"),
-    ("segment changes within a customer", _set(1, "segment", "small"), 2, "segment",
-     "customer 'c1' has segment 'small' here but 'mass' on an earlier row"),
-    ("channel changes within an action", _set(3, "channel", "sms"), 4, "channel",
-     "action 'rm_call' has channel 'sms' here but 'rm' on an earlier row"),
+    (
+        "segment changes within a customer",
+        _set(1, "segment", "small"),
+        2,
+        "segment",
+        "customer 'c1' has segment 'small' here but 'mass' on an earlier row",
+    ),
+    (
+        "channel changes within an action",
+        _set(3, "channel", "sms"),
+        4,
+        "channel",
+        "action 'rm_call' has channel 'sms' here but 'rm' on an earlier row",
+    ),
     ("count 0", _with_count([1, 1, 0, 1, 1]), 3, "count", "not a whole number >= 1"),
     ("count 1.5", _with_count([1, 1, 1.5, 1, 1]), 3, "count", "1.5 is not a whole number >= 1"),
     ("empty customer_id", _set(2, "customer_id", ""), 3, "customer_id", "empty"),
     ("blank customer_id", _set(2, "customer_id", "   "), 3, "customer_id", "empty"),
     ("missing customer_id", _set(2, "customer_id", None), 3, "customer_id", "empty"),
     ("no rows", lambda df: df.iloc[:0], None, None, "no rows"),
-    ("CSV: non-numeric value", lambda text: text.replace("c2,mass,email_offer,email,0.5", "c2,mass,email_offer,email,abc"),
-     4, "value", "'abc' is not a number"),
-    ("CSV: non-numeric cost", lambda text: text.replace("small,rm_call,rm,-1.0,5.0", "small,rm_call,rm,-1.0,five"),
-     5, "cost", "'five' is not a number"),
-    ("CSV: empty cost cell", lambda text: text.replace("small,push_bonus,push,0.2,0.0", "small,push_bonus,push,0.2,"),
-     6, "cost", "missing"),
-    ("CSV: missing segment column", lambda text: text.replace("segment,", "segmnet,", 1), None, "segment",
-     "missing column"),
+    (
+        "CSV: non-numeric value",
+        lambda text: text.replace("c2,mass,email_offer,email,0.5", "c2,mass,email_offer,email,abc"),
+        4,
+        "value",
+        "'abc' is not a number",
+    ),
+    (
+        "CSV: non-numeric cost",
+        lambda text: text.replace("small,rm_call,rm,-1.0,5.0", "small,rm_call,rm,-1.0,five"),
+        5,
+        "cost",
+        "'five' is not a number",
+    ),
+    (
+        "CSV: empty cost cell",
+        lambda text: text.replace("small,push_bonus,push,0.2,0.0", "small,push_bonus,push,0.2,"),
+        6,
+        "cost",
+        "missing",
+    ),
+    (
+        "CSV: missing segment column",
+        lambda text: text.replace("segment,", "segmnet,", 1),
+        None,
+        "segment",
+        "missing column",
+    ),
 ]
 
 
-@pytest.mark.parametrize("what, edit, row, column, fragment", bad_value_tables,
-                         ids=[case[0] for case in bad_value_tables])
+@pytest.mark.parametrize(
+    "what, edit, row, column, fragment", bad_value_tables, ids=[case[0] for case in bad_value_tables]
+)
 def test_bad_value_tables_name_file_row_and_column(tmp_path, what, edit, row, column, fragment):
     if what.startswith("CSV"):
         path = tmp_path / "values.csv"
@@ -629,21 +757,21 @@ def test_base_value_table_is_valid_and_packed():
 
 
 def test_row_numbers_in_csv_and_parquet_files(tmp_path):
-    bad = _set(3, "cost", -1.5)(BASE)           # the fourth data row
+    bad = _set(3, "cost", -1.5)(BASE)  # the fourth data row
     csv, pq = tmp_path / "v.csv", tmp_path / "v.parquet"
     bad.to_csv(csv, index=False)
     bad.to_parquet(pq, index=False)
     with pytest.raises(ValueTableError) as info:
         load_values(csv)
-    assert (info.value.file, info.value.row, info.value.column) == (str(csv), 5, "cost")     # header = row 1
+    assert (info.value.file, info.value.row, info.value.column) == (str(csv), 5, "cost")  # header = row 1
     with pytest.raises(ValueTableError) as info:
         load_values(pq)
-    assert (info.value.file, info.value.row, info.value.column) == (str(pq), 4, "cost")      # 1-based data row
+    assert (info.value.file, info.value.row, info.value.column) == (str(pq), 4, "cost")  # 1-based data row
     assert str(info.value) == f"{pq}, row 4, column 'cost': negative cost -1.5"
 
 
 def test_csv_and_parquet_load_the_same_table(tmp_path):
-    frame = BASE.assign(customer_id=["007", "007", "010", "1e3", "1e3"])   # ids stay strings
+    frame = BASE.assign(customer_id=["007", "007", "010", "1e3", "1e3"])  # ids stay strings
     frame.to_csv(tmp_path / "v.csv", index=False)
     frame.to_parquet(tmp_path / "v.parquet", index=False)
     a, b = load_values(tmp_path / "v.csv"), load_values(tmp_path / "v.parquet")
@@ -677,6 +805,7 @@ def test_from_frame_mixed_type_column_names_the_row():
 
 
 # ---- constraints: parsing and binding to a table ----------------------------------------------
+
 
 def test_parse_constraint_accepts_the_documented_forms():
     c = parse_constraint("capacity", " channel : rm = 5000 ")
@@ -720,11 +849,19 @@ def test_budget_must_be_finite_and_non_negative(budget):
 bad_bindings = [
     ("unknown channel", [parse_constraint("capacity", "channel:fax=3")], "no channel 'fax'", "email, push, rm"),
     ("unknown action", [parse_constraint("capacity", "action:call=3")], "no action 'call'", "email_offer"),
-    ("unknown coverage segment", [parse_constraint("min-coverage", "segment:gold=0.5")], "no segment 'gold'",
-     "mass, small"),
+    (
+        "unknown coverage segment",
+        [parse_constraint("min-coverage", "segment:gold=0.5")],
+        "no segment 'gold'",
+        "mass, small",
+    ),
     ("unknown share segment", [parse_constraint("max-share", "segment:gold=0.5")], "no segment 'gold'", "mass, small"),
-    ("same capacity twice", [parse_constraint("capacity", "channel:rm=3"), parse_constraint("capacity", "channel:rm=4")],
-     "capacity channel:rm is given twice", ""),
+    (
+        "same capacity twice",
+        [parse_constraint("capacity", "channel:rm=3"), parse_constraint("capacity", "channel:rm=4")],
+        "capacity channel:rm is given twice",
+        "",
+    ),
     ("budget twice", [budget_constraint(1), budget_constraint(2)], "budget is given twice", ""),
 ]
 
@@ -737,31 +874,55 @@ def test_constraints_must_name_what_the_table_has(what, cons, fragment, listed):
 
 
 def test_linear_form_of_each_constraint():
-    t = ValueTable.from_frame(BASE)      # segments mass (c1, c2), small (c3)
-    p = AllocationProblem(t, [budget_constraint(10), parse_constraint("capacity", "channel:rm=1"),
-                              parse_constraint("min-coverage", "segment:mass=0.6"),
-                              parse_constraint("max-share", "segment:small=0.25")])
-    assert list(p.b) == [10.0, 1.0, -2.0, 0.0]          # ceil(0.6 * 2) customers of mass
+    t = ValueTable.from_frame(BASE)  # segments mass (c1, c2), small (c3)
+    p = AllocationProblem(
+        t,
+        [
+            budget_constraint(10),
+            parse_constraint("capacity", "channel:rm=1"),
+            parse_constraint("min-coverage", "segment:mass=0.6"),
+            parse_constraint("max-share", "segment:small=0.25"),
+        ],
+    )
+    assert list(p.b) == [10.0, 1.0, -2.0, 0.0]  # ceil(0.6 * 2) customers of mass
     # plan: c1 rm_call (5.0), c2 email_offer (0.1), c3 push_bonus (0.0)
     choice = np.array([2, 0, 1])
     obj, usage = p.evaluate_choice(choice)
     assert obj == pytest.approx(2.0 + 0.5 + 0.2)
     assert usage == pytest.approx([5.1, 1.0, -2.0, 0.0 - 0.25 * 5.1])
     assert p.feasible(usage)
-    assert not p.feasible(p.evaluate_choice(np.array([2, 0, 2]))[1])    # two rm calls, small spends 5 of 10.1
+    assert not p.feasible(p.evaluate_choice(np.array([2, 0, 2]))[1])  # two rm calls, small spends 5 of 10.1
 
 
 # ---- the per-customer plan --------------------------------------------------------------------
 
-PLAN_COLUMNS = ["customer_id", "segment", "action", "channel", "value", "cost", "priced_cost", "net_value",
-                "runner_up", "runner_up_net_value", "margin", "priced_best"]
+PLAN_COLUMNS = [
+    "customer_id",
+    "segment",
+    "action",
+    "channel",
+    "value",
+    "cost",
+    "priced_cost",
+    "net_value",
+    "runner_up",
+    "runner_up_net_value",
+    "margin",
+    "priced_best",
+]
 
 
 @pytest.mark.parametrize("method", ["exact", "lagrangian"])
 def test_plan_frame_has_one_explained_row_per_customer(method):
     t = bank_like_table(600, seed=4)
-    problem = AllocationProblem(t, [budget_constraint(1500), parse_constraint("capacity", "channel:rm=20"),
-                                    parse_constraint("min-coverage", "segment:small=0.8")])
+    problem = AllocationProblem(
+        t,
+        [
+            budget_constraint(1500),
+            parse_constraint("capacity", "channel:rm=20"),
+            parse_constraint("min-coverage", "segment:small=0.8"),
+        ],
+    )
     a = allocate(problem, method=method)
     plan = a.plan_frame()
     assert list(plan.columns) == PLAN_COLUMNS
@@ -780,14 +941,22 @@ def test_plan_frame_has_one_explained_row_per_customer(method):
     best = plan["priced_best"].to_numpy()
     assert (plan.loc[best, "margin"] >= -1e-9).all()
     assert (plan.loc[~best, "margin"] < 0).all()
-    assert best.mean() > 0.9       # the priced choice explains nearly every customer
+    assert best.mean() > 0.9  # the priced choice explains nearly every customer
     assert (plan["runner_up"] != plan["action"]).all()
 
 
 def test_plan_frame_for_a_segment_level_table():
-    frame = pd.DataFrame({"customer_id": ["g1", "g1", "g2"], "segment": ["a", "a", "b"], "action": ["x", "y", "x"],
-                          "channel": ["e", "r", "e"], "value": [1.0, 3.0, 2.0], "cost": [1.0, 4.0, 1.0],
-                          "count": [5, 5, 3]})
+    frame = pd.DataFrame(
+        {
+            "customer_id": ["g1", "g1", "g2"],
+            "segment": ["a", "a", "b"],
+            "action": ["x", "y", "x"],
+            "channel": ["e", "r", "e"],
+            "value": [1.0, 3.0, 2.0],
+            "cost": [1.0, 4.0, 1.0],
+            "count": [5, 5, 3],
+        }
+    )
     problem = AllocationProblem(ValueTable.from_frame(frame), [budget_constraint(10)])
     a = allocate(problem)
     # best: 3 x on g2 (value 6, cost 3) + 1 y on g1 (3, cost 4) + 3 x on g1 (3, cost 3) = 12 at cost 10
@@ -800,11 +969,16 @@ def test_plan_frame_for_a_segment_level_table():
 
 
 def test_lagrangian_result_does_not_depend_on_the_thread_count():
-    from optimizer.lagrangian import DualEngine
     from optimizer.instances import bank_like_table
+    from optimizer.lagrangian import DualEngine
+
     table = bank_like_table(3000, seed=4)
-    cons = [budget_constraint(3000), parse_constraint("capacity", "channel:rm=30"),
-            parse_constraint("min-coverage", "segment:small=0.85"), parse_constraint("max-share", "segment:affluent=0.25")]
+    cons = [
+        budget_constraint(3000),
+        parse_constraint("capacity", "channel:rm=30"),
+        parse_constraint("min-coverage", "segment:small=0.85"),
+        parse_constraint("max-share", "segment:affluent=0.25"),
+    ]
     results = []
     for threads in (1, 2):
         problem = AllocationProblem(table, cons)

@@ -3,6 +3,7 @@
 Run in-process through typer's CliRunner (stdout and stderr apart); the checks of what reaches
 file descriptor 1 and what `--help` imports use a fresh interpreter.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from cli_runner import clv, ok_json
+
 from optimizer.instances import bank_like_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,11 +56,28 @@ def small_csv(tmp_path_factory) -> Path:
 
 # ---- allocate -------------------------------------------------------------------------------
 
+
 def test_allocate_json_and_plan(values_file, tmp_path):
     out = tmp_path / "plan.parquet"
-    doc = ok_json(clv("allocate", values_file, "--budget", 2000, "--capacity", "channel:rm=40",
-                      "--min-coverage", "segment:small=0.9", "--max-share", "segment:affluent=0.25",
-                      "--method", "exact", "--out", out, "--json"))
+    doc = ok_json(
+        clv(
+            "allocate",
+            values_file,
+            "--budget",
+            2000,
+            "--capacity",
+            "channel:rm=40",
+            "--min-coverage",
+            "segment:small=0.9",
+            "--max-share",
+            "segment:affluent=0.25",
+            "--method",
+            "exact",
+            "--out",
+            out,
+            "--json",
+        )
+    )
     for key in SUMMARY_KEYS:
         assert key in doc, key
     assert doc["spend"] <= 2000 + 1e-6
@@ -74,7 +92,7 @@ def test_allocate_json_and_plan(values_file, tmp_path):
     assert usage["min-coverage segment:small"]["covered"] >= usage["min-coverage segment:small"]["required"]
     assert usage["max-share segment:affluent"]["used"] <= 0.25 + 1e-9
     assert all(isinstance(s["shadow_price"], float) for s in doc["shadow_prices"])
-    assert doc["shadow_prices"][0]["shadow_price"] > 0          # the budget binds at 2,000
+    assert doc["shadow_prices"][0]["shadow_price"] > 0  # the budget binds at 2,000
 
     plan = pd.read_parquet(out)
     assert len(plan) == 1000 and plan["customer_id"].is_unique
@@ -90,8 +108,11 @@ def test_allocate_reads_csv_and_prints_a_human_summary(small_csv):
     r = clv("allocate", small_csv, "--budget", 300, "--capacity", "channel:branch=5")
     assert r.exit_code == 0, r.stderr
     assert "value" in r.stdout and "gap" in r.stdout and "capacity channel:branch" in r.stdout
-    doc = ok_json(clv("allocate", small_csv, "--budget", 300, "--capacity", "channel:branch=5", "--method",
-                      "lagrangian", "--json"))
+    doc = ok_json(
+        clv(
+            "allocate", small_csv, "--budget", 300, "--capacity", "channel:branch=5", "--method", "lagrangian", "--json"
+        )
+    )
     assert doc["method"] == "lagrangian" and doc["spend"] <= 300 + 1e-6
     assert doc["gap"] <= 0.05 and doc["bound"] >= doc["objective"]
 
@@ -110,8 +131,11 @@ def test_allocate_infeasible_budget(values_file, tmp_path):
     assert doc["smallest_budget"] > 1 and f"{doc['smallest_budget']:,.2f}" in doc["message"]
     assert not out.exists()
     # the reported smallest budget is enough
-    ok = ok_json(clv("allocate", values_file, "--budget", doc["smallest_budget"], "--min-coverage",
-                     "segment:small=0.9", "--json"))
+    ok = ok_json(
+        clv(
+            "allocate", values_file, "--budget", doc["smallest_budget"], "--min-coverage", "segment:small=0.9", "--json"
+        )
+    )
     assert ok["spend"] <= doc["smallest_budget"] + 1e-9
 
 
@@ -122,15 +146,17 @@ def test_allocate_infeasible_capacity(values_file):
     assert "no budget would do" in line and "--capacity channel:rm=2" in line and "--min-coverage" in line
     doc = json.loads(r.stdout)
     assert doc["status"] == "infeasible" and doc["smallest_budget"] is None
-    assert set(doc["conflicts"]) == {f"capacity channel:{c}" for c in ("branch", "email", "push", "rm", "sms")} | \
-        {"min-coverage segment:small"}
+    assert set(doc["conflicts"]) == {f"capacity channel:{c}" for c in ("branch", "email", "push", "rm", "sms")} | {
+        "min-coverage segment:small"
+    }
 
 
 def test_allocate_infeasible_share_and_coverage(tmp_path):
     path = tmp_path / "one.csv"
     path.write_text("customer_id,segment,action,channel,value,cost\nu0,s0,a,c,1,1\n")
-    r = clv("allocate", path, "--budget", 10, "--min-coverage", "segment:s0=1", "--max-share", "segment:s0=0.5",
-            "--json")
+    r = clv(
+        "allocate", path, "--budget", 10, "--min-coverage", "segment:s0=1", "--max-share", "segment:s0=0.5", "--json"
+    )
     line = one_error_line(r, 3)
     assert "--max-share segment:s0=0.5" in line
     assert json.loads(r.stdout)["status"] == "infeasible"
@@ -186,9 +212,20 @@ def _frontier_negative_budget(tmp, values):
     return ["frontier", values, "--budgets", "10,-20", "--plot", tmp / "f.png"], ">= 0"
 
 
-BAD_INPUT = [_missing_file, _bad_capacity, _unknown_channel, _share_above_one, _negative_budget, _csv_out,
-             _bad_value_row, _unknown_method, _lp_solver, _frontier_bad_budgets, _frontier_jpg,
-             _frontier_negative_budget]
+BAD_INPUT = [
+    _missing_file,
+    _bad_capacity,
+    _unknown_channel,
+    _share_above_one,
+    _negative_budget,
+    _csv_out,
+    _bad_value_row,
+    _unknown_method,
+    _lp_solver,
+    _frontier_bad_budgets,
+    _frontier_jpg,
+    _frontier_negative_budget,
+]
 
 
 @pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
@@ -204,10 +241,24 @@ def test_bad_input_exits_2_with_one_line(setup, as_json, values_file, tmp_path):
 
 # ---- frontier -------------------------------------------------------------------------------
 
+
 def test_frontier_json_and_png(values_file, tmp_path):
     png = tmp_path / "front.png"
-    doc = ok_json(clv("frontier", values_file, "--budgets", "3000,200,1000", "--capacity", "channel:rm=40",
-                      "--min-coverage", "segment:small=0.5", "--json", "--plot", png))
+    doc = ok_json(
+        clv(
+            "frontier",
+            values_file,
+            "--budgets",
+            "3000,200,1000",
+            "--capacity",
+            "channel:rm=40",
+            "--min-coverage",
+            "segment:small=0.5",
+            "--json",
+            "--plot",
+            png,
+        )
+    )
     assert png.read_bytes()[:8] == PNG_SIGNATURE and png.stat().st_size > 5000
     assert doc["plot"] == str(png) and doc["budgets"] == [200, 1000, 3000]
     pts = doc["points"]
@@ -216,20 +267,36 @@ def test_frontier_json_and_png(values_file, tmp_path):
         for key in ("budget", "objective", "marginal_value", "shadow_prices"):
             assert key in p, key
         assert p["status"] in ("optimal", "feasible") and p["spend"] <= p["budget"] + 1e-6
-        assert {s["constraint"] for s in p["shadow_prices"]} == {"budget", "capacity channel:rm",
-                                                                 "min-coverage segment:small"}
+        assert {s["constraint"] for s in p["shadow_prices"]} == {
+            "budget",
+            "capacity channel:rm",
+            "min-coverage segment:small",
+        }
     assert pts[0]["marginal_value"] is None
     values = [p["objective"] for p in pts]
     assert values == sorted(values)
     for prev, p in zip(pts, pts[1:]):
-        assert p["marginal_value"] == pytest.approx((p["objective"] - prev["objective"]) / (p["budget"] - prev["budget"]))
+        assert p["marginal_value"] == pytest.approx(
+            (p["objective"] - prev["objective"]) / (p["budget"] - prev["budget"])
+        )
         assert p["marginal_value"] >= 0
 
 
 def test_frontier_reports_budgets_below_what_coverage_needs(values_file, tmp_path):
     png = tmp_path / "front.png"
-    doc = ok_json(clv("frontier", values_file, "--budgets", "0.5,2000", "--min-coverage", "segment:small=0.9",
-                      "--json", "--plot", png))
+    doc = ok_json(
+        clv(
+            "frontier",
+            values_file,
+            "--budgets",
+            "0.5,2000",
+            "--min-coverage",
+            "segment:small=0.9",
+            "--json",
+            "--plot",
+            png,
+        )
+    )
     low, high = doc["points"]
     assert doc["smallest_budget"] > 0.5
     assert low["status"] == "infeasible" and low["objective"] is None and "smallest budget" in low["message"]
@@ -241,10 +308,29 @@ def test_frontier_reports_budgets_below_what_coverage_needs(values_file, tmp_pat
 
 def test_frontier_infeasible_for_every_budget_exits_3(values_file, tmp_path):
     png = tmp_path / "front.png"
-    r = clv("frontier", values_file, "--budgets", "100,200", "--capacity", "action:rm_call_wealth=0",
-            "--capacity", "channel:branch=0", "--capacity", "channel:email=0", "--capacity", "channel:push=0",
-            "--capacity", "channel:sms=0", "--capacity", "action:rm_call_retention=0",
-            "--min-coverage", "segment:small=0.1", "--json", "--plot", png)
+    r = clv(
+        "frontier",
+        values_file,
+        "--budgets",
+        "100,200",
+        "--capacity",
+        "action:rm_call_wealth=0",
+        "--capacity",
+        "channel:branch=0",
+        "--capacity",
+        "channel:email=0",
+        "--capacity",
+        "channel:push=0",
+        "--capacity",
+        "channel:sms=0",
+        "--capacity",
+        "action:rm_call_retention=0",
+        "--min-coverage",
+        "segment:small=0.1",
+        "--json",
+        "--plot",
+        png,
+    )
     line = one_error_line(r, 3)
     assert "no budget would do" in line
     assert json.loads(r.stdout)["smallest_budget"] is None
@@ -252,6 +338,7 @@ def test_frontier_infeasible_for_every_budget_exits_3(values_file, tmp_path):
 
 
 # ---- help and stdout hygiene -------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("cmd", ["allocate", "frontier"])
 def test_help_shows_an_example(cmd):
@@ -279,10 +366,14 @@ def test_help_in_fresh_process_is_light():
     assert p.stdout.count("Example:") == 2
 
 
-@pytest.mark.parametrize("solver", [
-    "SCIP", "CP_SAT",
-    "HIGHS",
-])
+@pytest.mark.parametrize(
+    "solver",
+    [
+        "SCIP",
+        "CP_SAT",
+        "HIGHS",
+    ],
+)
 def test_json_stdout_is_one_document_in_a_real_process(small_csv, solver):
     p = run_subprocess("allocate", str(small_csv), "--budget", "300", "--method", "exact", "--solver", solver, "--json")
     assert p.returncode == 0, p.stderr

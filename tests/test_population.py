@@ -3,6 +3,7 @@
 Statistical checks use fixed seeds and a tolerance of 4 standard errors of the simulated mean
 (sample size known), so a correct simulator fails them with probability < 1e-4.
 """
+
 import copy
 
 import numpy as np

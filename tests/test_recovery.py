@@ -11,6 +11,7 @@ The history is generated with a fixed seed, so each check is deterministic; acro
 z-scores behave like standard normal draws (checked when the tolerance was set, see the
 closing note of issue 2), which is why the bound is not loosened per parameter.
 """
+
 import numpy as np
 import pytest
 

@@ -1,6 +1,7 @@
 """The scenario report (experiments/reports/scenario.py) and the `ope:` section of a scenario: a tiny world
 calibrated with `clv calibrate`, a tiny scenario with offline evaluation run in-process, then the
 report's content, self-containment, ope.json, the resume of both, and bad `ope:` sections."""
+
 from __future__ import annotations
 
 import base64
@@ -12,16 +13,27 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from cli_runner import clv, ok_json
 
-SCENARIO = {"name": "report_tiny", "world": "world.json", "customers": 150, "horizon": 8, "seeds": 2,
-            "policies": ["bau", "greedy_uplift"], "budgets": [None, 120],
-            "values": {"horizon": 5, "replications": 1},
-            "ope": {"history": "bank", "estimators": ["dm", "ips", "snips", "dr"], "bootstrap": 50,
-                    "start": "2023-01-01"}}
-SECTIONS = ("Budget frontier", "Policy comparison", "Lifecycle-stage flows", "Calibration fit", "OPE vs simulation",
-            "Assumptions taken from priors")
+SCENARIO = {
+    "name": "report_tiny",
+    "world": "world.json",
+    "customers": 150,
+    "horizon": 8,
+    "seeds": 2,
+    "policies": ["bau", "greedy_uplift"],
+    "budgets": [None, 120],
+    "values": {"horizon": 5, "replications": 1},
+    "ope": {"history": "bank", "estimators": ["dm", "ips", "snips", "dr"], "bootstrap": 50, "start": "2023-01-01"},
+}
+SECTIONS = (
+    "Budget frontier",
+    "Policy comparison",
+    "Lifecycle-stage flows",
+    "Calibration fit",
+    "OPE vs simulation",
+    "Assumptions taken from priors",
+)
 
 
 class _Text(HTMLParser):
@@ -60,6 +72,7 @@ def run(tmp_path_factory):
     scenario with an ope: section, its cells run in this process."""
     from experiments.scenarios import load_scenario, run_scenario
     from sim.synthetic import BankConfig, write_bank_history
+
     root = tmp_path_factory.mktemp("report")
     write_bank_history(root / "bank", BankConfig(customers=300, weeks=70, seed=3))
     ok_json(clv("calibrate", root / "bank", "--calibration-end", "2022-12-31", "--out", root / "world.json", "--json"))
@@ -93,23 +106,23 @@ def test_report_has_every_section_and_is_self_contained(run):
         assert base64.b64decode(v.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     # relative links to the outputs beside it
     hrefs = {v for t, a, v in page.refs if t == "a"}
-    assert {"results.parquet", "periods.parquet", "summary.json", "scenario.json", "ope.json",
-            "../world.json"} <= hrefs
+    assert {"results.parquet", "periods.parquet", "summary.json", "scenario.json", "ope.json", "../world.json"} <= hrefs
     for h in hrefs - {"../world.json"}:
         assert h.startswith("#") or (out / h).is_file()
 
 
 def test_report_content_comes_from_the_world_and_the_runs(run):
     from sim.world import WorldModel
+
     root, _, out, doc = run
     world = WorldModel.load(root / "world.json")
     text = " ".join(_parse(out / "report.html").text)
     text = re.sub(r"\s+", " ", text)
     assert world.assumptions, "the tiny world should carry prior assumptions"
-    for a in world.assumptions:                      # verbatim, once unescaped
+    for a in world.assumptions:  # verbatim, once unescaped
         assert re.sub(r"\s+", " ", a) in text, a
     assert world.hash() in text
-    for seg in world.segments:                       # the segments' parameters, as in the world
+    for seg in world.segments:  # the segments' parameters, as in the world
         assert seg.name in text
         assert f"{seg.activity['r']:.4g}" in text and f"{seg.spend['p']:.4g}" in text
     # the comparison and frontier numbers are summary.json's
@@ -154,20 +167,24 @@ def test_rerun_skips_cells_and_ope_and_rewrites_the_report(run):
     ope_before = (out / "ope.json").read_bytes()
     report_before = (out / "report.html").read_bytes()
     (out / "report.html").unlink()
-    doc = ok_json(clv("scenarios", scen, "--out", out, "--json"))       # nothing to run: Ray is not started
+    doc = ok_json(clv("scenarios", scen, "--out", out, "--json"))  # nothing to run: Ray is not started
     assert doc["run"] == 0 and doc["skipped"] == 8 and doc["ope_run"] == 0
     assert doc["report"] == str(out / "report.html")
     assert (out / "ope.json").read_bytes() == ope_before
-    assert (out / "report.html").read_bytes() == report_before          # date-free: the same page
+    assert (out / "report.html").read_bytes() == report_before  # date-free: the same page
 
 
 def test_changed_ope_settings_recompute_only_ope(run, tmp_path):
     from experiments.scenarios import load_scenario, run_scenario
+
     root, _, out, _ = run
     copy = tmp_path / "out"
     shutil.copytree(out, copy)
-    doc = {**SCENARIO, "world": str(root / "world.json"),
-           "ope": {**SCENARIO["ope"], "history": str(root / "bank"), "estimators": ["ips", "snips"]}}
+    doc = {
+        **SCENARIO,
+        "world": str(root / "world.json"),
+        "ope": {**SCENARIO["ope"], "history": str(root / "bank"), "estimators": ["ips", "snips"]},
+    }
     scen = tmp_path / "scen.yaml"
     scen.write_text(yaml.safe_dump(doc, sort_keys=False))
     res = run_scenario(load_scenario(scen), copy, workers=0)
@@ -181,6 +198,7 @@ def test_changed_ope_settings_recompute_only_ope(run, tmp_path):
 
 def test_report_without_ope_says_how_to_add_it(run, tmp_path):
     from experiments.reports import write_report
+
     _, _, out, _ = run
     copy = tmp_path / "out"
     shutil.copytree(out, copy)
@@ -196,6 +214,7 @@ def test_report_without_ope_says_how_to_add_it(run, tmp_path):
 def test_write_report_needs_a_scenario_output(tmp_path):
     from experiments.reports import write_report
     from sim.errors import ConfigError
+
     with pytest.raises(ConfigError, match="no scenario.json; run `clv scenarios"):
         write_report(tmp_path)
 
@@ -203,8 +222,10 @@ def test_write_report_needs_a_scenario_output(tmp_path):
 BAD_OPE = [
     ({"history": "nowhere"}, "ope.history: nowhere: history folder not found"),
     ({"estimators": ["dm"]}, "ope.history: missing; give a history folder"),
-    ({"history": "bank", "estimators": ["dm", "fqe"]},
-     "ope.estimators: 'fqe' is not an estimator of the per_decision estimand"),
+    (
+        {"history": "bank", "estimators": ["dm", "fqe"]},
+        "ope.estimators: 'fqe' is not an estimator of the per_decision estimand",
+    ),
     ({"history": "bank", "bootstrap": 5}, "ope.bootstrap: expected a whole number >= 10, got 5"),
     ({"history": "bank", "start": "July"}, "ope.start: expected a date YYYY-MM-DD, got 'July'"),
     ({"history": "bank", "resamples": 100}, "ope.resamples: unknown key; known: history, estimators"),
@@ -213,8 +234,9 @@ BAD_OPE = [
 ]
 
 
-@pytest.mark.parametrize("section,message", BAD_OPE, ids=[m.split(":")[1].strip() + str(i)
-                                                           for i, (_, m) in enumerate(BAD_OPE)])
+@pytest.mark.parametrize(
+    "section,message", BAD_OPE, ids=[m.split(":")[1].strip() + str(i) for i, (_, m) in enumerate(BAD_OPE)]
+)
 def test_bad_ope_sections_are_one_line_errors(run, tmp_path, section, message):
     root = run[0]
     doc = {**SCENARIO, "world": str(root / "world.json"), "ope": section}

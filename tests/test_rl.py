@@ -1,5 +1,6 @@
 """RL training (stable-baselines3 / sb3-contrib on the vectorised env), the saved card and model,
 determinism, and `clv train` / `clv evaluate` end to end at a small scale."""
+
 import json
 import subprocess
 import sys
@@ -11,11 +12,26 @@ import pytest
 from policies.rl import SB3Policy, hyperparameters, train
 from sim.population import PopulationSimulator
 
-TINY = {"n_envs": 32, "horizon": 8, "n_steps": 8, "batch_size": 128, "n_epochs": 2, "rollout_customers": 200,
-        "rollout_horizon": 4, "warm_start_samples": 512,
-        "warm_start_epochs": 2, "critic_warmup_steps": 256}
-TINY_DQN = {"n_envs": 16, "horizon": 8, "buffer_size": 2000, "learning_starts": 200, "batch_size": 32,
-            "target_update_interval": 100}
+TINY = {
+    "n_envs": 32,
+    "horizon": 8,
+    "n_steps": 8,
+    "batch_size": 128,
+    "n_epochs": 2,
+    "rollout_customers": 200,
+    "rollout_horizon": 4,
+    "warm_start_samples": 512,
+    "warm_start_epochs": 2,
+    "critic_warmup_steps": 256,
+}
+TINY_DQN = {
+    "n_envs": 16,
+    "horizon": 8,
+    "buffer_size": 2000,
+    "learning_starts": 200,
+    "batch_size": 32,
+    "target_update_interval": 100,
+}
 
 
 def clv(*args, check=True):
@@ -25,11 +41,14 @@ def clv(*args, check=True):
     return r
 
 
-@pytest.mark.parametrize("algo, overrides, message", [
-    ("a2c", {}, "unknown algo 'a2c'"),
-    ("ppo", {"learning_rat": 0.1}, "unknown hyperparameter 'learning_rat'"),
-    ("dqn", {"n_steps": 5}, "unknown hyperparameter 'n_steps'"),
-])
+@pytest.mark.parametrize(
+    "algo, overrides, message",
+    [
+        ("a2c", {}, "unknown algo 'a2c'"),
+        ("ppo", {"learning_rat": 0.1}, "unknown hyperparameter 'learning_rat'"),
+        ("dqn", {"n_steps": 5}, "unknown hyperparameter 'n_steps'"),
+    ],
+)
 def test_bad_hyperparameters(algo, overrides, message):
     with pytest.raises(ValueError, match=message):
         hyperparameters(algo, overrides)
@@ -75,12 +94,14 @@ def test_other_algos_train_and_act_within_masks(calibrated_world, algo, override
 
     def refuse(*args, **kwargs):
         raise AssertionError("SB3Policy.load unpickled an object")
+
     monkeypatch.setattr(cloudpickle, "loads", refuse)
     monkeypatch.setattr(pickle, "loads", refuse)
     loaded = SB3Policy.load(tmp_path / algo, world)
     sim0 = PopulationSimulator.new_customers(world, 200, seed=3)
-    assert np.array_equal(loaded.action_probs(sim0.observe(), sim0.action_masks()),
-                          pol.action_probs(sim0.observe(), sim0.action_masks()))
+    assert np.array_equal(
+        loaded.action_probs(sim0.observe(), sim0.action_masks()), pol.action_probs(sim0.observe(), sim0.action_masks())
+    )
     sim = PopulationSimulator.new_customers(world, 200, seed=2)
     masks = sim.action_masks()
     for deterministic in (True, False):
@@ -96,9 +117,27 @@ def test_cli_train_then_evaluate(calibrated_world, tmp_path):
     r = clv("train", path, "--algo", "ppo", "--steps", 512, "--seed", 1, "--out", tmp_path / "agent", *sets, "--json")
     doc = json.loads(r.stdout)
     assert doc["algo"] == "ppo" and Path(doc["model"]).is_file() and Path(doc["card"]).is_file()
-    r = clv("evaluate", path, "--policy", "none", "--policy", "bau", "--policy", "greedy_uplift",
-            "--policy", tmp_path / "agent", "--customers", 300, "--periods", 6, "--seeds", 3,
-            "--out", tmp_path / "eval", "--json")
+    r = clv(
+        "evaluate",
+        path,
+        "--policy",
+        "none",
+        "--policy",
+        "bau",
+        "--policy",
+        "greedy_uplift",
+        "--policy",
+        tmp_path / "agent",
+        "--customers",
+        300,
+        "--periods",
+        6,
+        "--seeds",
+        3,
+        "--out",
+        tmp_path / "eval",
+        "--json",
+    )
     res = json.loads(r.stdout)
     assert set(res["policies"]) == {"none", "bau", "greedy_uplift", "agent"} and res["reference"] == "bau"
     for name, m in res["policies"].items():
@@ -109,18 +148,39 @@ def test_cli_train_then_evaluate(calibrated_world, tmp_path):
     assert "clv" in res["vs_reference"]["agent"] and "ci_excludes_zero" in res["vs_reference"]["agent"]["clv"]
     assert (tmp_path / "eval" / "evaluation.png").stat().st_size > 10_000
     # same seed, same numbers
-    again = json.loads(clv("evaluate", path, "--policy", "none", "--policy", "bau", "--policy", "greedy_uplift",
-                           "--policy", tmp_path / "agent", "--customers", 300, "--periods", 6, "--seeds", 3,
-                           "--json").stdout)
+    again = json.loads(
+        clv(
+            "evaluate",
+            path,
+            "--policy",
+            "none",
+            "--policy",
+            "bau",
+            "--policy",
+            "greedy_uplift",
+            "--policy",
+            tmp_path / "agent",
+            "--customers",
+            300,
+            "--periods",
+            6,
+            "--seeds",
+            3,
+            "--json",
+        ).stdout
+    )
     assert again["policies"] == res["policies"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--algo", "a2c"], "--algo 'a2c'"),
-    (["--set", "learning_rat=1"], "unknown hyperparameter 'learning_rat'"),
-    (["--set", "oops"], "expected NAME=VALUE"),
-    (["--population", "x"], "--population must be book or new"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--algo", "a2c"], "--algo 'a2c'"),
+        (["--set", "learning_rat=1"], "unknown hyperparameter 'learning_rat'"),
+        (["--set", "oops"], "expected NAME=VALUE"),
+        (["--population", "x"], "--population must be book or new"),
+    ],
+)
 def test_cli_train_bad_options(calibrated_world, tmp_path, args, message):
     path, _ = calibrated_world
     r = clv("train", path, "--out", tmp_path / "x", *args, check=False)
@@ -128,11 +188,14 @@ def test_cli_train_bad_options(calibrated_world, tmp_path, args, message):
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--policy", "nonsense"], "not a baseline"),
-    (["--policy", "none", "--policy", "none"], "each policy once"),
-    (["--policy", "none", "--reference", "bau"], "--reference 'bau'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--policy", "nonsense"], "not a baseline"),
+        (["--policy", "none", "--policy", "none"], "each policy once"),
+        (["--policy", "none", "--reference", "bau"], "--reference 'bau'"),
+    ],
+)
 def test_cli_evaluate_bad_options(calibrated_world, args, message):
     path, _ = calibrated_world
     r = clv("evaluate", path, *args, "--customers", 50, "--periods", 2, "--seeds", 1, check=False)

@@ -1,5 +1,6 @@
 """Rollout policy improvement: branches share random numbers, so the branch that takes the base
 policy's own action reproduces the base policy's return exactly; labels and fits are sane."""
+
 import numpy as np
 import pytest
 
@@ -34,7 +35,7 @@ def test_branch_of_the_base_action_equals_following_the_base_policy(world):
     sim.crn = True
     act = as_simulator_policy(base, greedy=True)
     g = world.economics.discount_per_period
-    ret = sum(g ** h * sim.step(act(sim)).reward for h in range(6))
+    ret = sum(g**h * sim.step(act(sim)).reward for h in range(6))
     q_base = lab.q[np.arange(400), lab.base_action]
     assert np.allclose(q_base, ret)
     assert np.all(np.isneginf(lab.q[~lab.masks])) and np.all(np.isfinite(lab.q[lab.masks]))
@@ -46,7 +47,7 @@ def test_fitted_advantages_recover_a_known_signal():
     n, A = 20_000, 3
     X = rng.random((n, 2)).astype(np.float32)
     truth = np.stack([np.zeros(n), 4 * X[:, 0] - 2, 1 - 2 * X[:, 1]], axis=1)
-    q = truth + rng.normal(0, 5, (n, A))      # noisy rollouts around the true advantages
+    q = truth + rng.normal(0, 5, (n, A))  # noisy rollouts around the true advantages
     masks = np.ones((n, A), bool)
     predict, info = fit_advantages(X, q, masks, seed=0, epochs=15, hidden=(32,))
     pred = predict(X)

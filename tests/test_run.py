@@ -1,5 +1,6 @@
 """`clv run CONFIG`: the end-to-end job on both example configs at a small scale, the config's
 checks as a table of (bad config, message), bad input files, an infeasible plan and determinism."""
+
 from __future__ import annotations
 
 import json
@@ -10,18 +11,38 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from cli_runner import clv, ok_json
+
 from experiments.config import parse_sets
 from experiments.run_config import load_run_config
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-TINY_PPO = {"n_envs": 32, "horizon": 8, "n_steps": 8, "batch_size": 128, "n_epochs": 2, "rollout_customers": 200,
-            "rollout_horizon": 4, "warm_start_samples": 512, "warm_start_epochs": 2, "critic_warmup_steps": 256}
+TINY_PPO = {
+    "n_envs": 32,
+    "horizon": 8,
+    "n_steps": 8,
+    "batch_size": 128,
+    "n_epochs": 2,
+    "rollout_customers": 200,
+    "rollout_horizon": 4,
+    "warm_start_samples": 512,
+    "warm_start_epochs": 2,
+    "critic_warmup_steps": 256,
+}
 # the bundled-data demo at a small scale: 400 generated customers, a tiny training, few draws
-SMALL_DEMO = ["history.generate.customers=400", "policy.steps=1024", f"policy.set={json.dumps(TINY_PPO)}",
-              "validation.replications=2", "values.replications=1", "evaluation.seeds=2", "ope.bootstrap=50",
-              "budgets=[20, 50, 100]", "budget=50", "constraints.min_coverage=[]", "constraints.max_share=[]"]
+SMALL_DEMO = [
+    "history.generate.customers=400",
+    "policy.steps=1024",
+    f"policy.set={json.dumps(TINY_PPO)}",
+    "validation.replications=2",
+    "values.replications=1",
+    "evaluation.seeds=2",
+    "ope.bootstrap=50",
+    "budgets=[20, 50, 100]",
+    "budget=50",
+    "constraints.min_coverage=[]",
+    "constraints.max_share=[]",
+]
 SMALL_BYO = ["policy=greedy_uplift", "values.replications=1", "evaluation.seeds=2", "ope.bootstrap=50"]
 
 
@@ -41,9 +62,23 @@ def demo_run(tmp_path_factory):
 
 def test_bank_demo_runs_every_step(demo_run):
     doc, out = demo_run
-    for f in ("history/transactions.csv", "world.json", "world.book.parquet", "validation/validation.json",
-              "policy/model.zip", "policy/card.json", "values.parquet", "frontier.json", "frontier.png",
-              "plan.parquet", "plan.json", "evaluation.json", "ope.json", "run.json", "report.html"):
+    for f in (
+        "history/transactions.csv",
+        "world.json",
+        "world.book.parquet",
+        "validation/validation.json",
+        "policy/model.zip",
+        "policy/card.json",
+        "values.parquet",
+        "frontier.json",
+        "frontier.png",
+        "plan.parquet",
+        "plan.json",
+        "evaluation.json",
+        "ope.json",
+        "run.json",
+        "report.html",
+    ):
         assert (out / f).is_file(), f
     assert doc["report"] == str(out / "report.html")
     assert doc["policy"]["trained"] and doc["policy"]["algo"] == "maskable_ppo" and doc["policy"]["steps"] == 1024
@@ -57,8 +92,14 @@ def test_bank_demo_runs_every_step(demo_run):
     assert [p["budget"] for p in doc["frontier"]["points"]] == [20, 50, 100]
     # simulation: the runs, the plan check on seeds the value table did not use
     ev = doc["evaluation"]
-    assert set(ev["policies"]) == {"none", "maskable_ppo", "plan, then maskable_ppo", "no plan, then maskable_ppo",
-                                   "bau", "greedy_uplift"}
+    assert set(ev["policies"]) == {
+        "none",
+        "maskable_ppo",
+        "plan, then maskable_ppo",
+        "no plan, then maskable_ppo",
+        "bau",
+        "greedy_uplift",
+    }
     assert ev["customers"] == len(book) and ev["seeds_used"] == [1000, 1001]
     chk = ev["plan_check"]
     assert chk["predicted_lift_per_customer"] == pytest.approx(doc["plan"]["objective"] / len(book))
@@ -73,8 +114,15 @@ def test_bank_demo_runs_every_step(demo_run):
             assert e[k]["ci_low"] <= e[k]["value"] <= e[k]["ci_high"], k
         assert e["plan_minus_none"]["value"] == pytest.approx(e["plan"]["value"] - e["none"]["value"])
     html = (out / "report.html").read_text()
-    for heading in ("The answer", "Holdout validation", "Budget frontier", "The plan", "Simulation",
-                    "Offline evaluation", "Assumptions taken from priors"):
+    for heading in (
+        "The answer",
+        "Holdout validation",
+        "Budget frontier",
+        "The plan",
+        "Simulation",
+        "Offline evaluation",
+        "Assumptions taken from priors",
+    ):
         assert heading in html
     assert "data:image/png;base64," in html and 'src="http' not in html and "<script" not in html
 
@@ -109,8 +157,13 @@ def test_bring_your_own_csv_example(tmp_path):
 
 
 def test_no_holdout_plans_for_the_future_without_offline_checks(tmp_path):
-    doc = ok_json(_run(EXAMPLES / "my_bank.yaml", tmp_path / "out",
-                       SMALL_BYO + ["holdout_end=null", "ope=null", "calibration_end=2024-12-29"]))
+    doc = ok_json(
+        _run(
+            EXAMPLES / "my_bank.yaml",
+            tmp_path / "out",
+            SMALL_BYO + ["holdout_end=null", "ope=null", "calibration_end=2024-12-29"],
+        )
+    )
     assert doc["validation"] is None and doc["ope"] is None
     assert any("no holdout_end" in n for n in doc["notes"])
 
@@ -139,8 +192,13 @@ def test_bad_input_file_names_file_row_column_and_writes_nothing(tmp_path):
 
 def test_constraints_that_cannot_hold_exit_3_naming_them(tmp_path):
     # every mass customer contacted, with no budget: most contacts cost something
-    res = clv("run", EXAMPLES / "my_bank.yaml", "--out", tmp_path / "out",
-              *_sets(SMALL_BYO + ["budget=0", "constraints.min_coverage=[\"segment:mass=1.0\"]"]))
+    res = clv(
+        "run",
+        EXAMPLES / "my_bank.yaml",
+        "--out",
+        tmp_path / "out",
+        *_sets(SMALL_BYO + ["budget=0", 'constraints.min_coverage=["segment:mass=1.0"]']),
+    )
     assert res.exit_code == 3, res.stderr
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "segment:mass" in last
@@ -150,30 +208,34 @@ def test_constraints_that_cannot_hold_exit_3_naming_them(tmp_path):
 BASE = {"history": {"dataset": "bank"}, "calibration_end": "2024-06-30", "budgets": [100], "budget": 100}
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"histroy": {}}, "histroy: unknown key"),
-    ({"history": {"dataset": "bank", "path": "x"}}, "history: give exactly one of path, dataset or generate"),
-    ({"history": {"path": "no_such_folder"}}, "history.path: no_such_folder: history folder not found"),
-    ({"history": {"dataset": "bnak"}}, "history.dataset: unknown dataset 'bnak'"),
-    ({"history": {"generate": {"customers": 5}}}, "history.generate.customers: expected a whole number >= 10"),
-    ({"calibration_end": "30/06/2024"}, "calibration_end: '30/06/2024' is not a date; use YYYY-MM-DD"),
-    ({"calibration_end": None}, "calibration_end: missing"),
-    ({"holdout_end": "2024-01-01"}, "holdout_end: 2024-01-01 must be after calibration_end 2024-06-30"),
-    ({"policy": "gredy"}, "policy: unknown policy 'gredy'"),
-    ({"policy": {"algo": "a2c"}}, "policy.algo: unknown algorithm 'a2c'"),
-    ({"policy": {"algo": "ppo", "set": {"learning_rat": 1}}}, "policy.set.learning_rat: unknown key"),
-    ({"compare": ["bau", "bau"]}, "compare[1]: 'bau' is given twice"),
-    ({"values": {"source": "raw"}}, "values.source: expected policy"),
-    ({"budgets": [100, -1]}, "budgets[1]: expected a number >= 0"),
-    ({"budget": None}, "budget: missing"),
-    ({"constraints": {"capacity": ["channel:rm_call"]}}, "constraints.capacity[0]:"),
-    ({"evaluation": {"seeds": 1}}, "evaluation.seeds: expected a whole number >= 2"),
-    ({"ope": {"estimators": ["wdr"]}}, "ope.estimators[0]: unknown one-step estimator 'wdr'"),
-    ({"ope": {"alpha": 2}}, "ope.alpha: expected a number between 0 and 1"),
-    ({"holdout_end": None}, "ope: offline evaluation judges the plan on the logged decisions of the holdout"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"histroy": {}}, "histroy: unknown key"),
+        ({"history": {"dataset": "bank", "path": "x"}}, "history: give exactly one of path, dataset or generate"),
+        ({"history": {"path": "no_such_folder"}}, "history.path: no_such_folder: history folder not found"),
+        ({"history": {"dataset": "bnak"}}, "history.dataset: unknown dataset 'bnak'"),
+        ({"history": {"generate": {"customers": 5}}}, "history.generate.customers: expected a whole number >= 10"),
+        ({"calibration_end": "30/06/2024"}, "calibration_end: '30/06/2024' is not a date; use YYYY-MM-DD"),
+        ({"calibration_end": None}, "calibration_end: missing"),
+        ({"holdout_end": "2024-01-01"}, "holdout_end: 2024-01-01 must be after calibration_end 2024-06-30"),
+        ({"policy": "gredy"}, "policy: unknown policy 'gredy'"),
+        ({"policy": {"algo": "a2c"}}, "policy.algo: unknown algorithm 'a2c'"),
+        ({"policy": {"algo": "ppo", "set": {"learning_rat": 1}}}, "policy.set.learning_rat: unknown key"),
+        ({"compare": ["bau", "bau"]}, "compare[1]: 'bau' is given twice"),
+        ({"values": {"source": "raw"}}, "values.source: expected policy"),
+        ({"budgets": [100, -1]}, "budgets[1]: expected a number >= 0"),
+        ({"budget": None}, "budget: missing"),
+        ({"constraints": {"capacity": ["channel:rm_call"]}}, "constraints.capacity[0]:"),
+        ({"evaluation": {"seeds": 1}}, "evaluation.seeds: expected a whole number >= 2"),
+        ({"ope": {"estimators": ["wdr"]}}, "ope.estimators[0]: unknown one-step estimator 'wdr'"),
+        ({"ope": {"alpha": 2}}, "ope.alpha: expected a number between 0 and 1"),
+        ({"holdout_end": None}, "ope: offline evaluation judges the plan on the logged decisions of the holdout"),
+    ],
+)
 def test_config_errors_name_file_and_key(tmp_path, change, message):
     from sim.errors import ConfigError
+
     doc = {**BASE, "holdout_end": "2024-12-29", **change}
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(doc))
@@ -193,8 +255,19 @@ def test_cli_config_error_is_one_line_exit_2(tmp_path):
 def test_sets_override_nested_keys_and_read_yaml_values(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump({**BASE, "holdout_end": "2024-12-29"}))
-    cfg = load_run_config(path, parse_sets(["budget=250", "budgets=[100, 250]", "evaluation.seeds=3",
-                                            "policy.algo=ppo", "policy.steps=5000", "ope=null"]))
+    cfg = load_run_config(
+        path,
+        parse_sets(
+            [
+                "budget=250",
+                "budgets=[100, 250]",
+                "evaluation.seeds=3",
+                "policy.algo=ppo",
+                "policy.steps=5000",
+                "ope=null",
+            ]
+        ),
+    )
     assert cfg.budget == 250 and cfg.budgets == (100.0, 250.0) and cfg.evaluation_seeds == 3
     assert cfg.policy["train"]["algo"] == "ppo" and cfg.policy["train"]["steps"] == 5000 and cfg.ope is None
     with pytest.raises(Exception, match="expected KEY=VALUE"):

@@ -1,4 +1,5 @@
 """Value tables from a calibrated world (optimizer.value_sources) and `clv values`."""
+
 from __future__ import annotations
 
 import copy
@@ -7,10 +8,16 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
-from optimizer.value_sources import (COLUMNS, DEFAULT_HORIZON, DEFAULT_REPLICATIONS, branch_values,
-                                     values_from_policy, values_from_simulation)
 from cli_runner import clv
+
+from optimizer.value_sources import (
+    COLUMNS,
+    DEFAULT_HORIZON,
+    DEFAULT_REPLICATIONS,
+    branch_values,
+    values_from_policy,
+    values_from_simulation,
+)
 from optimizer.values import ValueTable, load_values
 from policies.base import as_simulator_policy
 from policies.baselines import make_baseline
@@ -48,7 +55,7 @@ def test_defaults():
 def test_columns_validation_and_eligibility(world_book, table):
     _, world, book = world_book
     assert tuple(table.columns) == COLUMNS
-    vt = ValueTable.from_frame(table)                     # the optimizer's validator accepts it
+    vt = ValueTable.from_frame(table)  # the optimizer's validator accepts it
     assert vt.n_options == len(table) > 0
     assert "none" not in set(table["action"].astype(str))
     # exactly the allowed (customer, action) pairs: masked actions get no row, and some are masked
@@ -84,6 +91,7 @@ def test_subset_branches_match_full_copies(world_book, continuation):
     that must give every customer exactly what a full copy of the simulator gives them."""
     _, world, book = world_book
     from optimizer.value_sources import continuation_fn
+
     src = sample_book(book, 200, 1)
     gamma = world.economics.discount_per_period
     sim = PopulationSimulator.from_book(world, src, np.random.SeedSequence(11))
@@ -99,12 +107,12 @@ def test_subset_branches_match_full_copies(world_book, continuation):
         for t in range(8):
             acts = np.where(masks[:, a], a, 0).astype(np.int16) if t == 0 else (None if follow is None else follow(b))
             out = b.step(acts)
-            clv[:, a] += gamma ** t * out.reward
-            dcost[:, a] += gamma ** t * out.cost
+            clv[:, a] += gamma**t * out.reward
+            dcost[:, a] += gamma**t * out.cost
             contacts += int(out.contacted.sum()) if t else 0
     np.testing.assert_allclose(value, np.where(masks, clv - clv[:, :1], 0.0), rtol=0, atol=1e-9)
     np.testing.assert_allclose(cost, np.where(masks, dcost - dcost[:, :1], 0.0), rtol=0, atol=1e-9)
-    assert (contacts > 0) == (continuation is not None)   # the greedy continuation does contact
+    assert (contacts > 0) == (continuation is not None)  # the greedy continuation does contact
     assert np.abs(value[masks[:, 1:].any(axis=1)]).sum() > 0
 
 
@@ -128,7 +136,7 @@ def test_more_customers_than_the_book(world_book):
     _, world, book = world_book
     small = book.iloc[:30]
     df = values_from_simulation(world, small, customers=45, horizon=3, replications=1, seed=0)
-    vt = ValueTable.from_frame(df)          # no duplicate (customer, action) rows
+    vt = ValueTable.from_frame(df)  # no duplicate (customer, action) rows
     ids = set(df["customer_id"])
     assert any("#" in i for i in ids) and {i.split("#")[0] for i in ids} <= set(small["customer_id"].astype(str))
     assert df.attrs["diagnostics"]["resampled"] and vt.n <= 45
@@ -161,8 +169,24 @@ def test_cli_values_json(world_book, tmp_path, source):
     path, world, _ = world_book
     out = tmp_path / "v" / "values.parquet"
     extra = ["--policy", "greedy_uplift"] if source == "policy" else ["--continuation", "none"]
-    r = clv("values", path, "--source", source, *extra, "--customers", 120, "--horizon", 5, "--replications", 2,
-            "--seed", 1, "--out", out, "--json")
+    r = clv(
+        "values",
+        path,
+        "--source",
+        source,
+        *extra,
+        "--customers",
+        120,
+        "--horizon",
+        5,
+        "--replications",
+        2,
+        "--seed",
+        1,
+        "--out",
+        out,
+        "--json",
+    )
     assert r.exit_code == 0, (r.stderr, r.exception)
     doc = json.loads(r.stdout)
     vt = load_values(out)
@@ -186,7 +210,9 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("args,needles", BAD, ids=["bad source", "policy missing", "bad continuation", "policy with sim"])
+@pytest.mark.parametrize(
+    "args,needles", BAD, ids=["bad source", "policy missing", "bad continuation", "policy with sim"]
+)
 def test_cli_values_bad_input(world_book, tmp_path, args, needles):
     path, _, _ = world_book
     out = tmp_path / "values.parquet"

@@ -1,4 +1,5 @@
 """WorldModel persistence: versioned plain JSON (no pickle), lossless round trip, clear errors."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,10 @@ def world() -> WorldModel:
 
 def _no_nan_tokens(text: str) -> dict:
     """json.loads that refuses NaN / Infinity / -Infinity (they are not JSON)."""
+
     def refuse(token: str):
         raise AssertionError(f"non-JSON constant {token} in the world file")
+
     return json.loads(text, parse_constant=refuse)
 
 
@@ -57,6 +60,7 @@ def test_file_is_plain_json(world, tmp_path, monkeypatch):
 
     def no_pickle(*a, **k):
         raise AssertionError("world files must not be unpickled")
+
     monkeypatch.setattr(pickle, "load", no_pickle)
     monkeypatch.setattr(pickle, "loads", no_pickle)
     assert WorldModel.load(path).hash() == world.hash()
@@ -108,8 +112,9 @@ def test_binary_file_is_not_json(tmp_path):
         WorldModel.load(path)
 
 
-@pytest.mark.parametrize("text, match", [("[1, 2]", "not a world JSON file \\(a list"),
-                                         ('{"a": 1}', "no schema_version")])
+@pytest.mark.parametrize(
+    "text, match", [("[1, 2]", "not a world JSON file \\(a list"), ('{"a": 1}', "no schema_version")]
+)
 def test_json_that_is_no_world_names_the_file(tmp_path, text, match):
     path = tmp_path / "other.json"
     path.write_text(text)

@@ -7,6 +7,7 @@ they share (error rendering, --json output, progress bars, output and input chec
 Nothing outside this package imports it: the documents the commands print are built by the
 library (e.g. experiments.results).
 """
+
 from .main import app, main
 
 __all__ = ["app", "main"]

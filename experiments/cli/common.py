@@ -1,6 +1,7 @@
 """What the `clv` commands share: error rendering and exit codes, the --json document, progress
 bars, the cheap checks on inputs and outputs made before anything heavy is imported, and the
 options several commands take. Light to import: typer and the standard library only."""
+
 from __future__ import annotations
 
 import json
@@ -11,9 +12,13 @@ from typing import Any, Iterator, Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="clv-engine: calibrate customer worlds from history, simulate them, and plan "
-                       "interventions. Run `clv COMMAND --help` for each command.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="clv-engine: calibrate customer worlds from history, simulate them, and plan "
+    "interventions. Run `clv COMMAND --help` for each command.",
+)
 
 EXIT_INPUT = 2
 EXIT_INFEASIBLE = 3
@@ -41,6 +46,7 @@ def _err(msg: str, code: int = EXIT_INPUT) -> None:
 def _user_errors() -> Iterator[None]:
     """Turn known input errors into one line on stderr and exit status 2."""
     from sim.errors import ClvError, ConfigError
+
     try:
         yield
     except ConfigError as e:
@@ -57,6 +63,7 @@ def _user_errors() -> Iterator[None]:
 def _infeasible(as_json: bool) -> Iterator[None]:
     """An infeasible problem: the diagnosis on stderr (one line), as JSON on stdout with --json, exit 3."""
     from optimizer.diagnose import InfeasibleError
+
     try:
         yield
     except InfeasibleError as e:
@@ -68,6 +75,7 @@ def _infeasible(as_json: bool) -> Iterator[None]:
 def _emit(doc: dict[str, Any], as_json: bool, human: str) -> None:
     if as_json:
         from sim.world import json_safe  # NaN/inf become null: the document stays valid JSON
+
         sys.stdout.write(json.dumps(json_safe(doc), indent=2, default=_json_default, allow_nan=False) + "\n")
     else:
         typer.echo(human)
@@ -75,6 +83,7 @@ def _emit(doc: dict[str, Any], as_json: bool, human: str) -> None:
 
 def _json_default(o: Any) -> Any:
     import numpy as np
+
     if isinstance(o, np.integer):
         return int(o)
     if isinstance(o, np.floating):
@@ -89,15 +98,24 @@ def _progress(description: str, total: int, enabled: bool = True):
     """A rich progress bar on stderr; yields advance(done) callable."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
     console = Console(stderr=True)
     show = enabled and console.is_terminal
-    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
-                  TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), TimeRemainingColumn(),
-                  console=console, transient=True, disable=not show) as prog:
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not show,
+    ) as prog:
         task = prog.add_task(description, total=total)
 
         def update(done: int, tot: int | None = None) -> None:
             prog.update(task, completed=done, total=tot or total)
+
         yield update
 
 
@@ -105,7 +123,9 @@ def _check_out(path: Optional[Path], option: str = "--out", folder: bool = False
     """Fail before any work when an output path cannot be written (a parent is a file, or the
     nearest existing folder is not writable)."""
     import os
+
     from sim.errors import ConfigError
+
     if path is None:
         return
     p = Path(path)
@@ -125,19 +145,25 @@ def _check_out(path: Optional[Path], option: str = "--out", folder: bool = False
 def _check_source(history_dir: Optional[Path], dataset: Optional[str]) -> None:
     """The cheap checks on where the history comes from, before anything heavy is imported."""
     from sim.errors import ConfigError, HistoryError
+
     if (history_dir is None) == (dataset is None):
         _err("give exactly one of HISTORY_DIR or --dataset NAME (" + ", ".join(DATASETS) + ")")
     if dataset is not None and dataset not in DATASETS:
         raise ConfigError(f"unknown dataset {dataset!r}; bundled: {', '.join(DATASETS)}")
     if history_dir is not None and not Path(history_dir).is_dir():
-        raise HistoryError(str(history_dir), None, None, "history folder not found; give the folder that holds "
-                                                         "transactions.csv, or --dataset " + "|".join(DATASETS))
+        raise HistoryError(
+            str(history_dir),
+            None,
+            None,
+            "history folder not found; give the folder that holds transactions.csv, or --dataset " + "|".join(DATASETS),
+        )
 
 
 def _load(history_dir: Optional[Path], dataset: Optional[str]):
     _check_source(history_dir, dataset)
     from sim.datasets import load_dataset
     from sim.history import load_history
+
     if dataset is not None:
         return load_dataset(dataset)
     return load_history(history_dir)
@@ -145,16 +171,20 @@ def _load(history_dir: Optional[Path], dataset: Optional[str]):
 
 def _check_world(world_path: Path) -> None:
     from sim.errors import ConfigError
+
     if not Path(world_path).is_file():
-        raise ConfigError(f"{world_path}: world file not found; create one with `clv calibrate`"
-                          if not Path(world_path).exists() else f"{world_path}: is a folder, not a world JSON file; "
-                          "pass the .json that `clv calibrate` wrote")
+        raise ConfigError(
+            f"{world_path}: world file not found; create one with `clv calibrate`"
+            if not Path(world_path).exists()
+            else f"{world_path}: is a folder, not a world JSON file; pass the .json that `clv calibrate` wrote"
+        )
 
 
 def _load_world(world_path: Path, population: str):
     """(world, book or None) for --population book|new."""
     from sim.errors import ConfigError
     from sim.world import WorldModel
+
     world = WorldModel.load(world_path)
     if population == "new":
         return world, None
@@ -162,6 +192,7 @@ def _load_world(world_path: Path, population: str):
     if bp is None or not bp.exists():
         raise ConfigError(f"{world_path}: its book ({bp}) is missing; use --population new or recalibrate")
     import pandas as pd
+
     return world, pd.read_parquet(bp)
 
 
@@ -169,6 +200,7 @@ def _date(text: str, option: str) -> str:
     """A calendar date as YYYY-MM-DD (experiments.config.read_date: YYYY-MM-DD, YYYYMMDD or an ISO
     date-time); checked without pandas so that bad options are answered at once."""
     from experiments.config import read_date
+
     d = read_date(text or "")
     if d is None:
         _err(f"{option}: {text!r} is not a date (use YYYY-MM-DD)")
@@ -184,11 +216,15 @@ def _write_json(path: Path, doc: dict[str, Any]) -> None:
     """Write a result document (NaN/inf as null) atomically: the --out of ope, backtest, evaluate."""
     from sim.atomic import atomic_write_json
     from sim.world import json_safe
+
     atomic_write_json(path, json_safe(doc))
 
 
-HistoryArg = typer.Argument(None, help="History folder holding transactions.csv or .parquet (optionally "
-                                       "customers, products, decisions, actions.yaml, economics.yaml, stages.yaml).",
-                            show_default=False)
+HistoryArg = typer.Argument(
+    None,
+    help="History folder holding transactions.csv or .parquet (optionally "
+    "customers, products, decisions, actions.yaml, economics.yaml, stages.yaml).",
+    show_default=False,
+)
 DatasetOpt = typer.Option(None, "--dataset", help="Bundled dataset instead of a folder: cdnow or bank.")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON document on stdout (logs go to stderr).")

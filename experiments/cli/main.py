@@ -9,6 +9,7 @@ This module is the entry point; the commands live by group in the modules beside
 registers its commands on `common.app` when imported; the import order is the order of
 `clv --help`), the app and the helpers they share in `common`.
 """
+
 from __future__ import annotations
 
 import sys
@@ -29,23 +30,24 @@ def main() -> None:  # pragma: no cover
     while Arrow is alive: left to the interpreter's final teardown, its reader threads can abort
     the process (exit 134 instead of the error's exit status; apache/arrow#34314)."""
     import gc
-    try:   # typer >= 0.20 carries its own copy of click
+
+    try:  # typer >= 0.20 carries its own copy of click
         from typer._click import exceptions as cx
     except ImportError:  # pragma: no cover - older typer
         from click import exceptions as cx
     code: Any = 0
     try:
-        code = app(standalone_mode=False) or 0   # click's Exit (typer.Exit, --help) comes back as its code
-    except cx.NoArgsIsHelpError as e:   # `clv` alone: typer has printed the overview while raising this
+        code = app(standalone_mode=False) or 0  # click's Exit (typer.Exit, --help) comes back as its code
+    except cx.NoArgsIsHelpError as e:  # `clv` alone: typer has printed the overview while raising this
         code = e.exit_code
-    except cx.UsageError as e:   # a missing or malformed option: one line, like every other error
+    except cx.UsageError as e:  # a missing or malformed option: one line, like every other error
         where = e.ctx.command_path if e.ctx is not None else "clv"
         typer.echo(f"error: {e.format_message()} (see `{where} --help`)", err=True)
         code = e.exit_code
     except cx.ClickException as e:
         e.show()
         code = e.exit_code
-    except typer.Abort:   # public: typer's click copy has no Abort of its own
+    except typer.Abort:  # public: typer's click copy has no Abort of its own
         typer.echo("aborted", err=True)
         code = 1
     except SystemExit as e:

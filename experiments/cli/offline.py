@@ -1,5 +1,6 @@
 """The offline-evaluation commands: ope (a policy valued from the logged decisions) and backtest
 (policies ranked after a split date by OPE and by simulation)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +8,20 @@ from typing import Optional
 
 import typer
 
-from .common import (app, JsonOpt, _check_out, _check_source, _check_world, _date, _emit, _load, _names, _progress,
-                     _user_errors, _write_json)
+from .common import (
+    JsonOpt,
+    _check_out,
+    _check_source,
+    _check_world,
+    _date,
+    _emit,
+    _load,
+    _names,
+    _progress,
+    _user_errors,
+    _write_json,
+    app,
+)
 
 # options shared by the offline-evaluation commands (ope, backtest)
 ClipOpt = typer.Option(None, "--clip", help="Cap on importance weights (ips, dr).")
@@ -16,8 +29,9 @@ BootstrapOpt = typer.Option(1000, "--bootstrap", help="Bootstrap resamples of cu
 AlphaOpt = typer.Option(0.05, "--alpha", help="1 - confidence level of the intervals.")
 FoldsOpt = typer.Option(5, "--folds", help="Cross-fitting folds of the outcome models (by customer).")
 RewardModelOpt = typer.Option("ridge", "--reward-model", help="ridge (fast) or hgb (gradient boosting).")
-RayWorkersOpt = typer.Option(None, "--workers", min=0, help="CPUs of the local Ray for the bootstrap "
-                                                           "(default: all; 0 runs it in-process).")
+RayWorkersOpt = typer.Option(
+    None, "--workers", min=0, help="CPUs of the local Ray for the bootstrap (default: all; 0 runs it in-process)."
+)
 RayAddressOpt = typer.Option(None, "--address", help="An existing Ray cluster for the bootstrap.")
 OutJsonOpt = typer.Option(None, "--out", help="Write the result JSON here too.")
 
@@ -27,10 +41,13 @@ def _ope_world(history, world_path: Optional[Path], start: Optional[str]):
     before `start` (the whole history without one)."""
     if world_path is not None:
         from sim.world import WorldModel
+
         world = WorldModel.load(world_path)
         return world, world.read_book(world_path), str(world_path)
     import pandas as pd
+
     from sim.calibrate import calibrate as fit
+
     last = history.transactions["date"].max()
     cut = pd.Timestamp(start) - pd.Timedelta(days=1) if start else last
     typer.echo(f"calibrating a world on {history.folder} up to {cut.date()} (give --world to reuse one)", err=True)
@@ -40,20 +57,41 @@ def _ope_world(history, world_path: Optional[Path], start: Optional[str]):
 
 @app.command()
 def ope(
-    history_dir: Path = typer.Argument(..., metavar="HISTORY_DIR", help="History folder with decisions.csv "
-                                                                       "(customer_id, date, action, propensity[, cost])."),
-    policy: Optional[str] = typer.Option(None, "--policy", help="The candidate: a baseline (none, random, bau, "
-                                                                "churn_threshold, greedy_uplift) or a folder from `clv train`."),
-    target_prob_column: Optional[str] = typer.Option(None, "--target-prob-column", help="Instead of --policy: a "
-                                                     "decisions column holding the candidate's probability of each "
-                                                     "logged action (a policy made elsewhere); ips/snips (pdis/wpdis)."),
-    world_path: Optional[Path] = typer.Option(None, "--world", help="World JSON the policy acts in (default: "
-                                                                    "calibrate the history before --start, or all of it)."),
-    estimators: str = typer.Option("dm,ips,snips,dr", "--estimators", help="Comma-separated: dm, ips, snips, dr, "
-                                   "sndr (per_decision); pdis, wpdis, dr_seq, wdr, fqe (per_customer; the one-step "
-                                   "names run their sequential counterparts)."),
-    estimand: str = typer.Option("per_decision", "--estimand", help="per_decision (mean reward after a decision) or "
-                                                                    "per_customer (sum over a customer's decisions)."),
+    history_dir: Path = typer.Argument(
+        ...,
+        metavar="HISTORY_DIR",
+        help="History folder with decisions.csv (customer_id, date, action, propensity[, cost]).",
+    ),
+    policy: Optional[str] = typer.Option(
+        None,
+        "--policy",
+        help="The candidate: a baseline (none, random, bau, "
+        "churn_threshold, greedy_uplift) or a folder from `clv train`.",
+    ),
+    target_prob_column: Optional[str] = typer.Option(
+        None,
+        "--target-prob-column",
+        help="Instead of --policy: a "
+        "decisions column holding the candidate's probability of each "
+        "logged action (a policy made elsewhere); ips/snips (pdis/wpdis).",
+    ),
+    world_path: Optional[Path] = typer.Option(
+        None,
+        "--world",
+        help="World JSON the policy acts in (default: calibrate the history before --start, or all of it).",
+    ),
+    estimators: str = typer.Option(
+        "dm,ips,snips,dr",
+        "--estimators",
+        help="Comma-separated: dm, ips, snips, dr, "
+        "sndr (per_decision); pdis, wpdis, dr_seq, wdr, fqe (per_customer; the one-step "
+        "names run their sequential counterparts).",
+    ),
+    estimand: str = typer.Option(
+        "per_decision",
+        "--estimand",
+        help="per_decision (mean reward after a decision) or per_customer (sum over a customer's decisions).",
+    ),
     discount: Optional[float] = typer.Option(None, "--discount", help="Per-decision discount of the per_customer sum."),
     clip: Optional[float] = ClipOpt,
     bootstrap: int = BootstrapOpt,
@@ -76,6 +114,7 @@ def ope(
     """
     with _user_errors():
         from sim.errors import ConfigError
+
         _check_source(history_dir, None)
         _check_out(out)
         start_d = _date(start, "--start") if start else None
@@ -86,30 +125,51 @@ def ope(
             _check_world(world_path)
         from experiments.ope import OPESettings, evaluate_offline
         from experiments.ray_session import executor_for
-        settings = OPESettings(estimand=estimand, estimators=_names(estimators), discount=discount, clip=clip,
-                               n_boot=bootstrap, alpha=alpha, seed=seed, folds=folds,
-                               reward_model=reward_model, start=start_d, end=end_d)
+
+        settings = OPESettings(
+            estimand=estimand,
+            estimators=_names(estimators),
+            discount=discount,
+            clip=clip,
+            n_boot=bootstrap,
+            alpha=alpha,
+            seed=seed,
+            folds=folds,
+            reward_model=reward_model,
+            start=start_d,
+            end=end_d,
+        )
         history = _load(history_dir, None)
         world = book = pol = None
         world_note = None
         if policy is not None:
             world, book, world_note = _ope_world(history, world_path, start_d)
             from policies.registry import resolve_policy
+
             pol = resolve_policy(policy, world)
         with _progress("offline evaluation", 1) as upd:
-            res = evaluate_offline(history, settings, policy=pol, world=world, book=book,
-                                   target_column=target_prob_column, executor=executor_for(workers, address),
-                                   progress=lambda stage, d, t: upd(d, t))
+            res = evaluate_offline(
+                history,
+                settings,
+                policy=pol,
+                world=world,
+                book=book,
+                target_column=target_prob_column,
+                executor=executor_for(workers, address),
+                progress=lambda stage, d, t: upd(d, t),
+            )
         res["history"] = str(history_dir)
         res["world"] = world_note
         if policy is not None:
             res["policy"] = policy
         if out is not None:
             _write_json(out, res)
-    lines = [f"{res['policy']} on {res['decisions']:,} decisions of {res['customers']:,} customers "
-             f"({res['window']['start']} to {res['window']['end']}), estimand {res['estimand']}",
-             f"logged policy's own value: {res['logged_policy_value']:.4g}",
-             f"{'estimator':<10}{'value':>12}{'95% CI' if abs(alpha - 0.05) < 1e-12 else 'CI':>26}{'ESS':>10}"]
+    lines = [
+        f"{res['policy']} on {res['decisions']:,} decisions of {res['customers']:,} customers "
+        f"({res['window']['start']} to {res['window']['end']}), estimand {res['estimand']}",
+        f"logged policy's own value: {res['logged_policy_value']:.4g}",
+        f"{'estimator':<10}{'value':>12}{'95% CI' if abs(alpha - 0.05) < 1e-12 else 'CI':>26}{'ESS':>10}",
+    ]
     for k, e in res["estimates"].items():
         lines.append(f"{k:<10}{e['value']:>12.4g}   [{e['ci_low']:>10.4g}, {e['ci_high']:>10.4g}]{e['ess']:>10.0f}")
     if res["diagnostics"].get("warning"):
@@ -119,16 +179,33 @@ def ope(
 
 @app.command()
 def backtest(
-    history_dir: Path = typer.Argument(..., metavar="HISTORY_DIR", help="History folder with transactions and "
-                                                                       "decisions.csv (customer_id, date, action, propensity[, cost])."),
-    split_date: str = typer.Option(..., "--split-date", help="Calibrate on the history before this date; evaluate "
-                                                            "on the decisions and outcomes from it on."),
-    policies: str = typer.Option(..., "--policies", help="Comma-separated candidates (at least two): baselines (none, "
-                                                        "random, bau, churn_threshold, greedy_uplift) or folders from `clv train`."),
-    world_path: Optional[Path] = typer.Option(None, "--world", help="World JSON (its book beside it) calibrated up to "
-                                                                    "the day before the split; skips calibration."),
-    estimators: str = typer.Option("dm,ips,snips,dr", "--estimators", help="Comma-separated OPE estimators of the "
-                                   "per_decision estimand: dm, ips, snips, dr, sndr (ranking uses dr if given, else the first)."),
+    history_dir: Path = typer.Argument(
+        ...,
+        metavar="HISTORY_DIR",
+        help="History folder with transactions and decisions.csv (customer_id, date, action, propensity[, cost]).",
+    ),
+    split_date: str = typer.Option(
+        ...,
+        "--split-date",
+        help="Calibrate on the history before this date; evaluate on the decisions and outcomes from it on.",
+    ),
+    policies: str = typer.Option(
+        ...,
+        "--policies",
+        help="Comma-separated candidates (at least two): baselines (none, "
+        "random, bau, churn_threshold, greedy_uplift) or folders from `clv train`.",
+    ),
+    world_path: Optional[Path] = typer.Option(
+        None,
+        "--world",
+        help="World JSON (its book beside it) calibrated up to the day before the split; skips calibration.",
+    ),
+    estimators: str = typer.Option(
+        "dm,ips,snips,dr",
+        "--estimators",
+        help="Comma-separated OPE estimators of the "
+        "per_decision estimand: dm, ips, snips, dr, sndr (ranking uses dr if given, else the first).",
+    ),
     clip: Optional[float] = ClipOpt,
     bootstrap: int = BootstrapOpt,
     alpha: float = AlphaOpt,
@@ -136,7 +213,9 @@ def backtest(
     folds: int = FoldsOpt,
     reward_model: str = RewardModelOpt,
     seeds: int = typer.Option(5, "--seeds", min=1, help="Simulation seeds (CIs over seeds)."),
-    customers: Optional[int] = typer.Option(None, "--customers", min=1, help="Simulated customers (default: the whole book)."),
+    customers: Optional[int] = typer.Option(
+        None, "--customers", min=1, help="Simulated customers (default: the whole book)."
+    ),
     workers: Optional[int] = RayWorkersOpt,
     address: Optional[str] = RayAddressOpt,
     out: Optional[Path] = OutJsonOpt,
@@ -156,12 +235,21 @@ def backtest(
         _check_out(out)
         split = _date(split_date, "--split-date")
         from experiments.backtest import BacktestSettings, check_policies, run_backtest
+
         specs = check_policies(policies.split(","))
         if world_path is not None:
             _check_world(world_path)
         from experiments.ope import OPESettings
-        ope_settings = OPESettings(estimators=_names(estimators), clip=clip, n_boot=bootstrap, alpha=alpha,
-                                   seed=seed, folds=folds, reward_model=reward_model)  # checked before any work
+
+        ope_settings = OPESettings(
+            estimators=_names(estimators),
+            clip=clip,
+            n_boot=bootstrap,
+            alpha=alpha,
+            seed=seed,
+            folds=folds,
+            reward_model=reward_model,
+        )  # checked before any work
         settings = BacktestSettings(ope_settings, seeds=seeds, customers=customers, workers=workers, address=address)
         history = _load(history_dir, None)
         world = book = note = None
@@ -170,25 +258,38 @@ def backtest(
         else:
             typer.echo(f"calibrating a world on {history_dir} before {split} (give --world to reuse one)", err=True)
         with _progress("backtest", 1) as upd:
-            res = run_backtest(history, split, specs, settings, world=world, book=book, world_note=note,
-                               progress=lambda stage, d, t: upd(d, t))
+            res = run_backtest(
+                history,
+                split,
+                specs,
+                settings,
+                world=world,
+                book=book,
+                world_note=note,
+                progress=lambda stage, d, t: upd(d, t),
+            )
         if out is not None:
             _write_json(out, res)
     lg = res["logged"]
     main = res["estimand"]["main_estimator"]
-    lines = [f"backtest split {res['split_date']}: {lg['decisions']:,} logged decisions of {lg['customers']:,} "
-             f"customers after it; logged policy's actual value per decision {lg['per_decision']:.4g}",
-             f"{'policy':<18}{'OPE ' + main:>12}{'95% CI' if abs(alpha - 0.05) < 1e-12 else 'CI':>24}"
-             f"{'vs logged':>11}{'sim/decision':>14}{'sim CLV':>10}"]
+    lines = [
+        f"backtest split {res['split_date']}: {lg['decisions']:,} logged decisions of {lg['customers']:,} "
+        f"customers after it; logged policy's actual value per decision {lg['per_decision']:.4g}",
+        f"{'policy':<18}{'OPE ' + main:>12}{'95% CI' if abs(alpha - 0.05) < 1e-12 else 'CI':>24}"
+        f"{'vs logged':>11}{'sim/decision':>14}{'sim CLV':>10}",
+    ]
     for n, p in res["policies"].items():
         e, s = p["ope"][main], p["simulation"]
-        lines.append(f"{n:<18}{e['value']:>12.4g}   [{e['ci_low']:>9.4g}, {e['ci_high']:>9.4g}]"
-                     f"{p['ope_vs_logged']['value']:>+11.4g}{s['per_decision_reward']['mean']:>14.4g}"
-                     f"{s['clv']['mean']:>10.2f}")
+        lines.append(
+            f"{n:<18}{e['value']:>12.4g}   [{e['ci_low']:>9.4g}, {e['ci_high']:>9.4g}]"
+            f"{p['ope_vs_logged']['value']:>+11.4g}{s['per_decision_reward']['mean']:>14.4g}"
+            f"{s['clv']['mean']:>10.2f}"
+        )
     r = res["ranking"]
-    lines.append(f"ranking OPE: {' > '.join(r['ope'])}; simulation: {' > '.join(r['simulation'])}; "
-                 f"Kendall tau {r['kendall_tau']:+.2f}; same best: {'yes' if r['same_best'] else 'no'}")
+    lines.append(
+        f"ranking OPE: {' > '.join(r['ope'])}; simulation: {' > '.join(r['simulation'])}; "
+        f"Kendall tau {r['kendall_tau']:+.2f}; same best: {'yes' if r['same_best'] else 'no'}"
+    )
     lines += [f"warning: {w}" for w in res["warnings"]]
     lines.append(f"{res['seconds']:.1f}s")
     _emit(res, as_json, "\n".join(lines))
-

@@ -1,4 +1,5 @@
 """The world commands: make-data, calibrate, validate, simulate."""
+
 from __future__ import annotations
 
 import time
@@ -7,8 +8,21 @@ from typing import Optional
 
 import typer
 
-from .common import (app, DatasetOpt, HistoryArg, JsonOpt, _check_out, _check_world, _date, _emit, _err, _load,
-                     _load_world, _progress, _user_errors)
+from .common import (
+    DatasetOpt,
+    HistoryArg,
+    JsonOpt,
+    _check_out,
+    _check_world,
+    _date,
+    _emit,
+    _err,
+    _load,
+    _load_world,
+    _progress,
+    _user_errors,
+    app,
+)
 
 
 @app.command("make-data")
@@ -17,8 +31,9 @@ def make_data(
     customers: int = typer.Option(6000, "--customers", min=10, help="Customers in the book."),
     weeks: int = typer.Option(156, "--weeks", min=20, help="Weeks of history."),
     start: str = typer.Option("2022-01-03", "--start", help="First day of the history (a Monday is tidy)."),
-    decision_every: int = typer.Option(4, "--decision-every", min=1,
-                                       help="Weeks between logged decision points per customer."),
+    decision_every: int = typer.Option(
+        4, "--decision-every", min=1, help="Weeks between logged decision points per customer."
+    ),
     seed: int = typer.Option(7, "--seed", help="Random seed; same seed, same files."),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -28,15 +43,20 @@ def make_data(
     """
     with _user_errors():
         from sim.synthetic import BankConfig, write_bank_history
+
         start = _date(start, "--start")
         _check_out(out, folder=True)
         t0 = time.perf_counter()
         cfg = BankConfig(customers=customers, weeks=weeks, start=start, decision_every=decision_every, seed=seed)
         summary = write_bank_history(out, cfg)
         summary["seconds"] = round(time.perf_counter() - t0, 3)
-    _emit(summary, as_json, f"wrote synthetic bank history to {out} "
-                            f"({summary['customers']} customers, {summary['transactions']} transactions, "
-                            f"{summary['decisions']} logged decisions)")
+    _emit(
+        summary,
+        as_json,
+        f"wrote synthetic bank history to {out} "
+        f"({summary['customers']} customers, {summary['transactions']} transactions, "
+        f"{summary['decisions']} logged decisions)",
+    )
 
 
 @app.command()
@@ -45,8 +65,11 @@ def calibrate(
     dataset: Optional[str] = DatasetOpt,
     calibration_end: str = typer.Option(..., "--calibration-end", help="Last day (inclusive) of history used."),
     out: Path = typer.Option(..., "--out", help="World model JSON to write (a .book.parquet goes beside it)."),
-    segment_by: Optional[str] = typer.Option(None, "--segment-by", help="customers.csv column to segment by "
-                                                                        "(default: its 'segment' column, else K-means on RFM)."),
+    segment_by: Optional[str] = typer.Option(
+        None,
+        "--segment-by",
+        help="customers.csv column to segment by (default: its 'segment' column, else K-means on RFM).",
+    ),
     segments: int = typer.Option(4, "--segments", min=1, help="K for K-means RFM segments."),
     activity_model: str = typer.Option("pareto_nbd", "--activity-model", help="pareto_nbd (default) or bg_nbd."),
     seed: int = typer.Option(0, "--seed", help="Seed for K-means and bootstrap."),
@@ -60,20 +83,27 @@ def calibrate(
         ce = _date(calibration_end, "--calibration-end")
         _check_out(out)
         hist = _load(history_dir, dataset)  # input errors surface before the fitting code is imported
-        from sim.calibrate import calibrate as run
         from experiments.results import CalibrationResult
-        world, book, report = run(hist, ce, segment_by=segment_by, n_segments=segments,
-                                  activity_model=activity_model, seed=seed)
+        from sim.calibrate import calibrate as run
+
+        world, book, report = run(
+            hist, ce, segment_by=segment_by, n_segments=segments, activity_model=activity_model, seed=seed
+        )
         out = Path(out)
-        book_path = world.save_with_book(out, book)   # the world is renamed into place last, after its book
-        doc = CalibrationResult(world, str(out), str(book_path), customers=report["customers"],
-                                seconds=report["seconds"], report=report).to_dict()
-    _emit(doc, as_json, f"world written to {out} ({report['customers']} customers, "
-                        f"{len(world.segments)} segments, {report['seconds']:.2f}s)\n"
-                        f"  same-day transactions merged: {report['same_day_merged']}; transactions after the "
-                        f"calibration end left out: {report['transactions_after_calibration_end']}; customers "
-                        f"born after it left out: {report['customers_born_after_calibration_end']}"
-                        + "".join(f"\n  assumed: {a}" for a in world.assumptions))
+        book_path = world.save_with_book(out, book)  # the world is renamed into place last, after its book
+        doc = CalibrationResult(
+            world, str(out), str(book_path), customers=report["customers"], seconds=report["seconds"], report=report
+        ).to_dict()
+    _emit(
+        doc,
+        as_json,
+        f"world written to {out} ({report['customers']} customers, "
+        f"{len(world.segments)} segments, {report['seconds']:.2f}s)\n"
+        f"  same-day transactions merged: {report['same_day_merged']}; transactions after the "
+        f"calibration end left out: {report['transactions_after_calibration_end']}; customers "
+        f"born after it left out: {report['customers_born_after_calibration_end']}"
+        + "".join(f"\n  assumed: {a}" for a in world.assumptions),
+    )
 
 
 @app.command()
@@ -82,8 +112,9 @@ def validate(
     dataset: Optional[str] = DatasetOpt,
     calibration_end: str = typer.Option(..., "--calibration-end", help="Last day of the calibration window."),
     holdout_end: str = typer.Option(..., "--holdout-end", help="Last day of the holdout window."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for validation.json, tracking.png, tables "
-                                                           "and the world."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Folder for validation.json, tracking.png, tables and the world."
+    ),
     replications: int = typer.Option(32, "--replications", min=1, help="Digital-twin draws per customer."),
     segment_by: Optional[str] = typer.Option(None, "--segment-by", help="customers.csv column to segment by."),
     segments: int = typer.Option(4, "--segments", min=1, help="K for K-means RFM segments."),
@@ -102,18 +133,37 @@ def validate(
             _err(f"--holdout-end {he} must be after --calibration-end {ce}")
         _check_out(out, folder=True)
         hist = _load(history_dir, dataset)  # input errors surface before the fitting code is imported
-        from sim.validate import validate as run, write_outputs
+        from sim.validate import validate as run
+        from sim.validate import write_outputs
+
         t0 = time.perf_counter()
         with _progress("simulating holdout", 1) as upd:
-            metrics, art = run(hist, ce, he, replications=replications, seed=seed, segment_by=segment_by,
-                               n_segments=segments, activity_model=activity_model, progress=upd)
+            metrics, art = run(
+                hist,
+                ce,
+                he,
+                replications=replications,
+                seed=seed,
+                segment_by=segment_by,
+                n_segments=segments,
+                activity_model=activity_model,
+                progress=upd,
+            )
         metrics["seconds"] = round(time.perf_counter() - t0, 3)
         if out is not None:
             metrics["files"] = write_outputs(out, metrics, art)
-    keys = ("customers", "holdout_repeat_actual", "holdout_repeat_predicted", "aggregate_error",
-            "per_customer_corr", "per_customer_mae", "active_auc", "holdout_value_error", "top_decile_value_share")
-    human = "\n".join(f"{k}: {metrics[k]:.4f}" if isinstance(metrics[k], float) else f"{k}: {metrics[k]}"
-                      for k in keys)
+    keys = (
+        "customers",
+        "holdout_repeat_actual",
+        "holdout_repeat_predicted",
+        "aggregate_error",
+        "per_customer_corr",
+        "per_customer_mae",
+        "active_auc",
+        "holdout_value_error",
+        "top_decile_value_share",
+    )
+    human = "\n".join(f"{k}: {metrics[k]:.4f}" if isinstance(metrics[k], float) else f"{k}: {metrics[k]}" for k in keys)
     if out is not None:
         human += f"\noutputs in {out}/ (validation.json, tracking.png, conditional_expectation.csv, world.json)"
     _emit(metrics, as_json, human)
@@ -122,17 +172,28 @@ def validate(
 @app.command()
 def simulate(
     world_path: Path = typer.Argument(..., metavar="WORLD", help="World JSON from `clv calibrate`."),
-    policy: str = typer.Option("none", "--policy", help="Policy to run: a baseline (none, random, bau, "
-                                                         "churn_threshold, greedy_uplift) or a folder from `clv train`."),
-    customers: Optional[int] = typer.Option(None, "--customers", min=1,
-                                            help="Customers to simulate (default: the whole book)."),
+    policy: str = typer.Option(
+        "none",
+        "--policy",
+        help="Policy to run: a baseline (none, random, bau, "
+        "churn_threshold, greedy_uplift) or a folder from `clv train`.",
+    ),
+    customers: Optional[int] = typer.Option(
+        None, "--customers", min=1, help="Customers to simulate (default: the whole book)."
+    ),
     periods: int = typer.Option(52, "--periods", min=1, help="Periods to simulate."),
     seed: int = typer.Option(0, "--seed", help="Random seed; same seed, same numbers."),
-    population: str = typer.Option("book", "--population",
-                                   help="book: digital twins of the calibrated customers (resampled to "
-                                        "--customers); new: brand-new customers from the segment priors."),
-    out: Path = typer.Option(..., "--out", help="Parquet file, one row per simulated customer "
-                                                "(per-period totals go to FILE.periods.parquet)."),
+    population: str = typer.Option(
+        "book",
+        "--population",
+        help="book: digital twins of the calibrated customers (resampled to "
+        "--customers); new: brand-new customers from the segment priors.",
+    ),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        help="Parquet file, one row per simulated customer (per-period totals go to FILE.periods.parquet).",
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Simulate a population under a policy with the vectorised simulator.
@@ -142,19 +203,22 @@ def simulate(
     with _user_errors():
         from sim.errors import ConfigError
         from sim.population import POPULATIONS
+
         if population not in POPULATIONS:
             raise ConfigError(f"--population must be book or new, got {population!r}")
         from policies.registry import check_policy_spec
+
         check_policy_spec(policy)
         if population == "new" and customers is None:
             raise ConfigError("--population new needs --customers N")
         _check_out(out)
         _check_world(world_path)
-        from sim.atomic import atomic_path
-        from policies.registry import resolve_policy
-        from policies.base import as_simulator_policy
-        from sim.population import simulate as run
         from experiments.results import SimulationSummary
+        from policies.base import as_simulator_policy
+        from policies.registry import resolve_policy
+        from sim.atomic import atomic_path
+        from sim.population import simulate as run
+
         world, book = _load_world(world_path, population)
         pol = as_simulator_policy(resolve_policy(policy, world))
         n = customers or len(book)
@@ -165,6 +229,7 @@ def simulate(
             def tick(m: int) -> None:
                 done[0] += m
                 upd(done[0])
+
             res = run(world, pol, periods, seed, book=book, customers=customers, progress=tick)
         secs = time.perf_counter() - t0
         out = Path(out)
@@ -173,8 +238,13 @@ def simulate(
             res.customers.to_parquet(tmp, index=False)
         with atomic_path(periods_path) as tmp:
             res.periods.to_parquet(tmp, index=False)
-        doc = SimulationSummary(world, str(world_path), policy, population, periods, seed, str(out),
-                                str(periods_path), res.customers, secs).to_dict()
-    _emit(doc, as_json, f"simulated {doc['customers']:,} customers x {periods} periods in {secs:.1f}s -> {out}\n"
-                        f"CLV per customer {doc['clv_per_customer']:.2f}, retention at horizon "
-                        f"{doc['retention_at_horizon']:.3f}")
+        doc = SimulationSummary(
+            world, str(world_path), policy, population, periods, seed, str(out), str(periods_path), res.customers, secs
+        ).to_dict()
+    _emit(
+        doc,
+        as_json,
+        f"simulated {doc['customers']:,} customers x {periods} periods in {secs:.1f}s -> {out}\n"
+        f"CLV per customer {doc['clv_per_customer']:.2f}, retention at horizon "
+        f"{doc['retention_at_horizon']:.3f}",
+    )

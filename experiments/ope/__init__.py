@@ -13,8 +13,25 @@ Open Bandit Pipeline's `ope/`:
 Nothing here knows of the CLI or of Ray: work that can run in parallel takes an executor from
 the caller (`experiments.ray_session.RayExecutor`).
 """
-from .evaluate import (DEFAULT_ESTIMATORS, ONE_STEP, SEQUENTIAL, LoggedDecisions, OPESettings, bootstrap_intervals,
-                       evaluate_offline, logged_decisions)
 
-__all__ = ["DEFAULT_ESTIMATORS", "LoggedDecisions", "ONE_STEP", "OPESettings", "SEQUENTIAL", "bootstrap_intervals",
-           "evaluate_offline", "logged_decisions"]
+from .evaluate import (
+    DEFAULT_ESTIMATORS,
+    ONE_STEP,
+    SEQUENTIAL,
+    LoggedDecisions,
+    OPESettings,
+    bootstrap_intervals,
+    evaluate_offline,
+    logged_decisions,
+)
+
+__all__ = [
+    "DEFAULT_ESTIMATORS",
+    "LoggedDecisions",
+    "ONE_STEP",
+    "OPESettings",
+    "SEQUENTIAL",
+    "bootstrap_intervals",
+    "evaluate_offline",
+    "logged_decisions",
+]

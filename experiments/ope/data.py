@@ -12,6 +12,7 @@ of the action ("none" costs 0). `per_decision` averages these rewards over decis
 discount is given). Product margins are not included: a history has opening dates, not the
 monthly margin each product earned.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,7 +29,7 @@ def customer_codes(*ids: np.ndarray) -> list[np.ndarray]:
     cats = pd.Categorical(np.concatenate([np.asarray(a) for a in ids]))
     c = cats.codes.astype(np.int64)
     bounds = np.cumsum([0] + [len(a) for a in ids])
-    return [c[bounds[k]:bounds[k + 1]] for k in range(len(ids))]
+    return [c[bounds[k] : bounds[k + 1]] for k in range(len(ids))]
 
 
 def day_numbers(dates) -> np.ndarray:
@@ -63,8 +64,10 @@ def decision_outcomes(history, start: str | None = None, end: str | None = None)
     or decision in the history). Raises ConfigError when the history has no decisions."""
     dec = history.decisions
     if dec is None or len(dec) == 0:
-        raise ConfigError(f"{history.folder}: no decisions table (decisions.csv with customer_id, date, action, "
-                          "propensity) to evaluate policies on")
+        raise ConfigError(
+            f"{history.folder}: no decisions table (decisions.csv with customer_id, date, action, "
+            "propensity) to evaluate policies on"
+        )
     tx = history.transactions
     dec = dec.sort_values(["customer_id", "date"], kind="stable").reset_index(drop=True)
     last_seen = max(tx["date"].max(), dec["date"].max())
@@ -74,8 +77,10 @@ def decision_outcomes(history, start: str | None = None, end: str | None = None)
         dec = dec[dec["date"] >= pd.Timestamp(start)]
     dec = dec[dec["date"] < stop].reset_index(drop=True)
     if len(dec) == 0:
-        raise ConfigError(f"{history.folder}: no decisions between {start or 'the start'} and {stop.date()}; "
-                          f"the decisions run from {logged_from} to {logged_to}")
+        raise ConfigError(
+            f"{history.folder}: no decisions between {start or 'the start'} and {stop.date()}; "
+            f"the decisions run from {logged_from} to {logged_to}"
+        )
 
     cust = dec["customer_id"].to_numpy()
     same_next = np.zeros(len(dec), dtype=bool)
@@ -99,9 +104,19 @@ def decision_outcomes(history, start: str | None = None, end: str | None = None)
     else:
         cost = np.zeros(len(dec))
     step = dec.groupby("customer_id", sort=False).cumcount().to_numpy()
-    return pd.DataFrame({"customer_id": cust, "date": dec["date"].to_numpy(), "action": dec["action"].to_numpy(),
-                         "propensity": dec["propensity"].to_numpy(dtype=np.float64), "cost": cost,
-                         "next_date": nxt, "margin": margin, "reward": margin - cost, "step": step})
+    return pd.DataFrame(
+        {
+            "customer_id": cust,
+            "date": dec["date"].to_numpy(),
+            "action": dec["action"].to_numpy(),
+            "propensity": dec["propensity"].to_numpy(dtype=np.float64),
+            "cost": cost,
+            "next_date": nxt,
+            "margin": margin,
+            "reward": margin - cost,
+            "step": step,
+        }
+    )
 
 
 def on_policy_value(outcomes: pd.DataFrame, estimand: str = "per_decision", discount: float | None = None) -> float:

@@ -43,6 +43,7 @@ forward and the per-step normalisers of WPDIS/WDR average over ALL customers. Th
 E[w_t] = 1 at every t even when the end of a trajectory depends on the actions taken, which
 normalising over only the still-active customers would not.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -76,8 +77,7 @@ class _Estimator:
 
     def _check(self, data) -> None:
         if not isinstance(data, self._data_type):
-            raise TypeError(f"{self.name}: expects {self._data_type.__name__}, "
-                            f"got {type(data).__name__}")
+            raise TypeError(f"{self.name}: expects {self._data_type.__name__}, got {type(data).__name__}")
 
     def _stats(self, data) -> np.ndarray:
         """Additive per-sample statistics, (n, k)."""
@@ -328,12 +328,11 @@ class WDR(_Sequential):
         _need_models(self.name, data)
         g = _discounts(self.discount, data.horizon)
         w = data.cumulative_weights()
-        return np.concatenate([w * (data.reward - data.q_logged()) * g,
-                               _lagged(w) * data.v_hat * g, w], axis=1)
+        return np.concatenate([w * (data.reward - data.q_logged()) * g, _lagged(w) * data.v_hat * g, w], axis=1)
 
     def _combine(self, sums, m):
         T = sums.shape[-1] // 3
-        c, d, wsum = sums[..., :T], sums[..., T:2 * T], sums[..., 2 * T:]
+        c, d, wsum = sums[..., :T], sums[..., T : 2 * T], sums[..., 2 * T :]
         w_lag = np.concatenate([np.full(wsum.shape[:-1] + (1,), float(m)), wsum[..., :-1]], axis=-1)
         return (_safe_div(c, wsum) + _safe_div(d, w_lag)).sum(axis=-1)
 
@@ -343,8 +342,9 @@ class WDR(_Sequential):
         g = _discounts(self.discount, data.horizon)
         w = data.cumulative_weights()
         wl = _lagged(w)
-        return (_safe_div(w * (data.reward - data.q_logged()), w.mean(axis=0))
-                + _safe_div(wl * data.v_hat, wl.mean(axis=0))) @ g
+        return (
+            _safe_div(w * (data.reward - data.q_logged()), w.mean(axis=0)) + _safe_div(wl * data.v_hat, wl.mean(axis=0))
+        ) @ g
 
 
 @dataclass(frozen=True)
@@ -379,27 +379,34 @@ def weight_diagnostics(data: LoggedBandit | LoggedTrajectories) -> dict:
         w = data.cumulative_weights()[:, -1]
         zero = ((data.target_prob == 0) & data.mask).any(axis=1)
     else:
-        raise TypeError(f"weight_diagnostics: expects LoggedBandit or LoggedTrajectories, "
-                        f"got {type(data).__name__}")
+        raise TypeError(f"weight_diagnostics: expects LoggedBandit or LoggedTrajectories, got {type(data).__name__}")
     n = w.shape[0]
     ess = kish_ess(w)
-    return {"n": n, "ess": ess, "ess_share": ess / n, "max_weight": float(w.max()),
-            "mean_weight": float(w.mean()), "zero_target_share": float(zero.mean())}
+    return {
+        "n": n,
+        "ess": ess,
+        "ess_share": ess / n,
+        "max_weight": float(w.max()),
+        "mean_weight": float(w.mean()),
+        "zero_target_share": float(zero.mean()),
+    }
 
 
 def kish_ess(w: np.ndarray) -> float:
     """Kish's effective sample size of weights w: (sum w)^2 / sum w^2 (0 when every weight is 0)."""
-    sq = float((w ** 2).sum())
+    sq = float((w**2).sum())
     return float(w.sum()) ** 2 / sq if sq > 0 else 0.0
 
 
 def support_warning(diag: dict) -> str | None:
     """A one-line warning when the effective sample share is below THIN_SUPPORT_ESS_SHARE."""
     if diag["ess_share"] < THIN_SUPPORT_ESS_SHARE:
-        return (f"thin support: effective sample size {diag['ess']:.1f} of {diag['n']} "
-                f"({diag['ess_share']:.2%} < {THIN_SUPPORT_ESS_SHARE:.0%}); max weight "
-                f"{diag['max_weight']:.3g}, mean weight {diag['mean_weight']:.3g}; the candidate "
-                f"policy goes where the logging policy rarely went, estimates are unreliable")
+        return (
+            f"thin support: effective sample size {diag['ess']:.1f} of {diag['n']} "
+            f"({diag['ess_share']:.2%} < {THIN_SUPPORT_ESS_SHARE:.0%}); max weight "
+            f"{diag['max_weight']:.3g}, mean weight {diag['mean_weight']:.3g}; the candidate "
+            f"policy goes where the logging policy rarely went, estimates are unreliable"
+        )
     return None
 
 
@@ -407,8 +414,9 @@ def support_warning(diag: dict) -> str | None:
 # bootstrap
 
 
-def bootstrap_ci(estimator, data, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
-                 groups: np.ndarray | None = None) -> tuple[float, float]:
+def bootstrap_ci(
+    estimator, data, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0, groups: np.ndarray | None = None
+) -> tuple[float, float]:
     """Percentile bootstrap (1 - alpha) interval: the alpha/2 and 1 - alpha/2 quantiles of
     `bootstrap_replicates`."""
     if not 0 < alpha < 1:
@@ -454,7 +462,7 @@ def bootstrap_replicates(estimator, data, n_boot: int, seed: int, groups: np.nda
         idx += (np.arange(b) * n)[:, None]
         counts = np.bincount(idx.ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
         m = n if sizes is None else counts @ sizes
-        out[start:start + b] = estimator._combine(counts @ stats, m)
+        out[start : start + b] = estimator._combine(counts @ stats, m)
     return out
 
 
@@ -462,8 +470,10 @@ def bootstrap_replicates(estimator, data, n_boot: int, seed: int, groups: np.nda
 # registry
 
 
-ESTIMATORS: dict[str, type] = {cls.name: cls for cls in (
-    DirectMethod, IPS, SNIPS, DoublyRobust, SelfNormalizedDR, PDIS, WPDIS, SequentialDR, WDR, FQE)}
+ESTIMATORS: dict[str, type] = {
+    cls.name: cls
+    for cls in (DirectMethod, IPS, SNIPS, DoublyRobust, SelfNormalizedDR, PDIS, WPDIS, SequentialDR, WDR, FQE)
+}
 
 
 def make_estimator(name: str, **kw):

@@ -20,6 +20,7 @@ latent state). The resamples are split in fixed chunks, each with its own seed s
 run's seed, so the intervals are the same whether the chunks run in-process or on an executor
 with any number of workers (the caller's: this library knows nothing of Ray or of a CLI).
 """
+
 from __future__ import annotations
 
 import time
@@ -32,9 +33,17 @@ import pandas as pd
 from sim.errors import ConfigError
 
 from .data import ESTIMANDS, decision_outcomes, on_policy_value
+from .estimators import (
+    ESTIMATORS,
+    LoggedBandit,
+    LoggedTrajectories,
+    bootstrap_replicates,
+    kish_ess,
+    make_estimator,
+    support_warning,
+    weight_diagnostics,
+)
 from .models import REWARD_MODELS
-from .estimators import (ESTIMATORS, LoggedBandit, LoggedTrajectories, bootstrap_replicates, kish_ess,
-                             make_estimator, support_warning, weight_diagnostics)
 
 ONE_STEP = ("dm", "ips", "snips", "dr", "sndr")
 SEQUENTIAL = ("pdis", "wpdis", "dr_seq", "wdr", "fqe")
@@ -69,26 +78,34 @@ class OPESettings:
         allowed = ONE_STEP if self.estimand == "per_decision" else SEQUENTIAL + tuple(SEQUENTIAL_OF)
         for e in self.estimators:
             if e not in allowed:
-                hint = (" (a sequential estimator: use --estimand per_customer)" if e in SEQUENTIAL else "")
-                raise ConfigError("estimators", f"{e!r} is not an estimator of the {self.estimand} estimand{hint}; "
-                                  f"choose from {', '.join(allowed)}")
+                hint = " (a sequential estimator: use --estimand per_customer)" if e in SEQUENTIAL else ""
+                raise ConfigError(
+                    "estimators",
+                    f"{e!r} is not an estimator of the {self.estimand} estimand{hint}; "
+                    f"choose from {', '.join(allowed)}",
+                )
         if len(set(self.estimators)) != len(self.estimators):
             raise ConfigError("estimators", f"{','.join(self.estimators)} names an estimator twice")
         if self.discount is not None and not (0 < self.discount <= 1):
             raise ConfigError("discount", value=self.discount, message="must be in (0, 1]")
         if self.discount is not None and self.estimand == "per_decision":
-            raise ConfigError("discount", "{key:discount} applies to the per_customer estimand (add {key:estimand} "
-                                          "per_customer)")
+            raise ConfigError(
+                "discount", "{key:discount} applies to the per_customer estimand (add {key:estimand} per_customer)"
+            )
         if self.clip is not None and not self.clip > 0:
             raise ConfigError("clip", value=self.clip, message="must be > 0")
         if self.n_boot < 10:
-            raise ConfigError("n_boot", value=self.n_boot, message="use at least 10 resamples (1000 for a 95% interval)")
+            raise ConfigError(
+                "n_boot", value=self.n_boot, message="use at least 10 resamples (1000 for a 95% interval)"
+            )
         if not 0 < self.alpha < 1:
             raise ConfigError("alpha", value=self.alpha, message="must be in (0, 1)")
         if self.folds < 1:
             raise ConfigError("folds", value=self.folds, message="must be >= 1")
         if self.reward_model not in REWARD_MODELS:
-            raise ConfigError("reward_model", value=repr(self.reward_model), message=f"choose {' or '.join(REWARD_MODELS)}")
+            raise ConfigError(
+                "reward_model", value=repr(self.reward_model), message=f"choose {' or '.join(REWARD_MODELS)}"
+            )
 
     def estimator_of(self, key: str) -> str:
         """The registry name that runs for a requested key."""
@@ -114,15 +131,18 @@ def target_from_policy(policy, states) -> Target:
     """The candidate's probabilities at the rebuilt observations (`observations.DecisionStates`)."""
     probs = np.asarray(policy.action_probs(states.obs, states.masks), dtype=np.float64)
     rows = np.arange(len(states))
-    info = {"rebuilt_states": len(states), "unknown_segment": states.unknown_segment,
-            "logged_action_masked_share": float((~states.masks[rows, states.action]).mean())}
-    return Target(logged=probs[rows, states.action], probs=probs, source=getattr(policy, "name", "policy"),
-                  info=info)
+    info = {
+        "rebuilt_states": len(states),
+        "unknown_segment": states.unknown_segment,
+        "logged_action_masked_share": float((~states.masks[rows, states.action]).mean()),
+    }
+    return Target(logged=probs[rows, states.action], probs=probs, source=getattr(policy, "name", "policy"), info=info)
 
 
 def target_from_column(history, outcomes: pd.DataFrame, column: str) -> Target:
     """Target probabilities of the logged actions from a decisions-table column."""
     from sim.history import read_probability_column
+
     if str(history.folder).startswith("<"):
         raise ConfigError("target_prob_column", "needs a history folder (not a bundled dataset)")
     col = read_probability_column(history.folder, column)
@@ -143,8 +163,9 @@ def _action_codes(outcomes: pd.DataFrame, names: list[str]) -> np.ndarray:
     return idx
 
 
-def bandit_data(outcomes: pd.DataFrame, target: Target, action: np.ndarray, reward_hat: np.ndarray | None,
-                n_actions: int) -> LoggedBandit:
+def bandit_data(
+    outcomes: pd.DataFrame, target: Target, action: np.ndarray, reward_hat: np.ndarray | None, n_actions: int
+) -> LoggedBandit:
     """LoggedBandit of the decisions. With only the logged action's target probability, the
     remaining mass sits on an extra column no decision took (ips/snips only read the logged
     action's probability)."""
@@ -155,8 +176,13 @@ def bandit_data(outcomes: pd.DataFrame, target: Target, action: np.ndarray, rewa
         probs = np.zeros((n, n_actions + 1))
         probs[np.arange(n), action] = target.logged
         probs[:, -1] = 1.0 - target.logged
-    return LoggedBandit(reward=outcomes["reward"].to_numpy(), action=action,
-                        pscore=outcomes["propensity"].to_numpy(), target=probs, reward_hat=reward_hat)
+    return LoggedBandit(
+        reward=outcomes["reward"].to_numpy(),
+        action=action,
+        pscore=outcomes["propensity"].to_numpy(),
+        target=probs,
+        reward_hat=reward_hat,
+    )
 
 
 def trajectory_index(outcomes: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, int, int]:
@@ -166,8 +192,9 @@ def trajectory_index(outcomes: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, in
     return codes, step, len(uniq), int(step.max()) + 1
 
 
-def trajectory_data(outcomes: pd.DataFrame, target: Target, action: np.ndarray, q_hat: np.ndarray | None,
-                    index: tuple | None = None) -> tuple[LoggedTrajectories, np.ndarray]:
+def trajectory_data(
+    outcomes: pd.DataFrame, target: Target, action: np.ndarray, q_hat: np.ndarray | None, index: tuple | None = None
+) -> tuple[LoggedTrajectories, np.ndarray]:
     """LoggedTrajectories (customers x steps) and the customer id of each trajectory (`index`:
     `trajectory_index(outcomes)` when already at hand)."""
     ci, st, n, T = index if index is not None else trajectory_index(outcomes)
@@ -182,9 +209,15 @@ def trajectory_data(outcomes: pd.DataFrame, target: Target, action: np.ndarray, 
     if q_hat is not None:
         v = (target.probs * q_hat).sum(axis=1)
         q_hat, v_hat = pad(q_hat), pad(v)
-    data = LoggedTrajectories(reward=pad(outcomes["reward"].to_numpy()), action=pad(action, 0, np.int64),
-                              pscore=pad(outcomes["propensity"].to_numpy()), target_prob=pad(target.logged),
-                              mask=mask, q_hat=q_hat, v_hat=v_hat)
+    data = LoggedTrajectories(
+        reward=pad(outcomes["reward"].to_numpy()),
+        action=pad(action, 0, np.int64),
+        pscore=pad(outcomes["propensity"].to_numpy()),
+        target_prob=pad(target.logged),
+        mask=mask,
+        q_hat=q_hat,
+        v_hat=v_hat,
+    )
     ids = pd.unique(outcomes["customer_id"])
     return data, np.asarray(ids)
 
@@ -197,9 +230,16 @@ def _boot_chunk(data, groups, name: str, kw: dict, n_boot: int, seed: int) -> np
     return bootstrap_replicates(make_estimator(name, **kw), data, n_boot, seed, groups)
 
 
-def bootstrap_intervals(jobs: list[tuple[str, dict]], data, n_boot: int, alpha: float, seed: int,
-                        groups: np.ndarray | None, executor=None,
-                        progress: Callable[[int], None] | None = None) -> dict[str, tuple[float, float]]:
+def bootstrap_intervals(
+    jobs: list[tuple[str, dict]],
+    data,
+    n_boot: int,
+    alpha: float,
+    seed: int,
+    groups: np.ndarray | None,
+    executor=None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, tuple[float, float]]:
     """Percentile intervals of several estimators on the same data. Each estimator's resamples are
     split into chunks of BOOT_CHUNK with seeds spawned from `seed`. The chunks run in-process, or
     on `executor`, the caller's: `executor.map(fn, shared, calls, progress)` returns
@@ -219,7 +259,7 @@ def bootstrap_intervals(jobs: list[tuple[str, dict]], data, n_boot: int, alpha: 
         chunks = executor.map(_boot_chunk, (data, groups), calls, progress)
     out = {}
     for k, (name, _) in enumerate(jobs):
-        reps = np.concatenate(chunks[k * n_chunks:(k + 1) * n_chunks])
+        reps = np.concatenate(chunks[k * n_chunks : (k + 1) * n_chunks])
         lo, hi = np.quantile(reps, [alpha / 2, 1 - alpha / 2])
         out[name] = (float(lo), float(hi))
     return out
@@ -268,31 +308,45 @@ class LoggedDecisions:
     def reward_hat(self, settings: OPESettings) -> tuple[np.ndarray, dict]:
         """Out-of-fold r_hat (n, A) of the settings' reward model, fitted once per (model, folds, seed)."""
         from .models import RewardModel
+
         key = (settings.reward_model, settings.folds, settings.seed)
         if key not in self._reward_models:
             o = self.outcomes
             self._reward_models[key] = RewardModel(*key).cross_fit(
-                self.features(), self.states.action, o["reward"].to_numpy(), o["customer_id"].to_numpy(),
-                len(self.world.catalogue.names))
+                self.features(),
+                self.states.action,
+                o["reward"].to_numpy(),
+                o["customer_id"].to_numpy(),
+                len(self.world.catalogue.names),
+            )
         return self._reward_models[key]
 
 
-def logged_decisions(history, start: str | None = None, end: str | None = None, world=None,
-                     book=None) -> LoggedDecisions:
+def logged_decisions(
+    history, start: str | None = None, end: str | None = None, world=None, book=None
+) -> LoggedDecisions:
     """The decisions in [start, end) with their rewards and, given the `world` candidates act in
     (and its `book` for K-means segments), the states rebuilt at every decision."""
     outcomes = decision_outcomes(history, start, end)
     states = None
     if world is not None:
         from .observations import decision_states
+
         states = decision_states(history, world, outcomes, book)
     return LoggedDecisions(outcomes=outcomes, start=start, end=end, world=world, states=states)
 
 
-def evaluate_offline(history, settings: OPESettings, policy=None, world=None, book=None,
-                     target_column: str | None = None, executor=None,
-                     progress: Callable[[str, int, int], None] | None = None,
-                     logged: LoggedDecisions | None = None) -> dict[str, Any]:
+def evaluate_offline(
+    history,
+    settings: OPESettings,
+    policy=None,
+    world=None,
+    book=None,
+    target_column: str | None = None,
+    executor=None,
+    progress: Callable[[str, int, int], None] | None = None,
+    logged: LoggedDecisions | None = None,
+) -> dict[str, Any]:
     """Estimate the candidate's value on the history's logged decisions (see the module docstring).
 
     Give `policy` (with the `world` it acts in, and that world's `book` for K-means segments) or
@@ -302,21 +356,27 @@ def evaluate_offline(history, settings: OPESettings, policy=None, world=None, bo
     None: in-process)."""
     t0 = time.perf_counter()
     if (policy is None) == (target_column is None):
-        raise ConfigError("give a policy ({key:policy}) or a target probability column ({key:target_prob_column}), "
-                          "not both")
+        raise ConfigError(
+            "give a policy ({key:policy}) or a target probability column ({key:target_prob_column}), not both"
+        )
     if logged is None:
         logged = logged_decisions(history, settings.start, settings.end, world if policy is not None else None, book)
-    elif (logged.start, logged.end) != (settings.start, settings.end) or (policy is not None and logged.world is not world):
+    elif (logged.start, logged.end) != (settings.start, settings.end) or (
+        policy is not None and logged.world is not world
+    ):
         raise ValueError("evaluate_offline: `logged` was prepared for another window or world")
     outcomes = logged.outcomes
     if target_column is not None:
         needs = [k for k in settings.estimators if settings.estimator_of(k) in NEEDS_EVERY_ACTION]
         if needs:
-            raise ConfigError("estimators", value=",".join(needs),
-                              message="need the candidate's probability of every action, but {key:target_prob_column} "
-                                      "gives only the logged action's; use {key:estimators} "
-                                      f"{'ips,snips' if settings.estimand == 'per_decision' else 'pdis,wpdis'} "
-                                      "or {key:policy}")
+            raise ConfigError(
+                "estimators",
+                value=",".join(needs),
+                message="need the candidate's probability of every action, but {key:target_prob_column} "
+                "gives only the logged action's; use {key:estimators} "
+                f"{'ips,snips' if settings.estimand == 'per_decision' else 'pdis,wpdis'} "
+                "or {key:policy}",
+            )
         target = target_from_column(history, outcomes, target_column)
         names = list(history.actions.names) if history.actions is not None else sorted(outcomes["action"].unique())
         action = _action_codes(outcomes, names)
@@ -340,14 +400,14 @@ def evaluate_offline(history, settings: OPESettings, policy=None, world=None, bo
         index = trajectory_index(outcomes)
         if need_models:
             from .models import FittedQ
+
             ci, st, _, _ = index
             length = np.bincount(ci)
             remaining = length[ci] - st
             next_row = np.where(st + 1 < length[ci], np.arange(len(outcomes)) + 1, -1)
-            q_hat, models["fqe"] = FittedQ(discount=settings.discount or 1.0, folds=settings.folds,
-                                           seed=settings.seed).q_values(logged.features(), action,
-                                                                        outcomes["reward"].to_numpy(),
-                                                                        target.probs, next_row, ids, remaining)
+            q_hat, models["fqe"] = FittedQ(
+                discount=settings.discount or 1.0, folds=settings.folds, seed=settings.seed
+            ).q_values(logged.features(), action, outcomes["reward"].to_numpy(), target.probs, next_row, ids, remaining)
         data, _ = trajectory_data(outcomes, target, action, q_hat, index)
         groups = None
 
@@ -369,23 +429,42 @@ def evaluate_offline(history, settings: OPESettings, policy=None, world=None, bo
         if progress:
             progress("bootstrap", done[0], total)
 
-    cis = bootstrap_intervals([(name, kw) for _, name, kw in jobs], data, settings.n_boot, settings.alpha,
-                              settings.seed, groups, executor=executor, progress=tick)
+    cis = bootstrap_intervals(
+        [(name, kw) for _, name, kw in jobs],
+        data,
+        settings.n_boot,
+        settings.alpha,
+        settings.seed,
+        groups,
+        executor=executor,
+        progress=tick,
+    )
     estimates = {key: _estimate_entry(key, settings, data, points[key], cis[name]) for key, name, _ in jobs}
     diag = weight_diagnostics(data)
     warning = support_warning(diag)
     logged = on_policy_value(outcomes, settings.estimand, settings.discount)
     return {
-        "estimand": settings.estimand, "estimates": estimates,
-        "policy": target.source, "discount": settings.discount,
-        "decisions": int(len(outcomes)), "customers": int(outcomes["customer_id"].nunique()),
-        "window": {"start": str(pd.Timestamp(outcomes["date"].min()).date()),
-                   "end": str(pd.Timestamp(outcomes["next_date"].max()).date())},
+        "estimand": settings.estimand,
+        "estimates": estimates,
+        "policy": target.source,
+        "discount": settings.discount,
+        "decisions": int(len(outcomes)),
+        "customers": int(outcomes["customer_id"].nunique()),
+        "window": {
+            "start": str(pd.Timestamp(outcomes["date"].min()).date()),
+            "end": str(pd.Timestamp(outcomes["next_date"].max()).date()),
+        },
         "logged_policy_value": logged,
         "diagnostics": {**diag, "warning": warning, **target.info},
         "models": models,
-        "bootstrap": {"resamples": settings.n_boot, "alpha": settings.alpha, "seed": settings.seed,
-                      "unit": "customer", "tasks": total, "ray": getattr(executor, "name", None) == "ray"},
+        "bootstrap": {
+            "resamples": settings.n_boot,
+            "alpha": settings.alpha,
+            "seed": settings.seed,
+            "unit": "customer",
+            "tasks": total,
+            "ray": getattr(executor, "name", None) == "ray",
+        },
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},
         "seconds": time.perf_counter() - t0,
     }
@@ -396,9 +475,23 @@ def _features(outcomes, states, world) -> np.ndarray:
     from sim.catalogue import STAGES
 
     from .models import state_features
+
     window = (outcomes["next_date"] - outcomes["date"]).dt.days.to_numpy() / float(world.economics.period_days)
     return state_features(states.obs, outcomes["date"].to_numpy(), window, len(STAGES), len(world.segments))
 
 
-__all__ = ["OPESettings", "Target", "LoggedDecisions", "logged_decisions", "evaluate_offline", "bootstrap_intervals", "target_from_policy",
-           "target_from_column", "bandit_data", "trajectory_data", "ESTIMATORS", "ONE_STEP", "SEQUENTIAL"]
+__all__ = [
+    "OPESettings",
+    "Target",
+    "LoggedDecisions",
+    "logged_decisions",
+    "evaluate_offline",
+    "bootstrap_intervals",
+    "target_from_policy",
+    "target_from_column",
+    "bandit_data",
+    "trajectory_data",
+    "ESTIMATORS",
+    "ONE_STEP",
+    "SEQUENTIAL",
+]

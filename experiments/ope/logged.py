@@ -2,6 +2,7 @@
 contextual-bandit feedback) and `LoggedTrajectories` (customers x steps, padded with a prefix mask).
 Plain numpy arrays, as Open Bandit Pipeline's bandit feedback; the estimators are in
 experiments.ope.estimators."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,17 +20,19 @@ def _fmt_index(pos) -> str:
     return ", ".join(str(int(p)) for p in pos)
 
 
-def _as_float(owner: str, name: str, value, shape: tuple | None = None, ndim: int | None = None,
-              where: np.ndarray | None = None) -> np.ndarray:
+def _as_float(
+    owner: str, name: str, value, shape: tuple | None = None, ndim: int | None = None, where: np.ndarray | None = None
+) -> np.ndarray:
     """A float64 copy of `value`, checked for shape and finiteness (only where `where` is True)."""
     arr = np.array(value, dtype=np.float64)
     if ndim is not None and arr.ndim != ndim:
         raise ValueError(f"{owner}.{name}: expected {ndim} dimension(s), got shape {arr.shape}")
     if shape is not None and arr.shape != shape:
         raise ValueError(f"{owner}.{name}: shape {arr.shape} does not match expected {shape}")
-    if where is not None and arr.shape[:where.ndim] != where.shape:
-        raise ValueError(f"{owner}.{name}: shape {arr.shape} does not match expected "
-                         f"({', '.join(map(str, where.shape))}, ...)")
+    if where is not None and arr.shape[: where.ndim] != where.shape:
+        raise ValueError(
+            f"{owner}.{name}: shape {arr.shape} does not match expected ({', '.join(map(str, where.shape))}, ...)"
+        )
     bad = ~np.isfinite(arr)
     if where is not None:
         bad &= where.reshape(where.shape + (1,) * (arr.ndim - where.ndim))
@@ -39,8 +42,9 @@ def _as_float(owner: str, name: str, value, shape: tuple | None = None, ndim: in
     return arr
 
 
-def _as_int(owner: str, name: str, value, shape: tuple, n_actions: int | None,
-            where: np.ndarray | None = None) -> np.ndarray:
+def _as_int(
+    owner: str, name: str, value, shape: tuple, n_actions: int | None, where: np.ndarray | None = None
+) -> np.ndarray:
     arr = np.asarray(value)
     if arr.shape != shape:
         raise ValueError(f"{owner}.{name}: shape {arr.shape} does not match expected {shape}")
@@ -62,8 +66,7 @@ def _as_int(owner: str, name: str, value, shape: tuple, n_actions: int | None,
     if bad.any():
         pos = np.argwhere(bad)[0]
         hi = f"{n_actions - 1}" if n_actions is not None else "inf"
-        raise ValueError(f"{owner}.{name}[{_fmt_index(pos)}]: action {arr[tuple(pos)]} out of range "
-                         f"[0, {hi}]")
+        raise ValueError(f"{owner}.{name}[{_fmt_index(pos)}]: action {arr[tuple(pos)]} out of range [0, {hi}]")
     if where is not None:
         arr = np.where(where, arr, 0)
     return arr
@@ -116,8 +119,7 @@ class LoggedBandit:
         row_err = np.abs(target.sum(axis=1) - 1.0)
         if (row_err > ROW_SUM_TOL).any():
             i = int(np.argmax(row_err > ROW_SUM_TOL))
-            raise ValueError(f"{o}.target[{i}]: row sums to {target[i].sum():.9g}, not 1 "
-                             f"(tol {ROW_SUM_TOL})")
+            raise ValueError(f"{o}.target[{i}]: row sums to {target[i].sum():.9g}, not 1 (tol {ROW_SUM_TOL})")
         pscore = np.array(self.pscore, dtype=np.float64)
         if pscore.shape != (n,):
             raise ValueError(f"{o}.pscore: shape {pscore.shape} does not match len(reward) {n}")
@@ -189,8 +191,7 @@ class LoggedTrajectories:
         resumed = mask[:, 1:] & ~mask[:, :-1]
         if resumed.any():
             i, t = np.argwhere(resumed)[0]
-            raise ValueError(f"{o}.mask[{i}, {t + 1}]: valid step after an invalid one "
-                             f"(mask must be a prefix)")
+            raise ValueError(f"{o}.mask[{i}, {t + 1}]: valid step after an invalid one (mask must be a prefix)")
         shape = (n, T)
         reward = _as_float(o, "reward", self.reward, shape=shape, where=mask)
         pscore = _as_float(o, "pscore", self.pscore, shape=shape, where=mask)
@@ -208,8 +209,7 @@ class LoggedTrajectories:
         if self.q_hat is not None:
             q_hat = _as_float(o, "q_hat", self.q_hat, ndim=3, where=mask)
             if q_hat.shape[:2] != shape or q_hat.shape[2] == 0:
-                raise ValueError(f"{o}.q_hat: shape {q_hat.shape} does not match expected "
-                                 f"({n}, {T}, A)")
+                raise ValueError(f"{o}.q_hat: shape {q_hat.shape} does not match expected ({n}, {T}, A)")
             n_actions = q_hat.shape[2]
             v_hat = _as_float(o, "v_hat", self.v_hat, shape=shape, where=mask)
             q_hat = np.where(mask[:, :, None], q_hat, 0.0)

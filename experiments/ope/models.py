@@ -24,6 +24,7 @@ decision is terminal (value 0). An earlier version iterated a single linear Q-fu
 fixed point: with no discount it diverged (the projected Bellman operator is not a contraction),
 which the stage-wise fit cannot do.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,18 +37,26 @@ DEFAULT_FOLDS = 5
 LAST_CONTACT_CAP = 520  # periods: "never contacted" is a flag, not a huge number
 
 
-def state_features(obs: dict[str, np.ndarray], dates, window_periods: np.ndarray, n_stages: int,
-                   n_segments: int) -> np.ndarray:
+def state_features(
+    obs: dict[str, np.ndarray], dates, window_periods: np.ndarray, n_stages: int, n_segments: int
+) -> np.ndarray:
     """(n, d) float features of n states (see the module docstring)."""
     lc = obs["last_contact"].astype(np.float64)
     never = lc >= LAST_CONTACT_CAP
     week = pd.DatetimeIndex(dates).isocalendar().week.to_numpy(dtype=np.float64)
     angle = 2 * np.pi * week / 52.18
-    cols = [np.log1p(obs["recency"].astype(np.float64)), np.log1p(obs["frequency"].astype(np.float64)),
-            np.log1p(np.maximum(obs["monetary"].astype(np.float64), 0.0)), np.log1p(obs["tenure"].astype(np.float64)),
-            np.log1p(np.minimum(lc, LAST_CONTACT_CAP)), never.astype(np.float64),
-            obs["recent_contacts"].astype(np.float64), np.sin(angle), np.cos(angle),
-            np.asarray(window_periods, np.float64)]
+    cols = [
+        np.log1p(obs["recency"].astype(np.float64)),
+        np.log1p(obs["frequency"].astype(np.float64)),
+        np.log1p(np.maximum(obs["monetary"].astype(np.float64), 0.0)),
+        np.log1p(obs["tenure"].astype(np.float64)),
+        np.log1p(np.minimum(lc, LAST_CONTACT_CAP)),
+        never.astype(np.float64),
+        obs["recent_contacts"].astype(np.float64),
+        np.sin(angle),
+        np.cos(angle),
+        np.asarray(window_periods, np.float64),
+    ]
     stage = np.eye(n_stages)[obs["stage"]]
     seg = np.eye(max(n_segments, 1))[obs["segment"]]
     return np.concatenate([np.column_stack(cols), stage, seg, obs["products"].astype(np.float64)], axis=1)
@@ -115,9 +124,16 @@ class RewardModel:
         m = X_pred.shape[0]
         if self.kind == "hgb":
             from sklearn.ensemble import HistGradientBoostingRegressor
-            model = HistGradientBoostingRegressor(max_iter=self.max_iter, learning_rate=0.1, max_leaf_nodes=31,
-                                                  min_samples_leaf=40, early_stopping=False,
-                                                  categorical_features=[X_fit.shape[1]], random_state=self.seed)
+
+            model = HistGradientBoostingRegressor(
+                max_iter=self.max_iter,
+                learning_rate=0.1,
+                max_leaf_nodes=31,
+                min_samples_leaf=40,
+                early_stopping=False,
+                categorical_features=[X_fit.shape[1]],
+                random_state=self.seed,
+            )
             model.fit(np.column_stack([X_fit, a_fit]), y_fit)
             out = np.empty((m, n_actions))
             for a in range(n_actions):
@@ -127,8 +143,9 @@ class RewardModel:
         W = _ridge_per_action(Xf, a_fit, y_fit, n_actions, self.ridge)
         return _with_intercept(Xp) @ W.T
 
-    def cross_fit(self, X: np.ndarray, action: np.ndarray, reward: np.ndarray, customer_ids: np.ndarray,
-                  n_actions: int) -> tuple[np.ndarray, dict]:
+    def cross_fit(
+        self, X: np.ndarray, action: np.ndarray, reward: np.ndarray, customer_ids: np.ndarray, n_actions: int
+    ) -> tuple[np.ndarray, dict]:
         """Out-of-fold r_hat (n, A) and diagnostics (out-of-fold R^2 at the logged actions)."""
         fold = customer_folds(customer_ids, self.folds, self.seed)
         r_hat = np.empty((X.shape[0], n_actions))
@@ -161,8 +178,16 @@ class FittedQ:
     seed: int = 0
     ridge: float = 1.0
 
-    def _fit(self, X: np.ndarray, action: np.ndarray, reward: np.ndarray, target: np.ndarray,
-             next_row: np.ndarray, remaining: np.ndarray, fit_rows: np.ndarray) -> np.ndarray:
+    def _fit(
+        self,
+        X: np.ndarray,
+        action: np.ndarray,
+        reward: np.ndarray,
+        target: np.ndarray,
+        next_row: np.ndarray,
+        remaining: np.ndarray,
+        fit_rows: np.ndarray,
+    ) -> np.ndarray:
         """Q at every row (n, A) from models fitted on `fit_rows` only."""
         n, A = target.shape
         Z = _with_intercept(X)
@@ -179,8 +204,16 @@ class FittedQ:
             q[at_h] = Z[at_h] @ W.T
         return q
 
-    def q_values(self, X: np.ndarray, action: np.ndarray, reward: np.ndarray, target: np.ndarray,
-                 next_row: np.ndarray, customer_ids: np.ndarray, remaining: np.ndarray) -> tuple[np.ndarray, dict]:
+    def q_values(
+        self,
+        X: np.ndarray,
+        action: np.ndarray,
+        reward: np.ndarray,
+        target: np.ndarray,
+        next_row: np.ndarray,
+        customer_ids: np.ndarray,
+        remaining: np.ndarray,
+    ) -> tuple[np.ndarray, dict]:
         """Out-of-fold q_hat (n, A) at every decision row.
 
         X (n, d): state features; target (n, A): the candidate's probabilities at each row;
@@ -198,5 +231,10 @@ class FittedQ:
             # come from those models applied to its own states
             q_k = self._fit(Xs, action, reward, target, next_row, remaining, fit_rows)
             q[test] = q_k[test]
-        return q, {"kind": "backward_fqe", "folds": self.folds, "seed": self.seed, "discount": self.discount,
-                   "stages": int(remaining.max())}
+        return q, {
+            "kind": "backward_fqe",
+            "folds": self.folds,
+            "seed": self.seed,
+            "discount": self.discount,
+            "stages": int(remaining.max()),
+        }

@@ -29,6 +29,7 @@ where decisions fall on the first day of a week, the rebuilt features equal the 
 - stage: the world's stage rules on (tenure, recency); masks: the world's contact rules
   (`sim.population.action_masks`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -47,16 +48,17 @@ class DecisionStates:
     """Observations and masks at n logged decisions (rows in the order of the outcomes frame)."""
 
     obs: dict[str, np.ndarray]
-    masks: np.ndarray          # (n, A) allowed actions under the world's contact rules
-    action: np.ndarray         # (n,) logged action index in the world's catalogue
-    unknown_segment: int       # decisions whose customer the world's segmentation does not know
+    masks: np.ndarray  # (n, A) allowed actions under the world's contact rules
+    action: np.ndarray  # (n,) logged action index in the world's catalogue
+    unknown_segment: int  # decisions whose customer the world's segmentation does not know
 
     def __len__(self) -> int:
         return int(self.action.shape[0])
 
 
-def _births(history, outcomes: pd.DataFrame, dc: np.ndarray, tc: np.ndarray, tday: np.ndarray,
-            dday: np.ndarray) -> np.ndarray:
+def _births(
+    history, outcomes: pd.DataFrame, dc: np.ndarray, tc: np.ndarray, tday: np.ndarray, dday: np.ndarray
+) -> np.ndarray:
     """Birth day per decision: signup date if known, else the first transaction (else the decision).
     dc, tc: shared customer codes of the decisions and the transactions; tday, dday: their days."""
     first = pd.Series(tday).groupby(tc).min()
@@ -79,22 +81,27 @@ def _segments(history, world, outcomes: pd.DataFrame, book: pd.DataFrame | None)
         col = seg_rule.get("column", "segment")
         cust = history.customers
         if cust is None or col not in cust.columns:
-            raise ConfigError(f"{history.folder}: the world segments customers by the customers.csv column "
-                              f"{col!r}, which this history does not have; use a world calibrated on this history")
+            raise ConfigError(
+                f"{history.folder}: the world segments customers by the customers.csv column "
+                f"{col!r}, which this history does not have; use a world calibrated on this history"
+            )
         lab = pd.Series(cust[col].astype(str).to_numpy(), index=cust["customer_id"].to_numpy()).reindex(ids)
         index = {n: i for i, n in enumerate(names)}
         seg = lab.map(index)
     elif book is not None:
         seg = pd.Series(book["segment"].to_numpy(), index=book["customer_id"].astype(str).to_numpy()).reindex(ids)
     else:
-        raise ConfigError("the world segments customers by K-means; give its book (the parquet beside the "
-                          "world JSON) to place the history's customers")
+        raise ConfigError(
+            "the world segments customers by K-means; give its book (the parquet beside the "
+            "world JSON) to place the history's customers"
+        )
     unknown = seg.isna().to_numpy()
     return np.where(unknown, 0, seg.fillna(0).to_numpy()).astype(np.int16), int(unknown.sum())
 
 
-def _contacts(outcomes: pd.DataFrame, period_days: float, decay: float, dday: np.ndarray,
-              contacted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _contacts(
+    outcomes: pd.DataFrame, period_days: float, decay: float, dday: np.ndarray, contacted: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """last_contact and recent_contacts before each decision, from the customer's earlier decisions
     (outcomes are sorted by customer and date; `step` is the position in the trajectory)."""
     n = len(outcomes)
@@ -106,7 +113,7 @@ def _contacts(outcomes: pd.DataFrame, period_days: float, decay: float, dday: np
         rows = np.flatnonzero(step == s)
         p = rows - 1  # the customer's previous decision
         gap = np.ceil((dday[rows] - dday[p]) / period_days).astype(np.int64)
-        recent[rows] = recent[p] * decay ** gap + np.where(contacted[p], decay ** (gap - 1), 0.0)
+        recent[rows] = recent[p] * decay**gap + np.where(contacted[p], decay ** (gap - 1), 0.0)
         prev_day[rows] = np.where(contacted[p], dday[p], prev_day[p])
     has = prev_day > np.iinfo(np.int64).min
     last[has] = np.ceil((dday[has] - prev_day[has]) / period_days).astype(np.int64) - 1
@@ -123,10 +130,12 @@ def decision_states(history, world, outcomes: pd.DataFrame, book: pd.DataFrame |
     action = outcomes["action"].map(index)
     if action.isna().any():
         i = int(np.flatnonzero(action.isna().to_numpy())[0])
-        raise ConfigError(f"decision of {outcomes['customer_id'].iloc[i]} on "
-                          f"{pd.Timestamp(outcomes['date'].iloc[i]).date()}: action {outcomes['action'].iloc[i]!r} "
-                          f"is not in the world's catalogue ({', '.join(names)}); use a world calibrated on this "
-                          "history")
+        raise ConfigError(
+            f"decision of {outcomes['customer_id'].iloc[i]} on "
+            f"{pd.Timestamp(outcomes['date'].iloc[i]).date()}: action {outcomes['action'].iloc[i]!r} "
+            f"is not in the world's catalogue ({', '.join(names)}); use a world calibrated on this "
+            "history"
+        )
     action = action.to_numpy(dtype=np.int64)
     n = len(outcomes)
     ids = outcomes["customer_id"].to_numpy()
@@ -175,8 +184,17 @@ def decision_states(history, world, outcomes: pd.DataFrame, book: pd.DataFrame |
     last_contact, recent = _contacts(outcomes, pdays, float(tables.contact_decay), dday, contacted)
     segment, unknown = _segments(history, world, outcomes, book)
     stage = world.stage_rules.assign(tenure, recency)
-    obs = {"recency": recency, "frequency": frequency, "monetary": monetary, "tenure": tenure, "stage": stage,
-           "segment": segment, "products": products, "last_contact": last_contact,
-           "recent_contacts": recent, "opted_out": np.zeros((n, tables.n_channels), bool)}
+    obs = {
+        "recency": recency,
+        "frequency": frequency,
+        "monetary": monetary,
+        "tenure": tenure,
+        "stage": stage,
+        "segment": segment,
+        "products": products,
+        "last_contact": last_contact,
+        "recent_contacts": recent,
+        "opted_out": np.zeros((n, tables.n_channels), bool),
+    }
     masks = action_masks(tables, stage, last_contact, obs["opted_out"])
     return DecisionStates(obs=obs, masks=masks, action=action, unknown_segment=unknown)

@@ -15,6 +15,7 @@ minus none (the plan's lift) and the plan minus the logged policy's actual mean 
 decisions, each with a percentile bootstrap interval over customers. Paired: every resample draws
 the same customers for all four, so the differences' intervals account for their covariance.
 """
+
 from __future__ import annotations
 
 import time
@@ -25,8 +26,8 @@ import pandas as pd
 
 from sim.errors import ConfigError
 
-from .evaluate import CLIPPABLE, NEEDS_EVERY_ACTION, OPESettings, logged_decisions
 from .estimators import LoggedBandit, make_estimator, support_warning, weight_diagnostics
+from .evaluate import CLIPPABLE, NEEDS_EVERY_ACTION, OPESettings, logged_decisions
 
 BOOT_CHUNK = 250
 
@@ -36,8 +37,9 @@ def _interval(point: float, reps: np.ndarray, alpha: float) -> dict[str, float]:
     return {"value": float(point), "ci_low": float(lo), "ci_high": float(hi)}
 
 
-def evaluate_plan_offline(history, world, book: pd.DataFrame, plan: dict[str, str], settings: OPESettings,
-                          logged=None) -> dict[str, Any]:
+def evaluate_plan_offline(
+    history, world, book: pd.DataFrame, plan: dict[str, str], settings: OPESettings, logged=None
+) -> dict[str, Any]:
     """Value the plan (`plan`: customer_id -> action name; customers left out get none) on the first
     logged decision of each book customer in [settings.start, settings.end). `logged`: the window's
     `experiments.ope.LoggedDecisions` when already built (same window and world)."""
@@ -55,8 +57,10 @@ def evaluate_plan_offline(history, world, book: pd.DataFrame, plan: dict[str, st
     in_book = np.isin(ids, book["customer_id"].astype(str).to_numpy())
     rows = np.flatnonzero((o["step"].to_numpy() == 0) & in_book)
     if rows.size < 2:
-        raise ConfigError(f"{history.folder}: fewer than two book customers have a logged decision in the window "
-                          f"{settings.start} to {settings.end}; nothing to evaluate the plan on")
+        raise ConfigError(
+            f"{history.folder}: fewer than two book customers have a logged decision in the window "
+            f"{settings.start} to {settings.end}; nothing to evaluate the plan on"
+        )
     states = logged.states
     action = states.action[rows]
     masks = states.masks[rows]
@@ -88,8 +92,9 @@ def evaluate_plan_offline(history, world, book: pd.DataFrame, plan: dict[str, st
     estimators = {}
     for key in settings.estimators:
         name = settings.estimator_of(key)
-        estimators[key] = make_estimator(name, **({"clip": settings.clip} if settings.clip is not None
-                                                  and name in CLIPPABLE else {}))
+        estimators[key] = make_estimator(
+            name, **({"clip": settings.clip} if settings.clip is not None and name in CLIPPABLE else {})
+        )
         points[key] = (estimators[key].estimate(data), estimators[key].estimate(data_none))
         est[key] = {"plan": [], "none": []}
     logged_reps = []
@@ -105,25 +110,38 @@ def evaluate_plan_offline(history, world, book: pd.DataFrame, plan: dict[str, st
     for key in settings.estimators:
         p, z = np.concatenate(est[key]["plan"]), np.concatenate(est[key]["none"])
         vp, vz = points[key]
-        estimates[key] = {"estimator": settings.estimator_of(key), "plan": _interval(vp, p, a),
-                          "none": _interval(vz, z, a), "plan_minus_none": _interval(vp - vz, p - z, a),
-                          "plan_minus_logged": _interval(vp - logged_value, p - lg, a)}
+        estimates[key] = {
+            "estimator": settings.estimator_of(key),
+            "plan": _interval(vp, p, a),
+            "none": _interval(vz, z, a),
+            "plan_minus_none": _interval(vp - vz, p - z, a),
+            "plan_minus_logged": _interval(vp - logged_value, p - lg, a),
+        }
     diag = weight_diagnostics(data)
     contacted = taken != 0
     return {
         "estimand": "per_decision (each book customer's first logged decision in the window)",
-        "window": {"start": str(pd.Timestamp(o["date"].to_numpy()[rows].min()).date()),
-                   "end": str(pd.Timestamp(o["next_date"].to_numpy()[rows].max()).date())},
-        "decisions": int(m), "customers": int(m),
-        "plan_contacts": int(contacted.sum()), "not_allowed": int((~allowed).sum()),
+        "window": {
+            "start": str(pd.Timestamp(o["date"].to_numpy()[rows].min()).date()),
+            "end": str(pd.Timestamp(o["next_date"].to_numpy()[rows].max()).date()),
+        },
+        "decisions": int(m),
+        "customers": int(m),
+        "plan_contacts": int(contacted.sum()),
+        "not_allowed": int((~allowed).sum()),
         "logged_contacts": int((action != 0).sum()),
         "agreement": float((action == taken).mean()),
         "logged": _interval(logged_value, lg, a),
         "estimates": estimates,
         "diagnostics": {**diag, "warning": support_warning(diag)},
         "models": models,
-        "bootstrap": {"resamples": settings.n_boot, "alpha": a, "seed": settings.seed, "unit": "customer",
-                      "paired": True},
+        "bootstrap": {
+            "resamples": settings.n_boot,
+            "alpha": a,
+            "seed": settings.seed,
+            "unit": "customer",
+            "paired": True,
+        },
         "seconds": round(time.perf_counter() - t0, 3),
     }
 

@@ -51,6 +51,7 @@ Measured (2 cores, BankConfig(customers=20000), 156 weeks, seed 7): one policy 1
 run (`true_values_many`, replicates=2) 48 s. Population SEs at 20,000 customers: ~1.4 % of the
 value plain, ~0.6 % with the control variate; about 120,000 customers bring the latter to 0.25 %.
 """
+
 from __future__ import annotations
 
 import time
@@ -64,9 +65,9 @@ from policies.base import sample_actions
 from sim.population import PopulationSimulator
 from sim.synthetic import BankConfig, BankRun, logging_chooser, run_bank_weeks, start_bank_run
 
-BRANCH_KEY = 0x0B5E      # seed-sequence words of the branch stream and of the candidates' own streams:
-CANDIDATE_KEY = 0xCA9D   # both independent of the generator's two streams (SeedSequence(seed).spawn(2))
-TX_CAP = 7               # the history writes at most 7 transaction rows per customer-week
+BRANCH_KEY = 0x0B5E  # seed-sequence words of the branch stream and of the candidates' own streams:
+CANDIDATE_KEY = 0xCA9D  # both independent of the generator's two streams (SeedSequence(seed).spawn(2))
+TX_CAP = 7  # the history writes at most 7 transaction rows per customer-week
 
 
 class _Ledger:
@@ -88,7 +89,7 @@ class _Ledger:
         self.reward = np.zeros(cap)
         self.cost = tb.action_cost
         self.margin = tb.margin_rate
-        self.unit = tb.spend_p[st.segment] / st.nu   # expected amount of one transaction (nu, segment fixed)
+        self.unit = tb.spend_p[st.segment] / st.nu  # expected amount of one transaction (nu, segment fixed)
 
     def decide(self, w: int, d: np.ndarray, a: np.ndarray) -> np.ndarray:
         ids = self.count + np.arange(d.size)
@@ -106,12 +107,16 @@ class _Ledger:
 
     def frame(self) -> dict[str, np.ndarray]:
         k = self.count
-        return {"cust": self.cust[:k], "week": self.week[:k], "step": self.step[:k], "action": self.action[:k],
-                "reward": self.reward[:k]}
+        return {
+            "cust": self.cust[:k],
+            "week": self.week[:k],
+            "step": self.step[:k],
+            "action": self.action[:k],
+            "reward": self.reward[:k],
+        }
 
 
-def _per_customer(cust: np.ndarray, step: np.ndarray, reward: np.ndarray, n: int,
-                  discount: float | None) -> np.ndarray:
+def _per_customer(cust: np.ndarray, step: np.ndarray, reward: np.ndarray, n: int, discount: float | None) -> np.ndarray:
     """Per-customer (discounted) sums of the decision rewards, for the customers with a decision."""
     g = 1.0 if discount is None else float(discount)
     w = reward * (g ** step.astype(np.float64)) if discount is not None else reward
@@ -156,7 +161,9 @@ def control_variate(run: BankRun) -> np.ndarray:
     cfg, st, tb = run.cfg, run.sim.state, run.tables
     Lb = cfg.weeks - run.birth
     gap = np.minimum(_first_decision(run), cfg.weeks) - run.birth
-    return tb.margin_rate * st.lam * tb.spend_p[st.segment] / st.nu * (_alive_weeks(st.mu, Lb) - _alive_weeks(st.mu, gap))
+    return (
+        tb.margin_rate * st.lam * tb.spend_p[st.segment] / st.nu * (_alive_weeks(st.mu, Lb) - _alive_weeks(st.mu, gap))
+    )
 
 
 def control_mean(cfg: BankConfig, world) -> float:
@@ -183,10 +190,18 @@ def control_mean(cfg: BankConfig, world) -> float:
             if abs(s - 1.0) < 1e-12:
                 return beta * np.log1p(T / beta)
             return beta / (1.0 - s) * ((1.0 + T / beta) ** (1.0 - s) - 1.0)
+
         if float(sp["q"]) <= 1.0:
             raise ValueError("control_mean: E[1/nu] is infinite for q <= 1")
-        tot += shares[g] * float(sp["p"]) * float(a["r"]) / float(a["alpha"]) * float(sp["gamma"]) / (float(sp["q"]) - 1.0) \
+        tot += (
+            shares[g]
+            * float(sp["p"])
+            * float(a["r"])
+            / float(a["alpha"])
+            * float(sp["gamma"])
+            / (float(sp["q"]) - 1.0)
             * float(np.mean(F(Lb) - F(gap)))
+        )
     return float(world.economics.margin_rate) * tot
 
 
@@ -228,7 +243,7 @@ def _one_step_run(cfg: BankConfig, policies: Mapping[str, Any], replicates: int)
     names = list(policies)
     cap = ledger.cust.size
     vals = {k: np.zeros(cap) for k in ["logging", *names]}
-    bvar = {k: np.zeros(cap) for k in ["logging", *names]}   # branch variance of each decision's value
+    bvar = {k: np.zeros(cap) for k in ["logging", *names]}  # branch variance of each decision's value
     unit = ledger.unit
     R = int(replicates)
 
@@ -259,15 +274,19 @@ def _one_step_run(cfg: BankConfig, policies: Mapping[str, Any], replicates: int)
         Q = np.zeros((R, d.size, masks.shape[1]))
         Q[:, ii, aa] = reward
         for k, p in pis.items():
-            v = (Q * p[None]).sum(axis=2)          # (R, d)
+            v = (Q * p[None]).sum(axis=2)  # (R, d)
             vals[k][ids] = v.mean(axis=0)
             if R > 1:
                 bvar[k][ids] = v.var(axis=0, ddof=1) / R
 
     run_bank_weeks(run, logging_chooser(run), before_step=before, after_step=lambda w, out: ledger.week_done(out))
     k = ledger.count
-    return {"run": run, "ledger": ledger.frame(), "values": {n: v[:k] for n, v in vals.items()},
-            "branch_var": {n: v[:k] for n, v in bvar.items()}}
+    return {
+        "run": run,
+        "ledger": ledger.frame(),
+        "values": {n: v[:k] for n, v in vals.items()},
+        "branch_var": {n: v[:k] for n, v in bvar.items()},
+    }
 
 
 def _trajectory_run(cfg: BankConfig, policy: Any, name: str) -> dict[str, Any]:
@@ -282,8 +301,12 @@ def _trajectory_run(cfg: BankConfig, policy: Any, name: str) -> dict[str, Any]:
         p = _check_probs(name, policy.action_probs(obs, masks), masks)
         return sample_actions(p, rng), p
 
-    run_bank_weeks(run, choose, before_step=lambda w, d, a, p: ledger.decide(w, d, a),
-                   after_step=lambda w, out: ledger.week_done(out))
+    run_bank_weeks(
+        run,
+        choose,
+        before_step=lambda w, d, a, p: ledger.decide(w, d, a),
+        after_step=lambda w, out: ledger.week_done(out),
+    )
     return {"run": run, "ledger": ledger.frame()}
 
 
@@ -291,9 +314,15 @@ def _dates(run: BankRun, week: np.ndarray) -> pd.DatetimeIndex:
     return pd.Timestamp(run.cfg.start) + pd.to_timedelta(week * 7, unit="D")
 
 
-def true_values_many(cfg: BankConfig, policies: Mapping[str, Any], discount: float | None = None,
-                     customers: int | None = None, seed: int | None = None, replicates: int = 1,
-                     details: bool = False) -> dict[str, dict[str, Any]]:
+def true_values_many(
+    cfg: BankConfig,
+    policies: Mapping[str, Any],
+    discount: float | None = None,
+    customers: int | None = None,
+    seed: int | None = None,
+    replicates: int = 1,
+    details: bool = False,
+) -> dict[str, dict[str, Any]]:
     """`true_values` of several policies, sharing the logging run and its branches (the branches
     cover the union of the policies' supports). Returns {name: result}; each result's "seconds"
     is the shared logging run plus its own trajectory run."""
@@ -321,8 +350,9 @@ def true_values_many(cfg: BankConfig, policies: Mapping[str, Any], discount: flo
     k_dec = np.bincount(cust, minlength=n).astype(np.float64)
     has = (k_dec > 0).astype(np.float64)
 
-    def cv(values: np.ndarray, c: np.ndarray, st: np.ndarray, per_customer: bool,
-           disc: float | None = None) -> tuple[float, float]:
+    def cv(
+        values: np.ndarray, c: np.ndarray, st: np.ndarray, per_customer: bool, disc: float | None = None
+    ) -> tuple[float, float]:
         """Control-variate estimate and SE of the population value (per decision or per customer)."""
         if per_customer:
             g = 1.0 if disc is None else float(disc)
@@ -333,18 +363,29 @@ def true_values_many(cfg: BankConfig, policies: Mapping[str, Any], discount: flo
     log_pd, log_pd_se = _cluster_mean_se(one["values"]["logging"], cust, n)
     realised, realised_se = _cluster_mean_se(led["reward"], cust, n)
     log_pc, log_pc_se = _mean_se(_per_customer(cust, step, led["reward"], n, None))
-    log_cv = {"per_decision": cv(one["values"]["logging"], cust, step, False),
-              "per_customer": cv(led["reward"], cust, step, True),
-              "per_customer_discounted": cv(led["reward"], cust, step, True, discount) if discount is not None
-              else (None, None)}
-    logging = {"per_decision": log_pd, "per_customer": log_pc,
-               "per_customer_discounted": (_mean_se(_per_customer(cust, step, led["reward"], n, discount))[0]
-                                           if discount is not None else None),
-               "per_decision_realised": realised,
-               "se": {"per_decision": log_pd_se, "per_decision_branch": branch_se("logging"),
-                      "per_customer": log_pc_se, "per_decision_realised": realised_se},
-               "cv": {k: v[0] for k, v in log_cv.items()},
-               "cv_se": {k: v[1] for k, v in log_cv.items()}}
+    log_cv = {
+        "per_decision": cv(one["values"]["logging"], cust, step, False),
+        "per_customer": cv(led["reward"], cust, step, True),
+        "per_customer_discounted": cv(led["reward"], cust, step, True, discount)
+        if discount is not None
+        else (None, None),
+    }
+    logging = {
+        "per_decision": log_pd,
+        "per_customer": log_pc,
+        "per_customer_discounted": (
+            _mean_se(_per_customer(cust, step, led["reward"], n, discount))[0] if discount is not None else None
+        ),
+        "per_decision_realised": realised,
+        "se": {
+            "per_decision": log_pd_se,
+            "per_decision_branch": branch_se("logging"),
+            "per_customer": log_pc_se,
+            "per_decision_realised": realised_se,
+        },
+        "cv": {k: v[0] for k, v in log_cv.items()},
+        "cv_se": {k: v[1] for k, v in log_cv.items()},
+    }
     out: dict[str, dict[str, Any]] = {}
     for k in names:
         t1 = time.perf_counter()
@@ -363,31 +404,65 @@ def true_values_many(cfg: BankConfig, policies: Mapping[str, Any], discount: flo
         cv_pc = cv(tl["reward"], tl["cust"], tl["step"], True)
         cv_pcd = cv(tl["reward"], tl["cust"], tl["step"], True, discount) if discount is not None else (None, None)
         res: dict[str, Any] = {
-            "per_decision": pd_mean, "per_customer": pc_mean, "per_customer_discounted": pcd_mean,
-            "decisions": int(cust.size), "customers": int(pc.size), "logging": dict(logging),
-            "se": {"per_decision": pd_se, "per_decision_branch": branch_se(k), "per_customer": pc_se,
-                   "per_customer_discounted": pcd_se, "per_decision_minus_logging": diff_se},
+            "per_decision": pd_mean,
+            "per_customer": pc_mean,
+            "per_customer_discounted": pcd_mean,
+            "decisions": int(cust.size),
+            "customers": int(pc.size),
+            "logging": dict(logging),
+            "se": {
+                "per_decision": pd_se,
+                "per_decision_branch": branch_se(k),
+                "per_customer": pc_se,
+                "per_customer_discounted": pcd_se,
+                "per_decision_minus_logging": diff_se,
+            },
             "cv": {"per_decision": cv_pd[0], "per_customer": cv_pc[0], "per_customer_discounted": cv_pcd[0]},
             "cv_se": {"per_decision": cv_pd[1], "per_customer": cv_pc[1], "per_customer_discounted": cv_pcd[1]},
-            "control_variate": {"mean": EX, "sample_mean": float(X.mean()),
-                                "sample_se": float(X.std(ddof=1) / np.sqrt(n))},
+            "control_variate": {
+                "mean": EX,
+                "sample_mean": float(X.mean()),
+                "sample_se": float(X.std(ddof=1) / np.sqrt(n)),
+            },
             "seconds": t_one + time.perf_counter() - t1,
-            "config": cfg, "discount": discount, "replicates": int(replicates)}
+            "config": cfg,
+            "discount": discount,
+            "replicates": int(replicates),
+        }
         if details:
-            res["one_step"] = pd.DataFrame({
-                "customer_id": run.cid[cust], "date": _dates(run, led["week"]), "step": step,
-                "action": np.array(run.world.catalogue.names)[led["action"]],
-                "reward_logged": led["reward"], "value_logging": one["values"]["logging"],
-                "value": one["values"][k]})
-            res["trajectory"] = pd.DataFrame({
-                "customer_id": run.cid[tl["cust"]], "date": _dates(run, tl["week"]), "step": tl["step"],
-                "action": np.array(run.world.catalogue.names)[tl["action"]], "reward": tl["reward"]})
+            res["one_step"] = pd.DataFrame(
+                {
+                    "customer_id": run.cid[cust],
+                    "date": _dates(run, led["week"]),
+                    "step": step,
+                    "action": np.array(run.world.catalogue.names)[led["action"]],
+                    "reward_logged": led["reward"],
+                    "value_logging": one["values"]["logging"],
+                    "value": one["values"][k],
+                }
+            )
+            res["trajectory"] = pd.DataFrame(
+                {
+                    "customer_id": run.cid[tl["cust"]],
+                    "date": _dates(run, tl["week"]),
+                    "step": tl["step"],
+                    "action": np.array(run.world.catalogue.names)[tl["action"]],
+                    "reward": tl["reward"],
+                }
+            )
         out[k] = res
     return out
 
 
-def true_values(cfg: BankConfig, policy, discount: float | None = None, customers: int | None = None,
-                seed: int | None = None, replicates: int = 1, details: bool = False) -> dict[str, Any]:
+def true_values(
+    cfg: BankConfig,
+    policy,
+    discount: float | None = None,
+    customers: int | None = None,
+    seed: int | None = None,
+    replicates: int = 1,
+    details: bool = False,
+) -> dict[str, Any]:
     """True per-decision (one-step) and per-customer values of `policy` (anything with
     `action_probs(obs, masks)`, e.g. `policies.baselines.make_baseline(name, truth_world(cfg))`)
     in the generating world of `cfg` (`customers` / `seed` override cfg's); see the module
@@ -403,5 +478,6 @@ def true_values(cfg: BankConfig, policy, discount: float | None = None, customer
     date, step, action, reward_logged, value_logging, value) and "trajectory" (one row per
     decision of the policy's own run: customer_id, date, step, action, reward)."""
     name = str(getattr(policy, "name", type(policy).__name__))
-    return true_values_many(cfg, {name: policy}, discount=discount, customers=customers, seed=seed,
-                            replicates=replicates, details=details)[name]
+    return true_values_many(
+        cfg, {name: policy}, discount=discount, customers=customers, seed=seed, replicates=replicates, details=details
+    )[name]

@@ -2,6 +2,7 @@
 (escaped text, numbers, means with intervals, tables, inline PNG figures). Pages are self-contained:
 figures are inline base64 PNGs drawn with matplotlib's Agg canvas (no pyplot state), the stylesheet
 is inline, and nothing dated is written, so the same inputs give the same bytes."""
+
 from __future__ import annotations
 
 import base64
@@ -59,8 +60,10 @@ def ci_cell(d: dict | None, fmt: str = "{:,.2f}") -> str:
 def table(header: list[str], rows: list[list[str]], left: int = 1) -> str:
     """An HTML table; cells are HTML already; the first `left` columns are left-aligned."""
     h = "".join(f'<th class="l">{c}</th>' if i < left else f"<th>{c}</th>" for i, c in enumerate(header))
-    body = "".join("<tr>" + "".join(f'<td class="l">{c}</td>' if i < left else f"<td>{c}</td>"
-                                    for i, c in enumerate(r)) + "</tr>" for r in rows)
+    body = "".join(
+        "<tr>" + "".join(f'<td class="l">{c}</td>' if i < left else f"<td>{c}</td>" for i, c in enumerate(r)) + "</tr>"
+        for r in rows
+    )
     return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -74,6 +77,7 @@ def inline_png(fig, alt: str) -> str:
 
 def figure(w: float, h: float, ncols: int = 1, nrows: int = 1):
     from matplotlib.figure import Figure
+
     fig = Figure(figsize=(w, h), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     return fig, axes
@@ -84,3 +88,10 @@ def png_file(path: Path, alt: str) -> str:
         return ""
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<img alt="{escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22")
+
+
+def color(policies: list[str], p: str) -> str:
+    return PALETTE[policies.index(p) % len(PALETTE)] if p in policies else "#444"

@@ -50,9 +50,19 @@ intervals, the logged policy's value and the diagnostics of `experiments.ope.eva
 run in-process with the policy acting in the scenario's world; reused while its inputs digest
 matches); and `report.html` (`experiments.reports.write_report`, rewritten by every run).
 """
+
 from .cells import METRICS, PLAN_METRICS, cell_id, fingerprints, run_cell
 from .file import Scenario, load_scenario
 from .run import run_scenario, summarise
 
-__all__ = ["METRICS", "PLAN_METRICS", "Scenario", "cell_id", "fingerprints", "load_scenario", "run_cell", "run_scenario",
-           "summarise"]
+__all__ = [
+    "METRICS",
+    "PLAN_METRICS",
+    "Scenario",
+    "cell_id",
+    "fingerprints",
+    "load_scenario",
+    "run_cell",
+    "run_scenario",
+    "summarise",
+]

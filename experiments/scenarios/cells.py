@@ -1,5 +1,6 @@
 """One cell of a scenario (policy x budget x seed): its identity (`cell_id`, a hash of all that decides
 its numbers) and its run (`run_cell`), the same on any worker."""
+
 from __future__ import annotations
 
 import hashlib
@@ -10,13 +11,22 @@ from typing import Any
 from policies.plan import PlanThenPolicy, plan_actions
 from policies.registry import BASELINE_NAMES
 
-from ..config import (parsed_constraints)
-
+from ..config import parsed_constraints
 from .file import Scenario
 
-CELL_VERSION = 1          # bump when run_cell's numbers change: every cell id changes with it
-METRICS = ("clv", "incremental_clv", "retention", "marketing_roi", "cross_sell_rate", "active_share",
-           "contacts", "cost", "discounted_cost", "clv_none")
+CELL_VERSION = 1  # bump when run_cell's numbers change: every cell id changes with it
+METRICS = (
+    "clv",
+    "incremental_clv",
+    "retention",
+    "marketing_roi",
+    "cross_sell_rate",
+    "active_share",
+    "contacts",
+    "cost",
+    "discounted_cost",
+    "clv_none",
+)
 PLAN_METRICS = ("plan_objective", "plan_bound", "plan_gap", "plan_spend", "plan_assigned")
 PERIOD_COLUMNS = ("alive", "contacts", "reward", "cost")
 
@@ -49,11 +59,17 @@ def cell_id(sc: Scenario, cell: dict[str, Any], digests: dict[str, str]) -> str:
     """Short sha256 of everything that decides the cell's numbers (not the scenario's name, not
     the other cells): inputs' contents, population, customers, horizon, the policy, budget, seed,
     and for budget cells the constraints and the value-table settings."""
-    key: dict[str, Any] = {"v": CELL_VERSION, "world": digests["world"], "book": digests.get("book"),
-                           "population": sc.population, "customers": sc.customers, "horizon": sc.horizon,
-                           "policy": cell["policy"] if cell["policy_path"] in BASELINE_NAMES
-                           else digests[f"policy:{cell['policy']}"],
-                           "budget": cell["budget"], "seed": cell["seed"]}
+    key: dict[str, Any] = {
+        "v": CELL_VERSION,
+        "world": digests["world"],
+        "book": digests.get("book"),
+        "population": sc.population,
+        "customers": sc.customers,
+        "horizon": sc.horizon,
+        "policy": cell["policy"] if cell["policy_path"] in BASELINE_NAMES else digests[f"policy:{cell['policy']}"],
+        "budget": cell["budget"],
+        "seed": cell["seed"],
+    }
     if cell["budget"] is not None:
         key["constraints"] = {k: list(v) for k, v in sorted(sc.constraints.items())}
         key["values"] = [sc.values_horizon, sc.values_replications]
@@ -66,14 +82,17 @@ def limit_threads():
     """One BLAS thread (threadpoolctl) for the cell; torch is set to one thread when loaded."""
     try:
         from threadpoolctl import threadpool_limits
+
         return threadpool_limits(limits=1)
     except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn / scipy
         from contextlib import nullcontext
+
         return nullcontext()
 
 
 def torch_one_thread() -> None:
     import sys
+
     torch = sys.modules.get("torch")
     if torch is not None and torch.get_num_threads() != 1:
         torch.set_num_threads(1)
@@ -81,6 +100,7 @@ def torch_one_thread() -> None:
 
 def _metrics(c, clv_none) -> dict[str, float]:
     from experiments.evaluate import seed_metrics
+
     m = seed_metrics(c, clv_none)
     m["clv_none"] = float(clv_none.mean())
     m["incremental_clv"] = m["clv"] - m["clv_none"]
@@ -93,16 +113,25 @@ def _plan(world, book, sc_dict: dict[str, Any], policy, seed: int, budget: float
     """(allocation or None when infeasible, message, plan actions per simulated customer (catalogue
     indexes, in simulate's customer order))."""
     import numpy as np
+
     from optimizer.allocate import allocate
     from optimizer.diagnose import InfeasibleError
     from optimizer.problem import AllocationProblem, budget_constraint
     from optimizer.value_sources import _select, values_from_simulation
     from optimizer.values import ValueTable
+
     customers = sc_dict["customers"]
-    df = values_from_simulation(world, book, customers, horizon=sc_dict["values"]["horizon"],
-                                replications=sc_dict["values"]["replications"], seed=seed, continuation=policy)
+    df = values_from_simulation(
+        world,
+        book,
+        customers,
+        horizon=sc_dict["values"]["horizon"],
+        replications=sc_dict["values"]["replications"],
+        seed=seed,
+        continuation=policy,
+    )
     n = len(book) if customers is None else int(customers)
-    _, ids, _ = _select(book, n, seed)     # the value table's ids, in sample_book order = simulate's order
+    _, ids, _ = _select(book, n, seed)  # the value table's ids, in sample_book order = simulate's order
     actions = np.zeros(n, np.int16)
     if len(df) == 0:
         return None, "no customer has an allowed action", actions
@@ -121,11 +150,13 @@ def run_cell(spec: dict[str, Any], cell: dict[str, Any]) -> tuple[dict[str, Any]
     Scenario.cells() with its "cell_id". Same spec and cell, same numbers."""
     import numpy as np
     import pandas as pd
-    from policies.registry import resolve_policy
+
     from policies.base import as_simulator_policy
     from policies.baselines import make_baseline
+    from policies.registry import resolve_policy
     from sim.population import DEFAULT_CHUNK, chunk_seeds, simulate
     from sim.world import WorldModel
+
     world = spec["world"]
     if isinstance(world, str):
         world = WorldModel.from_dict(json.loads(world))
@@ -136,17 +167,27 @@ def run_cell(spec: dict[str, Any], cell: dict[str, Any]) -> tuple[dict[str, Any]
         policy = resolve_policy(cell["policy_path"], world)
         torch_one_thread()
         fn = as_simulator_policy(policy)
-        none = simulate(world, as_simulator_policy(make_baseline("none", world)), horizon, seed, book=book,
-                        customers=customers)
+        none = simulate(
+            world, as_simulator_policy(make_baseline("none", world)), horizon, seed, book=book, customers=customers
+        )
         clv_none = none.customers["clv"].to_numpy()
-        row: dict[str, Any] = {"cell_id": cell["cell_id"], "cell_index": int(cell["index"]),
-                               "policy": cell["policy"], "budget": np.nan if budget is None else float(budget),
-                               "seed": seed, "status": "ok", "message": ""}
+        row: dict[str, Any] = {
+            "cell_id": cell["cell_id"],
+            "cell_index": int(cell["index"]),
+            "policy": cell["policy"],
+            "budget": np.nan if budget is None else float(budget),
+            "seed": seed,
+            "status": "ok",
+            "message": "",
+        }
         plan_cols = {m: np.nan for m in PLAN_METRICS}
         plan_cols["plan_method"] = ""
         if budget is None:
-            res = none if cell["policy_path"] == "none" else simulate(world, fn, horizon, seed, book=book,
-                                                                       customers=customers)
+            res = (
+                none
+                if cell["policy_path"] == "none"
+                else simulate(world, fn, horizon, seed, book=book, customers=customers)
+            )
         else:
             alloc, msg, actions = _plan(world, book, sc, policy, seed, float(budget))
             if alloc is None and msg != "no customer has an allowed action":
@@ -155,13 +196,19 @@ def run_cell(spec: dict[str, Any], cell: dict[str, Any]) -> tuple[dict[str, Any]
             else:
                 if alloc is not None:
                     s = alloc.summary()
-                    plan_cols.update(plan_objective=float(s["objective"]), plan_bound=float(s["bound"]),
-                                     plan_gap=float(s["gap"]), plan_spend=float(s["spend"]),
-                                     plan_assigned=float(s["assigned_customers"]), plan_method=s["method"])
+                    plan_cols.update(
+                        plan_objective=float(s["objective"]),
+                        plan_bound=float(s["bound"]),
+                        plan_gap=float(s["gap"]),
+                        plan_spend=float(s["spend"]),
+                        plan_assigned=float(s["assigned_customers"]),
+                        plan_method=s["method"],
+                    )
                 n = len(actions)
                 starts = [a for a, _, _ in chunk_seeds(seed, n, DEFAULT_CHUNK)]
-                res = simulate(world, PlanThenPolicy(actions, fn, starts), horizon, seed, book=book,
-                               customers=customers)
+                res = simulate(
+                    world, PlanThenPolicy(actions, fn, starts), horizon, seed, book=book, customers=customers
+                )
     if res is None:
         row.update({m: np.nan for m in METRICS})
         row["customers"] = int(len(clv_none))
@@ -170,8 +217,13 @@ def run_cell(spec: dict[str, Any], cell: dict[str, Any]) -> tuple[dict[str, Any]
         row["customers"] = int(len(res.customers))
     row.update(plan_cols)
     row["horizon"] = int(horizon)
-    keys = {"cell_id": cell["cell_id"], "cell_index": int(cell["index"]), "policy": cell["policy"],
-            "budget": row["budget"], "seed": seed}
+    keys = {
+        "cell_id": cell["cell_id"],
+        "cell_index": int(cell["index"]),
+        "policy": cell["policy"],
+        "budget": row["budget"],
+        "seed": seed,
+    }
     if res is None:
         periods = pd.DataFrame({"period": np.arange(horizon)})
         for c in PERIOD_COLUMNS:

@@ -1,4 +1,5 @@
 """The scenario file of `clv scenarios FILE`: read and check it (`load_scenario`) into a `Scenario`."""
+
 from __future__ import annotations
 
 import math
@@ -10,42 +11,77 @@ from policies.registry import BASELINE_NAMES
 from sim.errors import ConfigError
 from sim.population import POPULATIONS
 
-from ..config import (CONSTRAINT_KEYS, check_constraint_names, check_mapping, constraint_texts, fail, list_value,
-                     read_date, read_yaml, whole_number)
+from ..config import (
+    CONSTRAINT_KEYS,
+    check_constraint_names,
+    check_mapping,
+    constraint_texts,
+    fail,
+    list_value,
+    read_date,
+    read_yaml,
+    whole_number,
+)
 
-
-KEYS = ("name", "world", "population", "customers", "horizon", "seeds", "policies", "budgets",
-        "constraints", "values", "ope")
+KEYS = (
+    "name",
+    "world",
+    "population",
+    "customers",
+    "horizon",
+    "seeds",
+    "policies",
+    "budgets",
+    "constraints",
+    "values",
+    "ope",
+)
 VALUES_KEYS = ("horizon", "replications")
-OPE_FILE_KEYS = {"n_boot": "bootstrap"}   # OPESettings field -> key of the ope: section, where they differ
-OPE_KEYS = ("history", "estimators", "estimand", "bootstrap", "start", "end", "seed", "folds", "reward_model",
-            "clip", "discount")
+OPE_FILE_KEYS = {"n_boot": "bootstrap"}  # OPESettings field -> key of the ope: section, where they differ
+OPE_KEYS = (
+    "history",
+    "estimators",
+    "estimand",
+    "bootstrap",
+    "start",
+    "end",
+    "seed",
+    "folds",
+    "reward_model",
+    "clip",
+    "discount",
+)
 
 
 # ---- the scenario file ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Scenario:
     """A validated scenario: absolute paths, explicit seeds, constraints as option texts."""
+
     name: str
     file: str
-    world: str                       # absolute path of the world JSON
-    book: str | None                 # absolute path of its book (population book)
+    world: str  # absolute path of the world JSON
+    book: str | None  # absolute path of its book (population book)
     population: str
     customers: int | None
     horizon: int
     seeds: tuple[int, ...]
-    policies: tuple[str, ...]        # labels, as written in the file
-    policy_paths: tuple[str, ...]    # the baseline name, or the absolute path of a trained policy
+    policies: tuple[str, ...]  # labels, as written in the file
+    policy_paths: tuple[str, ...]  # the baseline name, or the absolute path of a trained policy
     budgets: tuple[float | None, ...]
     constraints: dict[str, tuple[str, ...]] = field(default_factory=dict)
     values_horizon: int = 52
     values_replications: int = 4
-    ope: dict[str, Any] | None = None    # the OPE settings (absolute history path), or None
+    ope: dict[str, Any] | None = None  # the OPE settings (absolute history path), or None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["seeds"], d["policies"], d["policy_paths"], d["budgets"] = (
-            list(self.seeds), list(self.policies), list(self.policy_paths), list(self.budgets))
+            list(self.seeds),
+            list(self.policies),
+            list(self.policy_paths),
+            list(self.budgets),
+        )
         d["constraints"] = {k: list(v) for k, v in self.constraints.items()}
         d["values"] = {"horizon": self.values_horizon, "replications": self.values_replications}
         del d["values_horizon"], d["values_replications"]
@@ -63,7 +99,7 @@ class Scenario:
 
 def load_scenario(path: str | Path) -> Scenario:
     """Read and validate a scenario file. Every problem is a ConfigError of one line naming the
-    file and the key, e.g. "scen.yaml: policies[2]: unknown policy 'gredy'; known: ...". """
+    file and the key, e.g. "scen.yaml: policies[2]: unknown policy 'gredy'; known: ..."."""
     path = Path(path)
     file = str(path)
     doc = read_yaml(path, "scenario", "start from a copy of examples/scenario_bank.yaml")
@@ -81,9 +117,18 @@ def load_scenario(path: str | Path) -> Scenario:
         fail(file, "world", f"expected a path, got {doc['world']!r}")
     world_path = (base / doc["world"]).resolve()
     if not world_path.is_file():
-        fail(file, "world", f"{doc['world']}: " + ("is a folder, not a world JSON file" if world_path.is_dir()
-                                                    else "not found; create it with `clv calibrate`"))
+        fail(
+            file,
+            "world",
+            f"{doc['world']}: "
+            + (
+                "is a folder, not a world JSON file"
+                if world_path.is_dir()
+                else "not found; create it with `clv calibrate`"
+            ),
+        )
     from sim.world import WorldModel
+
     try:
         world = WorldModel.load(world_path)
     except ConfigError as e:
@@ -131,8 +176,9 @@ def load_scenario(path: str | Path) -> Scenario:
         elif (base / p).exists():
             paths.append(str((base / p).resolve()))
         else:
-            fail(file, key, f"unknown policy {p!r}; known: {', '.join(BASELINE_NAMES)} or a folder written by "
-                             "clv train")
+            fail(
+                file, key, f"unknown policy {p!r}; known: {', '.join(BASELINE_NAMES)} or a folder written by clv train"
+            )
         labels.append(p)
 
     budgets_raw = doc.get("budgets", [None])
@@ -152,21 +198,41 @@ def load_scenario(path: str | Path) -> Scenario:
         if budgets[-1] in budgets[:-1]:
             fail(file, key, f"budget {b!r} is given twice")
 
-    cons_raw = check_mapping(file, "constraints", doc.get("constraints") or {}, CONSTRAINT_KEYS,
-                        "expected a mapping with capacity, min_coverage, max_share")
+    cons_raw = check_mapping(
+        file,
+        "constraints",
+        doc.get("constraints") or {},
+        CONSTRAINT_KEYS,
+        "expected a mapping with capacity, min_coverage, max_share",
+    )
     constraints = constraint_texts(file, cons_raw)
     check_constraint_names(file, constraints, world, "the world")
 
-    vals = check_mapping(file, "values", doc.get("values") or {}, VALUES_KEYS,
-                    "expected a mapping {horizon: N, replications: N}")
+    vals = check_mapping(
+        file, "values", doc.get("values") or {}, VALUES_KEYS, "expected a mapping {horizon: N, replications: N}"
+    )
     from optimizer.value_sources import DEFAULT_HORIZON, DEFAULT_REPLICATIONS
+
     vh = whole_number(file, "values.horizon", vals.get("horizon", DEFAULT_HORIZON), 1)
     vr = whole_number(file, "values.replications", vals.get("replications", DEFAULT_REPLICATIONS), 1)
     ope = _ope_section(file, base, doc["ope"]) if "ope" in doc else None
-    return Scenario(name=name, file=str(path.resolve()), world=str(world_path), book=book, population=population,
-                    customers=customers, horizon=horizon, seeds=tuple(seeds), policies=tuple(labels),
-                    policy_paths=tuple(paths), budgets=tuple(budgets), constraints=constraints,
-                    values_horizon=vh, values_replications=vr, ope=ope)
+    return Scenario(
+        name=name,
+        file=str(path.resolve()),
+        world=str(world_path),
+        book=book,
+        population=population,
+        customers=customers,
+        horizon=horizon,
+        seeds=tuple(seeds),
+        policies=tuple(labels),
+        policy_paths=tuple(paths),
+        budgets=tuple(budgets),
+        constraints=constraints,
+        values_horizon=vh,
+        values_replications=vr,
+        ope=ope,
+    )
 
 
 def _date_text(file: str, key: str, v: Any) -> str | None:
@@ -180,8 +246,13 @@ def _date_text(file: str, key: str, v: Any) -> str | None:
 
 def _ope_section(file: str, base: Path, raw: Any) -> dict[str, Any]:
     """The validated `ope:` section: OPESettings fields plus the history's absolute path."""
-    check_mapping(file, "ope", raw, OPE_KEYS, "expected a mapping {history: FOLDER, estimators: [dm, ips, snips, dr], "
-                                         "bootstrap: N, start: YYYY-MM-DD}")
+    check_mapping(
+        file,
+        "ope",
+        raw,
+        OPE_KEYS,
+        "expected a mapping {history: FOLDER, estimators: [dm, ips, snips, dr], bootstrap: N, start: YYYY-MM-DD}",
+    )
     h = raw.get("history")
     if h in (None, ""):
         fail(file, "ope.history", "missing; give a history folder with a decisions table (as for `clv ope`)")
@@ -193,9 +264,14 @@ def _ope_section(file: str, base: Path, raw: Any) -> dict[str, Any]:
     if not hp.is_dir():
         fail(file, "ope.history", f"{h}: is a file, not a history folder")
     if not any((hp / f"decisions.{ext}").is_file() for ext in ("csv", "parquet")):
-        fail(file, "ope.history", f"{h}: has no decisions table (decisions.csv or decisions.parquet with "
-                                   "customer_id, date, action, propensity) to evaluate policies on")
+        fail(
+            file,
+            "ope.history",
+            f"{h}: has no decisions table (decisions.csv or decisions.parquet with "
+            "customer_id, date, action, propensity) to evaluate policies on",
+        )
     from experiments.ope import DEFAULT_ESTIMATORS, OPESettings
+
     est = raw.get("estimators", list(DEFAULT_ESTIMATORS))
     if isinstance(est, str):
         est = [e.strip() for e in est.split(",") if e.strip()]
@@ -206,13 +282,16 @@ def _ope_section(file: str, base: Path, raw: Any) -> dict[str, Any]:
     estimand = raw.get("estimand", "per_decision")
     if not isinstance(estimand, str):
         fail(file, "ope.estimand", f"expected per_decision or per_customer, got {estimand!r}")
-    kw: dict[str, Any] = {"estimand": estimand, "estimators": tuple(e.strip() for e in est),
-                          "n_boot": whole_number(file, "ope.bootstrap", raw.get("bootstrap", 500), 10),
-                          "seed": whole_number(file, "ope.seed", raw.get("seed", 0), 0),
-                          "folds": whole_number(file, "ope.folds", raw.get("folds", 5), 1),
-                          "reward_model": raw.get("reward_model", "ridge"),
-                          "start": _date_text(file, "ope.start", raw.get("start")),
-                          "end": _date_text(file, "ope.end", raw.get("end"))}
+    kw: dict[str, Any] = {
+        "estimand": estimand,
+        "estimators": tuple(e.strip() for e in est),
+        "n_boot": whole_number(file, "ope.bootstrap", raw.get("bootstrap", 500), 10),
+        "seed": whole_number(file, "ope.seed", raw.get("seed", 0), 0),
+        "folds": whole_number(file, "ope.folds", raw.get("folds", 5), 1),
+        "reward_model": raw.get("reward_model", "ridge"),
+        "start": _date_text(file, "ope.start", raw.get("start")),
+        "end": _date_text(file, "ope.end", raw.get("end")),
+    }
     for k in ("clip", "discount"):
         v = raw.get(k)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
@@ -222,7 +301,7 @@ def _ope_section(file: str, base: Path, raw: Any) -> dict[str, Any]:
         fail(file, "ope.end", f"{kw['end']} is not after ope.start {kw['start']}")
     try:
         settings = OPESettings(**kw)
-    except ConfigError as e:      # OPESettings' keys, as this file calls them
+    except ConfigError as e:  # OPESettings' keys, as this file calls them
         raise ConfigError(f"{file}: {e.about(lambda k: 'ope.' + OPE_FILE_KEYS.get(k, k))}") from None
     out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()}
     out["history"] = str(hp)

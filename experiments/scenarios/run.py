@@ -1,5 +1,6 @@
 """Running a scenario (`run_scenario`): its cells as Ray tasks (or in-process), resumable, with atomic
 per-cell files, the summary over seeds, the optional offline evaluation and the report."""
+
 from __future__ import annotations
 
 import hashlib
@@ -13,24 +14,24 @@ from typing import Any, Callable
 from policies.registry import BASELINE_NAMES
 from sim.errors import ConfigError
 
-
-from .cells import (METRICS, PLAN_METRICS, cell_id, file_digest, fingerprints, limit_threads,
-                    run_cell, torch_one_thread)
+from .cells import METRICS, PLAN_METRICS, cell_id, file_digest, fingerprints, limit_threads, run_cell, torch_one_thread
 from .file import Scenario
 
-OPE_VERSION = 1           # bump when the offline evaluation's numbers change: ope.json is recomputed
-
-
+OPE_VERSION = 1  # bump when the offline evaluation's numbers change: ope.json is recomputed
 
 
 # ---- offline evaluation -----------------------------------------------------------------------------
 def ope_digest(sc: Scenario, digests: dict[str, str], label: str, policy_path: str) -> str:
     """Short sha256 of everything that decides one policy's offline evaluation."""
     assert sc.ope is not None
-    key = {"v": OPE_VERSION, "world": digests["world"], "book": digests.get("book"),
-           "history": file_digest(sc.ope["history"]),
-           "policy": label if policy_path in BASELINE_NAMES else digests[f"policy:{label}"],
-           "settings": {k: v for k, v in sorted(sc.ope.items()) if k != "history"}}
+    key = {
+        "v": OPE_VERSION,
+        "world": digests["world"],
+        "book": digests.get("book"),
+        "history": file_digest(sc.ope["history"]),
+        "policy": label if policy_path in BASELINE_NAMES else digests[f"policy:{label}"],
+        "settings": {k: v for k, v in sorted(sc.ope.items()) if k != "history"},
+    }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -43,6 +44,7 @@ def run_ope(sc: Scenario, out: Path, digests: dict[str, str]) -> tuple[Path | No
         return None, 0
     from sim.atomic import atomic_write_json
     from sim.world import json_safe
+
     path = out / "ope.json"
     wanted = {label: ope_digest(sc, digests, label, pp) for label, pp in zip(sc.policies, sc.policy_paths)}
     overall = hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:16]
@@ -52,36 +54,45 @@ def run_ope(sc: Scenario, out: Path, digests: dict[str, str]) -> tuple[Path | No
             prev = json.loads(path.read_text())
             if prev.get("inputs_digest") == overall:
                 return path, 0
-            old = {k: v for k, v in (prev.get("policies") or {}).items()
-                   if isinstance(v, dict) and v.get("inputs_digest") == wanted.get(k)}
+            old = {
+                k: v
+                for k, v in (prev.get("policies") or {}).items()
+                if isinstance(v, dict) and v.get("inputs_digest") == wanted.get(k)
+            }
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
             old = {}
     todo = [(label, pp) for label, pp in zip(sc.policies, sc.policy_paths) if label not in old]
     entries: dict[str, Any] = dict(old)
     if todo:
-        from policies.registry import resolve_policy
         from experiments.ope import OPESettings, evaluate_offline, logged_decisions
+        from policies.registry import resolve_policy
         from sim.history import load_history
         from sim.world import WorldModel
+
         world = WorldModel.load(sc.world)
         book = world.read_book(sc.world)
-        settings = OPESettings(**{k: (tuple(v) if k == "estimators" else v) for k, v in sc.ope.items()
-                                  if k != "history"})
+        settings = OPESettings(
+            **{k: (tuple(v) if k == "estimators" else v) for k, v in sc.ope.items() if k != "history"}
+        )
         history = load_history(sc.ope["history"])
         with limit_threads():
             shared = logged_decisions(history, settings.start, settings.end, world, book)
             for label, pp in todo:
                 policy = resolve_policy(pp, world)
                 torch_one_thread()
-                res = evaluate_offline(history, settings, policy=policy, world=world, book=book,
-                                       logged=shared)
+                res = evaluate_offline(history, settings, policy=policy, world=world, book=book, logged=shared)
                 res.pop("seconds", None)
                 res["policy"] = label
                 res["inputs_digest"] = wanted[label]
                 entries[label] = res
-    doc = {"scenario": sc.name, "history": sc.ope["history"], "world": sc.world,
-           "settings": {k: v for k, v in sc.ope.items() if k != "history"}, "inputs_digest": overall,
-           "policies": {label: entries[label] for label in sc.policies}}
+    doc = {
+        "scenario": sc.name,
+        "history": sc.ope["history"],
+        "world": sc.world,
+        "settings": {k: v for k, v in sc.ope.items() if k != "history"},
+        "inputs_digest": overall,
+        "policies": {label: entries[label] for label in sc.policies},
+    }
     atomic_write_json(path, json_safe(doc))
     return path, len(todo)
 
@@ -90,6 +101,7 @@ def run_ope(sc: Scenario, out: Path, digests: dict[str, str]) -> tuple[Path | No
 def _cell_task(world_text: str, book, scenario: dict[str, Any], cell: dict[str, Any], running_dir: str):
     """The body of the Ray task: announce the worker's pid in running/<cell_id>.pid, run the cell."""
     from sim.atomic import atomic_write_text
+
     pid = os.getpid()
     atomic_write_text(Path(running_dir) / f"{cell['cell_id']}.pid", f"{pid}\n")
     t0 = time.perf_counter()
@@ -104,6 +116,7 @@ def _remote():
     global _REMOTE
     if _REMOTE is None:
         import ray
+
         _REMOTE = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=False)(_cell_task)
     return _REMOTE
 
@@ -115,15 +128,21 @@ def _cell_paths(out: Path, cid: str) -> tuple[Path, Path]:
 def summarise(results) -> list[dict[str, Any]]:
     """Per policy x budget (in scenario order): mean and 95% interval over seeds of every metric."""
     import numpy as np
+
     from experiments.evaluate import mean_ci
+
     out = []
     keys = list(dict.fromkeys(zip(results["policy"], results["budget"].fillna(-1.0))))
     for pol, b in keys:
         bud = results["budget"].isna() if b == -1.0 else results["budget"] == b
         g = results[(results["policy"] == pol) & bud]
         ok = g[g["status"] == "ok"]
-        entry: dict[str, Any] = {"policy": pol, "budget": None if b == -1.0 else float(b), "seeds": int(len(g)),
-                                 "infeasible": int((g["status"] != "ok").sum())}
+        entry: dict[str, Any] = {
+            "policy": pol,
+            "budget": None if b == -1.0 else float(b),
+            "seeds": int(len(g)),
+            "infeasible": int((g["status"] != "ok").sum()),
+        }
         for m in (*METRICS, *PLAN_METRICS):
             if b == -1.0 and m in PLAN_METRICS:
                 continue
@@ -132,8 +151,16 @@ def summarise(results) -> list[dict[str, Any]]:
     return out
 
 
-def _run_on_ray(sc: Scenario, todo: list[dict[str, Any]], out: Path, address: str | None, n_workers: int,
-                timings: dict[str, Any], timings_ray: dict[str, float], progress: Callable[[int], None]) -> int:
+def _run_on_ray(
+    sc: Scenario,
+    todo: list[dict[str, Any]],
+    out: Path,
+    address: str | None,
+    n_workers: int,
+    timings: dict[str, Any],
+    timings_ray: dict[str, float],
+    progress: Callable[[int], None],
+) -> int:
     """Run the cells `todo` as Ray tasks, writing each as it finishes; returns the cluster's CPUs
     (or `n_workers` for a local Ray). Ray is started here unless already running, and then shut down."""
     import pandas as pd
@@ -142,6 +169,7 @@ def _run_on_ray(sc: Scenario, todo: list[dict[str, Any]], out: Path, address: st
     from sim.atomic import atomic_write_parquet
 
     from ..ray_session import ray_session
+
     running = out / "running"
     with ray_session(n_workers, address, timings_ray) as n_workers:
         world_ref = ray.put(Path(sc.world).read_text())
@@ -165,12 +193,13 @@ def _run_on_ray(sc: Scenario, todo: list[dict[str, Any]], out: Path, address: st
                         ray.cancel(r, force=True)
                     cause = getattr(e, "cause", None)
                     if isinstance(cause, ConfigError):
-                        raise ConfigError(f"cell {c['policy']}/budget {c['budget']}/seed {c['seed']}: "
-                                          f"{cause}") from None
+                        raise ConfigError(
+                            f"cell {c['policy']}/budget {c['budget']}/seed {c['seed']}: {cause}"
+                        ) from None
                     raise
                 cpath, ppath = _cell_paths(out, c["cell_id"])
                 atomic_write_parquet(ppath, periods)
-                atomic_write_parquet(cpath, pd.DataFrame([row]))   # the cell file last: it marks done
+                atomic_write_parquet(cpath, pd.DataFrame([row]))  # the cell file last: it marks done
                 (running / f"{c['cell_id']}.pid").unlink(missing_ok=True)
                 timings[c["cell_id"]] = timing
                 finished += 1
@@ -178,33 +207,45 @@ def _run_on_ray(sc: Scenario, todo: list[dict[str, Any]], out: Path, address: st
     return n_workers
 
 
-def _run_in_process(sc: Scenario, todo: list[dict[str, Any]], out: Path, timings: dict[str, Any],
-                    progress: Callable[[int], None]) -> None:
+def _run_in_process(
+    sc: Scenario, todo: list[dict[str, Any]], out: Path, timings: dict[str, Any], progress: Callable[[int], None]
+) -> None:
     """Run the cells `todo` one after the other in this process (no Ray): the same numbers."""
     import pandas as pd
+
     from sim.atomic import atomic_write_parquet
-    spec = {"world": Path(sc.world).read_text(), "book": pd.read_parquet(sc.book) if sc.book else None,
-            "scenario": sc.to_dict()}
+
+    spec = {
+        "world": Path(sc.world).read_text(),
+        "book": pd.read_parquet(sc.book) if sc.book else None,
+        "scenario": sc.to_dict(),
+    }
     for k, c in enumerate(todo, 1):
         t0 = time.perf_counter()
         row, periods = run_cell(spec, c)
         cpath, ppath = _cell_paths(out, c["cell_id"])
         atomic_write_parquet(ppath, periods)
         atomic_write_parquet(cpath, pd.DataFrame([row]))
-        timings[c["cell_id"]] = {"pid": os.getpid(), "host": socket.gethostname(),
-                                 "seconds": time.perf_counter() - t0}
+        timings[c["cell_id"]] = {"pid": os.getpid(), "host": socket.gethostname(), "seconds": time.perf_counter() - t0}
         progress(k)
 
 
-def run_scenario(sc: Scenario, out: str | Path, address: str | None = None, workers: int | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+def run_scenario(
+    sc: Scenario,
+    out: str | Path,
+    address: str | None = None,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
     """Run (or resume) every cell of the scenario on Ray and write the outputs into `out`
     (`workers=0`: in this process, one cell after the other, without Ray; same numbers).
     Then the offline evaluation of the `ope:` section (ope.json) and report.html.
     Returns the document `clv scenarios --json` prints."""
     import pandas as pd
+
     from sim.atomic import atomic_write_json, atomic_write_parquet
     from sim.world import json_safe
+
     t0 = time.perf_counter()
     out = Path(out).resolve()
     (out / "cells").mkdir(parents=True, exist_ok=True)
@@ -224,39 +265,70 @@ def run_scenario(sc: Scenario, out: str | Path, address: str | None = None, work
     if todo and workers == 0 and address is None:
         _run_in_process(sc, todo, out, timings, lambda k: progress(skipped + k, len(cells)) if progress else None)
     elif todo:
-        n_workers = _run_on_ray(sc, todo, out, address, n_workers, timings, timings_ray,
-                                lambda k: progress(skipped + k, len(cells)) if progress else None)
+        n_workers = _run_on_ray(
+            sc,
+            todo,
+            out,
+            address,
+            n_workers,
+            timings,
+            timings_ray,
+            lambda k: progress(skipped + k, len(cells)) if progress else None,
+        )
     try:
         running.rmdir()
     except OSError:
         pass
+
     def load(c: dict[str, Any], k: int):
         # a cell done under another scenario (same numbers, another place in the grid or another
         # label for the same policy) takes this scenario's index and label
         return pd.read_parquet(_cell_paths(out, c["cell_id"])[k]).assign(cell_index=c["index"], policy=c["policy"])
+
     rows = pd.concat([load(c, 0) for c in cells], ignore_index=True)
     periods = pd.concat([load(c, 1) for c in cells], ignore_index=True)
     rows.insert(0, "scenario", sc.name)
     atomic_write_parquet(out / "results.parquet", rows)
     atomic_write_parquet(out / "periods.parquet", periods)
     summary = summarise(rows)
-    atomic_write_json(out / "summary.json", json_safe({"scenario": sc.name, "cells": len(cells),
-                                                      "by_policy_budget": summary}))
+    atomic_write_json(
+        out / "summary.json", json_safe({"scenario": sc.name, "cells": len(cells), "by_policy_budget": summary})
+    )
     atomic_write_json(out / "scenario.json", json_safe({**sc.to_dict(), "fingerprints": digests}))
     t_ope = time.perf_counter()
     ope_path, ope_run = run_ope(sc, out, digests)
     ope_seconds = time.perf_counter() - t_ope
     seconds = time.perf_counter() - t0
-    atomic_write_json(out / "timings.json", json_safe({"seconds": seconds, "workers": n_workers, "run": len(todo),
-                                                       "skipped": skipped, **timings_ray,
-                                                       "ope_seconds": ope_seconds, "ope_policies_run": ope_run,
-                                                       "cells": timings}))
+    atomic_write_json(
+        out / "timings.json",
+        json_safe(
+            {
+                "seconds": seconds,
+                "workers": n_workers,
+                "run": len(todo),
+                "skipped": skipped,
+                **timings_ray,
+                "ope_seconds": ope_seconds,
+                "ope_policies_run": ope_run,
+                "cells": timings,
+            }
+        ),
+    )
     from experiments.reports import write_report
-    report = write_report(out)       # last: it links every file above
+
+    report = write_report(out)  # last: it links every file above
     seconds = time.perf_counter() - t0
-    doc = {"scenario": sc.name, "out": str(out), "cells": len(cells), "run": len(todo), "skipped": skipped,
-           "workers": n_workers, "results": str(out / "results.parquet"),
-           "periods": str(out / "periods.parquet"), "summary": summary}
+    doc = {
+        "scenario": sc.name,
+        "out": str(out),
+        "cells": len(cells),
+        "run": len(todo),
+        "skipped": skipped,
+        "workers": n_workers,
+        "results": str(out / "results.parquet"),
+        "periods": str(out / "periods.parquet"),
+        "summary": summary,
+    }
     if ope_path is not None:
         doc["ope"] = str(ope_path)
         doc["ope_run"] = ope_run

@@ -4,6 +4,7 @@ and `clv/TabularCustomer-v0` (the small tabular world solved exactly by policies
 Importing this module registers both ids: `import sim.envs; gymnasium.make("clv/Customer-v0",
 world="world.json")`.
 """
+
 from __future__ import annotations
 
 import gymnasium as gym

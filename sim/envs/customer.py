@@ -7,6 +7,7 @@ products held, periods since last contact, recent contact count, opted-out chann
 `ObservationEncoder`; never the latent rate or alive flag. Action: the catalogue index (0 = none).
 Reward: margin of the period minus the contact cost. `action_masks()` gives the contact rules.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,8 +20,17 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
 
 from ..catalogue import STAGES
-from ..population import (NEVER_CONTACTED, POPULATIONS, PopulationSimulator, PopulationState, WorldTables, book_columns,
-                         new_customer_state, state_from_book, take_rows)
+from ..population import (
+    NEVER_CONTACTED,
+    POPULATIONS,
+    PopulationSimulator,
+    PopulationState,
+    WorldTables,
+    book_columns,
+    new_customer_state,
+    state_from_book,
+    take_rows,
+)
 from ..world import WorldModel
 
 DEFAULT_HORIZON = 52
@@ -43,7 +53,7 @@ class ObservationEncoder:
     n_segments: int
     n_products: int
     n_channels: int
-    posterior: Any = None            # ObservablePosterior, or None for the plain features
+    posterior: Any = None  # ObservablePosterior, or None for the plain features
     margin_rate: float = 1.0
     product_margin: np.ndarray | None = None
 
@@ -52,10 +62,17 @@ class ObservationEncoder:
         post = None
         if model_features:
             from ..posterior import ObservablePosterior
+
             post = ObservablePosterior(world)
         pm = world.economics.product_margin_per_period
-        return cls(len(world.segments), len(world.products), len(world.catalogue.channels), post,
-                   float(world.economics.margin_rate), np.array([float(pm.get(p, 0.0)) for p in world.products]))
+        return cls(
+            len(world.segments),
+            len(world.products),
+            len(world.catalogue.channels),
+            post,
+            float(world.economics.margin_rate),
+            np.array([float(pm.get(p, 0.0)) for p in world.products]),
+        )
 
     @property
     def model_features(self) -> bool:
@@ -63,13 +80,26 @@ class ObservationEncoder:
 
     @property
     def names(self) -> list[str]:
-        return (["log_recency", "log_frequency", "log_monetary", "log_tenure", "log_last_contact",
-                 "never_contacted", "recent_contacts"]
-                + [f"stage_{s}" for s in STAGES] + [f"segment_{g}" for g in range(self.n_segments)]
-                + [f"product_{p}" for p in range(self.n_products)]
-                + [f"opted_out_{c}" for c in range(self.n_channels)]
-                + (["p_alive", "log_expected_transactions", "log_value_per_transaction", "log_expected_margin"]
-                   if self.model_features else []))
+        return (
+            [
+                "log_recency",
+                "log_frequency",
+                "log_monetary",
+                "log_tenure",
+                "log_last_contact",
+                "never_contacted",
+                "recent_contacts",
+            ]
+            + [f"stage_{s}" for s in STAGES]
+            + [f"segment_{g}" for g in range(self.n_segments)]
+            + [f"product_{p}" for p in range(self.n_products)]
+            + [f"opted_out_{c}" for c in range(self.n_channels)]
+            + (
+                ["p_alive", "log_expected_transactions", "log_value_per_transaction", "log_expected_margin"]
+                if self.model_features
+                else []
+            )
+        )
 
     @property
     def dim(self) -> int:
@@ -95,10 +125,10 @@ class ObservationEncoder:
         out[np.arange(n), k + np.asarray(obs["segment"], np.int64)] = 1.0
         k += self.n_segments
         if self.n_products:
-            out[:, k:k + self.n_products] = obs["products"]
+            out[:, k : k + self.n_products] = obs["products"]
         k += self.n_products
         if self.n_channels:
-            out[:, k:k + self.n_channels] = obs["opted_out"]
+            out[:, k : k + self.n_channels] = obs["opted_out"]
         k += self.n_channels
         if self.model_features and n:
             p_alive = self.posterior.p_alive(obs)
@@ -120,8 +150,7 @@ class CustomerSource:
     """Where new customers come from: the book's digital twins (`population="book"`, one row drawn
     uniformly per customer, latents from that row's posterior) or brand-new customers ("new")."""
 
-    def __init__(self, world: WorldModel, population: str = "book", book=None,
-                 tables: WorldTables | None = None):
+    def __init__(self, world: WorldModel, population: str = "book", book=None, tables: WorldTables | None = None):
         if population not in POPULATIONS:
             raise ValueError(f"population must be 'book' or 'new', got {population!r}")
         if population == "book" and book is None:
@@ -145,6 +174,7 @@ def resolve_world(world: WorldModel | str | Path | None, population: str | None,
     world with new customers (handy for trying things out)."""
     if world is None:
         from ..synthetic import BankConfig, truth_world
+
         return truth_world(BankConfig()), population or "new", None
     if isinstance(world, (str, Path)):
         path = Path(world)
@@ -168,9 +198,15 @@ class CustomerEnv(gym.Env):
 
     metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}
 
-    def __init__(self, world: WorldModel | str | Path | None = None, horizon: int = DEFAULT_HORIZON,
-                 discount: float | None = None, population: str | None = None, book=None,
-                 render_mode: str | None = None):
+    def __init__(
+        self,
+        world: WorldModel | str | Path | None = None,
+        horizon: int = DEFAULT_HORIZON,
+        discount: float | None = None,
+        population: str | None = None,
+        book=None,
+        render_mode: str | None = None,
+    ):
         if render_mode is not None:
             raise ValueError("clv/Customer-v0 has no render modes")
         if int(horizon) < 1:
@@ -195,8 +231,12 @@ class CustomerEnv(gym.Env):
 
     def _info(self) -> dict[str, Any]:
         st = self._sim.state
-        return {"stage": STAGES[int(st.stage[0])], "segment": self.world.segments[int(st.segment[0])].name,
-                "discounted_return": self._return, "t": self._t}
+        return {
+            "stage": STAGES[int(st.stage[0])],
+            "segment": self.world.segments[int(st.segment[0])].name,
+            "discounted_return": self._return,
+            "t": self._t,
+        }
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
@@ -216,13 +256,19 @@ class CustomerEnv(gym.Env):
             raise RuntimeError("call reset() before step()")
         a = int(action)
         if not 0 <= a < self.tables.n_actions:
-            raise ValueError(f"unknown action {action!r}; actions are 0..{self.tables.n_actions - 1} "
-                             f"({', '.join(self.action_names)})")
+            raise ValueError(
+                f"unknown action {action!r}; actions are 0..{self.tables.n_actions - 1} "
+                f"({', '.join(self.action_names)})"
+            )
         out = self._sim.step(np.array([a], np.int16))
         reward = float(out.reward[0])
-        self._return += reward * self.discount ** self._t
+        self._return += reward * self.discount**self._t
         self._t += 1
         info = self._info()
-        info.update(ineligible=bool(out.n_ineligible), contacted=bool(out.contacted[0]),
-                    cost=float(out.cost[0]), transactions=int(out.transactions[0]))
+        info.update(
+            ineligible=bool(out.n_ineligible),
+            contacted=bool(out.contacted[0]),
+            cost=float(out.cost[0]),
+            transactions=int(out.transactions[0]),
+        )
         return self._obs(), reward, False, self._t >= self.horizon, info

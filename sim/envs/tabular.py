@@ -1,14 +1,15 @@
 """`clv/TabularCustomer-v0`: one customer per episode of a `sim.tabular.TabularWorld`, as a
 Gymnasium env (the small world that `policies.dp` solves exactly)."""
+
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
-import gymnasium as gym
 
 from ..tabular import TabularWorld, default_small_world, small_world_from
 from ..world import WorldModel
@@ -28,9 +29,15 @@ class TabularCustomerEnv(gym.Env):
 
     metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}
 
-    def __init__(self, tabular: TabularWorld | None = None, world: WorldModel | str | Path | None = None,
-                 horizon: int | None = None, discount: float | None = None, render_mode: str | None = None,
-                 tabular_kwargs: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        tabular: TabularWorld | None = None,
+        world: WorldModel | str | Path | None = None,
+        horizon: int | None = None,
+        discount: float | None = None,
+        render_mode: str | None = None,
+        tabular_kwargs: dict[str, Any] | None = None,
+    ):
         if render_mode is not None:
             raise ValueError("TabularCustomerEnv has no render modes")
         self.render_mode = None
@@ -42,6 +49,7 @@ class TabularCustomerEnv(gym.Env):
             else:
                 if world is None:
                     from ..synthetic import BankConfig, truth_world
+
                     world = truth_world(BankConfig())
                 elif not isinstance(world, WorldModel):
                     world = WorldModel.load(world)
@@ -64,7 +72,7 @@ class TabularCustomerEnv(gym.Env):
         self._succ = c
         cum = np.cumsum(flat[r, c])
         base = np.concatenate([[0.0], cum])[self._ptr[:-1]]
-        self._cum = cum - np.repeat(base, np.diff(self._ptr))   # cumulative within each row
+        self._cum = cum - np.repeat(base, np.diff(self._ptr))  # cumulative within each row
         self._state = 0
         self._t = 0
 

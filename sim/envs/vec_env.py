@@ -1,6 +1,7 @@
 """`PopulationVecEnv`: a stable-baselines3 VecEnv stepping many customers of a calibrated world
 at once through the vectorised simulator (one numpy step for all, not n Python envs).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,9 +12,9 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
 from stable_baselines3.common.vec_env import VecEnv
 
-from .customer import DEFAULT_HORIZON, CustomerSource, ObservationEncoder, resolve_world
 from ..population import PopulationSimulator, WorldTables
 from ..world import WorldModel
+from .customer import DEFAULT_HORIZON, CustomerSource, ObservationEncoder, resolve_world
 
 
 class PopulationVecEnv(VecEnv):
@@ -35,9 +36,17 @@ class PopulationVecEnv(VecEnv):
 
     metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}
 
-    def __init__(self, world: WorldModel | str | Path | None = None, n_envs: int = 256,
-                 horizon: int = DEFAULT_HORIZON, population: str | None = None, book=None, seed: int = 0,
-                 reward: str = "expected", encoder=None):
+    def __init__(
+        self,
+        world: WorldModel | str | Path | None = None,
+        n_envs: int = 256,
+        horizon: int = DEFAULT_HORIZON,
+        population: str | None = None,
+        book=None,
+        seed: int = 0,
+        reward: str = "expected",
+        encoder=None,
+    ):
         if int(n_envs) < 1 or int(horizon) < 1:
             raise ValueError("n_envs and horizon must be >= 1")
         if reward not in ("expected", "sampled"):
