@@ -74,3 +74,28 @@ def test_the_clis_name_copies_equal_their_owners():
 
     assert DATASETS == NAMES
     assert BASELINE_NAMES == OWNER_BASELINES
+
+
+def test_the_clis_option_defaults_and_help_name_their_owners_values():
+    """Option defaults and the choices a help text lists are the owners' (a renamed estimator,
+    model or algorithm fails here rather than in a user's script)."""
+    from experiments.ope import DEFAULT_ESTIMATORS, ONE_STEP, SEQUENTIAL
+    from experiments.ope.models import REWARD_MODELS
+    from policies.rl import ALGOS
+    from sim.world import ACTIVITY_MODELS
+
+    def option(command: str, name: str):
+        return next(p for p in GROUP.commands[command].params if name in getattr(p, "opts", ()))
+
+    for cmd in ("ope", "backtest"):
+        est = option(cmd, "--estimators")
+        assert est.default == ",".join(DEFAULT_ESTIMATORS)
+        assert all(e in est.help for e in ONE_STEP)
+        rm = option(cmd, "--reward-model")
+        assert rm.default in REWARD_MODELS and all(m in rm.help for m in REWARD_MODELS)
+    assert all(e in option("ope", "--estimators").help for e in SEQUENTIAL)
+    for cmd in ("calibrate", "validate"):
+        am = option(cmd, "--activity-model")
+        assert am.default == ACTIVITY_MODELS[0] and all(m in am.help for m in ACTIVITY_MODELS)
+    algo = option("train", "--algo")
+    assert algo.default in ALGOS and all(a in algo.help for a in ALGOS)

@@ -38,11 +38,12 @@ def train(
     Example: clv train world.json --algo ppo --steps 2000000 --seed 0 --out agents/ppo
     """
     with _user_errors():
+        from policies.rl import ALGOS
         from sim.errors import ConfigError
-
-        if algo not in ("ppo", "dqn", "maskable_ppo"):
-            raise ConfigError(f"--algo {algo!r}: choose ppo, maskable_ppo or dqn")
         from sim.population import POPULATIONS
+
+        if algo not in ALGOS:
+            raise ConfigError(f"--algo {algo!r}: choose ppo, maskable_ppo or dqn")
 
         if population not in POPULATIONS:
             raise ConfigError(f"--population must be book or new, got {population!r}")
