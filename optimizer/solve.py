@@ -278,7 +278,8 @@ def _allocate_exact(problem: AllocationProblem, solver: str, time_limit: float |
         if mip.status == "infeasible":
             return None
         raise ConfigError(
-            f"{solver} found no integer plan within the time limit; raise --time-limit or use --method lagrangian"
+            f"{solver} found no integer plan within the time limit; raise {{key:time_limit}} or use "
+            "{key:method} lagrangian"
         )
     t = problem.table
     units = np.zeros((t.n, t.n_actions), dtype=np.int64)
