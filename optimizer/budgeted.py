@@ -1,0 +1,378 @@
+"""A budgeted policy over a horizon: every contact a base policy makes over T periods is subject to
+one cash budget for the whole horizon and to the allocation constraints, each period.
+
+Each period the base policy (a baseline or a trained agent) proposes its contacts. Each proposal
+is valued by `ContactValues`: the policy's own advantage of that contact over not contacting,
+Q^pi(s, a) - Q^pi(s, none), fitted (policies.rollout.fit_advantages) on common-random-number
+rollouts at states the policy visits over the horizon, on customers and random streams of their
+own (never the seeds the plan is judged on: no in-sample selection). The period's contacts are
+then chosen by the `BudgetRule`:
+
+- pacing `horizon` (default): one price for the whole horizon; a proposal goes ahead when its
+  value exceeds price x cost. The price is set on planning seeds so that the expected spend over
+  the horizon meets the budget (`tune_price`), and the budget left is a hard cap in every period;
+- pacing `even`: the budget left is spread evenly over the periods left (unspent money carries
+  over); within a period, proposals of positive value by value per unit of cost;
+- pacing `front`: as `even`, with the whole budget left available in every period.
+
+With per-period constraints (channel or action capacities, minimum coverage and maximum spend
+shares by segment, as in `clv allocate`) a period's choice is solved by the optimizer
+(`optimizer.allocate.allocate`, the Lagrangian engine warm-started from the previous period's
+multipliers); coverage and shares then refer to the customers with a proposal in that period.
+
+The budget is cash: the catalogue cost of every contact made over the horizon, the policy's own
+included. All customers are stepped together period by period (a budget is shared by all of them),
+in the chunks and random streams of `sim.population.simulate`, with common random numbers, so the
+runs of "none", the policy alone and the budgeted policy on one seed differ only by their actions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from sim.errors import ConfigError
+
+PACINGS = ("horizon", "even", "front")
+RUN_MODES = ("none", "policy", "budgeted")
+
+
+# ---- what a contact is worth --------------------------------------------------------------------
+@dataclass
+class ContactValues:
+    """The base policy's advantage of a contact over none at a state: `predict(X)` on the state's
+    features (`encoder.encode(obs)`) gives (n, A), 0 for none, in discounted value units."""
+
+    encoder: Any
+    predict: Callable[[np.ndarray], np.ndarray]
+    fit: dict[str, Any] = field(default_factory=dict)
+
+    def of(self, obs: dict[str, np.ndarray], rows: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """Value of making contact `actions[k]` with customer `rows[k]` now."""
+        if rows.size == 0:
+            return np.zeros(0)
+        sub = {k: v[rows] for k, v in obs.items()}
+        x = np.asarray(self.encoder.encode(sub), np.float32)
+        return self.predict(x)[np.arange(rows.size), actions]
+
+
+def default_snapshots(periods: int, count: int = 4) -> list[int]:
+    """Periods at which the value model sees the policy's states: spread over the horizon."""
+    return sorted({int(t) for t in np.linspace(0, max(periods - 1, 0), count)})
+
+
+def fit_contact_values(
+    world,
+    book: pd.DataFrame | None,
+    policy,
+    periods: int,
+    value_horizon: int,
+    customers: int,
+    seed: int,
+    snapshots: list[int] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ContactValues:
+    """Fit the policy's contact advantages on `customers` twins drawn from the book (their own
+    random key), at `snapshots` of the horizon, each contact followed by the policy for
+    `value_horizon` periods on common random numbers. The fit's held-out R^2 is in `fit`."""
+    from policies.rl import UpliftEncoder
+    from policies.rollout import fit_advantages, rollout_labels
+
+    snaps = default_snapshots(periods) if snapshots is None else sorted(set(snapshots))
+    labels = rollout_labels(world, policy, customers, snaps, value_horizon, seed, book=book, progress=progress)
+    encoder = getattr(policy, "encoder", None)
+    if encoder is None or not hasattr(encoder, "encode"):
+        encoder = UpliftEncoder(world)
+    obs = {k: np.concatenate([o[k] for o in labels.obs]) for k in labels.obs[0]}
+    x = np.asarray(encoder.encode(obs), np.float32)
+    predict, fit = fit_advantages(x, labels.q, labels.masks, int(seed))
+    fit.update(
+        {
+            "states": int(len(x)),
+            "snapshots": snaps,
+            "value_horizon": int(value_horizon),
+            "customers": int(customers),
+            "seed": int(seed),
+        }
+    )
+    return ContactValues(encoder=encoder, predict=predict, fit=fit)
+
+
+# ---- which proposals go ahead -------------------------------------------------------------------
+@dataclass
+class BudgetRule:
+    """How a period's proposals are cut to the budget and the constraints (module docstring)."""
+
+    budget: float
+    periods: int
+    pacing: str = "horizon"
+    price: float = 0.0
+    constraints: list = field(default_factory=list)  # optimizer Constraint objects, held every period
+    hard_cap: bool = True  # the budget left caps every period (off only while the price is tuned)
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.budget) and self.budget > 0):
+            raise ConfigError("budget", value=self.budget, message="must be a finite number > 0")
+        if self.periods < 1:
+            raise ConfigError("horizon", value=self.periods, message="must be >= 1")
+        if self.pacing not in PACINGS:
+            raise ConfigError("pacing", value=repr(self.pacing), message=f"choose {', '.join(PACINGS)}")
+
+    def period_cap(self, spent: float, t: int) -> float:
+        if not self.hard_cap:
+            return float("inf")
+        left = max(self.budget - spent, 0.0)
+        return left / (self.periods - t) if self.pacing == "even" else left
+
+
+def _greedy_fill(score: np.ndarray, cost: np.ndarray, cap: float) -> np.ndarray:
+    """Rows with score > 0 by score per unit of cost, while their cumulative cost fits `cap`."""
+    keep = np.flatnonzero(score > 0)
+    if keep.size == 0:
+        return keep
+    ratio = score[keep] / np.maximum(cost[keep], 1e-12)
+    order = keep[np.argsort(-ratio, kind="stable")]
+    return np.sort(order[np.cumsum(cost[order]) <= cap + 1e-9])
+
+
+@dataclass
+class PeriodChoice:
+    rows: np.ndarray  # indexes into the period's proposals that go ahead
+    multipliers: np.ndarray | None = None  # the optimizer's, when it was used
+
+
+def choose_contacts(
+    rule: BudgetRule,
+    value: np.ndarray,
+    cost: np.ndarray,
+    action: np.ndarray,
+    segment: np.ndarray,
+    spent: float,
+    t: int,
+    world,
+    lam0: np.ndarray | None = None,
+) -> PeriodChoice:
+    """The proposals (value, cost, catalogue action, segment index) that go ahead in period t."""
+    cap = rule.period_cap(spent, t)
+    score = value - rule.price * cost if rule.pacing == "horizon" else value
+    if not rule.constraints:
+        return PeriodChoice(_greedy_fill(score, cost, cap))
+    from .allocate import allocate
+    from .diagnose import InfeasibleError
+    from .problem import AllocationProblem, budget_constraint
+    from .values import ValueTable
+
+    n = value.size
+    names = list(world.catalogue.names[1:])
+    channels = list(dict.fromkeys(a.channel or "no_channel" for a in world.catalogue.actions[1:]))
+    j = action.astype(np.int64) - 1
+    eligible = np.zeros((n, len(names)), bool)
+    eligible[np.arange(n), j] = True
+    val = np.where(eligible, score[:, None], 0.0)
+    cst = np.where(eligible, cost[:, None], 0.0)
+    table = ValueTable(
+        ids=np.arange(n).astype(str),
+        segment=segment.astype(np.int64),
+        segments=[s.name for s in world.segments],
+        actions=names,
+        channels=channels,
+        action_channel=np.array(
+            [channels.index(a.channel or "no_channel") for a in world.catalogue.actions[1:]], np.int64
+        ),
+        value=val,
+        cost=cst,
+        eligible=eligible,
+        source=f"period {t}",
+    )
+    budget_row = [budget_constraint(cap)] if np.isfinite(cap) else []
+    problem = AllocationProblem(table, budget_row + list(rule.constraints))
+    try:
+        alloc = allocate(problem, lam0=lam0 if lam0 is not None and len(lam0) == problem.K else None)
+    except InfeasibleError as e:
+        raise InfeasibleError(e.diagnosis, f"period {t}") from None
+    return PeriodChoice(np.flatnonzero(alloc.units.sum(axis=1) > 0), np.asarray(alloc.multipliers, float))
+
+
+# ---- one run over the horizon -------------------------------------------------------------------
+@dataclass
+class HorizonRun:
+    """What one seed's run produced: per customer, per period, and the first period's decisions."""
+
+    clv: np.ndarray  # (N,) discounted reward over the horizon
+    spend: float  # cash spent over the horizon
+    contacts: int
+    alive_end: np.ndarray  # (N,) bool
+    segment: np.ndarray  # (N,) int
+    by_period: pd.DataFrame  # period, segment, channel: contacts, spend, value
+    first_period: pd.DataFrame | None  # row, action, value, cost of period 0's contacts (budgeted runs)
+    multipliers: list = field(default_factory=list)  # per period, when the optimizer ran
+
+
+def _simulators(world, book, customers, seed, tables):
+    from sim.population import DEFAULT_CHUNK, PopulationSimulator, chunk_seeds, sample_book
+
+    n = len(book) if customers is None else int(customers)
+    src = sample_book(book, n, seed)
+    sims = []
+    for start, stop, seq in chunk_seeds(seed, n, DEFAULT_CHUNK):
+        sim = PopulationSimulator.from_book(world, src.iloc[start:stop], seq, tables=tables)
+        sim.crn = True
+        sims.append(sim)
+    return sims
+
+
+def run_horizon(
+    world,
+    book: pd.DataFrame,
+    policy_fn: Callable | None,
+    periods: int,
+    seed: int,
+    mode: str = "budgeted",
+    rule: BudgetRule | None = None,
+    values: ContactValues | None = None,
+    customers: int | None = None,
+    tables=None,
+) -> HorizonRun:
+    """Run `mode` ("none": no contact; "policy": the base policy alone; "budgeted": its proposals
+    through `rule`) for `periods` on the book's twins with seed `seed` (common random numbers)."""
+    from sim.population import WorldTables
+
+    if mode not in RUN_MODES:
+        raise ValueError(f"mode must be one of {RUN_MODES}")
+    if mode == "budgeted" and (rule is None or values is None):
+        raise ValueError("a budgeted run needs a rule and contact values")
+    tables = tables or WorldTables.from_world(world)
+    sims = _simulators(world, book, customers, seed, tables)
+    disc = world.economics.discount_per_period
+    cost_of = tables.action_cost
+    channel_of = tables.action_channel
+    n_seg = len(world.segments)
+    n_ch = int(channel_of.max()) + 1 if channel_of.size else 0
+    clv = [np.zeros(s.state.n) for s in sims]
+    offsets = np.cumsum([0] + [s.state.n for s in sims])[:-1]
+    shape = (n_seg, max(n_ch, 1))
+    rows_out: list[dict] = []
+    spent, contacts, lam = 0.0, 0, None
+    first = None
+    mults: list = []
+    for t in range(periods):
+        acts = [np.zeros(s.state.n, np.int16) for s in sims]
+        value = np.full(shape, np.nan)
+        if mode != "none":
+            props = [np.asarray(policy_fn(s), np.int16) for s in sims]
+            if mode == "policy":
+                acts = props
+            else:
+                cand = [np.flatnonzero(p > 0) for p in props]
+                v = np.concatenate([values.of(s.observe(), c, p[c]) for s, c, p in zip(sims, cand, props)])
+                a = np.concatenate([p[c] for c, p in zip(cand, props)])
+                seg = np.concatenate([s.state.segment[c] for s, c in zip(sims, cand)])
+                choice = choose_contacts(rule, v, cost_of[a], a, seg, spent, t, world, lam)
+                if choice.multipliers is not None:
+                    lam = choice.multipliers
+                    mults.append(lam)
+                take = np.zeros(a.size, bool)
+                take[choice.rows] = True
+                lo = 0
+                for k, (c, p) in enumerate(zip(cand, props)):
+                    sel = take[lo : lo + c.size]
+                    acts[k][c[sel]] = p[c[sel]]
+                    lo += c.size
+                value = np.zeros(shape)
+                np.add.at(value, (seg[take], channel_of[a[take]]), v[take])
+                if t == 0:
+                    rows = np.concatenate([c + o for c, o in zip(cand, offsets)])
+                    first = pd.DataFrame(
+                        {"row": rows[take], "action": a[take], "value": v[take], "cost": cost_of[a[take]]}
+                    )
+        count, spend = np.zeros(shape), np.zeros(shape)
+        for k, s in enumerate(sims):
+            seg_before = s.state.segment.copy()
+            out = s.step(acts[k])
+            clv[k] += out.reward * disc**t
+            spent += float(out.cost.sum())
+            contacts += int(out.contacted.sum())
+            if out.contacted.any():
+                at = (seg_before[out.contacted], channel_of[out.actions[out.contacted]])
+                np.add.at(count, at, 1)
+                np.add.at(spend, at, out.cost[out.contacted])
+        for g, h in zip(*np.nonzero(count)):
+            rows_out.append(
+                {
+                    "period": t,
+                    "segment": int(g),
+                    "channel": int(h),
+                    "contacts": float(count[g, h]),
+                    "spend": float(spend[g, h]),
+                    "value": float(value[g, h]),
+                }
+            )
+    by_period = pd.DataFrame(rows_out, columns=["period", "segment", "channel", "contacts", "spend", "value"])
+    return HorizonRun(
+        clv=np.concatenate(clv),
+        spend=spent,
+        contacts=contacts,
+        alive_end=np.concatenate([s.state.alive for s in sims]),
+        segment=np.concatenate([s.state.segment for s in sims]),
+        by_period=by_period,
+        first_period=first,
+        multipliers=mults,
+    )
+
+
+# ---- the price of the horizon pacing ------------------------------------------------------------
+def tune_price(
+    world,
+    book: pd.DataFrame,
+    policy_fn: Callable,
+    values: ContactValues,
+    rule: BudgetRule,
+    seeds: list[int],
+    policy_spend: float,
+    customers: int | None = None,
+    iterations: int = 8,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[float, list[dict]]:
+    """The smallest price at which the mean spend over `seeds` is within the budget (bisection on a
+    log scale between 0 and a price no proposal clears); 0 when the policy alone spends no more
+    than the budget (`policy_spend`, its mean spend on the same seeds). Returns (price, trace)."""
+    from dataclasses import replace
+
+    from sim.population import WorldTables
+
+    if rule.pacing != "horizon" or policy_spend <= rule.budget:
+        return 0.0, []
+    tables = WorldTables.from_world(world)
+
+    def spend_at(price: float) -> float:
+        r = replace(rule, price=price, hard_cap=False)   # the spend the price asks for, uncapped
+        out = np.mean(
+            [
+                run_horizon(world, book, policy_fn, rule.periods, s, "budgeted", r, values, customers, tables).spend
+                for s in seeds
+            ]
+        )
+        if progress:
+            progress(1)
+        return float(out)
+
+    trace = []
+    lo, hi = 0.0, 1.0
+    s_hi = spend_at(hi)
+    trace.append({"price": hi, "spend": s_hi})
+    while s_hi > rule.budget and hi < 1e6:
+        lo, hi = hi, hi * 4
+        s_hi = spend_at(hi)
+        trace.append({"price": hi, "spend": s_hi})
+    for _ in range(iterations):
+        mid = (lo + hi) / 2 if lo == 0 else float(np.sqrt(lo * hi))
+        s = spend_at(mid)
+        trace.append({"price": mid, "spend": s})
+        if s > rule.budget:
+            lo = mid
+        else:
+            hi = mid
+    return hi, trace
