@@ -28,7 +28,7 @@ runs of "none", the policy alone and the budgeted policy on one seed differ only
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -333,46 +333,58 @@ def tune_price(
     seeds: list[int],
     policy_spend: float,
     customers: int | None = None,
-    iterations: int = 8,
+    iterations: int = 12,
+    tolerance: float = 0.01,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[float, list[dict]]:
-    """The smallest price at which the mean spend over `seeds` is within the budget (bisection on a
-    log scale between 0 and a price no proposal clears); 0 when the policy alone spends no more
-    than the budget (`policy_spend`, its mean spend on the same seeds). Returns (price, trace)."""
-    from dataclasses import replace
-
+    """The price at which the mean uncapped spend over `seeds` meets the budget (within `tolerance`,
+    or the lowest price found below it after `iterations` runs): a bracket grown by factors of 4 from
+    price 1, then regula falsi on log(price) (spend falls as the price rises). 0 when the policy
+    alone spends no more than the budget (`policy_spend`, its mean spend on the same seeds).
+    Returns (price, the prices tried with their spend)."""
     from sim.population import WorldTables
 
     if rule.pacing != "horizon" or policy_spend <= rule.budget:
         return 0.0, []
     tables = WorldTables.from_world(world)
+    trace: list[dict] = []
 
     def spend_at(price: float) -> float:
-        r = replace(rule, price=price, hard_cap=False)   # the spend the price asks for, uncapped
-        out = np.mean(
-            [
-                run_horizon(world, book, policy_fn, rule.periods, s, "budgeted", r, values, customers, tables).spend
-                for s in seeds
-            ]
+        r = replace(rule, price=price, hard_cap=False)  # the spend the price asks for, uncapped
+        out = float(
+            np.mean(
+                [
+                    run_horizon(world, book, policy_fn, rule.periods, s, "budgeted", r, values, customers, tables).spend
+                    for s in seeds
+                ]
+            )
         )
+        trace.append({"price": price, "spend": out})
         if progress:
             progress(1)
-        return float(out)
+        return out
 
-    trace = []
-    lo, hi = 0.0, 1.0
+    budget = rule.budget
+    lo, s_lo = 0.0, policy_spend  # price 0: the policy's own spend (above the budget)
+    hi = 1.0
     s_hi = spend_at(hi)
-    trace.append({"price": hi, "spend": s_hi})
-    while s_hi > rule.budget and hi < 1e6:
-        lo, hi = hi, hi * 4
+    while s_hi > budget and hi < 1e6:
+        lo, s_lo, hi = hi, s_hi, hi * 4
         s_hi = spend_at(hi)
-        trace.append({"price": hi, "spend": s_hi})
+    best = hi
     for _ in range(iterations):
-        mid = (lo + hi) / 2 if lo == 0 else float(np.sqrt(lo * hi))
-        s = spend_at(mid)
-        trace.append({"price": mid, "spend": s})
-        if s > rule.budget:
-            lo = mid
+        if abs(s_hi - budget) <= tolerance * budget:
+            return hi, trace
+        if lo == 0.0:
+            mid = hi / 4
+        else:  # regula falsi on log(price), kept inside the bracket
+            f = (s_lo - budget) / max(s_lo - s_hi, 1e-12)
+            mid = float(np.exp(np.log(lo) + np.clip(f, 0.1, 0.9) * (np.log(hi) - np.log(lo))))
+        s_mid = spend_at(mid)
+        if s_mid > budget:
+            lo, s_lo = mid, s_mid
         else:
-            hi = mid
-    return hi, trace
+            hi, s_hi, best = mid, s_mid, mid
+        if abs(s_mid - budget) <= tolerance * budget:
+            return mid, trace
+    return best, trace

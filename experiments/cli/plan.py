@@ -298,3 +298,117 @@ def frontier(
         )
     lines.append(f"{doc['method']}: {len(levels)} budgets in {doc['seconds']:.1f}s; plot: {png}")
     _emit(doc, as_json, "\n".join(lines))
+
+
+def _check_constraint_keys(world, constraints) -> None:
+    """Every constraint names a segment, channel or action of the world (one line naming the option)."""
+    from sim.errors import ConfigError
+
+    known = {
+        "segment": [s.name for s in world.segments],
+        "channel": list(dict.fromkeys(a.channel or "no_channel" for a in world.catalogue.actions[1:])),
+        "action": list(world.catalogue.names[1:]),
+    }
+    for c in constraints:
+        if c.key not in known[c.scope]:
+            raise ConfigError(f"{c.spec}: no {c.scope} {c.key!r} in the world (it has {', '.join(known[c.scope])})")
+
+
+@app.command()
+def plan(
+    world_path: Path = typer.Argument(
+        ..., metavar="WORLD", help="World JSON written by `clv calibrate` (its book beside it)."
+    ),
+    policy: str = typer.Option(
+        "greedy_uplift",
+        "--policy",
+        help="The policy whose contacts the budget pays for: a baseline (none, random, bau, churn_threshold, "
+        "greedy_uplift) or a folder from `clv train`.",
+    ),
+    budget: float = typer.Option(..., "--budget", help="Cash for every contact of the horizon (catalogue costs)."),
+    horizon: int = typer.Option(52, "--horizon", min=1, help="Periods the budget covers."),
+    pacing: str = typer.Option(
+        "horizon",
+        "--pacing",
+        help="horizon (one price for the whole horizon, set on planning seeds), even (the budget left spread "
+        "over the periods left) or front (the budget left available every period).",
+    ),
+    capacity: list[str] = typer.Option(
+        [], "--capacity", help="channel:NAME=N or action:NAME=N: at most N contacts per period (repeatable)."
+    ),
+    min_coverage: list[str] = typer.Option(
+        [],
+        "--min-coverage",
+        help="segment:NAME=F: each period, at least a share F of the segment's proposed contacts go ahead (repeatable).",
+    ),
+    max_share: list[str] = typer.Option(
+        [], "--max-share", help="segment:NAME=F: each period, the segment takes at most a share F of the spend."
+    ),
+    seeds: int = typer.Option(5, "--seeds", min=2, help="Planning seeds, and as many fresh seeds for the check."),
+    seed: int = typer.Option(0, "--seed", help="First planning seed (fresh seeds start at seed + 10000)."),
+    customers: Optional[int] = typer.Option(
+        None,
+        "--customers",
+        min=10,
+        help="Simulate this many twins (default: the whole book; then the contact list names the book's customers).",
+    ),
+    out: Path = typer.Option(..., "--out", help="Folder for contacts.parquet, schedule.parquet and plan.json."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Spend a budget for the whole horizon on a policy's contacts: each period its proposals are
+    valued, cut to the budget and the per-period constraints; the plan is judged on fresh seeds.
+
+    Example: clv plan world.json --policy greedy_uplift --budget 2000 --horizon 52 --seeds 5 --out plan/ --json
+    """
+    with _user_errors(), _infeasible(as_json):
+        from sim.errors import ConfigError
+
+        if not (budget > 0 and budget < float("inf")):
+            raise ConfigError("budget", value=budget, message="must be a finite number > 0")
+        from optimizer.budgeted import PACINGS
+
+        if pacing not in PACINGS:
+            raise ConfigError("pacing", value=repr(pacing), message=f"choose {', '.join(PACINGS)}")
+        from policies.registry import check_policy_spec
+
+        check_policy_spec(policy)
+        from optimizer.problem import parse_constraint
+
+        cons = (
+            [parse_constraint("capacity", c) for c in capacity]
+            + [parse_constraint("min-coverage", c) for c in min_coverage]
+            + [parse_constraint("max-share", c) for c in max_share]
+        )
+        _check_out(out, folder=True)
+        _check_world(world_path)
+        world, book = _load_world(world_path, "book")
+        _check_constraint_keys(world, cons)
+        from experiments.budget_plan import PlanSettings, plan_budget, write_plan
+        from policies.registry import policy_label, resolve_policy
+
+        settings = PlanSettings(
+            budget=budget, horizon=horizon, pacing=pacing, seeds=seeds, seed=seed, customers=customers
+        )
+        pol = resolve_policy(policy, world)
+        total = 6 * seeds
+        done = [0]
+        with _progress(f"planning {budget:,.0f} over {horizon} periods", total) as upd:
+
+            def tick(stage: str, d: int, t: int) -> None:
+                done[0] += 1
+                upd(min(done[0], total), total)
+
+            result = plan_budget(world, book, pol, settings, cons, policy_label(policy), progress=tick)
+        write_plan(result, out)
+        doc = result.to_dict()
+    lift, fresh_alone = doc["lift_vs_none"], doc["lift_vs_policy_alone"]
+    _emit(
+        doc,
+        as_json,
+        f"plan written to {out}: {doc['first_period_contacts']:,} contacts in the first period\n"
+        f"  spend {doc['spend']['mean']:,.0f} of {budget:,.0f} over {horizon} periods (pacing {pacing}, price "
+        f"{doc['price']:.3f})\n"
+        f"  lift per customer vs contacting no one {lift['mean']:+.3f} [{lift['ci_low']:+.3f}, {lift['ci_high']:+.3f}] "
+        f"on fresh seeds (predicted {doc['predicted_lift']['mean']:+.3f}); vs {doc['policy']} alone "
+        f"{fresh_alone['mean']:+.3f} [{fresh_alone['ci_low']:+.3f}, {fresh_alone['ci_high']:+.3f}]",
+    )

@@ -1,0 +1,266 @@
+"""`clv plan`: a budget for every contact of the horizon, spent by a budgeted policy, judged on fresh
+seeds (optimizer.budgeted does the work; this module makes the plan and its checks).
+
+1. The base policy's contact values are fitted on rollouts of their own (`fit_contact_values`).
+2. On K planning seeds (seed, seed+1, ...): "none" and the policy alone; with pacing `horizon`
+   the price that meets the budget is set on them; the budgeted policy's lift over "none" on
+   these seeds is the `predicted_lift`.
+3. On K fresh seeds (seed + 10000, ...), never used to set anything: "none", the policy alone and
+   the budgeted policy, with common random numbers, give `clv`, `lift_vs_none` (= `fresh_lift`),
+   `lift_vs_policy_alone`, `spend` and what each segment, channel and period received, each with
+   its 95 % interval over seeds. `check` says whether the prediction holds: the predicted lift lies
+   inside the fresh lift's interval.
+
+Outputs (`write_plan`): DIR/contacts.parquet (the first period's contacts: customer_id, action,
+channel, segment, value, cost, reason), DIR/schedule.parquet (per period x segment x channel: mean
+contacts, spend and value of the contacts made, over the fresh seeds) and DIR/plan.json.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from sim.errors import ConfigError
+
+from .evaluate import mean_ci
+
+FRESH_SEED_OFFSET = 10_000  # fresh seeds: never used to fit or tune anything
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """Every setting of `clv plan` (one visible place; the CLI's defaults are these)."""
+
+    budget: float
+    horizon: int = 52
+    pacing: str = "horizon"
+    seeds: int = 5
+    seed: int = 0
+    customers: int | None = None  # None: the whole book
+    value_customers: int = 2000  # twins the contact values are fitted on
+    value_horizon: int = 26  # periods each valued contact is followed for
+    price_seeds: int = 2  # planning seeds the horizon price is set on (runs are the cost of planning)
+    price_iterations: int = 12
+
+    def __post_init__(self) -> None:
+        if isinstance(self.seeds, bool) or self.seeds < 2:
+            raise ConfigError("seeds", value=self.seeds, message="must be >= 2 (intervals are over seeds)")
+        if self.value_customers < 10:
+            raise ConfigError("value_customers", value=self.value_customers, message="must be >= 10")
+        if self.value_horizon < 1:
+            raise ConfigError("value_horizon", value=self.value_horizon, message="must be >= 1")
+
+
+@dataclass
+class BudgetPlan:
+    """A plan and its checks; `to_dict()` is plan.json."""
+
+    doc: dict[str, Any]
+    contacts: pd.DataFrame
+    schedule: pd.DataFrame
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.doc
+
+
+def _interval(x) -> dict[str, float]:
+    return mean_ci(np.asarray(x, float)).to_dict()
+
+
+def _reason(value: float, cost: float, price: float, pacing: str) -> str:
+    if pacing == "horizon":
+        return f"worth {value:.2f} against a cost of {cost:.2f}, above the budget's price of {price:.3f} per unit"
+    return f"worth {value:.2f} for a cost of {cost:.2f}: among this period's best value per unit of cost"
+
+
+def plan_budget(
+    world,
+    book: pd.DataFrame,
+    policy,
+    settings: PlanSettings,
+    constraints: list | None = None,
+    policy_label: str = "policy",
+    progress: Callable[[str, int, int], None] | None = None,
+) -> BudgetPlan:
+    """The budgeted policy for `settings.budget` over `settings.horizon` periods and its checks."""
+    from optimizer.budgeted import BudgetRule, fit_contact_values, run_horizon, tune_price
+    from policies.base import as_simulator_policy
+    from sim.population import WorldTables
+
+    t0 = time.perf_counter()
+    rule = BudgetRule(settings.budget, settings.horizon, settings.pacing, constraints=list(constraints or []))
+    if book is None or len(book) == 0:
+        raise ConfigError("the world has no book of customers to plan for; recalibrate it with `clv calibrate`")
+    tables = WorldTables.from_world(world)
+    fn = as_simulator_policy(policy)
+    T, K = settings.horizon, settings.seeds
+    plan_seeds = [settings.seed + k for k in range(K)]
+    fresh_seeds = [settings.seed + FRESH_SEED_OFFSET + k for k in range(K)]
+
+    values = fit_contact_values(
+        world, book, policy, T, settings.value_horizon, settings.value_customers, settings.seed + 0x9A11
+    )
+    t_fit = time.perf_counter() - t0
+
+    def runs(seeds: list[int], mode: str, r=None) -> list:
+        out = []
+        for i, s in enumerate(seeds):
+            out.append(run_horizon(world, book, fn, T, s, mode, r, values, settings.customers, tables))
+            if progress:
+                progress(mode, i + 1, len(seeds))
+        return out
+
+    none_p, alone_p = runs(plan_seeds, "none"), runs(plan_seeds, "policy")
+    k = min(settings.price_seeds, K)
+    policy_spend = float(np.mean([r.spend for r in alone_p[:k]]))
+    price, trace = tune_price(
+        world, book, fn, values, rule, plan_seeds[:k], policy_spend, settings.customers, settings.price_iterations
+    )
+    rule = replace(rule, price=price)
+    planned = runs(plan_seeds, "budgeted", rule)
+    predicted = [b.clv.mean() - n.clv.mean() for b, n in zip(planned, none_p)]
+    t_plan = time.perf_counter() - t0 - t_fit
+
+    none_f, alone_f, fresh = runs(fresh_seeds, "none"), runs(fresh_seeds, "policy"), runs(fresh_seeds, "budgeted", rule)
+    lift_none = [b.clv.mean() - n.clv.mean() for b, n in zip(fresh, none_f)]
+    lift_alone = [b.clv.mean() - a.clv.mean() for b, a in zip(fresh, alone_f)]
+    alone_lift = [a.clv.mean() - n.clv.mean() for a, n in zip(alone_f, none_f)]
+    spend = [b.spend for b in fresh]
+    fresh_iv, pred_iv = _interval(lift_none), _interval(predicted)
+    agrees = bool(fresh_iv["ci_low"] <= pred_iv["mean"] <= fresh_iv["ci_high"])
+
+    segs = [s.name for s in world.segments]
+    channels = list(dict.fromkeys(a.channel or "no_channel" for a in world.catalogue.actions[1:]))
+    sched = pd.concat([r.by_period.assign(seed=s) for r, s in zip(fresh, fresh_seeds)], ignore_index=True)
+    full = (
+        sched.groupby(["period", "segment", "channel"])[["contacts", "spend", "value"]].sum().div(K).reset_index()
+        if len(sched)
+        else pd.DataFrame(columns=["period", "segment", "channel", "contacts", "spend", "value"])
+    )
+    full["segment"] = [segs[i] for i in full["segment"]]
+    full["channel"] = [channels[i] if i < len(channels) else "no_channel" for i in full["channel"]]
+
+    def by(col: str) -> list[dict]:
+        per_seed = sched.groupby(["seed", col])[["contacts", "spend"]].sum()
+        out = []
+        names = segs if col == "segment" else channels
+        for i, name in enumerate(names):
+            rows = [per_seed.loc[(s, i)] if (s, i) in per_seed.index else None for s in fresh_seeds]
+            c = [0.0 if r is None else float(r["contacts"]) for r in rows]
+            sp = [0.0 if r is None else float(r["spend"]) for r in rows]
+            out.append({col: name, "contacts": _interval(c), "spend": _interval(sp)})
+        return out
+
+    per_period = (
+        sched.groupby(["seed", "period"])[["contacts", "spend"]].sum().groupby("period").mean()
+        if len(sched)
+        else pd.DataFrame(columns=["contacts", "spend"])
+    )
+    by_period = [
+        {"period": int(p), "contacts": float(r["contacts"]), "spend": float(r["spend"])}
+        for p, r in per_period.iterrows()
+    ]
+
+    first = planned[0].first_period
+    ids = book["customer_id"].to_numpy() if settings.customers is None else None
+    names = np.asarray(world.catalogue.names, dtype=object)
+    ch_of = np.array(["none"] + [a.channel or "no_channel" for a in world.catalogue.actions[1:]], dtype=object)
+    seg_idx = book["segment"].to_numpy() if "segment" in book.columns else np.zeros(len(book), int)
+    contacts = pd.DataFrame(
+        {
+            "customer_id": ids[first["row"].to_numpy()] if ids is not None else first["row"].to_numpy(),
+            "action": names[first["action"].to_numpy()],
+            "channel": ch_of[first["action"].to_numpy()],
+            "segment": [segs[int(i)] for i in seg_idx[first["row"].to_numpy()]] if ids is not None else "",
+            "value": first["value"].to_numpy(),
+            "cost": first["cost"].to_numpy(),
+        }
+    )
+    contacts["reason"] = [_reason(v, c, price, rule.pacing) for v, c in zip(contacts["value"], contacts["cost"])]
+    contacts = contacts.sort_values("value", ascending=False, kind="stable").reset_index(drop=True)
+
+    shadow = [
+        {
+            "constraint": "budget",
+            "shadow_price": price if rule.pacing == "horizon" else float("nan"),
+            "meaning": "discounted CLV (over the whole book) that one more unit of budget buys at the margin: "
+            "the horizon price",
+        }
+    ]
+    mults = [m for r in fresh for m in r.multipliers]
+    if mults and constraints:
+        m = np.mean(np.array(mults), axis=0)
+        offset = len(m) - len(constraints)
+        for k, c in enumerate(constraints):
+            shadow.append(
+                {
+                    "constraint": c.name,
+                    "shadow_price": float(m[offset + k]) * T,
+                    "meaning": "value of one more unit in every period of the horizon",
+                }
+            )
+
+    n = len(book) if settings.customers is None else settings.customers
+    doc = {
+        "budget": float(settings.budget),
+        "horizon": T,
+        "pacing": rule.pacing,
+        "price": price,
+        "policy": policy_label,
+        "customers": int(n),
+        "seeds": {"planning": plan_seeds, "fresh": fresh_seeds},
+        "spend": _interval(spend),
+        "spend_share_min": float(min(spend) / settings.budget),
+        "policy_alone_spend": _interval([a.spend for a in alone_f]),
+        "budget_binds": bool(np.mean([a.spend for a in alone_p]) > settings.budget),
+        "clv": _interval([b.clv.mean() for b in fresh]),
+        "clv_none": _interval([x.clv.mean() for x in none_f]),
+        "clv_policy_alone": _interval([a.clv.mean() for a in alone_f]),
+        "lift_vs_none": fresh_iv,
+        "lift_vs_policy_alone": _interval(lift_alone),
+        "policy_alone_lift_vs_none": _interval(alone_lift),
+        "predicted_lift": pred_iv,
+        "fresh_lift": fresh_iv,
+        "check": {
+            "predicted_inside_fresh_ci": agrees,
+            "difference": pred_iv["mean"] - fresh_iv["mean"],
+            "note": "predicted on the planning seeds (where the price was set); fresh seeds were used for nothing else",
+        },
+        "roi": _interval([lf * n / max(s, 1e-12) for lf, s in zip(lift_none, spend)]),
+        "shadow_prices": shadow,
+        "by_segment": by("segment"),
+        "by_channel": by("channel"),
+        "by_period": by_period,
+        "value_model": values.fit,
+        "price_search": trace,
+        "first_period_contacts": int(len(contacts)),
+        "units": "per customer over the horizon, discounted CLV (spend: cash over the whole horizon)",
+        "seconds": {
+            "values": t_fit,
+            "planning": t_plan,
+            "total": time.perf_counter() - t0,
+        },
+    }
+    return BudgetPlan(doc=doc, contacts=contacts, schedule=full)
+
+
+def write_plan(plan: BudgetPlan, out: Path) -> dict[str, str]:
+    """DIR/contacts.parquet, DIR/schedule.parquet, DIR/plan.json, each written atomically."""
+    from sim.atomic import atomic_write_json, atomic_write_parquet
+    from sim.world import json_safe
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"contacts": str(out / "contacts.parquet"), "schedule": str(out / "schedule.parquet")}
+    atomic_write_parquet(out / "contacts.parquet", plan.contacts)
+    atomic_write_parquet(out / "schedule.parquet", plan.schedule)
+    plan.doc["files"] = {**files, "plan": str(out / "plan.json")}
+    atomic_write_json(out / "plan.json", json_safe(plan.doc))
+    return plan.doc["files"]
