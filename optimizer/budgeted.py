@@ -11,14 +11,16 @@ then chosen by the `BudgetRule`:
 - pacing `horizon` (default): one price for the whole horizon; a proposal goes ahead when its
   value exceeds price x cost. The price is set on planning seeds so that the expected spend over
   the horizon meets the budget (`tune_price`), and the budget left is a hard cap in every period;
+  a budget the policy never reaches has price 0, and then the budgeted policy is the policy;
 - pacing `even`: the budget left is spread evenly over the periods left (unspent money carries
-  over); within a period, proposals of positive value by value per unit of cost;
+  over); within a period, proposals by value per unit of cost while the period's money lasts;
 - pacing `front`: as `even`, with the whole budget left available in every period.
 
 With per-period constraints (channel or action capacities, minimum coverage and maximum spend
 shares by segment, as in `clv allocate`) a period's choice is solved by the optimizer
 (`optimizer.allocate.allocate`, the Lagrangian engine warm-started from the previous period's
-multipliers); coverage and shares then refer to the customers with a proposal in that period.
+multipliers); coverage and shares then refer to the customers with a proposal in that period,
+and a proposal whose value is not positive is left out unless coverage needs it.
 
 The budget is cash: the catalogue cost of every contact made over the horizon, the policy's own
 included. All customers are stepped together period by period (a budget is shared by all of them),
@@ -128,9 +130,10 @@ class BudgetRule:
         return left / (self.periods - t) if self.pacing == "even" else left
 
 
-def _greedy_fill(score: np.ndarray, cost: np.ndarray, cap: float) -> np.ndarray:
-    """Rows with score > 0 by score per unit of cost, while their cumulative cost fits `cap`."""
-    keep = np.flatnonzero(score > 0)
+def _greedy_fill(score: np.ndarray, cost: np.ndarray, cap: float, positive_only: bool) -> np.ndarray:
+    """Rows (with score > 0 when `positive_only`) by score per unit of cost, while their cumulative
+    cost fits `cap`."""
+    keep = np.flatnonzero(score > 0) if positive_only else np.arange(score.size)
     if keep.size == 0:
         return keep
     ratio = score[keep] / np.maximum(cost[keep], 1e-12)
@@ -159,7 +162,9 @@ def choose_contacts(
     cap = rule.period_cap(spent, t)
     score = value - rule.price * cost if rule.pacing == "horizon" else value
     if not rule.constraints:
-        return PeriodChoice(_greedy_fill(score, cost, cap))
+        # a price (a binding budget, horizon pacing) must be cleared; otherwise every proposal the
+        # budget left can pay for goes ahead, the best value per unit of cost first
+        return PeriodChoice(_greedy_fill(score, cost, cap, positive_only=rule.pacing == "horizon" and rule.price > 0))
     from .allocate import allocate
     from .diagnose import InfeasibleError
     from .problem import AllocationProblem, budget_constraint

@@ -1,0 +1,273 @@
+"""The budgeted policy over a horizon (optimizer/budgeted.py) and `clv plan` (experiments/budget_plan.py):
+the budget is cash for every contact of the horizon and holds in every seed, per-period constraints
+hold in every period, an unbinding budget is the policy itself, and bad input is one line."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+from cli_runner import clv, ok_json
+
+from optimizer.budgeted import BudgetRule, ContactValues, choose_contacts, fit_contact_values, run_horizon, tune_price
+from optimizer.problem import parse_constraint
+from policies.base import as_simulator_policy
+from policies.baselines import make_baseline
+from sim.errors import ConfigError
+from sim.world import WorldModel
+
+T = 12
+
+
+@pytest.fixture(scope="module")
+def setup(calibrated_world):
+    path, _ = calibrated_world
+    world = WorldModel.load(path)
+    book = world.read_book(path)
+    pol = make_baseline("greedy_uplift", world)
+    values = fit_contact_values(world, book, pol, T, 6, 200, seed=3)
+    return path, world, book, pol, as_simulator_policy(pol), values
+
+
+def test_contact_values_are_fitted_on_states_over_the_horizon(setup):
+    _, _, _, _, _, values = setup
+    assert values.fit["snapshots"] == [0, 3, 7, 11] and values.fit["states"] == 800
+    assert np.isfinite(values.fit["heldout_r2"])
+
+
+def test_an_unbinding_budget_leaves_the_policy_as_it_is(setup):
+    """With a budget above what the policy spends and no price, every proposal goes ahead: the
+    budgeted run is the policy's own run, customer by customer (common random numbers)."""
+    _, world, book, _, fn, values = setup
+    alone = run_horizon(world, book, fn, T, 4, "policy")
+    rule = BudgetRule(alone.spend * 10, T)
+    budgeted = run_horizon(world, book, fn, T, 4, "budgeted", rule, values)
+    assert budgeted.spend == pytest.approx(alone.spend) and budgeted.contacts == alone.contacts
+    np.testing.assert_allclose(budgeted.clv, alone.clv)
+
+
+def test_none_spends_nothing_and_the_runs_share_their_customers(setup):
+    _, world, book, _, fn, _ = setup
+    none = run_horizon(world, book, None, T, 4, "none")
+    alone = run_horizon(world, book, fn, T, 4, "policy")
+    assert none.spend == 0 and none.contacts == 0 and alone.spend > 0
+    np.testing.assert_array_equal(none.segment, alone.segment)
+
+
+@pytest.mark.parametrize("pacing", ["horizon", "even", "front"])
+def test_the_budget_holds_in_every_seed(setup, pacing):
+    _, world, book, _, fn, values = setup
+    alone = np.mean([run_horizon(world, book, fn, T, s, "policy").spend for s in (0, 1)])
+    budget = alone / 4
+    rule = BudgetRule(budget, T, pacing)
+    if pacing == "horizon":
+        price, trace = tune_price(world, book, fn, values, rule, [0, 1], alone)
+        assert price > 0 and trace
+        rule = replace(rule, price=price)
+    for s in (5, 6, 7):
+        run = run_horizon(world, book, fn, T, s, "budgeted", rule, values)
+        assert 0 < run.spend <= budget + 1e-9
+        if pacing == "even":  # no period spends more than its share of what was left
+            per = run.by_period.groupby("period")["spend"].sum()
+            assert per.max() <= budget / T * 3
+
+
+def test_per_period_capacity_holds_in_every_period(setup):
+    _, world, book, _, fn, values = setup
+    alone = run_horizon(world, book, fn, T, 0, "policy")
+    busiest = alone.by_period.groupby("channel")["contacts"].sum().idxmax()
+    channels = list(dict.fromkeys(a.channel or "no_channel" for a in world.catalogue.actions[1:]))
+    cap = parse_constraint("capacity", f"channel:{channels[busiest]}=3")
+    rule = BudgetRule(alone.spend, T, "front", constraints=[cap])
+    run = run_horizon(world, book, fn, T, 0, "budgeted", rule, values)
+    per = run.by_period[run.by_period["channel"] == busiest].groupby("period")["contacts"].sum()
+    assert len(per) and per.max() <= 3
+    assert run.spend <= alone.spend + 1e-9
+
+
+def test_choose_contacts_ranks_by_value_per_unit_of_cost(calibrated_world):
+    _, world = calibrated_world
+    value = np.array([5.0, 1.0, -1.0, 4.0])
+    cost = np.array([5.0, 0.5, 0.1, 2.0])
+    one, seg = np.ones(4, np.int16), np.zeros(4, int)
+    # value per unit of cost: 1, 2, -10, 2; the cheapest-first prefix 0.5 + 2 + 5 = 7.5 fits 7.55, the last does not
+    got = choose_contacts(BudgetRule(7.55, 4, "front"), value, cost, one, seg, 0.0, 0, world)
+    assert got.rows.tolist() == [0, 1, 3]
+    # the budget left covers every proposal: all go ahead, the policy's own choice included
+    assert choose_contacts(BudgetRule(100.0, 4, "front"), value, cost, one, seg, 0.0, 0, world).rows.tolist() == [
+        0,
+        1,
+        2,
+        3,
+    ]
+    # a price must be cleared: value - 0.5 x cost > 0 leaves out the third
+    priced = BudgetRule(100.0, 4, "horizon", price=0.5)
+    assert choose_contacts(priced, value, cost, one, seg, 0.0, 0, world).rows.tolist() == [0, 1, 3]
+    # even pacing: a quarter of the budget left in the first of four periods
+    even = choose_contacts(BudgetRule(10.0, 4, "even"), value, cost, one, seg, 0.0, 0, world)
+    assert even.rows.tolist() == [1, 3] and cost[even.rows].sum() <= 2.5
+
+
+@pytest.mark.parametrize(
+    "kw, key",
+    [
+        ({"budget": 0.0}, "budget"),
+        ({"budget": float("nan")}, "budget"),
+        ({"budget": 5.0, "periods": 0}, "horizon"),
+        ({"budget": 5.0, "pacing": "weekly"}, "pacing"),
+    ],
+)
+def test_bad_rules_name_their_setting(kw, key):
+    args = {"budget": 5.0, "periods": 4, **kw}
+    with pytest.raises(ConfigError) as info:
+        BudgetRule(**args)
+    assert info.value.key == key
+
+
+def test_contact_values_of_no_rows_are_empty():
+    cv = ContactValues(encoder=None, predict=lambda x: np.zeros((len(x), 3)))
+    assert cv.of({}, np.zeros(0, int), np.zeros(0, int)).shape == (0,)
+
+
+# ---- clv plan -------------------------------------------------------------------------------------
+def test_clv_plan_writes_the_contact_list_the_schedule_and_the_checks(calibrated_world, tmp_path):
+    path, _ = calibrated_world
+    out = tmp_path / "plan"
+    doc = ok_json(
+        clv(
+            "plan",
+            path,
+            "--policy",
+            "greedy_uplift",
+            "--budget",
+            150,
+            "--horizon",
+            T,
+            "--seeds",
+            2,
+            "--out",
+            out,
+            "--json",
+        )
+    )
+    for key in (
+        "budget",
+        "horizon",
+        "spend",
+        "clv",
+        "lift_vs_none",
+        "lift_vs_policy_alone",
+        "predicted_lift",
+        "fresh_lift",
+        "shadow_prices",
+        "by_segment",
+        "by_channel",
+        "by_period",
+        "seconds",
+    ):
+        assert key in doc, key
+    assert doc["budget"] == 150 and doc["horizon"] == T and doc["budget_binds"]
+    assert doc["spend"]["ci_high"] <= 150 + 1e-6 or doc["spend_share_min"] <= 1.0
+    assert doc["spend_share_min"] <= 1.0 + 1e-9
+    assert doc["fresh_lift"] == doc["lift_vs_none"]
+    assert doc["seeds"]["fresh"][0] == 10_000 and doc["seeds"]["planning"] == [0, 1]
+    assert json.loads((out / "plan.json").read_text())["budget"] == 150
+    contacts = pd.read_parquet(out / "contacts.parquet")
+    book = pd.read_parquet(path.parent / "world.book.parquet")
+    assert len(contacts) == doc["first_period_contacts"] > 0
+    assert set(contacts["customer_id"]) <= set(book["customer_id"])
+    assert contacts["cost"].sum() <= 150 + 1e-9
+    assert {"action", "channel", "value", "cost", "reason"} <= set(contacts.columns)
+    schedule = pd.read_parquet(out / "schedule.parquet")
+    assert {"period", "segment", "channel", "contacts", "spend", "value"} <= set(schedule.columns)
+    assert schedule.groupby("period")["spend"].sum().sum() == pytest.approx(doc["spend"]["mean"])
+
+
+def _bad_budget(p, out):
+    return ["plan", p, "--budget", "0", "--out", out], "--budget 0.0: must be a finite number > 0"
+
+
+def _bad_policy(p, out):
+    return ["plan", p, "--budget", "10", "--policy", "nosuch", "--out", out], "--policy nosuch: not a baseline"
+
+
+def _bad_pacing(p, out):
+    return ["plan", p, "--budget", "10", "--pacing", "weekly", "--out", out], "--pacing 'weekly': choose horizon"
+
+
+def _bad_segment(p, out):
+    return (
+        ["plan", p, "--budget", "10", "--min-coverage", "segment:nosuch=0.5", "--out", out],
+        "--min-coverage segment:nosuch=0.5: no segment 'nosuch' in the world",
+    )
+
+
+def _no_book(p, out):
+    (out.parent / "lonely").mkdir()
+    w = WorldModel.load(p)
+    w.save(out.parent / "lonely" / "world.json")
+    return ["plan", out.parent / "lonely" / "world.json", "--budget", "10", "--out", out], "book"
+
+
+@pytest.mark.parametrize("case", [_bad_budget, _bad_policy, _bad_pacing, _bad_segment, _no_book])
+def test_clv_plan_bad_input_is_one_line_and_writes_nothing(calibrated_world, tmp_path, case):
+    path, _ = calibrated_world
+    out = tmp_path / "plan"
+    args, message = case(path, out)
+    r = clv(*args)
+    assert r.exit_code == 2, (r.stdout, r.stderr)
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not out.exists()
+
+
+def test_clv_plan_constraints_that_cannot_hold_exit_3_naming_the_period(calibrated_world, tmp_path):
+    path, world = calibrated_world
+    seg = world.segments[0].name
+    r = clv(
+        "plan",
+        path,
+        "--budget",
+        "0.5",
+        "--horizon",
+        4,
+        "--seeds",
+        2,
+        "--pacing",
+        "even",
+        "--min-coverage",
+        f"segment:{seg}=1.0",
+        "--out",
+        tmp_path / "p",
+    )
+    assert r.exit_code == 3, (r.stdout, r.stderr)
+    assert "period 0: infeasible" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_clv_plan_horizon_below_one_is_a_usage_error_of_one_line(calibrated_world, tmp_path):
+    import subprocess
+    import sys
+
+    path, _ = calibrated_world
+    out = tmp_path / "p"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.cli",
+            "plan",
+            str(path),
+            "--budget",
+            "10",
+            "--horizon",
+            "0",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and r.stdout == "" and not out.exists()
+    assert len(r.stderr.strip().splitlines()) == 1 and "Invalid value for '--horizon'" in r.stderr
