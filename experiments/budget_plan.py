@@ -74,10 +74,89 @@ def _interval(x) -> dict[str, float]:
     return mean_ci(np.asarray(x, float)).to_dict()
 
 
-def _reason(value: float, cost: float, price: float, pacing: str) -> str:
+def _reason(value: float, cost: float, price: float | None, pacing: str) -> str:
+    if pacing == "horizon" and price is None:
+        return f"worth {value:.2f} for a cost of {cost:.2f}: the budget covers every contact the policy makes"
     if pacing == "horizon":
         return f"worth {value:.2f} against a cost of {cost:.2f}, above the budget's price of {price:.3f} per unit"
     return f"worth {value:.2f} for a cost of {cost:.2f}: among this period's best value per unit of cost"
+
+
+@dataclass
+class PlanContext:
+    """What every budget of one plan shares: the world, the base policy, its contact values, and
+    the runs of "none" and of the policy alone on the planning and the fresh seeds."""
+
+    world: Any
+    book: pd.DataFrame
+    policy_fn: Callable
+    policy_label: str
+    settings: PlanSettings
+    values: Any
+    tables: Any
+    plan_seeds: list[int]
+    fresh_seeds: list[int]
+    none_plan: list
+    alone_plan: list
+    none_fresh: list
+    alone_fresh: list
+    seconds: float
+    progress: Callable[[str, int, int], None] | None = None
+
+    def runs(self, seeds: list[int], mode: str, rule=None, policy_fn: Callable | None = None) -> list:
+        from optimizer.budgeted import run_horizon
+
+        out = []
+        fn = policy_fn or self.policy_fn
+        T, n = self.settings.horizon, self.settings.customers
+        for i, s in enumerate(seeds):
+            out.append(run_horizon(self.world, self.book, fn, T, s, mode, rule, self.values, n, self.tables))
+            if self.progress:
+                self.progress(mode, i + 1, len(seeds))
+        return out
+
+
+def prepare_plan(
+    world,
+    book: pd.DataFrame,
+    policy,
+    settings: PlanSettings,
+    policy_label: str = "policy",
+    progress: Callable[[str, int, int], None] | None = None,
+) -> PlanContext:
+    """Fit the policy's contact values and run "none" and the policy alone on every seed."""
+    from optimizer.budgeted import fit_contact_values
+    from policies.base import as_simulator_policy
+    from sim.population import WorldTables
+
+    t0 = time.perf_counter()
+    if book is None or len(book) == 0:
+        raise ConfigError("the world has no book of customers to plan for; recalibrate it with `clv calibrate`")
+    K = settings.seeds
+    values = fit_contact_values(
+        world, book, policy, settings.horizon, settings.value_horizon, settings.value_customers, settings.seed + 0x9A11
+    )
+    ctx = PlanContext(
+        world=world,
+        book=book,
+        policy_fn=as_simulator_policy(policy),
+        policy_label=policy_label,
+        settings=settings,
+        values=values,
+        tables=WorldTables.from_world(world),
+        plan_seeds=[settings.seed + k for k in range(K)],
+        fresh_seeds=[settings.seed + FRESH_SEED_OFFSET + k for k in range(K)],
+        none_plan=[],
+        alone_plan=[],
+        none_fresh=[],
+        alone_fresh=[],
+        seconds=0.0,
+        progress=progress,
+    )
+    ctx.none_plan, ctx.alone_plan = ctx.runs(ctx.plan_seeds, "none"), ctx.runs(ctx.plan_seeds, "policy")
+    ctx.none_fresh, ctx.alone_fresh = ctx.runs(ctx.fresh_seeds, "none"), ctx.runs(ctx.fresh_seeds, "policy")
+    ctx.seconds = time.perf_counter() - t0
+    return ctx
 
 
 def plan_budget(
@@ -90,45 +169,37 @@ def plan_budget(
     progress: Callable[[str, int, int], None] | None = None,
 ) -> BudgetPlan:
     """The budgeted policy for `settings.budget` over `settings.horizon` periods and its checks."""
-    from optimizer.budgeted import BudgetRule, fit_contact_values, run_horizon, tune_price
-    from policies.base import as_simulator_policy
-    from sim.population import WorldTables
+    return plan_at(prepare_plan(world, book, policy, settings, policy_label, progress), settings.budget, constraints)
+
+
+def plan_at(ctx: PlanContext, budget: float, constraints: list | None = None) -> BudgetPlan:
+    """The plan at `budget` on a prepared context (the module docstring's steps 2 and 3)."""
+    from optimizer.budgeted import BudgetRule, tune_price
 
     t0 = time.perf_counter()
-    rule = BudgetRule(settings.budget, settings.horizon, settings.pacing, constraints=list(constraints or []))
-    if book is None or len(book) == 0:
-        raise ConfigError("the world has no book of customers to plan for; recalibrate it with `clv calibrate`")
-    tables = WorldTables.from_world(world)
-    fn = as_simulator_policy(policy)
-    T, K = settings.horizon, settings.seeds
-    plan_seeds = [settings.seed + k for k in range(K)]
-    fresh_seeds = [settings.seed + FRESH_SEED_OFFSET + k for k in range(K)]
-
-    values = fit_contact_values(
-        world, book, policy, T, settings.value_horizon, settings.value_customers, settings.seed + 0x9A11
-    )
-    t_fit = time.perf_counter() - t0
-
-    def runs(seeds: list[int], mode: str, r=None) -> list:
-        out = []
-        for i, s in enumerate(seeds):
-            out.append(run_horizon(world, book, fn, T, s, mode, r, values, settings.customers, tables))
-            if progress:
-                progress(mode, i + 1, len(seeds))
-        return out
-
-    none_p, alone_p = runs(plan_seeds, "none"), runs(plan_seeds, "policy")
+    settings = replace(ctx.settings, budget=budget)
+    world, book, T, K = ctx.world, ctx.book, settings.horizon, settings.seeds
+    rule = BudgetRule(budget, T, settings.pacing, constraints=list(constraints or []))
+    plan_seeds, fresh_seeds, alone_p, none_p = ctx.plan_seeds, ctx.fresh_seeds, ctx.alone_plan, ctx.none_plan
     k = min(settings.price_seeds, K)
     policy_spend = float(np.mean([r.spend for r in alone_p[:k]]))
     price, trace = tune_price(
-        world, book, fn, values, rule, plan_seeds[:k], policy_spend, settings.customers, settings.price_iterations
+        world,
+        book,
+        ctx.policy_fn,
+        ctx.values,
+        rule,
+        plan_seeds[:k],
+        policy_spend,
+        settings.customers,
+        settings.price_iterations,
     )
     rule = replace(rule, price=price)
-    planned = runs(plan_seeds, "budgeted", rule)
+    planned = ctx.runs(plan_seeds, "budgeted", rule)
     predicted = [b.clv.mean() - n.clv.mean() for b, n in zip(planned, none_p)]
-    t_plan = time.perf_counter() - t0 - t_fit
+    t_plan = time.perf_counter() - t0
 
-    none_f, alone_f, fresh = runs(fresh_seeds, "none"), runs(fresh_seeds, "policy"), runs(fresh_seeds, "budgeted", rule)
+    none_f, alone_f, fresh = ctx.none_fresh, ctx.alone_fresh, ctx.runs(fresh_seeds, "budgeted", rule)
     lift_none = [b.clv.mean() - n.clv.mean() for b, n in zip(fresh, none_f)]
     lift_alone = [b.clv.mean() - a.clv.mean() for b, a in zip(fresh, alone_f)]
     alone_lift = [a.clv.mean() - n.clv.mean() for a, n in zip(alone_f, none_f)]
@@ -189,7 +260,7 @@ def plan_budget(
     shadow = [
         {
             "constraint": "budget",
-            "shadow_price": price if rule.pacing == "horizon" else float("nan"),
+            "shadow_price": (0.0 if price is None else price) if rule.pacing == "horizon" else float("nan"),
             "meaning": "discounted CLV (over the whole book) that one more unit of budget buys at the margin: "
             "the horizon price",
         }
@@ -213,7 +284,7 @@ def plan_budget(
         "horizon": T,
         "pacing": rule.pacing,
         "price": price,
-        "policy": policy_label,
+        "policy": ctx.policy_label,
         "customers": int(n),
         "seeds": {"planning": plan_seeds, "fresh": fresh_seeds},
         "spend": _interval(spend),
@@ -238,14 +309,14 @@ def plan_budget(
         "by_segment": by("segment"),
         "by_channel": by("channel"),
         "by_period": by_period,
-        "value_model": values.fit,
+        "value_model": ctx.values.fit,
         "price_search": trace,
         "first_period_contacts": int(len(contacts)),
         "units": "per customer over the horizon, discounted CLV (spend: cash over the whole horizon)",
         "seconds": {
-            "values": t_fit,
+            "values_and_references": ctx.seconds,
             "planning": t_plan,
-            "total": time.perf_counter() - t0,
+            "total": ctx.seconds + time.perf_counter() - t0,
         },
     }
     return BudgetPlan(doc=doc, contacts=contacts, schedule=full)
@@ -264,3 +335,127 @@ def write_plan(plan: BudgetPlan, out: Path) -> dict[str, str]:
     plan.doc["files"] = {**files, "plan": str(out / "plan.json")}
     atomic_write_json(out / "plan.json", json_safe(plan.doc))
     return plan.doc["files"]
+
+
+# ---- the frontier by simulation -----------------------------------------------------------------
+def plan_frontier(
+    ctx: PlanContext,
+    budgets: list[float],
+    constraints: list | None = None,
+    references: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """For each horizon budget: the budgeted policy's lift over "none" on the fresh seeds with its
+    interval, its spend, price and check; the marginal value of budget between budgets (total
+    discounted CLV per unit of cash); and the (spend, lift) points of `references` (name -> policy:
+    the baselines) and of the policy alone, each run on the same fresh seeds, with where the
+    frontier stands at their spend (linear between budgets)."""
+    from policies.base import as_simulator_policy
+
+    budgets = sorted(set(float(b) for b in budgets))
+    if not budgets or any(not (np.isfinite(b) and b > 0) for b in budgets):
+        raise ConfigError("budgets", "give budgets that are finite numbers > 0, e.g. 500,1000,2000")
+    n = len(ctx.book) if ctx.settings.customers is None else ctx.settings.customers
+    points = []
+    for b in budgets:
+        doc = plan_at(ctx, b, constraints).to_dict()
+        points.append(
+            {
+                k: doc[k]
+                for k in (
+                    "budget",
+                    "spend",
+                    "spend_share_min",
+                    "price",
+                    "lift_vs_none",
+                    "predicted_lift",
+                    "lift_vs_policy_alone",
+                    "check",
+                    "shadow_prices",
+                    "budget_binds",
+                )
+            }
+        )
+    for prev, cur in zip(points, points[1:]):
+        ds = cur["spend"]["mean"] - prev["spend"]["mean"]
+        cur["marginal_value"] = (
+            (cur["lift_vs_none"]["mean"] - prev["lift_vs_none"]["mean"]) * n / ds if ds > 1e-9 else None
+        )
+    if points:
+        points[0]["marginal_value"] = points[0]["lift_vs_none"]["mean"] * n / max(points[0]["spend"]["mean"], 1e-12)
+
+    def lift_at(spend: float) -> float:
+        xs = [0.0] + [p["spend"]["mean"] for p in points]
+        ys = [0.0] + [p["lift_vs_none"]["mean"] for p in points]
+        return float(np.interp(spend, xs, ys))  # flat beyond the largest budget's spend
+
+    refs = {f"{ctx.policy_label} alone": ctx.alone_fresh}
+    for name, pol in (references or {}).items():
+        if name not in refs:
+            refs[name] = ctx.runs(ctx.fresh_seeds, "policy", policy_fn=as_simulator_policy(pol))
+    ref_points = []
+    for name, runs in refs.items():
+        spend = [r.spend for r in runs]
+        lift = [r.clv.mean() - z.clv.mean() for r, z in zip(runs, ctx.none_fresh)]
+        iv = _interval(lift)
+        at = lift_at(float(np.mean(spend)))
+        ref_points.append(
+            {
+                "policy": name,
+                "spend": _interval(spend),
+                "lift_vs_none": iv,
+                "frontier_lift_at_its_spend": at,
+                "frontier_at_least_as_good": bool(at >= iv["ci_low"]),
+                "within_frontier_range": bool(np.mean(spend) <= points[-1]["spend"]["mean"] * 1.0001),
+            }
+        )
+    lifts = [p["lift_vs_none"] for p in points]
+    increasing = all(b["ci_high"] >= a["mean"] for a, b in zip(lifts, lifts[1:]))
+    mv = [p["marginal_value"] for p in points[1:] if p.get("marginal_value") is not None]
+    concave = all(b <= a * 1.05 + 1e-9 for a, b in zip(mv, mv[1:]))
+    return {
+        "horizon": ctx.settings.horizon,
+        "pacing": ctx.settings.pacing,
+        "policy": ctx.policy_label,
+        "customers": int(n),
+        "points": points,
+        "references": ref_points,
+        "increasing_within_ci": bool(increasing),
+        "concave": bool(concave),
+        "honest": bool(all(p["check"]["predicted_inside_fresh_ci"] for p in points)),
+        "units": "lift per customer over the horizon, discounted CLV; spend: cash over the horizon; marginal "
+        "value: total discounted CLV per unit of cash",
+    }
+
+
+def plot_plan_frontier(doc: dict[str, Any], path: Path) -> None:
+    """The simulated frontier (lift with its fresh-seed interval against spend) and every reference's
+    (spend, lift) point on one PNG, written atomically."""
+    from matplotlib.figure import Figure
+
+    from sim.atomic import atomic_path
+
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
+    pts = doc["points"]
+    x = [p["spend"]["mean"] for p in pts]
+    y = [p["lift_vs_none"]["mean"] for p in pts]
+    ax.fill_between(
+        x, [p["lift_vs_none"]["ci_low"] for p in pts], [p["lift_vs_none"]["ci_high"] for p in pts], alpha=0.25
+    )
+    ax.plot(x, y, "o-", label=f"budgeted {doc['policy']} (fresh seeds, 95% CI)")
+    for r in doc["references"]:
+        iv = r["lift_vs_none"]
+        ax.errorbar(
+            r["spend"]["mean"],
+            iv["mean"],
+            yerr=[[iv["mean"] - iv["ci_low"]], [iv["ci_high"] - iv["mean"]]],
+            fmt="s",
+            capsize=3,
+            label=r["policy"],
+        )
+    ax.set_xlabel(f"cash spent over {doc['horizon']} periods")
+    ax.set_ylabel("CLV lift per customer vs contacting no one")
+    ax.axhline(0, color="#999", lw=0.8)
+    ax.legend(fontsize=8)
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})

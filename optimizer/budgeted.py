@@ -11,7 +11,8 @@ then chosen by the `BudgetRule`:
 - pacing `horizon` (default): one price for the whole horizon; a proposal goes ahead when its
   value exceeds price x cost. The price is set on planning seeds so that the expected spend over
   the horizon meets the budget (`tune_price`), and the budget left is a hard cap in every period;
-  a budget the policy never reaches has price 0, and then the budgeted policy is the policy;
+  the price may be negative (the budget then also pays for the policy's contacts the value model
+  rates lowest); a budget the policy never reaches has no price: the budgeted policy is the policy;
 - pacing `even`: the budget left is spread evenly over the periods left (unspent money carries
   over); within a period, proposals by value per unit of cost while the period's money lasts;
 - pacing `front`: as `even`, with the whole budget left available in every period.
@@ -76,6 +77,7 @@ def fit_contact_values(
     seed: int,
     snapshots: list[int] | None = None,
     progress: Callable[[int], None] | None = None,
+    continuation=None,
 ) -> ContactValues:
     """Fit the policy's contact advantages on `customers` twins drawn from the book (their own
     random key), at `snapshots` of the horizon, each contact followed by the policy for
@@ -84,7 +86,9 @@ def fit_contact_values(
     from policies.rollout import fit_advantages, rollout_labels
 
     snaps = default_snapshots(periods) if snapshots is None else sorted(set(snapshots))
-    labels = rollout_labels(world, policy, customers, snaps, value_horizon, seed, book=book, progress=progress)
+    labels = rollout_labels(
+        world, policy, customers, snaps, value_horizon, seed, book=book, progress=progress, continuation=continuation
+    )
     encoder = getattr(policy, "encoder", None)
     if encoder is None or not hasattr(encoder, "encode"):
         encoder = UpliftEncoder(world)
@@ -111,7 +115,7 @@ class BudgetRule:
     budget: float
     periods: int
     pacing: str = "horizon"
-    price: float = 0.0
+    price: float | None = None  # horizon pacing: a proposal's value must exceed price x cost; None: no price
     constraints: list = field(default_factory=list)  # optimizer Constraint objects, held every period
     hard_cap: bool = True  # the budget left caps every period (off only while the price is tuned)
 
@@ -160,11 +164,12 @@ def choose_contacts(
 ) -> PeriodChoice:
     """The proposals (value, cost, catalogue action, segment index) that go ahead in period t."""
     cap = rule.period_cap(spent, t)
-    score = value - rule.price * cost if rule.pacing == "horizon" else value
+    priced = rule.pacing == "horizon" and rule.price is not None
+    score = value - rule.price * cost if priced else value
     if not rule.constraints:
         # a price (a binding budget, horizon pacing) must be cleared; otherwise every proposal the
         # budget left can pay for goes ahead, the best value per unit of cost first
-        return PeriodChoice(_greedy_fill(score, cost, cap, positive_only=rule.pacing == "horizon" and rule.price > 0))
+        return PeriodChoice(_greedy_fill(score, cost, cap, positive_only=priced))
     from .allocate import allocate
     from .diagnose import InfeasibleError
     from .problem import AllocationProblem, budget_constraint
@@ -341,16 +346,20 @@ def tune_price(
     iterations: int = 12,
     tolerance: float = 0.01,
     progress: Callable[[int], None] | None = None,
-) -> tuple[float, list[dict]]:
+) -> tuple[float | None, list[dict]]:
     """The price at which the mean uncapped spend over `seeds` meets the budget (within `tolerance`,
-    or the lowest price found below it after `iterations` runs): a bracket grown by factors of 4 from
-    price 1, then regula falsi on log(price) (spend falls as the price rises). 0 when the policy
-    alone spends no more than the budget (`policy_spend`, its mean spend on the same seeds).
-    Returns (price, the prices tried with their spend)."""
+    or the lowest price found that keeps it within the budget after `iterations` more runs).
+
+    A proposal goes ahead when value > price x cost, so spend falls as the price rises. The price
+    may be negative: when the policy's proposals that the value model rates above 0 cost less than
+    the budget, the budget also pays for the least bad of the others, as the policy wanted them
+    (its own spend is reached as the price falls). The price starts at 0, its bracket grows by
+    factors of 2, then regula falsi. None (no price) when the policy alone spends no more than the
+    budget (`policy_spend`, its mean spend on the same seeds). Returns (price, prices tried)."""
     from sim.population import WorldTables
 
     if rule.pacing != "horizon" or policy_spend <= rule.budget:
-        return 0.0, []
+        return None, []
     tables = WorldTables.from_world(world)
     trace: list[dict] = []
 
@@ -370,26 +379,31 @@ def tune_price(
         return out
 
     budget = rule.budget
-    lo, s_lo = 0.0, policy_spend  # price 0: the policy's own spend (above the budget)
-    hi = 1.0
-    s_hi = spend_at(hi)
-    while s_hi > budget and hi < 1e6:
-        lo, s_lo, hi = hi, s_hi, hi * 4
-        s_hi = spend_at(hi)
-    best = hi
+    p0, s0 = 0.0, spend_at(0.0)
+    if abs(s0 - budget) <= tolerance * budget:
+        return p0, trace
+    if s0 > budget:  # a positive price: grow it until the spend fits
+        lo, s_lo, step = p0, s0, 1.0
+        hi, s_hi = step, spend_at(step)
+        while s_hi > budget and step < 1e6:
+            lo, s_lo, step = hi, s_hi, step * 2
+            hi, s_hi = step, spend_at(step)
+    else:  # a negative price: lower it until the spend exceeds the budget
+        hi, s_hi, step = p0, s0, 1.0
+        lo, s_lo = -step, spend_at(-step)
+        while s_lo <= budget and step < 1e6:
+            hi, s_hi, step = lo, s_lo, step * 2
+            lo, s_lo = -step, spend_at(-step)
+        if s_lo <= budget:  # even then within the budget: the lowest price tried
+            return lo, trace
     for _ in range(iterations):
         if abs(s_hi - budget) <= tolerance * budget:
-            return hi, trace
-        if lo == 0.0:
-            mid = hi / 4
-        else:  # regula falsi on log(price), kept inside the bracket
-            f = (s_lo - budget) / max(s_lo - s_hi, 1e-12)
-            mid = float(np.exp(np.log(lo) + np.clip(f, 0.1, 0.9) * (np.log(hi) - np.log(lo))))
+            break
+        f = (s_lo - budget) / max(s_lo - s_hi, 1e-12)
+        mid = lo + float(np.clip(f, 0.1, 0.9)) * (hi - lo)
         s_mid = spend_at(mid)
         if s_mid > budget:
             lo, s_lo = mid, s_mid
         else:
-            hi, s_hi, best = mid, s_mid, mid
-        if abs(s_mid - budget) <= tolerance * budget:
-            return mid, trace
-    return best, trace
+            hi, s_hi = mid, s_mid
+    return hi, trace

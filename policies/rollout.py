@@ -66,9 +66,11 @@ def rollout_labels(
     book=None,
     discount: float | None = None,
     progress: Callable[[int], None] | None = None,
+    continuation=None,
 ) -> RolloutLabels:
     """Follow `base` (a policies.base policy) with `customers` customers and, at each period in
-    `snapshots`, measure Q(s, a) for every allowed action a by CRN rollouts of `horizon` periods."""
+    `snapshots`, measure Q(s, a) for every allowed action a by CRN rollouts of `horizon` periods,
+    each followed by `continuation` (default: `base` itself; "none": no further contact)."""
     from sim.population import PopulationSimulator, WorldTables
 
     from .base import as_simulator_policy
@@ -82,6 +84,14 @@ def rollout_labels(
         sim = PopulationSimulator.new_customers(world, customers, rng, tables=tables)
     sim.crn = True
     act = as_simulator_policy(base, greedy=True)
+    if continuation is None:
+        follow = act
+    elif isinstance(continuation, str) and continuation == "none":
+
+        def follow(s):
+            return np.zeros(s.state.n, np.int16)
+    else:
+        follow = as_simulator_policy(continuation, greedy=True)
     gamma = world.economics.discount_per_period if discount is None else discount
     A = tables.n_actions
     obs_l, mask_l, q_l, base_l = [], [], [], []
@@ -99,7 +109,7 @@ def rollout_labels(
                 branch = clone_simulator(sim)
                 ret = branch.step(np.where(allowed, a, 0).astype(np.int16)).reward.copy()
                 for h in range(1, horizon):
-                    ret += gamma**h * branch.step(act(branch)).reward
+                    ret += gamma**h * branch.step(follow(branch)).reward
                 q[allowed, a] = ret[allowed]
                 if progress:
                     progress(1)

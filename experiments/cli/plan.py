@@ -325,7 +325,15 @@ def plan(
         help="The policy whose contacts the budget pays for: a baseline (none, random, bau, churn_threshold, "
         "greedy_uplift) or a folder from `clv train`.",
     ),
-    budget: float = typer.Option(..., "--budget", help="Cash for every contact of the horizon (catalogue costs)."),
+    budget: Optional[float] = typer.Option(
+        None, "--budget", help="Cash for every contact of the horizon (catalogue costs): the plan written."
+    ),
+    budgets: Optional[str] = typer.Option(
+        None,
+        "--budgets",
+        help="Comma-separated horizon budgets: the frontier by simulation (frontier.json, frontier.png), with "
+        "bau's, greedy_uplift's and the policy alone's (spend, lift) beside it.",
+    ),
     horizon: int = typer.Option(52, "--horizon", min=1, help="Periods the budget covers."),
     pacing: str = typer.Option(
         "horizon",
@@ -358,13 +366,27 @@ def plan(
     """Spend a budget for the whole horizon on a policy's contacts: each period its proposals are
     valued, cut to the budget and the per-period constraints; the plan is judged on fresh seeds.
 
+    With --budgets, the frontier by simulation as well (or alone).
+
     Example: clv plan world.json --policy greedy_uplift --budget 2000 --horizon 52 --seeds 5 --out plan/ --json
     """
     with _user_errors(), _infeasible(as_json):
         from sim.errors import ConfigError
 
-        if not (budget > 0 and budget < float("inf")):
+        if budget is None and budgets is None:
+            raise ConfigError("give --budget B (the plan) or --budgets B1,B2,... (the frontier), or both")
+        if budget is not None and not (budget > 0 and budget < float("inf")):
             raise ConfigError("budget", value=budget, message="must be a finite number > 0")
+        frontier_budgets = None
+        if budgets is not None:
+            try:
+                frontier_budgets = [float(b) for b in budgets.split(",") if b.strip()]
+            except ValueError:
+                raise ConfigError(
+                    "budgets", value=repr(budgets), message="expected comma-separated numbers, e.g. 500,1000,2000"
+                ) from None
+            if not frontier_budgets or any(not (b > 0 and b < float("inf")) for b in frontier_budgets):
+                raise ConfigError("budgets", value=repr(budgets), message="every budget must be a finite number > 0")
         from optimizer.budgeted import PACINGS
 
         if pacing not in PACINGS:
@@ -383,31 +405,76 @@ def plan(
         _check_world(world_path)
         world, book = _load_world(world_path, "book")
         _check_constraint_keys(world, cons)
-        from experiments.budget_plan import PlanSettings, plan_budget, write_plan
+        from experiments.budget_plan import (
+            PlanSettings,
+            plan_at,
+            plan_frontier,
+            plot_plan_frontier,
+            prepare_plan,
+            write_plan,
+        )
         from policies.registry import policy_label, resolve_policy
 
         settings = PlanSettings(
-            budget=budget, horizon=horizon, pacing=pacing, seeds=seeds, seed=seed, customers=customers
+            budget=budget or max(frontier_budgets),
+            horizon=horizon,
+            pacing=pacing,
+            seeds=seeds,
+            seed=seed,
+            customers=customers,
         )
         pol = resolve_policy(policy, world)
-        total = 6 * seeds
+        n_budgets = (1 if budget is not None else 0) + len(frontier_budgets or [])
+        total = 4 * seeds + 2 * seeds * n_budgets + (2 * seeds if frontier_budgets else 0)
         done = [0]
-        with _progress(f"planning {budget:,.0f} over {horizon} periods", total) as upd:
+        with _progress(f"planning over {horizon} periods", total) as upd:
 
             def tick(stage: str, d: int, t: int) -> None:
                 done[0] += 1
                 upd(min(done[0], total), total)
 
-            result = plan_budget(world, book, pol, settings, cons, policy_label(policy), progress=tick)
-        write_plan(result, out)
-        doc = result.to_dict()
+            ctx = prepare_plan(world, book, pol, settings, policy_label(policy), progress=tick)
+            result = plan_at(ctx, budget, cons) if budget is not None else None
+            frontier_doc = None
+            if frontier_budgets:
+                refs = {b: resolve_policy(b, world) for b in ("bau", "greedy_uplift") if b != policy}
+                frontier_doc = plan_frontier(ctx, frontier_budgets, cons, refs)
+        if result is not None:
+            write_plan(result, out)
+            doc = result.to_dict()
+        else:
+            doc = {}
+        if frontier_doc is not None:
+            from sim.atomic import atomic_write_json
+            from sim.world import json_safe
+
+            out.mkdir(parents=True, exist_ok=True)
+            plot_plan_frontier(frontier_doc, out / "frontier.png")
+            frontier_doc["files"] = {"frontier": str(out / "frontier.json"), "plot": str(out / "frontier.png")}
+            atomic_write_json(out / "frontier.json", json_safe(frontier_doc))
+            doc = {**doc, "frontier": frontier_doc} if doc else frontier_doc
+    if result is None:
+        lines = [f"frontier written to {out}/frontier.json and frontier.png (lift per customer on fresh seeds)"]
+        for p in frontier_doc["points"]:
+            iv = p["lift_vs_none"]
+            lines.append(
+                f"  budget {p['budget']:>12,.0f}: spend {p['spend']['mean']:>12,.0f}, lift {iv['mean']:+.3f} "
+                f"[{iv['ci_low']:+.3f}, {iv['ci_high']:+.3f}]"
+            )
+        for r in frontier_doc["references"]:
+            lines.append(
+                f"  {r['policy']:>20}: spend {r['spend']['mean']:>12,.0f}, lift {r['lift_vs_none']['mean']:+.3f}; "
+                f"frontier there {r['frontier_lift_at_its_spend']:+.3f}"
+            )
+        _emit(doc, as_json, "\n".join(lines))
+        return
     lift, fresh_alone = doc["lift_vs_none"], doc["lift_vs_policy_alone"]
     _emit(
         doc,
         as_json,
         f"plan written to {out}: {doc['first_period_contacts']:,} contacts in the first period\n"
         f"  spend {doc['spend']['mean']:,.0f} of {budget:,.0f} over {horizon} periods (pacing {pacing}, price "
-        f"{doc['price']:.3f})\n"
+        f"{'none' if doc['price'] is None else format(doc['price'], '.3f')})\n"
         f"  lift per customer vs contacting no one {lift['mean']:+.3f} [{lift['ci_low']:+.3f}, {lift['ci_high']:+.3f}] "
         f"on fresh seeds (predicted {doc['predicted_lift']['mean']:+.3f}); vs {doc['policy']} alone "
         f"{fresh_alone['mean']:+.3f} [{fresh_alone['ci_low']:+.3f}, {fresh_alone['ci_high']:+.3f}]",
