@@ -346,6 +346,7 @@ def tune_price(
     iterations: int = 12,
     tolerance: float = 0.01,
     progress: Callable[[int], None] | None = None,
+    aim: float = 1.0,
 ) -> tuple[float | None, list[dict]]:
     """The price at which the mean uncapped spend over `seeds` meets the budget (within `tolerance`,
     or the lowest price found that keeps it within the budget after `iterations` more runs).
@@ -354,8 +355,11 @@ def tune_price(
     may be negative: when the policy's proposals that the value model rates above 0 cost less than
     the budget, the budget also pays for the least bad of the others, as the policy wanted them
     (its own spend is reached as the price falls). The price starts at 0, its bracket grows by
-    factors of 2, then regula falsi. None (no price) when the policy alone spends no more than the
-    budget (`policy_spend`, its mean spend on the same seeds). Returns (price, prices tried)."""
+    factors of 2, then regula falsi. `aim` > 1 sets the uncapped spend a little above the budget, so
+    that in most seeds the hard cap, not the price, ends the spending (a seed whose customers ask
+    for less than the tuning seeds' then still spends nearly all of it). None (no price) when the
+    policy alone spends no more than the budget (`policy_spend`, its mean spend on the same seeds).
+    Returns (price, prices tried)."""
     from sim.population import WorldTables
 
     if rule.pacing != "horizon" or policy_spend <= rule.budget:
@@ -378,7 +382,9 @@ def tune_price(
             progress(1)
         return out
 
-    budget = rule.budget
+    budget = rule.budget * aim
+    if policy_spend <= budget:  # the aim is past the policy's own spend: every proposal the cap allows
+        return None, trace
     p0, s0 = 0.0, spend_at(0.0)
     if abs(s0 - budget) <= tolerance * budget:
         return p0, trace
