@@ -91,6 +91,11 @@ def _interval(x) -> dict[str, float]:
 def _reason(value: float, cost: float, price: float | None, pacing: str) -> str:
     if pacing == "horizon" and price is None:
         return f"worth {value:.2f} for a cost of {cost:.2f}: the budget covers every contact the policy makes"
+    if pacing == "horizon" and price < 0:
+        return (
+            f"worth {value:.2f} for a cost of {cost:.2f}: the budget covers the policy's contacts down to "
+            f"{price:.3f} per unit of cost"
+        )
     if pacing == "horizon":
         return f"worth {value:.2f} against a cost of {cost:.2f}, above the budget's price of {price:.3f} per unit"
     return f"worth {value:.2f} for a cost of {cost:.2f}: among this period's best value per unit of cost"
