@@ -198,8 +198,11 @@ def plan_budget(
     return plan_at(prepare_plan(world, book, policy, settings, policy_label, progress), settings.budget, constraints)
 
 
-def plan_at(ctx: PlanContext, budget: float, constraints: list | None = None) -> BudgetPlan:
-    """The plan at `budget` on a prepared context (the module docstring's steps 2 and 3)."""
+def plan_at(
+    ctx: PlanContext, budget: float, constraints: list | None = None, price_guess: float | None = None
+) -> BudgetPlan:
+    """The plan at `budget` on a prepared context (the module docstring's steps 2 and 3);
+    `price_guess` starts the price search (the frontier passes the previous budget's price)."""
     from optimizer.budgeted import BudgetRule, tune_price
 
     t0 = time.perf_counter()
@@ -220,6 +223,7 @@ def plan_at(ctx: PlanContext, budget: float, constraints: list | None = None) ->
         settings.customers,
         settings.price_iterations,
         aim=settings.price_aim,
+        start=price_guess,
     )
     rule = replace(rule, price=price)
     planned = ctx.runs(plan_seeds, "budgeted", rule)
@@ -383,8 +387,10 @@ def plan_frontier(
         raise ConfigError("budgets", "give budgets that are finite numbers > 0, e.g. 500,1000,2000")
     n = len(ctx.book) if ctx.settings.customers is None else ctx.settings.customers
     points = []
+    guess = None
     for b in budgets:
-        doc = plan_at(ctx, b, constraints).to_dict()
+        doc = plan_at(ctx, b, constraints, price_guess=guess).to_dict()
+        guess = doc["price"] if doc["price"] is not None else guess
         points.append(
             {
                 k: doc[k]

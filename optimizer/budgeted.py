@@ -221,6 +221,24 @@ class HorizonRun:
     multipliers: list = field(default_factory=list)  # per period, when the optimizer ran
 
 
+def _proposals(policy_fn: Callable, sim) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The policy's actions for every customer of `sim` and the observation they were made on.
+
+    A policies.base policy (or its simulator adapter) is asked only about the customers with a
+    contact allowed, drawing from the simulator's policy stream: where "none" is the only allowed
+    action every policy must choose it, and an agent's forward pass is most of a period's work."""
+    policy = getattr(policy_fn, "policy", policy_fn)
+    obs = sim.observe()
+    if not hasattr(policy, "act"):
+        return np.asarray(policy_fn(sim), np.int16), obs
+    masks = sim.action_masks()
+    live = np.flatnonzero(masks[:, 1:].any(axis=1))
+    out = np.zeros(sim.state.n, np.int16)
+    if live.size:
+        out[live] = policy.act({k: v[live] for k, v in obs.items()}, masks[live], sim.policy_rng)
+    return out, obs
+
+
 def _simulators(world, book, customers, seed, tables):
     from sim.population import DEFAULT_CHUNK, PopulationSimulator, chunk_seeds, sample_book
 
@@ -272,12 +290,13 @@ def run_horizon(
         acts = [np.zeros(s.state.n, np.int16) for s in sims]
         value = np.full(shape, np.nan)
         if mode != "none":
-            props = [np.asarray(policy_fn(s), np.int16) for s in sims]
+            asked = [_proposals(policy_fn, s) for s in sims]
+            props = [p for p, _ in asked]
             if mode == "policy":
                 acts = props
             else:
                 cand = [np.flatnonzero(p > 0) for p in props]
-                v = np.concatenate([values.of(s.observe(), c, p[c]) for s, c, p in zip(sims, cand, props)])
+                v = np.concatenate([values.of(o, c, p[c]) for (p, o), c in zip(asked, cand)])
                 a = np.concatenate([p[c] for c, p in zip(cand, props)])
                 seg = np.concatenate([s.state.segment[c] for s, c in zip(sims, cand)])
                 choice = choose_contacts(rule, v, cost_of[a], a, seg, spent, t, world, lam)
@@ -347,6 +366,7 @@ def tune_price(
     tolerance: float = 0.01,
     progress: Callable[[int], None] | None = None,
     aim: float = 1.0,
+    start: float | None = None,
 ) -> tuple[float | None, list[dict]]:
     """The price at which the mean uncapped spend over `seeds` meets the budget (within `tolerance`,
     or the lowest price found that keeps it within the budget after `iterations` more runs).
@@ -355,7 +375,8 @@ def tune_price(
     may be negative: when the policy's proposals that the value model rates above 0 cost less than
     the budget, the budget also pays for the least bad of the others, as the policy wanted them
     (its own spend is reached as the price falls). The price starts at 0, its bracket grows by
-    factors of 2, then regula falsi. `aim` > 1 sets the uncapped spend a little above the budget, so
+    factors of 2, then regula falsi. `start`: a first guess (e.g. the price of a nearby budget),
+    bracketed from there with steps of a quarter of its size. `aim` > 1 sets the uncapped spend a little above the budget, so
     that in most seeds the hard cap, not the price, ends the spending (a seed whose customers ask
     for less than the tuning seeds' then still spends nearly all of it). None (no price) when the
     policy alone spends no more than the budget (`policy_spend`, its mean spend on the same seeds).
@@ -385,21 +406,23 @@ def tune_price(
     budget = rule.budget * aim
     if policy_spend <= budget:  # the aim is past the policy's own spend: every proposal the cap allows
         return None, trace
-    p0, s0 = 0.0, spend_at(0.0)
+    p0 = 0.0 if start is None else float(start)
+    step = 1.0 if start is None else max(abs(p0) / 4, 0.05)
+    s0 = spend_at(p0)
     if abs(s0 - budget) <= tolerance * budget:
         return p0, trace
-    if s0 > budget:  # a positive price: grow it until the spend fits
-        lo, s_lo, step = p0, s0, 1.0
-        hi, s_hi = step, spend_at(step)
+    if s0 > budget:  # a higher price: raise it until the spend fits
+        lo, s_lo = p0, s0
+        hi, s_hi = p0 + step, spend_at(p0 + step)
         while s_hi > budget and step < 1e6:
             lo, s_lo, step = hi, s_hi, step * 2
-            hi, s_hi = step, spend_at(step)
-    else:  # a negative price: lower it until the spend exceeds the budget
-        hi, s_hi, step = p0, s0, 1.0
-        lo, s_lo = -step, spend_at(-step)
+            hi, s_hi = lo + step, spend_at(lo + step)
+    else:  # a lower price (below 0 if need be): lower it until the spend exceeds the budget
+        hi, s_hi = p0, s0
+        lo, s_lo = p0 - step, spend_at(p0 - step)
         while s_lo <= budget and step < 1e6:
             hi, s_hi, step = lo, s_lo, step * 2
-            lo, s_lo = -step, spend_at(-step)
+            lo, s_lo = hi - step, spend_at(hi - step)
         if s_lo <= budget:  # even then within the budget: the lowest price tried
             return lo, trace
     for _ in range(iterations):
