@@ -122,14 +122,18 @@ class PlanContext:
     seconds: float
     progress: Callable[[str, int, int], None] | None = None
 
-    def runs(self, seeds: list[int], mode: str, rule=None, policy_fn: Callable | None = None) -> list:
+    def runs(
+        self, seeds: list[int], mode: str, rule=None, policy_fn: Callable | None = None, record_values: bool = False
+    ) -> list:
         from optimizer.budgeted import run_horizon
 
         out = []
         fn = policy_fn or self.policy_fn
         T, n = self.settings.horizon, self.settings.customers
         for i, s in enumerate(seeds):
-            out.append(run_horizon(self.world, self.book, fn, T, s, mode, rule, self.values, n, self.tables))
+            out.append(
+                run_horizon(self.world, self.book, fn, T, s, mode, rule, self.values, n, self.tables, record_values)
+            )
             if self.progress:
                 self.progress(mode, i + 1, len(seeds))
         return out
@@ -179,7 +183,9 @@ def prepare_plan(
         seconds=0.0,
         progress=progress,
     )
-    ctx.none_plan, ctx.alone_plan = ctx.runs(ctx.plan_seeds, "none"), ctx.runs(ctx.plan_seeds, "policy")
+    k = min(settings.price_seeds, K)  # the price's seeds also record what the policy proposes
+    ctx.none_plan = ctx.runs(ctx.plan_seeds, "none")
+    ctx.alone_plan = ctx.runs(ctx.plan_seeds[:k], "policy", record_values=True) + ctx.runs(ctx.plan_seeds[k:], "policy")
     ctx.none_fresh, ctx.alone_fresh = ctx.runs(ctx.fresh_seeds, "none"), ctx.runs(ctx.fresh_seeds, "policy")
     ctx.seconds = time.perf_counter() - t0
     return ctx
@@ -203,7 +209,7 @@ def plan_at(
 ) -> BudgetPlan:
     """The plan at `budget` on a prepared context (the module docstring's steps 2 and 3);
     `price_guess` starts the price search (the frontier passes the previous budget's price)."""
-    from optimizer.budgeted import BudgetRule, tune_price
+    from optimizer.budgeted import BudgetRule, guess_price, tune_price
 
     t0 = time.perf_counter()
     settings = replace(ctx.settings, budget=budget)
@@ -223,7 +229,7 @@ def plan_at(
         settings.customers,
         settings.price_iterations,
         aim=settings.price_aim,
-        start=price_guess,
+        start=guess if (guess := guess_price(alone_p[:k], budget * settings.price_aim)) is not None else price_guess,
     )
     rule = replace(rule, price=price)
     planned = ctx.runs(plan_seeds, "budgeted", rule)

@@ -219,6 +219,7 @@ class HorizonRun:
     by_period: pd.DataFrame  # period, segment, channel: contacts, spend, value
     first_period: pd.DataFrame | None  # row, action, value, cost of period 0's contacts (budgeted runs)
     multipliers: list = field(default_factory=list)  # per period, when the optimizer ran
+    proposals: tuple[np.ndarray, np.ndarray] | None = None  # (value, cost) of every proposal (record_values)
 
 
 def _proposals(policy_fn: Callable, sim) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -263,9 +264,12 @@ def run_horizon(
     values: ContactValues | None = None,
     customers: int | None = None,
     tables=None,
+    record_values: bool = False,
 ) -> HorizonRun:
     """Run `mode` ("none": no contact; "policy": the base policy alone; "budgeted": its proposals
-    through `rule`) for `periods` on the book's twins with seed `seed` (common random numbers)."""
+    through `rule`) for `periods` on the book's twins with seed `seed` (common random numbers).
+    `record_values` (mode "policy", with `values`): keep the value and cost of every proposal,
+    from which `guess_price` starts the price search."""
     from sim.population import WorldTables
 
     if mode not in RUN_MODES:
@@ -286,6 +290,9 @@ def run_horizon(
     spent, contacts, lam = 0.0, 0, None
     first = None
     mults: list = []
+    recorded: list = []
+    if record_values and values is None:
+        raise ValueError("record_values needs contact values")
     for t in range(periods):
         acts = [np.zeros(s.state.n, np.int16) for s in sims]
         value = np.full(shape, np.nan)
@@ -294,6 +301,10 @@ def run_horizon(
             props = [p for p, _ in asked]
             if mode == "policy":
                 acts = props
+                if record_values:
+                    for (p, o), s in zip(asked, sims):
+                        c = np.flatnonzero(p > 0)
+                        recorded.append((values.of(o, c, p[c]), cost_of[p[c]]))
             else:
                 cand = [np.flatnonzero(p > 0) for p in props]
                 v = np.concatenate([values.of(o, c, p[c]) for (p, o), c in zip(asked, cand)])
@@ -349,10 +360,33 @@ def run_horizon(
         by_period=by_period,
         first_period=first,
         multipliers=mults,
+        proposals=(
+            (np.concatenate([v for v, _ in recorded]), np.concatenate([c for _, c in recorded]))
+            if record_values and recorded
+            else None
+        ),
     )
 
 
 # ---- the price of the horizon pacing ------------------------------------------------------------
+def guess_price(runs: list[HorizonRun], budget: float) -> float | None:
+    """The price at which the policy's own proposals (recorded in its runs, `record_values`) that
+    clear it would cost `budget` per run: a first guess, as the budget changes which states the
+    customers reach and so what is proposed later."""
+    recs = [r.proposals for r in runs if r.proposals is not None and len(r.proposals[0])]
+    if not recs:
+        return None
+    v = np.concatenate([x for x, _ in recs])
+    c = np.concatenate([y for _, y in recs])
+    ratio = v / np.maximum(c, 1e-12)
+    order = np.argsort(-ratio, kind="stable")
+    spend = np.cumsum(c[order]) / len(recs)
+    k = int(np.searchsorted(spend, budget))
+    if k >= len(order):
+        return None
+    return float(ratio[order[k]])
+
+
 def tune_price(
     world,
     book: pd.DataFrame,
