@@ -27,7 +27,8 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    from experiments.budget_plan import PlanSettings, plan_at, plan_frontier, prepare_plan
+    from experiments.budget_frontier import plan_frontier
+    from experiments.budget_plan import PlanSettings, plan_at, prepare_plan
     from policies.registry import policy_label, resolve_policy
     from sim.world import WorldModel, json_safe
 

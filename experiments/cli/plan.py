@@ -405,14 +405,8 @@ def plan(
         _check_world(world_path)
         world, book = _load_world(world_path, "book")
         _check_constraint_keys(world, cons)
-        from experiments.budget_plan import (
-            PlanSettings,
-            plan_at,
-            plan_frontier,
-            plot_plan_frontier,
-            prepare_plan,
-            write_plan,
-        )
+        from experiments.budget_frontier import plan_frontier, plot_plan_frontier
+        from experiments.budget_plan import PlanSettings, plan_at, prepare_plan, write_plan
         from policies.registry import policy_label, resolve_policy
 
         settings = PlanSettings(
