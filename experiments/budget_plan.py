@@ -246,7 +246,7 @@ def plan_at(
     agrees = bool(fresh_iv["ci_low"] <= pred_iv["mean"] <= fresh_iv["ci_high"])
 
     segs = [s.name for s in world.segments]
-    channels = list(dict.fromkeys(a.channel or "no_channel" for a in world.catalogue.actions[1:]))
+    channels = world.catalogue.contact_channels
     sched = pd.concat([r.by_period.assign(seed=s) for r, s in zip(fresh, fresh_seeds)], ignore_index=True)
     full = (
         sched.groupby(["period", "segment", "channel"])[["contacts", "spend", "value"]].sum().div(K).reset_index()
@@ -254,7 +254,7 @@ def plan_at(
         else pd.DataFrame(columns=["period", "segment", "channel", "contacts", "spend", "value"])
     )
     full["segment"] = [segs[i] for i in full["segment"]]
-    full["channel"] = [channels[i] if i < len(channels) else "no_channel" for i in full["channel"]]
+    full["channel"] = [channels[i] for i in full["channel"]]
 
     def by(col: str) -> list[dict]:
         per_seed = sched.groupby(["seed", col])[["contacts", "spend"]].sum()
@@ -280,7 +280,7 @@ def plan_at(
     first = planned[0].first_period
     ids = book["customer_id"].to_numpy() if settings.customers is None else None
     names = np.asarray(world.catalogue.names, dtype=object)
-    ch_of = np.array(["none"] + [a.channel or "no_channel" for a in world.catalogue.actions[1:]], dtype=object)
+    ch_of = np.array(["none"] + [channels[i] for i in world.catalogue.contact_channel_index()[1:]], dtype=object)
     seg_idx = book["segment"].to_numpy() if "segment" in book.columns else np.zeros(len(book), int)
     contacts = pd.DataFrame(
         {

@@ -186,13 +186,9 @@ def parsed_constraints(constraints: dict[str, tuple[str, ...]]) -> list:
 def check_constraint_names(file: str, constraints: dict[str, tuple[str, ...]], world, which: str) -> None:
     """Every constraint names a segment, channel or action that `world` has (`which` says which
     world in the message)."""
-    from optimizer.problem import parse_constraint
+    from optimizer.problem import constraint_targets, parse_constraint
 
-    known = {
-        "segment": [s.name for s in world.segments],
-        "channel": list(dict.fromkeys(a.channel or "no_channel" for a in world.catalogue.actions[1:])),
-        "action": list(world.catalogue.names[1:]),
-    }
+    known = constraint_targets(world)
     for k, kind in CONSTRAINT_KEYS.items():
         for i, text in enumerate(constraints.get(k, ())):
             c = parse_constraint(kind, text)

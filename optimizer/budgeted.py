@@ -177,7 +177,7 @@ def choose_contacts(
 
     n = value.size
     names = list(world.catalogue.names[1:])
-    channels = list(dict.fromkeys(a.channel or "no_channel" for a in world.catalogue.actions[1:]))
+    channels = world.catalogue.contact_channels
     j = action.astype(np.int64) - 1
     eligible = np.zeros((n, len(names)), bool)
     eligible[np.arange(n), j] = True
@@ -189,9 +189,7 @@ def choose_contacts(
         segments=[s.name for s in world.segments],
         actions=names,
         channels=channels,
-        action_channel=np.array(
-            [channels.index(a.channel or "no_channel") for a in world.catalogue.actions[1:]], np.int64
-        ),
+        action_channel=np.array(world.catalogue.contact_channel_index()[1:], np.int64),
         value=val,
         cost=cst,
         eligible=eligible,
@@ -216,7 +214,7 @@ class HorizonRun:
     contacts: int
     alive_end: np.ndarray  # (N,) bool
     segment: np.ndarray  # (N,) int
-    by_period: pd.DataFrame  # period, segment, channel: contacts, spend, value
+    by_period: pd.DataFrame  # period, segment, channel (index into catalogue.contact_channels): contacts, spend, value
     first_period: pd.DataFrame | None  # row, action, value, cost of period 0's contacts (budgeted runs)
     multipliers: list = field(default_factory=list)  # per period, when the optimizer ran
     proposals: tuple[np.ndarray, np.ndarray] | None = None  # (value, cost) of every proposal (record_values)
@@ -280,9 +278,9 @@ def run_horizon(
     sims = _simulators(world, book, customers, seed, tables)
     disc = world.economics.discount_per_period
     cost_of = tables.action_cost
-    channel_of = tables.action_channel
+    channel_of = np.array(world.catalogue.contact_channel_index(), np.int64)  # by_period's channel index
     n_seg = len(world.segments)
-    n_ch = int(channel_of.max()) + 1 if channel_of.size else 0
+    n_ch = len(world.catalogue.contact_channels)
     clv = [np.zeros(s.state.n) for s in sims]
     offsets = np.cumsum([0] + [s.state.n for s in sims])[:-1]
     shape = (n_seg, max(n_ch, 1))

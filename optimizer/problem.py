@@ -57,6 +57,15 @@ class Constraint:
         return f"--{self.kind} {self.scope}:{self.key}={self.limit:g}"
 
 
+def constraint_targets(world) -> dict[str, list[str]]:
+    """What a constraint on `world` may name, by scope: its segments, channels and contact actions."""
+    return {
+        "segment": [seg.name for seg in world.segments],
+        "channel": world.catalogue.contact_channels,
+        "action": list(world.catalogue.names[1:]),
+    }
+
+
 def parse_constraint(kind: str, text: str) -> Constraint:
     """'channel:rm=5000' under --capacity, 'segment:small=0.6' under --min-coverage, ..."""
     opt = f"--{kind}"

@@ -44,12 +44,13 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from sim.catalogue import NO_CHANNEL
+
 DEFAULT_HORIZON = 52  # periods each branch is followed (one year of weeks)
 DEFAULT_REPLICATIONS = 4  # twin draws x futures per customer; on the bank world 20,000
 # customers x 52 weeks x 4 take 10-13 s on one core (continuation
 # none; see values_from_simulation)
 CHUNK = 65_536  # customers branched together (bounds memory: ~A/3 copies of their state)
-NO_CHANNEL = "no_channel"  # channel label of a catalogue action without one
 COLUMNS = ("customer_id", "segment", "action", "channel", "value", "cost")
 
 Progress = Callable[[int], None]

@@ -15,6 +15,7 @@ import yaml
 from .errors import HistoryError
 
 STAGES: tuple[str, ...] = ("new", "growth", "maturity", "dormancy", "churned")
+NO_CHANNEL = "no_channel"  # the channel label of a contact action without a channel
 PRODUCTS_DEFAULT: tuple[str, ...] = ("credit_card", "savings", "wealth", "loan")
 CHANNELS_DEFAULT: tuple[str, ...] = ("app_push", "sms", "email", "rm_call")
 PERIOD_DAYS = {"day": 1.0, "week": 7.0, "month": 365.25 / 12.0}
@@ -67,6 +68,17 @@ class ActionCatalogue:
             if a.channel and a.channel not in out:
                 out.append(a.channel)
         return out
+
+    @property
+    def contact_channels(self) -> list[str]:
+        """The channel labels of the contact actions (all but "none") in first-seen order, with
+        NO_CHANNEL for an action that has none: the channels of value tables and constraints."""
+        return list(dict.fromkeys(a.channel or NO_CHANNEL for a in self.actions[1:]))
+
+    def contact_channel_index(self) -> list[int]:
+        """For each catalogue action, its index in `contact_channels` (-1 for "none")."""
+        labels = self.contact_channels
+        return [-1] + [labels.index(a.channel or NO_CHANNEL) for a in self.actions[1:]]
 
     @property
     def costs(self) -> list[float]:

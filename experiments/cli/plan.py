@@ -302,13 +302,10 @@ def frontier(
 
 def _check_constraint_keys(world, constraints) -> None:
     """Every constraint names a segment, channel or action of the world (one line naming the option)."""
+    from optimizer.problem import constraint_targets
     from sim.errors import ConfigError
 
-    known = {
-        "segment": [s.name for s in world.segments],
-        "channel": list(dict.fromkeys(a.channel or "no_channel" for a in world.catalogue.actions[1:])),
-        "action": list(world.catalogue.names[1:]),
-    }
+    known = constraint_targets(world)
     for c in constraints:
         if c.key not in known[c.scope]:
             raise ConfigError(f"{c.spec}: no {c.scope} {c.key!r} in the world (it has {', '.join(known[c.scope])})")
