@@ -122,22 +122,37 @@ class PlanContext:
     alone_fresh: list
     seconds: float
     progress: Callable[[str, int, int], None] | None = None
+    executor: Any = None  # runs the seeds (experiments.ray_session.RayExecutor); None: in-process
 
     def runs(
         self, seeds: list[int], mode: str, rule=None, policy_fn: Callable | None = None, record_values: bool = False
     ) -> list:
-        from optimizer.budgeted import run_horizon
+        from optimizer.budgeted import run_seeds
 
-        out = []
+        done = [0]
+
+        def tick(k: int) -> None:
+            done[0] += k
+            if self.progress:
+                self.progress(mode, done[0], len(seeds))
+
         fn = policy_fn or self.policy_fn
         T, n = self.settings.horizon, self.settings.customers
-        for i, s in enumerate(seeds):
-            out.append(
-                run_horizon(self.world, self.book, fn, T, s, mode, rule, self.values, n, self.tables, record_values)
-            )
-            if self.progress:
-                self.progress(mode, i + 1, len(seeds))
-        return out
+        return run_seeds(
+            self.world,
+            self.book,
+            fn,
+            T,
+            seeds,
+            mode,
+            rule,
+            self.values,
+            n,
+            self.tables,
+            record_values,
+            self.executor,
+            tick,
+        )
 
 
 def prepare_plan(
@@ -147,8 +162,10 @@ def prepare_plan(
     settings: PlanSettings,
     policy_label: str = "policy",
     progress: Callable[[str, int, int], None] | None = None,
+    executor=None,
 ) -> PlanContext:
-    """Fit the policy's contact values and run "none" and the policy alone on every seed."""
+    """Fit the policy's contact values and run "none" and the policy alone on every seed (on
+    `executor` when given: the same numbers as in-process)."""
     from optimizer.budgeted import fit_contact_values
     from policies.base import as_simulator_policy
     from sim.population import WorldTables
@@ -183,6 +200,7 @@ def prepare_plan(
         alone_fresh=[],
         seconds=0.0,
         progress=progress,
+        executor=executor,
     )
     k = min(settings.price_seeds, K)  # the price's seeds also record what the policy proposes
     ctx.none_plan = ctx.runs(ctx.plan_seeds, "none")
@@ -231,6 +249,7 @@ def plan_at(
         settings.price_iterations,
         aim=settings.price_aim,
         start=guess if (guess := guess_price(alone_p[:k], budget * settings.price_aim)) is not None else price_guess,
+        executor=ctx.executor,
     )
     rule = replace(rule, price=price)
     planned = ctx.runs(plan_seeds, "budgeted", rule)

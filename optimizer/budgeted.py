@@ -366,6 +366,50 @@ def run_horizon(
     )
 
 
+# ---- many seeds ----------------------------------------------------------------------------------
+def _run_seed(world, book, policy_fn, values, tables, periods, mode, rule, customers, record_values, seed):
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != 1:  # one thread per task: the tasks fill the cores
+        torch.set_num_threads(1)
+    return run_horizon(world, book, policy_fn, periods, seed, mode, rule, values, customers, tables, record_values)
+
+
+def run_seeds(
+    world,
+    book: pd.DataFrame,
+    policy_fn: Callable | None,
+    periods: int,
+    seeds: list[int],
+    mode: str = "budgeted",
+    rule: BudgetRule | None = None,
+    values: ContactValues | None = None,
+    customers: int | None = None,
+    tables=None,
+    record_values: bool = False,
+    executor=None,
+    progress: Callable[[int], None] | None = None,
+) -> list[HorizonRun]:
+    """`run_horizon` for every seed, in order: in-process, or as tasks of `executor` (its
+    `map(fn, shared, calls, progress)`, e.g. experiments.ray_session.RayExecutor). A seed's run
+    depends on the seed only, so the runs are the same whichever way they are made."""
+    from sim.population import WorldTables
+
+    tables = tables or WorldTables.from_world(world)
+    shared = (world, book, policy_fn, values, tables, periods, mode, rule, customers, record_values)
+    if executor is None:
+        out = []
+        for s in seeds:
+            out.append(
+                run_horizon(world, book, policy_fn, periods, s, mode, rule, values, customers, tables, record_values)
+            )
+            if progress:
+                progress(1)
+        return out
+    return executor.map(_run_seed, shared, [(s,) for s in seeds], progress)
+
+
 # ---- the price of the horizon pacing ------------------------------------------------------------
 def guess_price(runs: list[HorizonRun], budget: float) -> float | None:
     """The price at which the policy's own proposals (recorded in its runs, `record_values`) that
@@ -399,6 +443,7 @@ def tune_price(
     progress: Callable[[int], None] | None = None,
     aim: float = 1.0,
     start: float | None = None,
+    executor=None,
 ) -> tuple[float | None, list[dict]]:
     """The price at which the mean uncapped spend over `seeds` meets the budget (within `tolerance`,
     or the lowest price found that keeps it within the budget after `iterations` more runs).
@@ -408,7 +453,7 @@ def tune_price(
     the budget, the budget also pays for the least bad of the others, as the policy wanted them
     (its own spend is reached as the price falls). The price starts at 0, its bracket grows by
     factors of 2, then regula falsi. `start`: a first guess (e.g. the price of a nearby budget),
-    bracketed from there with steps of a quarter of its size. `aim` > 1 sets the uncapped spend a little above the budget, so
+    bracketed from there with steps of a quarter of its size. `executor`: as in `run_seeds`. `aim` > 1 sets the uncapped spend a little above the budget, so
     that in most seeds the hard cap, not the price, ends the spending (a seed whose customers ask
     for less than the tuning seeds' then still spends nearly all of it). None (no price) when the
     policy alone spends no more than the budget (`policy_spend`, its mean spend on the same seeds).
@@ -422,14 +467,10 @@ def tune_price(
 
     def spend_at(price: float) -> float:
         r = replace(rule, price=price, hard_cap=False)  # the spend the price asks for, uncapped
-        out = float(
-            np.mean(
-                [
-                    run_horizon(world, book, policy_fn, rule.periods, s, "budgeted", r, values, customers, tables).spend
-                    for s in seeds
-                ]
-            )
+        runs = run_seeds(
+            world, book, policy_fn, rule.periods, seeds, "budgeted", r, values, customers, tables, executor=executor
         )
+        out = float(np.mean([run.spend for run in runs]))
         trace.append({"price": price, "spend": out})
         if progress:
             progress(1)

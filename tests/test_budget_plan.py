@@ -163,6 +163,8 @@ def test_clv_plan_writes_the_contact_list_the_schedule_and_the_checks(calibrated
             T,
             "--seeds",
             2,
+            "--workers",
+            0,
             "--out",
             out,
             "--json",
@@ -249,6 +251,8 @@ def test_clv_plan_constraints_that_cannot_hold_exit_3_naming_the_period(calibrat
         4,
         "--seeds",
         2,
+        "--workers",
+        0,
         "--pacing",
         "even",
         "--min-coverage",
@@ -290,7 +294,9 @@ def test_clv_plan_horizon_below_one_is_a_usage_error_of_one_line(calibrated_worl
 def test_clv_plan_budgets_draw_the_frontier_beside_the_baselines(calibrated_world, tmp_path):
     path, _ = calibrated_world
     out = tmp_path / "frontier"
-    doc = ok_json(clv("plan", path, "--budgets", "40,120", "--horizon", 6, "--seeds", 2, "--out", out, "--json"))
+    doc = ok_json(
+        clv("plan", path, "--budgets", "40,120", "--horizon", 6, "--seeds", 2, "--workers", 0, "--out", out, "--json")
+    )
     assert [p["budget"] for p in doc["points"]] == [40.0, 120.0]
     for p in doc["points"]:
         assert p["spend_share_max"] <= 1.0 + 1e-9  # the budget holds in every fresh seed
@@ -300,3 +306,16 @@ def test_clv_plan_budgets_draw_the_frontier_beside_the_baselines(calibrated_worl
     assert (out / "frontier.png").stat().st_size > 0
     assert json.loads((out / "frontier.json").read_text())["points"][1]["budget"] == 120.0
     assert not (out / "plan.json").exists()  # no --budget: no plan is written
+
+
+def test_clv_plan_gives_the_same_numbers_on_ray_workers_as_in_process(calibrated_world, tmp_path):
+    path, _ = calibrated_world
+    docs = []
+    for workers in (0, 2):
+        out = tmp_path / f"w{workers}"
+        args = ["plan", path, "--budget", 80, "--horizon", 6, "--seeds", 2, "--workers", workers, "--out", out]
+        docs.append((ok_json(clv(*args, "--json")), pd.read_parquet(out / "contacts.parquet")))
+    (a, ca), (b, cb) = docs
+    for key in ("spend", "lift_vs_none", "lift_vs_policy_alone", "predicted_lift", "price", "by_channel"):
+        assert a[key] == b[key], key
+    pd.testing.assert_frame_equal(ca, cb)

@@ -358,6 +358,10 @@ def plan(
         help="Simulate this many twins (default: the whole book; then the contact list names the book's customers).",
     ),
     out: Path = typer.Option(..., "--out", help="Folder for contacts.parquet, schedule.parquet and plan.json."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", min=0, help="CPUs of the local Ray the seeds run on (default: all; 0 runs them in-process)."
+    ),
+    address: Optional[str] = typer.Option(None, "--address", help="An existing Ray cluster for the seeds."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Spend a budget for the whole horizon on a policy's contacts: each period its proposals are
@@ -418,13 +422,19 @@ def plan(
         n_budgets = (1 if budget is not None else 0) + len(frontier_budgets or [])
         total = 4 * seeds + 2 * seeds * n_budgets + (2 * seeds if frontier_budgets else 0)
         done = [0]
-        with _progress(f"planning over {horizon} periods", total) as upd:
+        import contextlib
+
+        from experiments.ray_session import executor_for, ray_session
+
+        executor = executor_for(workers, address)
+        session = ray_session(workers, address) if executor is not None else contextlib.nullcontext()
+        with _progress(f"planning over {horizon} periods", total) as upd, session:
 
             def tick(stage: str, d: int, t: int) -> None:
                 done[0] += 1
                 upd(min(done[0], total), total)
 
-            ctx = prepare_plan(world, book, pol, settings, policy_label(policy), progress=tick)
+            ctx = prepare_plan(world, book, pol, settings, policy_label(policy), progress=tick, executor=executor)
             result = plan_at(ctx, budget, cons) if budget is not None else None
             frontier_doc = None
             if frontier_budgets:
