@@ -300,7 +300,7 @@ def run_horizon(
             if mode == "policy":
                 acts = props
                 if record_values:
-                    for (p, o), s in zip(asked, sims):
+                    for p, o in asked:
                         c = np.flatnonzero(p > 0)
                         recorded.append((values.of(o, c, p[c]), cost_of[p[c]]))
             else:
