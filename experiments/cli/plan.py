@@ -478,5 +478,10 @@ def plan(
         f"{'none' if doc['price'] is None else format(doc['price'], '.3f')})\n"
         f"  lift per customer vs contacting no one {lift['mean']:+.3f} [{lift['ci_low']:+.3f}, {lift['ci_high']:+.3f}] "
         f"on fresh seeds (predicted {doc['predicted_lift']['mean']:+.3f}); vs {doc['policy']} alone "
-        f"{fresh_alone['mean']:+.3f} [{fresh_alone['ci_low']:+.3f}, {fresh_alone['ci_high']:+.3f}]",
+        f"{fresh_alone['mean']:+.3f} [{fresh_alone['ci_low']:+.3f}, {fresh_alone['ci_high']:+.3f}]"
+        + (
+            f"\n  frontier of {len(frontier_doc['points'])} budgets in {out}/frontier.json and frontier.png"
+            if frontier_doc
+            else ""
+        ),
     )
