@@ -69,11 +69,18 @@ class RayExecutor:
             shared_refs = [ray.put(x) for x in shared]
             refs = [task.remote(*shared_refs, *call) for call in calls]
             pending = list(refs)
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                if progress:
-                    progress(len(done))
-            return ray.get(refs)
+            try:
+                while pending:
+                    done, pending = ray.wait(pending, num_returns=1)
+                    ray.get(done)  # a task's error surfaces as soon as it is known
+                    if progress:
+                        progress(len(done))
+                return ray.get(refs)
+            except ray.exceptions.RayTaskError as e:
+                cause = getattr(e, "cause", None)
+                if isinstance(cause, Exception):  # the task's own error (e.g. an infeasible period), as raised
+                    raise cause from None
+                raise
 
 
 def executor_for(workers: int | None, address: str | None = None) -> RayExecutor | None:

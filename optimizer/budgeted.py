@@ -200,7 +200,16 @@ def choose_contacts(
     try:
         alloc = allocate(problem, lam0=lam0 if lam0 is not None and len(lam0) == problem.K else None)
     except InfeasibleError as e:
-        raise InfeasibleError(e.diagnosis, f"period {t}") from None
+        d = e.diagnosis
+        if budget_row and "budget" in d.conflicts and d.smallest_budget is not None:
+            others = ", ".join(c for c in d.conflicts if c != "budget")
+            d = replace(
+                d,
+                message=f"the budget left for this period ({cap:,.2f} of {rule.budget:,.2f} for the horizon) cannot "
+                f"pay for {others}, which needs {d.smallest_budget:,.2f} in this period: raise the budget, spread "
+                "it with the even pacing, or relax the constraint",
+            )
+        raise InfeasibleError(d, f"period {t}") from None
     return PeriodChoice(np.flatnonzero(alloc.units.sum(axis=1) > 0), np.asarray(alloc.multipliers, float))
 
 

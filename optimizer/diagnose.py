@@ -46,8 +46,11 @@ class InfeasibleError(ClvError):
     """The constraints cannot all hold; str() is the one-line diagnosis."""
 
     def __init__(self, diagnosis: Diagnosis, source: str):
-        self.diagnosis = diagnosis
+        self.diagnosis, self.source = diagnosis, source
         super().__init__(f"{source}: infeasible: {diagnosis.message}")
+
+    def __reduce__(self):  # pickled with its diagnosis, so it crosses to and from Ray workers intact
+        return (self.__class__, (self.diagnosis, self.source))
 
 
 COUNT_KINDS = ("capacity", "min-coverage")

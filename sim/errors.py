@@ -28,6 +28,9 @@ class HistoryError(ClvError, ValueError):
             where.append(f"column '{column}'")
         super().__init__(", ".join(where) + ": " + " ".join(str(message).split()))
 
+    def __reduce__(self):  # pickled with its parts, so it crosses to and from Ray workers intact
+        return (self.__class__, (self.file, self.row, self.column, self.message))
+
 
 class ConfigError(ClvError, ValueError):
     """Bad option or configuration value (world file, settings, CLI arguments).
@@ -52,6 +55,9 @@ class ConfigError(ClvError, ValueError):
         self.value = None if value is None else str(value)
         super().__init__(self.about())
 
+    def __reduce__(self):  # pickled with its key and value, so it crosses to and from Ray workers intact
+        return (_config_error, (self.__class__, self.key, self.message, self.value))
+
     def about(self, render: Callable[[str], str] = str) -> str:
         """The one-line message, every setting named by `render(key)` (the front end's name for it)."""
         text = _KEY_REF.sub(lambda m: render(m.group(1)), self.message)
@@ -59,3 +65,7 @@ class ConfigError(ClvError, ValueError):
             return text
         head = render(self.key) if self.value is None else f"{render(self.key)} {self.value}"
         return f"{head}: {text}"
+
+
+def _config_error(cls: type, key: str | None, message: str, value: str | None) -> ConfigError:
+    return cls(message) if key is None else cls(key, message, value=value)

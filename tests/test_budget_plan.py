@@ -239,7 +239,9 @@ def test_clv_plan_bad_input_is_one_line_and_writes_nothing(calibrated_world, tmp
     assert not out.exists()
 
 
-def test_clv_plan_constraints_that_cannot_hold_exit_3_naming_the_period(calibrated_world, tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_clv_plan_constraints_that_cannot_hold_exit_3_naming_the_period(calibrated_world, tmp_path, workers):
+    """Also from a Ray worker: the period's diagnosis comes back as the error it was, one line."""
     path, world = calibrated_world
     seg = world.segments[0].name
     r = clv(
@@ -252,7 +254,7 @@ def test_clv_plan_constraints_that_cannot_hold_exit_3_naming_the_period(calibrat
         "--seeds",
         2,
         "--workers",
-        0,
+        workers,
         "--pacing",
         "even",
         "--min-coverage",
