@@ -30,7 +30,7 @@ def plan_frontier(
     budgets = sorted(set(float(b) for b in budgets))
     if not budgets or any(not (np.isfinite(b) and b > 0) for b in budgets):
         raise ConfigError("budgets", "give budgets that are finite numbers > 0, e.g. 500,1000,2000")
-    n = len(ctx.book) if ctx.settings.customers is None else ctx.settings.customers
+    n = ctx.customers
     points = []
     guess = None
     for b in budgets:

@@ -124,6 +124,11 @@ class PlanContext:
     progress: Callable[[str, int, int], None] | None = None
     executor: Any = None  # runs the seeds (experiments.ray_session.RayExecutor); None: in-process
 
+    @property
+    def customers(self) -> int:
+        """How many customers each run simulates: the book's, or the `customers` twins drawn from it."""
+        return len(self.book) if self.settings.customers is None else self.settings.customers
+
     def runs(
         self, seeds: list[int], mode: str, rule=None, policy_fn: Callable | None = None, record_values: bool = False
     ) -> list:
@@ -208,19 +213,6 @@ def prepare_plan(
     ctx.none_fresh, ctx.alone_fresh = ctx.runs(ctx.fresh_seeds, "none"), ctx.runs(ctx.fresh_seeds, "policy")
     ctx.seconds = time.perf_counter() - t0
     return ctx
-
-
-def plan_budget(
-    world,
-    book: pd.DataFrame,
-    policy,
-    settings: PlanSettings,
-    constraints: list | None = None,
-    policy_label: str = "policy",
-    progress: Callable[[str, int, int], None] | None = None,
-) -> BudgetPlan:
-    """The budgeted policy for `settings.budget` over `settings.horizon` periods and its checks."""
-    return plan_at(prepare_plan(world, book, policy, settings, policy_label, progress), settings.budget, constraints)
 
 
 def plan_at(
@@ -335,7 +327,7 @@ def plan_at(
                 }
             )
 
-    n = len(book) if settings.customers is None else settings.customers
+    n = ctx.customers
     doc = {
         "budget": float(settings.budget),
         "horizon": T,

@@ -68,14 +68,17 @@ class RayExecutor:
             task = ray.remote(num_cpus=1, max_retries=self.max_retries)(fn)
             shared_refs = [ray.put(x) for x in shared]
             refs = [task.remote(*shared_refs, *call) for call in calls]
+            position = {ref: i for i, ref in enumerate(refs)}
+            results: list[Any] = [None] * len(refs)
             pending = list(refs)
             try:
                 while pending:
                     done, pending = ray.wait(pending, num_returns=1)
-                    ray.get(done)  # a task's error surfaces as soon as it is known
+                    for ref, value in zip(done, ray.get(done)):  # a task's error surfaces as soon as it is known
+                        results[position[ref]] = value
                     if progress:
                         progress(len(done))
-                return ray.get(refs)
+                return results
             except ray.exceptions.RayTaskError as e:
                 cause = getattr(e, "cause", None)
                 if isinstance(cause, Exception):  # the task's own error (e.g. an infeasible period), as raised

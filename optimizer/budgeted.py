@@ -221,7 +221,6 @@ class HorizonRun:
     clv: np.ndarray  # (N,) discounted reward over the horizon
     spend: float  # cash spent over the horizon
     contacts: int
-    alive_end: np.ndarray  # (N,) bool
     segment: np.ndarray  # (N,) int
     by_period: pd.DataFrame  # period, segment, channel (index into catalogue.contact_channels): contacts, spend, value
     first_period: pd.DataFrame | None  # row, action, value, cost of period 0's contacts (budgeted runs)
@@ -362,7 +361,6 @@ def run_horizon(
         clv=np.concatenate(clv),
         spend=spent,
         contacts=contacts,
-        alive_end=np.concatenate([s.state.alive for s in sims]),
         segment=np.concatenate([s.state.segment for s in sims]),
         by_period=by_period,
         first_period=first,

@@ -165,17 +165,36 @@ def values(
     _emit(doc, as_json, "\n".join(lines))
 
 
-def _allocation_problem(
-    values_path: Path, budget: Optional[float], capacity: list[str], min_coverage: list[str], max_share: list[str]
-):
-    from optimizer.problem import AllocationProblem, budget_constraint, parse_constraint
-    from optimizer.values import load_values
+def _constraints(capacity: list[str], min_coverage: list[str], max_share: list[str]) -> list:
+    """The optimizer's Constraint objects of the --capacity, --min-coverage and --max-share options."""
+    from optimizer.problem import parse_constraint
 
-    cons = (
+    return (
         [parse_constraint("capacity", c) for c in capacity]
         + [parse_constraint("min-coverage", c) for c in min_coverage]
         + [parse_constraint("max-share", c) for c in max_share]
     )
+
+
+def _budget_list(text: str, example: str) -> list[float]:
+    """The numbers of a comma-separated --budgets option."""
+    from sim.errors import ConfigError
+
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(
+            "budgets", value=repr(text), message=f"expected comma-separated numbers, e.g. {example}"
+        ) from None
+
+
+def _allocation_problem(
+    values_path: Path, budget: Optional[float], capacity: list[str], min_coverage: list[str], max_share: list[str]
+):
+    from optimizer.problem import AllocationProblem, budget_constraint
+    from optimizer.values import load_values
+
+    cons = _constraints(capacity, min_coverage, max_share)
     if budget is not None:
         cons.insert(0, budget_constraint(budget))
     table = load_values(values_path)
@@ -268,10 +287,7 @@ def frontier(
     with _user_errors(), _infeasible(as_json):
         from sim.errors import ConfigError
 
-        try:
-            levels = [float(x) for x in budgets.split(",") if x.strip()]
-        except ValueError:
-            raise ConfigError(f"--budgets {budgets!r}: expected comma-separated numbers, e.g. 1e5,2e5") from None
+        levels = _budget_list(budgets, "1e5,2e5")
         png = plot or Path(values_path).with_name("frontier.png")
         if png.suffix.lower() != ".png":
             raise ConfigError(f"--plot {png}: give a .png file name")
@@ -380,12 +396,7 @@ def plan(
             raise ConfigError("budget", value=budget, message="must be a finite number > 0")
         frontier_budgets = None
         if budgets is not None:
-            try:
-                frontier_budgets = [float(b) for b in budgets.split(",") if b.strip()]
-            except ValueError:
-                raise ConfigError(
-                    "budgets", value=repr(budgets), message="expected comma-separated numbers, e.g. 500,1000,2000"
-                ) from None
+            frontier_budgets = _budget_list(budgets, "500,1000,2000")
             if not frontier_budgets or any(not (b > 0 and b < float("inf")) for b in frontier_budgets):
                 raise ConfigError("budgets", value=repr(budgets), message="every budget must be a finite number > 0")
         from optimizer.budgeted import PACINGS
@@ -395,13 +406,7 @@ def plan(
         from policies.registry import check_policy_spec
 
         check_policy_spec(policy)
-        from optimizer.problem import parse_constraint
-
-        cons = (
-            [parse_constraint("capacity", c) for c in capacity]
-            + [parse_constraint("min-coverage", c) for c in min_coverage]
-            + [parse_constraint("max-share", c) for c in max_share]
-        )
+        cons = _constraints(capacity, min_coverage, max_share)
         _check_out(out, folder=True)
         _check_world(world_path)
         world, book = _load_world(world_path, "book")
