@@ -186,15 +186,10 @@ def parsed_constraints(constraints: dict[str, tuple[str, ...]]) -> list:
 def check_constraint_names(file: str, constraints: dict[str, tuple[str, ...]], world, which: str) -> None:
     """Every constraint names a segment, channel or action that `world` has (`which` says which
     world in the message)."""
-    from optimizer.problem import constraint_targets, parse_constraint
+    from optimizer.problem import parse_constraint, unknown_target
 
-    known = constraint_targets(world)
     for k, kind in CONSTRAINT_KEYS.items():
         for i, text in enumerate(constraints.get(k, ())):
-            c = parse_constraint(kind, text)
-            if c.key not in known[c.scope]:
-                fail(
-                    file,
-                    f"constraints.{k}[{i}]",
-                    f"no {c.scope} {c.key!r} in {which} (it has {', '.join(known[c.scope])})",
-                )
+            problem = unknown_target(parse_constraint(kind, text), world, which)
+            if problem:
+                fail(file, f"constraints.{k}[{i}]", problem)

@@ -66,6 +66,13 @@ def constraint_targets(world) -> dict[str, list[str]]:
     }
 
 
+def unknown_target(c: "Constraint", world, which: str = "the world") -> str | None:
+    """Why constraint `c` cannot apply to `world` (it names a segment, channel or action the world
+    does not have), or None when it can."""
+    known = constraint_targets(world)[c.scope]
+    return None if c.key in known else f"no {c.scope} {c.key!r} in {which} (it has {', '.join(known)})"
+
+
 def parse_constraint(kind: str, text: str) -> Constraint:
     """'channel:rm=5000' under --capacity, 'segment:small=0.6' under --min-coverage, ..."""
     opt = f"--{kind}"

@@ -318,13 +318,13 @@ def frontier(
 
 def _check_constraint_keys(world, constraints) -> None:
     """Every constraint names a segment, channel or action of the world (one line naming the option)."""
-    from optimizer.problem import constraint_targets
+    from optimizer.problem import unknown_target
     from sim.errors import ConfigError
 
-    known = constraint_targets(world)
     for c in constraints:
-        if c.key not in known[c.scope]:
-            raise ConfigError(f"{c.spec}: no {c.scope} {c.key!r} in the world (it has {', '.join(known[c.scope])})")
+        problem = unknown_target(c, world)
+        if problem:
+            raise ConfigError(f"{c.spec}: {problem}")
 
 
 @app.command()
