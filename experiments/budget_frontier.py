@@ -19,12 +19,14 @@ def plan_frontier(
     budgets: list[float],
     constraints: list | None = None,
     references: dict[str, Any] | None = None,
+    plans: dict[float, Any] | None = None,
 ) -> dict[str, Any]:
     """For each horizon budget: the budgeted policy's lift over "none" on the fresh seeds with its
     interval, its spend, price and check; the marginal value of budget between budgets (total
     discounted CLV per unit of cash); and the (spend, lift) points of `references` (name -> policy:
     the baselines) and of the policy alone, each run on the same fresh seeds, with where the
-    frontier stands at their spend (linear between budgets)."""
+    frontier stands at their spend (linear between budgets). `plans`, when given, receives each
+    budget's whole BudgetPlan (the caller writes the one it keeps without planning it twice)."""
     from policies.base import as_simulator_policy
 
     budgets = sorted(set(float(b) for b in budgets))
@@ -34,7 +36,10 @@ def plan_frontier(
     points = []
     guess = None
     for b in budgets:
-        doc = plan_at(ctx, b, constraints, price_guess=guess).to_dict()
+        made = plan_at(ctx, b, constraints, price_guess=guess)
+        if plans is not None:
+            plans[b] = made
+        doc = made.to_dict()
         guess = doc["price"] if doc["price"] is not None else guess
         points.append(
             {
@@ -81,6 +86,8 @@ def plan_frontier(
             {
                 "policy": name,
                 "spend": interval(spend),
+                "clv": interval([r.clv.mean() for r in runs]),
+                "contacts": interval([r.contacts / n for r in runs]),
                 "lift_vs_none": iv,
                 "frontier_lift_at_its_spend": at,
                 "frontier_at_least_as_good": bool(at >= iv["ci_low"]),

@@ -343,6 +343,8 @@ def plan_at(
         "budget_binds": bool(np.mean([a.spend for a in alone_p]) > settings.budget),
         "clv": interval([b.clv.mean() for b in fresh]),
         "clv_none": interval([x.clv.mean() for x in none_f]),
+        "contacts": interval([b.contacts / n for b in fresh]),
+        "policy_alone_contacts": interval([a.contacts / n for a in alone_f]),
         "clv_policy_alone": interval([a.clv.mean() for a in alone_f]),
         "lift_vs_none": fresh_iv,
         "lift_vs_policy_alone": interval(lift_alone),

@@ -44,6 +44,12 @@ def non_negative_number(file: str, key: str, v: Any) -> float:
     return float(v)
 
 
+def positive_number(file: str, key: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        fail(file, key, f"expected a number > 0, got {v!r}")
+    return float(v)
+
+
 def list_value(file: str, key: str, v: Any, allow_empty: bool = True) -> list:
     """`v` checked to be a YAML list (None is the empty list when `allow_empty`)."""
     if v is None and allow_empty:

@@ -1,4 +1,5 @@
-"""The end-to-end job behind `clv run CONFIG`: from a history to a budget plan, evaluated and reported.
+"""The end-to-end job behind `clv run CONFIG`: from a history to a budgeted plan over a horizon,
+judged on fresh seeds and offline, and reported.
 
 Steps (each writes its files atomically into the output folder OUT as it finishes):
 
@@ -9,20 +10,22 @@ Steps (each writes its files atomically into the output folder OUT as it finishe
 3. policy: train an SB3 agent on the world -> OUT/policy/ (model.zip, card.json; reused when a
    card for the same world, algorithm, steps, seed and hyperparameters is already there), or use a
    baseline or a given `clv train` folder;
-4. value table of the whole book, the policy as continuation after the first period -> OUT/values.parquet;
-5. the efficient frontier over `budgets` -> OUT/frontier.json, frontier.png; the plan at `budget`
-   -> OUT/plan.parquet (one row per customer, with its explanation), plan.json (`clv allocate`'s
-   document: value, bound, certified gap, constraint usage, shadow prices, totals);
-6. simulation on fresh seeds (never the value table's): none, the policy alone, the plan then the
-   policy, no plan then the policy (the value table's own baseline: the plan's predicted lift is
-   measured against it) and the `compare` baselines, with common random numbers and 95% intervals
-   over seeds -> OUT/evaluation.json;
-7. with `holdout_end` and logged decisions: the plan valued offline at each book customer's first
-   logged decision in the holdout (`experiments.ope.plan`) -> OUT/ope.json;
-8. OUT/run.json (every figure above, the resolved config, timings) and OUT/report.html.
+4. plan: the budgeted policy (experiments.budget_plan, what `clv plan` runs): every contact the
+   policy makes over `plan.horizon` periods is paid from the horizon budget and held to the
+   constraints in every period. The frontier over `budgets` (and `budget`) by simulation on fresh
+   seeds, with the policy alone and the `compare` baselines beside it -> OUT/frontier.json,
+   frontier.png; the plan at `budget` -> OUT/contacts.parquet (the first period's contact list),
+   schedule.parquet (per period x segment x channel), plan.json; every run on the fresh seeds
+   (none, the policy alone, the plan, the baselines) -> OUT/evaluation.json;
+5. with `holdout_end` and logged decisions: the first period's contacts valued offline at each
+   book customer's first logged decision in the holdout (`experiments.ope.plan`), beside the
+   policy alone's first-period decisions -> OUT/ope.json;
+6. OUT/run.json (every figure above, the resolved config, timings) and OUT/report.html.
 
-Seeds: the config's `seed` drives K-means, the validation draws, the value table and (unless
-`policy.seed` is given) training; the evaluation uses seeds 1000 + seed + k, k < evaluation.seeds.
+Seeds: the config's `seed` drives K-means, the validation draws and (unless `policy.seed` is given)
+training; the plan sets its price on seeds seed, seed+1, ... (`evaluation.seeds` of them) and is
+judged on as many fresh seeds from seed + 10000 (experiments.budget_plan.FRESH_SEED_OFFSET): the
+same numbers as `clv plan OUT/world.json --policy ... --seed SEED`, on any number of Ray workers.
 """
 
 from __future__ import annotations
@@ -35,15 +38,13 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from policies.plan import PlanThenPolicy, plan_actions
 from sim.errors import ConfigError
 
 from .config import check_constraint_names, parsed_constraints
-from .results import CalibrationResult, ValueTableResult
+from .results import CalibrationResult
 from .run_config import RunConfig
 
-STEPS = ("history", "calibration", "policy", "values", "frontier", "simulation", "ope", "report")
-EVALUATION_SEED_OFFSET = 1000
+STEPS = ("history", "calibration", "policy", "plan", "ope", "report")
 
 Progress = Callable[[str, int, int], None]  # (step, done, total) within the step
 Log = Callable[[str], None]
@@ -184,102 +185,81 @@ def _policy(cfg: RunConfig, world, book, out: Path, log: Log, tick) -> tuple[Any
     }
 
 
-def _plan_problems(cfg: RunConfig, df: pd.DataFrame):
-    from optimizer.problem import AllocationProblem, budget_constraint
-    from optimizer.values import ValueTable
-
-    cons = parsed_constraints(cfg.constraints)
-    table = ValueTable.from_frame(df, source="value table")
-    return AllocationProblem(table, cons), AllocationProblem(table, [budget_constraint(cfg.budget)] + cons)
-
-
-def _frontier_and_plan(cfg: RunConfig, df: pd.DataFrame, out: Path, tick) -> tuple[dict, Any, dict]:
-    from optimizer.allocate import allocate
-    from optimizer.frontier import frontier, plot_frontier
-    from sim.atomic import atomic_path, atomic_write_json, atomic_write_parquet
+def _plan(cfg: RunConfig, world, book: pd.DataFrame, policy, out: Path, tick, executor) -> dict[str, Any]:
+    """The frontier, the plan at `budget` and the fresh-seed runs; writes the step's files."""
+    from policies.registry import resolve_policy
+    from sim.atomic import atomic_write_json
     from sim.world import json_safe
 
-    free, with_budget = _plan_problems(cfg, df)
-    fr = frontier(free, list(cfg.budgets), progress=lambda i: tick(i, len(cfg.budgets) + 1))
-    with atomic_path(out / "frontier.png") as tmp:
-        plot_frontier(fr, tmp)
-    fr["plot"] = str(out / "frontier.png")
-    atomic_write_json(out / "frontier.json", json_safe(fr))
-    alloc = allocate(with_budget)  # InfeasibleError (exit 3) names the constraints and the budget needed
-    tick(len(cfg.budgets) + 1, len(cfg.budgets) + 1)
-    plan = alloc.summary()
-    atomic_write_parquet(out / "plan.parquet", alloc.plan_frame())
-    plan["out"] = str(out / "plan.parquet")
-    plan["budget"] = cfg.budget
-    atomic_write_json(out / "plan.json", json_safe(plan))
-    return fr, alloc, plan
+    from .budget_frontier import plan_frontier, plot_plan_frontier
+    from .budget_plan import PlanSettings, prepare_plan, write_plan
 
-
-def _simulate(
-    cfg: RunConfig, world, book: pd.DataFrame, policy, actions: np.ndarray, label: str, predicted_total: float, tick
-) -> dict[str, Any]:
-    from policies.base import as_simulator_policy
-    from policies.baselines import make_baseline
-    from sim.population import DEFAULT_CHUNK, chunk_seeds
-
-    from .evaluate import evaluate, paired_difference
-
-    n = len(book)
-    starts = [a for a, _, _ in chunk_seeds(0, n, DEFAULT_CHUNK)]
-    fn = as_simulator_policy(policy)
-    with_plan, without = f"plan, then {label}", f"no plan, then {label}"
-    runs: dict[str, Any] = {
-        "none": make_baseline("none", world),
-        label: policy,
-        with_plan: PlanThenPolicy(actions, fn, starts),
-        without: PlanThenPolicy(np.zeros(n, np.int16), fn, starts),
-    }
-    for b in cfg.compare:
-        if b not in runs:
-            runs[b] = make_baseline(b, world)
-    seed0 = EVALUATION_SEED_OFFSET + cfg.seed
+    settings = PlanSettings(
+        budget=cfg.budget,
+        horizon=cfg.plan_horizon,
+        pacing=cfg.plan_pacing,
+        seeds=cfg.evaluation_seeds,
+        seed=cfg.seed,
+    )
+    budgets = sorted(set(cfg.budgets) | {cfg.budget})
+    K = cfg.evaluation_seeds
+    total = 4 * K + 2 * K * len(budgets) + 2 * K * len(cfg.compare)
     done = [0]
 
-    def step(k: int) -> None:
-        done[0] += k
-        tick(done[0], cfg.evaluation_seeds * len(runs))
+    def step(stage: str, d: int, t: int) -> None:
+        done[0] += 1
+        tick(min(done[0], total), total)
 
-    res = evaluate(
-        world,
-        runs,
-        customers=n,
-        periods=cfg.evaluation_horizon,
-        seeds=cfg.evaluation_seeds,
-        seed=seed0,
-        book=book,
-        reference=without,
-        progress=step,
-        crn=True,
-    )
-    lift = paired_difference(res, with_plan, without, "clv")
-    res["plan_check"] = {
-        "predicted_lift_per_customer": predicted_total / n,
-        "simulated_lift_per_customer": {k: lift[k] for k in ("mean", "ci_low", "ci_high")},
-        "predicted_inside_interval": bool(lift["ci_low"] <= predicted_total / n <= lift["ci_high"]),
-        "horizons": {"values": cfg.values_horizon, "evaluation": cfg.evaluation_horizon},
-        "note": "the value table's predicted lift of the plan (its objective per book customer) against the "
-        "simulated CLV of 'plan, then policy' minus 'no plan, then policy', on seeds the value table did "
-        "not use. The prediction is in-sample: the optimizer picks the contacts whose estimated values are "
-        "highest, so their estimation noise is selected too and the prediction leans optimistic (the "
-        "optimizer's curse); the simulated lift is the honest figure"
-        + (
-            ""
-            if cfg.values_horizon == cfg.evaluation_horizon
-            else "; the horizons differ, so the two measure different spans"
-        ),
+    label = cfg.policy_label
+    ctx = prepare_plan(world, book, policy, settings, label, progress=step, executor=executor)
+    plans: dict[float, Any] = {}
+    refs = {b: resolve_policy(b, world) for b in cfg.compare}
+    fr = plan_frontier(ctx, budgets, parsed_constraints(cfg.constraints), refs, plans=plans)
+    plot_plan_frontier(fr, out / "frontier.png")
+    fr["files"] = {"frontier": str(out / "frontier.json"), "plot": str(out / "frontier.png")}
+    atomic_write_json(out / "frontier.json", json_safe(fr))
+    plan = plans[cfg.budget]
+    write_plan(plan, out)
+    p = plan.to_dict()
+    runs = {
+        "none": {"clv": p["clv_none"], "spend": {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0}},
+        f"{label} alone": {
+            "clv": p["clv_policy_alone"],
+            "spend": p["policy_alone_spend"],
+            "contacts": p["policy_alone_contacts"],
+            "lift_vs_none": p["policy_alone_lift_vs_none"],
+        },
+        "plan": {"clv": p["clv"], "spend": p["spend"], "contacts": p["contacts"], "lift_vs_none": p["lift_vs_none"]},
     }
-    res["vs_none"] = {k: paired_difference(res, k, "none", "clv") for k in runs if k != "none"}
-    res["runs"] = {"with_plan": with_plan, "without_plan": without, "policy": label}
-    res["seeds_used"] = list(range(seed0, seed0 + cfg.evaluation_seeds))
-    return res
+    for r in fr["references"]:
+        if r["policy"] not in runs:
+            runs[r["policy"]] = {k: r[k] for k in ("clv", "spend", "contacts", "lift_vs_none")}
+    evaluation = {
+        "customers": p["customers"],
+        "periods": p["horizon"],
+        "seeds_used": p["seeds"]["fresh"],
+        "planning_seeds": p["seeds"]["planning"],
+        "runs": runs,
+        "plan_vs_policy_alone": p["lift_vs_policy_alone"],
+        "check": {**p["check"], "predicted_lift": p["predicted_lift"], "fresh_lift": p["fresh_lift"]},
+        "units": p["units"],
+        "world": str(out / "world.json"),
+    }
+    atomic_write_json(out / "evaluation.json", json_safe(evaluation))
+    return {"frontier": fr, "plan": p, "evaluation": evaluation, "contacts": plan.contacts}
 
 
-def _ope(cfg: RunConfig, history, world, book, plan: dict[str, str]) -> dict[str, Any]:
+def _first_period_of_policy(world, book: pd.DataFrame, policy, seed: int) -> dict[str, str]:
+    """The policy alone's first-period contacts for the book (customer_id -> action name)."""
+    from optimizer.budgeted import first_period_actions
+    from policies.base import as_simulator_policy
+
+    acts = first_period_actions(world, book, as_simulator_policy(policy), seed)
+    ids, names = book["customer_id"].astype(str).to_numpy(), world.catalogue.names
+    return {ids[k]: names[int(acts[k])] for k in np.flatnonzero(acts > 0)}
+
+
+def _ope(cfg: RunConfig, history, world, book, plan: dict[str, str], reference: dict[str, str]) -> dict[str, Any]:
     from .ope import OPESettings
     from .ope.plan import evaluate_plan_offline
 
@@ -297,13 +277,19 @@ def _ope(cfg: RunConfig, history, world, book, plan: dict[str, str]) -> dict[str
         start=start,
         end=end,
     )
-    return evaluate_plan_offline(history, world, book, plan, settings)
+    return evaluate_plan_offline(history, world, book, plan, settings, reference=reference)
 
 
 def run_pipeline(
-    cfg: RunConfig, out: str | Path, progress: Progress | None = None, log: Log | None = None
+    cfg: RunConfig,
+    out: str | Path,
+    progress: Progress | None = None,
+    log: Log | None = None,
+    executor=None,
 ) -> dict[str, Any]:
-    """Run every step of `cfg` into the folder `out`; returns the run.json document (also written)."""
+    """Run every step of `cfg` into the folder `out`; returns the run.json document (also written).
+    `executor` runs the plan's seeds (experiments.ray_session.RayExecutor; None: in-process; the
+    numbers are the same)."""
     from sim.atomic import atomic_write_json
     from sim.world import json_safe
 
@@ -313,7 +299,9 @@ def run_pipeline(
     out = Path(out).resolve()
     log = log or (lambda s: None)
     timings: dict[str, float] = {}
-    notes: list[str] = []
+    notes: list[str] = list(cfg.notes)
+    for n in notes:
+        log(f"note: {n}")
 
     def stage(name: str):
         def tick(done: int, total: int) -> None:
@@ -348,67 +336,28 @@ def run_pipeline(
 
     t0 = time.perf_counter()
     policy, policy_doc = _policy(cfg, world, book, out, log, stage("policy"))
-    label = cfg.policy_label
     timed("policy", t0)
 
     t0 = time.perf_counter()
-    from optimizer.value_sources import values_from_policy, values_from_simulation
-    from sim.atomic import atomic_write_parquet
-
-    log(f"valuing {len(book):,} customers x {world.n_actions - 1} actions over {cfg.values_horizon} periods")
-    total = len(book) * cfg.values_horizon * cfg.values_replications
-    done = [0]
-
-    def vtick(m: int) -> None:
-        done[0] += m
-        stage("values")(done[0], total)
-
-    if cfg.values_source == "policy":  # smoothed over customers: the plan does not chase replication noise
-        df = values_from_policy(
-            world, book, policy, None, cfg.values_horizon, cfg.values_replications, cfg.seed, progress=vtick
-        )
-    else:
-        df = values_from_simulation(
-            world,
-            book,
-            None,
-            cfg.values_horizon,
-            cfg.values_replications,
-            cfg.seed,
-            continuation=policy,
-            progress=vtick,
-        )
-    if len(df) == 0:
-        raise ConfigError(
-            f"{cfg.file}: no customer of the book has an allowed action at {cfg.calibration_end}; "
-            "nothing to plan (check the catalogue's eligible_stages)"
-        )
-    atomic_write_parquet(out / "values.parquet", df)
-    values_doc = ValueTableResult(
-        df, str(out / "values.parquet"), cfg.values_source, label, cfg.values_horizon, cfg.values_replications
-    ).summary()
-    timed("values", t0)
-
-    t0 = time.perf_counter()
-    log(f"solving the frontier over {len(cfg.budgets)} budgets and the plan at {cfg.budget:,.6g}")
-    fr, alloc, plan_doc = _frontier_and_plan(cfg, df, out, stage("frontier"))
-    actions, plan_by_customer = plan_actions(alloc, world, book["customer_id"].astype(str).to_numpy())
-    timed("frontier", t0)
-
-    t0 = time.perf_counter()
-    log(f"simulating the plan on {cfg.evaluation_seeds} fresh seeds")
-    evaluation = _simulate(cfg, world, book, policy, actions, label, float(plan_doc["objective"]), stage("simulation"))
-    evaluation["world"] = str(out / "world.json")
-    atomic_write_json(out / "evaluation.json", json_safe(evaluation))
-    timed("simulation", t0)
+    budgets = sorted(set(cfg.budgets) | {cfg.budget})
+    log(
+        f"planning {cfg.plan_horizon} periods for {len(book):,} customers at {len(budgets)} horizon budgets "
+        f"({cfg.evaluation_seeds} planning and {cfg.evaluation_seeds} fresh seeds)"
+    )
+    made = _plan(cfg, world, book, policy, out, stage("plan"), executor)
+    fr, plan_doc, evaluation, contacts = made["frontier"], made["plan"], made["evaluation"], made["contacts"]
+    timed("plan", t0)
 
     ope_doc = None
     if cfg.ope is not None and n_decisions == 0:
         notes.append("the history has no logged decisions: the plan was not evaluated offline")
     elif cfg.ope is not None:
         t0 = time.perf_counter()
-        log("evaluating the plan offline on the holdout's logged decisions")
-        ope_doc = _ope(cfg, history, world, book, plan_by_customer)
+        log("evaluating the first period's contacts offline on the holdout's logged decisions")
+        first = dict(zip(contacts["customer_id"].astype(str), contacts["action"]))
+        alone = _first_period_of_policy(world, book, policy, cfg.seed)
+        ope_doc = _ope(cfg, history, world, book, first, alone)
+        ope_doc["reference_name"] = f"{cfg.policy_label} alone"
         atomic_write_json(out / "ope.json", json_safe(ope_doc))
         timed("ope", t0)
     elif cfg.holdout_end is None:
@@ -422,7 +371,6 @@ def run_pipeline(
         "calibration": calibration,
         "validation": validation,
         "policy": policy_doc,
-        "values": values_doc,
         "frontier": fr,
         "plan": plan_doc,
         "evaluation": evaluation,
@@ -449,4 +397,4 @@ def run_pipeline(
     return doc
 
 
-__all__ = ["run_pipeline", "STEPS", "EVALUATION_SEED_OFFSET"]
+__all__ = ["run_pipeline", "STEPS"]

@@ -1,7 +1,8 @@
 """The configuration file of `clv run CONFIG`: read, check and resolve it before any work starts.
 
 A run config is YAML; paths are relative to the file's folder. Every key but `calibration_end`,
-`budgets` and `budget` has a default (see examples/bank_demo.yaml for all of them, commented)::
+`budgets` and `budget` has a default (see examples/bank_demo.yaml for all of them, commented). The
+budgets are cash for every contact over `plan.horizon` periods (the policy's own included)::
 
     name: my_bank
     history: {path: my_history}        # or {dataset: bank} or {generate: {customers: 6000, weeks: 156, seed: 7}}
@@ -11,12 +12,12 @@ A run config is YAML; paths are relative to the file's folder. Every key but `ca
     calibration: {segment_by: null, segments: 4, activity_model: pareto_nbd}
     validation: {replications: 16}
     policy: {algo: maskable_ppo, steps: 300000, set: {}}   # train an agent; or a baseline name, or a `clv train` folder
-    compare: [bau, greedy_uplift]      # baselines simulated beside the plan
-    values: {source: policy, horizon: 52, replications: 2}
-    budgets: [500, 1000, 2000, 4000]   # the frontier
-    budget: 2000                       # the plan that is written and evaluated
-    constraints: {capacity: ["channel:rm_call=50"], min_coverage: [], max_share: []}
-    evaluation: {seeds: 5, horizon: 52}
+    compare: [bau, greedy_uplift]      # baselines simulated beside the plan (points beside the frontier)
+    plan: {horizon: 52, pacing: horizon}   # the periods the budget covers; how it is paced over them
+    budgets: [500, 1000, 2000, 4000]   # the frontier, by simulation
+    budget: 2000                       # the plan that is written (contacts.parquet) and evaluated
+    constraints: {capacity: ["channel:rm_call=50"], min_coverage: [], max_share: []}   # held every period
+    evaluation: {seeds: 5}             # planning seeds, and as many fresh seeds for the check
     ope: {estimators: [dm, ips, snips, dr], bootstrap: 500, reward_model: ridge, folds: 5}
 
 `--set KEY=VALUE` on the command line overrides any key before the checks (dotted keys reach into
@@ -44,6 +45,7 @@ from .config import (
     fail,
     list_value,
     non_negative_number,
+    positive_number,
     read_date,
     read_yaml,
     whole_number,
@@ -61,6 +63,7 @@ KEYS = (
     "validation",
     "policy",
     "compare",
+    "plan",
     "values",
     "budgets",
     "budget",
@@ -72,7 +75,8 @@ HISTORY_KEYS = ("path", "dataset", "generate")
 GENERATE_KEYS = ("customers", "weeks", "seed", "start", "decision_every")
 CALIBRATION_KEYS = ("segment_by", "segments", "activity_model")
 POLICY_KEYS = ("algo", "steps", "seed", "set")
-VALUES_KEYS = ("source", "horizon", "replications")
+PLAN_KEYS = ("horizon", "pacing")
+VALUES_KEYS = ("source", "horizon", "replications")  # read for old configs; the run no longer uses them
 EVALUATION_KEYS = ("seeds", "horizon")
 OPE_KEYS = ("estimators", "bootstrap", "reward_model", "folds", "clip", "alpha")
 
@@ -91,21 +95,21 @@ class RunConfig:
     validation_replications: int
     policy: dict[str, Any]  # {"train": {algo, steps, seed, set}} | {"spec": baseline name or folder}
     compare: tuple[str, ...]
-    values_source: str  # policy: smoothed advantages (default) | sim: raw simulated means
-    values_horizon: int
-    values_replications: int
+    plan_horizon: int  # periods the budgets cover (and the plan is simulated over)
+    plan_pacing: str  # optimizer.budgeted.PACINGS
     budgets: tuple[float, ...]
     budget: float
     constraints: dict[str, tuple[str, ...]]
     evaluation_seeds: int
-    evaluation_horizon: int
     ope: dict[str, Any] | None  # None: `ope: null`, no offline evaluation
     overrides: dict[str, Any] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()  # what the config holds that this version ignores, said in run.json
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["compare"], d["budgets"] = list(self.compare), list(self.budgets)
         d["constraints"] = {k: list(v) for k, v in self.constraints.items()}
+        d["notes"] = list(self.notes)
         return d
 
     @property
@@ -261,36 +265,25 @@ def load_run_config(path: str | Path, sets: dict[str, Any] | None = None) -> Run
             fail(file, f"compare[{i}]", f"{c!r} is given twice")
         compare.append(c)
 
-    from optimizer.value_sources import DEFAULT_HORIZON, DEFAULT_REPLICATIONS
-
-    vals = check_mapping(
-        file,
-        "values",
-        doc.get("values") or {},
-        VALUES_KEYS,
-        "expected a mapping {source: policy, horizon: N, replications: N}",
-    )
-    vsource = vals.get("source", "policy")
-    if vsource not in ("policy", "sim"):
-        fail(
-            file,
-            "values.source",
-            f"expected policy (smoothed advantages) or sim (raw simulated means), got {vsource!r}",
+    notes = []
+    if doc.get("values") is not None:
+        check_mapping(file, "values", doc["values"], VALUES_KEYS, "expected a mapping, or leave it out")
+        notes.append(
+            f"{file}: values: ignored; the run's plan values the policy's contacts itself (a one-campaign "
+            "value table is `clv values`); remove the section"
         )
-    vh = whole_number(file, "values.horizon", vals.get("horizon", DEFAULT_HORIZON), 1)
-    vr = whole_number(file, "values.replications", vals.get("replications", DEFAULT_REPLICATIONS), 1)
 
     if "budgets" not in doc:
-        fail(file, "budgets", "missing; give the budgets of the frontier, e.g. [500, 1000, 2000]")
+        fail(file, "budgets", "missing; give the horizon budgets of the frontier, e.g. [500, 1000, 2000]")
     budgets = [
-        non_negative_number(file, f"budgets[{i}]", b)
+        positive_number(file, f"budgets[{i}]", b)
         for i, b in enumerate(list_value(file, "budgets", doc["budgets"], allow_empty=False))
     ]
     if len(set(budgets)) != len(budgets):
         fail(file, "budgets", "a budget is given twice")
     if doc.get("budget") is None:
-        fail(file, "budget", "missing; give the budget of the plan to write and evaluate, e.g. 2000")
-    budget = non_negative_number(file, "budget", doc["budget"])
+        fail(file, "budget", "missing; give the horizon budget of the plan to write and evaluate, e.g. 2000")
+    budget = positive_number(file, "budget", doc["budget"])
 
     cons_raw = check_mapping(
         file,
@@ -302,10 +295,26 @@ def load_run_config(path: str | Path, sets: dict[str, Any] | None = None) -> Run
     constraints = constraint_texts(file, cons_raw)
 
     ev = check_mapping(
-        file, "evaluation", doc.get("evaluation") or {}, EVALUATION_KEYS, "expected a mapping {seeds: N, horizon: N}"
+        file, "evaluation", doc.get("evaluation") or {}, EVALUATION_KEYS, "expected a mapping {seeds: N}"
     )
     ev_seeds = whole_number(file, "evaluation.seeds", ev.get("seeds", 5), 2)
-    ev_horizon = whole_number(file, "evaluation.horizon", ev.get("horizon", vh), 1)
+    pl = check_mapping(
+        file, "plan", doc.get("plan") or {}, PLAN_KEYS, "expected a mapping {horizon: N, pacing: horizon}"
+    )
+    ev_horizon = None if ev.get("horizon") is None else whole_number(file, "evaluation.horizon", ev["horizon"], 1)
+    horizon = whole_number(file, "plan.horizon", pl.get("horizon", ev_horizon or 52), 1)
+    if ev_horizon is not None and ev_horizon != horizon:
+        fail(
+            file,
+            "evaluation.horizon",
+            f"{ev_horizon} differs from plan.horizon {horizon}: the plan is simulated over the periods its budget "
+            "covers; leave evaluation.horizon out",
+        )
+    from optimizer.budgeted import PACINGS
+
+    pacing = pl.get("pacing", "horizon")
+    if pacing not in PACINGS:
+        fail(file, "plan.pacing", f"expected {', '.join(PACINGS)}, got {pacing!r}")
 
     ope: dict[str, Any] | None = None
     if doc.get("ope", {}) is not None:
@@ -357,16 +366,15 @@ def load_run_config(path: str | Path, sets: dict[str, Any] | None = None) -> Run
         validation_replications=val_reps,
         policy=policy,
         compare=tuple(compare),
-        values_source=vsource,
-        values_horizon=vh,
-        values_replications=vr,
+        plan_horizon=horizon,
+        plan_pacing=pacing,
         budgets=tuple(sorted(budgets)),
         budget=budget,
         constraints=constraints,
         evaluation_seeds=ev_seeds,
-        evaluation_horizon=ev_horizon,
         ope=ope,
         overrides=json.loads(json.dumps(sets or {}, default=str)),
+        notes=tuple(notes),
     )  # YAML dates as text
 
 

@@ -259,6 +259,15 @@ def _simulators(world, book, customers, seed, tables):
     return sims
 
 
+def first_period_actions(world, book: pd.DataFrame, policy_fn: Callable, seed: int) -> np.ndarray:
+    """The base policy's own actions in the first period for every book customer, in book order, on
+    seed `seed`'s streams (what `run_horizon(..., mode="policy")` does in period 0)."""
+    from sim.population import WorldTables
+
+    sims = _simulators(world, book, None, seed, WorldTables.from_world(world))
+    return np.concatenate([_proposals(policy_fn, s)[0] for s in sims]) if sims else np.zeros(0, np.int16)
+
+
 def run_horizon(
     world,
     book: pd.DataFrame,

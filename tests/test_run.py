@@ -35,23 +35,21 @@ SMALL_DEMO = [
     "policy.steps=1024",
     f"policy.set={json.dumps(TINY_PPO)}",
     "validation.replications=2",
-    "values.replications=1",
     "evaluation.seeds=2",
     "ope.bootstrap=50",
     "budgets=[20, 50, 100]",
     "budget=50",
-    "constraints.min_coverage=[]",
-    "constraints.max_share=[]",
+    "plan.horizon=6",
 ]
-SMALL_BYO = ["policy=greedy_uplift", "values.replications=1", "evaluation.seeds=2", "ope.bootstrap=50"]
+SMALL_BYO = ["policy=greedy_uplift", "plan.horizon=8", "evaluation.seeds=2", "ope.bootstrap=50"]
 
 
 def _sets(items: list[str]) -> list[str]:
     return [a for item in items for a in ("--set", item)]
 
 
-def _run(config: Path, out: Path, items: list[str]):
-    return clv("run", config, "--out", out, *_sets(items), "--json")
+def _run(config: Path, out: Path, items: list[str], workers: int = 0):
+    return clv("run", config, "--out", out, *_sets(items), "--workers", str(workers), "--json")
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +67,10 @@ def test_bank_demo_runs_every_step(demo_run):
         "validation/validation.json",
         "policy/model.zip",
         "policy/card.json",
-        "values.parquet",
         "frontier.json",
         "frontier.png",
-        "plan.parquet",
+        "contacts.parquet",
+        "schedule.parquet",
         "plan.json",
         "evaluation.json",
         "ope.json",
@@ -80,80 +78,114 @@ def test_bank_demo_runs_every_step(demo_run):
         "report.html",
     ):
         assert (out / f).is_file(), f
+    assert not (out / "values.parquet").exists() and not (out / "plan.parquet").exists()
     assert doc["report"] == str(out / "report.html")
     assert doc["policy"]["trained"] and doc["policy"]["algo"] == "maskable_ppo" and doc["policy"]["steps"] == 1024
     assert 0 < doc["validation"]["per_customer_corr"] <= 1 and 0.5 < doc["validation"]["active_auc"] <= 1
-    # the plan: one row per book customer, within the budget, a certified gap
-    plan = pd.read_parquet(out / "plan.parquet")
-    book = pd.read_parquet(out / "world.book.parquet")
-    assert len(plan) == doc["values"]["customers_with_options"] and plan["customer_id"].is_unique
-    assert doc["plan"]["spend"] <= 50 + 1e-6 and 0 <= doc["plan"]["gap"] <= 0.01
-    assert set(plan["customer_id"]) <= set(book["customer_id"].astype(str))
-    assert [p["budget"] for p in doc["frontier"]["points"]] == [20, 50, 100]
-    # simulation: the runs, the plan check on seeds the value table did not use
+    # the budgeted plan over the horizon: the frontier's budgets, the plan judged on fresh seeds
+    p = doc["plan"]
+    assert p["budget"] == 50 and p["horizon"] == 6 and p["policy"] == "maskable_ppo"
+    assert p["seeds"] == {"planning": [0, 1], "fresh": [10000, 10001]}
+    assert [q["budget"] for q in doc["frontier"]["points"]] == [20, 50, 100]
+    assert {r["policy"] for r in doc["frontier"]["references"]} == {"maskable_ppo alone", "bau", "greedy_uplift"}
+    assert p["spend_share_max"] <= 1 + 1e-9
     ev = doc["evaluation"]
-    assert set(ev["policies"]) == {
-        "none",
-        "maskable_ppo",
-        "plan, then maskable_ppo",
-        "no plan, then maskable_ppo",
-        "bau",
-        "greedy_uplift",
-    }
-    assert ev["customers"] == len(book) and ev["seeds_used"] == [1000, 1001]
-    chk = ev["plan_check"]
-    assert chk["predicted_lift_per_customer"] == pytest.approx(doc["plan"]["objective"] / len(book))
-    lo, hi = chk["simulated_lift_per_customer"]["ci_low"], chk["simulated_lift_per_customer"]["ci_high"]
-    assert lo <= chk["simulated_lift_per_customer"]["mean"] <= hi
+    assert set(ev["runs"]) == {"none", "maskable_ppo alone", "plan", "bau", "greedy_uplift"}
+    assert ev["seeds_used"] == [10000, 10001] and ev["customers"] == len(pd.read_parquet(out / "world.book.parquet"))
     # offline: one decision per book customer in the holdout, paired intervals around the points
     o = doc["ope"]
-    assert o["customers"] == o["decisions"] <= len(book) and o["window"]["start"] >= "2024-07-01"
-    assert o["plan_contacts"] <= doc["plan"]["assigned_customers"]
+    assert o["customers"] == o["decisions"] and o["window"]["start"] >= "2024-07-01"
+    assert o["plan_contacts"] <= p["first_period_contacts"] and o["reference_name"] == "maskable_ppo alone"
     for e in o["estimates"].values():
-        for k in ("plan", "none", "plan_minus_none", "plan_minus_logged"):
+        for k in ("plan", "none", "plan_minus_none", "plan_minus_logged", "reference", "plan_minus_reference"):
             assert e[k]["ci_low"] <= e[k]["value"] <= e[k]["ci_high"], k
         assert e["plan_minus_none"]["value"] == pytest.approx(e["plan"]["value"] - e["none"]["value"])
+        assert e["plan_minus_reference"]["value"] == pytest.approx(e["plan"]["value"] - e["reference"]["value"])
     html = (out / "report.html").read_text()
     for heading in (
         "The answer",
-        "Holdout validation",
         "Budget frontier",
         "The plan",
         "Simulation",
         "Offline evaluation",
+        "Holdout validation",
         "Assumptions taken from priors",
     ):
         assert heading in html
+    assert html.index("Budget frontier</h2>") < html.index("Holdout validation</h2>")
     assert "data:image/png;base64," in html and 'src="http' not in html and "<script" not in html
 
 
 def test_rerun_reuses_the_trained_policy_and_gives_the_same_numbers(demo_run, tmp_path):
     doc, out = demo_run
-    again = ok_json(_run(EXAMPLES / "bank_demo.yaml", out, SMALL_DEMO))
+    again = ok_json(_run(EXAMPLES / "bank_demo.yaml", out, SMALL_DEMO, workers=2))  # in-process first, Ray now
     assert again["policy"]["reused"] is True
-    for key in ("plan", "frontier", "values", "ope"):
-        a, b = dict(doc[key]), dict(again[key])
-        for d in (a, b):
-            d.pop("seconds", None)
-        if key == "frontier":
-            for d in (a, b):
-                d["points"] = [{k: v for k, v in p.items() if k != "seconds"} for p in d["points"]]
+    for key in ("plan", "frontier", "evaluation", "ope"):
+        a, b = _without_seconds(doc[key]), _without_seconds(again[key])
         assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True), key
-    pe = {k: v["per_seed"] for k, v in doc["evaluation"]["policies"].items()}
-    assert pe == {k: v["per_seed"] for k, v in again["evaluation"]["policies"].items()}
 
 
-def test_bring_your_own_csv_example(tmp_path):
+def _without_seconds(d):
+    if isinstance(d, dict):
+        return {k: _without_seconds(v) for k, v in d.items() if k not in ("seconds", "price_search")}
+    if isinstance(d, list):
+        return [_without_seconds(v) for v in d]
+    return d
+
+
+@pytest.fixture(scope="module")
+def byo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("byo") / "out"
+    res = clv("run", EXAMPLES / "my_bank.yaml", "--out", out, *_sets(SMALL_BYO), "--workers", "2", "--json")
+    return ok_json(res), out, res
+
+
+def test_bring_your_own_csv_example(byo_run):
+    doc, out, res = byo_run
     src = EXAMPLES / "my_bank"
     assert (src / "transactions.csv").is_file() and not (src / "truth.json").exists()
-    res = clv("run", EXAMPLES / "my_bank.yaml", "--out", tmp_path / "out", *_sets(SMALL_BYO))
-    assert res.exit_code == 0, res.stderr
-    assert f"report: {tmp_path / 'out' / 'report.html'}" in res.stdout
-    doc = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert f"report: {out / 'report.html'}" in res.stderr
     assert doc["history"]["source"] == str(src.resolve())
     assert doc["history"]["customers"] == pd.read_csv(src / "transactions.csv")["customer_id"].nunique()
     assert set(doc["calibration"]["segments"]) == set(pd.read_csv(src / "customers.csv")["segment"])
-    assert doc["ope"]["customers"] > 100 and not (tmp_path / "out" / "history").exists()
+    assert doc["ope"]["customers"] > 100 and not (out / "history").exists()
+
+
+def test_the_plan_binds_and_is_compared_with_the_policy_alone(byo_run):
+    doc, out, _ = byo_run
+    p = doc["plan"]
+    # the budget is cash over the horizon, the policy's own contacts included, and binds in every seed
+    assert p["budget_binds"] and p["policy_alone_spend"]["mean"] > p["budget"]
+    assert 0.9 <= p["spend_share_min"] <= p["spend_share_max"] <= 1 + 1e-9
+    assert set(p["lift_vs_policy_alone"]) >= {"mean", "ci_low", "ci_high"}
+    assert p["shadow_prices"][0]["constraint"] == "budget" and p["shadow_prices"][0]["shadow_price"] > 0
+    assert [s["constraint"] for s in p["shadow_prices"][1:]] == ["capacity channel:rm_call"]
+    # the first period's contact list: book customers, catalogue actions, within the budget
+    contacts = pd.read_parquet(out / "contacts.parquet")
+    book = pd.read_parquet(out / "world.book.parquet")
+    assert len(contacts) == p["first_period_contacts"] > 0 and contacts["customer_id"].is_unique
+    assert set(contacts["customer_id"]) <= set(book["customer_id"]) and contacts["cost"].sum() <= p["budget"]
+    assert list(contacts.columns) == ["customer_id", "action", "channel", "segment", "value", "cost", "reason"]
+    assert (contacts["channel"] == "rm_call").sum() <= 5  # the capacity holds in the first week
+    sched = pd.read_parquet(out / "schedule.parquet")
+    assert set(sched["period"]) <= set(range(8))
+    assert sched.groupby("period")["contacts"].sum().max() > 0
+    rm = sched[sched["channel"] == "rm_call"].groupby("period")["contacts"].sum()
+    assert (rm <= 5 + 1e-9).all()
+    # the frontier rises with the budget; the plan's budget is one of its points
+    pts = doc["frontier"]["points"]
+    assert [q["budget"] for q in pts] == [50, 100, 200, 400]
+    assert pts[0]["spend"]["mean"] < pts[-1]["spend"]["mean"]
+    assert doc["evaluation"]["runs"]["plan"]["lift_vs_none"] == p["lift_vs_none"]
+
+
+def test_an_old_config_with_a_values_section_still_runs_with_a_note(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        yaml.safe_dump({**BASE, "holdout_end": "2024-12-29", "values": {"source": "policy", "horizon": 26}})
+    )
+    cfg = load_run_config(path)
+    assert any("values: ignored" in n for n in cfg.notes)
 
 
 def test_no_holdout_plans_for_the_future_without_offline_checks(tmp_path):
@@ -161,7 +193,7 @@ def test_no_holdout_plans_for_the_future_without_offline_checks(tmp_path):
         _run(
             EXAMPLES / "my_bank.yaml",
             tmp_path / "out",
-            SMALL_BYO + ["holdout_end=null", "ope=null", "calibration_end=2024-12-29"],
+            SMALL_BYO + ["holdout_end=null", "ope=null", "calibration_end=2024-12-29", "budgets=[100]", "budget=100"],
         )
     )
     assert doc["validation"] is None and doc["ope"] is None
@@ -191,18 +223,20 @@ def test_bad_input_file_names_file_row_column_and_writes_nothing(tmp_path):
 
 
 def test_constraints_that_cannot_hold_exit_3_naming_them(tmp_path):
-    # every mass customer contacted, with no budget: most contacts cost something
+    # every proposed contact of a mass customer made each week, with almost no budget
     res = clv(
         "run",
         EXAMPLES / "my_bank.yaml",
         "--out",
         tmp_path / "out",
-        *_sets(SMALL_BYO + ["budget=0", 'constraints.min_coverage=["segment:mass=1.0"]']),
+        "--workers",
+        "0",
+        *_sets(SMALL_BYO + ["budgets=[1]", "budget=1", 'constraints.min_coverage=["segment:mass=1.0"]']),
     )
     assert res.exit_code == 3, res.stderr
     last = res.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "segment:mass" in last
-    assert not (tmp_path / "out" / "run.json").exists() and not (tmp_path / "out" / "plan.parquet").exists()
+    assert last.startswith("error: ") and "segment:mass" in last and "period 0" in last
+    assert not (tmp_path / "out" / "run.json").exists() and not (tmp_path / "out" / "contacts.parquet").exists()
 
 
 BASE = {"history": {"dataset": "bank"}, "calibration_end": "2024-06-30", "budgets": [100], "budget": 100}
@@ -223,8 +257,16 @@ BASE = {"history": {"dataset": "bank"}, "calibration_end": "2024-06-30", "budget
         ({"policy": {"algo": "a2c"}}, "policy.algo: unknown algorithm 'a2c'"),
         ({"policy": {"algo": "ppo", "set": {"learning_rat": 1}}}, "policy.set.learning_rat: unknown key"),
         ({"compare": ["bau", "bau"]}, "compare[1]: 'bau' is given twice"),
-        ({"values": {"source": "raw"}}, "values.source: expected policy"),
-        ({"budgets": [100, -1]}, "budgets[1]: expected a number >= 0"),
+        ({"values": {"sorce": "policy"}}, "values.sorce: unknown key"),
+        ({"budgets": [100, -1]}, "budgets[1]: expected a number > 0"),
+        ({"budgets": [0, 100]}, "budgets[0]: expected a number > 0"),
+        ({"budget": 0}, "budget: expected a number > 0"),
+        ({"plan": {"horizon": 0}}, "plan.horizon: expected a whole number >= 1"),
+        ({"plan": {"pacing": "fast"}}, "plan.pacing: expected horizon, even, front, got 'fast'"),
+        (
+            {"plan": {"horizon": 26}, "evaluation": {"horizon": 52}},
+            "evaluation.horizon: 52 differs from plan.horizon 26",
+        ),
         ({"budget": None}, "budget: missing"),
         ({"constraints": {"capacity": ["channel:rm_call"]}}, "constraints.capacity[0]:"),
         ({"evaluation": {"seeds": 1}}, "evaluation.seeds: expected a whole number >= 2"),
@@ -248,7 +290,7 @@ def test_cli_config_error_is_one_line_exit_2(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump({**BASE, "budget": "lots"}))
     res = clv("run", path, "--out", tmp_path / "out")
-    assert res.exit_code == 2 and res.stderr.strip() == f"error: {path}: budget: expected a number >= 0, got 'lots'"
+    assert res.exit_code == 2 and res.stderr.strip() == f"error: {path}: budget: expected a number > 0, got 'lots'"
     assert not (tmp_path / "out").exists()
 
 

@@ -69,7 +69,7 @@ def run(
         ...,
         metavar="CONFIG",
         help="Run config YAML: history, calibration_end, holdout_end, "
-        "policy, values, budgets, budget, constraints, evaluation, "
+        "policy, compare, plan, budgets, budget, constraints, evaluation, "
         "ope (see examples/bank_demo.yaml).",
     ),
     out: Optional[Path] = typer.Option(
@@ -81,15 +81,21 @@ def run(
         help="Override a config key, e.g. --set policy.steps=20000 or "
         "--set budget=1500 (repeatable; values read as YAML).",
     ),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", min=0, help="CPUs of the local Ray the plan's seeds run on (default: all; 0: in-process)."
+    ),
+    address: Optional[str] = typer.Option(None, "--address", help="An existing Ray cluster for the plan's seeds."),
     as_json: bool = JsonOpt,
 ) -> None:
     """The whole job in one command: load (or generate) the history, calibrate, validate on the
-    holdout, train the policy, build the value table, solve the budget frontier and the plan,
-    evaluate the plan in simulation (fresh seeds) and offline (the holdout's logged decisions),
-    and write report.html and run.json. Prints where the report is.
+    holdout, train the policy, then spend each horizon budget on the policy's contacts (the
+    budgeted plan of `clv plan`): the frontier by simulation beside the baselines, the plan at
+    `budget` with its first period's contact list, judged on fresh seeds and offline on the
+    holdout's logged decisions; writes report.html and run.json. Prints where the report is.
 
     Exit status: 0 done; 2 bad config or input (one line naming the file and key, row or column);
-    3 the constraints cannot hold at the plan's budget (the line says the smallest budget that would).
+    3 the constraints cannot hold in some period at a budget (the line names the period and the
+    constraint, and what that period needs).
 
     Example: clv run examples/bank_demo.yaml --out demo_out
     """
@@ -100,10 +106,15 @@ def run(
         cfg = load_run_config(config, parse_sets(sets))
         out = Path(out) if out is not None else Path("runs") / cfg.name
         _check_out(out, folder=True)
-        from experiments.pipeline import run_pipeline
+        import contextlib
 
+        from experiments.pipeline import run_pipeline
+        from experiments.ray_session import executor_for, ray_session
+
+        executor = executor_for(workers, address)
+        session = ray_session(workers, address) if executor is not None else contextlib.nullcontext()
         t0 = time.perf_counter()
-        with _progress("run", 1) as upd:
+        with _progress("run", 1) as upd, session:
 
             def progress(step: str, done: int, total: int) -> None:
                 upd(done, max(total, 1))
@@ -111,23 +122,27 @@ def run(
             def log(msg: str) -> None:
                 typer.echo(f"[{time.perf_counter() - t0:6.1f}s] {msg}", err=True)
 
-            doc = run_pipeline(cfg, out, progress=progress, log=log)
-    p, chk = doc["plan"], doc["evaluation"]["plan_check"]
-    sim_lift = chk["simulated_lift_per_customer"]
+            doc = run_pipeline(cfg, out, progress=progress, log=log, executor=executor)
+    p, ev = doc["plan"], doc["evaluation"]
+    lift, vs_alone, pred = p["lift_vs_none"], p["lift_vs_policy_alone"], p["predicted_lift"]
     lines = [
-        f"plan at budget {p['budget']:,.6g}: {p['assigned_customers']:,} of {doc['calibration']['customers']:,} "
-        f"customers contacted, "
-        f"spend {p['spend']:,.2f}, predicted lift {p['objective']:,.2f} (gap {100 * p['gap']:.4f}%)",
-        f"simulated lift per customer on fresh seeds: {sim_lift['mean']:+.3f} "
-        f"(95% CI {sim_lift['ci_low']:+.3f} to {sim_lift['ci_high']:+.3f}; predicted "
-        f"{chk['predicted_lift_per_customer']:+.3f})",
+        f"plan at {p['budget']:,.6g} over {p['horizon']} periods: spend {p['spend']['mean']:,.0f} "
+        f"(the {p['policy']} alone would spend {p['policy_alone_spend']['mean']:,.0f}); "
+        f"{p['first_period_contacts']:,} contacts in the first period (contacts.parquet)",
+        f"lift per customer vs contacting no one on fresh seeds: {lift['mean']:+.3f} "
+        f"(95% CI {lift['ci_low']:+.3f} to {lift['ci_high']:+.3f}; predicted {pred['mean']:+.3f}, "
+        + ("inside" if ev["check"]["predicted_inside_fresh_ci"] else "OUTSIDE")
+        + f" the interval); vs {p['policy']} alone {vs_alone['mean']:+.3f} "
+        f"(95% CI {vs_alone['ci_low']:+.3f} to {vs_alone['ci_high']:+.3f})",
+        "frontier (lift per customer on fresh seeds): "
+        + ", ".join(f"{q['budget']:,.6g} -> {q['lift_vs_none']['mean']:+.3f}" for q in doc["frontier"]["points"]),
     ]
     if doc.get("ope"):
         o = doc["ope"]
         main = "dr" if "dr" in o["estimates"] else next(iter(o["estimates"]))
         d = o["estimates"][main]["plan_minus_logged"]
         lines.append(
-            f"offline ({main}): plan minus what the bank did, per decision {d['value']:+.3f} "
+            f"offline ({main}): first period's contacts minus what the bank did, per decision {d['value']:+.3f} "
             f"(95% CI {d['ci_low']:+.3f} to {d['ci_high']:+.3f}) on {o['customers']:,} customers"
         )
     lines += [f"note: {n}" for n in doc.get("notes", [])]

@@ -38,11 +38,19 @@ def _interval(point: float, reps: np.ndarray, alpha: float) -> dict[str, float]:
 
 
 def evaluate_plan_offline(
-    history, world, book: pd.DataFrame, plan: dict[str, str], settings: OPESettings, logged=None
+    history,
+    world,
+    book: pd.DataFrame,
+    plan: dict[str, str],
+    settings: OPESettings,
+    logged=None,
+    reference: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Value the plan (`plan`: customer_id -> action name; customers left out get none) on the first
     logged decision of each book customer in [settings.start, settings.end). `logged`: the window's
-    `experiments.ope.LoggedDecisions` when already built (same window and world)."""
+    `experiments.ope.LoggedDecisions` when already built (same window and world). `reference`:
+    another plan of the same form (e.g. what the policy alone would do) valued on the same
+    decisions and bootstrap resamples, so `plan_minus_reference` is a paired difference."""
     t0 = time.perf_counter()
     if settings.estimand != "per_decision":
         raise ConfigError("a plan is valued on the per_decision estimand (one decision per customer)")
@@ -50,7 +58,7 @@ def evaluate_plan_offline(
         logged = logged_decisions(history, settings.start, settings.end, world, book)
     o = logged.outcomes
     names = list(world.catalogue.names)
-    unknown = sorted(set(plan.values()) - set(names))
+    unknown = sorted((set(plan.values()) | set((reference or {}).values())) - set(names))
     if unknown:
         raise ConfigError(f"plan actions not in the world's catalogue: {', '.join(unknown)}")
     ids = o["customer_id"].astype(str).to_numpy()
@@ -65,12 +73,18 @@ def evaluate_plan_offline(
     action = states.action[rows]
     masks = states.masks[rows]
     code = {a: i for i, a in enumerate(names)}
-    planned = np.array([code[plan.get(c, "none")] for c in ids[rows]], np.int64)
-    allowed = masks[np.arange(rows.size), planned]
-    taken = np.where(allowed, planned, 0)
     m, n_actions = rows.size, len(names)
-    target = np.zeros((m, n_actions))
-    target[np.arange(m), taken] = 1.0
+
+    def decisions(p: dict[str, str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(action taken: the planned one where still allowed, else none; allowed; one-hot target)"""
+        planned = np.array([code[p.get(c, "none")] for c in ids[rows]], np.int64)
+        ok = masks[np.arange(rows.size), planned]
+        took = np.where(ok, planned, 0)
+        one_hot = np.zeros((m, n_actions))
+        one_hot[np.arange(m), took] = 1.0
+        return took, ok, one_hot
+
+    taken, allowed, target = decisions(plan)
     target_none = np.zeros((m, n_actions))
     target_none[:, 0] = 1.0
 
@@ -84,6 +98,12 @@ def evaluate_plan_offline(
     pscore = o["propensity"].to_numpy()[rows]
     data = LoggedBandit(reward=reward, action=action, pscore=pscore, target=target, reward_hat=r_hat)
     data_none = LoggedBandit(reward=reward, action=action, pscore=pscore, target=target_none, reward_hat=r_hat)
+    arms = {"plan": data, "none": data_none}
+    if reference is not None:
+        ref_taken, _, target_ref = decisions(reference)
+        arms["reference"] = LoggedBandit(
+            reward=reward, action=action, pscore=pscore, target=target_ref, reward_hat=r_hat
+        )
 
     rng = np.random.default_rng(np.random.SeedSequence([settings.seed, 0x9A1A]))
     logged_value = float(reward.mean())
@@ -95,21 +115,21 @@ def evaluate_plan_offline(
         estimators[key] = make_estimator(
             name, **({"clip": settings.clip} if settings.clip is not None and name in CLIPPABLE else {})
         )
-        points[key] = (estimators[key].estimate(data), estimators[key].estimate(data_none))
-        est[key] = {"plan": [], "none": []}
+        points[key] = {arm: estimators[key].estimate(d) for arm, d in arms.items()}
+        est[key] = {arm: [] for arm in arms}
     logged_reps = []
     for lo in range(0, settings.n_boot, BOOT_CHUNK):
         idx = rng.integers(0, m, size=(min(BOOT_CHUNK, settings.n_boot - lo), m))
         logged_reps.append(reward[idx].mean(axis=1))
         for key, e in estimators.items():
-            est[key]["plan"].append(np.atleast_1d(e.estimate_from_indices(data, idx)))
-            est[key]["none"].append(np.atleast_1d(e.estimate_from_indices(data_none, idx)))
+            for arm, d in arms.items():
+                est[key][arm].append(np.atleast_1d(e.estimate_from_indices(d, idx)))
     lg = np.concatenate(logged_reps)
     a = settings.alpha
     estimates = {}
     for key in settings.estimators:
         p, z = np.concatenate(est[key]["plan"]), np.concatenate(est[key]["none"])
-        vp, vz = points[key]
+        vp, vz = points[key]["plan"], points[key]["none"]
         estimates[key] = {
             "estimator": settings.estimator_of(key),
             "plan": _interval(vp, p, a),
@@ -117,6 +137,10 @@ def evaluate_plan_offline(
             "plan_minus_none": _interval(vp - vz, p - z, a),
             "plan_minus_logged": _interval(vp - logged_value, p - lg, a),
         }
+        if reference is not None:
+            r, vr = np.concatenate(est[key]["reference"]), points[key]["reference"]
+            estimates[key]["reference"] = _interval(vr, r, a)
+            estimates[key]["plan_minus_reference"] = _interval(vp - vr, p - r, a)
     diag = weight_diagnostics(data)
     contacted = taken != 0
     return {
@@ -131,6 +155,7 @@ def evaluate_plan_offline(
         "not_allowed": int((~allowed).sum()),
         "logged_contacts": int((action != 0).sum()),
         "agreement": float((action == taken).mean()),
+        **({"reference_contacts": int((ref_taken != 0).sum())} if reference is not None else {}),
         "logged": _interval(logged_value, lg, a),
         "estimates": estimates,
         "diagnostics": {**diag, "warning": support_warning(diag)},

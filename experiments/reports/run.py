@@ -2,10 +2,12 @@
 document of `experiments.pipeline` and the world it calibrated.
 
 One self-contained HTML page (inline PNGs and stylesheet, relative links to the files beside it),
-built with the reports' kit (experiments.reports.kit). Sections: the answer (the plan, its predicted and
-simulated lift, its offline value); data; calibration and holdout validation; the policy; the
-value table; the budget frontier; the plan by segment, channel and action with every constraint's
-use and shadow price; the simulation; the offline evaluation; the assumptions taken from priors.
+built with the reports' kit (experiments.reports.kit). Sections: the answer (what the chosen horizon
+budget buys, against contacting no one and against the policy alone, on fresh seeds and offline);
+the budget frontier by simulation with the baselines' points; the plan by segment, channel and
+period, the first period's contact list and what one more unit of each constraint is worth; the
+runs on the fresh seeds; the offline evaluation; data; holdout validation; the policy; the
+calibration fit; the assumptions taken from priors.
 """
 
 from __future__ import annotations
@@ -18,14 +20,13 @@ from .world import assumptions, calibration_fit
 
 SECTIONS = (
     ("answer", "The answer"),
-    ("data", "Data"),
-    ("validation", "Holdout validation"),
-    ("policy", "Policy"),
-    ("values", "Value table"),
     ("frontier", "Budget frontier"),
     ("plan", "The plan"),
     ("simulation", "Simulation"),
     ("ope", "Offline evaluation"),
+    ("data", "Data"),
+    ("validation", "Holdout validation"),
+    ("policy", "Policy"),
     ("fit", "Calibration fit"),
     ("assumptions", "Assumptions taken from priors"),
 )
@@ -48,38 +49,58 @@ def _h2(key: str) -> str:
     return f'<h2 id="{key}">{dict(SECTIONS)[key]}</h2>'
 
 
+def _iv_inline(d: dict | None, fmt: str = "{:+,.3f}") -> str:
+    return _iv(d, fmt).replace("<br>", " ")
+
+
 def _answer(doc: dict) -> str:
-    plan, ev, ope = doc["plan"], doc["evaluation"], doc.get("ope")
-    chk = ev["plan_check"]
-    n = doc["calibration"]["customers"]
+    p, ope = doc["plan"], doc.get("ope")
+    chk = p["check"]
     lines = [
-        f"Spend <b>{number(plan['spend'])}</b> of a budget of {number(plan['budget'])} on "
-        f"<b>{plan['assigned_customers']:,}</b> of {n:,} customers "
-        f"(optimality gap certified at {number(100 * plan['gap'], '{:.4f}')} %).",
-        f"Predicted lift (value table): <b>{number(plan['objective'])}</b> in total, "
-        f"{number(chk['predicted_lift_per_customer'], '{:,.3f}')} per customer.",
-        f"Simulated lift on fresh seeds: {number(chk['simulated_lift_per_customer']['mean'], '{:,.3f}')} per customer "
-        f"(95 % CI {number(chk['simulated_lift_per_customer']['ci_low'], '{:,.3f}')} to "
-        f"{number(chk['simulated_lift_per_customer']['ci_high'], '{:,.3f}')}); the prediction is "
-        + ("inside" if chk["predicted_inside_interval"] else "<b>outside</b>")
-        + " the interval.",
+        f"A budget of <b>{number(p['budget'])}</b> for every contact over the next {p['horizon']} periods "
+        f"(pacing {escape(p['pacing'])}) spends <b>{_iv_inline(p['spend'], '{:,.0f}')}</b>; "
+        f"the {escape(p['policy'])} alone would spend {number(p['policy_alone_spend']['mean'], '{:,.0f}')}.",
+        f"Lift per customer over contacting no one, on fresh seeds: <b>{_iv_inline(p['lift_vs_none'])}</b> "
+        f"(discounted CLV over the horizon; predicted on the planning seeds "
+        f"{number(p['predicted_lift']['mean'], '{:+,.3f}')}, "
+        + ("inside" if chk["predicted_inside_fresh_ci"] else "<b>outside</b>")
+        + " the fresh interval).",
+        f"Against the {escape(p['policy'])} alone (what the plan replaces): "
+        f"{_iv_inline(p['lift_vs_policy_alone'])} per customer, for "
+        f"{number(p['policy_alone_spend']['mean'] - p['spend']['mean'], '{:,.0f}')} less spend.",
+        f"Return: {_iv_inline(p['roi'], '{:,.2f}')} of discounted CLV per unit of cash spent. One more unit of "
+        f"budget is worth {number(p['shadow_prices'][0]['shadow_price'], '{:,.3f}')} at the margin.",
+        f"First period: <b>{p['first_period_contacts']:,}</b> contacts in "
+        '<a href="contacts.parquet">contacts.parquet</a> (customer_id, action, channel, segment, value, cost, '
+        "reason), ready for the CRM.",
     ]
     if ope:
         main = "dr" if "dr" in ope["estimates"] else next(iter(ope["estimates"]))
         e = ope["estimates"][main]
-        lines.append(
+        txt = (
             f"Offline ({main.upper()}, first logged decision of {ope['customers']:,} customers in the holdout): "
-            f"plan {number(e['plan']['value'], '{:,.3f}')} per customer against "
-            f"{number(doc['ope']['logged']['value'], '{:,.3f}')} for what the bank did "
-            f"(difference {number(e['plan_minus_logged']['value'], '{:+,.3f}')}, 95 % CI "
-            f"{number(e['plan_minus_logged']['ci_low'], '{:+,.3f}')} to "
-            f"{number(e['plan_minus_logged']['ci_high'], '{:+,.3f}')}) and "
-            f"{number(e['none']['value'], '{:,.3f}')} for contacting no one."
+            f"the first period's contacts {number(e['plan']['value'], '{:,.3f}')} per decision against "
+            f"{number(ope['logged']['value'], '{:,.3f}')} for what the bank did (difference "
+            f"{_iv_inline(e['plan_minus_logged'])}) and {number(e['none']['value'], '{:,.3f}')} for contacting "
+            "no one"
         )
+        if "plan_minus_reference" in e:
+            txt += f"; minus the {escape(ope.get('reference_name', 'policy alone'))}: " + _iv_inline(
+                e["plan_minus_reference"]
+            )
+        lines.append(txt + ".")
     notes = "".join(f'<p class="note warn">{escape(x)}</p>' for x in doc.get("notes", []))
     files = ", ".join(
         f'<a href="{escape(f)}">{escape(f)}</a>'
-        for f in ("plan.parquet", "plan.json", "frontier.json", "evaluation.json", "run.json", "world.json")
+        for f in (
+            "contacts.parquet",
+            "schedule.parquet",
+            "plan.json",
+            "frontier.json",
+            "evaluation.json",
+            "run.json",
+            "world.json",
+        )
         + (("ope.json",) if ope else ())
     )
     return (
@@ -136,14 +157,12 @@ def _validation(doc: dict, out: Path) -> str:
 def _policy(doc: dict) -> str:
     p = doc["policy"]
     if not p.get("trained"):
-        return (
-            _h2("policy") + f"<p>After the plan's first period customers follow <code>{escape(p['policy'])}</code>.</p>"
-        )
+        return _h2("policy") + f"<p>The budget pays for the contacts <code>{escape(p['policy'])}</code> proposes.</p>"
     out = [
         _h2("policy"),
         f"<p>{escape(p['algo'])} trained for {p['steps']:,} customer-periods (seed {p['seed']}"
         + (", reused from an earlier run" if p.get("reused") else f", {number(p.get('seconds'), '{:,.0f}')} s")
-        + ") in the calibrated world; it decides after the plan's first period. Model: "
+        + ") in the calibrated world; the budget pays for the contacts it proposes. Model: "
         '<a href="policy/model.zip">policy/model.zip</a>, card: <a href="policy/card.json">policy/card.json</a>.</p>',
     ]
     curve = p.get("training_curve") or []
@@ -158,124 +177,157 @@ def _policy(doc: dict) -> str:
     return "".join(out)
 
 
-def _values(doc: dict) -> str:
-    v = doc["values"]
-    rows = [
-        [
-            escape(a),
-            number(v["mean_value_by_action"].get(a), "{:,.3f}"),
-            number(v["mean_standard_error_by_action"].get(a), "{:,.3f}"),
-            number(v["mean_cost_by_action"].get(a), "{:,.3f}"),
-        ]
-        for a in v["mean_value_by_action"]
-    ]
-    return (
-        _h2("values") + f'<p class="note">{v["rows"]:,} rows: {v["customers_with_options"]:,} of {v["customers"]:,} '
-        f"customers have an allowed contact. Value: simulated incremental CLV of the action now over no contact "
-        f"now, {v['continuation']} afterwards, over {v['horizon']} periods, {v['replications']} replications "
-        "(common random numbers), net of the contact's cost.</p>"
-        + table(["action", "mean value", "mean std. error", "mean cost"], rows)
-    )
-
-
 def _frontier(doc: dict, out: Path) -> str:
     fr = doc["frontier"]
     rows = []
-    for p in fr["points"]:
-        if p["objective"] is None:
-            rows.append([number(p["budget"]), "infeasible", "–", "–", "–", escape(p.get("message", ""))])
-            continue
+    for q in fr["points"]:
         sp = "; ".join(
-            f"{escape(s['constraint'])} {number(s['shadow_price'], '{:.4g}')}"
-            for s in p.get("shadow_prices") or []
-            if s.get("shadow_price")
+            f"{escape(x['constraint'])} {number(x['shadow_price'], '{:.4g}')}"
+            for x in q.get("shadow_prices") or []
+            if x.get("shadow_price")
         )
         rows.append(
             [
-                number(p["budget"]),
-                number(p["objective"]),
-                number(100 * p["gap"], "{:.4f}"),
-                number(p["spend"]),
-                number(p.get("marginal_value"), "{:.4f}"),
+                number(q["budget"], "{:,.0f}"),
+                _iv(q["spend"], "{:,.0f}"),
+                _iv(q["lift_vs_none"], "{:+,.3f}"),
+                number(q["predicted_lift"]["mean"], "{:+,.3f}")
+                + ("" if q["check"]["predicted_inside_fresh_ci"] else " ✗"),
+                _iv(q["lift_vs_policy_alone"], "{:+,.3f}"),
+                number(q.get("marginal_value"), "{:,.2f}"),
                 sp or "–",
             ]
         )
+    refs = [
+        [
+            escape(r["policy"]),
+            _iv(r["spend"], "{:,.0f}"),
+            _iv(r["lift_vs_none"], "{:+,.3f}"),
+            number(r["frontier_lift_at_its_spend"], "{:+,.3f}"),
+            "yes" if r["frontier_at_least_as_good"] else "<b>no</b>",
+        ]
+        for r in fr["references"]
+    ]
+    flags = (
+        f"Increasing within the intervals: {'yes' if fr['increasing_within_ci'] else '<b>no</b>'}; concave: "
+        f"{'yes' if fr['concave'] else '<b>no</b>'}; every prediction inside its fresh interval: "
+        f"{'yes' if fr['honest'] else '<b>no</b> (✗ marks the budgets where it is not)'}."
+    )
     return (
         _h2("frontier")
+        + f'<p class="note">Each point is the budgeted {escape(fr["policy"])} simulated over {fr["horizon"]} periods '
+        f"for {fr['customers']:,} customers on fresh seeds (never used to set the plan's price), 95 % intervals over "
+        "seeds; the squares are the policies run unbudgeted on the same seeds. Lift: discounted CLV per customer "
+        "over contacting no one; marginal value: total CLV per unit of cash between budgets.</p>"
         + png_file(out / "frontier.png", "budget frontier")
-        + table(["budget", "value", "gap %", "spend", "marginal value", "shadow prices"], rows)
+        + table(
+            [
+                "budget",
+                "spend",
+                "lift vs none",
+                "predicted",
+                f"vs {escape(fr['policy'])} alone",
+                "marginal value",
+                "shadow prices",
+            ],
+            rows,
+        )
+        + f"<p>{flags}</p><h3>Policies beside the frontier</h3>"
+        + table(["policy", "spend", "lift vs none", "frontier at its spend", "frontier at least as good"], refs)
     )
 
 
-def _plan(doc: dict) -> str:
+def _by_period_chart(plan: dict) -> str:
+    per = plan.get("by_period") or []
+    if not per:
+        return ""
+    fig, ax = figure(6.5, 2.8)
+    ax = ax[0][0]
+    ax.bar([r["period"] for r in per], [r["spend"] for r in per], color="#1f77b4")
+    ax.set_xlabel("period")
+    ax.set_ylabel("spend (mean over fresh seeds)")
+    ax.grid(alpha=0.3, axis="y")
+    return inline_png(fig, "spend per period")
+
+
+def _plan(doc: dict, out: Path) -> str:
     p = doc["plan"]
-    t = p["totals"]
-    seg = [
-        [
-            escape(r["segment"]),
-            f"{r['customers']:,}",
-            f"{r['assigned']:,}",
-            number(r["coverage"], "{:.3f}"),
-            number(r["spend"]),
-            number(r["value"]),
-        ]
-        for r in t["segment"]
+    seg = [[escape(r["segment"]), _iv(r["contacts"], "{:,.0f}"), _iv(r["spend"], "{:,.0f}")] for r in p["by_segment"]]
+    ch = [[escape(r["channel"]), _iv(r["contacts"], "{:,.0f}"), _iv(r["spend"], "{:,.0f}")] for r in p["by_channel"]]
+    shadow = [
+        [escape(x["constraint"]), number(x["shadow_price"], "{:,.4g}"), escape(x["meaning"])]
+        for x in p["shadow_prices"]
     ]
-    act = [
-        [escape(r["action"]), escape(r["channel"]), f"{r['assigned']:,}", number(r["spend"]), number(r["value"])]
-        for r in t["action"]
-        if r["assigned"]
-    ]
-    use = [
-        [
-            escape(u["constraint"]),
-            number(u["used"], "{:,.4g}"),
-            number(u["limit"], "{:,.4g}"),
-            number(s["shadow_price"], "{:,.4g}"),
-            escape(s["per"]),
-        ]
-        for u, s in zip(p["usage"], p["shadow_prices"])
-    ]
+    first = ""
+    path = out / "contacts.parquet"
+    if path.is_file():
+        import pandas as pd
+
+        c = pd.read_parquet(path)
+        top = c.head(15)
+        first = (
+            f'<h3>First period\'s contact list</h3><p class="note">{len(c):,} contacts, best value first; the '
+            'whole list in <a href="contacts.parquet">contacts.parquet</a>.</p>'
+            + table(
+                ["customer_id", "action", "channel", "segment", "value", "cost", "reason"],
+                [
+                    [
+                        escape(r.customer_id),
+                        escape(r.action),
+                        escape(r.channel),
+                        escape(r.segment),
+                        number(r.value, "{:,.2f}"),
+                        number(r.cost, "{:,.2f}"),
+                        escape(r.reason),
+                    ]
+                    for r in top.itertuples()
+                ],
+                left=4,
+            )
+        )
     return (
-        _h2("plan") + f"<p>{escape(p['method'])} ({escape(p['solver'])}): value {number(p['objective'])}, upper bound "
-        f"{number(p['bound'])}, certified gap {number(100 * p['gap'], '{:.4f}')} %. One row per customer with its "
-        'explanation in <a href="plan.parquet">plan.parquet</a>.</p>'
+        _h2("plan")
+        + f'<p class="note">Over {p["horizon"]} periods on the fresh seeds (mean and 95 % interval over seeds): '
+        'the schedule per period x segment x channel is in <a href="schedule.parquet">schedule.parquet</a>. '
+        f"The contact values come from rollouts of the policy on twins of their own (held-out R² "
+        f"{number((p.get('value_model') or {}).get('heldout_r2'), '{:.2f}')}).</p>"
         "<h3>By segment</h3>"
-        + table(["segment", "customers", "contacted", "coverage", "spend", "value"], seg)
-        + "<h3>By action</h3>"
-        + table(["action", "channel", "customers", "spend", "value"], act, left=2)
-        + "<h3>Constraints</h3>"
-        + table(["constraint", "used", "limit", "shadow price", "per"], use)
+        + table(["segment", "contacts", "spend"], seg)
+        + "<h3>By channel</h3>"
+        + table(["channel", "contacts", "spend"], ch)
+        + "<h3>By period</h3>"
+        + _by_period_chart(p)
+        + "<h3>What one more unit of each constraint is worth</h3>"
+        + table(["constraint", "shadow price", "meaning"], shadow, left=1)
+        + first
     )
 
 
 def _simulation(doc: dict) -> str:
     ev = doc["evaluation"]
-    names = list(ev["policies"])
     rows = []
-    for n in names:
-        m = ev["policies"][n]
-        vs = ev["vs_none"].get(n)
+    for name, r in ev["runs"].items():
         rows.append(
             [
-                escape(n),
-                _iv(m["clv"]),
-                _iv(vs) if vs else "–",
-                _iv(m["retention"], "{:.3f}"),
-                _iv(m["marketing_roi"]),
-                _iv(m["contacts"]),
-                _iv(m["cross_sell_rate"], "{:.3f}"),
+                escape(name),
+                _iv(r["clv"]),
+                _iv(r.get("lift_vs_none"), "{:+,.3f}") if r.get("lift_vs_none") else "–",
+                _iv(r["spend"], "{:,.0f}"),
+                _iv(r.get("contacts"), "{:,.2f}") if r.get("contacts") else "–",
             ]
         )
-    chk = ev["plan_check"]
+    c = ev["check"]
     return (
-        _h2("simulation") + f'<p class="note">{ev["customers"]:,} customers (the book) x {ev["periods"]} periods, '
-        f"seeds {escape(', '.join(str(s) for s in ev['seeds_used']))} (not the value table's), common random numbers; "
-        "mean and 95 % interval over seeds. CLV is discounted margin minus contact cost per customer.</p>"
-        + table(["run", "CLV", "CLV vs none", "retention", "marketing ROI", "contacts", "cross-sell"], rows)
-        + f"<p><b>Plan check.</b> {escape(chk['note'])}: predicted "
-        f"{number(chk['predicted_lift_per_customer'], '{:,.3f}')}, simulated "
-        f"{_iv(chk['simulated_lift_per_customer'], '{:,.3f}').replace('<br>', ' ')} per customer.</p>"
+        _h2("simulation") + f'<p class="note">{ev["customers"]:,} customers (the book) x {ev["periods"]} periods on '
+        f"fresh seeds {escape(', '.join(str(x) for x in ev['seeds_used']))}, common random numbers; the plan's price "
+        f"was set on seeds {escape(', '.join(str(x) for x in ev['planning_seeds']))}. CLV is discounted margin of "
+        "transactions and products held minus contact cost, per customer.</p>"
+        + table(["run", "CLV", "CLV vs none", "spend (whole book)", "contacts per customer"], rows)
+        + f"<p><b>Plan check.</b> Predicted lift {_iv_inline(c['predicted_lift'])}, on fresh seeds "
+        f"{_iv_inline(c['fresh_lift'])}: the prediction is "
+        + ("inside" if c["predicted_inside_fresh_ci"] else "<b>outside</b>")
+        + f" the fresh interval ({escape(c['note'])}). Against the policy alone: "
+        f"{_iv_inline(ev['plan_vs_policy_alone'])}.</p>"
     )
 
 
@@ -288,6 +340,7 @@ def _ope(doc: dict) -> str:
             + escape("; ".join(doc.get("notes", [])) or "No offline evaluation in this run.")
             + "</p>"
         )
+    ref = o.get("reference_name", "policy alone")
     rows = [
         [
             escape(k),
@@ -296,21 +349,24 @@ def _ope(doc: dict) -> str:
             _ivv(e["plan_minus_none"], "{:+,.3f}"),
             _ivv(e["plan_minus_logged"], "{:+,.3f}"),
         ]
+        + ([_ivv(e["plan_minus_reference"], "{:+,.3f}")] if "plan_minus_reference" in e else [])
         for k, e in o["estimates"].items()
     ]
+    header = ["estimator", "plan", "no contact", "plan − no contact", "plan − bank"] + (
+        [f"plan − {escape(ref)}"] if any("plan_minus_reference" in e for e in o["estimates"].values()) else []
+    )
     d = o["diagnostics"]
     warn = f'<p class="note warn">{escape(d["warning"])}</p>' if d.get("warning") else ""
     return (
         _h2("ope") + f'<p class="note">Reward per decision: margin from the decision to the customer\'s next one '
         f"minus its cost, on the first logged decision of each of {o['customers']:,} book customers between "
-        f"{escape(o['window']['start'])} and {escape(o['window']['end'])}. The plan contacts {o['plan_contacts']:,} of them "
+        f"{escape(o['window']['start'])} and {escape(o['window']['end'])}. The plan's first period contacts "
+        f"{o['plan_contacts']:,} of them "
         f"({o['not_allowed']:,} planned contacts were no longer allowed at that decision and count as none); the bank "
         f"contacted {o['logged_contacts']:,}; they agree on {number(100 * o['agreement'], '{:.1f}')} % of decisions. "
         f"What the bank actually earned: {_ivv(o['logged']).replace('<br>', ' ')} per decision. Intervals: paired "
         f"bootstrap over customers ({o['bootstrap']['resamples']} resamples). Effective sample size of the plan's "
-        f"weights {number(d['ess'], '{:,.0f}')} of {d['n']:,}.</p>"
-        + table(["estimator", "plan", "no contact", "plan − no contact", "plan − bank"], rows)
-        + warn
+        f"weights {number(d['ess'], '{:,.0f}')} of {d['n']:,}.</p>" + table(header, rows) + warn
     )
 
 
@@ -321,14 +377,13 @@ def build_run_report_html(out: Path, doc: dict, world: Any) -> str:
             f"<h1>Run report: {escape(doc['name'])}</h1>",
             nav,
             _answer(doc),
+            _frontier(doc, out),
+            _plan(doc, out),
+            _simulation(doc),
+            _ope(doc),
             _data(doc),
             _validation(doc, out),
             _policy(doc),
-            _values(doc),
-            _frontier(doc, out),
-            _plan(doc),
-            _simulation(doc),
-            _ope(doc),
             calibration_fit(world, world.to_dict()),
             assumptions(world),
         ]
