@@ -285,14 +285,17 @@ def run_bank_weeks(
     choose: Chooser,
     before_step: Callable[[int, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
     after_step: Callable[[int, Any], None] | None = None,
+    weeks: int | None = None,
 ) -> BankRun:
     """The week loop of the generating world: signups, decision points (the policy behind `choose`
     acts), one simulator step per week, the logs of transactions counts, decisions and product
     events. `before_step(w, deciding, actions, probs)` sees the simulator just before week w's step
-    (in weeks with decision points); `after_step(w, outcome)` sees the StepOutcome of week w."""
+    (in weeks with decision points); `after_step(w, outcome)` sees the StepOutcome of week w.
+    `weeks`: stop after this many weeks of the window (the state is then the world's as of that
+    week's end: what a plan made at a calibration date starts from)."""
     cfg, sim = run.cfg, run.sim
     st = sim.state
-    N, Wk = cfg.customers, cfg.weeks
+    N, Wk = cfg.customers, cfg.weeks if weeks is None else min(int(weeks), cfg.weeks)
     birth, init_products, born = run.birth, run.init_products, run.born
     for w in range(Wk):
         newborn = birth == w

@@ -321,3 +321,46 @@ def test_clv_plan_gives_the_same_numbers_on_ray_workers_as_in_process(calibrated
     for key in ("spend", "lift_vs_none", "lift_vs_policy_alone", "predicted_lift", "price", "by_channel"):
         assert a[key] == b[key], key
     pd.testing.assert_frame_equal(ca, cb)
+
+
+# ---- the plan in the generating world ---------------------------------------------------------
+def test_the_generating_world_resumes_the_history_the_world_was_calibrated_on(setup):
+    """Run to the calibration week, the generating world has written exactly the history's
+    transactions of those weeks: the plan's true customers start from the past it was made on."""
+    from experiments.budget_truth import calibration_weeks
+    from sim.synthetic import BankConfig, generate_bank_history, logging_chooser, run_bank_weeks, start_bank_run
+
+    _, world, _, _, _, _ = setup
+    cfg = BankConfig(customers=800, weeks=80, seed=5)  # conftest's calibrated_world
+    hist, _ = generate_bank_history(cfg)
+    weeks = calibration_weeks(cfg, world.calibration_end)
+    assert weeks == 77  # 2023-06-30 is a Friday: the week it falls in is left out
+    run = start_bank_run(cfg)
+    run_bank_weeks(run, logging_chooser(run), weeks=weeks)
+    rows = sum(int(np.minimum(n, 7).sum()) for n in run.tx_n)  # the history writes <= 7 rows a week
+    end = pd.Timestamp(cfg.start) + pd.Timedelta(days=7 * weeks)
+    assert rows == int((hist.transactions["date"] < end).sum()) > 0 and len(run.tx_n) == weeks
+
+
+def test_the_plan_runs_on_the_true_customers_within_its_budget(setup):
+    from experiments.budget_plan import PlanSettings, plan_at, prepare_plan
+    from experiments.budget_truth import check_in_truth, truth_runs
+    from sim.synthetic import BankConfig
+
+    _, world, book, pol, _, _ = setup
+    cfg = BankConfig(customers=800, weeks=80, seed=5)
+    settings = PlanSettings(budget=1.0, horizon=T, seeds=2, value_customers=200, value_horizon=6)
+    ctx = prepare_plan(world, book, pol, settings, "greedy_uplift")
+    budget = 0.3 * np.mean([a.spend for a in ctx.alone_plan])
+    doc = plan_at(ctx, budget).to_dict()
+    rule = BudgetRule(budget, T, price=doc["price"])
+    runs = truth_runs(ctx, cfg, rule, [0, 1])
+    assert all(r.spend == 0 for r in runs["none"]) and all(0 < r.spend <= budget + 1e-9 for r in runs["budgeted"])
+    assert all(r.spend > budget for r in runs["policy"])  # the budget binds in the true world too
+    assert all(len(r.clv) == len(book) for m in runs.values() for r in m)
+    again = truth_runs(ctx, cfg, rule, [1])
+    np.testing.assert_array_equal(again["budgeted"][0].clv, runs["budgeted"][1].clv)  # a seed is a seed
+    check = check_in_truth(ctx, cfg, doc, None, [0, 1])
+    assert check["customers"] == len(book) and check["spend"]["mean"] <= budget + 1e-9
+    assert {"predicted_inside_truth_ci", "fresh_inside_truth_ci"} <= set(check)
+    assert np.isfinite(check["lift_vs_none"]["mean"])
