@@ -306,12 +306,16 @@ def plan_at(
     contacts["reason"] = [_reason(v, c, price, rule.pacing) for v, c in zip(contacts["value"], contacts["cost"])]
     contacts = contacts.sort_values("value", ascending=False, kind="stable").reset_index(drop=True)
 
+    spent_all = float(np.mean(spend)) >= 0.95 * settings.budget  # the budget, not the constraints, ends spending
     shadow = [
         {
             "constraint": "budget",
-            "shadow_price": (0.0 if price is None else price) if rule.pacing == "horizon" else float("nan"),
+            "shadow_price": (0.0 if price is None or not spent_all else price)
+            if rule.pacing == "horizon"
+            else float("nan"),
             "meaning": "discounted CLV (over the whole book) that one more unit of budget buys at the margin: "
-            "the horizon price",
+            "the horizon price"
+            + ("" if spent_all else f"; 0: the constraints keep the spend at {float(np.mean(spend)):,.0f}"),
         }
     ]
     mults = [m for r in fresh for m in r.multipliers]
@@ -319,11 +323,17 @@ def plan_at(
         m = np.mean(np.array(mults), axis=0)
         offset = len(m) - len(constraints)
         for k, c in enumerate(constraints):
+            unit = {
+                "capacity": "one more contact allowed",
+                "max-share": "one more unit of share (0.01 = one percentage point: a hundredth of it)",
+                "min-coverage": "one more unit of coverage required (0.01 = one percentage point: a hundredth of "
+                "it; a cost)",
+            }.get(c.kind, "one more unit")
             shadow.append(
                 {
                     "constraint": c.name,
                     "shadow_price": float(m[offset + k]) * T,
-                    "meaning": "value of one more unit in every period of the horizon",
+                    "meaning": f"discounted CLV over the horizon of {unit} in every period",
                 }
             )
 
@@ -340,7 +350,7 @@ def plan_at(
         "spend_share_min": float(min(spend) / settings.budget),
         "spend_share_max": float(max(spend) / settings.budget),
         "policy_alone_spend": interval([a.spend for a in alone_f]),
-        "budget_binds": bool(np.mean([a.spend for a in alone_p]) > settings.budget),
+        "budget_binds": bool(np.mean([a.spend for a in alone_p]) > settings.budget and spent_all),
         "clv": interval([b.clv.mean() for b in fresh]),
         "clv_none": interval([x.clv.mean() for x in none_f]),
         "contacts": interval([b.contacts / n for b in fresh]),

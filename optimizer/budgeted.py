@@ -149,6 +149,20 @@ def _greedy_fill(score: np.ndarray, cost: np.ndarray, cap: float, positive_only:
 class PeriodChoice:
     rows: np.ndarray  # indexes into the period's proposals that go ahead
     multipliers: np.ndarray | None = None  # the optimizer's, when it was used
+    coverage_need: float = 0.0  # what this period's minimum coverage cost at least
+
+
+def coverage_need(constraints: list, cost: np.ndarray, segment: np.ndarray, world) -> float:
+    """The least a period's minimum-coverage constraints cost: the cheapest share F of each named
+    segment's proposals (capacities and shares left aside: a lower bound, what is reserved)."""
+    names = [s.name for s in world.segments]
+    need = 0.0
+    for c in constraints:
+        if c.kind == "min-coverage" and c.scope == "segment" and c.key in names:
+            rows = np.flatnonzero(segment == names.index(c.key))
+            k = int(np.ceil(c.limit * rows.size - 1e-9))
+            need += float(np.sort(cost[rows])[:k].sum())
+    return need
 
 
 def choose_contacts(
@@ -161,8 +175,10 @@ def choose_contacts(
     t: int,
     world,
     lam0: np.ndarray | None = None,
+    need_seen: float = 0.0,
 ) -> PeriodChoice:
-    """The proposals (value, cost, catalogue action, segment index) that go ahead in period t."""
+    """The proposals (value, cost, catalogue action, segment index) that go ahead in period t.
+    `need_seen`: the largest coverage need of the run's earlier periods (what is kept for later ones)."""
     cap = rule.period_cap(spent, t)
     priced = rule.pacing == "horizon" and rule.price is not None
     score = value - rule.price * cost if priced else value
@@ -173,6 +189,13 @@ def choose_contacts(
     from .allocate import allocate
     from .diagnose import InfeasibleError
     from .problem import AllocationProblem, budget_constraint
+
+    need = coverage_need(rule.constraints, cost, segment, world)
+    if need > 0 and np.isfinite(cap) and rule.pacing != "even":
+        # keep for every later period the most a period's coverage has cost in this run, so that
+        # coverage does not run out of money before the horizon ends (needs vary by +-40 % from
+        # period to period on the test bank; even pacing keeps a share per period already)
+        cap = max(cap - max(need, need_seen) * (rule.periods - t - 1), min(cap, need))
     from .values import ValueTable
 
     n = value.size
@@ -207,14 +230,16 @@ def choose_contacts(
         d = e.diagnosis
         if budget_row and "budget" in d.conflicts and d.smallest_budget is not None:
             others = ", ".join(c for c in d.conflicts if c != "budget")
+            at_least = spent + d.smallest_budget * (rule.periods - t)
             d = replace(
                 d,
+                smallest_budget=at_least,
                 message=f"the budget left for this period ({cap:,.2f} of {rule.budget:,.2f} for the horizon) cannot "
-                f"pay for {others}, which needs {d.smallest_budget:,.2f} in this period: raise the budget, spread "
-                "it with the even pacing, or relax the constraint",
+                f"pay for {others}, which needs {d.smallest_budget:,.2f} in this period; a horizon budget of about "
+                f"{at_least:,.0f} would pay for it in every period left (raise the budget, or relax the constraint)",
             )
         raise InfeasibleError(d, f"period {t}") from None
-    return PeriodChoice(np.flatnonzero(alloc.units.sum(axis=1) > 0), np.asarray(alloc.multipliers, float))
+    return PeriodChoice(np.flatnonzero(alloc.units.sum(axis=1) > 0), np.asarray(alloc.multipliers, float), need)
 
 
 # ---- one run over the horizon -------------------------------------------------------------------
@@ -309,7 +334,7 @@ def run_horizon(
     offsets = np.cumsum([0] + [s.state.n for s in sims])[:-1]
     shape = (n_seg, max(n_ch, 1))
     rows_out: list[dict] = []
-    spent, contacts, lam = 0.0, 0, None
+    spent, contacts, lam, need_seen = 0.0, 0, None, 0.0
     first = None
     mults: list = []
     recorded: list = []
@@ -332,7 +357,8 @@ def run_horizon(
                 v = np.concatenate([values.of(o, c, p[c]) for (p, o), c in zip(asked, cand)])
                 a = np.concatenate([p[c] for c, p in zip(cand, props)])
                 seg = np.concatenate([s.state.segment[c] for s, c in zip(sims, cand)])
-                choice = choose_contacts(rule, v, cost_of[a], a, seg, spent, t, world, lam)
+                choice = choose_contacts(rule, v, cost_of[a], a, seg, spent, t, world, lam, need_seen)
+                need_seen = max(need_seen, choice.coverage_need)
                 if choice.multipliers is not None:
                     lam = choice.multipliers
                     mults.append(lam)
@@ -516,7 +542,13 @@ def tune_price(
     else:  # a lower price (below 0 if need be): lower it until the spend exceeds the budget
         hi, s_hi = p0, s0
         lo, s_lo = p0 - step, spend_at(p0 - step)
+        flat = 0
         while s_lo <= budget and step < 1e6:
+            # the constraints may hold the spend below the budget whatever the price: once two lower
+            # prices add (almost) nothing, every proposal they allow already goes ahead
+            flat = flat + 1 if s_lo - s_hi <= 0.002 * budget else 0
+            if flat >= 2:
+                return lo, trace
             hi, s_hi, step = lo, s_lo, step * 2
             lo, s_lo = hi - step, spend_at(hi - step)
         if s_lo <= budget:  # even then within the budget: the lowest price tried

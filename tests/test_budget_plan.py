@@ -364,3 +364,23 @@ def test_the_plan_runs_on_the_true_customers_within_its_budget(setup):
     assert check["customers"] == len(book) and check["spend"]["mean"] <= budget + 1e-9
     assert {"predicted_inside_truth_ci", "fresh_inside_truth_ci"} <= set(check)
     assert np.isfinite(check["lift_vs_none"]["mean"])
+
+
+def test_coverage_keeps_money_for_the_periods_after(setup, monkeypatch):
+    """Horizon pacing with a minimum coverage: each period keeps what its coverage costs for every
+    later one, so the budget does not run dry before the horizon ends (without the reserve the
+    price spends it early and a late period cannot pay for its coverage)."""
+    import optimizer.budgeted as budgeted
+    from optimizer.diagnose import InfeasibleError
+
+    _, world, book, _, fn, values = setup
+    seg = world.segments[0].name
+    cons = [parse_constraint("min-coverage", f"segment:{seg}=0.5")]
+    alone = run_horizon(world, book, fn, T, 0, "policy")
+    budget = alone.spend / 1.5
+    rule = BudgetRule(budget, T, "horizon", price=-1.0, constraints=cons)  # a price that spends freely
+    run = run_horizon(world, book, fn, T, 0, "budgeted", rule, values)
+    assert 0 < run.spend <= budget + 1e-9 and run.by_period["period"].max() == T - 1
+    monkeypatch.setattr(budgeted, "coverage_need", lambda *a: 0.0)
+    with pytest.raises(InfeasibleError, match="period"):
+        run_horizon(world, book, fn, T, 0, "budgeted", rule, values)
