@@ -81,13 +81,13 @@ def _answer(doc: dict) -> str:
             f"Offline ({main.upper()}, first logged decision of {ope['customers']:,} customers in the holdout): "
             f"the first period's contacts {number(e['plan']['value'], '{:,.3f}')} per decision against "
             f"{number(ope['logged']['value'], '{:,.3f}')} for what the bank did (difference "
-            f"{_iv_inline(e['plan_minus_logged'])}) and {number(e['none']['value'], '{:,.3f}')} for contacting "
+            f"{_ivv(e['plan_minus_logged'], '{:+,.3f}').replace('<br>', ' ')}) and {number(e['none']['value'], '{:,.3f}')} for contacting "
             "no one"
         )
         if "plan_minus_reference" in e:
-            txt += f"; minus the {escape(ope.get('reference_name', 'policy alone'))}: " + _iv_inline(
-                e["plan_minus_reference"]
-            )
+            txt += f"; minus the {escape(ope.get('reference_name', 'policy alone'))}: " + _ivv(
+                e["plan_minus_reference"], "{:+,.3f}"
+            ).replace("<br>", " ")
         lines.append(txt + ".")
     notes = "".join(f'<p class="note warn">{escape(x)}</p>' for x in doc.get("notes", []))
     files = ", ".join(
