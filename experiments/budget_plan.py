@@ -288,6 +288,8 @@ def plan_at(
         for p, r in per_period.iterrows()
     ]
 
+    from sim.history import restore_customer_ids
+
     first = planned[0].first_period
     ids = book["customer_id"].to_numpy() if settings.customers is None else None
     names = np.asarray(world.catalogue.names, dtype=object)
@@ -295,7 +297,9 @@ def plan_at(
     seg_idx = book["segment"].to_numpy() if "segment" in book.columns else np.zeros(len(book), int)
     contacts = pd.DataFrame(
         {
-            "customer_id": ids[first["row"].to_numpy()] if ids is not None else first["row"].to_numpy(),
+            "customer_id": restore_customer_ids(ids[first["row"].to_numpy()], world.customer_id_type)
+            if ids is not None
+            else first["row"].to_numpy(),
             "action": names[first["action"].to_numpy()],
             "channel": ch_of[first["action"].to_numpy()],
             "segment": [segs[int(i)] for i in seg_idx[first["row"].to_numpy()]] if ids is not None else "",

@@ -991,6 +991,31 @@ def _summarise_transactions(tx: pd.DataFrame) -> tuple[pa.Array, dict[str, int]]
     }
 
 
+_CANONICAL_INT = r"-?(?:0|[1-9][0-9]{0,17})"  # round-trips through int64 and back to the same text
+
+
+def customer_id_type(raw: pd.Series, ids: pd.Series) -> str:
+    """"integer" when the user's customer ids are integers (an integer Parquet column, or CSV cells
+    that all read as integers written without leading zeros), else "text": outputs give the ids
+    back in the user's own type (`restore_customer_ids`), while everything inside uses text."""
+    if pd.api.types.is_bool_dtype(raw.dtype):
+        return "text"
+    if pd.api.types.is_integer_dtype(raw.dtype):
+        return "integer"
+    if pd.api.types.is_float_dtype(raw.dtype) or not len(ids):
+        return "text"
+    u = pd.Series(pd.unique(ids.to_numpy(dtype=object)), dtype="str")
+    return "integer" if bool(u.str.fullmatch(_CANONICAL_INT).all()) else "text"
+
+
+def restore_customer_ids(ids, id_type: str | None) -> np.ndarray:
+    """Customer ids (text inside clv-engine) in the user's own type: int64 for "integer"."""
+    ids = np.asarray(ids, dtype=object)
+    if id_type == "integer" and ids.size:
+        return ids.astype(str).astype(np.int64)
+    return ids
+
+
 def load_history(folder: str | Path) -> History:
     """Read and validate a history folder; raises HistoryError (file, row, column) on bad input."""
     folder = Path(folder)
@@ -1007,6 +1032,7 @@ def load_history(folder: str | Path) -> History:
     assert raw is not None
     skipped += int(raw.attrs.get("blank_rows_skipped", 0))
     tx = validate_transactions(raw, tx_file)
+    report["customer_id_type"] = customer_id_type(raw["customer_id"], tx["customer_id"])
     del raw
     report["transactions_rows"] = len(tx)
     tx_ids, counts = _summarise_transactions(tx)

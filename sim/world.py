@@ -154,6 +154,12 @@ class WorldModel:
             "book_file": self.book_file,
         }
 
+    @property
+    def customer_id_type(self) -> str:
+        """How the history gave its customer ids ("integer" or "text"; sim.history.customer_id_type):
+        outputs a user loads give them back that way."""
+        return (self.source.get("report") or {}).get("customer_id_type", "text")
+
     def hash(self) -> str:
         """Content hash (sha256 of the canonical JSON), used to tie results to a world. The fit's
         timings ("seconds") are left out: the same history and seed give the same hash."""

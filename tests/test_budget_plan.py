@@ -384,3 +384,42 @@ def test_coverage_keeps_money_for_the_periods_after(setup, monkeypatch):
     monkeypatch.setattr(budgeted, "coverage_need", lambda *a: 0.0)
     with pytest.raises(InfeasibleError, match="period"):
         run_horizon(world, book, fn, T, 0, "budgeted", rule, values)
+
+
+def test_contact_list_gives_integer_customer_ids_back_as_integers(tmp_path):
+    """A history whose customer ids are integers gets integers back in contacts.parquet (text
+    ids stay text: the other tests)."""
+    import shutil
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "examples" / "my_bank"
+    hist = tmp_path / "hist"
+    shutil.copytree(src, hist)
+    for f in hist.glob("*.csv"):
+        df = pd.read_csv(f, dtype=str)
+        df["customer_id"] = df["customer_id"].str.lstrip("C").astype(int)  # C000123 -> 123
+        df.to_csv(f, index=False)
+    ok_json(
+        clv("calibrate", hist, "--calibration-end", "2024-06-30", "--out", tmp_path / "w.json", "--json")
+    )
+    assert WorldModel.load(tmp_path / "w.json").customer_id_type == "integer"
+    ok_json(
+        clv(
+            "plan",
+            tmp_path / "w.json",
+            "--budget",
+            "20",
+            "--horizon",
+            4,
+            "--seeds",
+            2,
+            "--workers",
+            0,
+            "--out",
+            tmp_path / "p",
+            "--json",
+        )
+    )
+    c = pd.read_parquet(tmp_path / "p" / "contacts.parquet")
+    ids = set(pd.read_csv(hist / "transactions.csv")["customer_id"])
+    assert len(c) and c["customer_id"].dtype == np.int64 and set(c["customer_id"]) <= ids

@@ -468,6 +468,7 @@ def test_happy_path_all_tables(tmp_path):
         period="week", margin_rate=0.015, product_margin_per_period={"credit_card": 2.0}, annual_discount_rate=0.08
     )
     assert h.report == {
+        "customer_id_type": "text",  # 00001: leading zeros are text, kept as the user wrote them
         "transactions_rows": 6,
         "customers_rows": 3,
         "products_rows": 3,
@@ -690,3 +691,26 @@ def test_large_file_loads_in_seconds(tmp_path):
     assert time.perf_counter() - t0 < 20.0
     assert len(h.transactions) == n
     assert h.transactions["amount"].sum() == pytest.approx(df["amount"].sum())
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        (pd.Series([3, 1, 2], dtype="int64"), "integer"),
+        (pd.Series(["3", "10", "-2", "0"]), "integer"),
+        (pd.Series(["007", "10"]), "text"),  # leading zeros would be lost as integers
+        (pd.Series(["C1", "2"]), "text"),
+        (pd.Series(["12345678901234567890"]), "text"),  # beyond int64
+        (pd.Series([1.0, 2.0]), "text"),
+        (pd.Series([True, False]), "text"),
+    ],
+)
+def test_customer_id_type_is_what_the_user_wrote(raw, expected):
+    from sim.history import customer_id_type, restore_customer_ids
+
+    ids = raw.astype(str)
+    got = customer_id_type(raw, ids)
+    assert got == expected
+    back = restore_customer_ids(ids.to_numpy(), got)
+    if got == "integer":
+        assert back.dtype == np.int64 and back.astype(str).tolist() == ids.tolist()
