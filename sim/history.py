@@ -995,7 +995,7 @@ _CANONICAL_INT = r"-?(?:0|[1-9][0-9]{0,17})"  # round-trips through int64 and ba
 
 
 def customer_id_type(raw: pd.Series, ids: pd.Series) -> str:
-    """"integer" when the user's customer ids are integers (an integer Parquet column, or CSV cells
+    """ "integer" when the user's customer ids are integers (an integer Parquet column, or CSV cells
     that all read as integers written without leading zeros), else "text": outputs give the ids
     back in the user's own type (`restore_customer_ids`), while everything inside uses text."""
     if pd.api.types.is_bool_dtype(raw.dtype):

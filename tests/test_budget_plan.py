@@ -399,9 +399,7 @@ def test_contact_list_gives_integer_customer_ids_back_as_integers(tmp_path):
         df = pd.read_csv(f, dtype=str)
         df["customer_id"] = df["customer_id"].str.lstrip("C").astype(int)  # C000123 -> 123
         df.to_csv(f, index=False)
-    ok_json(
-        clv("calibrate", hist, "--calibration-end", "2024-06-30", "--out", tmp_path / "w.json", "--json")
-    )
+    ok_json(clv("calibrate", hist, "--calibration-end", "2024-06-30", "--out", tmp_path / "w.json", "--json"))
     assert WorldModel.load(tmp_path / "w.json").customer_id_type == "integer"
     ok_json(
         clv(
