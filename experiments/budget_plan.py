@@ -159,6 +159,24 @@ class PlanContext:
             tick,
         )
 
+    def batch(self, jobs: list[tuple]) -> list:
+        """Runs of the base policy, as `(mode, rule, record_values, seed)` jobs, all in one
+        `run_jobs` (one map of the executor: the workers stay busy across the kinds of run)."""
+        from optimizer.budgeted import run_jobs
+
+        done = [0]
+
+        def tick(k: int) -> None:
+            done[0] += k
+            if self.progress:
+                self.progress("runs", done[0], len(jobs))
+
+        full = [(None if mode == "none" else 0, mode, rule, rec, seed) for mode, rule, rec, seed in jobs]
+        T, n = self.settings.horizon, self.settings.customers
+        return run_jobs(
+            self.world, self.book, (self.policy_fn,), T, full, self.values, n, self.tables, self.executor, tick
+        )
+
 
 def prepare_plan(
     world,
@@ -207,10 +225,18 @@ def prepare_plan(
         progress=progress,
         executor=executor,
     )
-    k = min(settings.price_seeds, K)  # the price's seeds also record what the policy proposes
-    ctx.none_plan = ctx.runs(ctx.plan_seeds, "none")
-    ctx.alone_plan = ctx.runs(ctx.plan_seeds[:k], "policy", record_values=True) + ctx.runs(ctx.plan_seeds[k:], "policy")
-    ctx.none_fresh, ctx.alone_fresh = ctx.runs(ctx.fresh_seeds, "none"), ctx.runs(ctx.fresh_seeds, "policy")
+    # the policy alone on the price's seeds (recording what it proposes: where the price search
+    # starts); "none" and the policy alone on the fresh seeds; "none" on every planning seed
+    k = min(settings.price_seeds, K)
+    jobs = (
+        [("policy", None, True, x) for x in ctx.plan_seeds[:k]]
+        + [("none", None, False, x) for x in ctx.plan_seeds]
+        + [("none", None, False, x) for x in ctx.fresh_seeds]
+        + [("policy", None, False, x) for x in ctx.fresh_seeds]
+    )
+    runs = ctx.batch(jobs)
+    ctx.alone_plan, ctx.none_plan = runs[:k], runs[k : k + K]
+    ctx.none_fresh, ctx.alone_fresh = runs[k + K : k + 2 * K], runs[k + 2 * K :]
     ctx.seconds = time.perf_counter() - t0
     return ctx
 
@@ -244,11 +270,12 @@ def plan_at(
         executor=ctx.executor,
     )
     rule = replace(rule, price=price)
-    planned = ctx.runs(plan_seeds, "budgeted", rule)
+    both = ctx.batch([("budgeted", rule, False, x) for x in plan_seeds + fresh_seeds])  # one map for both
+    planned, fresh = both[:K], both[K:]
     predicted = [b.clv.mean() - n.clv.mean() for b, n in zip(planned, none_p)]
     t_plan = time.perf_counter() - t0
 
-    none_f, alone_f, fresh = ctx.none_fresh, ctx.alone_fresh, ctx.runs(fresh_seeds, "budgeted", rule)
+    none_f, alone_f = ctx.none_fresh, ctx.alone_fresh
     lift_none = [b.clv.mean() - n.clv.mean() for b, n in zip(fresh, none_f)]
     lift_alone = [b.clv.mean() - a.clv.mean() for b, a in zip(fresh, alone_f)]
     alone_lift = [a.clv.mean() - n.clv.mean() for a, n in zip(alone_f, none_f)]

@@ -416,13 +416,45 @@ def run_horizon(
 
 
 # ---- many seeds ----------------------------------------------------------------------------------
-def _run_seed(world, book, policy_fn, values, tables, periods, mode, rule, customers, record_values, seed):
+def _run_job(world, book, fns, values, tables, periods, customers, fn_index, mode, rule, record_values, seed):
     import sys
 
     torch = sys.modules.get("torch")
     if torch is not None and torch.get_num_threads() != 1:  # one thread per task: the tasks fill the cores
         torch.set_num_threads(1)
-    return run_horizon(world, book, policy_fn, periods, seed, mode, rule, values, customers, tables, record_values)
+    fn = None if fn_index is None else fns[fn_index]
+    return run_horizon(world, book, fn, periods, seed, mode, rule, values, customers, tables, record_values)
+
+
+def run_jobs(
+    world,
+    book: pd.DataFrame,
+    fns: tuple,
+    periods: int,
+    jobs: list[tuple],
+    values: ContactValues | None = None,
+    customers: int | None = None,
+    tables=None,
+    executor=None,
+    progress: Callable[[int], None] | None = None,
+) -> list[HorizonRun]:
+    """`run_horizon` for every job `(index into fns or None, mode, rule, record_values, seed)`, in
+    order: in-process, or all as the tasks of one `executor.map` (e.g.
+    experiments.ray_session.RayExecutor), so that runs of different kinds fill the workers
+    together instead of waiting for one another. A run depends on its job only, so the runs are
+    the same whichever way they are made."""
+    from sim.population import WorldTables
+
+    tables = tables or WorldTables.from_world(world)
+    shared = (world, book, tuple(fns), values, tables, periods, customers)
+    if executor is None:
+        out = []
+        for job in jobs:
+            out.append(_run_job(*shared, *job))
+            if progress:
+                progress(1)
+        return out
+    return executor.map(_run_job, shared, [tuple(j) for j in jobs], progress)
 
 
 def run_seeds(
@@ -440,23 +472,9 @@ def run_seeds(
     executor=None,
     progress: Callable[[int], None] | None = None,
 ) -> list[HorizonRun]:
-    """`run_horizon` for every seed, in order: in-process, or as tasks of `executor` (its
-    `map(fn, shared, calls, progress)`, e.g. experiments.ray_session.RayExecutor). A seed's run
-    depends on the seed only, so the runs are the same whichever way they are made."""
-    from sim.population import WorldTables
-
-    tables = tables or WorldTables.from_world(world)
-    shared = (world, book, policy_fn, values, tables, periods, mode, rule, customers, record_values)
-    if executor is None:
-        out = []
-        for s in seeds:
-            out.append(
-                run_horizon(world, book, policy_fn, periods, s, mode, rule, values, customers, tables, record_values)
-            )
-            if progress:
-                progress(1)
-        return out
-    return executor.map(_run_seed, shared, [(s,) for s in seeds], progress)
+    """`run_horizon` of one mode for every seed, in order (`run_jobs`)."""
+    jobs = [(None if policy_fn is None else 0, mode, rule, record_values, s) for s in seeds]
+    return run_jobs(world, book, (policy_fn,), periods, jobs, values, customers, tables, executor, progress)
 
 
 # ---- the price of the horizon pacing ------------------------------------------------------------
