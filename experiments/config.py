@@ -100,7 +100,7 @@ def read_date(v: Any) -> str | None:
 def read_yaml(path: Path, what: str, start_from: str) -> Any:
     """The YAML document of a `what` file (scenario, run config); a missing file, a folder or bad
     YAML is a one-line ConfigError naming the file (and the line), saying where to start from."""
-    import yaml
+    from sim.user_yaml import UserYamlError, load_yaml_file
 
     file = str(path)
     if not path.exists():
@@ -108,13 +108,9 @@ def read_yaml(path: Path, what: str, start_from: str) -> Any:
     if path.is_dir():
         fail(file, None, f"is a folder, not a {what} YAML file")
     try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark is not None else ""
-        fail(file, None, f"not valid YAML: {where}{getattr(e, 'problem', None) or str(e).splitlines()[0]}")
-    except UnicodeDecodeError:
-        fail(file, None, "not a text (YAML) file")
+        return load_yaml_file(path)
+    except UserYamlError as e:
+        fail(file, None, str(e))
 
 
 # ---- --set KEY=VALUE -----------------------------------------------------------------------------
@@ -123,7 +119,7 @@ def parse_sets(items: list[str], example: str = "policy.steps=20000", name: str 
     as text, so numbers, lists, true/false and null come out typed (`budgets=[100,200]`,
     `learning_rate=1e-4`, `holdout_end=null`). `example` is a KEY=VALUE shown when one is malformed (`name`: what
     the caller calls a KEY, e.g. NAME for hyperparameters)."""
-    import yaml
+    from sim.user_yaml import UserYamlError, load_yaml_text
 
     out: dict[str, Any] = {}
     for item in items:
@@ -138,8 +134,8 @@ def parse_sets(items: list[str], example: str = "policy.steps=20000", name: str 
             out[k] = json.loads(v)
         except json.JSONDecodeError:
             try:
-                out[k] = yaml.safe_load(v)
-            except yaml.YAMLError:
+                out[k] = load_yaml_text(v)
+            except UserYamlError:
                 out[k] = v
     return out
 

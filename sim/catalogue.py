@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from .errors import HistoryError
+from .user_yaml import UserYamlError, load_yaml_file
 
 STAGES: tuple[str, ...] = ("new", "growth", "maturity", "dormancy", "churned")
 NO_CHANNEL = "no_channel"  # the channel label of a contact action without a channel
@@ -134,9 +135,9 @@ def load_actions(path: str | Path) -> ActionCatalogue:
     eligible_stages, capacity_group[, target_product]. "none" is added first if absent."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise HistoryError(path.name, None, None, f"not valid YAML: {e}") from None
+        raw = load_yaml_file(path)
+    except UserYamlError as e:
+        raise HistoryError(path.name, None, None, str(e)) from None
     if isinstance(raw, dict):
         raw = raw.get("actions")
     if not isinstance(raw, list) or not raw:
@@ -218,9 +219,9 @@ class Economics:
 def load_economics(path: str | Path) -> Economics:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise HistoryError(path.name, None, None, f"not valid YAML: {e}") from None
+        raw = load_yaml_file(path) or {}
+    except UserYamlError as e:
+        raise HistoryError(path.name, None, None, str(e)) from None
     if not isinstance(raw, dict):
         raise HistoryError(path.name, None, None, "expected a mapping of settings")
     known = set(Economics.__dataclass_fields__)

@@ -1103,14 +1103,13 @@ def load_cdnow() -> History:
 def load_stage_rules(path: Path):
     """stages.yaml: fixed lifecycle-stage thresholds, in periods (new_periods, mature_periods,
     dormant_after, churned_after); any key left out is estimated from the history."""
-    import yaml
-
+    from .user_yaml import UserYamlError, load_yaml_file
     from .world import StageRules
 
     try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    except yaml.YAMLError as e:
-        raise HistoryError(Path(path).name, None, None, f"not valid YAML: {e}") from None
+        raw = load_yaml_file(path) or {}
+    except UserYamlError as e:
+        raise HistoryError(Path(path).name, None, None, str(e)) from None
     if not isinstance(raw, dict):
         raise HistoryError(Path(path).name, None, None, "expected a mapping of stage thresholds")
     known = set(StageRules.__dataclass_fields__)

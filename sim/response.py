@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from .catalogue import STAGES, ActionCatalogue
 from .world import ResponseModel
@@ -42,8 +41,11 @@ MIN_EVENTS = 20  # per arm, for count outcomes of rare events (product openings)
 
 
 def load_priors(path: str | None = None) -> dict[str, Any]:
-    text = open(path).read() if path else resources.files("sim.data").joinpath("priors.yaml").read_text()
-    return yaml.safe_load(text)
+    from .user_yaml import load_yaml_file, load_yaml_text
+
+    if path:
+        return load_yaml_file(path)
+    return load_yaml_text(resources.files("sim.data").joinpath("priors.yaml").read_text())
 
 
 def prior_response(catalogue: ActionCatalogue, priors: dict[str, Any]) -> ResponseModel:

@@ -37,7 +37,13 @@ def option_name(key: str) -> str:
     return OPTION_NAMES.get(key) or "--" + key.replace("_", "-")
 
 
+ERROR_LIMIT = 1000  # characters of an error line: a 2 MB value quoted in a message is cut, not printed
+
+
 def _err(msg: str, code: int = EXIT_INPUT) -> None:
+    msg = " ".join(str(msg).split())
+    if len(msg) > ERROR_LIMIT:
+        msg = msg[:ERROR_LIMIT] + "… (cut)"
     typer.echo(f"error: {msg}", err=True)
     raise typer.Exit(code)
 
@@ -53,6 +59,8 @@ def _user_errors() -> Iterator[None]:
         _err(e.about(option_name))
     except ClvError as e:
         _err(str(e))
+    except BrokenPipeError:  # the reader of stdout went away: not the user's input (main.run ends it)
+        raise
     except FileNotFoundError as e:
         _err(f"{e.filename}: not found")
     except OSError as e:  # e.g. --out under an existing file, or a folder without write permission

@@ -25,32 +25,93 @@ from . import world, agents, plan, offline, jobs  # noqa: F401
 # isort: on
 
 
-def main() -> None:  # pragma: no cover
-    """The `clv` entry point. Arrow objects still referenced by an error's traceback are freed here,
-    while Arrow is alive: left to the interpreter's final teardown, its reader threads can abort
-    the process (exit 134 instead of the error's exit status; apache/arrow#34314)."""
-    import gc
+DEBUG_ENV = "CLV_DEBUG"  # CLV_DEBUG=1 (or --debug anywhere on the line) prints an internal error's traceback
+MESSAGE_LIMIT = 200  # characters of an unexpected error's own message shown
 
-    try:  # typer >= 0.20 carries its own copy of click
-        from typer._click import exceptions as cx
-    except ImportError:  # pragma: no cover - older typer
-        from click import exceptions as cx
+
+def _usage_or_click(e: Exception) -> int:
+    """A usage error or one of click's own (typer's click: reached through typer's public base class
+    and the attributes click's exceptions carry), as one line; returns its exit status."""
+    code = int(getattr(e, "exit_code", 2))
+    if type(e).__name__ == "NoArgsIsHelpError":  # `clv` alone: typer has printed the overview
+        return 0
+    if hasattr(e, "ctx") and hasattr(e, "format_message"):  # a missing or malformed option
+        ctx = e.ctx
+        where = ctx.command_path if ctx is not None else "clv"
+        typer.echo(f"error: {e.format_message()} (see `{where} --help`)", err=True)
+    elif hasattr(e, "format_message"):
+        typer.echo(f"error: {e.format_message()}", err=True)
+    else:
+        typer.echo(f"error: {e}", err=True)
+    return code
+
+
+def _short(text: str) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= MESSAGE_LIMIT else text[:MESSAGE_LIMIT] + "…"
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run `clv ARGV` and return its exit status; every way out is one line on stderr at most:
+    0 done, 1 an internal error (its type and message, and a request to report it; the traceback
+    with --debug or CLV_DEBUG=1), 2 bad input or usage, 3 infeasible, 130 interrupted, 141 the
+    reader of stdout went away (e.g. `clv ... --help | head -1`). Arrow objects still referenced by an
+    error's traceback are freed here, while Arrow is alive: left to the interpreter's final
+    teardown, its reader threads can abort the process (exit 134; apache/arrow#34314)."""
+    import gc
+    import os
+
+    try:  # typer >= 0.20 carries its own click; its exceptions derive from this public class
+        from typer.exceptions import TyperException
+    except ImportError:  # pragma: no cover - older typer runs on the public click
+        from click import ClickException as TyperException
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    args = [a for a in args if a != "--debug"]
     code: Any = 0
     try:
-        code = app(standalone_mode=False) or 0  # click's Exit (typer.Exit, --help) comes back as its code
-    except cx.NoArgsIsHelpError as e:  # `clv` alone: typer has printed the overview while raising this
-        code = e.exit_code
-    except cx.UsageError as e:  # a missing or malformed option: one line, like every other error
-        where = e.ctx.command_path if e.ctx is not None else "clv"
-        typer.echo(f"error: {e.format_message()} (see `{where} --help`)", err=True)
-        code = e.exit_code
-    except cx.ClickException as e:
-        e.show()
-        code = e.exit_code
-    except typer.Abort:  # public: typer's click copy has no Abort of its own
+        code = app(args=args, prog_name="clv", standalone_mode=False) or 0  # click's Exit comes back as its code
+        if code == 130:  # typer turns an interrupt inside a command into 130 without a word
+            typer.echo("interrupted", err=True)
+    except TyperException as e:  # usage errors and click's own exceptions
+        code = _usage_or_click(e)
+    except typer.Abort:
         typer.echo("aborted", err=True)
         code = 1
     except SystemExit as e:
-        code = e.code
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        code = 130
+    except BrokenPipeError:
+        try:  # nothing more can reach the reader; keep Python from complaining at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:
+            pass
+        code = 141
+    except MemoryError:
+        typer.echo(
+            "error: out of memory: the job needs more memory than this machine has free; run it on fewer "
+            "customers (--customers where the command has it) or free memory",
+            err=True,
+        )
+        code = 1
+    except Exception as e:  # a bug: one line, the traceback only on request
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        typer.echo(
+            f"error: internal: {type(e).__name__}: {_short(e)}; please report it"
+            + ("" if debug else f" ({DEBUG_ENV}=1 shows the traceback)"),
+            err=True,
+        )
+        code = 1
     gc.collect()
-    sys.exit(code)
+    return int(code)
+
+
+def main() -> None:  # pragma: no cover - the console script; `run` is what the tests call
+    """The `clv` entry point."""
+    sys.exit(run())

@@ -1,0 +1,139 @@
+"""Every way out of `clv` is one line (experiments.cli.main.run): internal errors, interrupts, a
+closed pipe, memory exhaustion and usage errors, as a table of (what goes wrong, exit status,
+the line); and YAML a user wrote that would expand, nest or decode badly is refused in one line
+(sim.user_yaml), as a table of (file, content, message)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from experiments.cli.main import MESSAGE_LIMIT, run
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _raise(exc):
+    def boom(*a, **k):
+        raise exc
+
+    return boom
+
+
+@pytest.mark.parametrize(
+    "exc, code, starts",
+    [
+        (RuntimeError("x" * 5000), 1, "error: internal: RuntimeError: xxx"),
+        (KeyError("segment"), 1, "error: internal: KeyError: 'segment'; please report it"),
+        (KeyboardInterrupt(), 130, "interrupted"),
+        (MemoryError(), 1, "error: out of memory:"),
+        (BrokenPipeError(), 141, ""),
+    ],
+)
+def test_whatever_goes_wrong_is_one_line(monkeypatch, tmp_path, capsys, exc, code, starts):
+    import sim.synthetic
+
+    monkeypatch.delenv("CLV_DEBUG", raising=False)
+    monkeypatch.setattr(sim.synthetic, "write_bank_history", _raise(exc))
+    got = run(["make-data", "--customers", "50", "--weeks", "30", "--out", str(tmp_path / "h")])
+    err = capsys.readouterr().err.strip()
+    assert got == code
+    if starts:
+        assert len(err.splitlines()) == 1 and err.startswith(starts) and "Traceback" not in err
+        assert len(err) < MESSAGE_LIMIT + 150  # a huge message is cut
+    else:
+        assert err == ""
+
+
+def test_the_traceback_only_on_request(monkeypatch, tmp_path, capsys):
+    import sim.synthetic
+
+    monkeypatch.setattr(sim.synthetic, "write_bank_history", _raise(ValueError("bad")))
+    monkeypatch.setenv("CLV_DEBUG", "1")
+    assert run(["make-data", "--out", str(tmp_path / "h")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("error: internal: ValueError: bad")
+    monkeypatch.delenv("CLV_DEBUG")
+    assert run(["make-data", "--out", str(tmp_path / "h"), "--debug"]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, code, line",
+    [
+        ([], 0, None),  # `clv` alone: the overview, exit 0
+        (["calibrate"], 2, "error: Missing option '--calibration-end'. (see `clv calibrate --help`)"),
+        (["no-such-command"], 2, "error: No such command 'no-such-command'. (see `clv --help`)"),
+        (
+            ["plan", "w.json", "--horizon", "0", "--budget", "5", "--out", "p"],
+            2,
+            "error: Invalid value for '--horizon'",
+        ),
+    ],
+)
+def test_usage(capsys, argv, code, line):
+    assert run(argv) == code
+    err = capsys.readouterr().err.strip()
+    if line is None:
+        assert err == ""
+    else:
+        assert len(err.splitlines()) == 1 and err.startswith(line)
+
+
+# ---- YAML a user wrote ---------------------------------------------------------------------------
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: [*b, *b, *b, *b, *b]\n"
+DEEP = "a: " + "[" * 60 + "]" * 60 + "\n"
+
+
+@pytest.mark.parametrize(
+    "file, content, message",
+    [
+        (
+            "actions.yaml",
+            "- {name: sms, channel: sms, cost: &c 1.0}\n- {name: push, channel: push, cost: *c}\n",
+            "alias (*c)",
+        ),
+        ("economics.yaml", BOMB, "alias (*a) is not accepted"),
+        ("economics.yaml", b"period: w\xe9ek\n", "not UTF-8 text"),
+        ("stages.yaml", DEEP, "nested more than 40 levels"),
+        ("stages.yaml", "new_periods: [13\n", "not valid YAML"),
+    ],
+)
+def test_history_side_files_that_cannot_be_read_are_one_line(tmp_path, capsys, file, content, message):
+    hist = tmp_path / "hist"
+    shutil.copytree(EXAMPLES / "my_bank", hist)
+    (hist / file).write_bytes(content if isinstance(content, bytes) else content.encode())
+    t0 = time.perf_counter()
+    code = run(["calibrate", str(hist), "--calibration-end", "2024-06-30", "--out", str(tmp_path / "w.json")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and file in err and message in err, err
+    assert time.perf_counter() - t0 < 30 and not (tmp_path / "w.json").exists()
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (BOMB, "line 2: an alias (*a) is not accepted"),
+        (DEEP, "nested more than 40 levels"),
+        (b"name: \xff\xfe\n", "not UTF-8 text"),
+        ("name: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_run_configs_that_cannot_be_read_are_one_line(tmp_path, capsys, content, message):
+    path = tmp_path / "run.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    assert run(["run", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(path) in err and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_ordinary_yaml_still_reads_as_before():
+    from sim.user_yaml import load_yaml_text
+
+    text = (EXAMPLES / "bank_demo.yaml").read_text()
+    assert load_yaml_text(text) == yaml.safe_load(text)
