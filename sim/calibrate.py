@@ -46,6 +46,14 @@ def calibrate(
     econ = history.economics
     pdays = econ.period_days
     tx, merged = merge_same_day(history.transactions)
+    last = tx["date"].max()
+    if ce > last:  # every customer would look silent since the last transaction: P(alive) near 0 for all
+        raise ConfigError(
+            "calibration_end",
+            value=str(ce.date()),
+            message=f"is after the last transaction ({last.date()}): every customer would look gone since then; "
+            f"choose a day up to {last.date()}",
+        )
     if (tx["date"] <= ce).sum() == 0:
         raise ConfigError(
             f"no transactions on or before the calibration end {ce.date()}; "

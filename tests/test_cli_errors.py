@@ -137,3 +137,19 @@ def test_ordinary_yaml_still_reads_as_before():
 
     text = (EXAMPLES / "bank_demo.yaml").read_text()
     assert load_yaml_text(text) == yaml.safe_load(text)
+
+
+def test_version(capsys):
+    assert run(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("clv-engine ")
+
+
+def test_a_calibration_end_after_the_history_is_refused(tmp_path, capsys):
+    """Every customer would look gone since the last transaction (P(alive) near 0 for all, exit 0
+    before): refused in one line naming the option."""
+    code = run(
+        ["calibrate", str(EXAMPLES / "my_bank"), "--calibration-end", "2030-01-01", "--out", str(tmp_path / "w.json")]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: --calibration-end 2030-01-01: is after the last transaction (")
+    assert not (tmp_path / "w.json").exists()

@@ -20,6 +20,29 @@ app = typer.Typer(
     "interventions. Run `clv COMMAND --help` for each command.",
 )
 
+
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("clv-engine")
+        except PackageNotFoundError:  # pragma: no cover - run from a source tree without installing
+            v = "unknown (not installed)"
+        typer.echo(f"clv-engine {v}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    show_version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_show_version, help="Show clv-engine's version and exit."
+    ),
+) -> None:
+    """clv-engine: calibrate customer worlds from history, simulate them, and plan interventions.
+    Run `clv COMMAND --help` for each command."""
+
+
 EXIT_INPUT = 2
 EXIT_INFEASIBLE = 3
 # copies of their owners' names, so that --help and the first checks import nothing heavy
