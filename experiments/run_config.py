@@ -144,6 +144,10 @@ def load_run_config(path: str | Path, sets: dict[str, Any] | None = None) -> Run
     name = doc.get("name", path.stem)
     if not isinstance(name, str) or not name.strip():
         fail(file, "name", f"expected a non-empty text, got {name!r}")
+    if any(c in name for c in "/\\") or name.strip() in (".", ".."):  # it names the folder runs/NAME
+        fail(
+            file, "name", f"{name[:80]!r} is not a plain name; it names the output folder runs/NAME, so use no / or .."
+        )
 
     # where the history comes from
     hist = check_mapping(

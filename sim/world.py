@@ -180,6 +180,15 @@ class WorldModel:
             )
         if d.get("activity_model") not in ACTIVITY_MODELS:
             raise ConfigError(f"unknown activity_model {d.get('activity_model')!r}; recalibrate with `clv calibrate`")
+        # a hand-edited or damaged world: refused here, before a command loops or crashes on it
+        if not isinstance(d.get("segments"), list) or not d["segments"]:
+            raise ConfigError("segments: a world needs at least one segment; recalibrate with `clv calibrate`")
+        names = [a.get("name") for a in d.get("catalogue") or [] if isinstance(a, dict)]
+        if len(set(names)) != len(names):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise ConfigError(
+                f"catalogue: the action {str(dup)[:80]!r} is given twice; recalibrate with `clv calibrate`"
+            )
         return cls(
             catalogue=ActionCatalogue.from_list(d["catalogue"]),
             economics=Economics(**d["economics"]),
@@ -239,9 +248,9 @@ class WorldModel:
             return cls.from_dict(d)
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
-        except (KeyError, TypeError) as e:
+        except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(
-                f"{path}: world file is missing or has a bad field ({e}); recalibrate with `clv calibrate`"
+                f"{path}: world file is missing or has a bad field ({str(e)[:200]}); recalibrate with `clv calibrate`"
             ) from None
 
     def book_path(self, world_path: str | Path) -> Path | None:

@@ -153,3 +153,43 @@ def test_a_calibration_end_after_the_history_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: --calibration-end 2030-01-01: is after the last transaction (")
     assert not (tmp_path / "w.json").exists()
+
+
+def test_outputs_honour_the_umask(tmp_path, monkeypatch):
+    """Colleagues can open what clv writes: files get the permissions any new file gets (mkstemp's
+    0600 before)."""
+    import sim.atomic
+
+    atomic_write_text = sim.atomic.atomic_write_text
+    for mask, mode in ((0o022, 0o644), (0o002, 0o664)):
+        monkeypatch.setattr(sim.atomic, "_UMASK", mask)  # the process's umask, as read at import
+        atomic_write_text(tmp_path / "report.html", "<p>x</p>")
+        assert (tmp_path / "report.html").stat().st_mode & 0o777 == mode
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d.update(segments=[]), "segments: a world needs at least one segment"),
+        (lambda d: d["catalogue"].append(dict(d["catalogue"][1])), "is given twice"),
+        (lambda d: d["economics"].update(period="fortnight"), "bad field (period must be one of"),
+        (lambda d: d.pop("stage_rules"), "world file is missing or has a bad field"),
+    ],
+)
+def test_hand_edited_worlds_are_one_line(calibrated_world, tmp_path, capsys, change, message):
+    """`segments: []` made `clv simulate` loop for ever; a damaged world must be refused in one line."""
+    import json
+
+    path, _ = calibrated_world
+    d = json.loads(Path(path).read_text())
+    change(d)
+    bad = tmp_path / "world.json"
+    bad.write_text(json.dumps(d))
+    t0 = time.perf_counter()
+    out = str(tmp_path / "sim.parquet")
+    code = run(
+        ["simulate", str(bad), "--population", "new", "--customers", "50", "--periods", "4", "--out", out, "--json"]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: ") and message in err, err
+    assert time.perf_counter() - t0 < 30

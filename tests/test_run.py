@@ -257,6 +257,8 @@ BASE = {"history": {"dataset": "bank"}, "calibration_end": "2024-06-30", "budget
         ({"policy": {"algo": "a2c"}}, "policy.algo: unknown algorithm 'a2c'"),
         ({"policy": {"algo": "ppo", "set": {"learning_rat": 1}}}, "policy.set.learning_rat: unknown key"),
         ({"compare": ["bau", "bau"]}, "compare[1]: 'bau' is given twice"),
+        ({"name": "/etc/cron.d"}, "name: '/etc/cron.d' is not a plain name"),
+        ({"name": ".."}, "name: '..' is not a plain name"),
         ({"values": {"sorce": "policy"}}, "values.sorce: unknown key"),
         ({"budgets": [100, -1]}, "budgets[1]: expected a number > 0"),
         ({"budgets": [0, 100]}, "budgets[0]: expected a number > 0"),
