@@ -379,3 +379,14 @@ def test_json_stdout_is_one_document_in_a_real_process(small_csv, solver):
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
     assert doc["solver"] == solver and doc["status"] == "optimal"
+
+
+def test_frontier_writes_a_png_only_where_asked(values_file, tmp_path):
+    """Without --plot nothing is written (a run's frontier.png beside the table was overwritten)."""
+    import shutil
+
+    table = tmp_path / "values.parquet"
+    shutil.copy(values_file, table)
+    (tmp_path / "frontier.png").write_bytes(b"the run's own")
+    doc = ok_json(clv("frontier", table, "--budgets", "200,1000", "--json"))
+    assert doc["plot"] is None and (tmp_path / "frontier.png").read_bytes() == b"the run's own"

@@ -274,7 +274,7 @@ def frontier(
     solver: str = SolverOpt,
     time_limit: Optional[float] = TimeLimitOpt,
     plot: Optional[Path] = typer.Option(
-        None, "--plot", help="PNG of the frontier (default: frontier.png beside the value table)."
+        None, "--plot", help="Write a PNG of the frontier here (none is written without it)."
     ),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -288,10 +288,11 @@ def frontier(
         from sim.errors import ConfigError
 
         levels = _budget_list(budgets, "1e5,2e5")
-        png = plot or Path(values_path).with_name("frontier.png")
-        if png.suffix.lower() != ".png":
+        png = plot  # written only where asked: a run's frontier.png beside the table is not overwritten
+        if png is not None and png.suffix.lower() != ".png":
             raise ConfigError(f"--plot {png}: give a .png file name")
-        _check_out(png, "--plot")
+        if png is not None:
+            _check_out(png, "--plot")
         problem = _allocation_problem(values_path, None, capacity, min_coverage, max_share)
         from optimizer.frontier import frontier as sweep
         from optimizer.frontier import plot_frontier
@@ -299,9 +300,10 @@ def frontier(
 
         with _progress(f"frontier over {len(levels)} budgets", len(levels)) as upd:
             doc = sweep(problem, levels, method=method, solver=solver, time_limit=time_limit, progress=upd)
-        with atomic_path(png) as tmp:
-            plot_frontier(doc, tmp)
-        doc["plot"] = str(png)
+        if png is not None:
+            with atomic_path(png) as tmp:
+                plot_frontier(doc, tmp)
+        doc["plot"] = None if png is None else str(png)
     lines = [f"{'budget':>14}{'value':>16}{'gap %':>10}{'spend':>16}{'marginal':>11}{'shadow':>10}"]
     for p in doc["points"]:
         if p["objective"] is None:
@@ -312,7 +314,7 @@ def frontier(
             f"{p['budget']:>14,.0f}{p['objective']:>16,.2f}{100 * p['gap']:>10.4f}{p['spend']:>16,.2f}"
             f"{mv:>11}{p['budget_shadow_price']:>10.4f}"
         )
-    lines.append(f"{doc['method']}: {len(levels)} budgets in {doc['seconds']:.1f}s; plot: {png}")
+    lines.append(f"{doc['method']}: {len(levels)} budgets in {doc['seconds']:.1f}s" + (f"; plot: {png}" if png else ""))
     _emit(doc, as_json, "\n".join(lines))
 
 
