@@ -26,8 +26,8 @@ def fail(file: str, key: str | None, msg: str) -> None:
     raise ConfigError(f"{file}: {key}: {msg}" if key else f"{file}: {msg}")
 
 
-def whole_number(file: str, key: str, v: Any, lo: int) -> int:
-    """`v` as an int >= lo (a float with no fraction is accepted)."""
+def whole_number(file: str, key: str, v: Any, lo: int, hi: int | None = None) -> int:
+    """`v` as an int >= lo (and <= hi when given; a float with no fraction is accepted)."""
     if isinstance(v, bool) or not isinstance(v, int):
         if isinstance(v, float) and v.is_integer() and math.isfinite(v):
             v = int(v)
@@ -35,6 +35,8 @@ def whole_number(file: str, key: str, v: Any, lo: int) -> int:
             fail(file, key, f"expected a whole number >= {lo}, got {v!r}")
     if v < lo:
         fail(file, key, f"expected a whole number >= {lo}, got {v!r}")
+    if hi is not None and v > hi:
+        fail(file, key, f"{v:,} is more than {hi:,}; give at most {hi:,}")
     return int(v)
 
 

@@ -178,8 +178,9 @@ def load_run_config(path: str | Path, sets: dict[str, Any] | None = None) -> Run
             "expected a mapping, e.g. {customers: 6000, weeks: 156, seed: 7}",
         )
         gen = {
-            "customers": whole_number(file, "history.generate.customers", g.get("customers", 6000), 10),
-            "weeks": whole_number(file, "history.generate.weeks", g.get("weeks", 156), 20),
+            # bounded: the synthetic book is built in memory (1e12 customers asked for petabytes)
+            "customers": whole_number(file, "history.generate.customers", g.get("customers", 6000), 10, 20_000_000),
+            "weeks": whole_number(file, "history.generate.weeks", g.get("weeks", 156), 20, 5_200),
             "seed": whole_number(file, "history.generate.seed", g.get("seed", 7), 0),
             "start": _date(file, "history.generate.start", g.get("start", "2022-01-03"), True),
             "decision_every": whole_number(file, "history.generate.decision_every", g.get("decision_every", 4), 1),

@@ -162,9 +162,12 @@ class WorldModel:
 
     def hash(self) -> str:
         """Content hash (sha256 of the canonical JSON), used to tie results to a world. The fit's
-        timings ("seconds") are left out: the same history and seed give the same hash."""
+        timings ("seconds") and the history's folder are left out: the same history and seed give
+        the same hash, wherever the history lies."""
         d = self.to_dict()
         d["fit"] = _without_timings(d.get("fit"))
+        # content, not location: a history folder moved or copied elsewhere gives the same world
+        d["source"] = {k: v for k, v in (d.get("source") or {}).items() if k != "history"}
         blob = json.dumps(_clean(d), sort_keys=True, allow_nan=False).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -193,3 +193,18 @@ def test_hand_edited_worlds_are_one_line(calibrated_world, tmp_path, capsys, cha
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: ") and message in err, err
     assert time.perf_counter() - t0 < 30
+
+
+def test_the_world_hash_is_content_not_location(tmp_path):
+    """A trained agent is reused when its card's world hash matches: moving the history (or the
+    run folder) must not change the hash."""
+    from sim.calibrate import calibrate
+    from sim.history import load_history
+
+    hashes = []
+    for where in ("a", "b/deeper"):
+        folder = tmp_path / where / "hist"
+        shutil.copytree(EXAMPLES / "my_bank", folder)
+        world, _, _ = calibrate(load_history(folder), "2024-06-30", seed=0)
+        hashes.append(world.hash())
+    assert hashes[0] == hashes[1]

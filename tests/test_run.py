@@ -250,6 +250,10 @@ BASE = {"history": {"dataset": "bank"}, "calibration_end": "2024-06-30", "budget
         ({"history": {"path": "no_such_folder"}}, "history.path: no_such_folder: history folder not found"),
         ({"history": {"dataset": "bnak"}}, "history.dataset: unknown dataset 'bnak'"),
         ({"history": {"generate": {"customers": 5}}}, "history.generate.customers: expected a whole number >= 10"),
+        (
+            {"history": {"generate": {"customers": 10**12}}},
+            "history.generate.customers: 1,000,000,000,000 is more than 20,000,000",
+        ),
         ({"calibration_end": "30/06/2024"}, "calibration_end: '30/06/2024' is not a date; use YYYY-MM-DD"),
         ({"calibration_end": None}, "calibration_end: missing"),
         ({"holdout_end": "2024-01-01"}, "holdout_end: 2024-01-01 must be after calibration_end 2024-06-30"),

@@ -28,7 +28,7 @@ from .common import (
 @app.command("make-data")
 def make_data(
     out: Path = typer.Option(..., "--out", help="Folder to write the synthetic bank history into."),
-    customers: int = typer.Option(6000, "--customers", min=10, help="Customers in the book."),
+    customers: int = typer.Option(6000, "--customers", min=10, max=20_000_000, help="Customers in the book."),
     weeks: int = typer.Option(156, "--weeks", min=20, help="Weeks of history."),
     start: str = typer.Option("2022-01-03", "--start", help="First day of the history (a Monday is tidy)."),
     decision_every: int = typer.Option(
