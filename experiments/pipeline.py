@@ -280,6 +280,52 @@ def _ope(cfg: RunConfig, history, world, book, plan: dict[str, str], reference: 
     return evaluate_plan_offline(history, world, book, plan, settings, reference=reference)
 
 
+IN_PROGRESS = "RUN_IN_PROGRESS"  # in OUT while a run works; left behind by a run that stopped early
+# what a run writes into OUT (this version's and earlier versions'): a new run removes them first,
+# so a run that stops early never leaves its outputs beside an older run's; policy/ is kept (an
+# agent is reused when its card matches) and history/ is regenerated
+RUN_OUTPUTS = (
+    "run.json",
+    "report.html",
+    "evaluation.json",
+    "ope.json",
+    "frontier.json",
+    "frontier.png",
+    "contacts.parquet",
+    "schedule.parquet",
+    "plan.json",
+    "plan.parquet",
+    "values.parquet",
+    "validation",
+    "world.json",
+    "world.book.parquet",
+)
+
+
+def _start_run(out: Path, cfg: RunConfig) -> list[str]:
+    """Mark OUT as holding a run in progress and remove an earlier run's outputs; returns their names."""
+    import shutil
+
+    from sim.atomic import atomic_write_text
+
+    removed: list[str] = []
+    earlier = any((out / n).exists() for n in ("run.json", IN_PROGRESS, "world.json"))
+    for name in RUN_OUTPUTS if earlier else ():  # a folder that never held a run is left as it is
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+            removed.append(name + "/")
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+            removed.append(name)
+    atomic_write_text(
+        out / IN_PROGRESS,
+        f"clv run {cfg.file} started {time.strftime('%Y-%m-%d %H:%M:%S')}; this file stays if the run stops "
+        "early, and the folder then holds an unfinished run\n",
+    )
+    return removed
+
+
 def run_pipeline(
     cfg: RunConfig,
     out: str | Path,
@@ -317,6 +363,9 @@ def run_pipeline(
     history, source = _history(cfg, out, log)  # a user's files are checked before OUT is created
     _check_dates(cfg, history)
     out.mkdir(parents=True, exist_ok=True)
+    removed = _start_run(out, cfg)
+    if removed:
+        log(f"removed the previous run's outputs from {out}: {', '.join(removed)}")
     n_decisions = 0 if history.decisions is None else int(len(history.decisions))
     hist_doc = {
         "source": source,
@@ -389,12 +438,13 @@ def run_pipeline(
             *(
                 str(p.relative_to(out))
                 for p in out.rglob("*")
-                if p.is_file() and p.relative_to(out).parts[0] != "history"
+                if p.is_file() and p.relative_to(out).parts[0] not in ("history", IN_PROGRESS)
             ),
         }
     )
     atomic_write_json(out / "run.json", json_safe(doc))
+    (out / IN_PROGRESS).unlink(missing_ok=True)  # the folder now holds one finished run
     return doc
 
 
-__all__ = ["run_pipeline", "STEPS"]
+__all__ = ["run_pipeline", "STEPS", "IN_PROGRESS", "RUN_OUTPUTS"]

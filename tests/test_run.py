@@ -79,6 +79,7 @@ def test_bank_demo_runs_every_step(demo_run):
     ):
         assert (out / f).is_file(), f
     assert not (out / "values.parquet").exists() and not (out / "plan.parquet").exists()
+    assert not (out / "RUN_IN_PROGRESS").exists() and "RUN_IN_PROGRESS" not in doc["files"]
     assert doc["report"] == str(out / "report.html")
     assert doc["policy"]["trained"] and doc["policy"]["algo"] == "maskable_ppo" and doc["policy"]["steps"] == 1024
     assert 0 < doc["validation"]["per_customer_corr"] <= 1 and 0.5 < doc["validation"]["active_auc"] <= 1
@@ -237,6 +238,34 @@ def test_constraints_that_cannot_hold_exit_3_naming_them(tmp_path):
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "segment:mass" in last and "period 0" in last
     assert not (tmp_path / "out" / "run.json").exists() and not (tmp_path / "out" / "contacts.parquet").exists()
+
+
+def test_a_run_that_stops_early_leaves_no_earlier_run_beside_it(tmp_path):
+    """A re-run into a run's folder removes the earlier run's outputs first and marks the folder
+    while it works: stopped by an infeasible plan (exit 3), the folder holds no run.json, report or
+    plan of the earlier run, and RUN_IN_PROGRESS says it is unfinished."""
+    from experiments.pipeline import IN_PROGRESS
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for f in ("run.json", "report.html", "evaluation.json", "values.parquet", "plan.parquet"):
+        (out / f).write_text("the earlier run's")
+    (out / "policy").mkdir()
+    (out / "policy" / "card.json").write_text("{}")
+    res = clv(
+        "run",
+        EXAMPLES / "my_bank.yaml",
+        "--out",
+        out,
+        "--workers",
+        "0",
+        *_sets(SMALL_BYO + ["budgets=[1]", "budget=1", 'constraints.min_coverage=["segment:mass=1.0"]']),
+    )
+    assert res.exit_code == 3, res.stderr
+    left = {p.name for p in out.iterdir()}
+    assert not left & {"run.json", "report.html", "evaluation.json", "values.parquet", "plan.parquet"}
+    assert IN_PROGRESS in left and (out / "policy" / "card.json").is_file()  # the agent's folder is kept
+    assert "removed the previous run's outputs" in res.stderr
 
 
 BASE = {"history": {"dataset": "bank"}, "calibration_end": "2024-06-30", "budgets": [100], "budget": 100}
