@@ -58,6 +58,11 @@ def _history(cfg: RunConfig, out: Path, log: Log):
         from sim.synthetic import BankConfig, write_bank_history
 
         folder = out / "history"
+        if folder.is_dir() and any(folder.iterdir()) and not _generated(folder):
+            raise ConfigError(
+                f"{cfg.file}: history.generate: {folder} holds files that clv did not generate; they would be "
+                "overwritten. Give another --out, or move them"
+            )
         log(f"generating the synthetic bank history into {folder}")
         write_bank_history(folder, BankConfig(**h["generate"]))
         return load_history(folder), str(folder)
@@ -66,6 +71,14 @@ def _history(cfg: RunConfig, out: Path, log: Log):
 
         return load_dataset(h["dataset"]), f"<dataset:{h['dataset']}>"
     return load_history(h["path"]), h["path"]
+
+
+def _generated(folder: Path) -> bool:
+    """Whether `folder` is a history clv-engine generated (its README.json names the generator)."""
+    try:
+        return json.loads((folder / "README.json").read_text()).get("generator", "").startswith("clv-engine")
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _check_dates(cfg: RunConfig, history) -> None:

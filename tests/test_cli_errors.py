@@ -208,3 +208,17 @@ def test_the_world_hash_is_content_not_location(tmp_path):
         world, _, _ = calibrate(load_history(folder), "2024-06-30", seed=0)
         hashes.append(world.hash())
     assert hashes[0] == hashes[1]
+
+
+def test_an_output_never_overwrites_an_input(tmp_path, calibrated_world, capsys):
+    hist = tmp_path / "hist"
+    shutil.copytree(EXAMPLES / "my_bank", hist)
+    before = (hist / "transactions.csv").read_bytes()
+    code = run(["calibrate", str(hist), "--calibration-end", "2024-06-30", "--out", str(hist / "transactions.csv")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "is an input of this command" in err and (hist / "transactions.csv").read_bytes() == before
+    world, _ = calibrated_world
+    book = Path(world).parent / "world.book.parquet"
+    size = book.stat().st_size
+    code = run(["simulate", str(world), "--periods", "2", "--out", str(book)])
+    assert code == 2 and "is an input of this command" in capsys.readouterr().err and book.stat().st_size == size

@@ -268,6 +268,15 @@ def test_a_run_that_stops_early_leaves_no_earlier_run_beside_it(tmp_path):
     assert "removed the previous run's outputs" in res.stderr
 
 
+def test_a_generated_history_never_overwrites_the_users_files(tmp_path):
+    out = tmp_path / "out"
+    (out / "history").mkdir(parents=True)
+    (out / "history" / "transactions.csv").write_text("customer_id,date,amount\nmine,2024-01-01,1\n")
+    res = clv("run", EXAMPLES / "bank_demo.yaml", "--out", out, *_sets(SMALL_DEMO))
+    assert res.exit_code == 2 and "holds files that clv did not generate" in res.stderr
+    assert (out / "history" / "transactions.csv").read_text().startswith("customer_id,date,amount\nmine")
+
+
 BASE = {"history": {"dataset": "bank"}, "calibration_end": "2024-06-30", "budgets": [100], "budget": 100}
 
 

@@ -81,7 +81,7 @@ def calibrate(
     """
     with _user_errors():
         ce = _date(calibration_end, "--calibration-end")
-        _check_out(out)
+        _check_out(out, inputs=(history_dir,))
         hist = _load(history_dir, dataset)  # input errors surface before the fitting code is imported
         from experiments.results import CalibrationResult
         from sim.calibrate import calibrate as run
@@ -211,8 +211,11 @@ def simulate(
         check_policy_spec(policy)
         if population == "new" and customers is None:
             raise ConfigError("--population new needs --customers N")
-        _check_out(out)
         _check_world(world_path)
+        from sim.world import WorldModel
+
+        book_file = WorldModel.load(world_path).book_path(world_path)
+        _check_out(out, inputs=(world_path, book_file))
         from experiments.results import SimulationSummary
         from policies.base import as_simulator_policy
         from policies.registry import resolve_policy
