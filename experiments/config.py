@@ -71,7 +71,11 @@ def check_mapping(file: str, key: str | None, raw: Any, known: Iterable[str], ex
     known = tuple(known)
     for k in raw:
         if k not in known:
-            fail(file, f"{key}.{k}" if key else str(k), f"unknown key; known: {', '.join(known)}")
+            import difflib
+
+            near = difflib.get_close_matches(str(k), known, n=1, cutoff=0.75)
+            hint = f"did you mean {near[0]}? " if near else ""
+            fail(file, f"{key}.{k}" if key else str(k)[:80], f"unknown key; {hint}known: {', '.join(known)}")
     return raw
 
 

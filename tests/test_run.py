@@ -283,7 +283,8 @@ BASE = {"history": {"dataset": "bank"}, "calibration_end": "2024-06-30", "budget
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"histroy": {}}, "histroy: unknown key"),
+        ({"histroy": {}}, "histroy: unknown key; did you mean history?"),
+        ({"evaluation": {"sedes": 3}}, "evaluation.sedes: unknown key; did you mean seeds?"),
         ({"history": {"dataset": "bank", "path": "x"}}, "history: give exactly one of path, dataset or generate"),
         ({"history": {"path": "no_such_folder"}}, "history.path: no_such_folder: history folder not found"),
         ({"history": {"dataset": "bnak"}}, "history.dataset: unknown dataset 'bnak'"),

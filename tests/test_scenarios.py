@@ -60,7 +60,7 @@ def _write(folder: Path, text: str, name: str = "scen.yaml") -> Path:
 GOOD = {"world": "{world}", "customers": 100, "horizon": 4, "seeds": 2, "policies": ["bau"], "budgets": [None]}
 
 BAD = [
-    ({"polices": ["bau"]}, "polices: unknown key; known: name, world"),
+    ({"polices": ["bau"]}, "polices: unknown key; did you mean policies? known: name, world"),
     ({"world": None}, "world: missing; give the world JSON"),
     ({"world": "nope.json"}, "world: nope.json: not found; create it with `clv calibrate`"),
     (
