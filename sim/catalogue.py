@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from .errors import HistoryError
@@ -229,15 +230,15 @@ def load_economics(path: str | Path) -> Economics:
     if extra:
         raise HistoryError(path.name, None, sorted(extra)[0], f"unknown setting; allowed: {sorted(known)}")
     period = raw.get("period", "week")
-    if period not in PERIOD_DAYS:
-        raise HistoryError(path.name, None, "period", f"must be one of {sorted(PERIOD_DAYS)}, got {period!r}")
+    if not isinstance(period, str) or period not in PERIOD_DAYS:
+        raise HistoryError(path.name, None, "period", f"must be one of {sorted(PERIOD_DAYS)}, got {repr(period)[:80]}")
     out: dict[str, Any] = {"period": period}
     for key in ("margin_rate", "annual_discount_rate"):
         if key in raw:
             try:
                 v = float(raw[key])
             except (TypeError, ValueError):
-                raise HistoryError(path.name, None, key, f"not a number: {raw[key]!r}") from None
+                raise HistoryError(path.name, None, key, f"not a number: {repr(raw[key])[:80]}") from None
             if not (0.0 <= v < float("inf")):
                 raise HistoryError(path.name, None, key, f"must be finite and >= 0, got {v}")
             out[key] = v
@@ -249,7 +250,11 @@ def load_economics(path: str | Path) -> Economics:
         try:
             margins[str(k)] = float(v)
         except (TypeError, ValueError):
-            raise HistoryError(path.name, None, f"product_margin_per_period.{k}", f"not a number: {v!r}") from None
+            raise HistoryError(
+                path.name, None, f"product_margin_per_period.{k}", f"not a number: {repr(v)[:80]}"
+            ) from None
+        if not np.isfinite(margins[str(k)]):  # .inf was stored as null, and every later command crashed
+            raise HistoryError(path.name, None, f"product_margin_per_period.{k}", f"must be finite, got {v}")
     out["product_margin_per_period"] = margins
     return Economics(**out)
 

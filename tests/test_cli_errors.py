@@ -101,6 +101,8 @@ DEEP = "a: " + "[" * 60 + "]" * 60 + "\n"
         ("economics.yaml", b"period: w\xe9ek\n", "not UTF-8 text"),
         ("stages.yaml", DEEP, "nested more than 40 levels"),
         ("stages.yaml", "new_periods: [13\n", "not valid YAML"),
+        ("economics.yaml", "period: [week]\n", "column 'period': must be one of"),
+        ("economics.yaml", "product_margin_per_period: {savings: .inf}\n", "must be finite, got inf"),
     ],
 )
 def test_history_side_files_that_cannot_be_read_are_one_line(tmp_path, capsys, file, content, message):
