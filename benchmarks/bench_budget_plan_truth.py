@@ -31,11 +31,9 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    import contextlib
-
     from experiments.budget_plan import PlanSettings, plan_at, prepare_plan
     from experiments.budget_truth import check_in_truth
-    from experiments.ray_session import executor_for, ray_session
+    from experiments.ray_session import executor_session
     from policies.registry import policy_label, resolve_policy
     from sim.world import WorldModel, json_safe
 
@@ -45,9 +43,8 @@ def main() -> None:
     budgets = [float(b) for b in args.budgets.split(",")]
     settings = PlanSettings(budget=budgets[0], horizon=args.horizon, seeds=args.seeds)
     out: dict = {"world": args.world, "history": args.history, "policy": args.policy, "customers": len(book)}
-    executor = executor_for(args.workers)
     t0 = time.perf_counter()
-    with ray_session(args.workers) if executor is not None else contextlib.nullcontext():
+    with executor_session(args.workers) as executor:
         ctx = prepare_plan(world, book, pol, settings, policy_label(args.policy), executor=executor)
         rows = []
         for b in budgets:

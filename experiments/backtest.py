@@ -29,7 +29,6 @@ first estimator) and by the simulated per-decision reward; Kendall's tau between
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
@@ -195,7 +194,7 @@ def run_backtest(
 
     from .ope import evaluate_offline, logged_decisions
     from .ope.data import decision_outcomes, on_policy_value
-    from .ray_session import executor_for, ray_session
+    from .ray_session import executor_session
 
     t0 = time.perf_counter()
     specs = check_policies(policies)
@@ -259,8 +258,7 @@ def run_backtest(
     # one Ray for every candidate's bootstrap (none with --workers 0)
     ope_after = replace(settings.ope, start=split)
     shared = logged_decisions(history, split, None, world, book)  # states and reward model, once for all candidates
-    executor = executor_for(settings.workers, settings.address)
-    with ray_session(settings.workers, settings.address) if executor is not None else contextlib.nullcontext():
+    with executor_session(settings.workers, settings.address) as executor:
         for name, pol in pols.items():
             res = evaluate_offline(
                 history, ope_after, policy=pol, world=world, book=book, executor=executor, logged=shared

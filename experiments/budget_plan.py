@@ -22,7 +22,7 @@ contacts, spend and value of the contacts made, over the fresh seeds) and DIR/pl
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -78,7 +78,6 @@ class BudgetPlan:
     doc: dict[str, Any]
     contacts: pd.DataFrame
     schedule: pd.DataFrame
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return self.doc

@@ -89,3 +89,15 @@ class RayExecutor:
 def executor_for(workers: int | None, address: str | None = None) -> RayExecutor | None:
     """The executor a command's `--workers N --address A` ask for: None (in-process) for 0 workers."""
     return None if workers == 0 else RayExecutor(workers, address)
+
+
+@contextlib.contextmanager
+def executor_session(workers: int | None, address: str | None = None) -> Iterator[RayExecutor | None]:
+    """`executor_for(workers, address)` with its Ray running for the block (one session for every
+    map inside it); None, and no Ray, for 0 workers."""
+    executor = executor_for(workers, address)
+    if executor is None:
+        yield None
+        return
+    with ray_session(workers, address):
+        yield executor

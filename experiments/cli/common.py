@@ -224,12 +224,13 @@ def _check_world(world_path: Path) -> None:
         )
 
 
-def _load_world(world_path: Path, population: str):
-    """(world, book or None) for --population book|new."""
+def _load_world(world_path: Path, population: str, world=None):
+    """(world, book or None) for --population book|new; `world`: the one at `world_path`, when
+    already loaded."""
     from sim.errors import ConfigError
     from sim.world import WorldModel
 
-    world = WorldModel.load(world_path)
+    world = WorldModel.load(world_path) if world is None else world
     if population == "new":
         return world, None
     bp = world.book_path(world_path)

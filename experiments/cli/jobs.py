@@ -106,15 +106,11 @@ def run(
         cfg = load_run_config(config, parse_sets(sets))
         out = Path(out) if out is not None else Path("runs") / cfg.name
         _check_out(out, folder=True)
-        import contextlib
-
         from experiments.pipeline import run_pipeline
-        from experiments.ray_session import executor_for, ray_session
+        from experiments.ray_session import executor_session
 
-        executor = executor_for(workers, address)
-        session = ray_session(workers, address) if executor is not None else contextlib.nullcontext()
         t0 = time.perf_counter()
-        with _progress("run", 1) as upd, session:
+        with _progress("run", 1) as upd, executor_session(workers, address) as executor:
 
             def progress(step: str, done: int, total: int) -> None:
                 upd(done, max(total, 1))

@@ -429,24 +429,24 @@ def plan(
         n_budgets = (1 if budget is not None else 0) + len(frontier_budgets or [])
         total = 4 * seeds + 2 * seeds * n_budgets + (2 * seeds if frontier_budgets else 0)
         done = [0]
-        import contextlib
+        from experiments.ray_session import executor_session
 
-        from experiments.ray_session import executor_for, ray_session
-
-        executor = executor_for(workers, address)
-        session = ray_session(workers, address) if executor is not None else contextlib.nullcontext()
-        with _progress(f"planning over {horizon} periods", total) as upd, session:
+        with (
+            _progress(f"planning over {horizon} periods", total) as upd,
+            executor_session(workers, address) as executor,
+        ):
 
             def tick(stage: str, d: int, t: int) -> None:
                 done[0] += 1
                 upd(min(done[0], total), total)
 
             ctx = prepare_plan(world, book, pol, settings, policy_label(policy), progress=tick, executor=executor)
-            result = plan_at(ctx, budget, cons) if budget is not None else None
-            frontier_doc = None
+            result, frontier_doc, plans = None, None, {}
             if frontier_budgets:
                 refs = {b: resolve_policy(b, world) for b in ("bau", "greedy_uplift") if b != policy}
-                frontier_doc = plan_frontier(ctx, frontier_budgets, cons, refs)
+                frontier_doc = plan_frontier(ctx, frontier_budgets, cons, refs, plans=plans)
+            if budget is not None:  # a budget on the frontier is not planned twice
+                result = plans.get(float(budget)) or plan_at(ctx, budget, cons)
         if result is not None:
             write_plan(result, out)
             doc = result.to_dict()

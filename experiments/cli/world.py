@@ -214,15 +214,15 @@ def simulate(
         _check_world(world_path)
         from sim.world import WorldModel
 
-        book_file = WorldModel.load(world_path).book_path(world_path)
-        _check_out(out, inputs=(world_path, book_file))
+        world = WorldModel.load(world_path)
+        _check_out(out, inputs=(world_path, world.book_path(world_path)))
         from experiments.results import SimulationSummary
         from policies.base import as_simulator_policy
         from policies.registry import resolve_policy
         from sim.atomic import atomic_path
         from sim.population import simulate as run
 
-        world, book = _load_world(world_path, population)
+        world, book = _load_world(world_path, population, world)
         pol = as_simulator_policy(resolve_policy(policy, world))
         n = customers or len(book)
         t0 = time.perf_counter()

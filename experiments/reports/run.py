@@ -49,8 +49,12 @@ def _h2(key: str) -> str:
     return f'<h2 id="{key}">{dict(SECTIONS)[key]}</h2>'
 
 
-def _iv_inline(d: dict | None, fmt: str = "{:+,.3f}") -> str:
-    return _iv(d, fmt).replace("<br>", " ")
+def _iv_inline(d: dict | None, fmt: str = "{:+,.3f}", keys=("mean", "ci_low", "ci_high")) -> str:
+    """An interval on one line (`keys=VALUE_KEYS` for the OPE documents' point estimates)."""
+    return _iv(d, fmt, keys).replace("<br>", " ")
+
+
+VALUE_KEYS = ("value", "ci_low", "ci_high")
 
 
 def _answer(doc: dict) -> str:
@@ -81,13 +85,13 @@ def _answer(doc: dict) -> str:
             f"Offline ({main.upper()}, first logged decision of {ope['customers']:,} customers in the holdout): "
             f"the first period's contacts {number(e['plan']['value'], '{:,.3f}')} per decision against "
             f"{number(ope['logged']['value'], '{:,.3f}')} for what the bank did (difference "
-            f"{_ivv(e['plan_minus_logged'], '{:+,.3f}').replace('<br>', ' ')}) and {number(e['none']['value'], '{:,.3f}')} for contacting "
+            f"{_iv_inline(e['plan_minus_logged'], keys=VALUE_KEYS)}) and {number(e['none']['value'], '{:,.3f}')} for contacting "
             "no one"
         )
         if "plan_minus_reference" in e:
-            txt += f"; minus the {escape(ope.get('reference_name', 'policy alone'))}: " + _ivv(
-                e["plan_minus_reference"], "{:+,.3f}"
-            ).replace("<br>", " ")
+            txt += f"; minus the {escape(ope.get('reference_name', 'policy alone'))}: " + _iv_inline(
+                e["plan_minus_reference"], keys=VALUE_KEYS
+            )
         lines.append(txt + ".")
     notes = "".join(f'<p class="note warn">{escape(x)}</p>' for x in doc.get("notes", []))
     files = ", ".join(
@@ -364,7 +368,7 @@ def _ope(doc: dict) -> str:
         f"{o['plan_contacts']:,} of them "
         f"({o['not_allowed']:,} planned contacts were no longer allowed at that decision and count as none); the bank "
         f"contacted {o['logged_contacts']:,}; they agree on {number(100 * o['agreement'], '{:.1f}')} % of decisions. "
-        f"What the bank actually earned: {_ivv(o['logged']).replace('<br>', ' ')} per decision. Intervals: paired "
+        f"What the bank actually earned: {_iv_inline(o['logged'], '{:,.3f}', VALUE_KEYS)} per decision. Intervals: paired "
         f"bootstrap over customers ({o['bootstrap']['resamples']} resamples). Effective sample size of the plan's "
         f"weights {number(d['ess'], '{:,.0f}')} of {d['n']:,}.</p>" + table(header, rows) + warn
     )
