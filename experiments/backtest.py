@@ -4,8 +4,9 @@
 2. Resolve the candidates in that world (baselines or folders from `clv train`).
 3. Evaluate each candidate on what happened after D, two ways:
    - OPE on the logged decisions dated on or after D (experiments.ope, estimand per_decision:
-     the mean reward following a decision, reward = margin_rate * amount spent from the decision
-     to the customer's next decision, or to the end of the history, minus the contact cost);
+     the mean reward following a decision: the data contract's reward from the decision to the
+     customer's next decision, or to the end of the history: margin_rate * amount spent + the
+     margins of the products held at each period end - the contact cost; experiments.ope.data);
    - simulation of the calibrated world's book (digital twins as of D) for the periods between D
      and the end of the history (at least MIN_PERIODS), several seeds, common random numbers.
 4. Compare both with the logged policy's actual outcome after D: its on-policy per-decision value
@@ -15,8 +16,8 @@ What the simulation's `per_decision_reward` is: to match OPE's estimand, the can
 at decision points spaced like the logged ones (`cadence`: the median gap between a customer's
 consecutive logged decisions, in periods; each simulated customer gets a fixed offset, so 1 in
 `cadence` of them is at a decision point in any period) and is silent in between. The reward counted
-is the transaction margin minus contact costs (margin_rate * amount - cost; product margins are
-left out, as OPE's rewards have none), undiscounted, summed over the horizon and divided by the
+is the simulator's period reward, the same contract reward as OPE's (transaction margin + product
+margins - contact costs), undiscounted, summed over the horizon and divided by the
 number of decision windows (horizon / cadence) per customer. It is a mean reward per customer per
 decision window, the simulated counterpart of OPE's mean reward per logged decision. The
 discounted CLV per customer over the horizon (with product margins, as `clv evaluate` reports it)
@@ -155,7 +156,6 @@ def _simulate(
 
     n = settings.customers or len(book)
     windows = periods / cadence
-    mr = world.economics.margin_rate
     per_seed: dict[str, dict[str, list[float]]] = {
         k: {"clv": [], "per_decision_reward": [], "contacts": []} for k in policies
     }
@@ -167,7 +167,7 @@ def _simulate(
             )
             c = res.customers
             per_seed[name]["clv"].append(float(c["clv"].mean()))
-            per_seed[name]["per_decision_reward"].append(float((mr * c["amount"] - c["cost"]).mean()) / windows)
+            per_seed[name]["per_decision_reward"].append(float(c["reward"].mean()) / windows)
             per_seed[name]["contacts"].append(float(c["contacts"].mean()))
             tick()
     return {
@@ -325,7 +325,8 @@ def run_backtest(
         "estimand": {
             "ope": "per_decision",
             "main_estimator": main,
-            "simulation": f"mean reward (margin - contact cost, undiscounted) per customer per decision "
+            "simulation": f"mean reward (transaction margin + product margins - contact cost, undiscounted) "
+            "per customer per decision "
             f"window of {cadence} periods, acting only at decision points",
         },
         "simulation_settings": {

@@ -382,6 +382,55 @@ def observation_frame(run: BankRun, w: int, d: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame(cols)
 
 
+def _decision_rewards(
+    cfg: BankConfig,
+    world: WorldModel,
+    c: np.ndarray,
+    w: np.ndarray,
+    a: np.ndarray,
+    held_at: np.ndarray,
+    held_end: np.ndarray,
+    rows_tx: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> pd.DataFrame:
+    """Every logged decision's contract reward as the generator knows it (DESIGN.md): margin_rate x
+    the amounts of the history's transaction rows from the decision's week to the customer's next
+    decision's week (exclusive; the end of the window for the last one), plus the product margins
+    the simulator earned at each of those weeks' ends, minus the action's cost. Rows in the order
+    of (c, w, a); `held_at` is the customer's running sum of week-end product margins at each
+    decision, `held_end` the sums at the end of the window."""
+    n = c.size
+    order = np.lexsort((w, c))
+    cs, ws = c[order], w[order]
+    last = np.ones(n, bool)
+    last[:-1] = cs[1:] != cs[:-1]
+    next_w = np.where(last, cfg.weeks, np.roll(ws, -1))
+    held_next = np.where(last, held_end[cs], np.roll(held_at[order], -1))
+    # amounts per (customer, week) window by cumulative sums over rows sorted by customer, week
+    tc, tw, ta = rows_tx
+    key_tx = tc.astype(np.int64) * (cfg.weeks + 1) + tw
+    o = np.argsort(key_tx, kind="stable")
+    key_tx, cum = key_tx[o], np.concatenate([[0.0], np.cumsum(ta[o])])
+    lo = np.searchsorted(key_tx, cs.astype(np.int64) * (cfg.weeks + 1) + ws, side="left")
+    hi = np.searchsorted(key_tx, cs.astype(np.int64) * (cfg.weeks + 1) + next_w, side="left")
+    amount = np.empty(n)
+    amount[order] = cum[hi] - cum[lo]
+    product = np.empty(n)
+    product[order] = held_next - held_at[order]
+    cost = np.asarray(world.catalogue.costs, np.float64)[a]
+    margin = world.economics.margin_rate * amount
+    return pd.DataFrame(
+        {
+            "date": pd.Timestamp(cfg.start) + pd.to_timedelta(w * 7, unit="D"),
+            "action": np.array(world.catalogue.names)[a],
+            "amount": amount,
+            "margin": margin,
+            "product_margin": product,
+            "cost": cost,
+            "reward": margin + product - cost,
+        }
+    )
+
+
 def generate_bank_history(cfg: BankConfig, record_observations: bool = False) -> tuple[History, dict[str, Any]]:
     """Run the true world and return (History, truth). Same config, same history.
 
@@ -390,8 +439,19 @@ def generate_bank_history(cfg: BankConfig, record_observations: bool = False) ->
     random numbers, so the history is the same either way."""
     run = start_bank_run(cfg)
     obs_frames: list[pd.DataFrame] = []
-    record = (lambda w, d, a, probs: obs_frames.append(observation_frame(run, w, d))) if record_observations else None
-    run_bank_weeks(run, logging_chooser(run), before_step=record)
+    # product margins earned at each week's end, summed per customer; read at every decision
+    held_sum = np.zeros(cfg.customers)
+    held_at_decision: list[np.ndarray] = []
+
+    def before(w: int, d: np.ndarray, a: np.ndarray, probs: np.ndarray) -> None:
+        held_at_decision.append(held_sum[d].copy())
+        if record_observations:
+            obs_frames.append(observation_frame(run, w, d))
+
+    def after(w: int, out) -> None:
+        held_sum[:] += run.sim.state.product_margin
+
+    run_bank_weeks(run, logging_chooser(run), before_step=before, after_step=after)
     world, tables, rng_gen, seg_names = run.world, run.tables, run.rng_gen, run.seg_names
     st, birth, cid = run.sim.state, run.birth, run.cid
     N, start = cfg.customers, pd.Timestamp(cfg.start)
@@ -418,7 +478,8 @@ def generate_bank_history(cfg: BankConfig, record_observations: bool = False) ->
     p_seg = tables.spend_p[seg]
     amount = rng_gen.gamma(p_seg) / st.nu[cust]
     dates = start + pd.to_timedelta(w[rows] * 7 + day, unit="D")
-    transactions = pd.DataFrame({"customer_id": cid[cust], "date": dates.normalize(), "amount": np.round(amount, 2)})
+    rows_tx = (cust, w[rows], np.round(amount, 2))  # (customer, week, amount) of every transaction row
+    transactions = pd.DataFrame({"customer_id": cid[cust], "date": dates.normalize(), "amount": rows_tx[2]})
     transactions = transactions.sort_values(["customer_id", "date"], kind="stable").reset_index(drop=True)
     transactions["channel"] = np.where(rng_gen.random(len(transactions)) < 0.6, "card", "transfer")
 
@@ -462,9 +523,15 @@ def generate_bank_history(cfg: BankConfig, record_observations: bool = False) ->
             "cost": np.asarray(world.catalogue.costs)[a],
         }
     )
-    decisions = decisions.sort_values(["customer_id", "date"], kind="stable").reset_index(drop=True)
     # the rounded propensities are what the data says; keep them in (0, 1]
     decisions["propensity"] = decisions["propensity"].clip(1e-6, 1.0)
+    decision_rewards = _decision_rewards(
+        cfg, world, c, w, a, np.concatenate(held_at_decision) if held_at_decision else np.zeros(0), held_sum, rows_tx
+    )
+    decision_rewards.insert(0, "customer_id", cid[c])
+    order = decisions.sort_values(["customer_id", "date"], kind="stable").index.to_numpy()
+    decisions = decisions.iloc[order].reset_index(drop=True)
+    decision_rewards = decision_rewards.iloc[order].reset_index(drop=True)
 
     hist = History(
         folder=f"<dataset:bank seed={cfg.seed}>",
@@ -493,7 +560,7 @@ def generate_bank_history(cfg: BankConfig, record_observations: bool = False) ->
             "alive_at_end": st.alive,
         }
     )
-    truth = {"world": world, "customers": latent, "config": cfg}
+    truth = {"world": world, "customers": latent, "config": cfg, "decision_rewards": decision_rewards}
     if record_observations:
         obs = pd.concat(obs_frames, ignore_index=True) if obs_frames else pd.DataFrame()
         if len(obs):
@@ -526,6 +593,8 @@ def write_bank_history(out: str | Path, cfg: BankConfig) -> dict[str, Any]:
     truth["world"].save(out / "truth.json")
     with atomic_path(out / "truth_customers.parquet") as tmp:
         truth["customers"].to_parquet(tmp, index=False)
+    with atomic_path(out / "truth_decisions.parquet") as tmp:
+        truth["decision_rewards"].to_parquet(tmp, index=False)
     atomic_write_json(
         out / "README.json",
         {
@@ -541,9 +610,12 @@ def write_bank_history(out: str | Path, cfg: BankConfig) -> dict[str, Any]:
                 "stages.yaml",
                 "truth.json",
                 "truth_customers.parquet",
+                "truth_decisions.parquet",
             ],
             "note": "truth.json is the world that generated this history; truth_customers.parquet holds each "
-            "customer's latent rate (lam, per week), hazard (mu), spend rate (nu) and alive flag at the end.",
+            "customer's latent rate (lam, per week), hazard (mu), spend rate (nu) and alive flag at the end; "
+            "truth_decisions.parquet each logged decision's contract reward as the generator earned it "
+            "(transaction margin to the next decision + product margins at each week's end - cost).",
         },
     )
     return {

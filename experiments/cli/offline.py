@@ -101,6 +101,13 @@ def ope(
     reward_model: str = RewardModelOpt,
     start: Optional[str] = typer.Option(None, "--start", help="Evaluate decisions from this date."),
     end: Optional[str] = typer.Option(None, "--end", help="... up to this date (exclusive); closes reward windows."),
+    window: Optional[int] = typer.Option(
+        None,
+        "--window",
+        help="A decision's reward is summed over the N periods after it (the candidate's choice, then what "
+        "the bank did), so a one-step estimate sees product and retention value; default: to the customer's "
+        "next decision. per_decision only.",
+    ),
     workers: Optional[int] = RayWorkersOpt,
     address: Optional[str] = RayAddressOpt,
     out: Optional[Path] = OutJsonOpt,
@@ -138,6 +145,7 @@ def ope(
             reward_model=reward_model,
             start=start_d,
             end=end_d,
+            window=window,
         )
         history = _load(history_dir, None)
         world = book = pol = None
@@ -166,7 +174,8 @@ def ope(
             _write_json(out, res)
     lines = [
         f"{res['policy']} on {res['decisions']:,} decisions of {res['customers']:,} customers "
-        f"({res['window']['start']} to {res['window']['end']}), estimand {res['estimand']}",
+        f"({res['window']['start']} to {res['window']['end']}), estimand {res['estimand']}, "
+        f"reward window {res['window']['rule']}",
         f"logged policy's own value: {res['logged_policy_value']:.4g}",
         f"{'estimator':<10}{'value':>12}{'95% CI' if abs(alpha - 0.05) < 1e-12 else 'CI':>26}{'ESS':>10}",
     ]

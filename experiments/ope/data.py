@@ -1,16 +1,30 @@
 """Logged decisions with their outcomes: the rewards off-policy evaluation scores.
 
-The estimand's unit is one logged decision. Its reward is the margin the customer produced from
-the decision's day (inclusive) to their next logged decision (exclusive), or to the end of the
-observation window for their last one, minus the decision's cost:
+The estimand's unit is one logged decision. Its reward is the data contract's period reward
+(DESIGN.md) summed over the decision's window, minus the decision's cost:
 
-    reward = margin_rate * sum(amount of transactions in [date, next_date)) - cost
+    reward = margin_rate * sum(amount of transactions in [date, next_date))
+             + sum over the period ends e in (date, next_date] of the margins of the products held at e
+             - cost
+
+The window runs from the decision's day (inclusive) to the customer's next logged decision
+(exclusive), or to the end of the observation window for their last one; with `window=N` it is
+the N periods after the decision instead (the one-step deviation, then what the bank did: windows
+of one customer may then overlap, so it is for one-step estimates only).
+
+Periods are the economics' (`period`), on the calibration's grid: period 0 starts at the earliest
+birth of the history (its first signup date, or first transaction when customers.csv has no
+signup dates; `sim.features.build_panel`), so a period end is origin + k * period_days. A product
+is held at a period end when its last open/close event dated before that end is an `open`
+(products.csv); a product whose first event is a `close` was held since before the history. Its
+margin is economics.yaml's `product_margin_per_period` (0 for a product it does not name). This is
+what the simulator rewards each period (`sim.population.PopulationSimulator.step`) and what
+`clv make-data` records as each decision's reward (truth_decisions.parquet).
 
 `cost` is the decision's own cost column when the file has one, otherwise the catalogue's cost
 of the action ("none" costs 0). `per_decision` averages these rewards over decisions;
 `per_customer` sums them along each customer's logged trajectory (discounted per step when a
-discount is given). Product margins are not included: a history has opening dates, not the
-monthly margin each product earned.
+discount is given).
 """
 
 from __future__ import annotations
@@ -56,23 +70,120 @@ class DayIndex:
         return np.searchsorted(self.key, self._key(codes, np.broadcast_to(days, np.shape(codes))), side="left")
 
 
-def decision_outcomes(history, start: str | None = None, end: str | None = None) -> pd.DataFrame:
-    """One row per logged decision in [start, end): customer_id, date, action, propensity, cost,
-    next_date, margin, reward, step (0-based position in the customer's trajectory).
+def period_grid(history) -> tuple[float, float]:
+    """(origin, period_days) of the history's period grid, the origin as days since 1970-01-01:
+    the earliest birth (first signup date, or first transaction without signup dates), as in
+    calibration's activity panel."""
+    days = [day_numbers(history.transactions["date"].to_numpy()).min()]
+    cust = history.customers
+    if cust is not None and "signup_date" in cust.columns:
+        su = cust["signup_date"].dropna()
+        if len(su):
+            days.append(day_numbers(su.to_numpy()).min())
+    return float(min(days)), float(history.economics.period_days)
 
-    `end` closes the last window of every customer (default: the day after the last transaction
-    or decision in the history). Raises ConfigError when the history has no decisions."""
+
+def _period_ends(x: np.ndarray, origin: float, period: float) -> np.ndarray:
+    """Number of period ends origin + k * period (k >= 1) in (origin, x]; differences of it count
+    the ends in any interval (a, b]."""
+    return np.floor((np.asarray(x, np.float64) - origin) / period + 1e-9)
+
+
+class ProductMargins:
+    """The product-margin part of the contract reward over any window of a customer:
+    `between(codes, a, b)` = sum over the period ends e in (a, b] of the margins of the products
+    held at e (days as day numbers; `codes` as `customer_codes` gives them).
+
+    With holding changes (t_j, +-m_j) per customer (an open adds the product's margin, a close
+    removes it), sum_{e in (a, b]} M(e) = G(b) - G(a) where G(x) = sum_{t_j < x} s_j m_j (F(x) - F(t_j))
+    and F counts period ends (`_period_ends`): each change contributes its margin once per end
+    after it."""
+
+    def __init__(
+        self, products: pd.DataFrame | None, codes: np.ndarray | None, margins: dict, grid: tuple[float, float]
+    ):
+        self.origin, self.period = grid
+        self.empty = True
+        if products is None or not len(products) or not any(float(v) != 0 for v in margins.values()):
+            return
+        m = products["product"].map(lambda p: float(margins.get(p, 0.0))).to_numpy(np.float64)
+        keep = m != 0
+        if not keep.any():
+            return
+        day = day_numbers(products["date"].to_numpy())[keep]
+        code = np.asarray(codes, np.int64)[keep]
+        prod = pd.factorize(products["product"].to_numpy()[keep])[0].astype(np.int64)
+        is_open = (products["event"].to_numpy()[keep] == "open").astype(np.int8)
+        m = m[keep]
+        order = np.lexsort((np.arange(day.size), day, prod, code))  # stable within a day: the file's order
+        code, prod, day, is_open, m = code[order], prod[order], day[order], is_open[order], m[order]
+        first = np.ones(code.size, bool)
+        first[1:] = (code[1:] != code[:-1]) | (prod[1:] != prod[:-1])
+        before = np.empty(code.size, np.int8)
+        before[1:] = is_open[:-1]
+        before[first] = np.where(is_open[first] == 1, 0, 1)  # a first close: held since before the history
+        change = (is_open - before).astype(np.float64)
+        # a first close also needs the holding that it ends: opened before every window
+        held_early = first & (is_open == 0)
+        early_day = float(day.min()) - 1.0
+        ev_code = np.concatenate([code, code[held_early]])
+        ev_day = np.concatenate([day.astype(np.float64), np.full(int(held_early.sum()), early_day)])
+        ev_val = np.concatenate([change * m, m[held_early]])
+        nz = ev_val != 0
+        ev_code, ev_day, ev_val = ev_code[nz], ev_day[nz], ev_val[nz]
+        self.index = DayIndex(ev_code, np.ceil(ev_day).astype(np.int64))
+        val = ev_val[self.index.order]
+        ends = _period_ends(ev_day[self.index.order], self.origin, self.period)
+        self.s1 = np.concatenate([[0.0], np.cumsum(val)])
+        self.s2 = np.concatenate([[0.0], np.cumsum(val * ends)])
+        self.empty = False
+
+    def _g(self, codes: np.ndarray, x: np.ndarray) -> np.ndarray:
+        pos = self.index.position(codes, np.ceil(x).astype(np.int64))
+        lo = self.index.position(codes, FIRST_DAY)
+        s1 = self.s1[pos] - self.s1[lo]
+        s2 = self.s2[pos] - self.s2[lo]
+        return _period_ends(x, self.origin, self.period) * s1 - s2
+
+    def between(self, codes: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        if self.empty:
+            return np.zeros(np.shape(codes))
+        return self._g(codes, np.asarray(b, np.float64)) - self._g(codes, np.asarray(a, np.float64))
+
+
+def decision_outcomes(
+    history, start: str | None = None, end: str | None = None, window: int | None = None
+) -> pd.DataFrame:
+    """One row per logged decision in [start, end): customer_id, date, action, propensity, cost,
+    next_date, margin (transactions), product_margin, reward, step (0-based position in the
+    customer's trajectory).
+
+    `end` closes the last window of every customer (default: the end of the period holding the
+    last transaction, product event or decision of the history). `window`: each decision's window
+    is the `window` periods after it (capped at `end`) instead of the time to the customer's next
+    decision. Raises ConfigError when the history has no decisions."""
     dec = history.decisions
     if dec is None or len(dec) == 0:
         raise ConfigError(
             f"{history.folder}: no decisions table (decisions.csv with customer_id, date, action, "
             "propensity) to evaluate policies on"
         )
+    if window is not None and (isinstance(window, bool) or int(window) != window or window < 1):
+        raise ConfigError("window", value=window, message="must be a whole number of periods >= 1")
     tx = history.transactions
+    prods = history.products
+    origin, period = period_grid(history)
     dec = dec.sort_values(["customer_id", "date"], kind="stable").reset_index(drop=True)
     last_seen = max(tx["date"].max(), dec["date"].max())
+    if prods is not None and len(prods):
+        last_seen = max(last_seen, prods["date"].max())
     logged_from, logged_to = dec["date"].min().date(), dec["date"].max().date()
-    stop = pd.Timestamp(end) if end is not None else last_seen + pd.Timedelta(days=1)
+    if end is not None:
+        stop_day = float(day_numbers(np.array([pd.Timestamp(end)]))[0])
+    else:  # the end of the period holding the last thing seen
+        last_day = float(day_numbers(np.array([last_seen]))[0])
+        stop_day = origin + (_period_ends(last_day, origin, period) + 1.0) * period
+    stop = pd.Timestamp(int(np.ceil(stop_day)), unit="D")
     if start is not None:
         dec = dec[dec["date"] >= pd.Timestamp(start)]
     dec = dec[dec["date"] < stop].reset_index(drop=True)
@@ -83,18 +194,29 @@ def decision_outcomes(history, start: str | None = None, end: str | None = None)
         )
 
     cust = dec["customer_id"].to_numpy()
-    same_next = np.zeros(len(dec), dtype=bool)
-    same_next[:-1] = cust[1:] == cust[:-1]
     dates = dec["date"].to_numpy()
-    nxt = np.where(same_next, np.roll(dates, -1), np.datetime64(stop, "ns"))
-    nxt = np.minimum(nxt, np.datetime64(stop, "ns"))
+    day = day_numbers(dates).astype(np.float64)
+    if window is None:
+        same_next = np.zeros(len(dec), dtype=bool)
+        same_next[:-1] = cust[1:] == cust[:-1]
+        nxt_day = np.where(same_next, np.roll(day, -1), stop_day)
+    else:
+        nxt_day = day + int(window) * period
+    nxt_day = np.minimum(nxt_day, stop_day)
 
     # margin in [date, next) per decision: cumulative sums over transactions sorted by (customer, day)
-    dcode, tcode = customer_codes(cust, tx["customer_id"].to_numpy())
+    ids = [cust, tx["customer_id"].to_numpy()] + ([prods["customer_id"].to_numpy()] if prods is not None else [])
+    codes = customer_codes(*ids)
+    dcode, tcode = codes[0], codes[1]
     idx = DayIndex(tcode, day_numbers(tx["date"].to_numpy()))
     cum = np.concatenate([[0.0], np.cumsum(tx["amount"].to_numpy(dtype=np.float64)[idx.order])])
-    amount = cum[idx.position(dcode, day_numbers(nxt))] - cum[idx.position(dcode, day_numbers(dates))]
+    hi = np.ceil(nxt_day).astype(np.int64)  # transactions on days < next (next may fall inside a day)
+    amount = cum[idx.position(dcode, hi)] - cum[idx.position(dcode, day.astype(np.int64))]
     margin = history.economics.margin_rate * amount
+    held = ProductMargins(
+        prods, codes[2] if prods is not None else None, history.economics.product_margin_per_period, (origin, period)
+    )
+    product_margin = held.between(dcode, day, nxt_day)
 
     if "cost" in dec.columns:
         cost = dec["cost"].to_numpy(dtype=np.float64)
@@ -104,16 +226,20 @@ def decision_outcomes(history, start: str | None = None, end: str | None = None)
     else:
         cost = np.zeros(len(dec))
     step = dec.groupby("customer_id", sort=False).cumcount().to_numpy()
+    nxt = (np.datetime64("1970-01-01", "ns") + np.round(nxt_day * 86400e9).astype("timedelta64[ns]")).astype(
+        "datetime64[ns]"
+    )
     return pd.DataFrame(
         {
             "customer_id": cust,
-            "date": dec["date"].to_numpy(),
+            "date": dates,
             "action": dec["action"].to_numpy(),
             "propensity": dec["propensity"].to_numpy(dtype=np.float64),
             "cost": cost,
             "next_date": nxt,
             "margin": margin,
-            "reward": margin - cost,
+            "product_margin": product_margin,
+            "reward": margin + product_margin - cost,
             "step": step,
         }
     )

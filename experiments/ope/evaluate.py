@@ -69,6 +69,7 @@ class OPESettings:
     reward_model: str = "ridge"
     start: str | None = None
     end: str | None = None
+    window: int | None = None  # periods after each decision; None: to the customer's next decision
 
     def __post_init__(self):
         if self.estimand not in ESTIMANDS:
@@ -92,6 +93,15 @@ class OPESettings:
             raise ConfigError(
                 "discount", "{key:discount} applies to the per_customer estimand (add {key:estimand} per_customer)"
             )
+        if self.window is not None:
+            if isinstance(self.window, bool) or int(self.window) != self.window or self.window < 1:
+                raise ConfigError("window", value=self.window, message="must be a whole number of periods >= 1")
+            if self.estimand == "per_customer":
+                raise ConfigError(
+                    "window",
+                    "{key:window} applies to the per_decision estimand: windows of N periods overlap along a "
+                    "trajectory, so their per_customer sum would count a period twice",
+                )
         if self.clip is not None and not self.clip > 0:
             raise ConfigError("clip", value=self.clip, message="must be > 0")
         if self.n_boot < 10:
@@ -296,6 +306,7 @@ class LoggedDecisions:
     start: str | None
     end: str | None
     world: Any = None
+    window: int | None = None
     states: Any = None
     _features: np.ndarray | None = None
     _reward_models: dict = field(default_factory=dict)
@@ -323,17 +334,18 @@ class LoggedDecisions:
 
 
 def logged_decisions(
-    history, start: str | None = None, end: str | None = None, world=None, book=None
+    history, start: str | None = None, end: str | None = None, world=None, book=None, window: int | None = None
 ) -> LoggedDecisions:
-    """The decisions in [start, end) with their rewards and, given the `world` candidates act in
-    (and its `book` for K-means segments), the states rebuilt at every decision."""
-    outcomes = decision_outcomes(history, start, end)
+    """The decisions in [start, end) with their rewards (over `window` periods, or to the next
+    decision) and, given the `world` candidates act in (and its `book` for K-means segments), the
+    states rebuilt at every decision."""
+    outcomes = decision_outcomes(history, start, end, window)
     states = None
     if world is not None:
         from .observations import decision_states
 
         states = decision_states(history, world, outcomes, book)
-    return LoggedDecisions(outcomes=outcomes, start=start, end=end, world=world, states=states)
+    return LoggedDecisions(outcomes=outcomes, start=start, end=end, world=world, states=states, window=window)
 
 
 def evaluate_offline(
@@ -360,8 +372,10 @@ def evaluate_offline(
             "give a policy ({key:policy}) or a target probability column ({key:target_prob_column}), not both"
         )
     if logged is None:
-        logged = logged_decisions(history, settings.start, settings.end, world if policy is not None else None, book)
-    elif (logged.start, logged.end) != (settings.start, settings.end) or (
+        logged = logged_decisions(
+            history, settings.start, settings.end, world if policy is not None else None, book, settings.window
+        )
+    elif (logged.start, logged.end, logged.window) != (settings.start, settings.end, settings.window) or (
         policy is not None and logged.world is not world
     ):
         raise ValueError("evaluate_offline: `logged` was prepared for another window or world")
@@ -450,10 +464,8 @@ def evaluate_offline(
         "discount": settings.discount,
         "decisions": int(len(outcomes)),
         "customers": int(outcomes["customer_id"].nunique()),
-        "window": {
-            "start": str(pd.Timestamp(outcomes["date"].min()).date()),
-            "end": str(pd.Timestamp(outcomes["next_date"].max()).date()),
-        },
+        "window": window_entry(outcomes, settings.window),
+        "reward": REWARD_DEFINITION,
         "logged_policy_value": logged,
         "diagnostics": {**diag, "warning": warning, **target.info},
         "models": models,
@@ -467,6 +479,23 @@ def evaluate_offline(
         },
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},
         "seconds": time.perf_counter() - t0,
+    }
+
+
+REWARD_DEFINITION = (
+    "the data contract's period reward summed over each decision's window: margin_rate x transaction amounts "
+    "+ margins of the products held at each period end - the decision's cost"
+)
+
+
+def window_entry(outcomes: pd.DataFrame, periods: int | None) -> dict[str, Any]:
+    """The JSON `window` of an evaluation: the dates its decisions and reward windows span, and the
+    rule of a decision's reward window."""
+    return {
+        "start": str(pd.Timestamp(outcomes["date"].min()).date()),
+        "end": str(pd.Timestamp(outcomes["next_date"].max()).date()),
+        "periods": periods,
+        "rule": "to the customer's next decision" if periods is None else f"the {periods} periods after the decision",
     }
 
 
@@ -490,6 +519,8 @@ __all__ = [
     "target_from_policy",
     "target_from_column",
     "bandit_data",
+    "window_entry",
+    "REWARD_DEFINITION",
     "trajectory_data",
     "ESTIMATORS",
     "ONE_STEP",

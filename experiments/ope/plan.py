@@ -6,8 +6,9 @@ date. In the logged history each customer meets the bank's logging policy at the
 points; the plan's action is taken to happen at the first of them on or after the plan's start
 (`start`). On those decisions, one per customer, the plan is a deterministic one-step policy: the
 planned action where the rebuilt state allows it, else "none" (counted in `not_allowed`). The
-one-step estimators of `experiments.ope.estimators` value it (reward: margin from the decision to
-the customer's next one minus the decision's cost, as in `experiments.ope.data`), with the reward
+one-step estimators of `experiments.ope.estimators` value it (reward: the data contract's, from the
+decision to the customer's next one: transaction margin + product margins held at each period end
+- the decision's cost, as in `experiments.ope.data`), with the reward
 model cross-fitted on every decision of the window (it does not depend on the candidate).
 
 Returned per estimator: the plan's value per customer, the value of contacting no one, the plan
@@ -27,7 +28,7 @@ import pandas as pd
 from sim.errors import ConfigError
 
 from .estimators import LoggedBandit, make_estimator, support_warning, weight_diagnostics
-from .evaluate import CLIPPABLE, NEEDS_EVERY_ACTION, OPESettings, logged_decisions
+from .evaluate import CLIPPABLE, NEEDS_EVERY_ACTION, REWARD_DEFINITION, OPESettings, logged_decisions, window_entry
 
 BOOT_CHUNK = 250
 
@@ -145,10 +146,8 @@ def evaluate_plan_offline(
     contacted = taken != 0
     return {
         "estimand": "per_decision (each book customer's first logged decision in the window)",
-        "window": {
-            "start": str(pd.Timestamp(o["date"].to_numpy()[rows].min()).date()),
-            "end": str(pd.Timestamp(o["next_date"].to_numpy()[rows].max()).date()),
-        },
+        "window": window_entry(o.iloc[rows], None),
+        "reward": REWARD_DEFINITION,
         "decisions": int(m),
         "customers": int(m),
         "plan_contacts": int(contacted.sum()),

@@ -1,10 +1,11 @@
 """True values of candidate policies in the synthetic bank's generating world: what off-policy
 evaluation (experiments/ope/estimators.py on experiments/ope/data.py's rewards) is checked against.
 
-The reward of a decision is experiments/ope/data.py's: margin_rate x the amount of the
-customer's transactions from the decision's week (inclusive) to their next decision's week
-(exclusive), or to the end of the window for their last decision, minus the action's
-catalogue cost. A week's amount is taken as its expected value given the simulated count,
+The reward of a decision is experiments/ope/data.py's, the data contract's: margin_rate x the
+amount of the customer's transactions from the decision's week (inclusive) to their next
+decision's week (exclusive), or to the end of the window for their last decision, plus the
+margins of the products held at each of those weeks' ends, minus the action's catalogue cost.
+A week's amount is taken as its expected value given the simulated count,
 min(count, 7) x spend_p[segment] / nu (the history writes min(count, 7) rows, each
 ~ Gamma(spend_p) / nu), so the truths are unbiased for what the history records and carry
 none of the Gamma-amount noise.
@@ -77,6 +78,7 @@ class _Ledger:
 
     def __init__(self, run: BankRun):
         cfg, tb, st = run.cfg, run.tables, run.sim.state
+        self.run = run
         n = cfg.customers
         cap = n * (-(-cfg.weeks // cfg.decision_every) + 1)
         self.cur = np.full(n, -1, np.int64)
@@ -104,6 +106,10 @@ class _Ledger:
         pos = np.flatnonzero(out.transactions)
         pos = pos[self.cur[pos] >= 0]
         self.reward[self.cur[pos]] += self.margin * np.minimum(out.transactions[pos], TX_CAP) * self.unit[pos]
+        # the margins of the products held at the week's end
+        held = self.run.sim.state.product_margin
+        on = np.flatnonzero((self.cur >= 0) & (held != 0))
+        self.reward[self.cur[on]] += held[on]
 
     def frame(self) -> dict[str, np.ndarray]:
         k = self.count
@@ -262,6 +268,7 @@ def _one_step_run(cfg: BankConfig, policies: Mapping[str, Any], replicates: int)
         acts = np.tile(aa, R).astype(np.int16)
         twin = sim.subset(rows, branch_rng)
         amount = np.zeros(rows.size)
+        held = np.zeros(rows.size)
         cost = None
         for h in range(min(cfg.decision_every, cfg.weeks - w)):
             out = twin.step(acts if h == 0 else None)
@@ -270,7 +277,8 @@ def _one_step_run(cfg: BankConfig, policies: Mapping[str, Any], replicates: int)
                     raise RuntimeError("ope_truth: a branch applied a masked action")
                 cost = out.cost
             amount += np.minimum(out.transactions, TX_CAP) * unit[rows]
-        reward = (tb.margin_rate * amount - cost).reshape(R, ii.size)
+            held += twin.state.product_margin
+        reward = (tb.margin_rate * amount + held - cost).reshape(R, ii.size)
         Q = np.zeros((R, d.size, masks.shape[1]))
         Q[:, ii, aa] = reward
         for k, p in pis.items():

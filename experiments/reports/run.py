@@ -362,8 +362,9 @@ def _ope(doc: dict) -> str:
     d = o["diagnostics"]
     warn = f'<p class="note warn">{escape(d["warning"])}</p>' if d.get("warning") else ""
     return (
-        _h2("ope") + f'<p class="note">Reward per decision: margin from the decision to the customer\'s next one '
-        f"minus its cost, on the first logged decision of each of {o['customers']:,} book customers between "
+        _h2("ope") + f'<p class="note">Reward per decision: the contract reward (transaction margin '
+        f"+ margins of the products held at each period end - its cost) from the decision to the customer's next "
+        f"one, on the first logged decision of each of {o['customers']:,} book customers between "
         f"{escape(o['window']['start'])} and {escape(o['window']['end'])}. The plan's first period contacts "
         f"{o['plan_contacts']:,} of them "
         f"({o['not_allowed']:,} planned contacts were no longer allowed at that decision and count as none); the bank "
