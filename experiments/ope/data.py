@@ -29,6 +29,8 @@ discount is given).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -243,6 +245,23 @@ def decision_outcomes(
             "step": step,
         }
     )
+
+
+REWARD_DEFINITION = (
+    "the data contract's period reward summed over each decision's window: margin_rate x transaction amounts "
+    "+ margins of the products held at each period end - the decision's cost"
+)
+
+
+def window_entry(outcomes: pd.DataFrame, periods: int | None) -> dict[str, Any]:
+    """The JSON `window` of an evaluation: the dates its decisions and reward windows span, and the
+    rule of a decision's reward window."""
+    return {
+        "start": str(pd.Timestamp(outcomes["date"].min()).date()),
+        "end": str(pd.Timestamp(outcomes["next_date"].max()).date()),
+        "periods": periods,
+        "rule": "to the customer's next decision" if periods is None else f"the {periods} periods after the decision",
+    }
 
 
 def on_policy_value(outcomes: pd.DataFrame, estimand: str = "per_decision", discount: float | None = None) -> float:

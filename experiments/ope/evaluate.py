@@ -32,7 +32,7 @@ import pandas as pd
 
 from sim.errors import ConfigError
 
-from .data import ESTIMANDS, decision_outcomes, on_policy_value
+from .data import ESTIMANDS, REWARD_DEFINITION, decision_outcomes, on_policy_value, window_entry
 from .estimators import (
     ESTIMATORS,
     LoggedBandit,
@@ -44,6 +44,7 @@ from .estimators import (
     weight_diagnostics,
 )
 from .models import REWARD_MODELS
+from .targets import Target, target_from_column, target_from_policy
 
 ONE_STEP = ("dm", "ips", "snips", "dr", "sndr")
 SEQUENTIAL = ("pdis", "wpdis", "dr_seq", "wdr", "fqe")
@@ -120,48 +121,6 @@ class OPESettings:
     def estimator_of(self, key: str) -> str:
         """The registry name that runs for a requested key."""
         return SEQUENTIAL_OF.get(key, key) if self.estimand == "per_customer" else key
-
-
-# ----------------------------------------------------------------------------------------------
-# the candidate's probabilities
-
-
-@dataclass
-class Target:
-    """The candidate's probabilities at n logged decisions: every action's (`probs`, (n, A)) when
-    a policy gives them, else only the logged action's (`logged`, (n,))."""
-
-    logged: np.ndarray
-    probs: np.ndarray | None
-    source: str
-    info: dict = field(default_factory=dict)
-
-
-def target_from_policy(policy, states) -> Target:
-    """The candidate's probabilities at the rebuilt observations (`observations.DecisionStates`)."""
-    probs = np.asarray(policy.action_probs(states.obs, states.masks), dtype=np.float64)
-    rows = np.arange(len(states))
-    info = {
-        "rebuilt_states": len(states),
-        "unknown_segment": states.unknown_segment,
-        "logged_action_masked_share": float((~states.masks[rows, states.action]).mean()),
-    }
-    return Target(logged=probs[rows, states.action], probs=probs, source=getattr(policy, "name", "policy"), info=info)
-
-
-def target_from_column(history, outcomes: pd.DataFrame, column: str) -> Target:
-    """Target probabilities of the logged actions from a decisions-table column."""
-    from sim.history import read_probability_column
-
-    if str(history.folder).startswith("<"):
-        raise ConfigError("target_prob_column", "needs a history folder (not a bundled dataset)")
-    col = read_probability_column(history.folder, column)
-    key = pd.MultiIndex.from_arrays([col["customer_id"].to_numpy(), col["date"].to_numpy()])
-    want = pd.MultiIndex.from_arrays([outcomes["customer_id"].astype(str).to_numpy(), outcomes["date"].to_numpy()])
-    p = pd.Series(col[column].to_numpy(), index=key).reindex(want).to_numpy()
-    if np.isnan(p).any():  # cannot happen for a table the history loaded, unless the file changed since
-        raise ConfigError(f"{history.folder}: decisions changed while reading column {column!r}; run again")
-    return Target(logged=p, probs=None, source=f"column {column}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -479,23 +438,6 @@ def evaluate_offline(
         },
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},
         "seconds": time.perf_counter() - t0,
-    }
-
-
-REWARD_DEFINITION = (
-    "the data contract's period reward summed over each decision's window: margin_rate x transaction amounts "
-    "+ margins of the products held at each period end - the decision's cost"
-)
-
-
-def window_entry(outcomes: pd.DataFrame, periods: int | None) -> dict[str, Any]:
-    """The JSON `window` of an evaluation: the dates its decisions and reward windows span, and the
-    rule of a decision's reward window."""
-    return {
-        "start": str(pd.Timestamp(outcomes["date"].min()).date()),
-        "end": str(pd.Timestamp(outcomes["next_date"].max()).date()),
-        "periods": periods,
-        "rule": "to the customer's next decision" if periods is None else f"the {periods} periods after the decision",
     }
 
 

@@ -27,8 +27,9 @@ import pandas as pd
 
 from sim.errors import ConfigError
 
+from .data import REWARD_DEFINITION, window_entry
 from .estimators import LoggedBandit, make_estimator, support_warning, weight_diagnostics
-from .evaluate import CLIPPABLE, NEEDS_EVERY_ACTION, REWARD_DEFINITION, OPESettings, logged_decisions, window_entry
+from .evaluate import CLIPPABLE, NEEDS_EVERY_ACTION, OPESettings, logged_decisions
 
 BOOT_CHUNK = 250
 
