@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -155,13 +154,15 @@ def main() -> None:
             task.remote(s, args.customers, args.bootstrap, args.reward_model)
             for s in range(args.first_seed, args.first_seed + args.seeds)
         ]
-        from tqdm import tqdm
+        from rich.console import Console
+        from rich.progress import Progress
 
         pending = list(refs)
-        with tqdm(total=len(refs), desc="seeds", file=sys.stderr) as bar:
+        with Progress(console=Console(stderr=True), transient=True) as bar:
+            task_id = bar.add_task("seeds", total=len(refs))
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
-                bar.update(len(done))
+                bar.advance(task_id, len(done))
         seeds = ray.get(refs)
         pop = ray.get(truth_ref)
     doc = {

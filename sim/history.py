@@ -49,6 +49,8 @@ __all__ = [
     "read_probability_column",
     "REQUIRED_COLUMNS",
     "PRODUCT_EVENTS",
+    "read_target_probs",
+    "TARGET_PROBS_COLUMNS",
 ]
 
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -628,6 +630,66 @@ def read_probability_column(folder: str | Path, column: str) -> pd.DataFrame:
     date = _dates(ck, df["date"], "date")
     ck.raise_first()
     return pd.DataFrame({"customer_id": np.asarray(cid, dtype=object).astype(str), "date": date, column: v})
+
+
+TARGET_PROBS_COLUMNS = ("customer_id", "date", "action", "probability")
+
+
+def read_target_probs(path: str | Path) -> pd.DataFrame:
+    """A candidate policy's action distribution at logged decisions (`clv ope --target-probs`), CSV
+    or Parquet in long format: customer_id, date, action, probability, one row per decision and
+    action of non-zero probability (absent rows are 0). Returns those columns (customer_id and
+    action as str, date normalised to the day, probability float64 in [0, 1]) and `row`, the row a
+    user sees (spreadsheet row for CSV, 0-based for Parquet), for later messages. Unreadable cells
+    raise HistoryError naming the file, row and column; checks against the decisions are the
+    caller's (experiments.ope.targets)."""
+    path = Path(path)
+    if not path.is_file():
+        raise HistoryError(str(path), None, None, "no such file; give a CSV or Parquet file of target probabilities")
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        raise HistoryError(path.name, None, None, "expected a .csv or .parquet file of target probabilities")
+    raw = _read_parquet(path) if suffix == ".parquet" else _read_csv(path)
+    names = [str(c).strip() for c in raw.columns]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise HistoryError(path.name, None, dup, "the header names this column twice; column names must be unique")
+    df = raw.set_axis(names, axis=1)
+    for col in TARGET_PROBS_COLUMNS:
+        if col not in df.columns:
+            raise HistoryError(
+                path.name,
+                None,
+                col,
+                f"missing required column '{col}'; a target probabilities file needs "
+                f"{', '.join(TARGET_PROBS_COLUMNS)}; found: {', '.join(names)}",
+            )
+    if len(df) == 0:
+        raise HistoryError(path.name, None, None, "no data rows; give one row per logged decision and action")
+    ck = _Checks(df, path.name)
+    cid = _ids(ck, df["customer_id"], "customer_id")
+    date = _dates(ck, df["date"], "date")
+    action = _text(ck, df["action"], "action", "name the action the probability is of")
+    v, text = _numbers(df["probability"])
+    with np.errstate(invalid="ignore"):
+        bad = ~((v >= 0) & (v <= 1))
+
+    def describe(pos: int) -> str:
+        r = text(pos)
+        p = _number_problem("probability", r, v[pos]) or f"probability is {r}"
+        return f"{p}; a probability must be in [0, 1]"
+
+    ck.add("probability", bad, describe)
+    ck.raise_first()
+    return pd.DataFrame(
+        {
+            "customer_id": np.asarray(cid, dtype=object).astype(str),
+            "date": date,
+            "action": np.asarray(action, dtype=object).astype(str),
+            "probability": v,
+            "row": (ck.labels if ck.labels is not None else np.arange(len(df))).astype(np.int64) + ck.offset,
+        }
+    )
 
 
 def _costs(ck: _Checks, s: pd.Series, column: str) -> np.ndarray:

@@ -240,8 +240,11 @@ def test_cli_json(folder):
         ),
         (["--target-prob-column", "p_same", "--estimators", "ips,ips"], "names an estimator twice"),
         (["--target-prob-column", "p_same", "--estimand", "per_visit"], "--estimand 'per_visit'"),
-        (["--target-prob-column", "p_same", "--policy", "bau"], "give --policy P or --target-prob-column COL"),
-        ([], "give --policy P or --target-prob-column COL"),
+        (
+            ["--target-prob-column", "p_same", "--policy", "bau"],
+            "give one candidate: --policy P, --target-prob-column COL or --target-probs FILE",
+        ),
+        ([], "give one candidate: --policy P, --target-prob-column COL or --target-probs FILE"),
         (["--policy", "gredy", "--world", "missing.json"], "missing.json: world file not found"),
         (["--target-prob-column", "p_same", "--start", "2031-01-01"], "no decisions between 2031-01-01"),
         (["--target-prob-column", "p_same", "--end", "yesterday"], "--end: 'yesterday' is not a date"),

@@ -75,6 +75,13 @@ def ope(
         "decisions column holding the candidate's probability of each "
         "logged action (a policy made elsewhere); ips/snips (pdis/wpdis).",
     ),
+    target_probs: Optional[Path] = typer.Option(
+        None,
+        "--target-probs",
+        help="Instead of --policy: a CSV or Parquet file of a candidate made elsewhere, one row per logged "
+        "decision and action: customer_id, date, action, probability (absent rows are 0). Every estimator "
+        "can use it; the model-based ones fit on the states rebuilt in --world.",
+    ),
     world_path: Optional[Path] = typer.Option(
         None,
         "--world",
@@ -126,11 +133,16 @@ def ope(
         _check_out(out)
         start_d = _date(start, "--start") if start else None
         end_d = _date(end, "--end") if end else None
-        if (policy is None) == (target_prob_column is None):
-            raise ConfigError("give --policy P or --target-prob-column COL (exactly one)")
+        if sum(x is not None for x in (policy, target_prob_column, target_probs)) != 1:
+            raise ConfigError("give one candidate: --policy P, --target-prob-column COL or --target-probs FILE")
+        if target_probs is not None and not target_probs.is_file():
+            raise ConfigError(
+                "target_probs", value=str(target_probs), message="no such file; give a CSV or Parquet file"
+            )
         if world_path is not None:
             _check_world(world_path)
         from experiments.ope import OPESettings, evaluate_offline
+        from experiments.ope.evaluate import NEEDS_EVERY_ACTION
         from experiments.ray_session import executor_for
 
         settings = OPESettings(
@@ -155,6 +167,10 @@ def ope(
             from policies.registry import resolve_policy
 
             pol = resolve_policy(policy, world)
+        elif target_probs is not None and (
+            world_path is not None or any(settings.estimator_of(k) in NEEDS_EVERY_ACTION for k in settings.estimators)
+        ):
+            world, book, world_note = _ope_world(history, world_path, start_d)
         with _progress("offline evaluation", 1) as upd:
             res = evaluate_offline(
                 history,
@@ -163,6 +179,7 @@ def ope(
                 world=world,
                 book=book,
                 target_column=target_prob_column,
+                target_probs=target_probs,
                 executor=executor_for(workers, address),
                 progress=lambda stage, d, t: upd(d, t),
             )

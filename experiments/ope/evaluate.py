@@ -44,7 +44,7 @@ from .estimators import (
     weight_diagnostics,
 )
 from .models import REWARD_MODELS
-from .targets import Target, target_from_column, target_from_policy
+from .targets import Target, target_from_column, target_from_file, target_from_policy
 
 ONE_STEP = ("dm", "ips", "snips", "dr", "sndr")
 SEQUENTIAL = ("pdis", "wpdis", "dr_seq", "wdr", "fqe")
@@ -317,25 +317,37 @@ def evaluate_offline(
     executor=None,
     progress: Callable[[str, int, int], None] | None = None,
     logged: LoggedDecisions | None = None,
+    target_probs=None,
 ) -> dict[str, Any]:
     """Estimate the candidate's value on the history's logged decisions (see the module docstring).
 
-    Give `policy` (with the `world` it acts in, and that world's `book` for K-means segments) or
-    `target_column`. `logged`: the history's decisions prepared by `logged_decisions` for the same
-    window and world, to share their states and reward model across candidates. `progress(stage,
-    done, total)` is told about the bootstrap tasks; `executor` runs them (see `bootstrap_intervals`;
-    None: in-process)."""
+    Give exactly one candidate: `policy` (with the `world` it acts in, and that world's `book` for
+    K-means segments), `target_column` (a decisions column with the logged action's probability),
+    or `target_probs` (a file of the whole distribution at every decision, `targets.target_from_file`;
+    estimators with a model term also need the `world` whose rebuilt states feed the models).
+    `logged`: the history's decisions prepared by `logged_decisions` for the same window and world,
+    to share their states and reward model across candidates. `progress(stage, done, total)` is
+    told about the bootstrap tasks; `executor` runs them (see `bootstrap_intervals`; None: in-process)."""
     t0 = time.perf_counter()
-    if (policy is None) == (target_column is None):
+    if sum(x is not None for x in (policy, target_column, target_probs)) != 1:
         raise ConfigError(
-            "give a policy ({key:policy}) or a target probability column ({key:target_prob_column}), not both"
+            "give one candidate: a policy ({key:policy}), a target probability column ({key:target_prob_column}) "
+            "or a file of target probabilities ({key:target_probs})"
         )
+    need_models = any(settings.estimator_of(k) in NEEDS_EVERY_ACTION for k in settings.estimators)
+    if target_probs is not None and need_models and world is None:
+        raise ConfigError(
+            "estimators",
+            value=",".join(k for k in settings.estimators if settings.estimator_of(k) in NEEDS_EVERY_ACTION),
+            message="fit outcome models on the states rebuilt in a world: give the world as well as {key:target_probs}",
+        )
+    acts_in_world = policy is not None or (target_probs is not None and world is not None)
     if logged is None:
         logged = logged_decisions(
-            history, settings.start, settings.end, world if policy is not None else None, book, settings.window
+            history, settings.start, settings.end, world if acts_in_world else None, book, settings.window
         )
     elif (logged.start, logged.end, logged.window) != (settings.start, settings.end, settings.window) or (
-        policy is not None and logged.world is not world
+        acts_in_world and logged.world is not world
     ):
         raise ValueError("evaluate_offline: `logged` was prepared for another window or world")
     outcomes = logged.outcomes
@@ -347,19 +359,26 @@ def evaluate_offline(
                 value=",".join(needs),
                 message="need the candidate's probability of every action, but {key:target_prob_column} "
                 "gives only the logged action's; use {key:estimators} "
-                f"{'ips,snips' if settings.estimand == 'per_decision' else 'pdis,wpdis'} "
-                "or {key:policy}",
+                f"{'ips,snips' if settings.estimand == 'per_decision' else 'pdis,wpdis'}, "
+                "{key:target_probs} or {key:policy}",
             )
         target = target_from_column(history, outcomes, target_column)
         names = list(history.actions.names) if history.actions is not None else sorted(outcomes["action"].unique())
         action = _action_codes(outcomes, names)
+        n_actions = len(names)
+    elif target_probs is not None:
+        if logged.states is not None:
+            names, action = list(logged.world.catalogue.names), logged.states.action
+        else:
+            names = list(history.actions.names) if history.actions is not None else sorted(outcomes["action"].unique())
+            action = _action_codes(outcomes, names)
+        target = target_from_file(target_probs, history, outcomes, names)
         n_actions = len(names)
     else:
         states = logged.states
         target, action = target_from_policy(policy, states), states.action
         n_actions = target.probs.shape[1]
 
-    need_models = any(settings.estimator_of(k) in NEEDS_EVERY_ACTION for k in settings.estimators)
     models: dict[str, Any] = {}
     ids = outcomes["customer_id"].to_numpy()
     if settings.estimand == "per_decision":
