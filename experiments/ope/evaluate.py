@@ -44,12 +44,14 @@ from .estimators import (
     weight_diagnostics,
 )
 from .models import REWARD_MODELS
+from .recommend import recommend
 from .targets import Target, target_from_column, target_from_file, target_from_policy
 
 ONE_STEP = ("dm", "ips", "snips", "dr", "sndr")
-SEQUENTIAL = ("pdis", "wpdis", "dr_seq", "wdr", "fqe")
+SEQUENTIAL = ("pdis", "wpdis", "dr_seq", "wdr", "fqe", "mis", "drl")
 SEQUENTIAL_OF = {"ips": "pdis", "snips": "wpdis", "dr": "dr_seq", "sndr": "wdr", "dm": "fqe"}
-NEEDS_EVERY_ACTION = frozenset({"dm", "dr", "sndr", "fqe", "dr_seq", "wdr"})  # model terms sum over actions
+NEEDS_EVERY_ACTION = frozenset({"dm", "dr", "sndr", "fqe", "dr_seq", "wdr", "drl"})  # model terms sum over actions
+MARGINAL = frozenset({"mis", "drl"})  # state-distribution ratios on cells of the rebuilt states (ope.marginal)
 CLIPPABLE = frozenset({"ips", "dr"})
 DEFAULT_ESTIMATORS = ("dm", "ips", "snips", "dr")
 BOOT_CHUNK = 100  # resamples per bootstrap task
@@ -162,10 +164,15 @@ def trajectory_index(outcomes: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, in
 
 
 def trajectory_data(
-    outcomes: pd.DataFrame, target: Target, action: np.ndarray, q_hat: np.ndarray | None, index: tuple | None = None
+    outcomes: pd.DataFrame,
+    target: Target,
+    action: np.ndarray,
+    q_hat: np.ndarray | None,
+    index: tuple | None = None,
+    cell: np.ndarray | None = None,
 ) -> tuple[LoggedTrajectories, np.ndarray]:
     """LoggedTrajectories (customers x steps) and the customer id of each trajectory (`index`:
-    `trajectory_index(outcomes)` when already at hand)."""
+    `trajectory_index(outcomes)` when already at hand; `cell`: each decision's MIS cell, for mis/drl)."""
     ci, st, n, T = index if index is not None else trajectory_index(outcomes)
 
     def pad(values, fill=np.nan, dtype=np.float64):
@@ -186,6 +193,7 @@ def trajectory_data(
         mask=mask,
         q_hat=q_hat,
         v_hat=v_hat,
+        cell=None if cell is None else pad(np.asarray(cell), 0, np.int64),
     )
     ids = pd.unique(outcomes["customer_id"])
     return data, np.asarray(ids)
@@ -379,6 +387,14 @@ def evaluate_offline(
         target, action = target_from_policy(policy, states), states.action
         n_actions = target.probs.shape[1]
 
+    marginal = [k for k in settings.estimators if settings.estimator_of(k) in MARGINAL]
+    if marginal and logged.states is None:
+        raise ConfigError(
+            "estimators",
+            value=",".join(marginal),
+            message="need the states rebuilt at every decision (their cells): give {key:policy}, or a world with "
+            "{key:target_probs}",
+        )
     models: dict[str, Any] = {}
     ids = outcomes["customer_id"].to_numpy()
     if settings.estimand == "per_decision":
@@ -400,7 +416,12 @@ def evaluate_offline(
             q_hat, models["fqe"] = FittedQ(
                 discount=settings.discount or 1.0, folds=settings.folds, seed=settings.seed
             ).q_values(logged.features(), action, outcomes["reward"].to_numpy(), target.probs, next_row, ids, remaining)
-        data, _ = trajectory_data(outcomes, target, action, q_hat, index)
+        cell = None
+        if marginal:
+            from .marginal import CellRule
+
+            cell, models["cells"] = CellRule().fit(logged.states.obs)
+        data, _ = trajectory_data(outcomes, target, action, q_hat, index, cell=cell)
         groups = None
 
     jobs = []
@@ -432,12 +453,16 @@ def evaluate_offline(
         progress=tick,
     )
     estimates = {key: _estimate_entry(key, settings, data, points[key], cis[name]) for key, name, _ in jobs}
+    for key, name, kw in jobs:
+        if name in MARGINAL:  # ess of the marginal weights w_t(s_t) rho_t, not of the trajectory weights
+            estimates[key].update(make_estimator(name, **kw).diagnostics(data))
     diag = weight_diagnostics(data)
     warning = support_warning(diag)
     logged = on_policy_value(outcomes, settings.estimand, settings.discount)
     return {
         "estimand": settings.estimand,
         "estimates": estimates,
+        "recommended": recommend(settings.estimand, estimates),
         "policy": target.source,
         "discount": settings.discount,
         "decisions": int(len(outcomes)),

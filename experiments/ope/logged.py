@@ -162,7 +162,9 @@ class LoggedTrajectories:
     reward, pscore (logging propensity of the logged action, in (0, 1]), target_prob (candidate
     policy's probability of the logged action, in [0, 1]) and action (int) are (n, T); q_hat
     (n, T, A) and v_hat (n, T), optional and given together: a model's action values and state
-    values under the candidate policy (v_hat = sum_a pi(a|s) q_hat(s, a)), needed by dr_seq / wdr.
+    values under the candidate policy (v_hat = sum_a pi(a|s) q_hat(s, a)), needed by dr_seq / wdr / drl.
+    cell (n, T) int >= 0, optional: a discretised state per step (experiments.ope.marginal), needed
+    by the marginalized estimators mis / drl.
     Values at padded steps are ignored (may be NaN) and replaced by the absorbing-state convention
     (reward 0, pscore = target_prob = 1, q_hat = v_hat = 0).
     """
@@ -174,6 +176,7 @@ class LoggedTrajectories:
     mask: np.ndarray
     q_hat: np.ndarray | None = None
     v_hat: np.ndarray | None = None
+    cell: np.ndarray | None = None
 
     def __post_init__(self):
         o = "LoggedTrajectories"
@@ -215,6 +218,8 @@ class LoggedTrajectories:
             q_hat = np.where(mask[:, :, None], q_hat, 0.0)
             v_hat = np.where(mask, v_hat, 0.0)
         action = _as_int(o, "action", self.action, shape, n_actions, where=mask)
+        cell = None if self.cell is None else _as_int(o, "cell", self.cell, shape, None, where=mask)
+        object.__setattr__(self, "cell", cell)
         object.__setattr__(self, "mask", mask)
         object.__setattr__(self, "reward", np.where(mask, reward, 0.0))
         object.__setattr__(self, "pscore", np.where(mask, pscore, 1.0))
