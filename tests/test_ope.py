@@ -248,6 +248,15 @@ def test_cli_json(folder):
         (["--policy", "gredy", "--world", "missing.json"], "missing.json: world file not found"),
         (["--target-prob-column", "p_same", "--start", "2031-01-01"], "no decisions between 2031-01-01"),
         (["--target-prob-column", "p_same", "--end", "yesterday"], "--end: 'yesterday' is not a date"),
+        (
+            ["--target-prob-column", "p_same", "--estimand", "per_customer", "--estimators", "pdis", "--clip", "5"],
+            "--clip 5.0: caps the importance weights of dr, ips, sndr, snips; pdis cannot apply it",
+        ),
+        (
+            ["--target-prob-column", "p_same", "--estimand", "per_customer", "--estimators", "pdis", "--window", "4"],
+            "--window applies to the per_decision estimand",
+        ),
+        (["--target-prob-column", "p_same", "--estimators", "ips", "--window", "0"], "--window 0: must be a whole"),
     ],
 )
 def test_cli_bad_input(folder, args, message):
@@ -255,3 +264,29 @@ def test_cli_bad_input(folder, args, message):
     assert r.exit_code == 2, (r.stdout, r.stderr)
     assert message in r.stderr
     assert r.stderr.count("\n") == 1
+
+
+def test_clip_is_applied_by_every_one_step_weighting_estimator_and_the_table_guides_it(generated):
+    hist, truth = generated
+    world = truth["world"]
+    pol = make_baseline("greedy_uplift", world)
+    shared = logged_decisions(hist, world=world)
+    names = ("ips", "snips", "dr", "sndr")
+    free = evaluate_offline(
+        hist, OPESettings(estimators=("dm",) + names, n_boot=20), policy=pol, world=world, logged=shared
+    )
+    capped = evaluate_offline(
+        hist, OPESettings(estimators=names, n_boot=20, clip=2.0), policy=pol, world=world, logged=shared
+    )
+    for k in names:  # applied where defined, and said so
+        assert capped["estimates"][k]["clip"] == 2.0 and "clip" not in free["estimates"][k]
+        assert capped["estimates"][k]["value"] != free["estimates"][k]["value"]
+    # the model-only estimate's interval is marked as blind to the model's bias; the others are not
+    assert free["estimates"]["dm"]["ci_excludes_model_bias"] is True
+    assert "ci_excludes_model_bias" not in free["estimates"]["dr"]
+    table = free["clipping"]
+    assert table["estimator"] == "dr" and table["levels"][0]["clip"] is None and table["levels"][0]["shift"] == 0
+    caps = [r["clip"] for r in table["levels"][1:]]
+    assert caps == sorted(caps, reverse=True) and table["suggested"] in [None, *caps] and "SLOPE" in table["rule"]
+    # the unclipped level is dr's own estimate
+    assert table["levels"][0]["value"] == pytest.approx(free["estimates"]["dr"]["value"], rel=1e-12)

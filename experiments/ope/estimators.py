@@ -198,14 +198,14 @@ class IPS(_Clipped, _MeanEstimator):
 
 
 @dataclass(frozen=True)
-class SNIPS(_Estimator):
-    """snips: sum w r / sum w. Per-sample term w_i r_i / mean(w) (full-sample normaliser)."""
+class SNIPS(_Clipped):
+    """snips: sum w r / sum w, w clipped at `clip`. Per-sample term w_i r_i / mean(w) (full-sample normaliser)."""
 
     name: ClassVar[str] = "snips"
     _data_type: ClassVar[type] = LoggedBandit
 
     def _stats(self, data):
-        w = data.weights()
+        w = data.weights(self.clip)
         return np.column_stack([w * data.reward, w])
 
     def _combine(self, sums, m):
@@ -213,7 +213,7 @@ class SNIPS(_Estimator):
 
     def estimate_per_sample(self, data):
         self._check(data)
-        w = data.weights()
+        w = data.weights(self.clip)
         return _safe_div(w * data.reward, w.mean())
 
 
@@ -230,14 +230,14 @@ class DoublyRobust(_Clipped, _MeanEstimator):
 
 
 @dataclass(frozen=True)
-class SelfNormalizedDR(_Estimator):
-    """sndr: mean(dm_i) + sum w (r - r_hat(a)) / sum w. Per-sample: dm_i + w_i res_i / mean(w)."""
+class SelfNormalizedDR(_Clipped):
+    """sndr: mean(dm_i) + sum w (r - r_hat(a)) / sum w, w clipped at `clip`. Per-sample: dm_i + w_i res_i / mean(w)."""
 
     name: ClassVar[str] = "sndr"
     _data_type: ClassVar[type] = LoggedBandit
 
     def _stats(self, data):
-        w = data.weights()
+        w = data.weights(self.clip)
         return np.column_stack([_dm_term(self.name, data), w * _residual(self.name, data), w])
 
     def _combine(self, sums, m):
@@ -245,7 +245,7 @@ class SelfNormalizedDR(_Estimator):
 
     def estimate_per_sample(self, data):
         self._check(data)
-        w = data.weights()
+        w = data.weights(self.clip)
         return _dm_term(self.name, data) + _safe_div(w * _residual(self.name, data), w.mean())
 
 

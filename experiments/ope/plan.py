@@ -29,7 +29,7 @@ from sim.errors import ConfigError
 
 from .data import REWARD_DEFINITION, window_entry
 from .estimators import LoggedBandit, make_estimator, support_warning, weight_diagnostics
-from .evaluate import CLIPPABLE, NEEDS_EVERY_ACTION, OPESettings, logged_decisions
+from .evaluate import CLIPPABLE, MODEL_ONLY, NEEDS_EVERY_ACTION, OPESettings, logged_decisions
 
 BOOT_CHUNK = 250
 
@@ -139,6 +139,8 @@ def evaluate_plan_offline(
             "plan_minus_none": _interval(vp - vz, p - z, a),
             "plan_minus_logged": _interval(vp - logged_value, p - lg, a),
         }
+        if settings.estimator_of(key) in MODEL_ONLY:
+            estimates[key]["ci_excludes_model_bias"] = True
         if reference is not None:
             r, vr = np.concatenate(est[key]["reference"]), points[key]["reference"]
             estimates[key]["reference"] = _interval(vr, r, a)

@@ -73,14 +73,24 @@ def offline_section(ope: dict | None, summary: list[dict], policies: list[str]) 
                 ci_cell(s["incremental_clv"]) if s else "–",
             ]
         )
+    blind = [
+        k
+        for k in est_keys
+        if any(((entries[p].get("estimates") or {}).get(k) or {}).get("ci_excludes_model_bias") for p in pols)
+    ]
     out.append(
         table(
             ["policy"]
-            + [f"OPE {escape(k)}" for k in est_keys]
+            + [f"OPE {escape(k)}{' †' if k in blind else ''}" for k in est_keys]
             + ["logged policy", "simulated CLV", "simulated incr. CLV"],
             rows,
         )
     )
+    if blind:
+        out.append(
+            f"<p class=\"note\">† {escape(', '.join(blind))}: a model's answer; the interval is the data's noise "
+            "around it and leaves the model's own bias out (<code>ci_excludes_model_bias</code>).</p>"
+        )
     # rankings
     sim_vals = {p: (free[p]["clv"]["mean"] if p in free else None) for p in pols}
     ranks = {"simulation (CLV)": _rank(sim_vals)}

@@ -347,7 +347,7 @@ def _ope(doc: dict) -> str:
     ref = o.get("reference_name", "policy alone")
     rows = [
         [
-            escape(k),
+            escape(k) + (" †" if e.get("ci_excludes_model_bias") else ""),
             _ivv(e["plan"]),
             _ivv(e["none"]),
             _ivv(e["plan_minus_none"], "{:+,.3f}"),
@@ -371,7 +371,15 @@ def _ope(doc: dict) -> str:
         f"contacted {o['logged_contacts']:,}; they agree on {number(100 * o['agreement'], '{:.1f}')} % of decisions. "
         f"What the bank actually earned: {_iv_inline(o['logged'], '{:,.3f}', VALUE_KEYS)} per decision. Intervals: paired "
         f"bootstrap over customers ({o['bootstrap']['resamples']} resamples). Effective sample size of the plan's "
-        f"weights {number(d['ess'], '{:,.0f}')} of {d['n']:,}.</p>" + table(header, rows) + warn
+        f"weights {number(d['ess'], '{:,.0f}')} of {d['n']:,}.</p>"
+        + table(header, rows)
+        + (
+            "<p class=\"note\">† a model's answer: its interval is the data's noise around the model and leaves "
+            "the model's own bias out.</p>"
+            if any(e.get("ci_excludes_model_bias") for e in o["estimates"].values())
+            else ""
+        )
+        + warn
     )
 
 
