@@ -297,7 +297,20 @@ def test_estimator_misuse_is_reported(make, exc, message):
 
 
 def test_registry():
-    assert set(ESTIMATORS) == {"dm", "ips", "snips", "dr", "sndr", "pdis", "wpdis", "dr_seq", "wdr", "fqe", "mis", "drl"}
+    assert set(ESTIMATORS) == {
+        "dm",
+        "ips",
+        "snips",
+        "dr",
+        "sndr",
+        "pdis",
+        "wpdis",
+        "dr_seq",
+        "wdr",
+        "fqe",
+        "mis",
+        "drl",
+    }
     assert all(cls.name == name for name, cls in ESTIMATORS.items())
     est = make_estimator("ips", clip=5.0)
     assert isinstance(est, IPS) and est.clip == 5.0

@@ -91,7 +91,7 @@ def ope(
         "dm,ips,snips,dr",
         "--estimators",
         help="Comma-separated: dm, ips, snips, dr, "
-        "sndr (per_decision); pdis, wpdis, dr_seq, wdr, fqe (per_customer; the one-step "
+        "sndr (per_decision); pdis, wpdis, dr_seq, wdr, fqe, mis, drl (per_customer; the one-step "
         "names run their sequential counterparts).",
     ),
     estimand: str = typer.Option(
