@@ -17,10 +17,12 @@ Steps (each writes its files atomically into the output folder OUT as it finishe
    frontier.png; the plan at `budget` -> OUT/contacts.parquet (the first period's contact list),
    schedule.parquet (per period x segment x channel), plan.json; every run on the fresh seeds
    (none, the policy alone, the plan, the baselines) -> OUT/evaluation.json;
-5. with `holdout_end` and logged decisions: the first period's contacts valued offline at each
+5. scores: one row per book customer under the policy over the plan's horizon (experiments.score,
+   what `clv score` runs) -> OUT/scores.parquet; its per-stage and per-segment summary in run.json;
+6. with `holdout_end` and logged decisions: the first period's contacts valued offline at each
    book customer's first logged decision in the holdout (`experiments.ope.plan`), beside the
    policy alone's first-period decisions -> OUT/ope.json;
-6. OUT/run.json (every figure above, the resolved config, timings) and OUT/report.html.
+7. OUT/run.json (every figure above, the resolved config, timings) and OUT/report.html.
 
 Seeds: the config's `seed` drives K-means, the validation draws and (unless `policy.seed` is given)
 training; the plan sets its price on seeds seed, seed+1, ... (`evaluation.seeds` of them) and is
@@ -44,7 +46,7 @@ from .config import check_constraint_names, parsed_constraints
 from .results import CalibrationResult
 from .run_config import RunConfig
 
-STEPS = ("history", "calibration", "policy", "plan", "ope", "report")
+STEPS = ("history", "calibration", "policy", "plan", "scores", "ope", "report")
 
 Progress = Callable[[str, int, int], None]  # (step, done, total) within the step
 Log = Callable[[str], None]
@@ -293,6 +295,24 @@ def _ope(cfg: RunConfig, history, world, book, plan: dict[str, str], reference: 
     return evaluate_plan_offline(history, world, book, plan, settings, reference=reference)
 
 
+def _scores(cfg: RunConfig, world, book, policy, out: Path, tick, executor) -> dict[str, Any]:
+    """OUT/scores.parquet: one row per book customer under the run's policy (experiments.score), over
+    the plan's horizon; returns the summary (per segment and per stage)."""
+    from sim.atomic import atomic_path
+    from sim.history import restore_customer_ids
+
+    from .score import ScoreSettings, score_customers
+
+    settings = ScoreSettings(horizon=cfg.plan_horizon, policy=cfg.policy_label, seed=cfg.seed)
+    scores, summary = score_customers(
+        world, book, settings, policy=policy, executor=executor, progress=lambda s, d, t: tick(d, t)
+    )
+    scores["customer_id"] = restore_customer_ids(scores["customer_id"].to_numpy(), world.customer_id_type)
+    with atomic_path(out / "scores.parquet") as tmp:
+        scores.to_parquet(tmp, index=False)
+    return {**summary, "file": "scores.parquet"}
+
+
 IN_PROGRESS = "RUN_IN_PROGRESS"  # in OUT while a run works; left behind by a run that stopped early
 # what a run writes into OUT (this version's and earlier versions'): a new run removes them first,
 # so a run that stops early never leaves its outputs beside an older run's; policy/ is kept (an
@@ -306,6 +326,7 @@ RUN_OUTPUTS = (
     "frontier.png",
     "contacts.parquet",
     "schedule.parquet",
+    "scores.parquet",
     "plan.json",
     "plan.parquet",
     "values.parquet",
@@ -410,6 +431,11 @@ def run_pipeline(
     fr, plan_doc, evaluation, contacts = made["frontier"], made["plan"], made["evaluation"], made["contacts"]
     timed("plan", t0)
 
+    t0 = time.perf_counter()
+    log(f"scoring {len(book):,} customers (OUT/scores.parquet: one row per customer for the CRM)")
+    scores_doc = _scores(cfg, world, book, policy, out, stage("scores"), executor)
+    timed("scores", t0)
+
     ope_doc = None
     if cfg.ope is not None and n_decisions == 0:
         notes.append("the history has no logged decisions: the plan was not evaluated offline")
@@ -436,6 +462,7 @@ def run_pipeline(
         "frontier": fr,
         "plan": plan_doc,
         "evaluation": evaluation,
+        "scores": scores_doc,
         "ope": ope_doc,
         "notes": notes,
         "timings": timings,
