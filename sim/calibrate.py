@@ -20,6 +20,7 @@ from .catalogue import STAGES, ActionCatalogue, default_bank_catalogue
 from .errors import ConfigError
 from .features import CustomerRows, CustomerSummary, Panel, build_panel, lookup, period_index, summarise
 from .history import History, merge_same_day
+from .regularity import regularity_columns
 from .response import decisions_frame_to_data, estimate_response, load_priors, prior_response
 from .spend import GammaGamma, fit_gamma_gamma
 from .world import ACTIVITY_MODELS, SegmentModel, StageRules, WorldModel
@@ -210,7 +211,9 @@ def calibrate(
         },
         source={"history": history.folder, "report": history.report, **report},
     )
-    book = build_book(world, summary, seg, fits, spend, ce, held_end, contact_end, effect_mult, activity_model, dec)
+    book = build_book(
+        world, summary, seg, fits, spend, ce, held_end, contact_end, effect_mult, activity_model, dec, rows=rows
+    )
     world.fit["seconds"] = round(time.perf_counter() - t0, 3)
     report["seconds"] = world.fit["seconds"]
     return world, book, report
@@ -619,6 +622,7 @@ def build_book(
     effect_mult: np.ndarray,
     model: str,
     dec=None,
+    rows: CustomerRows | None = None,
 ) -> pd.DataFrame:
     """One row per customer: observables at the cut-off and the parameters of the posterior of
     their latent state (alive probability, rate, hazard, spend), per segment's fitted model."""
@@ -656,6 +660,8 @@ def build_book(
     cols["recency"] = np.floor(rec_days / pdays).astype(np.int32)
     cols["frequency"] = summary.n_tx.astype(np.int32)
     cols["monetary"] = summary.total_amount
+    if rows is not None:  # payment regularity (sim/regularity.py): payment_period, payment_strength, turned_irregular
+        cols.update(regularity_columns(rows, summary, ce, pdays))
     for j, p in enumerate(world.products):
         cols[f"prod_{p}"] = held_end[:, j] if held_end.size else np.zeros(n, bool)
     if contact_end is not None:
