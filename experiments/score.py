@@ -48,10 +48,10 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from sim.churn import CHURN_HORIZONS, churn_probabilities, stratified_uniforms
 from sim.errors import ConfigError
 
 BLOCK = 20_000  # customers per scoring task
-CHURN_HORIZONS = (13, 26, 52)
 TIERS = (("top", 0.95), ("high", 0.80), ("medium", 0.50), ("low", 0.0))
 
 
@@ -75,29 +75,6 @@ class ScoreSettings:
             raise ConfigError("draws", value=self.draws, message="must be <= 1000")
         if self.horizon > 520:
             raise ConfigError("horizon", value=self.horizon, message="must be <= 520 periods")
-
-
-# ---- the posterior ----------------------------------------------------------------------------
-
-
-def stratified_uniforms(n: int, draws: int, rng: np.random.Generator) -> np.ndarray:
-    """(n * draws, 4) uniforms behind (alive, lam, mu, nu) of every twin, customer-major: for each
-    customer and dimension the draws fall one in each of `draws` equal strata, in an order of their
-    own per dimension (a Latin hypercube per customer), so few twins cover the posterior evenly."""
-    perm = np.argsort(rng.random((n, 4, draws)), axis=2)
-    u = (perm + rng.random((n, 4, draws))) / draws
-    return u.transpose(0, 2, 1).reshape(n * draws, 4)
-
-
-def churn_probabilities(activity_model: str, alive: np.ndarray, lam: np.ndarray, mu: np.ndarray, n: int) -> dict:
-    """P(left within h periods) per customer for each h of CHURN_HORIZONS, averaged over the twins'
-    drawn (alive, lam, mu) (customer-major, n customers; module docstring)."""
-    out = {}
-    for h in CHURN_HORIZONS:
-        hazard = mu if activity_model == "pareto_nbd" else lam * mu
-        p = np.where(alive, -np.expm1(-hazard * h), 1.0)
-        out[f"churn_prob_{h}"] = p.reshape(n, -1).mean(axis=1)
-    return out
 
 
 # ---- one block of customers --------------------------------------------------------------------
