@@ -37,9 +37,12 @@ def validate(
     n_segments: int = 4,
     activity_model: str = "pareto_nbd",
     progress: Callable[[int, int], None] | None = None,
+    early_warning: bool = True,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Returns (metrics, artefacts): metrics is the JSON document of `clv validate`; artefacts
-    holds the world, book and tables for the files written beside it."""
+    holds the world, book and tables for the files written beside it. With `early_warning`, the
+    document's `early_warning` key measures the churn score among the customers active at the
+    cut-off beside a recency rule and a boosted classifier (sim.early_warning)."""
     ce, he = pd.Timestamp(calibration_end), pd.Timestamp(holdout_end)
     if he <= ce:
         raise ConfigError(
@@ -136,6 +139,8 @@ def validate(
     )
     cond = conditional_table(summary.x, act_n, sim["pred_n"])
     metrics["conditional_expectation"] = cond.to_dict(orient="records")
+    if early_warning:
+        metrics["early_warning"] = _early_warning(history, ce, he, world, book, tx, seed, segment_by, n_segments)
     return metrics, {
         "world": world,
         "book": book,
@@ -153,6 +158,18 @@ def validate(
             }
         ),
     }
+
+
+def _early_warning(history, ce, he, world, book, tx, seed, segment_by, n_segments) -> dict[str, Any]:
+    """sim.early_warning on this split; a history too short for its earlier splits gets a
+    `skipped` reason instead of failing the validation."""
+    from .early_warning import early_warning
+
+    kw = {"segment_by": segment_by, "n_segments": n_segments, "activity_model": world.activity_model, "seed": seed}
+    try:
+        return early_warning(history, ce, he, world, book, seed=seed, calibrate_kwargs=kw, tx=tx)
+    except (ConfigError, ValueError, np.linalg.LinAlgError) as e:
+        return {"skipped": f"{type(e).__name__}: {e}"}
 
 
 def _activity_by_segment(world: WorldModel, undo_campaigns: bool = False) -> list:
@@ -383,6 +400,12 @@ def write_outputs(out_dir: str | Path, metrics: dict[str, Any], art: dict[str, A
         files[name.split(".")[0]] = str(out / name)
     with atomic_path(out / "predictions.parquet") as tmp:
         art["predictions"].to_parquet(tmp, index=False)
+    ew = (metrics.get("early_warning") or {}).get("scores")
+    if ew:  # the decile lift table of every score
+        deciles = pd.DataFrame([{"score": k, **d} for k, m in ew.items() if m for d in m["deciles"]])
+        with atomic_path(out / "early_warning_deciles.csv") as tmp:
+            deciles.to_csv(tmp, index=False)
+        files["early_warning_deciles"] = str(out / "early_warning_deciles.csv")
     files.update(
         {
             "world": str(out / "world.json"),

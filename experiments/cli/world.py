@@ -164,6 +164,12 @@ def validate(
         "top_decile_value_share",
     )
     human = "\n".join(f"{k}: {metrics[k]:.4f}" if isinstance(metrics[k], float) else f"{k}: {metrics[k]}" for k in keys)
+    ew = metrics.get("early_warning") or {}
+    if ew.get("scores"):
+        human += f"\nearly warning among {ew['customers']:,} active customers ({ew['base_rate']:.1%} churned):"
+        for name, m in ew["scores"].items():
+            if m:
+                human += f"\n  {name}: AUC {m['auc']:.3f}, top-decile lift {m['top_decile_lift']:.2f}, F1 {m['f1']:.3f}"
     if out is not None:
         human += f"\noutputs in {out}/ (validation.json, tracking.png, conditional_expectation.csv, world.json)"
     _emit(metrics, as_json, human)

@@ -155,7 +155,36 @@ def _validation(doc: dict, out: Path) -> str:
         f"the book simulated to {escape(doc['config']['holdout_end'])} with the logged decisions replayed, compared "
         'with what happened (files in <a href="validation/">validation/</a>).</p>'
         + table(["metric", "value"], rows)
+        + _early_warning(v.get("early_warning"))
         + png_file(out / "validation" / "tracking.png", "holdout tracking")
+    )
+
+
+def _early_warning(ew: dict | None) -> str:
+    """The churn score among the customers active at the cut-off beside its two anchors
+    (sim.early_warning): a short table, one row per score."""
+    if not ew or not ew.get("scores"):
+        return ""
+    names = {
+        "engine": "engine (posterior P(no purchase))",
+        "recency_rule": "recency rule",
+        "hgb": "boosted trees (HGB)",
+    }
+    rows = [
+        [escape(names.get(k, k)), number(m["auc"], "{:.3f}"), number(m["top_decile_lift"], "{:.2f}")]
+        + [number(m[c], "{:.3f}") for c in ("top_decile_precision", "precision", "recall", "f1")]
+        for k, m in ew["scores"].items()
+        if m
+    ]
+    t = ew.get("target") or {}
+    verdict = {True: "met", False: "not met", None: "n/a"}[t.get("met")]
+    return (
+        f'<p class="note">Early warning: {escape(ew["population"])}; {escape(ew["label"])} '
+        f"({ew['churned']:,} of {ew['customers']:,}). Thresholds maximise F1 on the calibration window "
+        f"(as of {escape(ew['threshold_split']['cutoff'])}); the boosted trees learn from "
+        f"{escape(ew['training_split']['features_cutoff'])} to {escape(ew['training_split']['label_end'])}. "
+        f"Target (engine at least the boosted AUC and top-decile lift, above the recency rule): {verdict}.</p>"
+        + table(["score", "AUC", "top-decile lift", "top-decile precision", "precision", "recall", "F1"], rows)
     )
 
 
