@@ -7,7 +7,7 @@ Where each column comes from (a world and its book; `ScoreSettings` holds every 
   tenure and recency now. `recency`, `frequency`, `monetary`, `tenure`: the book's.
 - `p_alive`: the book's posterior P(alive) at the calibration cut-off.
 - `churn_prob_13`, `churn_prob_26`, `churn_prob_52`: P(the customer has left by h periods from
-  now), from their posterior, Rao-Blackwellised over `draws` stratified posterior draws of (alive,
+  now), from their posterior, Rao-Blackwellised over the `draws` posterior draws of (alive,
   lam, mu) (the digital twins' own draws): a customer dead now has left; an alive one with dropout
   hazard mu (Pareto/NBD) leaves within h periods with probability 1 - e^{-mu h}, and with BG/NBD
   (dropout with probability p after each purchase, purchases at rate lam) 1 - e^{-lam p h}. It
@@ -15,7 +15,7 @@ Where each column comes from (a world and its book; `ScoreSettings` holds every 
   is done.
 - `expected_transactions_h`, `expected_clv_h`, `clv_p10`, `clv_p90`, `stage_next`,
   `stage_next_prob`, `next_product`, `next_product_prob`: `draws` digital twins of each customer
-  (stratified posterior draws, `sim.population.state_from_book`) run for `horizon` periods under
+  (posterior draws, the alive flag stratified: `sim.population.state_from_book`) run for `horizon` periods under
   the policy: mean transactions, the mean, 10th and 90th percentiles over the twins of the
   discounted contract reward (transaction margin + product margins - contact costs, discounted as
   the world says), the most frequent stage at the horizon and its share, and among the products
@@ -98,11 +98,12 @@ def score_block(world, book: pd.DataFrame, policy, settings: ScoreSettings, seed
     rng = np.random.default_rng(seed_seq)
     rows = np.repeat(np.arange(n), R)
     twins = book.iloc[rows].reset_index(drop=True)
-    u = stratified_uniforms(n, R, rng)
+    u = stratified_uniforms(n, R, rng, dims=1)  # the alive flag stratified; rates drawn (a third faster)
     state = state_from_book(world, twins, rng, tables, uniforms=u)
     churn = churn_probabilities(world.activity_model, state.alive, state.lam, state.mu, n)
     sim = PopulationSimulator(world, state, rng, tables=tables)
-    act = as_simulator_policy(policy) if policy is not None else None
+    # "none" never contacts: step without asking it (half the time of a block)
+    act = as_simulator_policy(policy) if policy is not None and getattr(policy, "name", None) != "none" else None
     disc = world.economics.discount_per_period
     start_products = sim.state.products.copy()
     clv = np.zeros(n * R)

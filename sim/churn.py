@@ -25,13 +25,15 @@ import pandas as pd
 CHURN_HORIZONS = (13, 26, 52)
 
 
-def stratified_uniforms(n: int, draws: int, rng: np.random.Generator) -> np.ndarray:
-    """(n * draws, 4) uniforms behind (alive, lam, mu, nu) of every twin, customer-major: for each
-    customer and dimension the draws fall one in each of `draws` equal strata, in an order of their
-    own per dimension (a Latin hypercube per customer), so few twins cover the posterior evenly."""
-    perm = np.argsort(rng.random((n, 4, draws)), axis=2)
-    u = (perm + rng.random((n, 4, draws))) / draws
-    return u.transpose(0, 2, 1).reshape(n * draws, 4)
+def stratified_uniforms(n: int, draws: int, rng: np.random.Generator, dims: int = 4) -> np.ndarray:
+    """(n * draws, dims) uniforms behind (alive, lam, mu, nu)[:dims] of every twin, customer-major:
+    for each customer and dimension the draws fall one in each of `draws` equal strata, in an order
+    of their own per dimension (a Latin hypercube per customer), so few twins cover the posterior
+    evenly. `dims=1` stratifies the alive flag only (`sim.population.state_from_book` then draws the
+    rates as usual): most of a twin's variance, without the inverse CDFs' cost."""
+    perm = np.argsort(rng.random((n, dims, draws)), axis=2)
+    u = (perm + rng.random((n, dims, draws))) / draws
+    return u.transpose(0, 2, 1).reshape(n * draws, dims)
 
 
 def _key(h: float) -> str:

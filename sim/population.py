@@ -678,7 +678,8 @@ def state_from_book(
     mu ~ Gamma(mu_shape, rate mu_rate) (Pareto/NBD) or Beta(mu_shape, mu_rate) (BG/NBD);
     nu ~ Gamma(nu_shape, rate nu_rate).
     `uniforms` (N, 4), when given, are the uniforms behind (alive, lam, mu, nu), turned into
-    draws by inverse CDFs: callers pass stratified uniforms to cut Monte Carlo variance.
+    draws by inverse CDFs: callers pass stratified uniforms to cut Monte Carlo variance; (N, 1)
+    gives only the alive flag's (most of a twin's variance, at none of the inverse CDFs' cost).
     """
     from scipy import special
 
@@ -688,6 +689,14 @@ def state_from_book(
     col = {k: np.asarray(book[k], float) for k in BOOK_POSTERIOR_COLUMNS}
     if uniforms is None:
         alive = rng.random(n) < col["p_alive"]
+        lam = rng.gamma(col["lam_shape"]) / col["lam_rate"]
+        if world.activity_model == "pareto_nbd":
+            mu = rng.gamma(col["mu_shape"]) / col["mu_rate"]
+        else:
+            mu = rng.beta(col["mu_shape"], col["mu_rate"])
+        nu = rng.gamma(col["nu_shape"]) / col["nu_rate"]
+    elif np.shape(uniforms)[1] == 1:  # only the alive flag from the given uniforms; rates drawn as usual
+        alive = np.asarray(uniforms)[:, 0] < col["p_alive"]
         lam = rng.gamma(col["lam_shape"]) / col["lam_rate"]
         if world.activity_model == "pareto_nbd":
             mu = rng.gamma(col["mu_shape"]) / col["mu_rate"]
