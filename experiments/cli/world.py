@@ -35,6 +35,12 @@ def make_data(
         4, "--decision-every", min=1, help="Weeks between logged decision points per customer."
     ),
     seed: int = typer.Option(7, "--seed", help="Random seed; same seed, same files."),
+    kind: str = typer.Option(
+        "bank",
+        "--kind",
+        help="bank: the synthetic bank (BTYD-style, with campaigns); hmm: a hidden-Markov engagement "
+        "process with seasonality (sim/engagement_hmm.py; no decisions or products).",
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Generate a synthetic bank history with known ground truth (truth.json beside it).
@@ -42,18 +48,26 @@ def make_data(
     Example: clv make-data --out data/bank --customers 6000 --weeks 156 --seed 7
     """
     with _user_errors():
+        from sim.errors import ConfigError
         from sim.synthetic import BankConfig, write_bank_history
 
+        if kind not in ("bank", "hmm"):
+            raise ConfigError(f"--kind must be bank or hmm, got {kind!r}")
         start = _date(start, "--start")
         _check_out(out, folder=True)
         t0 = time.perf_counter()
-        cfg = BankConfig(customers=customers, weeks=weeks, start=start, decision_every=decision_every, seed=seed)
-        summary = write_bank_history(out, cfg)
+        if kind == "hmm":
+            from sim.engagement_hmm import HMMConfig, write_hmm_history
+
+            summary = write_hmm_history(out, HMMConfig(customers=customers, weeks=weeks, start=start, seed=seed))
+        else:
+            cfg = BankConfig(customers=customers, weeks=weeks, start=start, decision_every=decision_every, seed=seed)
+            summary = write_bank_history(out, cfg)
         summary["seconds"] = round(time.perf_counter() - t0, 3)
     _emit(
         summary,
         as_json,
-        f"wrote synthetic bank history to {out} "
+        f"wrote synthetic {'bank' if kind == 'bank' else 'engagement (hmm)'} history to {out} "
         f"({summary['customers']} customers, {summary['transactions']} transactions, "
         f"{summary['decisions']} logged decisions)",
     )
