@@ -187,18 +187,18 @@ def next_best_actions(world, book: pd.DataFrame, policy, settings: ScoreSettings
 
 
 def _reason(stage: np.ndarray, churn: np.ndarray, pick: np.ndarray, value: np.ndarray, names: list[str]) -> np.ndarray:
-    """One short sentence per customer: why this action (vectorised string building)."""
-    act = np.array(names, dtype=object)[pick]
-    risk = np.where(churn >= 0.5, "high", np.where(churn >= 0.2, "some", "low"))
-    head = np.char.add(np.char.add(stage.astype(str), " customer, "), risk.astype(str))
-    head = np.char.add(head, " churn risk")
-    contact = np.char.add(
-        np.char.add(np.char.add(": ", act.astype(str)), " is worth "),
-        np.char.mod("%+.2f", value),
-    )
-    contact = np.char.add(contact, " net of its cost")
-    idle = np.full(len(pick), ": no contact is worth its cost now")
-    return np.char.add(head, np.where(pick > 0, contact, idle)).astype(object)
+    """One short sentence per customer: why this action. The heads come from a table of (stage,
+    risk) and only contacts format a number (a million rows in well under a second)."""
+    risk = np.where(churn >= 0.5, 2, np.where(churn >= 0.2, 1, 0))
+    stages, scode = np.unique(stage.astype(str), return_inverse=True)
+    heads = np.array([f"{st} customer, {r} churn risk" for st in stages for r in ("low", "some", "high")], dtype=object)
+    out = heads[scode.ravel() * 3 + risk] + ": no contact is worth its cost now"
+    on = np.flatnonzero(pick > 0)
+    if on.size:
+        acts = np.array(names, dtype=object)[pick[on]]
+        worth = np.array([f"{v:+.2f}" for v in value[on]], dtype=object)
+        out[on] = heads[scode.ravel()[on] * 3 + risk[on]] + ": " + acts + " is worth " + worth + " net of its cost"
+    return out
 
 
 def _quintile(x: np.ndarray, higher_is_better: bool) -> np.ndarray:
@@ -210,8 +210,17 @@ def _quintile(x: np.ndarray, higher_is_better: bool) -> np.ndarray:
 
 
 def _joined(flags: np.ndarray, names: list[str]) -> np.ndarray:
-    """Per row of a boolean matrix, the names of its true columns joined by ", "."""
-    out = np.full(flags.shape[0], "", dtype=object)
+    """Per row of a boolean matrix, the names of its true columns joined by ", " (through a table of
+    the 2^k combinations for up to 16 columns)."""
+    n, k = flags.shape
+    if k == 0:
+        return np.full(n, "", dtype=object)
+    if k <= 16:
+        table = np.array(
+            [", ".join(nm for j, nm in enumerate(names) if b >> j & 1) for b in range(1 << k)], dtype=object
+        )
+        return table[flags.astype(np.int64) @ (1 << np.arange(k, dtype=np.int64))]
+    out = np.full(n, "", dtype=object)
     for j, name in enumerate(names):
         on = flags[:, j]
         out[on] = np.where(out[on] == "", name, out[on] + ", " + name)
