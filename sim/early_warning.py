@@ -126,7 +126,7 @@ def decile_table(y: np.ndarray, s: np.ndarray) -> list[dict[str, float]]:
     s = np.asarray(s, float)
     n, pos = len(y), float(y.sum())
     order = np.argsort(-s, kind="stable")
-    bounds = [int(round(n * j / 10)) for j in range(11)]
+    bounds = [int(np.ceil(n * j / 10 - 1e-9)) for j in range(11)]  # decile 1 is top_decile()'s
     cum = [_top_positives(y, s, b, order) for b in bounds]
     base = pos / n if n else 0.0
     rows = []
@@ -255,10 +255,12 @@ def early_warning(
     seed: int = 0,
     calibrate_kwargs: dict | None = None,
     tx: pd.DataFrame | None = None,
+    return_arrays: bool = False,
 ) -> dict[str, Any]:
     """The early-warning document (module docstring). `world`, `book`: the world calibrated up to
     `calibration_end` (calibrated here when not given, with `calibrate_kwargs`); the engine is
-    also re-calibrated at the earlier cut-off c0 with the same arguments."""
+    also re-calibrated at the earlier cut-off c0 with the same arguments. `return_arrays` adds
+    the per-customer labels and scores under `arrays` (numpy, not for JSON)."""
     from .calibrate import calibrate
 
     t0 = time.perf_counter()
@@ -319,7 +321,7 @@ def early_warning(
         for k in ("hgb", "recency_rule")
         if k in hold
     }
-    return {
+    doc = {
         "population": f"customers active at the cut-off: a purchase in the last {ACTIVE_PERIODS} periods, "
         f"on a day in ({(ce - pd.Timedelta(days=ACTIVE_PERIODS * pdays)).date()}, {ce.date()}]",
         "active_periods": ACTIVE_PERIODS,
@@ -350,6 +352,13 @@ def early_warning(
         "notes": notes,
         "seconds": round(time.perf_counter() - t0, 3),
     }
+    if return_arrays:
+        doc["arrays"] = {
+            "holdout": {"customer_id": ids_ce, "churned": y_hold, **hold},
+            "calibration_window": {"customer_id": ids_c0, "churned": y_cal, **cal},
+            "training": {"customer_id": ids_c1, "churned": y_train},
+        }
+    return doc
 
 
 def compare(scores: dict[str, Any]) -> dict[str, Any]:
