@@ -206,6 +206,7 @@ def min_spend(problem: AllocationProblem) -> tuple[float, bool]:
     t = problem.table
     neg = ValueTable(
         ids=t.ids,
+        id_type=t.id_type,
         segment=t.segment,
         segments=t.segments,
         actions=t.actions,

@@ -167,7 +167,7 @@ class Allocation:
             costs = np.concatenate([t.cost[lo:hi], np.zeros((hi - lo, 1))], axis=1)[rows, j]
             frame = pd.DataFrame(
                 {
-                    "customer_id": t.ids[lo:hi][rows],
+                    "customer_id": t.user_ids(t.ids[lo:hi][rows]),
                     "segment": segs[s[rows]],
                     "action": acts[j],
                     "channel": chans[act_chan[j]],

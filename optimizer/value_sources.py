@@ -311,7 +311,10 @@ def _estimate(
 
 
 def _frame(world, est: _Estimate, value: np.ndarray, cost: np.ndarray) -> pd.DataFrame:
-    """The long table: one row per customer x allowed action (customer order, then catalogue order)."""
+    """The long table: one row per customer x allowed action (customer order, then catalogue order),
+    customer ids in the user's own type."""
+    from sim.history import restore_customer_ids
+
     cat = world.catalogue
     actions = cat.names[1:]
     chan_of = [a.channel or NO_CHANNEL for a in cat.actions[1:]]
@@ -320,7 +323,7 @@ def _frame(world, est: _Estimate, value: np.ndarray, cost: np.ndarray) -> pd.Dat
     seg_names = [s.name for s in world.segments]
     return pd.DataFrame(
         {
-            "customer_id": est.ids[r].astype(str),
+            "customer_id": restore_customer_ids(est.ids[r].astype(str), world.customer_id_type),
             "segment": pd.Categorical.from_codes(est.segment[r], categories=seg_names),
             "action": pd.Categorical.from_codes(j, categories=actions),
             "channel": pd.Categorical.from_codes(

@@ -49,6 +49,7 @@ class ValueTable:
     eligible: np.ndarray  # (n, J) bool
     count: np.ndarray = field(default=None)  # (n,) int64 >= 1
     source: str = "<arrays>"
+    id_type: str = "text"  # "integer" when the user's ids were integers: outputs give them back as such
 
     def __post_init__(self) -> None:
         n = len(self.ids)
@@ -92,12 +93,18 @@ class ValueTable:
                 df = df.assign(**{col: num})
         return _from_arrow([pa.Table.from_pandas(df, preserve_index=False)], source, row_offset)
 
+    def user_ids(self, ids: np.ndarray) -> np.ndarray:
+        """Ids (text inside) in the user's own type."""
+        from sim.history import restore_customer_ids
+
+        return restore_customer_ids(ids, self.id_type)
+
     def to_frame(self) -> pd.DataFrame:
         """The long table back (eligible rows only), e.g. to save a built or generated table."""
         r, j = np.nonzero(self.eligible)
         out = pd.DataFrame(
             {
-                "customer_id": self.ids[r],
+                "customer_id": self.user_ids(self.ids[r]),
                 "segment": np.asarray(self.segments, dtype=object)[self.segment[r]],
                 "action": np.asarray(self.actions, dtype=object)[j],
                 "channel": np.asarray(self.channels, dtype=object)[self.action_channel[j]],
@@ -224,7 +231,13 @@ def _from_arrow(holder: list, source: str, offset: int) -> ValueTable:
             fail(np.flatnonzero(bad)[0], col, "missing, NaN or infinite")
         return x
 
+    raw_type = table.column("customer_id").type
+    if pa.types.is_dictionary(raw_type):
+        raw_type = raw_type.value_type
     cust, cust_names = labels("customer_id")
+    from sim.history import integer_text
+
+    id_type = "integer" if pa.types.is_integer(raw_type) or integer_text(cust_names) else "text"
     seg, seg_names = labels("segment")
     act, act_names = labels("action")
     chan, chan_names = labels("channel")
@@ -306,6 +319,7 @@ def _from_arrow(holder: list, source: str, offset: int) -> ValueTable:
     act_channel[a_rank] = c_rank[act_chan]
     return ValueTable(
         ids=cust_names.astype(str),
+        id_type=id_type,
         segment=s_rank[cust_seg],
         segments=[str(s) for s in seg_names[s_order]],
         actions=[str(a) for a in act_names[a_order]],

@@ -1070,11 +1070,19 @@ def customer_id_type(raw: pd.Series, ids: pd.Series) -> str:
     return "integer" if bool(u.str.fullmatch(_CANONICAL_INT).all()) else "text"
 
 
+def integer_text(values) -> bool:
+    """Whether every value reads as an integer written without leading zeros (and round-trips
+    through int64): ids a user wrote as numbers."""
+    text = pd.Series(pd.unique(np.asarray(values, dtype=object)), dtype="str")
+    return bool(len(text)) and bool(text.str.fullmatch(_CANONICAL_INT).all())
+
+
 def restore_customer_ids(ids, id_type: str | None) -> np.ndarray:
     """Customer ids (text inside clv-engine) in the user's own type: int64 for "integer"."""
     ids = np.asarray(ids, dtype=object)
     if id_type == "integer" and ids.size:
-        return ids.astype(str).astype(np.int64)
+        if integer_text(ids):  # resampled twins ("123#2") stay text
+            return ids.astype(str).astype(np.int64)
     return ids
 
 

@@ -390,3 +390,29 @@ def test_frontier_writes_a_png_only_where_asked(values_file, tmp_path):
     (tmp_path / "frontier.png").write_bytes(b"the run's own")
     doc = ok_json(clv("frontier", table, "--budgets", "200,1000", "--json"))
     assert doc["plot"] is None and (tmp_path / "frontier.png").read_bytes() == b"the run's own"
+
+
+@pytest.mark.parametrize(
+    "ids, fmt, want_int",
+    [([101, 102], "parquet", True), (["101", "102"], "csv", True), (["00123", "124"], "csv", False)],
+)
+def test_plans_keep_the_users_id_type(tmp_path, ids, fmt, want_int):
+    """Integer customer ids come back as integers (a join with the user's own table works); text
+    that only looks numeric with a leading zero stays text."""
+    df = pd.DataFrame(
+        {
+            "customer_id": [ids[0], ids[0], ids[1], ids[1]],
+            "segment": ["a", "a", "b", "b"],
+            "action": ["email", "sms", "email", "sms"],
+            "channel": ["email", "sms", "email", "sms"],
+            "value": [3.0, 1.0, 2.0, 5.0],
+            "cost": [1.0, 1.0, 1.0, 1.0],
+        }
+    )
+    src = tmp_path / f"values.{fmt}"
+    df.to_parquet(src, index=False) if fmt == "parquet" else df.to_csv(src, index=False)
+    out = tmp_path / "plan.parquet"
+    ok_json(clv("allocate", src, "--budget", "1", "--out", out, "--json"))
+    plan = pd.read_parquet(out)
+    assert pd.api.types.is_integer_dtype(plan["customer_id"]) == want_int
+    assert sorted(plan["customer_id"].astype(str)) == sorted(str(i) for i in ids)
