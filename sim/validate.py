@@ -42,19 +42,23 @@ def validate(
     """Returns (metrics, artefacts): metrics is the JSON document of `clv validate`; artefacts
     holds the world, book and tables for the files written beside it. With `early_warning`, the
     document's `early_warning` key measures the churn score among the customers active at the
-    cut-off beside a recency rule and a boosted classifier (sim.early_warning)."""
+    cut-off beside a recency rule and a boosted classifier (sim.early_warning). A holdout that ends
+    after the history (with `calibration_end` on or after its last transaction) is a pure forecast:
+    the same document and tables with the actuals missing and every metric null (`forecast_only`)."""
     ce, he = pd.Timestamp(calibration_end), pd.Timestamp(holdout_end)
     if he <= ce:
         raise ConfigError(
             "holdout_end", f"{{key:holdout_end}} {he.date()} must be after {{key:calibration_end}} {ce.date()}"
         )
     last = history.transactions["date"].max()
-    if he > last:
+    forecast_only = bool(he > last)  # a holdout in the future: forecasts only, no actuals to compare
+    if forecast_only and ce < last:
         raise ConfigError(
             "holdout_end",
             value=he.date(),
-            message=f"is past the end of the history (last transaction {last.date()}): days "
-            "after it would count as days without purchases",
+            message=f"is past the end of the history (last transaction {last.date()}): days after it would "
+            "count as days without purchases; end the holdout by then, or forecast the future from "
+            f"{{key:calibration_end}} {last.date()} (forecasts only)",
         )
     world, book, cal_report = calibrate(
         history, ce, segment_by=segment_by, n_segments=n_segments, activity_model=activity_model, seed=seed
@@ -83,14 +87,29 @@ def validate(
 
     rows = CustomerRows.from_frame(tx.loc[tx["date"] <= ce, ["customer_id", "date", "amount"]])
     summary = summarise(tx, ce, pdays, history.customers, rows=rows)
-    metrics = holdout_metrics(act_n, act_v, sim["pred_n"], sim["pred_v"], sim["p_active"])
+    if forecast_only:  # nothing happened yet: the same columns, actuals missing, no metric
+        act_n = np.full(len(ids), np.nan)
+        act_v = np.full(len(ids), np.nan)
+        act_weekly = np.full(n_periods, np.nan)
+        known = np.zeros(len(hold), bool)
+        metrics = {k: None for k in holdout_metrics(*(np.arange(4.0),) * 4, np.full(4, 0.5))}
+        metrics.update(
+            customers=int(len(ids)),
+            holdout_repeat_predicted=float(sim["pred_n"].sum()),
+            holdout_value_predicted=float(sim["pred_v"].sum()),
+            active_share_predicted=float(sim["p_active"].mean()),
+        )
+    else:
+        metrics = holdout_metrics(act_n, act_v, sim["pred_n"], sim["pred_v"], sim["p_active"])
     # the same correlation against the number of calendar weeks with a transaction, the count
     # lifetimes' weekly summaries use (its anchor), for a like-for-like comparison
     wk = hold.loc[known, "date"].dt.to_period("W").to_numpy()
     pairs = pd.DataFrame({"c": code[known], "w": wk}).drop_duplicates()
     act_weeks = np.bincount(pairs["c"].to_numpy(), minlength=len(ids)).astype(float)
     metrics["per_customer_corr_active_weeks"] = (
-        float(np.corrcoef(sim["pred_n"], act_weeks)[0, 1]) if act_weeks.std() > 0 and sim["pred_n"].std() > 0 else None
+        float(np.corrcoef(sim["pred_n"], act_weeks)[0, 1])
+        if not forecast_only and act_weeks.std() > 0 and sim["pred_n"].std() > 0
+        else None
     )
     metrics.update(
         {
@@ -98,6 +117,7 @@ def validate(
             "calibration_end": str(ce.date()),
             "holdout_end": str(he.date()),
             "holdout_periods": round(float(horizon), 4),
+            "forecast_only": forecast_only,
             "period": world.economics.period,
             "replications": replications,
             "seed": seed,
@@ -138,8 +158,12 @@ def validate(
         }
     )
     cond = conditional_table(summary.x, act_n, sim["pred_n"])
+    if forecast_only:
+        cond["actual_mean"] = pd.Series([None] * len(cond), dtype=object)
     metrics["conditional_expectation"] = cond.to_dict(orient="records")
-    if early_warning:
+    if early_warning and forecast_only:
+        metrics["early_warning"] = {"skipped": "a pure forecast: no holdout outcomes to measure the churn score on"}
+    elif early_warning:
         metrics["early_warning"] = _early_warning(history, ce, he, world, book, tx, seed, segment_by, n_segments)
     return metrics, {
         "world": world,
@@ -442,8 +466,8 @@ def plot_tracking(tracking: pd.DataFrame, path: Path, metrics: dict[str, Any]) -
         return "n/a" if v is None else format(v, spec)
 
     fig.suptitle(
-        f"holdout: actual {metrics['holdout_repeat_actual']:.0f}, predicted "
-        f"{metrics['holdout_repeat_predicted']:.0f} ({fmt(metrics['aggregate_error'], '+.1%')}); "
+        f"holdout: actual {fmt(metrics['holdout_repeat_actual'], '.0f')}, predicted "
+        f"{fmt(metrics['holdout_repeat_predicted'], '.0f')} ({fmt(metrics['aggregate_error'], '+.1%')}); "
         f"corr {fmt(metrics['per_customer_corr'], '.3f')}, AUC {fmt(metrics['active_auc'], '.3f')}",
         fontsize=10,
     )

@@ -249,6 +249,26 @@ def test_json_stdout_in_real_process(history, tmp_path):
     assert world.is_file()
 
 
+def test_validate_forecasts_a_holdout_in_the_future(history, tmp_path):
+    """Calibrated on every day of the history, a holdout in the future is a pure forecast: the same
+    document and tables, the actuals missing and every metric null."""
+    tx = pd.read_csv(history / "transactions.csv", parse_dates=["date"])
+    last = tx["date"].max().date()
+    future = str(last + timedelta(days=91))
+    out = tmp_path / "F"
+    args = ("validate", history, "--calibration-end", str(last), "--holdout-end", future, "--replications", 2)
+    doc = ok_json(clv(*args, "--out", out, "--json"))
+    assert doc["forecast_only"] is True and doc["holdout_repeat_predicted"] > 0
+    assert doc["holdout_repeat_actual"] is None and doc["per_customer_corr"] is None and doc["active_auc"] is None
+    assert "skipped" in doc["early_warning"]
+    assert all(r["actual_mean"] is None for r in doc["conditional_expectation"])
+    pred = pd.read_parquet(out / "predictions.parquet")
+    assert pred["actual"].isna().all() and (pred["predicted"] >= 0).all() and len(pred) == doc["customers"]
+    # a holdout that ends after the history but starts inside it is refused: its empty days would count
+    r = clv("validate", history, "--calibration-end", CAL_END, "--holdout-end", future)
+    assert r.exit_code == 2 and "forecast the future from --calibration-end" in r.stderr
+
+
 def test_validate_cdnow():
     """The bundled CDNOW benchmark (Fader-Hardie split): ~3 s, so not marked slow."""
     doc = ok_json(
