@@ -153,6 +153,44 @@ class ProductMargins:
         return self._g(codes, np.asarray(b, np.float64)) - self._g(codes, np.asarray(a, np.float64))
 
 
+def window_margins(
+    history,
+    customer_ids: np.ndarray,
+    start_day: np.ndarray,
+    end_day: np.ndarray,
+    grid: tuple[float, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The contract reward's two earning parts over one window per query, before any cost:
+    (margin_rate x the amounts of the customer's transactions dated in [start_day, end_day),
+    the margins of the products they hold at each period end in (start_day, end_day]).
+
+    `customer_ids` as the history holds them (text), `start_day` and `end_day` as day numbers
+    (`day_numbers`; an end may fall inside a day: transactions on days before it count), `grid`
+    the (origin, period_days) of `period_grid` (computed when None). A customer absent from the
+    history earns 0. `decision_outcomes` and the read-out of a deployed plan (experiments.readout)
+    both score windows with it."""
+    tx = history.transactions
+    prods = history.products
+    if grid is None:
+        grid = period_grid(history)
+    cust = np.asarray(customer_ids)
+    day = np.broadcast_to(np.asarray(start_day, np.float64), cust.shape)
+    nxt_day = np.broadcast_to(np.asarray(end_day, np.float64), cust.shape)
+    # cumulative sums over transactions sorted by (customer, day)
+    ids = [cust, tx["customer_id"].to_numpy()] + ([prods["customer_id"].to_numpy()] if prods is not None else [])
+    codes = customer_codes(*ids)
+    dcode, tcode = codes[0], codes[1]
+    idx = DayIndex(tcode, day_numbers(tx["date"].to_numpy()))
+    cum = np.concatenate([[0.0], np.cumsum(tx["amount"].to_numpy(dtype=np.float64)[idx.order])])
+    hi = np.ceil(nxt_day).astype(np.int64)  # transactions on days < next (next may fall inside a day)
+    amount = cum[idx.position(dcode, hi)] - cum[idx.position(dcode, day.astype(np.int64))]
+    margin = history.economics.margin_rate * amount
+    held = ProductMargins(
+        prods, codes[2] if prods is not None else None, history.economics.product_margin_per_period, grid
+    )
+    return margin, held.between(dcode, day, nxt_day)
+
+
 def decision_outcomes(
     history, start: str | None = None, end: str | None = None, window: int | None = None
 ) -> pd.DataFrame:
@@ -206,19 +244,8 @@ def decision_outcomes(
         nxt_day = day + int(window) * period
     nxt_day = np.minimum(nxt_day, stop_day)
 
-    # margin in [date, next) per decision: cumulative sums over transactions sorted by (customer, day)
-    ids = [cust, tx["customer_id"].to_numpy()] + ([prods["customer_id"].to_numpy()] if prods is not None else [])
-    codes = customer_codes(*ids)
-    dcode, tcode = codes[0], codes[1]
-    idx = DayIndex(tcode, day_numbers(tx["date"].to_numpy()))
-    cum = np.concatenate([[0.0], np.cumsum(tx["amount"].to_numpy(dtype=np.float64)[idx.order])])
-    hi = np.ceil(nxt_day).astype(np.int64)  # transactions on days < next (next may fall inside a day)
-    amount = cum[idx.position(dcode, hi)] - cum[idx.position(dcode, day.astype(np.int64))]
-    margin = history.economics.margin_rate * amount
-    held = ProductMargins(
-        prods, codes[2] if prods is not None else None, history.economics.product_margin_per_period, (origin, period)
-    )
-    product_margin = held.between(dcode, day, nxt_day)
+    # margin in [date, next) and product margins at the period ends in (date, next] per decision
+    margin, product_margin = window_margins(history, cust, day, nxt_day, (origin, period))
 
     if "cost" in dec.columns:
         cost = dec["cost"].to_numpy(dtype=np.float64)
