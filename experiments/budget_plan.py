@@ -414,14 +414,19 @@ def plan_at(
     return BudgetPlan(doc=doc, contacts=contacts, schedule=full)
 
 
-def write_plan(plan: BudgetPlan, out: Path) -> dict[str, str]:
-    """DIR/contacts.parquet, DIR/schedule.parquet, DIR/plan.json, each written atomically."""
+def write_plan(plan: BudgetPlan, out: Path, extra_files: dict[str, str] | None = None) -> dict[str, str]:
+    """DIR/contacts.parquet, DIR/schedule.parquet, DIR/plan.json, each written atomically;
+    `extra_files` (name: path) are files written beside them (e.g. deployment.csv), listed in `files`."""
     from sim.atomic import atomic_write_json, atomic_write_parquet
     from sim.world import json_safe
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    files = {"contacts": str(out / "contacts.parquet"), "schedule": str(out / "schedule.parquet")}
+    files = {
+        "contacts": str(out / "contacts.parquet"),
+        "schedule": str(out / "schedule.parquet"),
+        **(extra_files or {}),
+    }
     atomic_write_parquet(out / "contacts.parquet", plan.contacts)
     atomic_write_parquet(out / "schedule.parquet", plan.schedule)
     plan.doc["files"] = {**files, "plan": str(out / "plan.json")}

@@ -380,6 +380,25 @@ def plan(
         None, "--workers", min=0, help="CPUs of the local Ray the seeds run on (default: all; 0 runs them in-process)."
     ),
     address: Optional[str] = typer.Option(None, "--address", help="An existing Ray cluster for the seeds."),
+    control_share: list[str] = typer.Option(
+        [],
+        "--control-share",
+        help="F or segment:NAME=F (repeatable): a randomised share of the book held out with no contact; writes "
+        "deployment.csv (every book customer's action, group and exact propensity, a decisions table) and the "
+        "experiment's power into plan.json (docs/deployment.md).",
+    ),
+    explore_share: Optional[float] = typer.Option(
+        None,
+        "--explore-share",
+        help="With --control-share: a share E of the plan's first-period contacts replaced by a uniform draw "
+        "among the customer's allowed actions, so every action keeps support (default 0).",
+    ),
+    experiment_horizon: Optional[int] = typer.Option(
+        None,
+        "--experiment-horizon",
+        min=1,
+        help="With --control-share: periods the read-out will measure, for the power (default 13, at most --horizon).",
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Spend a budget for the whole horizon on a policy's contacts: each period its proposals are
@@ -409,10 +428,22 @@ def plan(
 
         check_policy_spec(policy)
         cons = _constraints(capacity, min_coverage, max_share)
+        deployment = _deployment_settings(control_share, explore_share, experiment_horizon, horizon, seed)
+        if deployment is not None and budget is None:
+            raise ConfigError("control_share", message="needs --budget B: the deployment is the plan at one budget")
+        if deployment is not None and customers is not None:
+            raise ConfigError(
+                "control_share", message="names the book's customers; drop --customers (the plan then covers the book)"
+            )
         _check_out(out, folder=True)
         _check_world(world_path)
         world, book = _load_world(world_path, "book")
         _check_constraint_keys(world, cons)
+        if deployment is not None:
+            from experiments.deployment import check_control_group, start_date
+
+            start_date(world)
+            check_control_group(world, book, deployment)
         from experiments.budget_frontier import plan_frontier, plot_plan_frontier
         from experiments.budget_plan import PlanSettings, plan_at, prepare_plan, write_plan
         from policies.registry import policy_label, resolve_policy
@@ -428,6 +459,7 @@ def plan(
         pol = resolve_policy(policy, world)
         n_budgets = (1 if budget is not None else 0) + len(frontier_budgets or [])
         total = 4 * seeds + 2 * seeds * n_budgets + (2 * seeds if frontier_budgets else 0)
+        total += 2 * seeds if deployment is not None else 0
         done = [0]
         from experiments.ray_session import executor_session
 
@@ -447,9 +479,25 @@ def plan(
                 frontier_doc = plan_frontier(ctx, frontier_budgets, cons, refs, plans=plans)
             if budget is not None:  # a budget on the frontier is not planned twice
                 result = plans.get(float(budget)) or plan_at(ctx, budget, cons)
+            dep = None
+            if deployment is not None and result is not None:
+                from experiments.deployment import deploy, experiment_power
+
+                dep = deploy(world, book, result.contacts, deployment)
+                result.doc["experiment"] = experiment_power(
+                    ctx, result.doc, dep, deployment, cons, executor=executor, progress=lambda k: tick("power", 0, 0)
+                )
         if result is not None:
-            write_plan(result, out)
+            extra = {}
+            if dep is not None:
+                from experiments.deployment import write_deployment
+
+                out.mkdir(parents=True, exist_ok=True)
+                extra["deployment"] = write_deployment(dep, out / "deployment.csv")
+            write_plan(result, out, extra)
             doc = result.to_dict()
+            if doc.get("experiment", {}).get("warning"):
+                typer.echo(f"warning: {doc['experiment']['warning']}", err=True)
         else:
             doc = {}
         if frontier_doc is not None:
@@ -477,6 +525,17 @@ def plan(
         _emit(doc, as_json, "\n".join(lines))
         return
     lift, fresh_alone = doc["lift_vs_none"], doc["lift_vs_policy_alone"]
+    exp = doc.get("experiment")
+    exp_line = ""
+    if exp is not None:
+        mde = "none" if exp["mde"] is None else format(exp["mde"], ".4f")
+        need = "none" if exp["control_share_needed"] is None else format(exp["control_share_needed"], ".3f")
+        exp_line = (
+            f"\n  deployment.csv: {exp['treatment_customers']:,} treatment, {exp['explore_customers']:,} explore, "
+            f"{exp['control_customers']:,} control; over {exp['horizon_periods']} periods predicted lift "
+            f"{exp['predicted_lift_per_customer']:+.4f} per customer, MDE {mde} "
+            f"({'detectable' if exp['detectable'] else 'not detectable'}; control share needed {need})"
+        )
     _emit(
         doc,
         as_json,
@@ -490,5 +549,34 @@ def plan(
             f"\n  frontier of {len(frontier_doc['points'])} budgets in {out}/frontier.json and frontier.png"
             if frontier_doc
             else ""
-        ),
+        )
+        + exp_line,
+    )
+
+
+def _deployment_settings(
+    control_share: list[str], explore_share: Optional[float], experiment_horizon: Optional[int], horizon: int, seed: int
+):
+    """The DeploymentSettings of --control-share, --explore-share and --experiment-horizon (None
+    without --control-share); bad values are one line naming the option."""
+    from sim.errors import ConfigError
+
+    if not control_share:
+        if explore_share is not None or experiment_horizon is not None:
+            given = "explore_share" if explore_share is not None else "experiment_horizon"
+            raise ConfigError(given, message="needs {key:control_share} F: it is part of the deployment")
+        return None
+    from experiments.deployment import DEFAULT_EXPERIMENT_HORIZON, DeploymentSettings, parse_control_shares
+
+    overall, segments = parse_control_shares(control_share)
+    if experiment_horizon is not None and experiment_horizon > horizon:
+        raise ConfigError(
+            "experiment_horizon", value=experiment_horizon, message="must be at most {key:horizon} (the plan's periods)"
+        )
+    return DeploymentSettings(
+        control_share=overall,
+        segment_shares=segments,
+        explore_share=0.0 if explore_share is None else explore_share,
+        seed=seed,
+        horizon_periods=experiment_horizon or min(DEFAULT_EXPERIMENT_HORIZON, horizon),
     )
