@@ -1,0 +1,427 @@
+"""The read-out of a deployed plan: its lift measured from what happened (`clv readout`).
+
+A deployment file (what `clv plan --control-share` exports) lists every customer in the plan's
+scope on the deployment date, in the decisions table's format: customer_id, date, action,
+propensity, group (treatment / control / explore) [, cost]. Treatment customers got their
+action, control customers were held out at random (not contacted), explore customers got an
+action drawn for exploration.
+
+Per customer the outcome is the data contract's reward over the read-out window [start, end)
+(experiments.ope.data.window_margins: margin_rate x the amounts of the transactions in the window
++ the margins of the products held at each period end in (start, end]) minus the deployment's
+cost of the customer's row (its `cost` column, else the catalogue's cost of the action; a control
+customer was not contacted and costs 0). The pre-period covariate is the same earnings (no cost)
+over an equally long window ending on the deployment date.
+
+The lift per customer in scope is the treatment mean minus the control mean, with Welch's 95 %
+interval, and its CUPED adjustment (Deng, Xu, Kohavi & Walker 2013): Y - theta (X - mean X) with
+theta = cov(Y, X) / var(X) over treatment and control pooled, whose interval is narrower by
+sqrt(1 - rho^2) when pre and post correlate. Explore customers are excluded from the contrast
+(their actions were not the plan's; they are counted and their mean outcome is reported).
+The contrast estimates the average effect of the plan's contact over the treatment and control
+customers when the control share is one number (all treatment rows carry the same propensity);
+a file whose treatment propensities differ gets a warning.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sim.errors import ConfigError, HistoryError
+
+GROUPS = ("treatment", "control", "explore")
+LEVEL = 0.95
+VERDICTS = ("confirmed", "not detected", "contradicted")
+OUTCOME_DEFINITION = (
+    "the contract reward over [start, end): margin_rate x transaction amounts + margins of the products held at "
+    "each period end - the deployment's cost of the customer's row (control: 0)"
+)
+
+
+# --------------------------------------------------------------------------------------------
+# the deployment file
+
+
+def read_deployment(path: str | Path, history) -> pd.DataFrame:
+    """The deployment file, validated against the history: customer_id (text, as the history
+    holds it), date, action, propensity, group, cost (float: the row's cost column, else the
+    catalogue's cost of the action; 0 for control rows), row (the row a user sees). Bad input
+    raises HistoryError naming the file, row and column."""
+    from sim.history import _Checks, _read_csv, _read_parquet, _text, validate_decisions
+
+    path = Path(path)
+    if not path.is_file():
+        raise HistoryError(str(path), None, None, "no such file; give the deployment file `clv plan` exported")
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        raise HistoryError(path.name, None, None, "expected a .csv or .parquet deployment file")
+    raw = _read_parquet(path) if suffix == ".parquet" else _read_csv(path)
+    file = path.name
+    raw = raw.set_axis([str(c).strip() for c in raw.columns], axis=1)
+    if "group" not in raw.columns and len(raw.columns) == len(set(raw.columns)):
+        raise HistoryError(
+            file,
+            None,
+            "group",
+            "missing required column 'group'; a deployment file needs customer_id, date, action, propensity, group "
+            f"(treatment, control or explore); found: {', '.join(raw.columns)}",
+        )
+    known = [history.transactions["customer_id"].to_numpy(dtype=object)]
+    if history.customers is not None:
+        known.append(history.customers["customer_id"].to_numpy(dtype=object))
+    dec = validate_decisions(
+        raw.drop(columns=["group"]), file, history.actions, np.unique(np.concatenate(known).astype(str))
+    )
+    # validate_decisions sorts by customer and date; the row each came from is its index + offset
+    ck = _Checks(raw, file)
+    group = _text(ck, raw["group"], "group", "give treatment, control or explore")
+    ck.raise_first()
+    g = group.str.lower()
+    bad = ~g.isin(GROUPS).to_numpy(dtype=bool)
+    ck.add(
+        "group", bad, lambda pos: f"unknown group {group.iloc[pos]!r}; a deployment's groups are {', '.join(GROUPS)}"
+    )
+    ck.raise_first()
+    rows = np.arange(len(raw)) + ck.offset if ck.labels is None else ck.labels.astype(np.int64) + ck.offset
+    from sim.history import _ids
+
+    ids = _ids(_Checks(raw, file), raw["customer_id"], "customer_id").to_numpy(dtype=object).astype(str)
+    first = pd.Series(ids).duplicated(keep="first").to_numpy()
+    if first.any():  # validate_decisions catches same-day duplicates; any other date is caught below
+        pos = int(np.argmax(first))
+        prev = int(np.flatnonzero(ids == ids[pos])[0])
+        raise HistoryError(
+            file,
+            int(rows[pos]),
+            "customer_id",
+            f"customer {ids[pos]!r} is listed twice (first in row {int(rows[prev])}); a deployment lists each "
+            "customer once",
+        )
+    info = pd.DataFrame({"customer_id": ids, "group": g.to_numpy(dtype=object), "row": rows})
+    dep = dec.merge(info, on="customer_id", how="left", validate="one_to_one")
+    dep = dep.sort_values("row", kind="stable").reset_index(drop=True)
+    day = dep["date"].to_numpy()
+    if (day != day[0]).any():
+        pos = int(np.argmax(day != day[0]))
+        raise HistoryError(
+            file,
+            int(dep["row"].iloc[pos]),
+            "date",
+            f"{str(day[pos])[:10]} is not the deployment date {str(day[0])[:10]} (row {int(dep['row'].iloc[0])}); "
+            "a deployment file holds one date",
+        )
+    for need in ("control", "treatment"):
+        if not (dep["group"] == need).any():
+            raise HistoryError(
+                file,
+                None,
+                "group",
+                f"no {need} customers; the read-out contrasts treatment with a randomised control group "
+                "(export the plan with `clv plan --control-share`)",
+            )
+    control = (dep["group"] == "control").to_numpy()
+    if "cost" in dep.columns:
+        cost = dep["cost"].to_numpy(dtype=np.float64).copy()
+    elif history.actions is not None:
+        table = dict(zip(history.actions.names, history.actions.costs))
+        cost = np.array([float(table.get(a, 0.0)) for a in dep["action"].to_numpy(dtype=object)], np.float64)
+    else:
+        raise HistoryError(
+            file,
+            None,
+            "cost",
+            "no cost column and the history has no actions.yaml to price the actions; add either",
+        )
+    cost[control] = 0.0
+    dep["cost"] = cost
+    return dep[["customer_id", "date", "action", "propensity", "group", "cost", "row"]]
+
+
+# --------------------------------------------------------------------------------------------
+# outcomes
+
+
+def _day(text: str | pd.Timestamp) -> int:
+    return int(np.datetime64(pd.Timestamp(text).normalize().to_datetime64(), "D").astype(np.int64))
+
+
+def customer_outcomes(history, deployment: pd.DataFrame, start, end) -> pd.DataFrame:
+    """Per deployment row: customer_id, group, action, propensity, cost, margin, product_margin,
+    outcome (margin + product_margin - cost over [start, end)) and pre (margin + product_margin
+    over the equally long window ending on the deployment date)."""
+    from experiments.ope.data import period_grid, window_margins
+
+    a, b = _day(start), _day(end)
+    d = _day(deployment["date"].iloc[0])
+    grid = period_grid(history)
+    ids = deployment["customer_id"].to_numpy(dtype=object)
+    margin, product = window_margins(history, ids, float(a), float(b), grid)
+    pre_m, pre_p = window_margins(history, ids, float(d - (b - a)), float(d), grid)
+    cost = deployment["cost"].to_numpy(np.float64)
+    out = deployment[["customer_id", "group", "action", "propensity", "cost"]].copy()
+    out["margin"] = margin
+    out["product_margin"] = product
+    out["outcome"] = margin + product - cost
+    out["pre"] = pre_m + pre_p
+    return out.reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------
+# estimators
+
+
+def welch(y_t: np.ndarray, y_c: np.ndarray, level: float = LEVEL) -> dict[str, Any]:
+    """Difference in means (treatment - control) with Welch's interval (Welch-Satterthwaite df)."""
+    from scipy import stats
+
+    y_t, y_c = np.asarray(y_t, np.float64), np.asarray(y_c, np.float64)
+    nt, nc = y_t.size, y_c.size
+    out: dict[str, Any] = {"n_treatment": int(nt), "n_control": int(nc)}
+    if nt < 2 or nc < 2:
+        m = float(y_t.mean() - y_c.mean()) if nt and nc else float("nan")
+        return {**out, "mean": m, "se": None, "df": None, "ci_low": None, "ci_high": None}
+    vt, vc = y_t.var(ddof=1) / nt, y_c.var(ddof=1) / nc
+    se = float(np.sqrt(vt + vc))
+    m = float(y_t.mean() - y_c.mean())
+    if se == 0:
+        return {**out, "mean": m, "se": 0.0, "df": float(nt + nc - 2), "ci_low": m, "ci_high": m}
+    df = float((vt + vc) ** 2 / (vt**2 / (nt - 1) + vc**2 / (nc - 1))) if vt + vc > 0 else float(nt + nc - 2)
+    half = float(stats.t.ppf(0.5 + level / 2, df)) * se
+    return {**out, "mean": m, "se": se, "df": df, "ci_low": m - half, "ci_high": m + half}
+
+
+def cuped(y: np.ndarray, x: np.ndarray, treated: np.ndarray, level: float = LEVEL) -> dict[str, Any]:
+    """CUPED (Deng et al. 2013): Welch's contrast of Y - theta (X - mean X), theta = cov(Y, X) / var(X)
+    over both groups pooled; `theta`, `correlation` (of Y and X, pooled) and `variance_reduction`
+    (1 - var(adjusted) / var(Y), pooled) beside it. theta is 0 when X does not vary."""
+    y, x, t = np.asarray(y, np.float64), np.asarray(x, np.float64), np.asarray(treated, bool)
+    vx = float(x.var(ddof=1)) if x.size > 1 else 0.0
+    theta = float(np.cov(y, x, ddof=1)[0, 1] / vx) if vx > 0 else 0.0
+    adj = y - theta * (x - x.mean())
+    vy = float(y.var(ddof=1)) if y.size > 1 else 0.0
+    rho = float(np.corrcoef(y, x)[0, 1]) if vx > 0 and vy > 0 else 0.0
+    out = welch(adj[t], adj[~t], level)
+    out.update(
+        {
+            "theta": theta,
+            "correlation": rho,
+            "variance_reduction": float(1.0 - adj.var(ddof=1) / vy) if vy > 0 else 0.0,
+        }
+    )
+    return out
+
+
+def verdict(ci_low: float | None, ci_high: float | None, predicted: float | None) -> dict[str, str]:
+    """ "confirmed": the interval excludes 0 on the prediction's side and covers the prediction;
+    "not detected": it covers 0; "contradicted": it excludes 0 with the other sign, or excludes 0 on
+    the predicted side but not the prediction itself (the lift is real but not the one predicted).
+    Without a prediction the plan is taken to predict a gain, and a gain is "confirmed" when the
+    interval lies above 0."""
+    if ci_low is None or ci_high is None or not np.isfinite([ci_low, ci_high]).all():
+        return {"verdict": "not detected", "reason": "no interval (fewer than 2 customers in a group)"}
+    if ci_low <= 0.0 <= ci_high:
+        return {"verdict": "not detected", "reason": "the interval covers 0"}
+    sign = 1.0 if predicted is None or predicted >= 0 else -1.0
+    if (ci_low > 0) != (sign > 0):
+        return {"verdict": "contradicted", "reason": "the interval excludes 0 with the sign opposite to the prediction"}
+    if predicted is None:
+        return {"verdict": "confirmed", "reason": "the interval lies above 0 (no prediction given to compare with)"}
+    if ci_low <= predicted <= ci_high:
+        return {"verdict": "confirmed", "reason": "the interval excludes 0 and covers the prediction"}
+    side = "below" if ci_high < predicted else "above"
+    return {"verdict": "contradicted", "reason": f"the interval excludes 0 but lies {side} the prediction"}
+
+
+# --------------------------------------------------------------------------------------------
+# the read-out
+
+
+def _contrast(frame: pd.DataFrame, treated: np.ndarray) -> dict[str, Any]:
+    y, x = frame["outcome"].to_numpy(np.float64), frame["pre"].to_numpy(np.float64)
+    return {"difference_in_means": welch(y[treated], y[~treated]), "cuped": cuped(y, x, treated)}
+
+
+def _roi(frame: pd.DataFrame, treated: np.ndarray) -> dict[str, Any]:
+    """Incremental earnings (margin + product margins, CUPED-adjusted) / incremental cost; the cost
+    is fixed by the assignment, so the ratio's interval is the earnings' interval over it."""
+    gross = (frame["margin"] + frame["product_margin"]).to_numpy(np.float64)
+    est = cuped(gross, frame["pre"].to_numpy(np.float64), treated)
+    cost = frame["cost"].to_numpy(np.float64)
+    inc_cost = float(cost[treated].mean() - cost[~treated].mean()) if treated.any() and (~treated).any() else 0.0
+    out: dict[str, Any] = {"incremental_margin": est["mean"], "incremental_cost": inc_cost}
+    if inc_cost <= 0:
+        return {**out, "roi": None, "ci_low": None, "ci_high": None, "net_roi": None}
+    lo, hi = est["ci_low"], est["ci_high"]
+    return {
+        **out,
+        "roi": est["mean"] / inc_cost,
+        "ci_low": None if lo is None else lo / inc_cost,
+        "ci_high": None if hi is None else hi / inc_cost,
+        "net_roi": (est["mean"] - inc_cost) / inc_cost,
+    }
+
+
+def _segments(history, ids: np.ndarray, world_path: str | Path | None) -> tuple[np.ndarray | None, str | None]:
+    if world_path is not None:
+        from sim.world import WorldModel
+
+        world = WorldModel.load(world_path)
+        book = world.read_book(world_path)
+        if book is None:
+            raise ConfigError(f"{world_path}: the world has no book to take the customers' segments from")
+        names = np.array([s.name for s in world.segments], dtype=object)
+        seg = pd.Series(names[book["segment"].to_numpy().astype(np.int64)], index=book["customer_id"].astype(str))
+        return pd.Series(ids).map(seg).fillna("(not in the book)").to_numpy(dtype=object), f"{world_path} (book)"
+    cust = history.customers
+    if cust is not None and "segment" in cust.columns:
+        seg = pd.Series(cust["segment"].astype(str).to_numpy(), index=cust["customer_id"].astype(str).to_numpy())
+        return pd.Series(ids).map(seg).fillna("(none)").to_numpy(dtype=object), "customers.csv"
+    return None, None
+
+
+def _prediction(plan_path: str | Path | None, predicted: float | None, in_scope: int, periods: float):
+    if predicted is not None:
+        return float(predicted), {"source": "--predicted", "per_customer_in_scope": float(predicted)}
+    if plan_path is None:
+        return None, None
+    path = Path(plan_path)
+    try:
+        doc = json.loads(path.read_text())
+        pred = doc["predicted_lift"]
+        mean = float(pred["mean"] if isinstance(pred, dict) else pred)
+        customers = int(doc.get("customers", in_scope))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(
+            "plan", value=str(path), message=f"not a `clv plan` plan.json with a predicted_lift ({type(e).__name__})"
+        ) from None
+    per = mean * customers / max(in_scope, 1)
+    horizon = doc.get("horizon")
+    return per, {
+        "source": str(path),
+        "predicted_lift": pred,
+        "plan_customers": customers,
+        "plan_horizon": horizon,
+        "per_customer_in_scope": per,
+        "comparable": bool(horizon is not None and abs(float(horizon) - periods) < 1e-9),
+        "note": "the plan's predicted_lift is per book customer over its horizon (discounted); rescaled here to "
+        "per customer in the deployment's scope (x plan customers / customers in scope). It compares with the "
+        "read-out only when the read-out window is the plan's horizon and the deployment is the whole plan.",
+    }
+
+
+def read_out(
+    history,
+    deployment_path: str | Path,
+    start: str,
+    end: str,
+    plan: str | Path | None = None,
+    predicted: float | None = None,
+    world: str | Path | None = None,
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """(the read-out document, the per-customer outcomes table) of the deployment file over [start, end)."""
+    dep = read_deployment(deployment_path, history)
+    d = pd.Timestamp(dep["date"].iloc[0])
+    try:
+        s, e = pd.Timestamp(start).normalize(), pd.Timestamp(end).normalize()
+    except (ValueError, TypeError):
+        raise ConfigError("start", value=f"{start} / {end}", message="dates must look like 2024-03-31") from None
+    if s < d:
+        raise ConfigError(
+            "start", value=str(s.date()), message=f"the read-out window starts before the deployment date {d.date()}"
+        )
+    if e <= s:
+        raise ConfigError("end", value=str(e.date()), message=f"the read-out window [{s.date()}, {e.date()}) is empty")
+    period_days = float(history.economics.period_days)
+    periods = (e - s).days / period_days
+    out = customer_outcomes(history, dep, s, e)
+    warnings: list[str] = []
+    last = history.transactions["date"].max()
+    if e > last + pd.Timedelta(days=1):
+        warnings.append(
+            f"the window ends on {e.date()}, after the history's last transaction ({pd.Timestamp(last).date()})"
+        )
+    tc = out[out["group"] != "explore"].reset_index(drop=True)
+    treated = (tc["group"] == "treatment").to_numpy()
+    p_t = tc.loc[treated, "propensity"].to_numpy()
+    if p_t.size and np.ptp(p_t) > 1e-9:
+        warnings.append(
+            "treatment propensities differ between customers: the difference in means assumes one control share"
+        )
+    main = _contrast(tc, treated)
+    pred, pred_doc = _prediction(plan, predicted, int(len(tc)), periods)
+    v = main["cuped"]
+    by_segment = []
+    segments, seg_source = _segments(history, tc["customer_id"].to_numpy(dtype=object), world)
+    if segments is not None:
+        for name in sorted(pd.unique(segments)):
+            m = segments == name
+            row = {"segment": str(name), "treatment": int((m & treated).sum()), "control": int((m & ~treated).sum())}
+            row.update(_contrast(tc[m].reset_index(drop=True), treated[m]))
+            by_segment.append(row)
+    by_action = []
+    ctrl_actions = tc.loc[~treated, "action"].to_numpy(dtype=object)
+    for a in sorted(pd.unique(tc.loc[treated, "action"])):
+        same = ~treated & (tc["action"].to_numpy(dtype=object) == a)
+        use_same = int(same.sum()) >= 2 and bool((ctrl_actions != "none").any())
+        m = (treated & (tc["action"].to_numpy(dtype=object) == a)) | (same if use_same else ~treated)
+        sub, t = tc[m].reset_index(drop=True), treated[m]
+        row = {
+            "action": str(a),
+            "treatment": int(t.sum()),
+            "control": int((~t).sum()),
+            "control_kind": "the control customers planned for this action" if use_same else "all control customers",
+        }
+        row.update(_contrast(sub, t))
+        row["roi"] = _roi(sub, t)
+        by_action.append(row)
+    groups = {g: int((out["group"] == g).sum()) for g in GROUPS}
+    doc: dict[str, Any] = {
+        "history": str(history.folder),
+        "deployment": str(deployment_path),
+        "deployment_date": str(d.date()),
+        "window": {"start": str(s.date()), "end": str(e.date()), "periods": periods, "rule": "[start, end)"},
+        "pre_window": {
+            "start": str((d - (e - s)).date()),
+            "end": str(d.date()),
+            "rule": "the same earnings (no cost) over an equally long window ending on the deployment date",
+        },
+        "customers": {"in_file": int(len(out)), **groups},
+        "outcome": OUTCOME_DEFINITION,
+        "means": {g: (float(out.loc[out["group"] == g, "outcome"].mean()) if groups[g] else None) for g in GROUPS},
+        "lift": main,
+        "roi": _roi(tc, treated),
+        "predicted": pred_doc,
+        "verdict": {**verdict(v["ci_low"], v["ci_high"], pred), "interval": "cuped"},
+        "verdict_difference_in_means": verdict(
+            main["difference_in_means"]["ci_low"], main["difference_in_means"]["ci_high"], pred
+        ),
+        "segment_source": seg_source,
+        "by_segment": by_segment,
+        "by_action": by_action,
+        "explore": {
+            "customers": groups["explore"],
+            "rule": "excluded from the treatment-vs-control contrast (their actions were exploration draws, not the "
+            "plan's); feed them back as logged decisions with their propensities for offline evaluation",
+        },
+        "warnings": warnings,
+        "level": LEVEL,
+        "units": "per customer in scope (treatment and control) over the read-out window, undiscounted",
+    }
+    return doc, out
+
+
+__all__ = [
+    "GROUPS",
+    "VERDICTS",
+    "read_deployment",
+    "customer_outcomes",
+    "welch",
+    "cuped",
+    "verdict",
+    "read_out",
+]
