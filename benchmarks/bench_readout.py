@@ -210,6 +210,7 @@ def main() -> None:
     else:
         rows = [one_seed(s) for s in seeds]
     pop = float(np.mean([r["true_lift"] for r in rows]))
+    from experiments.readout import VERDICTS, verdict
 
     def cover(kind: str, truth: str) -> float:
         hits = []
@@ -243,6 +244,10 @@ def main() -> None:
             "median": float(np.median(ratio)),
             "max": float(ratio.max()),
             "narrower_in_share_of_seeds": float((ratio < 1).mean()),
+        },
+        "verdicts_cuped_against_population_lift": {
+            v: sum(verdict(r["cuped"]["ci_low"], r["cuped"]["ci_high"], pop)["verdict"] == v for r in rows)
+            for v in VERDICTS
         },
         "cuped_theta_mean": float(np.mean([r["cuped"]["theta"] for r in rows])),
         "cuped_correlation_mean": float(np.mean([r["cuped"]["correlation"] for r in rows])),

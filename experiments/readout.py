@@ -341,7 +341,7 @@ def read_out(
     out = customer_outcomes(history, dep, s, e)
     warnings: list[str] = []
     last = history.transactions["date"].max()
-    if e > last + pd.Timedelta(days=1):
+    if e > last + pd.Timedelta(days=period_days):  # past the period holding the last transaction
         warnings.append(
             f"the window ends on {e.date()}, after the history's last transaction ({pd.Timestamp(last).date()})"
         )
