@@ -80,15 +80,88 @@ HYPERPARAMS: dict[str, dict[str, Any]] = {
 DEFAULT_STEPS = {"ppo": 2_000_000, "maskable_ppo": 2_000_000, "dqn": 1_000_000}
 
 
+# the values each numeric hyperparameter may take: (low, high, low included, high included); checked
+# when overridden, so a bad value is one line before any work instead of an error deep in SB3 (or
+# in the middle of training, after calibration has written its output)
+RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "n_envs": (1, 1e6, True, True),
+    "horizon": (1, 5200, True, True),
+    "gamma": (0, 1, False, True),
+    "n_steps": (1, 1e6, True, True),
+    "batch_size": (2, 1e8, True, True),
+    "n_epochs": (1, 1000, True, True),
+    "learning_rate": (0, 1, False, True),
+    "gae_lambda": (0, 1, True, True),
+    "clip_range": (0, 10, False, True),
+    "ent_coef": (0, 10, True, True),
+    "vf_coef": (0, 10, True, True),
+    "max_grad_norm": (0, 1e6, False, True),
+    "rollout_customers": (1, 1e8, True, True),
+    "rollout_every": (1, 5200, True, True),
+    "rollout_horizon": (1, 5200, True, True),
+    "warm_start_samples": (0, 1e9, True, True),
+    "warm_start_epochs": (0, 1000, True, True),
+    "critic_warmup_steps": (0, 1e10, True, True),
+    "torch_threads": (1, 256, True, True),
+    "buffer_size": (1, 1e9, True, True),
+    "learning_starts": (0, 1e10, True, True),
+    "train_freq": (1, 1e6, True, True),
+    "gradient_steps": (1, 1e6, True, True),
+    "target_update_interval": (1, 1e9, True, True),
+    "exploration_fraction": (0, 1, True, True),
+    "exploration_final_eps": (0, 1, True, True),
+}
+
+
+def _check_value(algo: str, key: str, default: Any, value: Any) -> Any:
+    """`value` as the type of `default`, in RANGES[key]; ValueError (one line) otherwise."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{key} must be true or false, got {repr(value)[:80]}")
+        return value
+    if isinstance(default, (int, float)):
+        if isinstance(value, bool):
+            raise ValueError(f"{key} must be a number, got {value}")
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key} must be a number, got {repr(value)[:80]}") from None
+        if not np.isfinite(v):
+            raise ValueError(f"{key} must be finite, got {value}")
+        if isinstance(default, int) and v != round(v):
+            raise ValueError(f"{key} must be a whole number, got {value}")
+        lo, hi, lo_in, hi_in = RANGES.get(key, (-np.inf, np.inf, True, True))
+        if v < lo or (v == lo and not lo_in) or v > hi or (v == hi and not hi_in):
+            span = f"{'[' if lo_in else '('}{lo:g}, {hi:g}{']' if hi_in else ')'}"
+            raise ValueError(f"{key} must be in {span}, got {value}")
+        return type(default)(v)
+    if key == "reward" and value not in ("expected", "sampled"):
+        raise ValueError(f"reward must be expected or sampled, got {repr(value)[:80]}")
+    if key == "warm_start":
+        from .baselines import BASELINES
+
+        base = value.removeprefix("rollout:") if isinstance(value, str) else None
+        if base is None or (value and base not in BASELINES):
+            raise ValueError(
+                f"warm_start must be a baseline ({', '.join(BASELINES)}), rollout:BASELINE or \"\" (none), "
+                f"got {repr(value)[:80]}"
+            )
+    if key == "net_arch":
+        if not isinstance(value, list) or not value or not all(isinstance(u, int) and 0 < u <= 100_000 for u in value):
+            raise ValueError(f"net_arch must be a list of layer widths, e.g. [64, 64], got {repr(value)[:80]}")
+    return value
+
+
 def hyperparameters(algo: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The defaults of `algo` with `overrides` applied; unknown names are an error."""
+    """The defaults of `algo` with `overrides` applied; unknown names and values out of their range
+    (RANGES) are an error."""
     if algo not in HYPERPARAMS:
         raise ValueError(f"unknown algo {algo!r}; choose one of {', '.join(ALGOS)}")
     hp = deepcopy(HYPERPARAMS[algo])
     for k, v in (overrides or {}).items():
         if k not in hp:
             raise ValueError(f"unknown hyperparameter {k!r} for {algo}; known: {', '.join(sorted(hp))}")
-        hp[k] = type(hp[k])(v) if isinstance(hp[k], (int, float)) and not isinstance(hp[k], bool) else v
+        hp[k] = _check_value(algo, k, hp[k], v)
     return hp
 
 

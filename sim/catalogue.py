@@ -152,11 +152,22 @@ def load_actions(path: str | Path) -> ActionCatalogue:
         extra = set(item) - allowed
         if extra:
             raise HistoryError(path.name, i, sorted(extra)[0], f"unknown field; allowed: {sorted(allowed)}")
-        name = str(item["name"])
+        if not isinstance(item["name"], str) or not item["name"].strip():
+            raise HistoryError(
+                path.name, i, "name", f"must be a name (text), got {repr(item['name'])[:80]}; quote it if it is a number"
+            )
+        name = item["name"].strip()
+        for key in ("channel", "offer", "capacity_group", "target_product"):
+            v = item.get(key)
+            if v is not None and not isinstance(v, str):
+                what = "a list" if isinstance(v, list) else "a mapping" if isinstance(v, dict) else repr(v)[:80]
+                raise HistoryError(path.name, i, key, f"must be one name (text) or null, got {what}")
         if name in seen:
             raise HistoryError(path.name, i, "name", f"duplicate action {name!r}")
         seen.add(name)
         try:
+            if isinstance(item.get("cost"), bool):  # YAML's yes/no is not an amount
+                raise TypeError
             cost = float(item.get("cost", 0.0))
         except (TypeError, ValueError):
             raise HistoryError(path.name, i, "cost", f"not a number: {item.get('cost')!r}") from None
@@ -165,6 +176,13 @@ def load_actions(path: str | Path) -> ActionCatalogue:
         stages = item.get("eligible_stages", list(STAGES))
         if isinstance(stages, str):
             stages = [s.strip() for s in stages.split(",")]
+        if not isinstance(stages, list) or not all(isinstance(s, str) for s in stages):
+            raise HistoryError(
+                path.name,
+                i,
+                "eligible_stages",
+                f"expected a list of stages (e.g. [new, growth]), got {repr(stages)[:80]}; stages: {list(STAGES)}",
+            )
         bad = [s for s in stages if s not in STAGES]
         if bad:
             raise HistoryError(path.name, i, "eligible_stages", f"unknown stage {bad[0]!r}; stages: {list(STAGES)}")

@@ -64,9 +64,37 @@ def load_yaml_text(text: str) -> Any:
         where = "" if mark is None else f"line {mark.line + 1}: "
         raise UserYamlError(f"not valid YAML: {where}{problem}") from None
     except (ValueError, TypeError, OverflowError) as e:  # e.g. a date 2024-13-45 that the resolver turns into a date
+        node = _failing_scalar(text)
+        if node is not None:
+            raise UserYamlError(
+                f"{node.value[:80]!r} cannot be read ({e}); write a real date (YYYY-MM-DD), or quote it as text",
+                node.start_mark.line + 1,
+            ) from None
         raise UserYamlError(f"a value YAML cannot read: {e}") from None
     except RecursionError:
         raise UserYamlError(f"nested more than {MAX_DEPTH} levels deep") from None
+
+
+def _failing_scalar(text: str):
+    """The first scalar of `text` whose construction fails (its line names the problem), or None."""
+    try:
+        root = yaml.compose(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError:
+        return None
+    loader = _NoAliasLoader("")
+    stack = [root] if root is not None else []
+    while stack:
+        node = stack.pop(0)
+        if isinstance(node, yaml.ScalarNode):
+            try:
+                loader.construct_object(node, deep=True)
+            except (ValueError, TypeError, OverflowError):
+                return node
+        elif isinstance(node, yaml.SequenceNode):
+            stack[:0] = node.value
+        elif isinstance(node, yaml.MappingNode):
+            stack[:0] = [n for kv in node.value for n in kv]
+    return None
 
 
 def load_yaml_file(path: str | Path) -> Any:

@@ -103,6 +103,13 @@ DEEP = "a: " + "[" * 60 + "]" * 60 + "\n"
         ("stages.yaml", "new_periods: [13\n", "not valid YAML"),
         ("economics.yaml", "period: [week]\n", "column 'period': must be one of"),
         ("economics.yaml", "product_margin_per_period: {savings: .inf}\n", "must be finite, got inf"),
+        ("actions.yaml", "- {name: sms, channel: sms, cost: 1, eligible_stages: 5}\n", "expected a list of stages"),
+        ("actions.yaml", "- {name: sms, channel: [sms, email], cost: 1}\n", "'channel': must be one name"),
+        ("actions.yaml", "- {name: sms, channel: {a: 1}, cost: 1}\n", "got a mapping"),
+        ("actions.yaml", "- {name: sms, offer: [x], cost: 1}\n", "'offer': must be one name"),
+        ("actions.yaml", "- {name: 5, channel: sms, cost: 1}\n", "'name': must be a name (text), got 5"),
+        ("actions.yaml", "- {name: sms, channel: sms, cost: yes}\n", "'cost': not a number"),
+        ("actions.yaml", "- {name: sms, channel: sms, cost: 1, eligible_stages: [new, 3]}\n", "list of stages"),
     ],
 )
 def test_history_side_files_that_cannot_be_read_are_one_line(tmp_path, capsys, file, content, message):
@@ -123,6 +130,7 @@ def test_history_side_files_that_cannot_be_read_are_one_line(tmp_path, capsys, f
         (DEEP, "nested more than 40 levels"),
         (b"name: \xff\xfe\n", "not UTF-8 text"),
         ("name: [unclosed\n", "not valid YAML"),
+        ("name: t\ncalibration_end: 2024-13-45\n", "line 2: '2024-13-45' cannot be read (month must be in 1..12)"),
     ],
 )
 def test_run_configs_that_cannot_be_read_are_one_line(tmp_path, capsys, content, message):
@@ -224,3 +232,29 @@ def test_an_output_never_overwrites_an_input(tmp_path, calibrated_world, capsys)
     size = book.stat().st_size
     code = run(["simulate", str(world), "--periods", "2", "--out", str(book)])
     assert code == 2 and "is an input of this command" in capsys.readouterr().err and book.stat().st_size == size
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("learning_rate=-1", "--set: learning_rate must be in (0, 1], got -1"),
+        ("gamma=0", "gamma must be in (0, 1]"),
+        ("n_envs=0", "n_envs must be in [1, "),
+        ("n_epochs=1.5", "n_epochs must be a whole number"),
+        ("learning_rate=nan", "learning_rate must be finite"),
+        ("net_arch=64", "net_arch must be a list of layer widths"),
+        ("normalize_reward=3", "normalize_reward must be true or false"),
+        ("reward=bogus", "reward must be expected or sampled"),
+        ("warm_start=bogus", "warm_start must be a baseline"),
+    ],
+)
+def test_hyperparameters_out_of_range_are_one_line_before_any_work(
+    calibrated_world, tmp_path, capsys, setting, message
+):
+    out = tmp_path / "agent"
+    code = run(
+        ["train", str(calibrated_world[0]), "--algo", "ppo", "--steps", "1000", "--set", setting, "--out", str(out)]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and message in err, err
+    assert not out.exists()
