@@ -139,7 +139,11 @@ def read_deployment(path: str | Path, history) -> pd.DataFrame:
         )
     cost[control] = 0.0
     dep["cost"] = cost
-    return dep[["customer_id", "date", "action", "propensity", "group", "cost", "row"]]
+    keep = ["customer_id", "date", "action", "propensity", "group", "cost", "row"]
+    if "planned_action" in dep.columns:  # `clv plan --control-share`: the action a control customer was held out of
+        dep["planned_action"] = dep["planned_action"].astype(str).str.strip()
+        keep.append("planned_action")
+    return dep[keep]
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,7 +167,8 @@ def customer_outcomes(history, deployment: pd.DataFrame, start, end) -> pd.DataF
     margin, product = window_margins(history, ids, float(a), float(b), grid)
     pre_m, pre_p = window_margins(history, ids, float(d - (b - a)), float(d), grid)
     cost = deployment["cost"].to_numpy(np.float64)
-    out = deployment[["customer_id", "group", "action", "propensity", "cost"]].copy()
+    cols = ["customer_id", "group", "action", "propensity", "cost"]
+    out = deployment[cols + (["planned_action"] if "planned_action" in deployment.columns else [])].copy()
     out["margin"] = margin
     out["product_margin"] = product
     out["outcome"] = margin + product - cost
@@ -364,11 +369,14 @@ def read_out(
             row.update(_contrast(tc[m].reset_index(drop=True), treated[m]))
             by_segment.append(row)
     by_action = []
-    ctrl_actions = tc.loc[~treated, "action"].to_numpy(dtype=object)
-    for a in sorted(pd.unique(tc.loc[treated, "action"])):
-        same = ~treated & (tc["action"].to_numpy(dtype=object) == a)
+    # the action each customer was planned for: the file's planned_action when it has one (control rows
+    # then name the action they were held out of), else the row's action
+    key = tc["planned_action" if "planned_action" in tc.columns else "action"].to_numpy(dtype=object)
+    ctrl_actions = key[~treated]
+    for a in sorted(pd.unique(key[treated])):
+        same = ~treated & (key == a)
         use_same = int(same.sum()) >= 2 and bool((ctrl_actions != "none").any())
-        m = (treated & (tc["action"].to_numpy(dtype=object) == a)) | (same if use_same else ~treated)
+        m = (treated & (key == a)) | (same if use_same else ~treated)
         sub, t = tc[m].reset_index(drop=True), treated[m]
         row = {
             "action": str(a),

@@ -290,3 +290,19 @@ def test_bad_input_one_line_nothing_written(case, tmp_path, kind):
     for p in parts:
         assert p in lines[0], (p, lines[0])
     assert not out.exists() and not outcomes.exists()
+
+
+def test_planned_action_pairs_control_with_its_withheld_action(case, tmp_path):
+    folder, h = case
+    dep = pd.read_csv(folder / "deployment.csv")
+    dep["planned_action"] = h["action"]
+    ctrl = h["group"] == "control"
+    planned = np.where(np.arange(N) % 2 == 0, "sms_offer", "email_offer")
+    dep.loc[ctrl, "planned_action"] = planned[ctrl]
+    dep.to_csv(tmp_path / "dep.csv", index=False)
+    doc, _ = read_out(load_history(folder), tmp_path / "dep.csv", START, END)
+    for r in doc["by_action"]:
+        m_t, m_c = h["treated"] & (h["action"] == r["action"]), ctrl & (planned == r["action"])
+        assert r["control_kind"] == "the control customers planned for this action"
+        assert r["control"] == m_c.sum()
+        assert r["difference_in_means"]["mean"] == pytest.approx(h["y"][m_t].mean() - h["y"][m_c].mean(), abs=1e-9)
