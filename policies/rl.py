@@ -23,6 +23,7 @@ ALGOS = ("ppo", "dqn", "maskable_ppo")
 CARD_FILE = "card.json"
 MODEL_FILE = "model.zip"
 CARD_VERSION = 1
+CARD_KEYS = ("algo", "actions", "observation", "encoder")  # what loading a policy reads from its card
 
 _PPO = {
     "n_envs": 512,  # customers stepped together by the vectorised simulator
@@ -143,7 +144,7 @@ def _check_value(algo: str, key: str, default: Any, value: Any) -> Any:
         base = value.removeprefix("rollout:") if isinstance(value, str) else None
         if base is None or (value and base not in BASELINES):
             raise ValueError(
-                f"warm_start must be a baseline ({', '.join(BASELINES)}), rollout:BASELINE or \"\" (none), "
+                f'warm_start must be a baseline ({", ".join(BASELINES)}), rollout:BASELINE or "" (none), '
                 f"got {repr(value)[:80]}"
             )
     if key == "net_arch":
@@ -625,9 +626,32 @@ class SB3Policy(PolicyBase):
         card_path = folder / CARD_FILE
         if not card_path.is_file():
             raise ConfigError(f"{folder}: no {CARD_FILE}; expected a folder written by `clv train`")
-        card = json.loads(card_path.read_text())
+        try:
+            card = json.loads(card_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(
+                f"{card_path}: not a card written by `clv train` ({type(e).__name__}: {str(e)[:120]}); retrain with `clv train`"
+            ) from None
+        if not isinstance(card, dict):
+            raise ConfigError(
+                f"{card_path}: not a card written by `clv train` (not a JSON object); retrain with `clv train`"
+            )
         if card.get("algo") not in ALGOS:
-            raise ConfigError(f"{card_path}: unknown algo {card.get('algo')!r}")
+            raise ConfigError(f"{card_path}: unknown algo {repr(card.get('algo'))[:80]}; retrain with `clv train`")
+        missing = [k for k in CARD_KEYS if k not in card]
+        if missing:
+            raise ConfigError(
+                f"{card_path}: the card lacks {', '.join(missing)} (not written by this version's `clv train`); "
+                "retrain with `clv train`"
+            )
+        if not (
+            isinstance(card["actions"], list)
+            and isinstance(card["observation"], list)
+            and isinstance(card["encoder"], dict)
+        ):
+            raise ConfigError(
+                f"{card_path}: actions, observation or encoder of the wrong type; retrain with `clv train`"
+            )
         if card["algo"] == "ppo":
             from stable_baselines3 import PPO as cls_
         elif card["algo"] == "dqn":

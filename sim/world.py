@@ -267,9 +267,62 @@ class WorldModel:
         bp = self.book_path(world_path)
         if bp is None or not bp.is_file():
             return None
-        import pandas as pd
+        return self.check_book(read_book_file(bp), bp.name)
 
-        return pd.read_parquet(bp)
+    def check_book(self, book, name: str = "the book"):
+        """`book` after checking what the simulator reads from it (columns, segment codes, posterior
+        parameters): a hand-edited or truncated book is one ConfigError naming the file, the row
+        and the column, not an error deep in a simulation."""
+        import numpy as np
+
+        from .errors import ConfigError
+
+        need = ("customer_id", "segment", "tenure", "recency", "frequency", "monetary") + BOOK_POSTERIOR_COLUMNS
+        missing = [c for c in need if c not in book.columns]
+        if missing:
+            raise ConfigError(
+                f"{name}: missing column {missing[0]!r} (a book has {', '.join(need)}, ...); recalibrate with `clv calibrate`"
+            )
+        seg = book["segment"].to_numpy()
+        checks = [
+            ("segment", ~np.isin(seg, np.arange(len(self.segments))), f"a segment code in 0..{len(self.segments) - 1}")
+        ]
+        for c in BOOK_POSTERIOR_COLUMNS + ("tenure", "recency", "frequency", "monetary"):
+            v = np.asarray(book[c], dtype=np.float64) if np.issubdtype(book[c].dtype, np.number) else None
+            if v is None:
+                checks.append((c, np.ones(len(book), bool), "a number"))
+                continue
+            bad = ~np.isfinite(v) | (v < 0)
+            if c == "p_alive":
+                bad |= v > 1
+            elif c.endswith(("_shape", "_rate")):
+                bad |= v <= 0
+            checks.append((c, bad, "a probability in [0, 1]" if c == "p_alive" else "a finite number >= 0"))
+        for col, bad, want in checks:
+            if bad.any():
+                i = int(np.argmax(bad))
+                raise ConfigError(
+                    f"{name}, row {i + 1}, column {col!r}: {repr(book[col].iloc[i])[:40]} is not {want}; "
+                    "recalibrate with `clv calibrate`"
+                )
+        return book
+
+
+BOOK_POSTERIOR_COLUMNS = ("p_alive", "lam_shape", "lam_rate", "mu_shape", "mu_rate", "nu_shape", "nu_rate")
+
+
+def read_book_file(path):
+    """A book's Parquet file as a DataFrame; a file that is not one is a ConfigError naming it."""
+    import pandas as pd
+
+    from .errors import ConfigError
+
+    try:
+        return pd.read_parquet(path)
+    except Exception as e:  # noqa: BLE001 - any reader failure is a damaged file
+        raise ConfigError(
+            f"{Path(path).name}: not a readable Parquet book ({type(e).__name__}); recalibrate with `clv calibrate`"
+        ) from None
 
 
 def _without_timings(obj: Any) -> Any:

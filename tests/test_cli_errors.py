@@ -258,3 +258,68 @@ def test_hyperparameters_out_of_range_are_one_line_before_any_work(
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and message in err, err
     assert not out.exists()
+
+
+def _book_edit(kind):
+    import pandas as pd
+
+    def edit(path):
+        if kind == "garbage":
+            path.write_bytes(b"not parquet")
+            return
+        b = pd.read_parquet(path)
+        if kind == "no_column":
+            b = b.drop(columns=["lam_shape"])
+        elif kind == "segment":
+            b.loc[3, "segment"] = 99
+        elif kind == "p_alive":
+            b.loc[2, "p_alive"] = 1.5
+        elif kind == "shape":
+            b.loc[4, "mu_shape"] = 0.0
+        b.to_parquet(path)
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("garbage", "world.book.parquet: not a readable Parquet book"),
+        ("no_column", "world.book.parquet: missing column 'lam_shape'"),
+        ("segment", "world.book.parquet, row 4, column 'segment'"),
+        ("p_alive", "row 3, column 'p_alive'"),
+        ("shape", "row 5, column 'mu_shape'"),
+    ],
+)
+def test_a_damaged_book_is_one_line(calibrated_world, tmp_path, capsys, kind, message):
+    path, _ = calibrated_world
+    shutil.copy(path, tmp_path / "world.json")
+    shutil.copy(Path(path).with_name("world.book.parquet"), tmp_path / "world.book.parquet")
+    _book_edit(kind)(tmp_path / "world.book.parquet")
+    out = tmp_path / "sim.parquet"
+    code = run(["simulate", str(tmp_path / "world.json"), "--periods", "2", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and message in err and "recalibrate" in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "card, message",
+    [
+        ("{bad", "not a card written by `clv train` (JSONDecodeError"),
+        ("[1]", "not a JSON object"),
+        ('{"algo": "ppo"}', "the card lacks actions, observation, encoder"),
+        ('{"algo": "a2c"}', "unknown algo 'a2c'"),
+    ],
+)
+def test_a_damaged_policy_card_is_one_line(calibrated_world, tmp_path, capsys, card, message):
+    path, _ = calibrated_world
+    folder = tmp_path / "agent"
+    folder.mkdir()
+    (folder / "card.json").write_text(card)
+    (folder / "model.zip").write_bytes(b"PK")
+    out = tmp_path / "sim.parquet"
+    code = run(["simulate", str(path), "--policy", str(folder), "--periods", "2", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and message in err and "retrain" in err, err
+    assert not out.exists()

@@ -236,9 +236,7 @@ def _load_world(world_path: Path, population: str, world=None):
     bp = world.book_path(world_path)
     if bp is None or not bp.exists():
         raise ConfigError(f"{world_path}: its book ({bp}) is missing; use --population new or recalibrate")
-    import pandas as pd
-
-    return world, pd.read_parquet(bp)
+    return world, world.read_book(world_path)
 
 
 def _date(text: str, option: str) -> str:
