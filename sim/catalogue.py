@@ -154,7 +154,10 @@ def load_actions(path: str | Path) -> ActionCatalogue:
             raise HistoryError(path.name, i, sorted(extra)[0], f"unknown field; allowed: {sorted(allowed)}")
         if not isinstance(item["name"], str) or not item["name"].strip():
             raise HistoryError(
-                path.name, i, "name", f"must be a name (text), got {repr(item['name'])[:80]}; quote it if it is a number"
+                path.name,
+                i,
+                "name",
+                f"must be a name (text), got {repr(item['name'])[:80]}; quote it if it is a number",
             )
         name = item["name"].strip()
         for key in ("channel", "offer", "capacity_group", "target_product"):

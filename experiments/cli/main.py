@@ -21,7 +21,7 @@ from .common import app
 
 # the command groups register on `app` when imported; their order is the order of `clv --help`
 # isort: off
-from . import world, score, agents, plan, offline, readout, jobs  # noqa: F401
+from . import world, score, agents, plan, budget, offline, readout, jobs  # noqa: F401
 # isort: on
 
 
