@@ -113,8 +113,8 @@ def main() -> None:
     from experiments.deployment import DeploymentSettings, deploy
     from policies.baselines import make_baseline
     from sim.calibrate import calibrate
-    from sim.synthetic import BankConfig, generate_bank_history, logging_chooser, run_bank_weeks, start_bank_run
     from sim.catalogue import STAGES
+    from sim.synthetic import BankConfig, generate_bank_history, logging_chooser, run_bank_weeks, start_bank_run
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--customers", type=int, default=6000)
