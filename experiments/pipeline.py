@@ -45,6 +45,7 @@ from sim.errors import ConfigError
 from .config import check_constraint_names, parsed_constraints
 from .results import CalibrationResult
 from .run_config import RunConfig
+from .run_folder import IN_PROGRESS, RUN_OUTPUTS, start_run
 
 STEPS = ("history", "calibration", "policy", "plan", "scores", "ope", "report")
 
@@ -234,7 +235,17 @@ def _plan(cfg: RunConfig, world, book: pd.DataFrame, policy, out: Path, tick, ex
     fr["files"] = {"frontier": str(out / "frontier.json"), "plot": str(out / "frontier.png")}
     atomic_write_json(out / "frontier.json", json_safe(fr))
     plan = plans[cfg.budget]
-    write_plan(plan, out)
+    extra: dict[str, str] = {}
+    deployment = deployment_settings(cfg)
+    if deployment is not None:  # the plan ships with a randomised control group and its power
+        from .deployment import deploy, experiment_power, write_deployment
+
+        dep = deploy(world, book, plan.contacts, deployment)
+        plan.doc["experiment"] = experiment_power(
+            ctx, plan.doc, dep, deployment, parsed_constraints(cfg.constraints), executor=executor
+        )
+        extra["deployment"] = write_deployment(dep, out / "deployment.csv")
+    write_plan(plan, out, extra)
     p = plan.to_dict()
     runs = {
         "none": {"clv": p["clv_none"], "spend": {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0}},
@@ -262,6 +273,22 @@ def _plan(cfg: RunConfig, world, book: pd.DataFrame, policy, out: Path, tick, ex
     }
     atomic_write_json(out / "evaluation.json", json_safe(evaluation))
     return {"frontier": fr, "plan": p, "evaluation": evaluation, "contacts": plan.contacts}
+
+
+def deployment_settings(cfg: RunConfig):
+    """The run config's `experiment:` as experiments.deployment.DeploymentSettings (None without one)."""
+    if cfg.experiment is None:
+        return None
+    from .deployment import DeploymentSettings
+
+    x = cfg.experiment
+    return DeploymentSettings(
+        control_share=x["control_share"],
+        segment_shares=dict(x["segment_shares"]),
+        explore_share=x["explore_share"],
+        seed=cfg.seed,
+        horizon_periods=x["horizon"],
+    )
 
 
 def _first_period_of_policy(world, book: pd.DataFrame, policy, seed: int) -> dict[str, str]:
@@ -313,53 +340,6 @@ def _scores(cfg: RunConfig, world, book, policy, out: Path, tick, executor) -> d
     return {**summary, "file": "scores.parquet"}
 
 
-IN_PROGRESS = "RUN_IN_PROGRESS"  # in OUT while a run works; left behind by a run that stopped early
-# what a run writes into OUT (this version's and earlier versions'): a new run removes them first,
-# so a run that stops early never leaves its outputs beside an older run's; policy/ is kept (an
-# agent is reused when its card matches) and history/ is regenerated
-RUN_OUTPUTS = (
-    "run.json",
-    "report.html",
-    "evaluation.json",
-    "ope.json",
-    "frontier.json",
-    "frontier.png",
-    "contacts.parquet",
-    "schedule.parquet",
-    "scores.parquet",
-    "plan.json",
-    "plan.parquet",
-    "values.parquet",
-    "validation",
-    "world.json",
-    "world.book.parquet",
-)
-
-
-def _start_run(out: Path, cfg: RunConfig) -> list[str]:
-    """Mark OUT as holding a run in progress and remove an earlier run's outputs; returns their names."""
-    import shutil
-
-    from sim.atomic import atomic_write_text
-
-    removed: list[str] = []
-    earlier = any((out / n).exists() for n in ("run.json", IN_PROGRESS, "world.json"))
-    for name in RUN_OUTPUTS if earlier else ():  # a folder that never held a run is left as it is
-        path = out / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-            removed.append(name + "/")
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-            removed.append(name)
-    atomic_write_text(
-        out / IN_PROGRESS,
-        f"clv run {cfg.file} started {time.strftime('%Y-%m-%d %H:%M:%S')}; this file stays if the run stops "
-        "early, and the folder then holds an unfinished run\n",
-    )
-    return removed
-
-
 def run_pipeline(
     cfg: RunConfig,
     out: str | Path,
@@ -397,7 +377,7 @@ def run_pipeline(
     history, source = _history(cfg, out, log)  # a user's files are checked before OUT is created
     _check_dates(cfg, history)
     out.mkdir(parents=True, exist_ok=True)
-    removed = _start_run(out, cfg)
+    removed = start_run(out, cfg)
     if removed:
         log(f"removed the previous run's outputs from {out}: {', '.join(removed)}")
     n_decisions = 0 if history.decisions is None else int(len(history.decisions))
@@ -415,6 +395,10 @@ def run_pipeline(
     t0 = time.perf_counter()
     world, book, validation, calibration = _calibrate(cfg, history, out, log, stage("calibration"))
     check_constraint_names(cfg.file, cfg.constraints, world, "the calibrated world")
+    if cfg.experiment is not None:  # a control group that cannot be drawn is found before the minutes of work
+        from .deployment import check_control_group
+
+        check_control_group(world, book, deployment_settings(cfg))
     timed("calibration", t0)
 
     t0 = time.perf_counter()

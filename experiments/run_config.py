@@ -69,6 +69,7 @@ KEYS = (
     "budget",
     "constraints",
     "evaluation",
+    "experiment",
     "ope",
 )
 HISTORY_KEYS = ("path", "dataset", "generate")
@@ -79,6 +80,7 @@ PLAN_KEYS = ("horizon", "pacing")
 VALUES_KEYS = ("source", "horizon", "replications")  # read for old configs; the run no longer uses them
 EVALUATION_KEYS = ("seeds", "horizon")
 OPE_KEYS = ("estimators", "bootstrap", "reward_model", "folds", "clip", "alpha")
+EXPERIMENT_KEYS = ("control_share", "explore_share", "horizon")
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ class RunConfig:
     constraints: dict[str, tuple[str, ...]]
     evaluation_seeds: int
     ope: dict[str, Any] | None  # None: `ope: null`, no offline evaluation
+    experiment: dict[str, Any] | None = None  # the deployment with a control group (experiments.deployment)
     overrides: dict[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()  # what the config holds that this version ignores, said in run.json
 
@@ -341,6 +344,16 @@ def load_run_config(path: str | Path, sets: dict[str, Any] | None = None) -> Run
         clip = o.get("clip")
         if clip is not None:
             clip = non_negative_number(file, "ope.clip", clip)
+            from .ope.evaluate import CLIPPABLE
+
+            unclipped = [e for e in est if e not in CLIPPABLE]
+            if unclipped:  # found now, not after the plan's minutes of work
+                fail(
+                    file,
+                    "ope.clip",
+                    f"caps the importance weights of {', '.join(sorted(CLIPPABLE))}; {', '.join(unclipped)} "
+                    "cannot apply it: drop them from ope.estimators or drop ope.clip",
+                )
         alpha = o.get("alpha", 0.05)
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
             fail(file, "ope.alpha", f"expected a number between 0 and 1, got {alpha!r}")
@@ -360,6 +373,42 @@ def load_run_config(path: str | Path, sets: dict[str, Any] | None = None) -> Run
                 "holdout_end, or set ope: null",
             )
 
+    experiment = None
+    if doc.get("experiment") is not None:
+        x = check_mapping(
+            file,
+            "experiment",
+            doc["experiment"],
+            EXPERIMENT_KEYS,
+            "expected a mapping {control_share: 0.2[, explore_share: 0.05, horizon: 13]}, or leave it out",
+        )
+        from .deployment import DEFAULT_EXPERIMENT_HORIZON, parse_control_shares
+
+        raw = x.get("control_share")
+        if raw is None:
+            fail(file, "experiment.control_share", "missing; give the share of customers held out, e.g. 0.2")
+        specs = [str(v) for v in (raw if isinstance(raw, list) else [raw])]
+        try:
+            overall, segments = parse_control_shares(specs)
+        except ValueError:
+            fail(
+                file,
+                "experiment.control_share",
+                f"{repr(raw)[:80]}: expected a share in [0, 1) (e.g. 0.2), or a list of it and segment:NAME=F",
+            )
+        explore = x.get("explore_share", 0.0)
+        if isinstance(explore, bool) or not isinstance(explore, (int, float)) or not 0 <= explore < 1:
+            fail(file, "experiment.explore_share", f"expected a number in [0, 1), got {explore!r}")
+        x_h = whole_number(file, "experiment.horizon", x.get("horizon", min(DEFAULT_EXPERIMENT_HORIZON, horizon)), 1)
+        if x_h > horizon:
+            fail(file, "experiment.horizon", f"{x_h} is beyond plan.horizon {horizon}")
+        experiment = {
+            "control_share": overall,
+            "segment_shares": segments,
+            "explore_share": float(explore),
+            "horizon": x_h,
+        }
+
     return RunConfig(
         name=name.strip(),
         file=str(path.resolve()),
@@ -378,6 +427,7 @@ def load_run_config(path: str | Path, sets: dict[str, Any] | None = None) -> Run
         constraints=constraints,
         evaluation_seeds=ev_seeds,
         ope=ope,
+        experiment=experiment,
         overrides=json.loads(json.dumps(sets or {}, default=str)),
         notes=tuple(notes),
     )  # YAML dates as text

@@ -76,6 +76,8 @@ def test_bank_demo_runs_every_step(demo_run):
         "ope.json",
         "run.json",
         "report.html",
+        "scores.parquet",
+        "deployment.csv",
     ):
         assert (out / f).is_file(), f
     assert not (out / "values.parquet").exists() and not (out / "plan.parquet").exists()
@@ -103,7 +105,17 @@ def test_bank_demo_runs_every_step(demo_run):
         assert e["plan_minus_none"]["value"] == pytest.approx(e["plan"]["value"] - e["none"]["value"])
         assert e["plan_minus_reference"]["value"] == pytest.approx(e["plan"]["value"] - e["reference"]["value"])
     html = (out / "report.html").read_text()
+    # the plan ships with a 20 % control group (the demo config's experiment:) and its power
+    x = p["experiment"]
+    assert x["control_share"] == 0.2 and x["control_customers"] > 0 and x["treatment_customers"] > 0
+    dep = pd.read_csv(out / "deployment.csv")
+    assert len(dep) == ev["customers"] and set(dep["group"]) <= {"treatment", "control", "explore"}
+    assert ((dep["propensity"] > 0) & (dep["propensity"] <= 1)).all()
+    scores = pd.read_parquet(out / "scores.parquet")
+    assert len(scores) == ev["customers"] and doc["scores"]["customers"] == len(scores)
     for heading in (
+        "The planned experiment",
+        "Customers",
         "The answer",
         "Budget frontier",
         "The plan",
@@ -318,6 +330,11 @@ BASE = {"history": {"dataset": "bank"}, "calibration_end": "2024-06-30", "budget
         ({"ope": {"estimators": ["wdr"]}}, "ope.estimators[0]: unknown one-step estimator 'wdr'"),
         ({"ope": {"alpha": 2}}, "ope.alpha: expected a number between 0 and 1"),
         ({"holdout_end": None}, "ope: offline evaluation judges the plan on the logged decisions of the holdout"),
+        ({"ope": {"clip": 10}}, "ope.clip: caps the importance weights of dr, ips, sndr, snips; dm cannot apply it"),
+        ({"experiment": {"control_share": 1.5}}, "experiment.control_share: 1.5: expected a share in [0, 1)"),
+        ({"experiment": {"explore_share": 0.1}}, "experiment.control_share: missing"),
+        ({"experiment": {"control_share": 0.2, "horizon": 99}}, "experiment.horizon: 99 is beyond plan.horizon 52"),
+        ({"experiment": {"control_share": 0.2, "explor_share": 0.1}}, "experiment.explor_share: unknown key"),
     ],
 )
 def test_config_errors_name_file_and_key(tmp_path, change, message):

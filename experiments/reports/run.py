@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .customers import customers_section, experiment_section
 from .kit import CSS, escape, figure, inline_png, number, png_file, table
 from .world import assumptions, calibration_fit
 
@@ -334,6 +335,7 @@ def _plan(doc: dict, out: Path) -> str:
         + "<h3>What one more unit of each constraint is worth</h3>"
         + table(["constraint", "shadow price", "meaning"], shadow, left=1)
         + first
+        + experiment_section(p.get("experiment"))
     )
 
 
@@ -413,41 +415,6 @@ def _ope(doc: dict) -> str:
     )
 
 
-def _customers(doc: dict) -> str:
-    """The scores (OUT/scores.parquet) by stage and by segment."""
-    sc = doc.get("scores")
-    if not sc:
-        return ""
-    horizon = sc.get("settings", {}).get("horizon")
-    head = ["customers", f"expected CLV ({horizon} periods)", "P(alive)", "churn by 26 periods", "a contact next"]
-
-    def rows(view: list[dict], key: str) -> list[list[str]]:
-        return [
-            [
-                escape(r[key]),
-                number(r["customers"], "{:,}"),
-                number(r["expected_clv_h"], "{:,.2f}"),
-                number(r["p_alive"], "{:.2f}"),
-                number(100 * r["churn_prob_26"], "{:.0f} %"),
-                number(100 * r["contact_share"], "{:.0f} %"),
-            ]
-            for r in view
-        ]
-
-    return (
-        _h2("customers")
-        + f'<p class="note">One row per customer in <code>{escape(sc.get("file", "scores.parquet"))}</code> '
-        f"({number(sc['customers'], '{:,}')} customers): value, stage now and next, churn probabilities, RFM, "
-        "products, payment regularity, the next best action under the run's policy with its value and reason, "
-        "and tags. Expected CLV is the mean over digital twins of the discounted contract reward under the policy; "
-        "churn is the posterior probability of having left within 26 periods if nothing is done.</p>"
-        + "<h3>By stage</h3>"
-        + table(["stage"] + head, rows(sc["by_stage"], "stage"))
-        + "<h3>By segment</h3>"
-        + table(["segment"] + head, rows(sc["by_segment"], "segment"))
-    )
-
-
 def build_run_report_html(out: Path, doc: dict, world: Any) -> str:
     nav = "<nav>" + "".join(f'<a href="#{k}">{escape(t)}</a>' for k, t in SECTIONS) + "</nav>"
     body = "".join(
@@ -458,7 +425,7 @@ def build_run_report_html(out: Path, doc: dict, world: Any) -> str:
             _frontier(doc, out),
             _plan(doc, out),
             _simulation(doc),
-            _customers(doc),
+            customers_section(doc, _h2),
             _ope(doc),
             _data(doc),
             _validation(doc, out),
