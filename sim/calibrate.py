@@ -219,6 +219,21 @@ def calibrate(
     return world, book, report
 
 
+def calibrate_like(world: WorldModel, history: History, calibration_end: str | pd.Timestamp):
+    """`calibrate` with the settings `world` was calibrated with (its segmentation: the attribute
+    column, or K-means' k and seed; its activity model), on `history` up to another date: the
+    same kind of world as of that day (e.g. to score the book as of a later date)."""
+    seg = world.segmentation or {}
+    return calibrate(
+        history,
+        calibration_end,
+        segment_by=seg.get("column") if seg.get("method") == "attribute" else None,
+        n_segments=int(seg.get("k", len(world.segments))),
+        activity_model=world.activity_model,
+        seed=int(seg.get("seed", 0)),
+    )
+
+
 def _catalogue_for(history: History) -> ActionCatalogue:
     """Default catalogue; a history whose decisions name other actions needs an actions.yaml."""
     cat = default_bank_catalogue()

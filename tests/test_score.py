@@ -150,3 +150,29 @@ def test_cli_checks_a_tags_file_before_any_work(bank, tmp_path):
     s = pd.read_parquet(out)
     want = (s["churn_prob_26"] > 0.3) & (s["stage"] != "churned")
     assert (s["tag_at_risk"] == want).all() and doc["tags"]["applied"] == ["at risk"]
+
+
+def test_as_of_another_day_recalibrates_on_the_history(bank, tmp_path):
+    folder, world = bank
+    out = tmp_path / "later.parquet"
+    args = ("--horizon", "4", "--draws", "2", "--workers", "0", "--json")
+    doc = ok_json(clv("score", world, "--out", out, "--as-of", "2023-02-20", "--history", folder, *args))
+    assert doc["as_of"] == "2023-02-20" and "recalibrated on" in doc["world"]
+    before = ok_json(clv("score", world, "--out", tmp_path / "now.parquet", *args))
+    assert before["as_of"] == "2023-01-31" and doc["customers"] >= before["customers"]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--as-of", "2023-02-20"], "give --history HISTORY to recalibrate"),
+        (["--as-of", "2031-01-01", "--history", "HIST"], "--as-of 2031-01-01: is outside the history"),
+        (["--history", "HIST"], "--history is for recalibrating to --as-of"),
+    ],
+)
+def test_as_of_bad_input(bank, tmp_path, extra, message):
+    folder, world = bank
+    out = tmp_path / "s.parquet"
+    r = clv("score", world, "--out", out, "--workers", "0", *[str(folder) if a == "HIST" else a for a in extra])
+    assert r.exit_code == 2 and message in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert not out.exists()

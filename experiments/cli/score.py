@@ -26,8 +26,11 @@ def score(
     as_of: Optional[str] = typer.Option(
         None,
         "--as-of",
-        help="The date the scores are as of: the world's calibration end (its book's date). To score another "
-        "date, calibrate a world up to it.",
+        help="The date the scores are as of (default: the world's calibration end, its book's date). Another "
+        "date needs --history: the world is recalibrated on it up to that day with the world's own settings.",
+    ),
+    history_dir: Optional[Path] = typer.Option(
+        None, "--history", help="The history folder to recalibrate on for --as-of (e.g. the world's own, updated)."
     ),
     tags_path: Optional[Path] = typer.Option(
         None, "--tags", help="A tags.yaml of rule-based tags (default: the shipped library)."
@@ -66,25 +69,50 @@ def score(
         _check_out(out, inputs=(world_path, book_path))
         if csv:
             _check_out(csv_path, option="--csv", inputs=(world_path, book_path))
+        recalibrate = None
         if as_of is not None:
             from .common import _date
 
             day = _date(as_of, "--as-of")
-            if world.calibration_end is not None and day != str(world.calibration_end)[:10]:
-                raise ConfigError(
-                    "as_of",
-                    value=day,
-                    message=f"the book of {world_path} is as of {str(world.calibration_end)[:10]}; to score "
-                    f"{day}, calibrate a world up to it (clv calibrate HISTORY --calibration-end {day}) and score that",
-                )
+            if world.calibration_end is None or day != str(world.calibration_end)[:10]:
+                if history_dir is None:
+                    raise ConfigError(
+                        "as_of",
+                        value=day,
+                        message=f"the book of {world_path} is as of {str(world.calibration_end)[:10]}; give "
+                        "--history HISTORY to recalibrate on it up to that day",
+                    )
+                recalibrate = day
+        elif history_dir is not None:
+            raise ConfigError("history", "{key:history} is for recalibrating to {key:as_of}: give {key:as_of} DATE too")
         tags = None
         if tags_path is not None:  # checked against the score's columns before any work
             from experiments.tags import load_tags, score_columns
 
             tags = load_tags(tags_path, columns=score_columns(world.products))
-        if book_path is None or not book_path.exists():
-            raise ConfigError(f"{world_path}: its book ({book_path}) is missing; recalibrate with `clv calibrate`")
-        book = world.read_book(world_path)
+        world_note = str(world_path)
+        if recalibrate is not None:
+            from .common import _load
+
+            history = _load(history_dir, None)
+            import pandas as pd
+
+            first, last = history.transactions["date"].min(), history.transactions["date"].max()
+            if not first <= pd.Timestamp(recalibrate) <= last:
+                raise ConfigError(
+                    "as_of",
+                    value=recalibrate,
+                    message=f"is outside the history {history_dir} ({first.date()} to {last.date()}); "
+                    "give a day inside it",
+                )
+            from sim.calibrate import calibrate_like
+
+            world, book, _ = calibrate_like(world, history, recalibrate)
+            world_note = f"{world_path} recalibrated on {history_dir} up to {recalibrate} with its settings"
+        else:
+            if book_path is None or not book_path.exists():
+                raise ConfigError(f"{world_path}: its book ({book_path}) is missing; recalibrate with `clv calibrate`")
+            book = world.read_book(world_path)
         from policies.registry import resolve_policy
 
         pol = resolve_policy(policy, world)
@@ -105,7 +133,7 @@ def score(
             with atomic_path(csv_path) as tmp:
                 scores.to_csv(tmp, index=False)
         doc = {
-            "world": str(world_path),
+            "world": world_note,
             "as_of": str(world.calibration_end)[:10] if world.calibration_end else None,
             "out": str(out),
             "csv": str(csv_path) if csv else None,
