@@ -16,11 +16,11 @@ over an equally long window ending on the deployment date.
 The lift per customer in scope is the treatment mean minus the control mean, with Welch's 95 %
 interval, and its CUPED adjustment (Deng, Xu, Kohavi & Walker 2013): Y - theta (X - mean X) with
 theta = cov(Y, X) / var(X) over treatment and control pooled, whose interval is narrower by
-sqrt(1 - rho^2) when pre and post correlate. Explore customers are excluded from the contrast
-(their actions were not the plan's; they are counted and their mean outcome is reported).
-The contrast estimates the average effect of the plan's contact over the treatment and control
-customers when the control share is one number (all treatment rows carry the same propensity);
-a file whose treatment propensities differ gets a warning.
+sqrt(1 - rho^2) when pre and post correlate. The overall contrast is intent-to-treat: every
+customer not held out (treatment and explore) against the control group, drawn at random before
+the plan's actions and the explore draws, so it estimates the effect of deploying the plan (with
+its exploration) over the customers in scope when the control share is one number. The
+per-segment and per-action contrasts leave explore customers out (their actions were not the plan's).
 """
 
 from __future__ import annotations
@@ -350,15 +350,15 @@ def read_out(
         warnings.append(
             f"the window ends on {e.date()}, after the history's last transaction ({pd.Timestamp(last).date()})"
         )
+    # the overall lift is intent-to-treat: everyone not held out (treatment and explore) against the
+    # control group, which was drawn at random before the plan's actions and the explore draws; leaving
+    # explore customers out would bias it, as only the plan's contacts can be drawn into explore
+    itt = out.reset_index(drop=True)
+    assigned = (itt["group"] != "control").to_numpy()
+    main = _contrast(itt, assigned)
     tc = out[out["group"] != "explore"].reset_index(drop=True)
     treated = (tc["group"] == "treatment").to_numpy()
-    p_t = tc.loc[treated, "propensity"].to_numpy()
-    if p_t.size and np.ptp(p_t) > 1e-9:
-        warnings.append(
-            "treatment propensities differ between customers: the difference in means assumes one control share"
-        )
-    main = _contrast(tc, treated)
-    pred, pred_doc = _prediction(plan, predicted, int(len(tc)), periods)
+    pred, pred_doc = _prediction(plan, predicted, int(len(itt)), periods)
     v = main["cuped"]
     by_segment = []
     segments, seg_source = _segments(history, tc["customer_id"].to_numpy(dtype=object), world)
@@ -402,7 +402,7 @@ def read_out(
         "outcome": OUTCOME_DEFINITION,
         "means": {g: (float(out.loc[out["group"] == g, "outcome"].mean()) if groups[g] else None) for g in GROUPS},
         "lift": main,
-        "roi": _roi(tc, treated),
+        "roi": _roi(itt, assigned),
         "predicted": pred_doc,
         "verdict": {**verdict(v["ci_low"], v["ci_high"], pred), "interval": "cuped"},
         "verdict_difference_in_means": verdict(
@@ -413,8 +413,9 @@ def read_out(
         "by_action": by_action,
         "explore": {
             "customers": groups["explore"],
-            "rule": "excluded from the treatment-vs-control contrast (their actions were exploration draws, not the "
-            "plan's); feed them back as logged decisions with their propensities for offline evaluation",
+            "rule": "in the overall (intent-to-treat) contrast beside the treatment customers; left out of the "
+            "per-segment and per-action contrasts (their actions were exploration draws, not the plan's); feed "
+            "them back as logged decisions with their propensities for offline evaluation",
         },
         "warnings": warnings,
         "level": LEVEL,

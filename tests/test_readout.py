@@ -82,10 +82,10 @@ def case(tmp_path):
 def test_difference_in_means_is_the_hand_value(case):
     folder, h = case
     doc, table = read_out(load_history(folder), folder / "deployment.csv", START, END)
-    keep = h["group"] != "explore"
     np.testing.assert_allclose(table["outcome"].to_numpy(), h["y"], atol=1e-9)
     np.testing.assert_allclose(table["pre"].to_numpy(), h["x"], atol=1e-9)
-    yt, yc = h["y"][h["treated"]], h["y"][h["group"] == "control"]
+    # intent-to-treat: everyone not held out (treatment and explore) against the control group
+    yt, yc = h["y"][h["group"] != "control"], h["y"][h["group"] == "control"]
     dm = doc["lift"]["difference_in_means"]
     assert dm["mean"] == pytest.approx(yt.mean() - yc.mean(), abs=1e-9)
     r = stats.ttest_ind(yt, yc, equal_var=False)
@@ -93,14 +93,13 @@ def test_difference_in_means_is_the_hand_value(case):
     ci = r.confidence_interval(0.95)
     assert (dm["ci_low"], dm["ci_high"]) == pytest.approx((ci.low, ci.high), rel=1e-9)
     assert doc["customers"] == {"in_file": N, "treatment": 28, "control": 10, "explore": 2}
-    assert dm["n_treatment"] + dm["n_control"] == keep.sum()
+    assert dm["n_treatment"] + dm["n_control"] == N
 
 
 def test_cuped_is_the_hand_regression_and_narrower(case):
     folder, h = case
     doc, _ = read_out(load_history(folder), folder / "deployment.csv", START, END)
-    keep = h["group"] != "explore"
-    y, x, t = h["y"][keep], h["x"][keep], h["treated"][keep]
+    y, x, t = h["y"], h["x"], h["group"] != "control"  # intent-to-treat: every customer in scope
     theta = np.cov(y, x, ddof=1)[0, 1] / np.var(x, ddof=1)
     adj = y - theta * (x - x.mean())
     cu = doc["lift"]["cuped"]
@@ -109,7 +108,7 @@ def test_cuped_is_the_hand_regression_and_narrower(case):
     # post = 2 pre + N(0, 1): the adjusted contrast is close to the true +X - cost and far narrower
     dm = doc["lift"]["difference_in_means"]
     assert cu["ci_high"] - cu["ci_low"] < 0.2 * (dm["ci_high"] - dm["ci_low"])
-    true = X - h["cost"][h["treated"]].mean()
+    true = X - h["cost"][h["group"] != "control"].mean()
     assert cu["ci_low"] <= true <= cu["ci_high"]
     assert doc["verdict"]["verdict"] == "confirmed"
 
@@ -140,7 +139,7 @@ def test_by_segment_by_action_and_roi(case):
         assert r["difference_in_means"]["mean"] == pytest.approx(h["y"][m].mean() - h["y"][ctrl].mean(), abs=1e-9)
         assert r["roi"]["incremental_cost"] == pytest.approx(COST[a])
     roi = doc["roi"]
-    assert roi["incremental_cost"] == pytest.approx(h["cost"][h["treated"]].mean())
+    assert roi["incremental_cost"] == pytest.approx(h["cost"][h["group"] != "control"].mean())
     assert roi["roi"] == pytest.approx(roi["incremental_margin"] / roi["incremental_cost"])
 
 
@@ -190,7 +189,7 @@ def test_plan_prediction_and_cli_json(case, tmp_path):
     )
     for key in ("lift", "roi", "by_segment", "by_action", "verdict", "predicted", "window", "pre_window", "explore"):
         assert key in doc
-    assert doc["predicted"]["per_customer_in_scope"] == pytest.approx(7.0 * 76 / 38)
+    assert doc["predicted"]["per_customer_in_scope"] == pytest.approx(7.0 * 76 / 40)
     assert doc["pre_window"] == {
         "start": "2024-02-05",
         "end": "2024-03-04",
@@ -224,7 +223,7 @@ def test_integer_ids(tmp_path):
             "--json",
         )  # fmt: skip
     )
-    yt, yc = h["y"][h["treated"]], h["y"][h["group"] == "control"]
+    yt, yc = h["y"][h["group"] != "control"], h["y"][h["group"] == "control"]
     assert doc["lift"]["difference_in_means"]["mean"] == pytest.approx(yt.mean() - yc.mean(), abs=1e-9)
     o = pd.read_parquet(outcomes)
     assert o["customer_id"].dtype.kind == "i" and set(o["customer_id"]) == set(range(100, 100 + N))
