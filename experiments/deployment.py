@@ -443,13 +443,13 @@ def power_from_outcomes(
         )
     elif not detectable:
         warning = (
-            f"--control-share {shown} gives a minimal detectable effect of {mde:.4f} per customer over "
+            f"a control share of {shown} gives a minimal detectable effect of {mde:.4f} per customer over "
             f"{settings.horizon_periods} periods, above the predicted lift of {lift:.4f}: the read-out is unlikely "
             "to detect it; "
             + (
                 f"a control share of {needed:.3f} would"
                 if needed is not None
-                else f"no control share can with {n_scope:,} customers (a longer --experiment-horizon or a larger "
+                else f"no control share can with {n_scope:,} customers (a longer experiment horizon or a larger "
                 "book may)"
             )
         )
