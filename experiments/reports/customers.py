@@ -63,8 +63,13 @@ def experiment_section(x: dict | None) -> str:
         "in the decisions format, to append to the decisions history. Over "
         f"{x['horizon_periods']} periods the plan's predicted lift is {fmt(x.get('predicted_lift_per_customer'), '{:+,.3f}')} "
         f"per customer; the minimal detectable effect (5 % level, 80 % power) is {fmt(x.get('mde'), '{:,.3f}')}: "
-        f"{verdict}; the control share needed is {fmt(x.get('control_share_needed'), '{:.0%}')}. "
-        "Read the lift out with <code>clv readout</code> (docs/readout.md).</p>"
+        f"{verdict}; "
+        + (
+            f"the control share needed is {number(x['control_share_needed'], '{:.0%}')}. "
+            if x.get("control_share_needed") is not None
+            else "no control share would detect it with this many customers. "
+        )
+        + "Read the lift out with <code>clv readout</code> (docs/readout.md).</p>"
         + (f'<p class="note warn">{escape(x["warning"])}</p>' if x.get("warning") else "")
         + table(["group", "customers"], rows, left=1)
     )
