@@ -120,7 +120,7 @@ def test_unknown_action_is_an_error(world):
         ({"discount": 1.5}, "discount must be in"),
         ({"population": "book"}, "needs the calibrated book"),
         ({"population": "aliens"}, "population must be"),
-        ({"render_mode": "human"}, "no render modes"),
+        ({"render_mode": "human"}, "render_mode must be one of ansi, rgb_array or None"),
     ],
 )
 def test_bad_env_arguments(world, kwargs, message):
@@ -186,3 +186,30 @@ def test_vec_env_rewards_match_the_population_simulator(world):
             per_customer += r
         se = np.hypot(per_customer.std() / np.sqrt(n), ref.customers["reward"].std() / np.sqrt(n)) / T
         assert abs(per_customer.mean() / T - target) < 4 * se, (mode, per_customer.mean() / T, target, se)
+
+
+@pytest.mark.parametrize("env_id", ["clv/Customer-v0", "clv/TabularCustomer-v0"])
+def test_render_modes_for_the_standard_helpers(env_id):
+    """SB3's make_vec_env asks for rgb_array; ansi gives one line of text; an unknown mode is refused."""
+    import gymnasium as gym
+
+    text = gym.make(env_id, render_mode="ansi")
+    text.reset(seed=0)
+    text.step(0)
+    assert isinstance(text.render(), str) and "t=" in text.render()
+    pic = gym.make(env_id, render_mode="rgb_array")
+    pic.reset(seed=0)
+    frame = pic.render()
+    assert frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3
+    assert gym.make(env_id).unwrapped.render() is None  # no render mode: nothing drawn
+    with pytest.raises(ValueError, match="render_mode must be one of ansi, rgb_array"):
+        gym.make(env_id, render_mode="braille")
+
+
+def test_sb3_make_vec_env_works():
+    from stable_baselines3.common.env_util import make_vec_env
+
+    vec = make_vec_env("clv/Customer-v0", n_envs=2, seed=0)
+    obs = vec.reset()
+    assert obs.shape[0] == 2 and vec.render(mode="rgb_array").ndim == 3
+    vec.close()

@@ -32,6 +32,7 @@ from ..population import (
     take_rows,
 )
 from ..world import WorldModel
+from .render import RENDER_MODES, check_render_mode, rgb_frame
 
 DEFAULT_HORIZON = 52
 OBS_CLIP = 30.0  # every encoded feature lies in [0, OBS_CLIP]
@@ -196,7 +197,7 @@ class CustomerEnv(gym.Env):
     Episodes end by truncation at the horizon only: whether the customer is still alive is hidden.
     """
 
-    metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}
+    metadata = {"render_modes": list(RENDER_MODES), "autoreset_mode": AutoresetMode.NEXT_STEP, "render_fps": 4}
 
     def __init__(
         self,
@@ -207,8 +208,7 @@ class CustomerEnv(gym.Env):
         book=None,
         render_mode: str | None = None,
     ):
-        if render_mode is not None:
-            raise ValueError("clv/Customer-v0 has no render modes")
+        self.render_mode = check_render_mode("clv/Customer-v0", render_mode)
         if int(horizon) < 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}")
         self.world, population, book = resolve_world(world, population, book)
@@ -245,6 +245,20 @@ class CustomerEnv(gym.Env):
         self._t = 0
         self._return = 0.0
         return self._obs(), self._info()
+
+    def render(self):
+        """ "ansi": the customer's stage, segment, recency, frequency and return so far as a line of
+        text; "rgb_array": `sim.envs.render.rgb_frame` (stage colour, progress, recency as a bar)."""
+        if self.render_mode is None or self._sim is None:
+            return None
+        st, i = self._sim.state, self._info()
+        if self.render_mode == "ansi":
+            return (
+                f"t={self._t}/{self.horizon} stage={i['stage']} segment={i['segment']} recency={int(st.recency[0])} "
+                f"frequency={int(st.frequency[0])} return={self._return:.2f}"
+            )
+        level = 1.0 - min(int(st.recency[0]), 52) / 52.0
+        return rgb_frame(int(st.stage[0]), self._t / self.horizon, level)
 
     def action_masks(self) -> np.ndarray:
         if self._sim is None:

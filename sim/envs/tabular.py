@@ -13,6 +13,7 @@ from gymnasium.vector import AutoresetMode
 
 from ..tabular import TabularWorld, default_small_world, small_world_from
 from ..world import WorldModel
+from .render import RENDER_MODES, check_render_mode, rgb_frame
 
 
 class TabularCustomerEnv(gym.Env):
@@ -27,7 +28,7 @@ class TabularCustomerEnv(gym.Env):
     `action_masks()` gives the current state's mask for MaskablePPO.
     """
 
-    metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}
+    metadata = {"render_modes": list(RENDER_MODES), "autoreset_mode": AutoresetMode.NEXT_STEP, "render_fps": 4}
 
     def __init__(
         self,
@@ -38,9 +39,7 @@ class TabularCustomerEnv(gym.Env):
         render_mode: str | None = None,
         tabular_kwargs: dict[str, Any] | None = None,
     ):
-        if render_mode is not None:
-            raise ValueError("TabularCustomerEnv has no render modes")
-        self.render_mode = None
+        self.render_mode = check_render_mode("TabularCustomerEnv", render_mode)
         if tabular is not None and world is not None:
             raise ValueError("pass either tabular= or world=, not both")
         if tabular is None:
@@ -85,6 +84,18 @@ class TabularCustomerEnv(gym.Env):
         self._state = self._draw(self._init_cdf)
         self._t = 0
         return self._state, {"label": self.tabular.state_labels[self._state]}
+
+    def render(self):
+        """ "ansi": the state's label; "rgb_array": `sim.envs.render.rgb_frame` (the state's place
+        among the tabular states as the level, the episode's progress)."""
+        if self.render_mode is None or not hasattr(self, "_state"):
+            return None
+        label = self.tabular.state_labels[self._state]
+        if self.render_mode == "ansi":
+            return f"t={getattr(self, '_t', 0)} state={label}"
+        n = max(len(self.tabular.state_labels) - 1, 1)
+        gone = "gone" in str(label)
+        return rgb_frame(5 if gone else 2, getattr(self, "_t", 0) / max(self.horizon, 1), self._state / n)
 
     def step(self, action):
         if not self.action_space.contains(action):
