@@ -160,6 +160,12 @@ def calibrate(
                 )
     if not products:
         assumptions.append("products: none in the history; product adoption not modelled")
+    for name, m in sorted(econ.product_margin_per_period.items()):
+        if m < 0:  # accepted (a product may cost the bank to hold), but said: a sign error is common
+            assumptions.append(
+                f"economics: product_margin_per_period.{name} is negative ({m:g}): holding {name} costs the bank "
+                "each period, and policies will steer customers away from it"
+            )
 
     seasonality = estimate_seasonality(summary, rows, ce, pdays, fits, seg)
     if seasonality is None:

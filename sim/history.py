@@ -569,27 +569,38 @@ def _number_problem(column: str, raw: str, v: float) -> str | None:
 def _amounts(ck: _Checks, s: pd.Series, column: str) -> np.ndarray:
     v, raw = _numbers(s)
     with np.errstate(invalid="ignore"):
-        bad = ~np.isfinite(v) | (v < 0)
+        bad = ~np.isfinite(v) | (v < 0) | (v > MAX_AMOUNT)
 
     def describe(pos: int) -> str:
         r = raw(pos)
         p = _number_problem(column, r, v[pos])
         if p is not None:
             return f"{p}; expected a number >= 0"
+        if v[pos] > MAX_AMOUNT:
+            return f"{column} is {r}, above {MAX_AMOUNT:g}: not one transaction's amount; check the unit and the column"
         return f"{column} is negative ({r}); amounts must be >= 0 — net refunds into the purchase or drop them"
 
     ck.add(column, bad, describe)
     return v
 
 
+PROPENSITY_FLOOR = 1e-9  # below it importance weights overflow (1e-320 gave null estimates, exit 0)
+MAX_AMOUNT = 1e12  # one transaction above a trillion is a unit or column mistake (1e308 overflowed to inf)
+
+
 def _propensities(ck: _Checks, s: pd.Series, column: str) -> np.ndarray:
     v, raw = _numbers(s)
     with np.errstate(invalid="ignore"):
-        bad = ~((v > 0) & (v <= 1))
+        bad = ~((v >= PROPENSITY_FLOOR) & (v <= 1))
 
     def describe(pos: int) -> str:
         r = raw(pos)
         p = _number_problem(column, r, v[pos]) or f"{column} is {r}"
+        if np.isfinite(v[pos]) and 0 < v[pos] < PROPENSITY_FLOOR:
+            return (
+                f"{p}, below the floor {PROPENSITY_FLOOR:g}: a probability that small makes the importance "
+                "weights overflow; record the logging policy's probability, or drop the decision"
+            )
         return (
             f"{p}; propensity must be in (0, 1] — the logging policy's probability of the action it "
             "took (log 'none' decisions with their probability too)"
@@ -1188,4 +1199,9 @@ def load_stage_rules(path: Path):
             raise HistoryError(Path(path).name, None, k, f"unknown setting; allowed: {sorted(known)}")
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise HistoryError(Path(path).name, None, k, f"must be a whole number of periods >= 1, got {v!r}")
+    for lo, hi in (("new_periods", "mature_periods"), ("dormant_after", "churned_after")):
+        if lo in raw and hi in raw and raw[lo] >= raw[hi]:
+            raise HistoryError(
+                Path(path).name, None, hi, f"{raw[hi]} must be above {lo} ({raw[lo]}): the stages come in that order"
+            )
     return raw

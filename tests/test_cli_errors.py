@@ -110,6 +110,8 @@ DEEP = "a: " + "[" * 60 + "]" * 60 + "\n"
         ("actions.yaml", "- {name: 5, channel: sms, cost: 1}\n", "'name': must be a name (text), got 5"),
         ("actions.yaml", "- {name: sms, channel: sms, cost: yes}\n", "'cost': not a number"),
         ("actions.yaml", "- {name: sms, channel: sms, cost: 1, eligible_stages: [new, 3]}\n", "list of stages"),
+        ("stages.yaml", "new_periods: 60\nmature_periods: 52\n", "'mature_periods': 52 must be above new_periods"),
+        ("stages.yaml", "dormant_after: 20\nchurned_after: 10\n", "'churned_after': 10 must be above dormant_after"),
     ],
 )
 def test_history_side_files_that_cannot_be_read_are_one_line(tmp_path, capsys, file, content, message):
@@ -323,3 +325,43 @@ def test_a_damaged_policy_card_is_one_line(calibrated_world, tmp_path, capsys, c
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and message in err and "retrain" in err, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "file, column, value, message",
+    [
+        ("decisions.csv", "propensity", "1e-320", "below the floor 1e-09"),
+        ("transactions.csv", "amount", "1e308", "above 1e+12: not one transaction's amount"),
+    ],
+)
+def test_values_no_real_data_holds_are_one_line(tmp_path, capsys, file, column, value, message):
+    import pandas as pd
+
+    hist = tmp_path / "hist"
+    shutil.copytree(EXAMPLES / "my_bank", hist)
+    path = hist / file
+    if not path.exists():
+        pytest.skip(f"examples/my_bank has no {file}")
+    d = pd.read_csv(path, dtype=str)
+    d.loc[2, column] = value
+    d.to_csv(path, index=False)
+    code = run(["calibrate", str(hist), "--calibration-end", "2024-06-30", "--out", str(tmp_path / "w.json")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and f"{file}, row 4, column '{column}'" in err and message in err, (
+        err
+    )
+    assert not (tmp_path / "w.json").exists()
+
+
+def test_a_negative_product_margin_is_said(tmp_path):
+    from sim.calibrate import calibrate
+    from sim.history import load_history
+
+    hist = tmp_path / "hist"
+    shutil.copytree(EXAMPLES / "my_bank", hist)
+    econ = yaml.safe_load((hist / "economics.yaml").read_text()) or {}
+    products = sorted(set(__import__("pandas").read_csv(hist / "products.csv")["product"]))
+    econ["product_margin_per_period"] = {products[0]: -2.0}
+    (hist / "economics.yaml").write_text(yaml.safe_dump(econ))
+    world, _, _ = calibrate(load_history(hist), "2024-06-30")
+    assert any(f"product_margin_per_period.{products[0]} is negative" in a for a in world.assumptions)
