@@ -365,3 +365,33 @@ def test_a_negative_product_margin_is_said(tmp_path):
     (hist / "economics.yaml").write_text(yaml.safe_dump(econ))
     world, _, _ = calibrate(load_history(hist), "2024-06-30")
     assert any(f"product_margin_per_period.{products[0]} is negative" in a for a in world.assumptions)
+
+
+@pytest.mark.parametrize(
+    "argv, code, words",
+    [
+        (["score", "missing.json", "--out", "x.parquet", "--json"], 2, "missing.json: world file not found"),
+        (["bogus", "--json"], 2, "No such command 'bogus'"),
+        (["calibrate", "--dataset", "bank", "--calibration-end", "someday", "--out", "w.json", "--json"], 2, "someday"),
+    ],
+)
+def test_under_json_an_error_is_also_a_json_document_on_stdout(tmp_path, monkeypatch, capsys, argv, code, words):
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    assert run(argv) == code
+    cap = capsys.readouterr()
+    doc = json.loads(cap.out)
+    assert doc["exit_code"] == code and words in doc["error"] and doc["error"] in cap.err
+    assert run([a for a in argv if a != "--json"]) == code and capsys.readouterr().out == ""  # without --json: none
+
+
+def test_under_json_an_internal_error_is_a_json_document_too(monkeypatch, capsys):
+    import json
+
+    import experiments.cli.world as world_cli
+
+    monkeypatch.setattr(world_cli, "_check_world", _raise(RuntimeError("boom")))
+    assert run(["simulate", "w.json", "--out", "s.parquet", "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc == {"error": doc["error"], "exit_code": 1} and doc["error"].startswith("internal: RuntimeError: boom")

@@ -63,11 +63,22 @@ def option_name(key: str) -> str:
 ERROR_LIMIT = 1000  # characters of an error line: a 2 MB value quoted in a message is cut, not printed
 
 
+# what this process has said: the last error line, and whether a --json document reached stdout
+# (main.run then gives an error its JSON document too, so a scheduler parsing stdout sees it)
+OUTPUT_STATE: dict[str, Any] = {"error": None, "emitted": False}
+
+
+def error_line(text: str) -> None:
+    """Say one error line on stderr ("error: TEXT") and remember it for the --json error document."""
+    OUTPUT_STATE["error"] = text
+    typer.echo(f"error: {text}", err=True)
+
+
 def _err(msg: str, code: int = EXIT_INPUT) -> None:
     msg = " ".join(str(msg).split())
     if len(msg) > ERROR_LIMIT:
         msg = msg[:ERROR_LIMIT] + "… (cut)"
-    typer.echo(f"error: {msg}", err=True)
+    error_line(msg)
     raise typer.Exit(code)
 
 
@@ -108,6 +119,7 @@ def _emit(doc: dict[str, Any], as_json: bool, human: str) -> None:
         from sim.world import json_safe  # NaN/inf become null: the document stays valid JSON
 
         sys.stdout.write(json.dumps(json_safe(doc), indent=2, default=_json_default, allow_nan=False) + "\n")
+        OUTPUT_STATE["emitted"] = True
     else:
         typer.echo(human)
 

@@ -12,12 +12,13 @@ registers its commands on `common.app` when imported; the import order is the or
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any
 
 import typer
 
-from .common import app
+from .common import OUTPUT_STATE, app, error_line
 
 # the command groups register on `app` when imported; their order is the order of `clv --help`
 # isort: off
@@ -38,11 +39,11 @@ def _usage_or_click(e: Exception) -> int:
     if hasattr(e, "ctx") and hasattr(e, "format_message"):  # a missing or malformed option
         ctx = e.ctx
         where = ctx.command_path if ctx is not None else "clv"
-        typer.echo(f"error: {e.format_message()} (see `{where} --help`)", err=True)
+        error_line(f"{e.format_message()} (see `{where} --help`)")
     elif hasattr(e, "format_message"):
-        typer.echo(f"error: {e.format_message()}", err=True)
+        error_line(e.format_message())
     else:
-        typer.echo(f"error: {e}", err=True)
+        error_line(str(e))
     return code
 
 
@@ -69,6 +70,8 @@ def run(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     args = [a for a in args if a != "--debug"]
+    json_mode = "--json" in args
+    OUTPUT_STATE.update(error=None, emitted=False)
     code: Any = 0
     try:
         code = app(args=args, prog_name="clv", standalone_mode=False) or 0  # click's Exit comes back as its code
@@ -91,10 +94,9 @@ def run(argv: list[str] | None = None) -> int:
             pass
         code = 141
     except MemoryError:
-        typer.echo(
-            "error: out of memory: the job needs more memory than this machine has free; run it on fewer "
-            "customers (--customers where the command has it) or free memory",
-            err=True,
+        error_line(
+            "out of memory: the job needs more memory than this machine has free; run it on fewer "
+            "customers (--customers where the command has it) or free memory"
         )
         code = 1
     except Exception as e:  # a bug: one line, the traceback only on request
@@ -102,14 +104,22 @@ def run(argv: list[str] | None = None) -> int:
             import traceback
 
             traceback.print_exc()
-        typer.echo(
-            f"error: internal: {type(e).__name__}: {_short(e)}; please report it"
-            + ("" if debug else f" ({DEBUG_ENV}=1 shows the traceback)"),
-            err=True,
+        error_line(
+            f"internal: {type(e).__name__}: {_short(e)}; please report it"
+            + ("" if debug else f" ({DEBUG_ENV}=1 shows the traceback)")
         )
         code = 1
     gc.collect()
-    return int(code)
+    code = int(code)
+    if json_mode and code not in (0, 141) and not OUTPUT_STATE["emitted"]:
+        # under --json stdout carries one document: a failure's too, for a scheduler that parses it
+        message = OUTPUT_STATE["error"] or ("interrupted" if code == 130 else "aborted")
+        try:
+            sys.stdout.write(json.dumps({"error": message, "exit_code": code}) + "\n")
+            sys.stdout.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            pass
+    return code
 
 
 def main() -> None:  # pragma: no cover - the console script; `run` is what the tests call
