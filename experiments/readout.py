@@ -52,15 +52,10 @@ def read_deployment(path: str | Path, history) -> pd.DataFrame:
     holds it), date, action, propensity, group, cost (float: the row's cost column, else the
     catalogue's cost of the action; 0 for control rows), row (the row a user sees). Bad input
     raises HistoryError naming the file, row and column."""
-    from sim.history import _Checks, _read_csv, _read_parquet, _text, validate_decisions
+    from sim.history import _Checks, _text, read_table_file, validate_decisions
 
     path = Path(path)
-    if not path.is_file():
-        raise HistoryError(str(path), None, None, "no such file; give the deployment file `clv plan` exported")
-    suffix = path.suffix.lower()
-    if suffix not in (".csv", ".parquet"):
-        raise HistoryError(path.name, None, None, "expected a .csv or .parquet deployment file")
-    raw = _read_parquet(path) if suffix == ".parquet" else _read_csv(path)
+    raw = read_table_file(path, "deployment file", "give the deployment file `clv plan` exported")
     file = path.name
     raw = raw.set_axis([str(c).strip() for c in raw.columns], axis=1)
     if "group" not in raw.columns and len(raw.columns) == len(set(raw.columns)):

@@ -35,6 +35,7 @@ from typing import Any
 from policies.registry import BASELINE_NAMES, policy_label
 from policies.rl import ALGOS
 from sim.datasets import NAMES as DATASETS
+from sim.errors import ConfigError
 from sim.world import ACTIVITY_MODELS
 
 from .config import (
@@ -344,16 +345,12 @@ def load_run_config(path: str | Path, sets: dict[str, Any] | None = None) -> Run
         clip = o.get("clip")
         if clip is not None:
             clip = non_negative_number(file, "ope.clip", clip)
-            from .ope.evaluate import CLIPPABLE
+            from .ope.evaluate import OPESettings
 
-            unclipped = [e for e in est if e not in CLIPPABLE]
-            if unclipped:  # found now, not after the plan's minutes of work
-                fail(
-                    file,
-                    "ope.clip",
-                    f"caps the importance weights of {', '.join(sorted(CLIPPABLE))}; {', '.join(unclipped)} "
-                    "cannot apply it: drop them from ope.estimators or drop ope.clip",
-                )
+            try:  # OPESettings' own checks (clip with estimators that cannot apply it), now, not after the plan
+                OPESettings(estimators=tuple(dict.fromkeys(est)), clip=clip)
+            except ConfigError as e:
+                fail(file, f"ope.{e.key}" if e.key else "ope", ConfigError(e.message).about(lambda k: f"ope.{k}"))
         alpha = o.get("alpha", 0.05)
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
             fail(file, "ope.alpha", f"expected a number between 0 and 1, got {alpha!r}")

@@ -646,6 +646,18 @@ def read_probability_column(folder: str | Path, column: str) -> pd.DataFrame:
 TARGET_PROBS_COLUMNS = ("customer_id", "date", "action", "probability")
 
 
+def read_table_file(path: Path, what: str, hint: str) -> pd.DataFrame:
+    """A user's table at a path of its own (not in a history folder), CSV or Parquet, read without
+    interpretation as `read_table` reads a history's; a missing file or another suffix is a
+    HistoryError naming it (`what`: the table in words; `hint`: what to give instead)."""
+    if not path.is_file():
+        raise HistoryError(str(path), None, None, f"no such file; {hint}")
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        raise HistoryError(path.name, None, None, f"expected a .csv or .parquet {what}")
+    return _read_parquet(path) if suffix == ".parquet" else _read_csv(path)
+
+
 def read_target_probs(path: str | Path) -> pd.DataFrame:
     """A candidate policy's action distribution at logged decisions (`clv ope --target-probs`), CSV
     or Parquet in long format: customer_id, date, action, probability, one row per decision and
@@ -655,28 +667,8 @@ def read_target_probs(path: str | Path) -> pd.DataFrame:
     raise HistoryError naming the file, row and column; checks against the decisions are the
     caller's (experiments.ope.targets)."""
     path = Path(path)
-    if not path.is_file():
-        raise HistoryError(str(path), None, None, "no such file; give a CSV or Parquet file of target probabilities")
-    suffix = path.suffix.lower()
-    if suffix not in (".csv", ".parquet"):
-        raise HistoryError(path.name, None, None, "expected a .csv or .parquet file of target probabilities")
-    raw = _read_parquet(path) if suffix == ".parquet" else _read_csv(path)
-    names = [str(c).strip() for c in raw.columns]
-    if len(set(names)) != len(names):
-        dup = next(n for n in names if names.count(n) > 1)
-        raise HistoryError(path.name, None, dup, "the header names this column twice; column names must be unique")
-    df = raw.set_axis(names, axis=1)
-    for col in TARGET_PROBS_COLUMNS:
-        if col not in df.columns:
-            raise HistoryError(
-                path.name,
-                None,
-                col,
-                f"missing required column '{col}'; a target probabilities file needs "
-                f"{', '.join(TARGET_PROBS_COLUMNS)}; found: {', '.join(names)}",
-            )
-    if len(df) == 0:
-        raise HistoryError(path.name, None, None, "no data rows; give one row per logged decision and action")
+    raw = read_table_file(path, "file of target probabilities", "give a CSV or Parquet file of target probabilities")
+    df = _prepare(raw, path.name, "target probabilities", TARGET_PROBS_COLUMNS)
     ck = _Checks(df, path.name)
     cid = _ids(ck, df["customer_id"], "customer_id")
     date = _dates(ck, df["date"], "date")
@@ -722,7 +714,10 @@ def _costs(ck: _Checks, s: pd.Series, column: str) -> np.ndarray:
     return v
 
 
-def _prepare(df: pd.DataFrame | None, file: str, table: str) -> pd.DataFrame:
+def _prepare(df: pd.DataFrame | None, file: str, table: str, required: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """`df` with stripped, unique column names holding the `required` columns (default: the data
+    contract's for `table`) and at least one row; HistoryError naming the file and column otherwise."""
+    required = REQUIRED_COLUMNS[table] if required is None else required
     if df is None:
         raise HistoryError(file, None, None, f"no {table} table given")
     names = [str(c).strip() for c in df.columns]
@@ -731,7 +726,7 @@ def _prepare(df: pd.DataFrame | None, file: str, table: str) -> pd.DataFrame:
         raise HistoryError(file, None, dup, "the header names this column twice; column names must be unique")
     if names != list(df.columns):
         df = df.set_axis(names, axis=1)
-    for col in REQUIRED_COLUMNS[table]:
+    for col in required:
         if col not in df.columns:
             hint = ""
             near = [c for c in names if c.lower() == col.lower()]
@@ -744,7 +739,7 @@ def _prepare(df: pd.DataFrame | None, file: str, table: str) -> pd.DataFrame:
                 None,
                 col,
                 f"missing required column '{col}'; the {table} table needs "
-                f"{', '.join(REQUIRED_COLUMNS[table])}; found: {', '.join(names)}{hint}",
+                f"{', '.join(required)}; found: {', '.join(names)}{hint}",
             )
     if len(df) == 0:
         raise HistoryError(file, None, None, f"no data rows; the {table} table needs at least one row below the header")

@@ -687,16 +687,8 @@ def state_from_book(
         book = book_columns(book)
     n = len(book["segment"])
     col = {k: np.asarray(book[k], float) for k in BOOK_POSTERIOR_COLUMNS}
-    if uniforms is None:
-        alive = rng.random(n) < col["p_alive"]
-        lam = rng.gamma(col["lam_shape"]) / col["lam_rate"]
-        if world.activity_model == "pareto_nbd":
-            mu = rng.gamma(col["mu_shape"]) / col["mu_rate"]
-        else:
-            mu = rng.beta(col["mu_shape"], col["mu_rate"])
-        nu = rng.gamma(col["nu_shape"]) / col["nu_rate"]
-    elif np.shape(uniforms)[1] == 1:  # only the alive flag from the given uniforms; rates drawn as usual
-        alive = np.asarray(uniforms)[:, 0] < col["p_alive"]
+    if uniforms is None or np.shape(uniforms)[1] == 1:  # (N, 1): only the alive flag from the uniforms
+        alive = (rng.random(n) if uniforms is None else np.asarray(uniforms)[:, 0]) < col["p_alive"]
         lam = rng.gamma(col["lam_shape"]) / col["lam_rate"]
         if world.activity_model == "pareto_nbd":
             mu = rng.gamma(col["mu_shape"]) / col["mu_rate"]

@@ -139,6 +139,12 @@ class OPESettings:
 # data for the estimators
 
 
+def _history_action_names(history, outcomes: pd.DataFrame) -> list[str]:
+    """The actions a candidate given by probabilities is coded with when no world rebuilt the states:
+    the history's catalogue, else the logged actions."""
+    return list(history.actions.names) if history.actions is not None else sorted(outcomes["action"].unique())
+
+
 def _action_codes(outcomes: pd.DataFrame, names: list[str]) -> np.ndarray:
     idx = pd.Index(names).get_indexer(outcomes["action"].to_numpy())
     return idx
@@ -341,14 +347,14 @@ def evaluate_offline(
                 "{key:target_probs} or {key:policy}",
             )
         target = target_from_column(history, outcomes, target_column)
-        names = list(history.actions.names) if history.actions is not None else sorted(outcomes["action"].unique())
+        names = _history_action_names(history, outcomes)
         action = _action_codes(outcomes, names)
         n_actions = len(names)
     elif target_probs is not None:
         if logged.states is not None:
             names, action = list(logged.world.catalogue.names), logged.states.action
         else:
-            names = list(history.actions.names) if history.actions is not None else sorted(outcomes["action"].unique())
+            names = _history_action_names(history, outcomes)
             action = _action_codes(outcomes, names)
         target = target_from_file(target_probs, history, outcomes, names)
         n_actions = len(names)
