@@ -395,3 +395,22 @@ def test_under_json_an_internal_error_is_a_json_document_too(monkeypatch, capsys
     assert run(["simulate", "w.json", "--out", "s.parquet", "--json"]) == 1
     doc = json.loads(capsys.readouterr().out)
     assert doc == {"error": doc["error"], "exit_code": 1} and doc["error"].startswith("internal: RuntimeError: boom")
+
+
+@pytest.mark.parametrize("command", [["--help"], ["score", "--help"], ["readout", "--help"]])
+def test_help_into_a_pipe_closed_early_is_exit_141_and_silent(command):
+    """`clv score --help | head -1`: click ends the write into the closed pipe as a bare exit 1; the
+    status says what happened (141, as for SIGPIPE), and nothing reaches stderr."""
+    import subprocess
+    import sys
+
+    p = subprocess.Popen(
+        [sys.executable, "-m", "experiments.cli", *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[1],
+        env={**__import__("os").environ, "COLUMNS": "80"},
+    )
+    p.stdout.close()  # before the help is written (the interpreter is still starting): the write always fails
+    err = p.stderr.read()
+    assert p.wait(timeout=60) == 141 and err == b"", err

@@ -84,6 +84,8 @@ def run(argv: list[str] | None = None) -> int:
         code = 1
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if code == 1 and isinstance(e.__context__, BrokenPipeError):
+            code = 141  # click ends a write into a closed pipe (e.g. `--help | head -1`) as a silent exit 1
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         code = 130
