@@ -89,6 +89,8 @@ def frontier(
                     "bound": r.bound,
                     "gap": r.gap,
                     "spend": float(seg_spend.sum()),
+                    "incremental_cost": float(seg_spend.sum()),
+                    "cash_spend": _cash_of_choice(p.table, r.choice),
                     "assigned_customers": int(counts.sum()),
                     "marginal_value": None,
                     "budget_shadow_price": float(r.multipliers[kb]),
@@ -106,6 +108,8 @@ def frontier(
                     "bound": a.bound,
                     "gap": a.gap,
                     "spend": summ["spend"],
+                    "incremental_cost": summ["incremental_cost"],
+                    "cash_spend": summ["cash_spend"],
                     "assigned_customers": summ["assigned_customers"],
                     "marginal_value": None,
                     "budget_shadow_price": float(a.multipliers[kb]),
@@ -145,6 +149,14 @@ def frontier(
         "customers": int(problem.table.count.sum()),
         "constraints": [c.name for k, c in enumerate(problem.constraints) if k != kb],
     }
+
+
+def _cash_of_choice(t, choice: np.ndarray) -> float | None:
+    """Catalogue cost of a one-action-per-row plan (-1 = none); None when the table has no cash_cost."""
+    if t.cash_cost is None:
+        return None
+    rows = np.flatnonzero(choice >= 0)
+    return float((t.cash_cost[rows, choice[rows]] * t.count[rows]).sum())
 
 
 def plot_frontier(doc: dict, path) -> None:

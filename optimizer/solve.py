@@ -54,14 +54,37 @@ class Allocation:
         _add_rows(value_sj, t.segment, self.units * t.value)
         return counts, cost_sj, value_sj
 
+    def cash_totals(self) -> np.ndarray | None:
+        """(S, J) cash spend (catalogue cost of the contacts made) per (segment, action); None when the
+        value table has no cash_cost column."""
+        t = self.problem.table
+        if t.cash_cost is None:
+            return None
+        acc = np.zeros((len(t.segments), t.n_actions))
+        _add_rows(acc, t.segment, self.units * t.cash_cost)
+        return acc
+
     def counts_and_spend(self) -> tuple[np.ndarray, np.ndarray]:
         """(S, J) assigned customers and (S,) spend."""
         counts, cost_sj, _ = self.segment_totals()
         return counts, cost_sj.sum(axis=1)
 
-    def totals(self, aggregates: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> dict[str, list[dict]]:
+    def totals(
+        self, aggregates: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, cash: np.ndarray | None = None
+    ) -> dict[str, list[dict]]:
+        """Per segment, channel and action: assigned, spend (= incremental_cost, the budget's cost
+        column), cash_spend (catalogue cost; None when unknown) and value."""
         t = self.problem.table
         counts, cost_sj, value_sj = aggregates or self.segment_totals()
+        cash = self.cash_totals() if cash is None else cash
+
+        def money(cost: float, cash_part) -> dict:
+            return {
+                "spend": cost,
+                "incremental_cost": cost,
+                "cash_spend": None if cash is None else float(cash_part.sum()),
+            }
+
         sizes = t.segment_sizes()
         by_seg = [
             {
@@ -69,7 +92,7 @@ class Allocation:
                 "customers": int(sizes[i]),
                 "assigned": int(counts[i].sum()),
                 "coverage": float(counts[i].sum() / sizes[i]) if sizes[i] else 0.0,
-                "spend": float(cost_sj[i].sum()),
+                **money(float(cost_sj[i].sum()), None if cash is None else cash[i]),
                 "value": float(value_sj[i].sum()),
             }
             for i, s in enumerate(t.segments)
@@ -79,7 +102,7 @@ class Allocation:
                 "action": a,
                 "channel": t.channels[t.action_channel[j]],
                 "assigned": int(counts[:, j].sum()),
-                "spend": float(cost_sj[:, j].sum()),
+                **money(float(cost_sj[:, j].sum()), None if cash is None else cash[:, j]),
                 "value": float(value_sj[:, j].sum()),
             }
             for j, a in enumerate(t.actions)
@@ -91,7 +114,7 @@ class Allocation:
                 {
                     "channel": name,
                     "assigned": int(counts[:, cols].sum()),
-                    "spend": float(cost_sj[:, cols].sum()),
+                    **money(float(cost_sj[:, cols].sum()), None if cash is None else cash[:, cols]),
                     "value": float(value_sj[:, cols].sum()),
                 }
             )
@@ -103,11 +126,17 @@ class Allocation:
         aggregates = self.segment_totals()
         counts, spend = aggregates[0], aggregates[1].sum(axis=1)
         usage = p.usage_from_counts(counts, spend)
+        cash = self.cash_totals()
         return {
             "objective": self.objective,
             "bound": self.bound,
             "gap": self.gap,
             "spend": float(spend.sum()),
+            # `spend` is the table's cost column (what the plan charges to the budget: for `clv values`
+            # tables the contact cost added over what the continuation would spend anyway); the cash is
+            # the catalogue cost of the contacts made, known when the table has a cash_cost column
+            "incremental_cost": float(spend.sum()),
+            "cash_spend": None if cash is None else float(cash.sum()),
             "usage": p.describe_usage(usage, counts, spend),
             "shadow_prices": p.shadow_prices(self.multipliers, spend),
             "assigned_customers": int(self.units.sum()),
@@ -119,7 +148,7 @@ class Allocation:
             "rows": p.table.n,
             "options": p.table.n_options,
             "iterations": self.iterations,
-            "totals": self.totals(aggregates),
+            "totals": self.totals(aggregates, cash),
             **self.extra,
         }
 
@@ -181,6 +210,9 @@ class Allocation:
                     "priced_best": chosen >= ru_net - 1e-9,
                 }
             )
+            if t.cash_cost is not None:  # the contact's catalogue price beside the budget's incremental cost
+                cash = np.concatenate([t.cash_cost[lo:hi], np.zeros((hi - lo, 1))], axis=1)[rows, j]
+                frame.insert(frame.columns.get_loc("cost") + 1, "cash_cost", cash)
             if not t.customer_level:
                 frame.insert(3, "units", u)
             pieces.append(frame)

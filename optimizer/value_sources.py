@@ -31,7 +31,7 @@ the simulator would give them (tested against full copies); on the bank world th
 the work of full copies. Same seed, same table.
 
 The table has one row per customer x allowed action (never "none", never a masked action) and
-the columns of `optimizer.values` (customer_id, segment, action, channel, value, cost).
+the columns of `optimizer.values` (customer_id, segment, action, channel, value, cost, cash_cost).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ DEFAULT_REPLICATIONS = 4  # twin draws x futures per customer; on the bank world
 # customers x 52 weeks x 4 take 10-13 s on one core (continuation
 # none; see values_from_simulation)
 CHUNK = 65_536  # customers branched together (bounds memory: ~A/3 copies of their state)
-COLUMNS = ("customer_id", "segment", "action", "channel", "value", "cost")
+COLUMNS = ("customer_id", "segment", "action", "channel", "value", "cost", "cash_cost")
 
 Progress = Callable[[int], None]
 
@@ -331,6 +331,8 @@ def _frame(world, est: _Estimate, value: np.ndarray, cost: np.ndarray) -> pd.Dat
             ),
             "value": value[r, j + 1].astype(np.float64),
             "cost": cost[r, j + 1].astype(np.float64),
+            # the contact's catalogue price: the plan's cash, beside `cost` (the budget's incremental cost)
+            "cash_cost": np.asarray(cat.costs[1:], np.float64)[j],
         }
     )
 

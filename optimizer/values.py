@@ -9,6 +9,10 @@ optional `count`:
 - `cost`: the expected cost the action charges to the marketing budget, >= 0;
 - `count`: rows that stand for several identical customers (a segment-level table); the
   optimizer then decides how many of them get each action. Absent means 1.
+- `cash_cost` (optional): what the contact costs in cash, at catalogue price. `cost` is what the
+  decision charges to the budget, which `clv values` measures as the contact cost it adds over
+  what the continuation would spend anyway (the incremental cost); with `cash_cost` the plan's
+  cash spend is reported beside it. Absent: the cash spend is not known.
 
 "none" is implicit (value 0, cost 0) and must not appear; a customer with no row for an action is
 not eligible for it (contact rules, opt-outs). Strings stay in Arrow (dictionary-encoded) so a
@@ -26,7 +30,7 @@ import pandas as pd
 from sim.errors import HistoryError
 
 REQUIRED = ("customer_id", "segment", "action", "channel", "value", "cost")
-OPTIONAL = ("count",)
+OPTIONAL = ("count", "cash_cost")
 NONE_ACTION = "none"
 
 
@@ -50,6 +54,7 @@ class ValueTable:
     count: np.ndarray = field(default=None)  # (n,) int64 >= 1
     source: str = "<arrays>"
     id_type: str = "text"  # "integer" when the user's ids were integers: outputs give them back as such
+    cash_cost: np.ndarray | None = None  # (n, J) catalogue cost of the contact, 0 where not eligible; None: unknown
 
     def __post_init__(self) -> None:
         n = len(self.ids)
@@ -57,6 +62,8 @@ class ValueTable:
             self.count = np.ones(n, dtype=np.int64)
         self.value = np.where(self.eligible, self.value, 0.0)
         self.cost = np.where(self.eligible, self.cost, 0.0)
+        if self.cash_cost is not None:
+            self.cash_cost = np.where(self.eligible, self.cash_cost, 0.0)
 
     @property
     def n(self) -> int:
@@ -82,7 +89,7 @@ class ValueTable:
         """Validate and pack a long DataFrame (see the module docstring for the columns)."""
         import pyarrow as pa
 
-        for col in ("value", "cost", "count"):
+        for col in ("value", "cost", "count", "cash_cost"):
             if col in df.columns and df[col].dtype == object:
                 num = pd.to_numeric(df[col], errors="coerce")
                 bad = np.flatnonzero(num.isna().to_numpy() & df[col].notna().to_numpy())
@@ -112,6 +119,8 @@ class ValueTable:
                 "cost": self.cost[r, j],
             }
         )
+        if self.cash_cost is not None:
+            out["cash_cost"] = self.cash_cost[r, j]
         if not self.customer_level:
             out["count"] = self.count[r]
         return out
@@ -177,7 +186,11 @@ def _from_arrow(holder: list, source: str, offset: int) -> ValueTable:
     table = table.rename_columns(names)
     missing = [c for c in REQUIRED if c not in names]
     if missing:
-        fail(None, missing[0], f"missing column (a value table needs {', '.join(REQUIRED)}; optional: count)")
+        fail(
+            None,
+            missing[0],
+            f"missing column (a value table needs {', '.join(REQUIRED)}; optional: {', '.join(OPTIONAL)})",
+        )
     if table.num_rows == 0:
         fail(None, None, "no rows")
 
@@ -244,10 +257,14 @@ def _from_arrow(holder: list, source: str, offset: int) -> ValueTable:
     value, cost = numbers("value"), numbers("cost")
     has_count = "count" in names
     cnt = numbers("count") if has_count else None
+    cash = numbers("cash_cost") if "cash_cost" in names else None
     table = None  # free the Arrow columns before the dense arrays are built
     if (cost < 0).any():
         i = np.flatnonzero(cost < 0)[0]
         fail(i, "cost", f"negative cost {cost[i]:g}")
+    if cash is not None and (cash < 0).any():
+        i = np.flatnonzero(cash < 0)[0]
+        fail(i, "cash_cost", f"negative cost {cash[i]:g}")
     none_code = np.flatnonzero(np.char.lower(act_names.astype(str)) == NONE_ACTION)
     if len(none_code):
         i = np.flatnonzero(act == none_code[0])[0]
@@ -315,6 +332,10 @@ def _from_arrow(holder: list, source: str, offset: int) -> ValueTable:
     V[cust, aj] = value
     C[cust, aj] = cost
     E[cust, aj] = True
+    CC = None
+    if cash is not None:
+        CC = np.zeros((n, J))
+        CC[cust, aj] = cash
     act_channel = np.empty(J, dtype=np.int64)
     act_channel[a_rank] = c_rank[act_chan]
     return ValueTable(
@@ -330,4 +351,5 @@ def _from_arrow(holder: list, source: str, offset: int) -> ValueTable:
         eligible=E,
         count=cust_cnt,
         source=source,
+        cash_cost=CC,
     )

@@ -220,6 +220,7 @@ class Economics:
     margin_rate: float = 1.0
     product_margin_per_period: dict[str, float] = field(default_factory=dict)
     annual_discount_rate: float = 0.0
+    currency: str | None = None  # the unit margins and costs are in (reports say "margin units" without it)
 
     def __post_init__(self) -> None:
         if self.period not in PERIOD_DAYS:
@@ -235,7 +236,10 @@ class Economics:
         return float((1.0 + self.annual_discount_rate) ** (-self.period_days / 365.25))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if d["currency"] is None:  # left out when not given: the worlds calibrated before it keep their hash
+            del d["currency"]
+        return d
 
 
 def load_economics(path: str | Path) -> Economics:
@@ -277,6 +281,13 @@ def load_economics(path: str | Path) -> Economics:
         if not np.isfinite(margins[str(k)]):  # .inf was stored as null, and every later command crashed
             raise HistoryError(path.name, None, f"product_margin_per_period.{k}", f"must be finite, got {v}")
     out["product_margin_per_period"] = margins
+    if raw.get("currency") is not None:
+        cur = raw["currency"]
+        if not isinstance(cur, str) or not 1 <= len(cur.strip()) <= 12 or not cur.strip().isprintable():
+            raise HistoryError(
+                path.name, None, "currency", f"expected a short name such as EUR or USD, got {repr(cur)[:80]}"
+            )
+        out["currency"] = cur.strip()
     return Economics(**out)
 
 

@@ -11,6 +11,7 @@ import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from cli_runner import clv, ok_json
@@ -262,3 +263,294 @@ def test_history_without_decisions_is_refused(run, tmp_path):
     scen.write_text(yaml.safe_dump({**SCENARIO, "world": str(root / "world.json"), "ope": {"history": "nodec"}}))
     r = clv("scenarios", scen, "--out", tmp_path / "out")
     assert r.exit_code == 2 and "ope.history: nodec: has no decisions table" in r.stderr
+
+
+# ---- the run report, for a strategy team (issue 18) ------------------------------------------------
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+SMALL_RUN = [
+    "history.generate.customers=400",
+    "policy=greedy_uplift",
+    "validation.replications=2",
+    "evaluation.seeds=2",
+    "ope.bootstrap=50",
+    "budgets=[20, 50, 100]",
+    "budget=50",
+    "plan.horizon=6",
+]
+SNAKE = re.compile(r"\b[a-z0-9]+_[a-z0-9_]+\b")
+
+
+@pytest.fixture(scope="module")
+def run_out(tmp_path_factory):
+    """A small `clv run` of the bank demo (a baseline policy, 400 customers, 6 weeks): its folder."""
+    out = tmp_path_factory.mktemp("run") / "out"
+    sets = [a for item in SMALL_RUN for a in ("--set", item)]
+    ok_json(clv("run", EXAMPLES / "bank_demo.yaml", "--out", out, *sets, "--workers", "0", "--json"))
+    return out
+
+
+def _run_doc(out: Path) -> dict:
+    return json.loads((out / "run.json").read_text())
+
+
+def _render(out: Path, doc: dict, world=None) -> _Text:
+    from experiments.reports.run import build_run_report_html
+    from sim.world import WorldModel
+
+    p = _Text()
+    p.feed(build_run_report_html(out, doc, world or WorldModel.load(out / "world.json")))
+    return p
+
+
+class _Cells(_Text):
+    """As _Text, with the text of every table header cell and the first element after the <h1>."""
+
+    def __init__(self):
+        super().__init__()
+        self.th, self._th, self.after_h1, self._seen_h1 = [], None, None, False
+
+    def handle_starttag(self, tag, attrs):
+        super().handle_starttag(tag, attrs)
+        if tag == "th":
+            self._th = []
+        if self._seen_h1 and self.after_h1 is None:
+            self.after_h1 = (tag, dict(attrs))
+        if tag == "h1":
+            self._seen_h1 = True
+
+    def handle_endtag(self, tag):
+        super().handle_endtag(tag)
+        if tag == "th" and self._th is not None:
+            self.th.append("".join(self._th).strip())
+            self._th = None
+
+    def handle_data(self, data):
+        super().handle_data(data)
+        if self._th is not None:
+            self._th.append(data)
+
+
+def _cells(html_text: str) -> _Cells:
+    p = _Cells()
+    p.feed(html_text)
+    return p
+
+
+def test_the_run_report_leads_with_the_decision_in_plain_words(run_out):
+    raw = (run_out / "report.html").read_text()
+    page = _cells(raw)
+    assert page.after_h1 == ("div", {"class": page.after_h1[1]["class"], "id": "decision"})
+    lead = raw[raw.index('id="decision">') + len('id="decision">') : raw.index("<nav>")]
+    text = re.sub(r"<[^>]+>", "", lead)
+    assert text.startswith("Decision: ") and "What it buys:" in text and "How sure:" in text
+    doc = _run_doc(run_out)
+    p = doc["plan"]
+    assert f"{p['budget']:,.0f} margin units" in text and f"{p['lift_vs_none']['mean']:+,.2f} margin units" in text
+    assert f"between {p['lift_vs_none']['ci_low']:+,.3f} and {p['lift_vs_none']['ci_high']:+,.3f}" in text
+    assert raw.index('id="decision"') < raw.index('<h2 id="answer">')
+
+
+@pytest.mark.parametrize(
+    "lift,verdict",
+    [
+        ({"mean": 1.0, "ci_low": 0.2, "ci_high": 1.8}, "Decision: adopt the plan."),
+        ({"mean": 1.0, "ci_low": -0.2, "ci_high": 2.2}, "Decision: try the plan as an experiment"),
+        ({"mean": -0.5, "ci_low": -1.0, "ci_high": 0.1}, "Decision: do not adopt the plan."),
+    ],
+)
+def test_the_decision_follows_the_paired_interval(run_out, lift, verdict):
+    from experiments.reports.decision import decision_html
+
+    doc = _run_doc(run_out)
+    doc["plan"]["lift_vs_none"] = lift
+    assert verdict in decision_html(doc, "margin units")
+
+
+def test_every_money_header_has_its_unit_and_a_currency_replaces_margin_units(run_out):
+    from sim.world import WorldModel
+
+    page = _cells((run_out / "report.html").read_text())
+    money = [h for h in page.th if re.search(r"cash spend|value \(|value per|gain|cost|budget \(|CLV over", h)]
+    assert money and all("margin unit" in h for h in money), [h for h in money if "margin unit" not in h]
+    world = WorldModel.load(run_out / "world.json")
+    world.economics.currency = "EUR"
+    eur = _render(run_out, _run_doc(run_out), world)
+    text = " ".join(eur.text)
+    assert "margin units" not in text and "margin unit" not in text
+    assert "cash spend (EUR)" in text and "value per EUR of cash" in text
+
+
+def test_metric_names_are_words_in_headings_and_table_headers(run_out):
+    from sim.world import WorldModel
+
+    world = WorldModel.load(run_out / "world.json")
+    doc = _run_doc(run_out)
+    names = (
+        [doc["name"], doc["plan"]["policy"], "greedy_uplift", "bau"]
+        + [s.name for s in world.segments]
+        + list(world.catalogue.names)
+        + list(world.catalogue.contact_channels)
+    )
+    page = _cells((run_out / "report.html").read_text())
+    for label in page.headings + page.th:
+        for n in names:  # a policy's, segment's or action's own name is the user's label, not a metric key
+            label = label.replace(n, "")
+        assert not SNAKE.search(label), label
+    for key in ("holdout_repeat_actual", "per_customer_corr", "top_decile_value_share", "customer_id"):
+        assert key not in " ".join(page.th + page.headings)
+    assert "repeat transactions in the holdout, actual" in " ".join(page.text)
+
+
+def test_return_on_spend_by_segment_channel_action_and_stage(run_out):
+    raw = (run_out / "report.html").read_text()
+    roi = raw[raw.index('<h2 id="roi">') : raw.index('<h2 id="simulation">')]
+    page = _cells(roi)
+    assert page.headings[0] == "Return on spend"
+    assert {"By segment", "By channel", "By action", "By stage"} <= set(page.headings)
+    assert page.th.count("value per margin unit of cash") == 4
+    for first in ("segment", "channel", "action", "stage"):
+        assert first in page.th
+    # the first period's contacts by action add up to contacts.parquet
+    contacts = pd.read_parquet(run_out / "contacts.parquet")
+    for action, n in contacts["action"].value_counts().items():
+        assert re.search(rf"<td class=\"l\">{action}</td><td>{n:,}</td>", roi), action
+
+
+def test_a_panel_of_zeros_is_one_sentence(run_out):
+    doc = _run_doc(run_out)
+    for x in doc["plan"]["shadow_prices"]:
+        x["shadow_price"] = 0.0
+    for r in doc["plan"]["by_period"]:
+        r["spend"] = 0.0
+    page = _render(run_out, doc)
+    text = re.sub(r"\s+", " ", " ".join(page.text))
+    assert "No constraint binds: one more unit of the budget or of any constraint is worth nothing" in text
+    assert "shadow price (margin units)" not in text
+    assert "The plan spends nothing in any week." in text
+
+
+@pytest.mark.parametrize(
+    "rows,shown,sentence",
+    [
+        ([("a", [0, 0.0], ["a", "0"]), ("b", [None, {"mean": 0.0, "ci_low": 0, "ci_high": 0}], ["b", "0"])], 0, "all"),
+        ([("a", [0, 0], ["a", "0"]), ("b", [1, 0], ["b", "1"])], 1, "All zero, left out of the table: a."),
+        ([("a", [2, 0], ["a", "2"]), ("b", [1, 0], ["b", "1"])], 2, ""),
+    ],
+)
+def test_table_of_nonzero(rows, shown, sentence):
+    from experiments.reports.kit import table_of_nonzero
+
+    html_text = table_of_nonzero(["name", "n"], rows, "all")
+    assert html_text.count("<tr>") == (shown + 1 if shown else 0)
+    if sentence:
+        assert f'<p class="note">{sentence}</p>' in html_text
+    else:
+        assert "<p" not in html_text
+
+
+def test_the_report_is_rewritten_from_a_run_folder(run_out, tmp_path):
+    from experiments.reports.run import rewrite_run_report
+    from sim.errors import ConfigError
+
+    before = (run_out / "report.html").read_bytes()
+    assert rewrite_run_report(run_out) == run_out / "report.html"
+    assert (run_out / "report.html").read_bytes() == before  # date-free: the same page
+    with pytest.raises(ConfigError, match="no run.json; give the folder of a finished `clv run`"):
+        rewrite_run_report(tmp_path)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium (apt-get install -y chromium)")
+def test_the_report_fits_1400_px_in_a_real_browser(run_out, tmp_path):
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "check_report_browser.py"
+    r = subprocess.run(
+        [sys.executable, script, run_out, "--png-dir", tmp_path / "png", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    doc = json.loads(r.stdout)
+    assert doc["ok"] and doc["window_width"] == 1400 and doc["page_width"] <= 1400 and not doc["overflowing"]
+    assert len(doc["pngs"]) >= 2 and all(Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in doc["pngs"])
+    # the check fails on a page wider than the window
+    wide = tmp_path / "wide.html"
+    wide.write_text('<html><body><div style="width:3000px">too wide</div></body></html>')
+    r = subprocess.run([sys.executable, script, wide, "--png-dir", tmp_path / "png2"], capture_output=True, text=True)
+    assert r.returncode == 1 and "FAILED" in r.stdout and "too wide: <div>" in r.stdout
+
+
+# ---- budget is not cash (issue 18): cash spend beside the incremental cost --------------------------
+def _cash_table(tmp_path: Path, with_cash: bool) -> Path:
+    from optimizer.instances import bank_like_table
+
+    df = bank_like_table(400, seed=4).to_frame()
+    if with_cash:
+        df["cash_cost"] = df["cost"] * 3.0  # the catalogue price: here three times what the budget is charged
+    path = tmp_path / "values.parquet"
+    df.to_parquet(path, index=False)
+    return path
+
+
+def test_allocate_reports_cash_beside_the_incremental_cost(tmp_path):
+    values = _cash_table(tmp_path, with_cash=True)
+    out = tmp_path / "plan.parquet"
+    doc = ok_json(clv("allocate", values, "--budget", 200, "--method", "exact", "--out", out, "--json"))
+    plan = pd.read_parquet(out)
+    made = plan[plan["action"] != "none"]
+    assert doc["spend"] == doc["incremental_cost"] == pytest.approx(made["cost"].sum())  # the old key is kept
+    assert doc["cash_spend"] == pytest.approx(made["cash_cost"].sum()) == pytest.approx(3 * doc["spend"])
+    for part in ("segment", "channel", "action"):
+        rows = doc["totals"][part]
+        assert sum(r["cash_spend"] for r in rows) == pytest.approx(doc["cash_spend"])
+        assert all(r["incremental_cost"] == r["spend"] for r in rows)
+    r = clv("allocate", values, "--budget", 200, "--method", "exact")
+    assert r.exit_code == 0
+    assert f"incremental cost {doc['spend']:,.2f}" in r.stdout and f"cash {doc['cash_spend']:,.2f}" in r.stdout
+    fr = ok_json(clv("frontier", values, "--budgets", "100,200", "--json"))
+    assert all(p["cash_spend"] > p["incremental_cost"] for p in fr["points"])
+
+
+def test_allocate_says_when_the_cash_is_not_known(tmp_path):
+    values = _cash_table(tmp_path, with_cash=False)
+    doc = ok_json(clv("allocate", values, "--budget", 200, "--json"))
+    assert doc["cash_spend"] is None and doc["incremental_cost"] == doc["spend"]
+    r = clv("allocate", values, "--budget", 200)
+    assert "cash not known (the value table has no cash_cost column" in r.stdout
+
+
+def test_value_tables_carry_the_catalogue_price(run_out):
+    from optimizer.value_sources import values_from_simulation
+    from sim.world import WorldModel
+
+    world = WorldModel.load(run_out / "world.json")
+    book = pd.read_parquet(run_out / world.book_file)
+    df = values_from_simulation(world, book, 60, horizon=3, replications=1, seed=0, continuation="greedy_uplift")
+    price = dict(zip(world.catalogue.names, world.catalogue.costs))
+    assert (df["cash_cost"] == df["action"].astype(str).map(price)).all()
+
+
+@pytest.mark.parametrize(
+    "value,message",
+    [
+        (["EUR"], "bad.yaml, column 'currency': expected a short name such as EUR or USD, got ['EUR']"),
+        ("x" * 40, "expected a short name"),
+    ],
+)
+def test_economics_currency(tmp_path, value, message):
+    from sim.catalogue import Economics, load_economics
+    from sim.errors import HistoryError
+
+    good = tmp_path / "economics.yaml"
+    good.write_text("period: week\ncurrency: EUR\n")
+    assert load_economics(good).currency == "EUR"
+    assert "currency" not in Economics().to_dict()  # worlds without one keep their hash
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"period": "week", "currency": value}))
+    with pytest.raises(HistoryError, match=re.escape(message)):
+        load_economics(bad)

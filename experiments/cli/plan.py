@@ -103,7 +103,7 @@ def values(
         check_policy_spec(spec, key=option)
         if Path(out).suffix.lower() == ".csv":
             raise ConfigError(f"--out {out}: the value table is written as Parquet; give a .parquet file name")
-        _check_out(out)
+        _check_out(out, inputs=(world_path, policy, continuation))
         _check_world(world_path)
         from experiments.results import ValueTableResult
         from optimizer.value_sources import (
@@ -235,7 +235,7 @@ def allocate(
             from sim.errors import ConfigError
 
             raise ConfigError(f"--out {out}: the plan is written as Parquet; give a .parquet file name")
-        _check_out(out)
+        _check_out(out, inputs=(values_path,))
         problem = _allocation_problem(values_path, budget, capacity, min_coverage, max_share)
         from optimizer.allocate import allocate as solve_allocation
         from sim.atomic import atomic_write_parquet
@@ -250,8 +250,15 @@ def allocate(
             doc["out"] = str(out)
     lines = [
         f"{doc['method']} ({doc['solver']}): value {doc['objective']:,.2f}, bound {doc['bound']:,.2f}, "
-        f"gap {100 * doc['gap']:.4f}%, spend {doc['spend']:,.2f}, {doc['assigned_customers']:,} of "
-        f"{doc['customers']:,} customers assigned, {doc['seconds']:.2f}s"
+        f"gap {100 * doc['gap']:.4f}%, {doc['assigned_customers']:,} of "
+        f"{doc['customers']:,} customers assigned, {doc['seconds']:.2f}s",
+        # the budget pays the table's cost column, which `clv values` measures as incremental cost
+        f"  incremental cost {doc['incremental_cost']:,.2f} (the table's cost column, charged to the budget); "
+        + (
+            "cash not known (the value table has no cash_cost column; `clv values` writes one)"
+            if doc["cash_spend"] is None
+            else f"cash {doc['cash_spend']:,.2f} (catalogue cost of the contacts made)"
+        ),
     ]
     for u, sp in zip(doc["usage"], doc["shadow_prices"]):
         lines.append(
@@ -292,7 +299,7 @@ def frontier(
         if png is not None and png.suffix.lower() != ".png":
             raise ConfigError(f"--plot {png}: give a .png file name")
         if png is not None:
-            _check_out(png, "--plot")
+            _check_out(png, "--plot", inputs=(values_path,))
         problem = _allocation_problem(values_path, None, capacity, min_coverage, max_share)
         from optimizer.frontier import frontier as sweep
         from optimizer.frontier import plot_frontier
@@ -304,15 +311,16 @@ def frontier(
             with atomic_path(png) as tmp:
                 plot_frontier(doc, tmp)
         doc["plot"] = None if png is None else str(png)
-    lines = [f"{'budget':>14}{'value':>16}{'gap %':>10}{'spend':>16}{'marginal':>11}{'shadow':>10}"]
+    lines = [f"{'budget':>14}{'value':>16}{'gap %':>10}{'incr. cost':>16}{'cash':>16}{'marginal':>11}{'shadow':>10}"]
     for p in doc["points"]:
         if p["objective"] is None:
             lines.append(f"{p['budget']:>14,.0f}  infeasible: {p['message']}")
             continue
         mv = "" if p["marginal_value"] is None else f"{p['marginal_value']:.4f}"
+        cash = "–" if p.get("cash_spend") is None else f"{p['cash_spend']:,.2f}"
         lines.append(
             f"{p['budget']:>14,.0f}{p['objective']:>16,.2f}{100 * p['gap']:>10.4f}{p['spend']:>16,.2f}"
-            f"{mv:>11}{p['budget_shadow_price']:>10.4f}"
+            f"{cash:>16}{mv:>11}{p['budget_shadow_price']:>10.4f}"
         )
     lines.append(f"{doc['method']}: {len(levels)} budgets in {doc['seconds']:.1f}s" + (f"; plot: {png}" if png else ""))
     _emit(doc, as_json, "\n".join(lines))

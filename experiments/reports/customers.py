@@ -3,16 +3,23 @@ experiment (the plan's control group and its power)."""
 
 from __future__ import annotations
 
-from .kit import escape, number, table
+from .kit import escape, number, table, table_of_nonzero
 
 
-def customers_section(doc: dict, h2) -> str:
+def customers_section(doc: dict, h2, unit: str = "margin units") -> str:
     """The scores (OUT/scores.parquet) by stage and by segment."""
     sc = doc.get("scores")
     if not sc:
         return ""
     horizon = sc.get("settings", {}).get("horizon")
-    head = ["customers", f"expected CLV ({horizon} periods)", "P(alive)", "churn by 26 periods", "a contact next"]
+    per = escape((doc.get("history") or {}).get("period", "period"))
+    head = [
+        "customers",
+        f"expected CLV over {horizon} {per}s ({escape(unit)})",
+        "P(alive)",
+        f"churn by 26 {per}s",
+        f"a contact next {per}",
+    ]
 
     def rows(view: list[dict], key: str) -> list[list[str]]:
         return [
@@ -41,7 +48,7 @@ def customers_section(doc: dict, h2) -> str:
     )
 
 
-def experiment_section(x: dict | None) -> str:
+def experiment_section(x: dict | None, unit: str = "margin units") -> str:
     """The planned experiment: groups, sizes, the power before launch (experiments.deployment)."""
     if not x:
         return ""
@@ -49,11 +56,12 @@ def experiment_section(x: dict | None) -> str:
     def fmt(v, spec):
         return "–" if v is None else number(v, spec)
 
-    rows = [
-        ["treatment", number(x["treatment_customers"], "{:,}")],
-        ["explore", number(x["explore_customers"], "{:,}")],
-        ["control (held out, no contact)", number(x["control_customers"], "{:,}")],
+    groups = [
+        ("treatment", x["treatment_customers"]),
+        ("explore", x["explore_customers"]),
+        ("control (held out, no contact)", x["control_customers"]),
     ]
+    rows = [(name, [n], [escape(name), number(n, "{:,}")]) for name, n in groups]
     verdict = "detectable" if x.get("detectable") else "<strong>not detectable</strong> at this control share"
     return (
         "<h3>The planned experiment</h3>"
@@ -62,7 +70,8 @@ def experiment_section(x: dict | None) -> str:
         '<a href="deployment.csv">deployment.csv</a> holds every customer\'s action, group and exact propensity, '
         "in the decisions format, to append to the decisions history. Over "
         f"{x['horizon_periods']} periods the plan's predicted lift is {fmt(x.get('predicted_lift_per_customer'), '{:+,.3f}')} "
-        f"per customer; the minimal detectable effect (5 % level, 80 % power) is {fmt(x.get('mde'), '{:,.3f}')}: "
+        f"{escape(unit)} per customer; the minimal detectable effect (5 % level, 80 % power) is "
+        f"{fmt(x.get('mde'), '{:,.3f}')} {escape(unit)}: "
         f"{verdict}; "
         + (
             f"the control share needed is {number(x['control_share_needed'], '{:.0%}')}. "
@@ -71,5 +80,5 @@ def experiment_section(x: dict | None) -> str:
         )
         + "Read the lift out with <code>clv readout</code> (docs/readout.md).</p>"
         + (f'<p class="note warn">{escape(x["warning"])}</p>' if x.get("warning") else "")
-        + table(["group", "customers"], rows, left=1)
+        + table_of_nonzero(["group", "customers"], rows, "No customer in any group.", some_zero="Empty: {names}.")
     )

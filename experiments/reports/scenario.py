@@ -233,7 +233,7 @@ def _frontier(summary: list[dict], policies: list[str]) -> str:
                 "plan objective",
                 "plan bound",
                 "plan gap %",
-                "plan spend",
+                "plan incremental cost (not cash)",
                 "customers planned",
                 "contacts",
                 "feasible seeds",

@@ -11,6 +11,7 @@ import numpy as np
 from .kit import escape, number, table
 
 HEADINGS = {"fit": "Calibration fit", "assumptions": "Assumptions taken from priors"}
+MODELS = {"pareto_nbd": "Pareto/NBD", "bg_nbd": "BG/NBD", "gamma_gamma": "Gamma-Gamma"}
 
 
 def _fit_rows(info: dict, segments: list[str]) -> list[list[str]]:
@@ -50,7 +51,7 @@ def calibration_fit(world: Any, wd: dict | None) -> str:
     seg_names = [s.name for s in world.segments]
     seg_m = wd.get("segmentation") or {}
     out.append(
-        f'<p class="note">Activity model <code>{escape(world.activity_model)}</code>, spend model Gamma-Gamma, '
+        f'<p class="note">Activity model {escape(MODELS.get(world.activity_model, world.activity_model))}, spend model Gamma-Gamma, '
         f"calibrated on the history up to {escape(world.calibration_end or '–')}; segments "
         f"{escape(seg_m.get('method', '–'))}"
         + (f" (column <code>{escape(seg_m['column'])}</code>)" if seg_m.get("column") else "")
@@ -98,7 +99,7 @@ def calibration_fit(world: Any, wd: dict | None) -> str:
         info = fit.get(part)
         if isinstance(info, dict) and info:
             model = info.get("model", "gamma_gamma" if part == "spend" else "")
-            out.append(f"<h3>{title}{' (' + escape(model) + ')' if model else ''}</h3>")
+            out.append(f"<h3>{title}{' (' + escape(MODELS.get(model, model)) + ')' if model else ''}</h3>")
             out.append(
                 table(
                     ["fit", "customers", "log-likelihood", "converged", "iterations", "standard errors"],
@@ -130,12 +131,19 @@ def calibration_fit(world: Any, wd: dict | None) -> str:
             + ".</p>"
         )
         abbrev = {"data": "d", "blend": "b", "prior": "p"}
+        # a stage without a logged decision is a column of zeros: said in a sentence instead
+        empty = [
+            j
+            for j in range(len(stages))
+            if all(not (i < len(dpc) and j < len(dpc[i]) and dpc[i][j]) for i in range(1, len(acts)))
+        ]
+        shown = [j for j in range(len(stages)) if j not in empty]
         rows = []
         for i, a in enumerate(acts):
             if i == 0:
                 continue
             cells = []
-            for j in range(len(stages)):
+            for j in shown:
                 n = dpc[i][j] if i < len(dpc) and j < len(dpc[i]) else None
                 tags = []
                 for key, letter in (("activity_lift", "L"), ("dropout_reduction", "D"), ("adoption_uplift", "A")):
@@ -146,7 +154,13 @@ def calibration_fit(world: Any, wd: dict | None) -> str:
                     number(n, "{:,}") + (f'<br><span class="ci">{escape(" ".join(tags))}</span>' if tags else "")
                 )
             rows.append([escape(a)] + cells)
-        out.append(table(["action"] + [escape(s) for s in stages], rows))
+        if shown:
+            out.append(table(["action"] + [escape(stages[j]) for j in shown], rows))
+        if empty:
+            out.append(
+                f'<p class="note">No logged decision in the {escape(", ".join(stages[j] for j in empty))} '
+                f"stage{'s' if len(empty) > 1 else ''}: every response there comes from priors.</p>"
+            )
     # products
     prods = fit.get("products") or {}
     if prods.get("adopt_events") is not None and world.products:
@@ -180,7 +194,9 @@ def calibration_fit(world: Any, wd: dict | None) -> str:
             pass
     # economics and stage rules
     eco = world.economics.to_dict()
-    eco_txt = ", ".join(f"{k} {v}" for k, v in eco.items() if not isinstance(v, dict))
+    eco_txt = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in eco.items() if not isinstance(v, dict))
+    if "currency" not in eco:
+        eco_txt += " (no currency named: money is in margin units)"
     ppm = eco.get("product_margin_per_period") or {}
     sr = world.stage_rules
     out.append("<h3>Economics and stage rules</h3>")
