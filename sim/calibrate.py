@@ -75,9 +75,23 @@ def calibrate(
     }
     catalogue = history.actions or _catalogue_for(history)
     priors = load_priors(priors_path)
-    assumptions: list[str] = []
+    # what the reader repaired or took by default, then every default taken in place of a user file
+    assumptions: list[str] = list(history.notes)
+    if history.actions is None:
+        assumptions.append(default_catalogue_assumption(catalogue))
+    if history.customers is None:
+        assumptions.append(
+            "customers: no customers table in the history; each customer starts at their first transaction, "
+            "and segments are K-means clusters of recency, frequency and spend"
+        )
 
     seg, seg_names, segmentation, exogenous = assign_segments(summary, history.customers, segment_by, n_segments, seed)
+    unlabelled = segmentation.get("unlabelled") or {}
+    if unlabelled:
+        assumptions.append(
+            f"segments: {' and '.join(f'{n:,} customers {why}' for why, n in unlabelled.items())} "
+            f"are put in segment 'unknown'"
+        )
     G = len(seg_names)
     # activity / dropout
     fits = fit_activity(summary, seg, G, exogenous, activity_model, seed)
@@ -240,6 +254,29 @@ def calibrate_like(world: WorldModel, history: History, calibration_end: str | p
     )
 
 
+DEFAULT_CATALOGUE_TOPIC = "catalogue: no actions.yaml"  # how the assumption begins (`clv run` warns on it)
+
+
+def default_catalogue_assumption(catalogue: ActionCatalogue) -> str:
+    """The assumption a world lists when the bundled bank's catalogue stands in for actions.yaml."""
+    costs = ", ".join(f"{a.name} {a.cost:g}" for a in catalogue.actions[1:])
+    return (
+        f"{DEFAULT_CATALOGUE_TOPIC} in the history; the bundled bank's {len(catalogue) - 1} actions and costs are "
+        f"used ({costs}): add an actions.yaml with your own contacts and their costs"
+    )
+
+
+def default_catalogue_warning(assumptions: list[str]) -> str | None:
+    """The one line `clv run` and `clv calibrate` print on stderr when a world's catalogue is the
+    bundled bank's (the plan would send its push reminders and RM calls to the user's customers)."""
+    if not any(a.startswith(DEFAULT_CATALOGUE_TOPIC) for a in assumptions):
+        return None
+    return (
+        "warning: the history has no actions.yaml: the bundled bank's actions and costs are used, not yours; "
+        "add an actions.yaml to the history folder (see the world's assumptions)"
+    )
+
+
 def _catalogue_for(history: History) -> ActionCatalogue:
     """Default catalogue; a history whose decisions name other actions needs an actions.yaml."""
     cat = default_bank_catalogue()
@@ -270,9 +307,20 @@ def assign_segments(
                     else "customers.csv has no such column; its columns: " + ", ".join(map(str, customers.columns))
                 ),
             )
-        lab = customers.set_index("customer_id")[col].astype(str).reindex(summary.customer_id).fillna("unknown")
-        names, seg = np.unique(lab.to_numpy(), return_inverse=True)
-        return seg.astype(np.int16), [str(n) for n in names], {"method": "attribute", "column": col}, True
+        lab = customers.set_index("customer_id")[col].astype(str).str.strip().reindex(summary.customer_id)
+        no_row = lab.isna().to_numpy(dtype=bool)
+        # an empty label (or a Parquet null) is no label: a segment named "" was fitted before
+        empty = ~no_row & lab.isin(["", "nan", "None", "<NA>"]).to_numpy(dtype=bool)
+        lab = lab.where(~(no_row | empty), "unknown")
+        names, seg = np.unique(lab.to_numpy(dtype=str), return_inverse=True)
+        segmentation: dict[str, Any] = {"method": "attribute", "column": col}
+        unlabelled = {
+            f"with an empty {col} in customers.csv": int(empty.sum()),
+            "in transactions without a row in customers.csv": int(no_row.sum()),
+        }
+        if any(unlabelled.values()):
+            segmentation["unlabelled"] = {k: v for k, v in unlabelled.items() if v}
+        return seg.astype(np.int16), [str(n) for n in names], segmentation, True
     from sklearn.cluster import KMeans
 
     feats = rfm_features(summary)
@@ -436,12 +484,12 @@ def product_panels(
     N, W, P = panel.counts.shape[0], panel.n_periods, len(products)
     df = products_df.loc[products_df["date"] <= ce]
     cust, ok = lookup(ids, df["customer_id"].to_numpy(dtype=str))
+    known = ok.copy()  # a product opened before the panel's first period is still a starting holding
     dates = df["date"].to_numpy("datetime64[ns]")
     w = period_index(dates, panel.origin, period_days)
     ok &= (w >= 0) & (w < W)
     pidx = df["product"].map({p: i for i, p in enumerate(products)}).to_numpy()
     is_open = (df["event"] == "open").to_numpy()
-    known = ok.copy()
     at_birth = is_open & (dates <= summary.birth[cust])
     adopt = ok & is_open & ~at_birth
     opens = np.zeros((N, W, P), np.int8)

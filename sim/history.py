@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import codecs
 import csv
+import errno
 import importlib.resources
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -60,6 +63,7 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "decisions": ("customer_id", "date", "action", "propensity"),
 }
 PRODUCT_EVENTS: tuple[str, ...] = ("open", "close")
+SIDE_FILES: tuple[str, ...] = ("actions.yaml", "economics.yaml", "stages.yaml")
 CDNOW_FOLDER = "<dataset:cdnow>"
 
 _DAY_NS = 86_400_000_000_000
@@ -89,6 +93,10 @@ class History:
     economics: Economics = field(default_factory=Economics)
     stage_rules: Any = None  # StageRules from stages.yaml when the user fixes them
     report: dict[str, Any] = field(default_factory=dict)
+    # what the reader repaired in the user's data, or took by default in place of a user file, one
+    # sentence each ("products.csv: ...", "economics: ..."): calibration lists them in the world's
+    # assumptions, so they show in JSON and in every report
+    notes: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------
@@ -105,6 +113,8 @@ def read_table(folder: Path, stem: str, required: bool) -> tuple[pd.DataFrame | 
     """
     folder = Path(folder)
     csv_path, pq_path = folder / f"{stem}.csv", folder / f"{stem}.parquet"
+    for p in (csv_path, pq_path):
+        _check_regular_file(p, f"; put the {stem} table there as a file, or remove it")
     has_csv, has_pq = csv_path.is_file(), pq_path.is_file()
     if has_csv and has_pq:
         raise HistoryError(
@@ -124,9 +134,52 @@ def read_table(folder: Path, stem: str, required: bool) -> tuple[pd.DataFrame | 
             None,
             f"missing: the history folder {folder} needs {csv_path.name} or {pq_path.name}{hint}",
         )
-    if has_pq:
-        return _read_parquet(pq_path), pq_path.name
-    return _read_csv(csv_path), csv_path.name
+    path = pq_path if has_pq else csv_path
+    try:
+        return (_read_parquet(path) if has_pq else _read_csv(path)), path.name
+    except OSError as e:  # e.g. no permission to read it
+        raise HistoryError(
+            path.name, None, None, f"cannot be read ({e.strerror or e}); check its permissions"
+        ) from None
+
+
+def _not_a_file(path: Path) -> str | None:
+    """What `path` is, in words, when something is there but not a regular file to read (a
+    directory, a dangling or looping symbolic link, a FIFO, a device); None for a regular file
+    (links followed) or for nothing at all. Only stat is called: a FIFO is never opened, so it
+    cannot hang the reader."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return f"is a symbolic link to {os.readlink(path)}, which does not exist" if path.is_symlink() else None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "is a symbolic link that loops (it leads back to itself), not a file"
+        return f"cannot be read ({e.strerror or e})"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a directory, not a file"
+    if stat.S_ISFIFO(mode):
+        return "is a named pipe (FIFO), not a file (a table is read more than once)"
+    return "is a device or socket, not a file"
+
+
+def _check_regular_file(path: Path, hint: str = "") -> None:
+    """HistoryError naming `path` (what it is) when something other than a regular file is there."""
+    problem = _not_a_file(path)
+    if problem is not None:
+        if path.suffix == ".parquet" and problem.startswith("is a directory"):
+            problem += " (a partitioned Parquet dataset? write the table as one .parquet file)"
+        raise HistoryError(path.name, None, None, problem + hint)
+
+
+def _side_file(folder: Path, name: str) -> Path | None:
+    """`folder/name` when it is a regular file, None when absent; HistoryError when something else
+    is there (a directory named actions.yaml was ignored, and the default catalogue taken)."""
+    path = folder / name
+    _check_regular_file(path, f"; give {name} as a file, or remove it")
+    return path if path.is_file() else None
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
@@ -466,10 +519,80 @@ def _is_plain_number_dtype(dt: Any) -> bool:
     return pd.api.types.is_numeric_dtype(dt) and not pd.api.types.is_bool_dtype(dt)
 
 
-def _ids(ck: _Checks, s: pd.Series, column: str) -> pd.Series:
+MAX_ID_LENGTH = 256  # characters: an id is a code; memory grew with the longest one (a 2 MB id, 22 GB)
+_CONTROL = "[\\x00-\\x1f\\x7f]"  # RE2 class of the C0 control characters and DEL
+# a byte-order mark or zero-width character, invisible in every viewer: "\ufeff123" was a second
+# customer beside "123" (a BOM is what a file concatenated onto another leaves at a line start)
+_INVISIBLE = "[\\x{feff}\\x{200b}-\\x{200d}\\x{2060}]"
+_CONTROL_BYTES = np.zeros(256, dtype=bool)
+_CONTROL_BYTES[list(range(0x20)) + [0x7F]] = True
+
+
+def _byte_flags(arr: pa.ChunkedArray) -> tuple[bool, bool]:
+    """(any control byte, any byte that may start an invisible character: 0xEF or 0xE2) in the
+    strings' bytes: one pass over the data buffers, no copies; the rows are found only when set."""
+    control = invisible = False
+    for ch in arr.chunks:
+        if len(ch) == 0 or not (pa.types.is_large_string(ch.type) or pa.types.is_string(ch.type)):
+            continue
+        width = 8 if pa.types.is_large_string(ch.type) else 4
+        bufs = ch.buffers()
+        offs = np.frombuffer(
+            bufs[1], dtype=np.int64 if width == 8 else np.int32, count=len(ch) + 1, offset=ch.offset * width
+        )
+        if bufs[2] is None or offs[-1] == offs[0]:
+            continue
+        data = np.frombuffer(bufs[2], dtype=np.uint8, count=int(offs[-1] - offs[0]), offset=int(offs[0]))
+        for i in range(0, len(data), 1 << 24):  # in slices: the masks stay small at 20M rows
+            part = data[i : i + (1 << 24)]
+            control = control or bool(_CONTROL_BYTES[part].any())
+            invisible = invisible or bool(((part == 0xEF) | (part == 0xE2)).any())
+    return control, invisible
+
+
+def _ids(ck: _Checks, s: pd.Series, column: str, notes: list[str] | None = None) -> pd.Series:
+    """Customer ids as stripped text. Refused: empty, longer than MAX_ID_LENGTH characters, or
+    holding a control character (a NUL: a damaged file). Repaired, and said in `notes`: a
+    byte-order mark or zero-width character inside an id is removed."""
     t = _to_str(s)
-    empty = _np_bool(pc.equal(pc.binary_length(_arrow(t)), 0))
-    ck.add(column, empty, lambda pos: f"{column} is empty; every row needs a {column}")
+    arr = _arrow(t)
+    control, invisible = _byte_flags(arr)
+    if invisible:
+        found = _np_bool(pc.match_substring_regex(arr, _INVISIBLE))
+        if found.any():
+            pos = int(found.argmax())
+            t = pd.Series(pc.replace_substring_regex(arr, _INVISIBLE, ""), index=t.index, dtype=t.dtype)
+            t = t.str.strip()
+            arr = _arrow(t)
+            if notes is not None:
+                notes.append(
+                    f"{ck.file}: {_count(int(found.sum()), f'{column} value')} held a byte-order mark or zero-width "
+                    f"character (first in row {ck.row(pos)}), removed: invisible, it made a second customer of one id"
+                )
+    nbytes = pc.binary_length(arr)
+    ck.add(column, _np_bool(pc.equal(nbytes, 0)), lambda pos: f"{column} is empty; every row needs a {column}")
+    if len(arr) and pc.max(nbytes).as_py() > MAX_ID_LENGTH:  # bytes >= characters: count these only then
+        chars = pc.utf8_length(arr).to_numpy(zero_copy_only=False)
+        ck.add(
+            column,
+            chars > MAX_ID_LENGTH,
+            lambda pos: (
+                f"{column} is {int(chars[pos]):,} characters long (it starts {t.iloc[pos][:24]!r}); an id is at most "
+                f"{MAX_ID_LENGTH} characters: is this the right column, or are quotes unbalanced?"
+            ),
+        )
+    if control:
+        bad = _np_bool(pc.match_substring_regex(arr, _CONTROL))
+
+        def describe(pos: int) -> str:
+            value = t.iloc[pos]
+            char = next(c for c in value if ord(c) < 0x20 or ord(c) == 0x7F)
+            return (
+                f"{column} {value[:40]!r} holds the control character {char!r} (byte 0x{ord(char):02x}); the file is "
+                "damaged or not plain text: re-export it, or remove the character"
+            )
+
+        ck.add(column, bad, describe)
     return t
 
 
@@ -511,6 +634,12 @@ def _date_problem(column: str, raw: str) -> str:
     return f"cannot read {column} {raw!r}; {_DATE_HELP}"
 
 
+# No bank's electronic records go back before 1950 (its first computers came in the late 1950s),
+# while 1900-01-01 and 1899-12-30 are what an empty date cell becomes in a spreadsheet, and such a
+# day stretched one customer's life by a century. Earlier dates are refused, in every table.
+EARLIEST_DATE = np.datetime64("1950-01-01", "ns")
+
+
 def _dates(ck: _Checks, s: pd.Series, column: str) -> np.ndarray:
     """datetime64[ns] values normalised to the day; problems registered on `ck`."""
     if isinstance(s.dtype, pd.DatetimeTZDtype):
@@ -521,13 +650,22 @@ def _dates(ck: _Checks, s: pd.Series, column: str) -> np.ndarray:
         bad = np.isnat(days) | (days < _MIN_DATE.astype("datetime64[D]")) | (days >= _MAX_DATE.astype("datetime64[D]"))
         out = np.where(bad, np.datetime64("NaT"), days).astype("datetime64[D]").astype("datetime64[ns]")
         ck.add(column, bad, lambda pos: f"{column} is missing or out of range ({s.iloc[pos]}); {_DATE_HELP}")
-        return out
-    if not (isinstance(s.dtype, pd.StringDtype) and not s.hasnans):
-        s = _to_str(s)
-    codes, uniq = _encode(_arrow(s), chunked=True)
-    parsed = _parse_date_strings(uniq.to_pandas().str.strip())
-    out = parsed[codes]
-    ck.add(column, np.isnat(out), lambda pos: _date_problem(column, str(s.iloc[pos]).strip()))
+    else:
+        if not (isinstance(s.dtype, pd.StringDtype) and not s.hasnans):
+            s = _to_str(s)
+        codes, uniq = _encode(_arrow(s), chunked=True)
+        parsed = _parse_date_strings(uniq.to_pandas().str.strip())
+        out = parsed[codes]
+        ck.add(column, np.isnat(out), lambda pos: _date_problem(column, str(s.iloc[pos]).strip()))
+    fix = "fix it or leave it empty" if column == "signup_date" else "fix it or drop the row"
+    ck.add(
+        column,
+        out < EARLIEST_DATE,
+        lambda pos: (
+            f"{column} {np.datetime64(out[pos], 'D')} is before {np.datetime64(EARLIEST_DATE, 'D')}, older than any "
+            f"bank's electronic records (an empty date cell becomes 1900-01-01 in a spreadsheet); {fix}"
+        ),
+    )
     return out
 
 
@@ -650,12 +788,20 @@ def read_table_file(path: Path, what: str, hint: str) -> pd.DataFrame:
     """A user's table at a path of its own (not in a history folder), CSV or Parquet, read without
     interpretation as `read_table` reads a history's; a missing file or another suffix is a
     HistoryError naming it (`what`: the table in words; `hint`: what to give instead)."""
+    problem = _not_a_file(path)
+    if problem is not None:
+        raise HistoryError(str(path), None, None, f"{problem}; {hint}")
     if not path.is_file():
         raise HistoryError(str(path), None, None, f"no such file; {hint}")
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".parquet"):
         raise HistoryError(path.name, None, None, f"expected a .csv or .parquet {what}")
-    return _read_parquet(path) if suffix == ".parquet" else _read_csv(path)
+    try:
+        return _read_parquet(path) if suffix == ".parquet" else _read_csv(path)
+    except OSError as e:
+        raise HistoryError(
+            path.name, None, None, f"cannot be read ({e.strerror or e}); check its permissions"
+        ) from None
 
 
 def read_target_probs(path: str | Path) -> pd.DataFrame:
@@ -892,12 +1038,12 @@ def _duplicate_rows(tx: pd.DataFrame, starts: np.ndarray) -> int:
 # table validation
 
 
-def validate_transactions(df: pd.DataFrame, file: str) -> pd.DataFrame:
+def validate_transactions(df: pd.DataFrame, file: str, notes: list[str] | None = None) -> pd.DataFrame:
     """customer_id (str), date (datetime64[ns], day), amount (float64 >= 0) [+ product, channel,
-    extra columns], sorted by customer_id and date (stable)."""
+    extra columns], sorted by customer_id and date (stable). Repairs are said in `notes`."""
     df = _prepare(df, file, "transactions")
     ck = _Checks(df, file)
-    cid = _ids(ck, df["customer_id"], "customer_id")
+    cid = _ids(ck, df["customer_id"], "customer_id", notes)
     date = _dates(ck, df["date"], "date")
     amount = _amounts(ck, df["amount"], "amount")
     ck.raise_first()
@@ -909,14 +1055,32 @@ def validate_transactions(df: pd.DataFrame, file: str) -> pd.DataFrame:
     return _sorted_frame(cols)
 
 
-def validate_customers(df: pd.DataFrame, file: str) -> pd.DataFrame:
-    """customer_id (str, unique) [+ signup_date datetime64[ns], attribute columns], sorted by id."""
+SIGNUP_SLACK_DAYS = 366  # a customers table may be extracted after the transactions, but not a year after
+
+
+def validate_customers(
+    df: pd.DataFrame, file: str, notes: list[str] | None = None, last_day: Any = None
+) -> pd.DataFrame:
+    """customer_id (str, unique) [+ signup_date datetime64[ns], attribute columns], sorted by id.
+
+    `last_day`: the history's last transaction; a signup_date more than SIGNUP_SLACK_DAYS after it
+    (2100-01-01: a placeholder for "unknown") is refused."""
     df = _prepare(df, file, "customers")
     ck = _Checks(df, file)
-    cid = _ids(ck, df["customer_id"], "customer_id")
+    cid = _ids(ck, df["customer_id"], "customer_id", notes)
     cols: dict[str, Any] = {"customer_id": cid}
     if "signup_date" in df.columns:
-        cols["signup_date"] = _dates(ck, df["signup_date"], "signup_date")
+        signup = cols["signup_date"] = _dates(ck, df["signup_date"], "signup_date")
+        if last_day is not None:
+            last = np.datetime64(pd.Timestamp(last_day), "D")
+            ck.add(
+                "signup_date",
+                signup > (last + np.timedelta64(SIGNUP_SLACK_DAYS, "D")).astype("datetime64[ns]"),
+                lambda pos: (
+                    f"signup_date {np.datetime64(signup[pos], 'D')} is more than a year after the last transaction "
+                    f"({last}): a placeholder, not a signup; fix it or leave it empty"
+                ),
+            )
     ck.raise_first()
     dup = cid.duplicated().to_numpy(dtype=bool)
     if dup.any():
@@ -933,11 +1097,17 @@ def validate_customers(df: pd.DataFrame, file: str) -> pd.DataFrame:
     return _sorted_frame(cols, by_date=False)
 
 
-def validate_products(df: pd.DataFrame, file: str) -> pd.DataFrame:
-    """customer_id, date, product (str), event ('open'|'close'), sorted by customer and date."""
+def validate_products(
+    df: pd.DataFrame, file: str, notes: list[str] | None = None, first_day: Any = None
+) -> pd.DataFrame:
+    """customer_id, date, product (str), event ('open'|'close'), sorted by customer and date.
+
+    A close of a product the customer does not hold then (no open before it: closed before it was
+    opened) is taken as a product held since before the history: an open is added on `first_day`
+    (the history's first day; default the table's), and the repair is said in `notes`."""
     df = _prepare(df, file, "products")
     ck = _Checks(df, file)
-    cid = _ids(ck, df["customer_id"], "customer_id")
+    cid = _ids(ck, df["customer_id"], "customer_id", notes)
     date = _dates(ck, df["date"], "date")
     product = _text(ck, df["product"], "product", "name the product opened or closed (e.g. credit_card)")
     event = _to_str(df["event"]).str.lower()
@@ -962,7 +1132,51 @@ def validate_products(df: pd.DataFrame, file: str) -> pd.DataFrame:
         )
     cols: dict[str, Any] = {"customer_id": cid, "date": date, "product": product, "event": event}
     cols.update(_extras(df, cols))
-    return _sorted_frame(cols)
+    orphan = _closes_without_open(cid, product, date, (event == "close").to_numpy(dtype=bool))
+    if not orphan.any():
+        return _sorted_frame(cols)
+    first_day = date.min() if first_day is None else min(np.datetime64(pd.Timestamp(first_day), "ns"), date.min())
+    pos = int(orphan.argmax())
+    held = pd.DataFrame({"customer_id": cid[orphan].array, "product": product[orphan].array}).drop_duplicates()
+    if notes is not None:
+        notes.append(
+            f"{file}: {_count(int(orphan.sum()), 'close')} of a product the customer did not hold (no open before; "
+            f"first in row {ck.row(pos)}: {product.iloc[pos]!r} closed on {np.datetime64(date[pos], 'D')}), taken "
+            f"as held since before the history: {_count(len(held), 'open')} added on {np.datetime64(first_day, 'D')}"
+        )
+    table = pd.DataFrame({k: (v.array if isinstance(v, pd.Series) else v) for k, v in cols.items()})
+    added = held.assign(date=first_day, event="open")
+    full = pd.concat([table, added[list(added.columns)]], ignore_index=True)
+    return _sorted_frame({c: full[c] for c in table.columns})
+
+
+def _closes_without_open(cid: pd.Series, product: pd.Series, date: np.ndarray, close: np.ndarray) -> np.ndarray:
+    """Rows (file order) closing a product the customer does not hold at that date: in each
+    customer's and product's events by date (opens first on a day), the running count of opens
+    minus closes reaches a new low below zero. Vectorised: one sort, one running minimum."""
+    n = len(close)
+    if not close.any():
+        return np.zeros(n, dtype=bool)
+    c_code = pd.factorize(cid.to_numpy())[0].astype(np.int64)
+    p_code = pd.factorize(product.to_numpy())[0].astype(np.int64)
+    order = np.lexsort((np.arange(n), close, _day_numbers(date), p_code, c_code))
+    key = (c_code * (int(p_code.max()) + 1) + p_code)[order]
+    starts = np.ones(n, dtype=bool)
+    starts[1:] = key[1:] != key[:-1]
+    gid = np.cumsum(starts) - 1
+    step = np.where(close[order], -1, 1).astype(np.int64)
+    run = np.cumsum(step)
+    run -= (run - step)[starts][gid]  # the count within each group, from 0
+    big = 2 * n + 2  # groups shifted apart so that one running minimum serves them all
+    shifted = run - gid * big
+    low = np.minimum.accumulate(shifted)
+    before = np.empty(n, dtype=np.int64)
+    before[0] = 0
+    before[1:] = low[:-1]
+    before = np.minimum(before, -gid * big)  # a group starts at 0 whatever came before
+    out = np.zeros(n, dtype=bool)
+    out[order] = close[order] & (shifted < before)
+    return out
 
 
 def _known_array(known: Any) -> pa.Array:
@@ -976,7 +1190,11 @@ def _known_array(known: Any) -> pa.Array:
 
 
 def validate_decisions(
-    df: pd.DataFrame, file: str, actions: ActionCatalogue | None, known_customers: set[str] | None
+    df: pd.DataFrame,
+    file: str,
+    actions: ActionCatalogue | None,
+    known_customers: set[str] | None,
+    notes: list[str] | None = None,
 ) -> pd.DataFrame:
     """customer_id, date, action (str), propensity (float64 in (0, 1]) [+ cost float64 >= 0],
     one decision per customer and day, sorted by customer and date.
@@ -986,7 +1204,7 @@ def validate_decisions(
     """
     df = _prepare(df, file, "decisions")
     ck = _Checks(df, file)
-    cid = _ids(ck, df["customer_id"], "customer_id")
+    cid = _ids(ck, df["customer_id"], "customer_id", notes)
     date = _dates(ck, df["date"], "date")
     action = _text(ck, df["action"], "action", "give the action taken ('none' when no contact was made)")
     if actions is not None:
@@ -1102,30 +1320,38 @@ def load_history(folder: str | Path) -> History:
     if not folder.is_dir():
         raise HistoryError(str(folder), None, None, "not a folder; give the folder that holds transactions.csv")
     report: dict[str, Any] = {}
+    notes: list[str] = []
     skipped = 0
 
     raw, tx_file = read_table(folder, "transactions", required=True)
     assert raw is not None
     skipped += int(raw.attrs.get("blank_rows_skipped", 0))
-    tx = validate_transactions(raw, tx_file)
+    tx = validate_transactions(raw, tx_file, notes)
     report["customer_id_type"] = customer_id_type(raw["customer_id"], tx["customer_id"])
     del raw
     report["transactions_rows"] = len(tx)
     tx_ids, counts = _summarise_transactions(tx)
 
     customers = products = decisions = None
+    first_day, last_day = tx["date"].min(), tx["date"].max()
     raw, file = read_table(folder, "customers", required=False)
     if raw is not None:
         skipped += int(raw.attrs.get("blank_rows_skipped", 0))
-        customers = validate_customers(raw, file)
+        customers = validate_customers(raw, file, notes, last_day=last_day)
+        notes += _signups_after_first_purchase(customers, tx_ids, tx, file)
+        if "signup_date" in customers.columns and customers["signup_date"].notna().any():
+            first_day = min(first_day, customers["signup_date"].min())
     raw, file = read_table(folder, "products", required=False)
     if raw is not None:
         skipped += int(raw.attrs.get("blank_rows_skipped", 0))
-        products = validate_products(raw, file)
+        products = validate_products(raw, file, notes, first_day=first_day)
 
-    actions = load_actions(folder / "actions.yaml") if (folder / "actions.yaml").is_file() else None
-    economics = load_economics(folder / "economics.yaml") if (folder / "economics.yaml").is_file() else Economics()
-    stage_rules = load_stage_rules(folder / "stages.yaml") if (folder / "stages.yaml").is_file() else None
+    actions_file, economics_file, stages_file = (_side_file(folder, n) for n in SIDE_FILES)
+    actions = load_actions(actions_file) if actions_file else None
+    economics = load_economics(economics_file) if economics_file else Economics()
+    if economics_file is None:
+        notes.append(f"economics: no economics.yaml in the history; {_economics_defaults(economics)}")
+    stage_rules = load_stage_rules(stages_file) if stages_file else None
 
     raw, file = read_table(folder, "decisions", required=False)
     if raw is not None:
@@ -1133,7 +1359,7 @@ def load_history(folder: str | Path) -> History:
         known = [tx_ids.cast(pa.large_string())]
         if customers is not None:
             known.append(_arrow(customers["customer_id"]).combine_chunks().cast(pa.large_string()))
-        decisions = validate_decisions(raw, file, actions, pa.concat_arrays(known))
+        decisions = validate_decisions(raw, file, actions, pa.concat_arrays(known), notes)
 
     report["customers_rows"] = 0 if customers is None else len(customers)
     report["products_rows"] = 0 if products is None else len(products)
@@ -1150,7 +1376,46 @@ def load_history(folder: str | Path) -> History:
         economics=economics,
         report=report,
         stage_rules=stage_rules,
+        notes=notes,
     )
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
+
+
+def _economics_defaults(econ: Economics) -> str:
+    return (
+        f"period {econ.period}, margin_rate {econ.margin_rate:g} (the whole transaction amount is margin), "
+        "no discounting, no product margins"
+    )
+
+
+def _signups_after_first_purchase(customers: pd.DataFrame, tx_ids: pa.Array, tx: pd.DataFrame, file: str) -> list[str]:
+    """A sentence when some signup_date is later than the customer's first transaction: the
+    calibration takes the earlier day as the customer's birth (sim.features.summarise)."""
+    if "signup_date" not in customers.columns or not len(tx):
+        return []
+    n = len(tx)
+    cid = _arrow(tx["customer_id"])
+    new_cid = np.ones(n, dtype=bool)
+    if n > 1:
+        new_cid[1:] = _np_bool(pc.not_equal(cid.slice(1), cid.slice(0, n - 1)))
+    first = tx["date"].to_numpy()[new_cid]  # tx is sorted by customer and date: one per tx_ids entry
+    where = pc.index_in(_arrow(customers["customer_id"]), value_set=tx_ids).fill_null(-1)
+    where = where.to_numpy(zero_copy_only=False).astype(np.int64)
+    has = where >= 0
+    pos_tx = np.maximum(where, 0)
+    signup = customers["signup_date"].to_numpy("datetime64[ns]")
+    late = has & ~np.isnat(signup) & (signup > first[pos_tx])
+    if not late.any():
+        return []
+    i = int(late.argmax())
+    return [
+        f"{file}: {_count(int(late.sum()), 'signup_date')} later than the customer's first transaction (e.g. customer "
+        f"{customers['customer_id'].iloc[i]!r}: signup {np.datetime64(signup[i], 'D')}, first transaction "
+        f"{np.datetime64(first[pos_tx[i]], 'D')}); the first transaction is taken as the customer's start"
+    ]
 
 
 def load_cdnow() -> History:
@@ -1171,8 +1436,13 @@ def load_cdnow() -> History:
     report = {"transactions_rows": len(tx), "customers_rows": 0, "products_rows": 0, "decisions_rows": 0}
     report.update(_summarise_transactions(tx)[1])
     report["blank_rows_skipped"] = 0
+    econ = Economics(period="week", margin_rate=1.0)
     return History(
-        folder=CDNOW_FOLDER, transactions=tx, economics=Economics(period="week", margin_rate=1.0), report=report
+        folder=CDNOW_FOLDER,
+        transactions=tx,
+        economics=econ,
+        report=report,
+        notes=[f"economics: the bundled CDNOW dataset has no economics.yaml; {_economics_defaults(econ)}"],
     )
 
 

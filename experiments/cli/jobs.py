@@ -119,6 +119,10 @@ def run(
                 typer.echo(f"[{time.perf_counter() - t0:6.1f}s] {msg}", err=True)
 
             doc = run_pipeline(cfg, out, progress=progress, log=log, executor=executor)
+        from sim.calibrate import default_catalogue_warning  # the bundled bank's catalogue stood in for actions.yaml
+
+        if warning := default_catalogue_warning((doc.get("calibration") or {}).get("assumptions") or []):
+            typer.echo(warning, err=True)
     p, ev = doc["plan"], doc["evaluation"]
     lift, vs_alone, pred = p["lift_vs_none"], p["lift_vs_policy_alone"], p["predicted_lift"]
     lines = [

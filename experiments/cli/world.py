@@ -108,6 +108,10 @@ def calibrate(
         doc = CalibrationResult(
             world, str(out), str(book_path), customers=report["customers"], seconds=report["seconds"], report=report
         ).to_dict()
+        from sim.calibrate import default_catalogue_warning
+
+        if warning := default_catalogue_warning(world.assumptions):  # also under --json: stdout stays one document
+            typer.echo(warning, err=True)
     _emit(
         doc,
         as_json,
