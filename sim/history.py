@@ -4,7 +4,10 @@ A history folder holds ``transactions.csv`` (or ``.parquet``, the only required 
 optionally ``customers``, ``products`` and ``decisions`` tables, ``actions.yaml`` and
 ``economics.yaml``. Every input problem raises :class:`~sim.errors.HistoryError` naming the
 file, the first offending row (as a spreadsheet counts it for CSV: header = row 1, first data
-row = row 2; the 1-based data row for Parquet) and the column, in one line.
+row = row 2; the 1-based data row for Parquet) and the column, in one line. What is repaired
+instead (an invisible character in an id, a signup after the first purchase, a close of a product
+never opened) and every default taken for a missing side file is said in ``History.notes``, which
+calibration lists in the world's assumptions.
 
 Everything is vectorised (pyarrow for reading and string work, numpy for numbers and sorting):
 a 20M-row transactions CSV loads in seconds. Python-level scans of a file happen only to point
