@@ -67,9 +67,30 @@ def seed_metrics(c, clv_none: np.ndarray | None) -> dict[str, float]:
     }
 
 
+def as_policies(world, policies: Any) -> dict[str, Any]:
+    """{name: policy} from what a user passes: a dict of policies or models, a list of them, or one
+    (`policies.registry.as_policy` adapts SB3 models and anything with `predict`; a policy's
+    `name`, else its class, names it)."""
+    from collections.abc import Mapping
+
+    from policies.registry import as_policy
+
+    if isinstance(policies, Mapping):
+        return {str(n): as_policy(p, world, name=str(n)) for n, p in policies.items()}
+    items = list(policies) if isinstance(policies, (list, tuple)) else [policies]
+    out: dict[str, Any] = {}
+    for p in items:
+        pol = as_policy(p, world)
+        name = str(getattr(pol, "name", None) or type(p).__name__.lower())
+        if name in out:
+            raise ValueError(f"two policies are called {name!r}; pass a dict {{name: policy}}")
+        out[name] = pol
+    return out
+
+
 def evaluate(
     world,
-    policies: dict[str, Any],
+    policies: Any,
     customers: int,
     periods: int,
     seeds: int,
@@ -81,14 +102,18 @@ def evaluate(
     crn: bool = False,
 ) -> dict[str, Any]:
     """Simulate each policy for `seeds` seeds (seed, seed+1, ...) on `customers` customers for
-    `periods` periods. `reference` (default: "bau" if evaluated, else the first policy) is the
-    policy every other is compared with, paired by seed. `crn`: the simulator's common random
-    numbers (every customer draws the same uniforms each period whatever the policy did), which
-    shrinks the paired differences' noise (`sim.population.simulate`)."""
+    `periods` periods. `policies`: {name: policy}, a list, or one policy; a value may be any
+    policy, an SB3 model (e.g. a bare `PPO(...)` trained on PopulationVecEnv) or anything with
+    `predict(obs, deterministic=...)` (see `as_policies`). `reference` (default: "bau" if
+    evaluated, else the first policy) is the policy every other is compared with, paired by seed.
+    `crn`: the simulator's common random numbers (every customer draws the same uniforms each
+    period whatever the policy did), which shrinks the paired differences' noise
+    (`sim.population.simulate`)."""
     from policies.base import as_simulator_policy
     from policies.baselines import make_baseline
     from sim.population import simulate
 
+    policies = as_policies(world, policies)
     names = list(policies)
     if reference is None:
         reference = "bau" if "bau" in policies else names[0]
@@ -162,6 +187,9 @@ def evaluate(
             n: dict(zip([c.removeprefix("contacts_stage_") for c in cols], (v / (seeds * customers)).tolist()))
             for n, v in stage_contacts.items()
         }
+    notes = {n: p.note for n, p in policies.items() if getattr(p, "note", "")}
+    if notes:  # e.g. the observation layout assumed for a model without a card
+        out["notes"] = notes
     if keep_customers:
         out["_customers"] = kept
     return out

@@ -13,11 +13,19 @@ import json
 import time
 from copy import deepcopy
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
 from .base import PolicyBase, masked_normalise, one_hot
+
+if TYPE_CHECKING:
+    from .progress import Report
+
+
+def _quiet(step: str, done: int, total: int) -> None:
+    return None
+
 
 ALGOS = ("ppo", "dqn", "maskable_ppo")
 CARD_FILE = "card.json"
@@ -166,63 +174,31 @@ def hyperparameters(algo: str, overrides: dict[str, Any] | None = None) -> dict[
     return hp
 
 
-class UpliftEncoder:
-    """The env's observation features plus, per action, the myopic expected net value of making
-    that contact now (policies.baselines.GreedyUplift.values: a function of the observables and
-    the world's published models), on a signed log scale. The agent can then learn *when* a
-    contact pays beyond its immediate value instead of re-deriving the economics from noise."""
+def UpliftEncoder(world, model_features: bool = True):  # noqa: N802  (was a class; callers build it so)
+    """The env's observation with each action's myopic net value (`sim.myopic.MyopicValue`, what
+    `GreedyUplift` maximises): `ObservationEncoder.from_world(world)`, the default layout."""
+    from sim.envs.customer import ObservationEncoder
 
-    def __init__(self, world, model_features: bool = True):
-        from sim.envs.customer import ObservationEncoder
-
-        from .baselines import GreedyUplift
-
-        self.base = ObservationEncoder.from_world(world, model_features=model_features)
-        self.greedy = GreedyUplift(world)
-        self.actions = list(world.catalogue.names)
-
-    @property
-    def model_features(self) -> bool:
-        return self.base.model_features
-
-    @property
-    def names(self) -> list[str]:
-        return self.base.names + [f"net_value_{a}" for a in self.actions[1:]]
-
-    @property
-    def dim(self) -> int:
-        return self.base.dim + len(self.actions) - 1
-
-    def space(self):
-        from gymnasium import spaces
-
-        from sim.envs.customer import OBS_CLIP
-
-        low = np.r_[np.zeros(self.base.dim), np.full(len(self.actions) - 1, -OBS_CLIP)].astype(np.float32)
-        return spaces.Box(low, np.full(self.dim, OBS_CLIP, np.float32), dtype=np.float32)
-
-    def encode(self, obs) -> np.ndarray:
-        from sim.envs.customer import OBS_CLIP
-
-        v = self.greedy.values(obs)[:, 1:]
-        extra = np.clip(np.sign(v) * np.log1p(np.abs(v)), -OBS_CLIP, OBS_CLIP).astype(np.float32)
-        return np.concatenate([self.base.encode(obs), extra], axis=1)
+    return ObservationEncoder.from_world(world, model_features=model_features, uplift_features=True)
 
 
 def make_encoder(world, card_encoder: dict[str, Any]):
-    """The observation encoder a card describes."""
+    """The observation encoder a card describes (a card without `uplift_features` predates them)."""
     from sim.envs.customer import ObservationEncoder
 
-    if card_encoder.get("uplift_features"):
-        return UpliftEncoder(world, card_encoder.get("model_features", True))
-    return ObservationEncoder.from_world(world, model_features=card_encoder.get("model_features", True))
+    return ObservationEncoder.from_world(
+        world,
+        model_features=card_encoder.get("model_features", True),
+        uplift_features=bool(card_encoder.get("uplift_features", False)),
+    )
 
 
-def _teacher_data(vec, teacher, samples: int):
+def _teacher_data(vec, teacher, samples: int, report: Report = _quiet, step: str = "collecting decisions"):
     """States visited by `teacher` in a copy of the training env, with its decisions."""
     obs_l, act_l, mask_l = [], [], []
     o = vec.reset()
     n = 0
+    report(step, 0, samples)
     while n < samples:
         raw, masks = vec.raw_observation(), vec.action_masks()
         a = teacher.act(raw, masks, None)
@@ -232,25 +208,37 @@ def _teacher_data(vec, teacher, samples: int):
         vec.step_async(a)
         o, *_ = vec.step_wait()
         n += vec.num_envs
+        report(step, min(n, samples), samples)
     return np.concatenate(obs_l), np.concatenate(act_l), np.concatenate(mask_l), None
 
 
-def _rollout_data(world, encoder, hp: dict[str, Any], seed: int, book, population: str):
+def _rollout_data(world, encoder, hp: dict[str, Any], seed: int, book, population: str, report: Report = _quiet):
     """States the base policy visits, labelled with the action of largest fitted rollout advantage
     (policies.rollout: CRN rollouts, then a least-squares fit of Q(s, a) - Q(s, none) on features)."""
     from .baselines import make_baseline
     from .rollout import fit_advantages, rollout_labels
 
     every = int(hp["rollout_every"])
+    snaps = list(range(0, int(hp["horizon"]), every))
+    step, total, done = f"rolling out {hp['warm_start'].removeprefix('rollout:')}", len(snaps) * world.n_actions, [0]
+
+    def tick(k: int) -> None:
+        done[0] += k
+        report(step, min(done[0], total), total)
+
+    report(step, 0, total)
     lab = rollout_labels(
         world,
         make_baseline(hp["warm_start"].removeprefix("rollout:"), world),
         int(hp["rollout_customers"]),
-        list(range(0, int(hp["horizon"]), every)),
+        snaps,
         int(hp["rollout_horizon"]),
         seed,
         book=book if population == "book" else None,
+        progress=tick,
     )
+    report(step, total, total)  # actions allowed to no one are not rolled out
+    report("fitting the rollout advantages", 0, 1)
     X = np.concatenate([encoder.encode(o) for o in lab.obs])
     predict, fit = fit_advantages(X, lab.q, lab.masks, seed)
     adv = np.where(lab.masks, predict(X), -np.inf)
@@ -264,7 +252,14 @@ def _rollout_data(world, encoder, hp: dict[str, Any], seed: int, book, populatio
 
 
 def _fit_actor(
-    model, X: np.ndarray, y: np.ndarray, M: np.ndarray, weights: np.ndarray | None, epochs: int, seed: int
+    model,
+    X: np.ndarray,
+    y: np.ndarray,
+    M: np.ndarray,
+    weights: np.ndarray | None,
+    epochs: int,
+    seed: int,
+    report: Report = _quiet,
 ) -> dict[str, float]:
     """Fit the actor to labelled decisions by (weighted) maximum likelihood, masked for
     MaskablePPO. Returns the final loss and the share of labels the actor reproduces."""
@@ -287,7 +282,9 @@ def _fit_actor(
         )
 
     loss = torch.tensor(0.0)
-    for _ in range(epochs):
+    step, n = "fitting the actor to them", X.shape[0]
+    report(step, 0, epochs * n)
+    for e in range(epochs):
         perm = torch.randperm(X.shape[0], generator=gen)
         for i in range(0, X.shape[0], 4096):
             b = perm[i : i + 4096]
@@ -295,6 +292,7 @@ def _fit_actor(
             opt.zero_grad()
             loss.backward()
             opt.step()
+            report(step, e * n + min(i + 4096, n), epochs * n)
     with torch.no_grad():
         idx = torch.arange(min(len(y), 65_536))
         probs = dist_of(idx).distribution.probs.numpy()
@@ -367,16 +365,25 @@ def train(
     tensorboard: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     world_path: str | None = None,
+    report: Report | None = None,
 ) -> tuple["SB3Policy", dict[str, Any]]:
     """Train `algo` on `world` (a WorldModel or a world JSON path, its book beside it) for `steps`
     customer-periods. Writes out/model.zip and out/card.json when `out` is given (atomically:
-    the card, the file that says a training finished, is written last). Returns (policy, card)."""
+    the card, the file that says a training finished, is written last). Returns (policy, card).
+
+    `progress(done, total)`: SB3's timesteps so far of `steps` (`TrainingProgress`, an SB3
+    callback). `report(step, done, total)`: every part of the work by name, the warm start's
+    included (collecting the teacher's decisions, fitting the actor to them, then SB3's timesteps
+    in "critic warm-up" and "reinforcement learning"), so that a progress display never sits at 0 %
+    while the warm start runs."""
     import torch
-    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.callbacks import BaseCallback, CallbackList
     from stable_baselines3.common.vec_env import VecMonitor, VecNormalize
 
     from sim.envs.customer import resolve_world
     from sim.envs.vec_env import PopulationVecEnv
+
+    from .progress import TrainingProgress
 
     hp = hyperparameters(algo, overrides)
     steps = int(DEFAULT_STEPS[algo] if steps is None else steps)
@@ -428,16 +435,16 @@ def train(
                     )
                 self.returns = []
                 self.next_at += self.every
-            if progress is not None:
-                progress(int(self.num_timesteps), steps)
             return True
 
     t0 = time.perf_counter()
     warm: dict[str, Any] = {}
-    callback = _Curve(max(steps // 50, hp["n_envs"] * hp["horizon"]))
+    say = report or _quiet
+    ticker = TrainingProgress(steps, progress, say)
+    callback = CallbackList([_Curve(max(steps // 50, hp["n_envs"] * hp["horizon"])), ticker])
     if algo != "dqn" and hp.get("warm_start"):
         if hp["warm_start"].startswith("rollout:"):
-            X, y, M, wts, info = _rollout_data(world, encoder, hp, seed, book, population)
+            X, y, M, wts, info = _rollout_data(world, encoder, hp, seed, book, population, say)
         else:
             from .baselines import make_baseline
 
@@ -452,12 +459,16 @@ def train(
                 encoder=encoder,
             )
             X, y, M, wts = _teacher_data(
-                teacher_env, make_baseline(hp["warm_start"], world), int(hp["warm_start_samples"])
+                teacher_env,
+                make_baseline(hp["warm_start"], world),
+                int(hp["warm_start_samples"]),
+                say,
+                f"collecting {hp['warm_start']}'s decisions",
             )
             info = {}
         warm = {
             **info,
-            **_fit_actor(model, X, y, M, wts, int(hp["warm_start_epochs"]), seed),
+            **_fit_actor(model, X, y, M, wts, int(hp["warm_start_epochs"]), seed, say),
             "teacher": hp["warm_start"],
         }
         frozen = list(model.policy.mlp_extractor.policy_net.parameters()) + list(model.policy.action_net.parameters())
@@ -465,10 +476,12 @@ def train(
         if warm_steps:
             for p in frozen:  # the critic learns the cloned policy's values before the actor moves
                 p.requires_grad_(False)
+            ticker.step = "critic warm-up (actor frozen)"
             model.learn(total_timesteps=warm_steps, callback=callback, progress_bar=False)
             for p in frozen:
                 p.requires_grad_(True)
         if steps > warm_steps:
+            ticker.step = "reinforcement learning"
             model.learn(
                 total_timesteps=steps - warm_steps, callback=callback, progress_bar=False, reset_num_timesteps=False
             )
@@ -547,7 +560,7 @@ def plain_objects(zip_path: str | Path, algo: str, card: dict[str, Any]) -> dict
         if not (isinstance(item, dict) and ":serialized:" in item):
             continue
         if key == "policy_class":
-            if algo == "ppo":
+            if algo in ("ppo", "a2c"):
                 from stable_baselines3.common.policies import ActorCriticPolicy as policy_class
             elif algo == "dqn":
                 from stable_baselines3.dqn.policies import DQNPolicy as policy_class
@@ -560,10 +573,13 @@ def plain_objects(zip_path: str | Path, algo: str, card: dict[str, Any]) -> dict
         elif key == "action_space":
             out[key] = gym.spaces.Discrete(int(item["n"]))
         elif key == "lr_schedule":
-            lr = float(data.get("learning_rate", hp.get("learning_rate", 0.0)))
-            out[key] = _constant(lr)
+            lr = data.get("learning_rate", hp.get("learning_rate", 0.0))
+            # a schedule given as a function is stored pickled: acting needs no learning rate
+            out[key] = _constant(float(lr) if isinstance(lr, (int, float)) else 0.0)
         elif key == "clip_range":
             out[key] = float(hp.get("clip_range", 0.2))
+        elif key == "policy_kwargs":  # pickled for a class in it; load_bare_model refuses the ones that act
+            out[key] = {}
         elif key == "train_freq":
             freq = hp.get("train_freq", 4)
             out[key] = (int(freq[0]), str(freq[1])) if isinstance(freq, (list, tuple)) else (int(freq), "step")
@@ -572,11 +588,76 @@ def plain_objects(zip_path: str | Path, algo: str, card: dict[str, Any]) -> dict
     return out
 
 
+# a bare `model.save()` zip names its policy class inside a pickle; the class is found by its name
+# in the pickle's bytes (nothing is unpickled), the algorithm by the class and the saved fields
+_POLICY_CLASSES = (
+    (b"MaskableActorCriticPolicy", "maskable_ppo"),
+    (b"DQNPolicy", "dqn"),
+    (b"ActorCriticPolicy", "ppo"),
+)
+
+
+def load_bare_model(zip_path: str | Path):
+    """(model, algo) from a zip written by a plain SB3 `model.save()` (no card): PPO, A2C, DQN or
+    MaskablePPO with an MLP policy, loaded like a `clv train` zip (plain_objects: nothing
+    unpickled). ConfigError (one line) for anything else."""
+    import base64
+    import zipfile
+
+    from sim.errors import ConfigError
+
+    zip_path = Path(zip_path)
+    how = "save it with SB3's model.save() from PPO, A2C, DQN or MaskablePPO, or train one with `clv train`"
+    try:
+        with zipfile.ZipFile(zip_path) as z:
+            data = json.loads(z.read("data"))
+            raw = base64.b64decode(data["policy_class"][":serialized:"])
+    except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile) as e:
+        raise ConfigError(
+            f"{zip_path}: not a stable-baselines3 model.zip ({type(e).__name__}: {str(e)[:120]}); {how}"
+        ) from None
+    algo = next((a for name, a in _POLICY_CLASSES if name in raw), None)
+    if algo == "ppo" and "n_epochs" not in data:
+        algo = "a2c"  # same policy class as PPO; A2C saves no epochs
+    if algo is None or b"MultiInput" in raw or b"Cnn" in raw:
+        raise ConfigError(f"{zip_path}: a policy class clv cannot load without unpickling; {how}")
+    kwargs = data.get("policy_kwargs")
+    if isinstance(kwargs, dict) and ":serialized:" in kwargs:
+        # pickled because it holds a class: an optimizer's (A2C's RMSprop) does not change how the
+        # network acts and is dropped; an activation or feature extractor would, and is refused
+        pickled = base64.b64decode(kwargs[":serialized:"])
+        if any(k in pickled for k in (b"activation_fn", b"features_extractor", b"share_features")):
+            raise ConfigError(
+                f"{zip_path}: its policy_kwargs hold Python objects (activation_fn or a features extractor), "
+                "which clv does not unpickle; keep policy_kwargs to net_arch, or train with `clv train`"
+            )
+    if algo == "ppo":
+        from stable_baselines3 import PPO as cls_
+    elif algo == "a2c":
+        from stable_baselines3 import A2C as cls_
+    elif algo == "dqn":
+        from stable_baselines3 import DQN as cls_
+    else:
+        from sb3_contrib import MaskablePPO as cls_
+    try:
+        model = cls_.load(zip_path, device="cpu", custom_objects=plain_objects(zip_path, algo, {}))
+    except (RuntimeError, ValueError, KeyError) as e:  # weights that do not fit the saved architecture
+        raise ConfigError(f"{zip_path}: cannot load the model ({type(e).__name__}: {str(e)[:160]}); {how}") from None
+    return model, algo
+
+
 def _constant(value: float) -> Callable[[float], float]:
     def schedule(_: float) -> float:
         return value
 
     return schedule
+
+
+def _layout(encoder) -> str:
+    flags = getattr(encoder, "features", None)
+    if not isinstance(flags, dict):
+        return type(encoder).__name__
+    return ", ".join(f"{k}={v}" for k, v in flags.items())
 
 
 class SB3Policy(PolicyBase):
@@ -663,11 +744,27 @@ class SB3Policy(PolicyBase):
         )
         return cls(model, card, world, deterministic=deterministic, name=name or folder.name)
 
+    def features(self, obs) -> np.ndarray:
+        """(n, D) network inputs: `obs` is the bank-visible dict (what policies read) or an env's
+        observation already encoded, (D,) or (n, D), e.g. `env.reset()[0]` of clv/Customer-v0."""
+        if isinstance(obs, Mapping):
+            return self.encoder.encode(obs)
+        x = np.asarray(obs, np.float32)
+        x = x[None] if x.ndim == 1 else x
+        if x.ndim != 2 or x.shape[1] != self.encoder.dim:
+            raise ValueError(
+                f"policy {self.name} reads {self.encoder.dim} features ({_layout(self.encoder)}), got an "
+                f"observation of shape {tuple(np.shape(obs))}; pass the bank-visible dict (env.raw_observation()) "
+                "or build the env with encoder=policy.encoder"
+            )
+        return x
+
     def scores(self, obs, chunk: int = 65_536) -> np.ndarray:
-        """(n, A) action probabilities of the actor (PPO) or Q-values (DQN), before masking."""
+        """(n, A) action probabilities of the actor (PPO) or Q-values (DQN), before masking; `obs`
+        as in `features`."""
         import torch
 
-        x = self.encoder.encode(obs)
+        x = self.features(obs)
         out = []
         with torch.no_grad():
             for i in range(0, x.shape[0], chunk):
@@ -680,6 +777,7 @@ class SB3Policy(PolicyBase):
         return np.concatenate(out) if out else np.zeros((0, A))
 
     def action_probs(self, obs, masks: np.ndarray) -> np.ndarray:
+        masks = np.atleast_2d(masks)  # one customer's (A,) masks, as the env's action_masks()
         s = self.scores(obs).astype(np.float64)
         if self.algo == "dqn" or self.deterministic:
             best = np.argmax(np.where(masks, s, -np.inf), axis=1)

@@ -40,6 +40,10 @@ class BankConfig:
     bau_contact_rate: float = 0.5  # the playbook contacts half of the eligible decision points
     birth_share: float = 0.67  # customers sign up during this first share of the window
     seed: int = 7
+    # customer ids are "C" + (id_offset + i) on id_digits digits: a block of a larger book
+    # (sim.bank_parts) numbers its customers after the blocks before it
+    id_offset: int = 0
+    id_digits: int = 6
 
 
 # (activity_lift, dropout_reduction, adoption_uplift, reactivation) per action, before stage multipliers.
@@ -242,7 +246,7 @@ def start_bank_run(cfg: BankConfig, world: WorldModel | None = None) -> BankRun:
     sim = PopulationSimulator.new_customers(world, N, rng_sim, tables=tables, start_date=start)
     st = sim.state
     birth = np.sort(rng_gen.integers(0, max(1, int(cfg.birth_share * Wk)), N))
-    cid = np.array([f"C{i:06d}" for i in range(N)])
+    cid = np.array([f"C{cfg.id_offset + i:0{cfg.id_digits}d}" for i in range(N)])
     init_products = st.products.copy()
     st.alive[:] = False
     st.products[:] = False

@@ -98,7 +98,8 @@ def evaluate(
     policies: list[str] = typer.Option(
         ...,
         "--policy",
-        help="A baseline (none, random, bau, churn_threshold, greedy_uplift) or a folder from `clv train`; repeatable.",
+        help="A baseline (none, random, bau, churn_threshold, greedy_uplift), a folder from `clv train`, or a zip "
+        "from a plain SB3 model.save() (read as clv/Customer-v0's observation); repeatable.",
     ),
     customers: int = typer.Option(20_000, "--customers", min=1, help="Customers per run."),
     periods: int = typer.Option(52, "--periods", min=1, help="Periods per run."),

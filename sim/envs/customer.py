@@ -1,11 +1,14 @@
 """`clv/Customer-v0`: one customer per episode of a calibrated world, as a Gymnasium env.
 
-It and `sim.envs.vec_env.PopulationVecEnv` (many customers stepped at once) draw customers from a calibrated world: digital twins of the book's customers (latent rates
-and alive state drawn from each one's posterior) or brand-new customers from the segment priors.
+It and `sim.envs.vec_env.PopulationVecEnv` (many customers stepped at once) draw customers from a
+calibrated world: digital twins of the book's customers (latent rates and alive state drawn from
+each one's posterior) or brand-new customers from the segment priors.
 Observation: what a bank can see (recency, frequency, monetary, tenure, lifecycle stage, segment,
-products held, periods since last contact, recent contact count, opted-out channels), encoded by
-`ObservationEncoder`; never the latent rate or alive flag. Action: the catalogue index (0 = none).
-Reward: margin of the period minus the contact cost. `action_masks()` gives the contact rules.
+products held, periods since last contact, recent contact count, opted-out channels) and what the
+world's published models make of it (P(alive), expected margin, each contact's myopic net value),
+encoded by `ObservationEncoder`, the layout `clv train` agents read; never the latent rate or
+alive flag. Action: the catalogue index (0 = none). Reward: margin of the period minus the contact
+cost. `action_masks()` gives the contact rules.
 """
 
 from __future__ import annotations
@@ -40,15 +43,22 @@ OBS_CLIP = 30.0  # every encoded feature lies in [0, OBS_CLIP]
 
 @dataclass
 class ObservationEncoder:
-    """Bank-visible observation dict -> (n, D) float32 features in [0, OBS_CLIP].
+    """Bank-visible observation dict -> (n, D) float32 features.
 
     Counts and amounts go through log1p (heavy tails, same scale for every world); stage and
-    segment are one-hot; products and opted-out channels are 0/1. With `posterior` (the world's
-    segment models, `sim.posterior.ObservablePosterior`) four model-based scores a bank computes
-    from the same observables are added: P(alive), expected transactions and margin per period,
-    and expected value of a transaction. They add no information, only save a network from
-    learning the Pareto/NBD algebra. One encoder is shared by the env, the VecEnv and every
-    learned policy, so a trained model reads features the same way wherever it runs.
+    segment are one-hot; products and opted-out channels are 0/1: all in [0, OBS_CLIP]. With
+    `posterior` (the world's segment models, `sim.posterior.ObservablePosterior`) four model-based
+    scores a bank computes from the same observables are added: P(alive), expected transactions
+    and margin per period, and expected value of a transaction. With `myopic`
+    (`sim.myopic.MyopicValue`) each contact action's myopic expected net value is added last
+    (`net_value_<action>`, signed log1p, in [-OBS_CLIP, OBS_CLIP]): the agent can then learn *when*
+    a contact pays beyond its immediate value instead of re-deriving the economics from noise.
+    The model-based features add no information, only save a network from learning the
+    Pareto/NBD algebra.
+
+    One encoder is shared by the env, the VecEnv and every learned policy (`clv train` trains on
+    the default, `from_world(world)`), so a trained model reads features the same way wherever it
+    runs: `model.predict(env.reset()[0])` works on `gymnasium.make("clv/Customer-v0", world=...)`.
     """
 
     n_segments: int
@@ -57,14 +67,25 @@ class ObservationEncoder:
     posterior: Any = None  # ObservablePosterior, or None for the plain features
     margin_rate: float = 1.0
     product_margin: np.ndarray | None = None
+    myopic: Any = None  # sim.myopic.MyopicValue, or None for no net_value features
+    action_names: tuple[str, ...] = ()
 
     @classmethod
-    def from_world(cls, world: WorldModel, model_features: bool = True) -> "ObservationEncoder":
+    def from_world(
+        cls, world: WorldModel, model_features: bool = True, uplift_features: bool = True
+    ) -> "ObservationEncoder":
+        """The encoder of `world`: by default with the model-based scores and the actions' myopic
+        net values (what `clv train` agents read); the flags are a policy card's `encoder`."""
         post = None
         if model_features:
             from ..posterior import ObservablePosterior
 
             post = ObservablePosterior(world)
+        myopic = None
+        if uplift_features:
+            from ..myopic import MyopicValue
+
+            myopic = MyopicValue(world, posterior=post)  # post's scores serve both
         pm = world.economics.product_margin_per_period
         return cls(
             len(world.segments),
@@ -73,11 +94,22 @@ class ObservationEncoder:
             post,
             float(world.economics.margin_rate),
             np.array([float(pm.get(p, 0.0)) for p in world.products]),
+            myopic,
+            tuple(world.catalogue.names),
         )
 
     @property
     def model_features(self) -> bool:
         return self.posterior is not None
+
+    @property
+    def uplift_features(self) -> bool:
+        return self.myopic is not None
+
+    @property
+    def features(self) -> dict[str, bool]:
+        """The flags that rebuild this layout with `from_world` (a policy card's `encoder`)."""
+        return {"model_features": self.model_features, "uplift_features": self.uplift_features}
 
     @property
     def names(self) -> list[str]:
@@ -100,18 +132,28 @@ class ObservationEncoder:
                 if self.model_features
                 else []
             )
+            + [f"net_value_{a}" for a in self.action_names[1:] if self.uplift_features]
         )
 
     @property
+    def _n_uplift(self) -> int:
+        return max(len(self.action_names) - 1, 0) if self.uplift_features else 0
+
+    @property
     def dim(self) -> int:
-        return 7 + len(STAGES) + self.n_segments + self.n_products + self.n_channels + 4 * self.model_features
+        base = 7 + len(STAGES) + self.n_segments + self.n_products + self.n_channels + 4 * self.model_features
+        return base + self._n_uplift
 
     def space(self) -> spaces.Box:
-        return spaces.Box(0.0, OBS_CLIP, shape=(self.dim,), dtype=np.float32)
+        low = np.zeros(self.dim, np.float32)
+        if self._n_uplift:
+            low[-self._n_uplift :] = -OBS_CLIP  # net values are signed
+        return spaces.Box(low, np.full(self.dim, OBS_CLIP, np.float32), dtype=np.float32)
 
     def encode(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         n = np.asarray(obs["recency"]).shape[0]
-        out = np.zeros((n, self.dim), np.float32)
+        u = self._n_uplift
+        out = np.zeros((n, self.dim - u), np.float32)
         never = np.asarray(obs["last_contact"]) >= NEVER_CONTACTED
         out[:, 0] = np.log1p(obs["recency"])
         out[:, 1] = np.log1p(obs["frequency"])
@@ -131,10 +173,13 @@ class ObservationEncoder:
         if self.n_channels:
             out[:, k : k + self.n_channels] = obs["opted_out"]
         k += self.n_channels
+        scores = None
         if self.model_features and n:
             p_alive = self.posterior.p_alive(obs)
-            lam, _ = self.posterior.rates(obs)
-            value = np.maximum(self.posterior.spend_per_transaction(obs), 0.0)
+            lam, mu = self.posterior.rates(obs)
+            spend = self.posterior.spend_per_transaction(obs)
+            scores = (p_alive, lam, mu, spend)
+            value = np.maximum(spend, 0.0)
             tx = p_alive * lam
             margin = self.margin_rate * tx * value
             if self.n_products:
@@ -144,7 +189,13 @@ class ObservationEncoder:
             out[:, k + 2] = np.log1p(value)
             out[:, k + 3] = np.log1p(margin)
         np.clip(np.nan_to_num(out, nan=0.0, posinf=OBS_CLIP), 0.0, OBS_CLIP, out=out)
-        return out
+        if not u:
+            return out
+        if scores is not None and self.myopic.posterior is not self.posterior:
+            scores = None  # a myopic value of other models computes its own
+        v = np.nan_to_num(self.myopic.values(obs, scores=scores)[:, 1:], nan=0.0)
+        extra = np.clip(np.sign(v) * np.log1p(np.abs(v)), -OBS_CLIP, OBS_CLIP).astype(np.float32)
+        return np.concatenate([out, extra], axis=1)
 
 
 class CustomerSource:
@@ -195,6 +246,12 @@ class CustomerEnv(gym.Env):
     read it (default: the world's economics). An action the contact rules forbid is replaced by
     "none" and flagged in `info["ineligible"]`; use `action_masks()` (MaskablePPO) to avoid it.
     Episodes end by truncation at the horizon only: whether the customer is still alive is hidden.
+
+    The observation is `ObservationEncoder.from_world(world)`'s, the one `PopulationVecEnv` and
+    `clv train` agents use, so a trained model acts on it directly: `model.predict(obs)`. An agent
+    trained on another layout (a card whose `encoder` flags differ) gets its own with
+    `encoder=policy.encoder` (any object with `encode(obs) -> (n, D)` and `space()`).
+    `raw_observation()` is the bank-visible dict that `policies` policies read.
     """
 
     metadata = {"render_modes": list(RENDER_MODES), "autoreset_mode": AutoresetMode.NEXT_STEP, "render_fps": 4}
@@ -207,6 +264,7 @@ class CustomerEnv(gym.Env):
         population: str | None = None,
         book=None,
         render_mode: str | None = None,
+        encoder=None,
     ):
         self.render_mode = check_render_mode("clv/Customer-v0", render_mode)
         if int(horizon) < 1:
@@ -218,7 +276,7 @@ class CustomerEnv(gym.Env):
             raise ValueError(f"discount must be in (0, 1], got {self.discount}")
         self.tables = WorldTables.from_world(self.world)
         self.source = CustomerSource(self.world, population, book, self.tables)
-        self.encoder = ObservationEncoder.from_world(self.world)
+        self.encoder = encoder if encoder is not None else ObservationEncoder.from_world(self.world)
         self.observation_space = self.encoder.space()
         self.action_space = spaces.Discrete(self.tables.n_actions)
         self.action_names = list(self.world.catalogue.names)
@@ -228,6 +286,13 @@ class CustomerEnv(gym.Env):
 
     def _obs(self) -> np.ndarray:
         return self.encoder.encode(self._sim.observe())[0]
+
+    def raw_observation(self) -> dict[str, np.ndarray]:
+        """The bank-visible observation dict of the customer (n = 1), what `policies` policies read:
+        `policy.act(env.raw_observation(), env.action_masks()[None])`."""
+        if self._sim is None:
+            raise RuntimeError("call reset() before raw_observation()")
+        return self._sim.observe()
 
     def _info(self) -> dict[str, Any]:
         st = self._sim.state

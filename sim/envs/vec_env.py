@@ -57,7 +57,8 @@ class PopulationVecEnv(VecEnv):
         self.discount = float(self.world.economics.discount_per_period)
         self.tables = WorldTables.from_world(self.world)
         self.source = CustomerSource(self.world, population, book, self.tables)
-        # any object with encode(obs) -> (n, D) and space() (default: ObservationEncoder)
+        # any object with encode(obs) -> (n, D) and space(); the default is the layout of
+        # clv/Customer-v0 and of `clv train` agents, so a model trained here acts on either env
         self.encoder = encoder if encoder is not None else ObservationEncoder.from_world(self.world)
         self.render_mode = None  # read by VecEnv.__init__
         VecEnv.__init__(self, int(n_envs), self.encoder.space(), spaces.Discrete(self.tables.n_actions))
