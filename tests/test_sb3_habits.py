@@ -5,10 +5,7 @@ Every model here is really trained, for a few hundred steps."""
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
-import sys
 import zipfile
 
 import gymnasium as gym
