@@ -1,12 +1,15 @@
 """The end-to-end job behind `clv run CONFIG`: from a history to a budgeted plan over a horizon,
 judged on fresh seeds and offline, and reported.
 
-Steps (each writes its files atomically into the output folder OUT as it finishes):
+Steps (each writes its files atomically into the output folder OUT as it finishes; nothing is
+written before the config has been checked against the history and the calibrated world):
 
-1. history: load the folder (or bundled dataset), or generate the synthetic bank into OUT/history/;
-2. calibrate the world on the days up to `calibration_end` -> OUT/world.json + world.book.parquet;
-   with `holdout_end`, validate it on (calibration_end, holdout_end] first -> OUT/validation/
-   (the same fit: `sim.validate` calibrates with the same arguments, and its world is the one kept);
+1. history: load the folder (or bundled dataset), or generate the synthetic bank into OUT/history/
+   (staged beside it until the checks pass);
+2. calibrate the world on the days up to `calibration_end`, in memory; with `holdout_end`, validate
+   it on (calibration_end, holdout_end] (the same fit: `sim.validate` calibrates with the same
+   arguments, and its world is the one kept); check the config against it (experiments.run_checks),
+   then write OUT/world.json + world.book.parquet and OUT/validation/;
 3. policy: train an SB3 agent on the world -> OUT/policy/ (model.zip, card.json; reused when a
    card for the same world, algorithm, steps, seed and hyperparameters is already there), or use a
    baseline or a given `clv train` folder;
@@ -40,12 +43,13 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from sim.errors import ConfigError
+from sim.errors import ClvError, ConfigError
 
-from .config import check_constraint_names, parsed_constraints
+from .config import parsed_constraints
 from .results import CalibrationResult
+from .run_checks import calibration_error, check_against_world, check_dates, deployment_settings, ope_settings
 from .run_config import RunConfig
-from .run_folder import IN_PROGRESS, RUN_OUTPUTS, start_run
+from .run_folder import IN_PROGRESS, RUN_OUTPUTS, RunWrites, generated, start_run
 
 STEPS = ("history", "calibration", "policy", "plan", "scores", "ope", "report")
 
@@ -53,22 +57,27 @@ Progress = Callable[[str, int, int], None]  # (step, done, total) within the ste
 Log = Callable[[str], None]
 
 
-def _history(cfg: RunConfig, out: Path, log: Log):
+def _history(cfg: RunConfig, writes: RunWrites, log: Log):
+    """(history, source); a generated history is written into a staging folder beside OUT/history
+    (moved there once the run's checks pass: RunWrites.commit_history)."""
     from sim.history import load_history
 
     h = cfg.history
     if "generate" in h:
         from sim.synthetic import BankConfig, write_bank_history
 
-        folder = out / "history"
-        if folder.is_dir() and any(folder.iterdir()) and not _generated(folder):
+        folder = writes.out / "history"
+        if folder.is_dir() and any(folder.iterdir()) and not generated(folder):
             raise ConfigError(
                 f"{cfg.file}: history.generate: {folder} holds files that clv did not generate; they would be "
                 "overwritten. Give another --out, or move them"
             )
         log(f"generating the synthetic bank history into {folder}")
-        write_bank_history(folder, BankConfig(**h["generate"]))
-        return load_history(folder), str(folder)
+        staging = writes.stage_history()
+        write_bank_history(staging, BankConfig(**h["generate"]))
+        history = load_history(staging)
+        history.folder = str(folder)  # where it will be: messages name it
+        return history, str(folder)
     if "dataset" in h:
         from sim.datasets import load_dataset
 
@@ -76,41 +85,16 @@ def _history(cfg: RunConfig, out: Path, log: Log):
     return load_history(h["path"]), h["path"]
 
 
-def _generated(folder: Path) -> bool:
-    """Whether `folder` is a history clv-engine generated (its README.json names the generator)."""
-    try:
-        return json.loads((folder / "README.json").read_text()).get("generator", "").startswith("clv-engine")
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def _check_dates(cfg: RunConfig, history) -> None:
-    first, last = history.transactions["date"].min(), history.transactions["date"].max()
-    ce = pd.Timestamp(cfg.calibration_end)
-    if ce < first or ce > last:
-        raise ConfigError(
-            f"{cfg.file}: calibration_end: {cfg.calibration_end} is outside the history "
-            f"({first.date()} to {last.date()}); pick a day inside it"
-        )
-    if cfg.holdout_end is not None and pd.Timestamp(cfg.holdout_end) > last:
-        raise ConfigError(
-            f"{cfg.file}: holdout_end: {cfg.holdout_end} is past the last transaction "
-            f"({last.date()}); pick a day up to it, or null for no holdout"
-        )
-
-
-def _calibrate(cfg: RunConfig, history, out: Path, log: Log, tick) -> tuple[Any, pd.DataFrame, dict | None, dict]:
-    """(world, book, validation metrics or None, calibration summary); writes OUT/world.json."""
-    t0 = time.perf_counter()
+def _fit(cfg: RunConfig, history, log: Log, tick) -> tuple[Any, pd.DataFrame, tuple | None]:
+    """(world, book, (validation metrics, artefacts) or None), in memory: nothing is written yet."""
     kw = dict(
         segment_by=cfg.calibration["segment_by"],
         n_segments=cfg.calibration["segments"],
         activity_model=cfg.calibration["activity_model"],
         seed=cfg.seed,
     )
-    validation = None
     if cfg.holdout_end is not None:
-        from sim.validate import validate, write_outputs
+        from sim.validate import validate
 
         log(f"calibrating up to {cfg.calibration_end} and validating on the holdout to {cfg.holdout_end}")
         metrics, art = validate(
@@ -121,23 +105,32 @@ def _calibrate(cfg: RunConfig, history, out: Path, log: Log, tick) -> tuple[Any,
             progress=lambda d, t: tick(d, t),
             **kw,
         )
-        world, book = art["world"], art["book"]
+        return art["world"], art["book"], (metrics, art)
+    from sim.calibrate import calibrate
+
+    log(f"calibrating up to {cfg.calibration_end}")
+    world, book, _ = calibrate(history, cfg.calibration_end, **kw)
+    return world, book, None
+
+
+def _write_world(world, book: pd.DataFrame, validated: tuple | None, out: Path, seconds: float):
+    """OUT/world.json + its book and OUT/validation/; returns (validation metrics or None, summary)."""
+    validation = None
+    if validated is not None:
+        from sim.validate import write_outputs
+
+        metrics, art = validated
         metrics["files"] = write_outputs(out / "validation", metrics, art)
         validation = metrics
-    else:
-        from sim.calibrate import calibrate
-
-        log(f"calibrating up to {cfg.calibration_end}")
-        world, book, _ = calibrate(history, cfg.calibration_end, **kw)
     world.save_with_book(out / "world.json", book)
     summary = CalibrationResult(
         world,
         str(out / "world.json"),
         str(out / world.book_file),
         customers=int(len(book)),
-        seconds=round(time.perf_counter() - t0, 2),
+        seconds=round(seconds, 2),
     ).summary()
-    return world, book, validation, summary
+    return validation, summary
 
 
 def _card_matches(card_path: Path, world, train: dict[str, Any]) -> bool:
@@ -157,11 +150,14 @@ def _card_matches(card_path: Path, world, train: dict[str, Any]) -> bool:
     )
 
 
-def _policy(cfg: RunConfig, world, book, out: Path, log: Log, tick) -> tuple[Any, dict[str, Any]]:
+def _policy(cfg: RunConfig, world, book, out: Path, log: Log, tick, given=None) -> tuple[Any, dict[str, Any]]:
+    """The run's policy: `given` (a baseline or folder the checks resolved), the agent in OUT/policy
+    when its card matches, or a new one trained there."""
     from policies.registry import resolve_policy
 
     if "spec" in cfg.policy:
-        return resolve_policy(cfg.policy["spec"], world), {"policy": cfg.policy["spec"], "trained": False}
+        pol = given if given is not None else resolve_policy(cfg.policy["spec"], world)
+        return pol, {"policy": cfg.policy["spec"], "trained": False}
     t = cfg.policy["train"]
     folder = out / "policy"
     if (folder / "model.zip").is_file() and _card_matches(folder / "card.json", world, t):
@@ -172,6 +168,9 @@ def _policy(cfg: RunConfig, world, book, out: Path, log: Log, tick) -> tuple[Any
     else:
         from policies.rl import train
 
+        # the old card goes first: a kill between the new model.zip and its card then leaves no card
+        # (the next run trains again) rather than a new model beside a card that matches the old one
+        (folder / "card.json").unlink(missing_ok=True)
         log(f"training {t['algo']} for {t['steps']:,} customer-periods")
         pol, card = train(
             world,
@@ -275,22 +274,6 @@ def _plan(cfg: RunConfig, world, book: pd.DataFrame, policy, out: Path, tick, ex
     return {"frontier": fr, "plan": p, "evaluation": evaluation, "contacts": plan.contacts}
 
 
-def deployment_settings(cfg: RunConfig):
-    """The run config's `experiment:` as experiments.deployment.DeploymentSettings (None without one)."""
-    if cfg.experiment is None:
-        return None
-    from .deployment import DeploymentSettings
-
-    x = cfg.experiment
-    return DeploymentSettings(
-        control_share=x["control_share"],
-        segment_shares=dict(x["segment_shares"]),
-        explore_share=x["explore_share"],
-        seed=cfg.seed,
-        horizon_periods=x["horizon"],
-    )
-
-
 def _first_period_of_policy(world, book: pd.DataFrame, policy, seed: int) -> dict[str, str]:
     """The policy alone's first-period contacts for the book (customer_id -> action name)."""
     from optimizer.budgeted import first_period_actions
@@ -301,25 +284,10 @@ def _first_period_of_policy(world, book: pd.DataFrame, policy, seed: int) -> dic
     return {ids[k]: names[int(acts[k])] for k in np.flatnonzero(acts > 0)}
 
 
-def _ope(cfg: RunConfig, history, world, book, plan: dict[str, str], reference: dict[str, str]) -> dict[str, Any]:
-    from .ope import OPESettings
+def _ope(history, world, book, plan: dict[str, str], reference: dict[str, str], settings, logged) -> dict[str, Any]:
     from .ope.plan import evaluate_plan_offline
 
-    o = cfg.ope
-    start = str((pd.Timestamp(cfg.calibration_end) + pd.Timedelta(days=1)).date())
-    end = str((pd.Timestamp(cfg.holdout_end) + pd.Timedelta(days=1)).date())
-    settings = OPESettings(
-        estimators=tuple(o["estimators"]),
-        n_boot=o["bootstrap"],
-        alpha=o["alpha"],
-        seed=cfg.seed,
-        folds=o["folds"],
-        reward_model=o["reward_model"],
-        clip=o["clip"],
-        start=start,
-        end=end,
-    )
-    return evaluate_plan_offline(history, world, book, plan, settings, reference=reference)
+    return evaluate_plan_offline(history, world, book, plan, settings, logged=logged, reference=reference)
 
 
 def _scores(cfg: RunConfig, world, book, policy, out: Path, tick, executor) -> dict[str, Any]:
@@ -349,15 +317,40 @@ def run_pipeline(
 ) -> dict[str, Any]:
     """Run every step of `cfg` into the folder `out`; returns the run.json document (also written).
     `executor` runs the plan's seeds (experiments.ray_session.RayExecutor; None: in-process; the
-    numbers are the same)."""
+    numbers are the same). Nothing is written until the config has been checked against the
+    history and the calibrated world (experiments.run_checks); a user error found later (exit 2)
+    removes what the run wrote, and an infeasible plan (exit 3) or a kill leaves RUN_IN_PROGRESS."""
+    from optimizer.diagnose import InfeasibleError
+    from sim.atomic import clean_stale_temp
+
+    out = Path(out).resolve()
+    log = log or (lambda s: None)
+    stale = [f"{sub}{n}" for sub in ("", "policy/", "history/") for n in clean_stale_temp(out / sub)]
+    if stale:  # a killed run's leftovers (their writer is gone)
+        log(f"removed {len(stale)} temp file(s) a killed run left in {out}: {', '.join(stale[:5])}")
+    writes = RunWrites.begin(out)
+    try:
+        return _run(cfg, out, writes, progress, log, executor)
+    except InfeasibleError:
+        raise
+    except ClvError:
+        removed = writes.undo()
+        if removed:
+            log(f"removed what this run wrote into {out}: {', '.join(removed)}")
+        raise
+    except BaseException:  # an internal error or an interrupt: what was written stays, marked unfinished
+        if writes.staging is not None:
+            writes.undo()
+        raise
+
+
+def _run(cfg: RunConfig, out: Path, writes: RunWrites, progress, log: Log, executor) -> dict[str, Any]:
     from sim.atomic import atomic_write_json
     from sim.world import json_safe
 
     from .reports import write_run_report
 
     t_all = time.perf_counter()
-    out = Path(out).resolve()
-    log = log or (lambda s: None)
     timings: dict[str, float] = {}
     notes: list[str] = list(cfg.notes)
     for n in notes:
@@ -374,12 +367,8 @@ def run_pipeline(
         timings[name] = round(time.perf_counter() - t0, 2)
 
     t0 = time.perf_counter()
-    history, source = _history(cfg, out, log)  # a user's files are checked before OUT is created
-    _check_dates(cfg, history)
-    out.mkdir(parents=True, exist_ok=True)
-    removed = start_run(out, cfg)
-    if removed:
-        log(f"removed the previous run's outputs from {out}: {', '.join(removed)}")
+    history, source = _history(cfg, writes, log)  # a user's files are checked before OUT is created
+    check_dates(cfg, history)
     n_decisions = 0 if history.decisions is None else int(len(history.decisions))
     hist_doc = {
         "source": source,
@@ -393,16 +382,22 @@ def run_pipeline(
     timed("history", t0)
 
     t0 = time.perf_counter()
-    world, book, validation, calibration = _calibrate(cfg, history, out, log, stage("calibration"))
-    check_constraint_names(cfg.file, cfg.constraints, world, "the calibrated world")
-    if cfg.experiment is not None:  # a control group that cannot be drawn is found before the minutes of work
-        from .deployment import check_control_group
-
-        check_control_group(world, book, deployment_settings(cfg))
+    try:
+        world, book, validated = _fit(cfg, history, log, stage("calibration"))
+    except ConfigError as e:
+        calibration_error(cfg, e)
+    checked = check_against_world(cfg, history, world, book)  # every config key checked: now OUT is written
+    out.mkdir(parents=True, exist_ok=True)
+    removed = start_run(out, cfg)
+    writes.started = True
+    if removed:
+        log(f"removed the previous run's outputs from {out}: {', '.join(removed)}")
+    writes.commit_history()
+    validation, calibration = _write_world(world, book, validated, out, time.perf_counter() - t0)
     timed("calibration", t0)
 
     t0 = time.perf_counter()
-    policy, policy_doc = _policy(cfg, world, book, out, log, stage("policy"))
+    policy, policy_doc = _policy(cfg, world, book, out, log, stage("policy"), checked.policy)
     timed("policy", t0)
 
     t0 = time.perf_counter()
@@ -428,7 +423,7 @@ def run_pipeline(
         log("evaluating the first period's contacts offline on the holdout's logged decisions")
         first = dict(zip(contacts["customer_id"].astype(str), contacts["action"]))
         alone = _first_period_of_policy(world, book, policy, cfg.seed)
-        ope_doc = _ope(cfg, history, world, book, first, alone)
+        ope_doc = _ope(history, world, book, first, alone, ope_settings(cfg), checked.logged)
         ope_doc["reference_name"] = f"{cfg.policy_label} alone"
         atomic_write_json(out / "ope.json", json_safe(ope_doc))
         timed("ope", t0)
@@ -462,7 +457,9 @@ def run_pipeline(
             *(
                 str(p.relative_to(out))
                 for p in out.rglob("*")
-                if p.is_file() and p.relative_to(out).parts[0] not in ("history", IN_PROGRESS)
+                if p.is_file()
+                and p.relative_to(out).parts[0] not in ("history", IN_PROGRESS)
+                and not any(part.startswith(".") for part in p.relative_to(out).parts)  # temp files
             ),
         }
     )

@@ -56,7 +56,7 @@ def train(
             if importlib.util.find_spec("tensorboard") is None:
                 raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard")
         _check_world(world_path)
-        _check_out(out, folder=True)
+        _check_out(out, folder=True, inputs=(world_path,), writes=("model.zip", "card.json"))
         from policies.rl import DEFAULT_STEPS, hyperparameters
 
         try:
@@ -129,7 +129,7 @@ def evaluate(
             dup = next(p for p in policies if policies.count(p) > 1)
             raise ConfigError(f"--policy {dup}: given twice; give each policy once")
         _check_world(world_path)
-        _check_out(out, folder=True)
+        _check_out(out, folder=True, inputs=(world_path, *policies), writes=("evaluation.json", "evaluation.png"))
         world, book = _load_world(world_path, population)
         from experiments.evaluate import evaluate as run
         from experiments.evaluate import plot

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from .common import JsonOpt, _check_out, _check_world, _emit, _infeasible, _load_world, _progress, _user_errors, app
+from .outputs import PLAN_FILES
 from .plan import _budget_list, _constraints
 
 
@@ -129,7 +130,7 @@ def plan(
             raise ConfigError(
                 "control_share", message="names the book's customers; drop --customers (the plan then covers the book)"
             )
-        _check_out(out, folder=True)
+        _check_out(out, folder=True, inputs=(world_path, policy), writes=PLAN_FILES)
         _check_world(world_path)
         world, book = _load_world(world_path, "book")
         _check_constraint_keys(world, cons)

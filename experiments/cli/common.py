@@ -162,29 +162,26 @@ def _progress(description: str, total: int, enabled: bool = True):
         yield update
 
 
-HISTORY_FILES = tuple(
-    f"{t}.{ext}" for t in ("transactions", "customers", "products", "decisions") for ext in ("csv", "parquet")
-) + ("actions.yaml", "economics.yaml", "stages.yaml", "README.json")
-
-
-def _check_out(path: Optional[Path], option: str = "--out", folder: bool = False, inputs: tuple = ()) -> None:
+def _check_out(
+    path: Optional[Path], option: str = "--out", folder: bool = False, inputs: tuple = (), writes: tuple = ()
+) -> None:
     """Fail before any work when an output path cannot be written (a parent is a file, or the
     nearest existing folder is not writable) or would write over an input: one of `inputs` (files,
-    or history folders, whose data files are then inputs)."""
+    or history and policy folders, whose data files are then inputs; outputs.py). `writes`: the
+    names of the files written inside the folder `path` (or beside the file `path`)."""
     import os
 
     from sim.errors import ConfigError
 
+    from .outputs import output_over_input, outputs_of
+
     if path is None:
         return
     p = Path(path)
-    target = p.resolve()
-    for given in inputs:
-        if given is None:
-            continue
-        src = Path(given).resolve()
-        if target == src or (src.is_dir() and target.parent == src and target.name in HISTORY_FILES):
-            raise ConfigError(f"{option} {p}: is an input of this command; write the output somewhere else")
+    hit = output_over_input(outputs_of(p, folder, writes), inputs)
+    if hit is not None:
+        what = "is an input of this command" if hit == p else f"would write {hit}, an input of this command"
+        raise ConfigError(f"{option} {p}: {what}; write the output somewhere else")
     if folder and p.exists() and not p.is_dir():
         raise ConfigError(f"{option} {p}: exists and is not a folder")
     if not folder and p.is_dir():

@@ -45,7 +45,10 @@ def scenarios(
         from experiments.scenarios import load_scenario, run_scenario
 
         sc = load_scenario(file)
-        _check_out(out, folder=True)
+        from .outputs import SCENARIO_FILES
+
+        inputs = (file, sc.world, sc.book, *sc.policy_paths, (sc.ope or {}).get("history"))
+        _check_out(out, folder=True, inputs=inputs, writes=SCENARIO_FILES)
         with _progress(f"scenario {sc.name}", len(sc.cells())) as upd:
             doc = run_scenario(sc, out, address=address, workers=workers, progress=lambda d, t: upd(d, t))
     lines = [
@@ -105,7 +108,10 @@ def run(
 
         cfg = load_run_config(config, parse_sets(sets))
         out = Path(out) if out is not None else Path("runs") / cfg.name
-        _check_out(out, folder=True)
+        from experiments.run_folder import RUN_OUTPUTS
+
+        inputs = (config, cfg.history.get("path"), cfg.policy.get("spec"))
+        _check_out(out, folder=True, inputs=inputs, writes=RUN_OUTPUTS)
         from experiments.pipeline import run_pipeline
         from experiments.ray_session import executor_session
 

@@ -130,7 +130,7 @@ def ope(
         from sim.errors import ConfigError
 
         _check_source(history_dir, None)
-        _check_out(out)
+        _check_out(out, inputs=(history_dir, world_path, target_probs, policy))
         start_d = _date(start, "--start") if start else None
         end_d = _date(end, "--end") if end else None
         if sum(x is not None for x in (policy, target_prob_column, target_probs)) != 1:
@@ -258,7 +258,7 @@ def backtest(
     """
     with _user_errors():
         _check_source(history_dir, None)
-        _check_out(out)
+        _check_out(out, inputs=(history_dir, world_path, *policies.split(",")))
         split = _date(split_date, "--split-date")
         from experiments.backtest import BacktestSettings, check_policies, run_backtest
 

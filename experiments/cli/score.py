@@ -66,9 +66,9 @@ def score(
         world = WorldModel.load(world_path)
         book_path = world.book_path(world_path)
         csv_path = out.with_suffix(".csv")
-        _check_out(out, inputs=(world_path, book_path))
+        _check_out(out, inputs=(world_path, book_path, history_dir, tags_path))
         if csv:
-            _check_out(csv_path, option="--csv", inputs=(world_path, book_path))
+            _check_out(csv_path, option="--csv", inputs=(world_path, book_path, history_dir, tags_path))
         recalibrate = None
         if as_of is not None:
             from .common import _date

@@ -23,6 +23,7 @@ from .common import (
     _user_errors,
     app,
 )
+from .outputs import VALIDATION_FILES, check_not_users_history
 
 
 @app.command("make-data")
@@ -55,6 +56,7 @@ def make_data(
             raise ConfigError(f"--kind must be bank or hmm, got {kind!r}")
         start = _date(start, "--start")
         _check_out(out, folder=True)
+        check_not_users_history(out)
         t0 = time.perf_counter()
         if kind == "hmm":
             from sim.engagement_hmm import HMMConfig, write_hmm_history
@@ -95,7 +97,7 @@ def calibrate(
     """
     with _user_errors():
         ce = _date(calibration_end, "--calibration-end")
-        _check_out(out, inputs=(history_dir,))
+        _check_out(out, inputs=(history_dir,), writes=(Path(out).name.removesuffix(".json") + ".book.parquet",))
         hist = _load(history_dir, dataset)  # input errors surface before the fitting code is imported
         from experiments.results import CalibrationResult
         from sim.calibrate import calibrate as run
@@ -149,7 +151,7 @@ def validate(
         he = _date(holdout_end, "--holdout-end")
         if he <= ce:
             _err(f"--holdout-end {he} must be after --calibration-end {ce}")
-        _check_out(out, folder=True)
+        _check_out(out, folder=True, inputs=(history_dir,), writes=VALIDATION_FILES)
         hist = _load(history_dir, dataset)  # input errors surface before the fitting code is imported
         from sim.validate import validate as run
         from sim.validate import write_outputs
@@ -239,7 +241,8 @@ def simulate(
         from sim.world import WorldModel
 
         world = WorldModel.load(world_path)
-        _check_out(out, inputs=(world_path, world.book_path(world_path)))
+        periods_name = Path(out).name.removesuffix(".parquet") + ".periods.parquet"
+        _check_out(out, inputs=(world_path, world.book_path(world_path)), writes=(periods_name,))
         from experiments.results import SimulationSummary
         from policies.base import as_simulator_policy
         from policies.registry import resolve_policy
