@@ -62,8 +62,8 @@ def readout(
             raise ConfigError("outcomes", value=str(outcomes), message="must be a .parquet file")
         if out is not None and out.suffix.lower() != ".json":
             raise ConfigError("out", value=str(out), message="must be a .json file")
-        _check_out(out, inputs=(history_dir, deployment))
-        _check_out(outcomes, option="--outcomes", inputs=(history_dir, deployment))
+        _check_out(out, inputs=(history_dir, deployment, plan, world))
+        _check_out(outcomes, option="--outcomes", inputs=(history_dir, deployment, plan, world))
         from experiments.readout import read_out
         from sim.history import load_history, restore_customer_ids
 
