@@ -20,7 +20,9 @@ class HistoryError(ClvError, ValueError):
     """
 
     def __init__(self, file: str, row: int | None, column: str | None, message: str):
-        self.file, self.row, self.column, self.message = file, row, column, message
+        if row is not None and hasattr(file, "locate"):  # a table of many parts: name the part and its row
+            file, row = file.locate(row)
+        self.file, self.row, self.column, self.message = str(file), row, column, message
         where = [str(file)]
         if row is not None:
             where.append(f"row {row}")

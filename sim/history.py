@@ -2,7 +2,9 @@
 
 A history folder holds ``transactions.csv`` (or ``.parquet``, the only required table),
 optionally ``customers``, ``products`` and ``decisions`` tables, ``actions.yaml`` and
-``economics.yaml``. Every input problem raises :class:`~sim.errors.HistoryError` naming the
+``economics.yaml``. A table may also be a folder of Parquet parts (``transactions/`` or
+``transactions.parquet/``, hive-style partitions allowed: a warehouse export, or `clv make-data
+--format parquet`); its errors name the part and the row within it. Every input problem raises :class:`~sim.errors.HistoryError` naming the
 file, the first offending row (as a spreadsheet counts it for CSV: header = row 1, first data
 row = row 2; the 1-based data row for Parquet) and the column, in one line. What is repaired
 instead (an invisible character in an id, a signup after the first purchase, a close of a product
@@ -116,6 +118,16 @@ def read_table(folder: Path, stem: str, required: bool) -> tuple[pd.DataFrame | 
     """
     folder = Path(folder)
     csv_path, pq_path = folder / f"{stem}.csv", folder / f"{stem}.parquet"
+    parts = [d for d in (folder / stem, pq_path) if d.is_dir()]  # a folder of Parquet parts
+    if len(parts) > 1:
+        raise HistoryError(f"{stem}/", None, None, f"both {stem}/ and {stem}.parquet/ are in {folder}; keep only one")
+    if parts:
+        others = [p.name for p in (csv_path, pq_path) if p.exists() and p != parts[0]]
+        if others:
+            raise HistoryError(
+                f"{parts[0].name}/", None, None, f"both {parts[0].name}/ and {others[0]} are in {folder}; keep only one"
+            )
+        return _read_parquet_parts(parts[0])
     for p in (csv_path, pq_path):
         _check_regular_file(p, f"; put the {stem} table there as a file, or remove it")
     has_csv, has_pq = csv_path.is_file(), pq_path.is_file()
@@ -172,8 +184,6 @@ def _check_regular_file(path: Path, hint: str = "") -> None:
     """HistoryError naming `path` (what it is) when something other than a regular file is there."""
     problem = _not_a_file(path)
     if problem is not None:
-        if path.suffix == ".parquet" and problem.startswith("is a directory"):
-            problem += " (a partitioned Parquet dataset? write the table as one .parquet file)"
         raise HistoryError(path.name, None, None, problem + hint)
 
 
@@ -195,6 +205,66 @@ def _read_parquet(path: Path) -> pd.DataFrame:
     df = df.reset_index(drop=True)
     df.columns = _clean_names([str(c) for c in df.columns], path.name)
     return df
+
+
+class PartitionedTable(str):
+    """The name a table read from a folder of Parquet parts goes by in errors ("transactions/"),
+    with each part's name and row count, so that a row of the whole table is named by its part
+    and its row there (`locate`; sim.errors.HistoryError calls it)."""
+
+    parts: tuple[tuple[str, int], ...] = ()
+
+    def __new__(cls, name: str, parts: list[tuple[str, int]]):
+        obj = super().__new__(cls, name)
+        obj.parts = tuple(parts)
+        return obj
+
+    def locate(self, row: int) -> tuple[str, int]:
+        """(part, row within it) of the 1-based `row` of the whole table (Parquet rows count from 1)."""
+        lo = 0
+        for name, n in self.parts:
+            if row <= lo + n:
+                return f"{self}{name}", row - lo
+            lo += n
+        return str(self), row
+
+    def __reduce__(self):  # crosses to Ray workers with its parts
+        return (PartitionedTable, (str(self), list(self.parts)))
+
+
+def _read_parquet_parts(path: Path) -> tuple[pd.DataFrame, str]:
+    """A table stored as a folder of Parquet files (a warehouse export, `sim.bank_parts`'s output,
+    hive-style partitions such as ``transactions/year=2024/month=06/part-0.parquet``; files whose
+    names start with "." or "_" are skipped, as every Parquet writer's temporary and marker files
+    are), read in the parts' sorted order. Hive partition keys become columns."""
+    import pyarrow.dataset as ds
+
+    name = f"{path.name}/"
+    try:
+        dataset = ds.dataset(path, format="parquet", partitioning="hive")
+        fragments = sorted(dataset.get_fragments(), key=lambda f: f.path)
+    except Exception as e:  # noqa: BLE001 - any reader failure is a bad input folder
+        raise HistoryError(name, None, None, f"cannot read the folder of Parquet parts: {e}") from None
+    if not fragments:
+        raise HistoryError(
+            name, None, None, f"holds no Parquet parts (*.parquet files) in {path}; export the table there"
+        )
+    tables, parts = [], []
+    for frag in fragments:
+        rel = str(Path(frag.path).relative_to(path))
+        try:
+            t = frag.to_table(schema=dataset.schema)
+        except Exception as e:  # noqa: BLE001 - a damaged part, or a schema other parts disagree with
+            raise HistoryError(f"{name}{rel}", None, None, f"cannot read this Parquet part: {e}") from None
+        tables.append(t)
+        parts.append((rel, t.num_rows))
+    try:
+        df = pa.concat_tables(tables).to_pandas()
+    except Exception as e:  # noqa: BLE001
+        raise HistoryError(name, None, None, f"cannot read the folder of Parquet parts: {e}") from None
+    del tables
+    df.columns = _clean_names([str(c) for c in df.columns], name)
+    return df, PartitionedTable(name, parts)
 
 
 def _clean_names(raw: list[str], file: str) -> list[str]:
@@ -377,8 +447,8 @@ class _Checks:
     """Collects the first offending position of each check; reports the earliest row."""
 
     def __init__(self, df: pd.DataFrame, file: str):
-        self.file = str(file)
-        self.offset = 1 if self.file.lower().endswith(".parquet") else 2
+        self.file = file if isinstance(file, PartitionedTable) else str(file)
+        self.offset = 1 if self.file.lower().endswith(".parquet") or isinstance(file, PartitionedTable) else 2
         idx = df.index
         self.labels = idx.to_numpy() if pd.api.types.is_integer_dtype(idx.dtype) else None
         self.found: list[tuple[int, int, str, Callable[[int], str]]] = []
