@@ -33,7 +33,7 @@ SECTIONS = (
     "Lifecycle-stage flows",
     "Calibration fit",
     "OPE vs simulation",
-    "Assumptions taken from priors",
+    "Assumptions, defaults and repairs",
 )
 
 

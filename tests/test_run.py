@@ -122,7 +122,7 @@ def test_bank_demo_runs_every_step(demo_run):
         "Simulation",
         "Offline evaluation",
         "Holdout validation",
-        "Assumptions taken from priors",
+        "Assumptions, defaults and repairs",
     ):
         assert heading in html
     assert html.index("Budget frontier</h2>") < html.index("Holdout validation</h2>")

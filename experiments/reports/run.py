@@ -36,7 +36,7 @@ SECTIONS = (
     ("validation", "Holdout validation"),
     ("policy", "Policy"),
     ("fit", "Calibration fit"),
-    ("assumptions", "Assumptions taken from priors"),
+    ("assumptions", "Assumptions, defaults and repairs"),
 )
 PACING = {
     "horizon": "one price for the whole horizon",

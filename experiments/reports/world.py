@@ -10,7 +10,7 @@ import numpy as np
 
 from .kit import escape, number, table
 
-HEADINGS = {"fit": "Calibration fit", "assumptions": "Assumptions taken from priors"}
+HEADINGS = {"fit": "Calibration fit", "assumptions": "Assumptions, defaults and repairs"}
 MODELS = {"pareto_nbd": "Pareto/NBD", "bg_nbd": "BG/NBD", "gamma_gamma": "Gamma-Gamma"}
 
 
@@ -232,8 +232,9 @@ def assumptions(world: Any) -> str:
         return "".join(out)
     out.append(
         f'<p class="note">The {len(world.assumptions)} assumptions the calibration recorded '
-        "(<code>world.assumptions</code>), verbatim: these parts of the world come from priors, not from "
-        "the history.</p>"
+        "(<code>world.assumptions</code>), verbatim: the parts of the world taken from priors rather than "
+        "from the history, the defaults taken in place of files the history does not have, and what the "
+        "reader repaired in the data.</p>"
     )
     out.append('<ul class="assumptions">' + "".join(f"<li>{escape(a)}</li>" for a in world.assumptions) + "</ul>")
     return "".join(out)
