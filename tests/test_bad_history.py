@@ -147,9 +147,6 @@ REFUSED = [
         "transactions.csv is a symlink loop",
         _replace("transactions.csv", lambda p: os.symlink(p.name, p)),
         "transactions.csv: is a symbolic link that loops (it leads back to itself), not a file",
-        # the reader says so (test_the_reader_says_what_is_there_instead_of_a_table); the CLI's
-        # output-over-input check, which runs first, resolves the link and raises RuntimeError
-        marks=pytest.mark.xfail(reason="experiments/cli/outputs.py _same: Path.resolve() raises on a loop"),
     ),
     (
         "transactions.csv is a dangling symlink",

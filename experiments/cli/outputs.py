@@ -53,8 +53,11 @@ def world_files(world_path: Optional[Path]) -> tuple[Path, ...]:
 
 
 def _same(a: Path, b: Path) -> bool:
-    if a.resolve() == b.resolve():  # through symbolic links
-        return True
+    try:
+        if a.resolve() == b.resolve():  # through symbolic links
+            return True
+    except (OSError, RuntimeError):  # a symbolic link that loops: not our output; the reader names it
+        return False
     try:  # a hard link, or another spelling of the same file
         return a.exists() and b.exists() and os.path.samefile(a, b)
     except OSError:
