@@ -8,7 +8,18 @@ from typing import Optional
 
 import typer
 
-from .common import JsonOpt, _check_out, _check_world, _emit, _infeasible, _load_world, _progress, _user_errors, app
+from .common import (
+    ConnectTimeoutOpt,
+    JsonOpt,
+    _check_out,
+    _check_world,
+    _emit,
+    _infeasible,
+    _load_world,
+    _progress,
+    _user_errors,
+    app,
+)
 from .outputs import PLAN_FILES
 from .plan import _budget_list, _constraints
 
@@ -75,6 +86,7 @@ def plan(
         None, "--workers", min=0, help="CPUs of the local Ray the seeds run on (default: all; 0 runs them in-process)."
     ),
     address: Optional[str] = typer.Option(None, "--address", help="An existing Ray cluster for the seeds."),
+    connect_timeout: float = ConnectTimeoutOpt,
     control_share: list[str] = typer.Option(
         [],
         "--control-share",

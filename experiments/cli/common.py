@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -41,6 +42,15 @@ def _root(
 ) -> None:
     """clv-engine: calibrate customer worlds from history, simulate them, and plan interventions.
     Run `clv COMMAND --help` for each command."""
+    STARTED[0] = time.perf_counter()
+
+
+STARTED = [time.perf_counter()]  # when the command started: the clock of the progress lines (reset per command)
+
+
+def stamp() -> str:
+    """`[  12.3 s]`: the seconds since the command started, in front of a progress or log line."""
+    return f"[{time.perf_counter() - STARTED[0]:7.1f} s]"
 
 
 EXIT_INPUT = 2
@@ -136,14 +146,66 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
+class _ProgressLines:
+    """Progress as lines on stderr, for a stderr that is not a terminal (cron, CI, a log file):
+    `[  12.3 s] DESCRIPTION: 3/8 (37 %)` when another tenth of the work is done and
+    `DESCRIPTION: done` when all is; when the work is named by steps (`clv run`), the same per step
+    (`[  40.1 s] calibration: done`), a step being done at the latest when the next one starts."""
+
+    def __init__(self, description: str, total: int):
+        self.description, self.total = description, total
+        self.step: str | None = None
+        self.tenth = -1
+        self.finished = False  # the current step (or the whole, without steps) said "done"
+
+    def say(self, text: str) -> None:
+        sys.stderr.write(f"{stamp()} {text}\n")
+        sys.stderr.flush()
+
+    def update(self, done: int, tot: int | None = None, step: str | None = None) -> None:
+        total = tot or self.total
+        if step is not None and step != self.step:
+            if self.step is not None and not self.finished:
+                self.say(f"{self.step}: done")
+            self.step, self.tenth, self.finished = step, -1, False
+        label = self.step or self.description
+        if done >= total:
+            if not self.finished:
+                self.finished = True
+                self.say(f"{label}: done")
+            return
+        tenth = int(10 * done / total) if total > 0 else 0
+        if tenth > self.tenth:
+            self.tenth = tenth
+            self.say(f"{label}: {done:,}/{total:,} ({100 * done // total} %)")
+
+    def close(self) -> None:
+        if self.step is not None:
+            if not self.finished:
+                self.say(f"{self.step}: done")
+            self.say(f"{self.description}: done")
+        elif not self.finished:
+            self.say(f"{self.description}: done")
+
+
 @contextmanager
 def _progress(description: str, total: int, enabled: bool = True):
-    """A rich progress bar on stderr; yields advance(done) callable."""
+    """Progress on stderr; yields `update(done, total=None, step=None)` (`step`: the name of the
+    part of the work `done` and `total` count). A rich bar when stderr is a terminal; otherwise
+    (cron, CI, a log file) a line per tenth and per step with the seconds since the command started,
+    never a bar's carriage returns."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     console = Console(stderr=True)
-    show = enabled and console.is_terminal
+    if not enabled:
+        yield lambda done, tot=None, step=None: None
+        return
+    if not console.is_terminal:
+        lines = _ProgressLines(description, total)
+        yield lines.update
+        lines.close()  # not after an error: its one line is the last word
+        return
     with Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -152,14 +214,25 @@ def _progress(description: str, total: int, enabled: bool = True):
         TimeRemainingColumn(),
         console=console,
         transient=True,
-        disable=not show,
     ) as prog:
         task = prog.add_task(description, total=total)
 
-        def update(done: int, tot: int | None = None) -> None:
-            prog.update(task, completed=done, total=tot or total)
+        def update(done: int, tot: int | None = None, step: str | None = None) -> None:
+            prog.update(
+                task,
+                completed=done,
+                total=tot or total,
+                description=description if step is None else f"{description}: {step}",
+            )
 
         yield update
+
+
+def _set_connect_timeout(value: float) -> float:
+    from experiments.ray_session import set_connect_timeout
+
+    set_connect_timeout(value)
+    return value
 
 
 def _check_out(
@@ -280,3 +353,11 @@ HistoryArg = typer.Argument(
 )
 DatasetOpt = typer.Option(None, "--dataset", help="Bundled dataset instead of a folder: cdnow or bank.")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON document on stdout (logs go to stderr).")
+ConnectTimeoutOpt = typer.Option(
+    60.0,  # experiments.ray_session.CONNECT_TIMEOUT
+    "--connect-timeout",
+    min=1.0,
+    metavar="SECONDS",
+    callback=_set_connect_timeout,
+    help="With --address: how long the cluster has to answer; then one line and exit status 2.",
+)

@@ -3,13 +3,23 @@ job from a config: experiments.pipeline)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from .common import JsonOpt, _check_out, _emit, _infeasible, _progress, _user_errors, app
+from .common import (
+    ConnectTimeoutOpt,
+    JsonOpt,
+    _check_out,
+    _emit,
+    _err,
+    _infeasible,
+    _progress,
+    _user_errors,
+    app,
+    stamp,
+)
 
 
 @app.command()
@@ -31,6 +41,7 @@ def scenarios(
         "--address",
         help="An existing Ray cluster (e.g. ray://head:10001 or auto); default: a local Ray started here.",
     ),
+    connect_timeout: float = ConnectTimeoutOpt,
     workers: Optional[int] = typer.Option(
         None, "--workers", min=1, help="CPUs of the local Ray (default: all cores); cells run one per CPU."
     ),
@@ -39,18 +50,25 @@ def scenarios(
     """Run a grid of policies x budgets x seeds over one world, every cell a Ray task; each finished
     cell is written at once, and a re-run skips the cells already done (resume after interruption).
 
+    Exit status: 0 done; 2 a bad scenario file or input (one line naming the key); 1 a cell Ray could
+    not finish (its worker died on every try: killed, out of memory): the line names the cell, and
+    the cells finished before it are kept for the re-run.
+
     Example: clv scenarios examples/scenario_bank.yaml --out runs/bank_sweep --workers 2 --json
     """
     with _user_errors():
-        from experiments.scenarios import load_scenario, run_scenario
+        from experiments.scenarios import CellFailed, load_scenario, run_scenario
 
         sc = load_scenario(file)
         from .outputs import SCENARIO_FILES
 
         inputs = (file, sc.world, sc.book, *sc.policy_paths, (sc.ope or {}).get("history"))
         _check_out(out, folder=True, inputs=inputs, writes=SCENARIO_FILES)
-        with _progress(f"scenario {sc.name}", len(sc.cells())) as upd:
-            doc = run_scenario(sc, out, address=address, workers=workers, progress=lambda d, t: upd(d, t))
+        try:
+            with _progress(f"scenario {sc.name}", len(sc.cells())) as upd:
+                doc = run_scenario(sc, out, address=address, workers=workers, progress=lambda d, t: upd(d, t))
+        except CellFailed as e:  # a worker that died on every try: not the user's input, not a bug here
+            _err(str(e), 1)
     lines = [
         f"{doc['cells']} cells ({doc['run']} run, {doc['skipped']} already done) on {doc['workers']} workers "
         f"in {doc['seconds']:.1f}s -> {doc['results']}",
@@ -88,6 +106,7 @@ def run(
         None, "--workers", min=0, help="CPUs of the local Ray the plan's seeds run on (default: all; 0: in-process)."
     ),
     address: Optional[str] = typer.Option(None, "--address", help="An existing Ray cluster for the plan's seeds."),
+    connect_timeout: float = ConnectTimeoutOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """The whole job in one command: load (or generate) the history, calibrate, validate on the
@@ -115,14 +134,13 @@ def run(
         from experiments.pipeline import run_pipeline
         from experiments.ray_session import executor_session
 
-        t0 = time.perf_counter()
         with _progress("run", 1) as upd, executor_session(workers, address) as executor:
 
             def progress(step: str, done: int, total: int) -> None:
-                upd(done, max(total, 1))
+                upd(done, max(total, 1), step=step)
 
             def log(msg: str) -> None:
-                typer.echo(f"[{time.perf_counter() - t0:6.1f}s] {msg}", err=True)
+                typer.echo(f"{stamp()} {msg}", err=True)
 
             doc = run_pipeline(cfg, out, progress=progress, log=log, executor=executor)
         from sim.calibrate import default_catalogue_warning  # the bundled bank's catalogue stood in for actions.yaml

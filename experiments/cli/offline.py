@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from .common import (
+    ConnectTimeoutOpt,
     JsonOpt,
     _check_out,
     _check_source,
@@ -117,6 +118,7 @@ def ope(
     ),
     workers: Optional[int] = RayWorkersOpt,
     address: Optional[str] = RayAddressOpt,
+    connect_timeout: float = ConnectTimeoutOpt,
     out: Optional[Path] = OutJsonOpt,
     as_json: bool = JsonOpt,
 ) -> None:
@@ -244,6 +246,7 @@ def backtest(
     ),
     workers: Optional[int] = RayWorkersOpt,
     address: Optional[str] = RayAddressOpt,
+    connect_timeout: float = ConnectTimeoutOpt,
     out: Optional[Path] = OutJsonOpt,
     as_json: bool = JsonOpt,
 ) -> None:

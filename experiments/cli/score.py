@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .common import JsonOpt, _check_out, _check_world, _emit, _progress, _user_errors, app
+from .common import ConnectTimeoutOpt, JsonOpt, _check_out, _check_world, _emit, _progress, _user_errors, app
 
 
 @app.command()
@@ -41,6 +41,7 @@ def score(
         None, "--workers", min=0, help="CPUs of the local Ray for the twins (default: all; 0 runs in-process)."
     ),
     address: Optional[str] = typer.Option(None, "--address", help="An existing Ray cluster."),
+    connect_timeout: float = ConnectTimeoutOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Score every customer of a world's book: segment, stage now and next, P(alive), churn

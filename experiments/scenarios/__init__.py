@@ -53,9 +53,10 @@ matches); and `report.html` (`experiments.reports.write_report`, rewritten by ev
 
 from .cells import METRICS, PLAN_METRICS, cell_id, fingerprints, run_cell
 from .file import Scenario, load_scenario
-from .run import run_scenario, summarise
+from .run import CellFailed, run_scenario, summarise
 
 __all__ = [
+    "CellFailed",
     "METRICS",
     "PLAN_METRICS",
     "Scenario",

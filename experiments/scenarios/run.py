@@ -110,6 +110,7 @@ def _cell_task(world_text: str, book, scenario: dict[str, Any], cell: dict[str, 
 
 
 _REMOTE = None
+MAX_RETRIES = 3  # a cell whose worker dies (a kill, the OOM killer) runs again on another, this many times
 
 
 def _remote():
@@ -117,8 +118,32 @@ def _remote():
     if _REMOTE is None:
         import ray
 
-        _REMOTE = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=False)(_cell_task)
+        _REMOTE = ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)(_cell_task)
     return _REMOTE
+
+
+class CellFailed(RuntimeError):
+    """A cell that Ray could not finish: its worker died on every try (killed, out of memory) or its
+    node was lost. The message names the cell and what was kept; the cells finished before it are
+    in OUT/cells, so a re-run of the same command resumes."""
+
+
+def _why_lost(e: Exception) -> str:
+    """Why Ray gave a cell up (not the cell's own error), in words."""
+    import ray
+
+    tries = MAX_RETRIES + 1
+    if isinstance(e, ray.exceptions.OutOfMemoryError):
+        return f"Ray's memory monitor killed its worker {tries} times: give the cells more memory or fewer workers"
+    if isinstance(e, ray.exceptions.WorkerCrashedError):
+        return f"its Ray worker died {tries} times (killed, or out of memory?)"
+    first = " ".join(str(e).split())[:200]
+    return f"Ray could not finish it ({type(e).__name__}: {first})"
+
+
+def _cell_name(c: dict[str, Any]) -> str:
+    budget = "none" if c["budget"] is None else f"{c['budget']:g}"
+    return f"cell {c['policy']}/budget {budget}/seed {c['seed']} ({c['cell_id']})"
 
 
 def _cell_paths(out: Path, cid: str) -> tuple[Path, Path]:
@@ -160,9 +185,13 @@ def _run_on_ray(
     timings: dict[str, Any],
     timings_ray: dict[str, float],
     progress: Callable[[int], None],
+    skipped: int = 0,
+    total: int | None = None,
 ) -> int:
     """Run the cells `todo` as Ray tasks, writing each as it finishes; returns the cluster's CPUs
-    (or `n_workers` for a local Ray). Ray is started here unless already running, and then shut down."""
+    (or `n_workers` for a local Ray). Ray is started here unless already running, and then shut down.
+    A cell Ray cannot finish (its worker died MAX_RETRIES + 1 times) is a CellFailed naming it, of
+    `total` cells (`skipped` done before this run)."""
     import pandas as pd
     import ray
 
@@ -183,12 +212,13 @@ def _run_on_ray(
         pending = {task.remote(world_ref, book_ref, scen, c, str(running)): c for c in order}
         finished = 0
         while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
+            # a second at most inside Ray: SIGINT and SIGTERM are handled in Python, between waits
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
             for ref in ready:
                 c = pending.pop(ref)
                 try:
                     row, periods, timing = ray.get(ref)
-                except ray.exceptions.RayTaskError as e:
+                except ray.exceptions.RayError as e:
                     for r in pending:
                         ray.cancel(r, force=True)
                     cause = getattr(e, "cause", None)
@@ -196,7 +226,12 @@ def _run_on_ray(
                         raise ConfigError(
                             f"cell {c['policy']}/budget {c['budget']}/seed {c['seed']}: {cause}"
                         ) from None
-                    raise
+                    if isinstance(e, ray.exceptions.RayTaskError):  # the cell's own error: a bug, as raised
+                        raise
+                    raise CellFailed(
+                        f"{_cell_name(c)}: {_why_lost(e)}; {skipped + finished} of {total or len(todo)} cells "
+                        f"are done and kept in {out / 'cells'}: run the same command again to resume"
+                    ) from None
                 cpath, ppath = _cell_paths(out, c["cell_id"])
                 atomic_write_parquet(ppath, periods)
                 atomic_write_parquet(cpath, pd.DataFrame([row]))  # the cell file last: it marks done
@@ -228,6 +263,16 @@ def _run_in_process(
         atomic_write_parquet(cpath, pd.DataFrame([row]))
         timings[c["cell_id"]] = {"pid": os.getpid(), "host": socket.gethostname(), "seconds": time.perf_counter() - t0}
         progress(k)
+
+
+def _clear_running(running: Path) -> None:
+    """Remove running/ (and the pid files of cells that will not finish: a run that stopped)."""
+    for f in running.glob("*.pid"):
+        f.unlink(missing_ok=True)
+    try:
+        running.rmdir()
+    except OSError:
+        pass
 
 
 def run_scenario(
@@ -262,23 +307,24 @@ def run_scenario(
     n_workers = workers if workers is not None else os.cpu_count() or 1
     if progress:
         progress(skipped, len(cells))
-    if todo and workers == 0 and address is None:
-        _run_in_process(sc, todo, out, timings, lambda k: progress(skipped + k, len(cells)) if progress else None)
-    elif todo:
-        n_workers = _run_on_ray(
-            sc,
-            todo,
-            out,
-            address,
-            n_workers,
-            timings,
-            timings_ray,
-            lambda k: progress(skipped + k, len(cells)) if progress else None,
-        )
     try:
-        running.rmdir()
-    except OSError:
-        pass
+        if todo and workers == 0 and address is None:
+            _run_in_process(sc, todo, out, timings, lambda k: progress(skipped + k, len(cells)) if progress else None)
+        elif todo:
+            n_workers = _run_on_ray(
+                sc,
+                todo,
+                out,
+                address,
+                n_workers,
+                timings,
+                timings_ray,
+                lambda k: progress(skipped + k, len(cells)) if progress else None,
+                skipped,
+                len(cells),
+            )
+    finally:  # also when the run stops: no cell runs any more
+        _clear_running(running)
 
     def load(c: dict[str, Any], k: int):
         # a cell done under another scenario (same numbers, another place in the grid or another
