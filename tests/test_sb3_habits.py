@@ -5,7 +5,10 @@ Every model here is really trained, for a few hundred steps."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 import zipfile
 
 import gymnasium as gym
@@ -267,3 +270,36 @@ def test_training_reports_every_part_and_sb3_timesteps(calibrated_world):
     assert [t for _, t in timesteps] == [512] * len(timesteps)
     done = [d for d, _ in timesteps]
     assert done == sorted(done) and done[0] == 0 and done[-1] == 512 and len(set(done)) > 4
+
+
+LINE = re.compile(r"^\[\s*([\d.]+) s\] (.+?): ([\d,]+)/([\d,]+) \((\d+) %\)$")
+
+
+def test_clv_train_prints_progress_lines_when_not_a_tty(calibrated_world, tmp_path):
+    path, _ = calibrated_world
+    sets = [x for k, v in TINY.items() for x in ("--set", f"{k}={v}")]
+    r = subprocess.run(
+        [sys.executable, "-m", "experiments.cli", "train", str(path), "--steps", "512", "--out", str(tmp_path / "a")]
+        + sets
+        + ["--json"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["steps"] == 512 and "\r" not in r.stderr
+    lines = [m.groups() for m in map(LINE.match, r.stderr.splitlines()) if m]
+    by_step: dict[str, list[int]] = {}
+    for _, step, done, _, _ in lines:
+        by_step.setdefault(step, []).append(int(done.replace(",", "")))
+    assert list(by_step) == [
+        "collecting greedy_uplift's decisions",
+        "fitting the actor to them",
+        "critic warm-up (actor frozen)",
+        "reinforcement learning",
+    ]
+    rl = by_step["reinforcement learning"]
+    assert rl == sorted(rl) and len(set(rl)) >= 3 and 256 <= rl[0] and rl[-1] <= 512
+    assert all(v == sorted(v) for v in by_step.values())
+    elapsed = [float(e) for e, *_ in lines]
+    assert elapsed == sorted(elapsed)
+    assert "reinforcement learning: done" in r.stderr and "training ppo: done" in r.stderr

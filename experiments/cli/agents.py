@@ -68,6 +68,8 @@ def train(
         from policies.rl import train as run
 
         total = int(steps or DEFAULT_STEPS[algo])
+        # every part of the training by name (the warm start's, then SB3's timesteps, by an SB3
+        # callback): a bar on a terminal, else a line per tenth and per part with the elapsed time
         with _progress(f"training {algo}", total) as upd:
             _, card = run(
                 world,
@@ -79,7 +81,7 @@ def train(
                 population=population,
                 book=book,
                 tensorboard=str(tensorboard) if tensorboard else None,
-                progress=lambda done, tot: upd(done, tot),
+                report=lambda step, done, tot: upd(done, tot, step=step),
                 world_path=str(world_path),
             )
     curve = card["training_curve"]
