@@ -58,8 +58,13 @@ class ContactValues:
         if rows.size == 0:
             return np.zeros(0)
         sub = {k: v[rows] for k, v in obs.items()}
-        x = np.asarray(self.encoder.encode(sub), np.float32)
-        return self.predict(x)[np.arange(rows.size), actions]
+        return self.of_features(np.asarray(self.encoder.encode(sub), np.float32), actions)
+
+    def of_features(self, x: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """As `of`, from the rows' features already encoded with `encoder`."""
+        if len(x) == 0:
+            return np.zeros(0)
+        return self.predict(np.asarray(x, np.float32))[np.arange(len(x)), actions]
 
 
 def default_snapshots(periods: int, count: int = 4) -> list[int]:
@@ -257,22 +262,46 @@ class HorizonRun:
     proposals: tuple[np.ndarray, np.ndarray] | None = None  # (value, cost) of every proposal (record_values)
 
 
-def _proposals(policy_fn: Callable, sim) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+class _Asked:
+    """One period's proposals of the policy on one simulator: the actions of every customer, the
+    observation they were made on, and, when the policy reads the value model's own features
+    (an agent whose encoder is the values' encoder), those features of the customers asked
+    (`live`), so that the proposals are valued without encoding the same states twice."""
+
+    def __init__(self, actions: np.ndarray, obs: dict, live: np.ndarray | None = None, x: np.ndarray | None = None):
+        self.actions, self.obs, self.live, self.x = actions, obs, live, x
+
+    def values(self, values: "ContactValues", rows: np.ndarray) -> np.ndarray:
+        """The contact values of the proposals of customers `rows` (indices into the simulator)."""
+        if self.x is not None and rows.size:
+            return values.of_features(self.x[np.searchsorted(self.live, rows)], self.actions[rows])
+        return values.of(self.obs, rows, self.actions[rows])
+
+
+def _proposals(policy_fn: Callable, sim, encoder=None) -> _Asked:
     """The policy's actions for every customer of `sim` and the observation they were made on.
 
     A policies.base policy (or its simulator adapter) is asked only about the customers with a
     contact allowed, drawing from the simulator's policy stream: where "none" is the only allowed
-    action every policy must choose it, and an agent's forward pass is most of a period's work."""
+    action every policy must choose it, and an agent's forward pass is most of a period's work.
+    `encoder`: the contact values' encoder; when it is the policy's own (an SB3Policy reads its
+    encoded features as they are), the features are computed once for both."""
     policy = getattr(policy_fn, "policy", policy_fn)
     obs = sim.observe()
     if not hasattr(policy, "act"):
-        return np.asarray(policy_fn(sim), np.int16), obs
+        return _Asked(np.asarray(policy_fn(sim), np.int16), obs)
     masks = sim.action_masks()
     live = np.flatnonzero(masks[:, 1:].any(axis=1))
     out = np.zeros(sim.state.n, np.int16)
+    x = None
     if live.size:
-        out[live] = policy.act({k: v[live] for k, v in obs.items()}, masks[live], sim.policy_rng)
-    return out, obs
+        sub = {k: v[live] for k, v in obs.items()}
+        if encoder is not None and getattr(policy, "encoder", None) is encoder and hasattr(policy, "features"):
+            x = np.asarray(encoder.encode(sub), np.float32)
+            out[live] = policy.act(x, masks[live], sim.policy_rng)
+        else:
+            out[live] = policy.act(sub, masks[live], sim.policy_rng)
+    return _Asked(out, obs, live, x)
 
 
 def _simulators(world, book, customers, seed, tables):
@@ -294,7 +323,7 @@ def first_period_actions(world, book: pd.DataFrame, policy_fn: Callable, seed: i
     from sim.population import WorldTables
 
     sims = _simulators(world, book, None, seed, WorldTables.from_world(world))
-    return np.concatenate([_proposals(policy_fn, s)[0] for s in sims]) if sims else np.zeros(0, np.int16)
+    return np.concatenate([_proposals(policy_fn, s).actions for s in sims]) if sims else np.zeros(0, np.int16)
 
 
 def run_horizon(
@@ -344,17 +373,18 @@ def run_horizon(
         acts = [np.zeros(s.state.n, np.int16) for s in sims]
         value = np.full(shape, np.nan)
         if mode != "none":
-            asked = [_proposals(policy_fn, s) for s in sims]
-            props = [p for p, _ in asked]
+            encoder = values.encoder if values is not None and (mode == "budgeted" or record_values) else None
+            asked = [_proposals(policy_fn, s, encoder) for s in sims]
+            props = [q.actions for q in asked]
             if mode == "policy":
                 acts = props
                 if record_values:
-                    for p, o in asked:
-                        c = np.flatnonzero(p > 0)
-                        recorded.append((values.of(o, c, p[c]), cost_of[p[c]]))
+                    for q in asked:
+                        c = np.flatnonzero(q.actions > 0)
+                        recorded.append((q.values(values, c), cost_of[q.actions[c]]))
             else:
                 cand = [np.flatnonzero(p > 0) for p in props]
-                v = np.concatenate([values.of(o, c, p[c]) for (p, o), c in zip(asked, cand)])
+                v = np.concatenate([q.values(values, c) for q, c in zip(asked, cand)])
                 a = np.concatenate([p[c] for c, p in zip(cand, props)])
                 seg = np.concatenate([s.state.segment[c] for s, c in zip(sims, cand)])
                 choice = choose_contacts(rule, v, cost_of[a], a, seg, spent, t, world, lam, need_seen)

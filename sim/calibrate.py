@@ -483,7 +483,7 @@ def product_panels(
     ids = summary.customer_id
     N, W, P = panel.counts.shape[0], panel.n_periods, len(products)
     df = products_df.loc[products_df["date"] <= ce]
-    cust, ok = lookup(ids, df["customer_id"].to_numpy(dtype=str))
+    cust, ok = lookup(ids, df["customer_id"])
     known = ok.copy()  # a product opened before the panel's first period is still a starting holding
     dates = df["date"].to_numpy("datetime64[ns]")
     w = period_index(dates, panel.origin, period_days)

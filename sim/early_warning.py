@@ -197,7 +197,7 @@ def features_at(tx: pd.DataFrame, customers: pd.DataFrame | None, cutoff: pd.Tim
 
 def churned_in(tx: pd.DataFrame, ids: np.ndarray, start: pd.Timestamp, end: pd.Timestamp) -> np.ndarray:
     """True for each of the sorted `ids` with no purchase in (start, end]."""
-    w = tx.loc[(tx["date"] > start) & (tx["date"] <= end), "customer_id"].to_numpy(dtype=str)
+    w = tx.loc[(tx["date"] > start) & (tx["date"] <= end), "customer_id"]
     code, known = lookup(ids, w)
     bought = np.bincount(code[known], minlength=len(ids)) > 0
     return ~bought

@@ -283,7 +283,7 @@ def decisions_frame_to_data(
     from .features import lookup, period_index
 
     d = decisions
-    cust, known = lookup(ids, d["customer_id"].to_numpy(dtype=str))
+    cust, known = lookup(ids, d["customer_id"])
     per = period_index(d["date"].to_numpy("datetime64[ns]"), origin, period_days)
     keep = known & (per >= 0) & (per < W)
     cust, per = cust[keep], per[keep]

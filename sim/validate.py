@@ -79,7 +79,7 @@ def validate(
 
     # actual outcomes of the book's customers in (ce, he]
     hold = tx.loc[(tx["date"] > ce) & (tx["date"] <= he)]
-    code, known = lookup(ids, hold["customer_id"].to_numpy(dtype=str))
+    code, known = lookup(ids, hold["customer_id"])
     act_n = np.bincount(code[known], minlength=len(ids)).astype(float)
     act_v = np.bincount(code[known], weights=hold["amount"].to_numpy(float)[known], minlength=len(ids))
     w_hold = period_index(hold["date"].to_numpy("datetime64[ns]")[known], ce + pd.Timedelta(days=1), pdays)
@@ -221,7 +221,7 @@ def replay_actions(
         return None, {"decisions": 0}
     d = dec.loc[(dec["date"] > ce)]
     w = period_index(d["date"].to_numpy("datetime64[ns]"), ce + pd.Timedelta(days=1), pdays)
-    code, ok = lookup(ids, d["customer_id"].to_numpy(dtype=str))
+    code, ok = lookup(ids, d["customer_id"])
     ok &= (w >= 0) & (w < n_periods)
     if not ok.any():
         return None, {"decisions": 0}

@@ -86,6 +86,8 @@ def run(argv: list[str] | None = None) -> int:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         if code == 1 and isinstance(e.__context__, BrokenPipeError):
             code = 141  # click ends a write into a closed pipe (e.g. `--help | head -1`) as a silent exit 1
+        elif code == 143:  # SIGTERM (experiments.ray_session turns it into SystemExit(143) once out of Ray)
+            typer.echo("terminated", err=True)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         code = 130
@@ -115,7 +117,7 @@ def run(argv: list[str] | None = None) -> int:
     code = int(code)
     if json_mode and code not in (0, 141) and not OUTPUT_STATE["emitted"]:
         # under --json stdout carries one document: a failure's too, for a scheduler that parses it
-        message = OUTPUT_STATE["error"] or ("interrupted" if code == 130 else "aborted")
+        message = OUTPUT_STATE["error"] or {130: "interrupted", 143: "terminated"}.get(code, "aborted")
         try:
             sys.stdout.write(json.dumps({"error": message, "exit_code": code}) + "\n")
             sys.stdout.flush()
