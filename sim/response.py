@@ -161,6 +161,17 @@ def estimate_response(
     def window_sum(c: np.ndarray, p: np.ndarray, lo, hi) -> np.ndarray:
         return cum[c, np.minimum(p + hi, W)] - cum[c, np.minimum(p + lo, W)]
 
+    def boot_sums(cust: np.ndarray, cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """(BOOTSTRAP,) replicate of each column's sum over an arm's decisions: the columns summed
+        per customer, then one product with the replicates' customer weights (a customer's
+        decisions share a weight). Gathering the weights per decision instead costs
+        BOOTSTRAP x decisions floats per arm (GBs for the "none" arm of a large book)."""
+        X = np.empty((n_cust, len(cols)), np.float32)
+        for j, v in enumerate(cols.values()):
+            X[:, j] = np.bincount(cust, weights=np.asarray(v, float), minlength=n_cust)
+        S = (boot @ X).astype(np.float64)
+        return {k: S[:, j] for j, k in enumerate(cols)}
+
     for a in range(1, A):
         D = int(prior.duration[a])
         # decisions whose outcome windows are fully observed before the cut-off
@@ -180,29 +191,13 @@ def estimate_response(
             za = (window_sum(dec.cust[ia], dec.period[ia], D, D + POST_WINDOW) > 0).astype(float)
             z0 = (window_sum(dec.cust[i0], dec.period[i0], D, D + POST_WINDOW) > 0).astype(float)
             wa, w0, fa = dec.weight[ia], dec.weight[i0], dec.fatigue[ia]
-            Ba, B0 = boot[:, dec.cust[ia]], boot[:, dec.cust[i0]]  # (B, n_arm)
-
-            def ratio(va: np.ndarray, v0: np.ndarray) -> tuple[float, np.ndarray]:
-                point = (np.sum(wa * va) / np.sum(wa)) / max(np.sum(w0 * v0) / np.sum(w0), 1e-300)
-                bm_a = (Ba @ (wa * va)) / np.maximum(Ba @ wa, 1e-300)
-                bm_0 = (B0 @ (w0 * v0)) / np.maximum(B0 @ w0, 1e-300)
-                return float(point), bm_a / np.maximum(bm_0, 1e-300)
-
             # the fatigue factor averaged with weights proportional to each customer's activity
             # before the decision (a pre-treatment proxy of their baseline outcome): the lift
             # scales the baseline, so busier customers, often contacted more, weigh more
             pre = (
                 cum[dec.cust[ia], dec.period[ia]] - cum[dec.cust[ia], np.maximum(dec.period[ia] - PRE_WINDOW, 0)] + 0.5
             )
-            F = float(np.sum(wa * pre * fa) / np.sum(wa * pre))
-            Fb = (Ba @ (wa * pre * fa)) / np.maximum(Ba @ (wa * pre), 1e-300)
-            est: dict[str, tuple[float, np.ndarray]] = {}
-            r, rb = ratio(ya.astype(float), y0.astype(float))
-            est["activity_lift"] = ((r - 1) / F, (rb - 1) / Fb)
-            if mu_stage[s] > 0:
-                r2, rb2 = ratio(za, z0)
-                denom, denom_b = F * mu_stage[s] * D, Fb * mu_stage[s] * D
-                est["dropout_reduction"] = (np.log(max(r2, 1e-12)) / denom, np.log(np.maximum(rb2, 1e-12)) / denom_b)
+            oa = o0 = None
             if oc is not None:
                 tgt = targets[a]
                 plist = (
@@ -216,9 +211,33 @@ def estimate_response(
 
                     oa, o0 = osum(dec.cust[ia], dec.period[ia], ha), osum(dec.cust[i0], dec.period[i0], h0)
                     # rare events: a ratio of a handful of openings has no usable standard error
-                    if (o0 > 0).sum() >= MIN_EVENTS and (oa > 0).sum() >= MIN_EVENTS:
-                        r3, rb3 = ratio(oa, o0)
-                        est["adoption_uplift"] = ((r3 - 1) / F, (rb3 - 1) / Fb)
+                    if (o0 > 0).sum() < MIN_EVENTS or (oa > 0).sum() < MIN_EVENTS:
+                        oa = o0 = None
+            # every weighted sum the estimates need, per arm, on the same bootstrap replicates
+            cols_a = {"y": wa * ya, "w": wa, "fat": wa * pre * fa, "pre": wa * pre, "z": wa * za}
+            cols_0 = {"y": w0 * y0, "w": w0, "z": w0 * z0}
+            if oa is not None:
+                cols_a["o"], cols_0["o"] = wa * oa, w0 * o0
+            Sa, S0 = boot_sums(dec.cust[ia], cols_a), boot_sums(dec.cust[i0], cols_0)
+
+            def ratio(key: str) -> tuple[float, np.ndarray]:
+                point = (np.sum(cols_a[key]) / np.sum(wa)) / max(np.sum(cols_0[key]) / np.sum(w0), 1e-300)
+                bm_a = Sa[key] / np.maximum(Sa["w"], 1e-300)
+                bm_0 = S0[key] / np.maximum(S0["w"], 1e-300)
+                return float(point), bm_a / np.maximum(bm_0, 1e-300)
+
+            F = float(np.sum(cols_a["fat"]) / np.sum(cols_a["pre"]))
+            Fb = Sa["fat"] / np.maximum(Sa["pre"], 1e-300)
+            est: dict[str, tuple[float, np.ndarray]] = {}
+            r, rb = ratio("y")
+            est["activity_lift"] = ((r - 1) / F, (rb - 1) / Fb)
+            if mu_stage[s] > 0:
+                r2, rb2 = ratio("z")
+                denom, denom_b = F * mu_stage[s] * D, Fb * mu_stage[s] * D
+                est["dropout_reduction"] = (np.log(max(r2, 1e-12)) / denom, np.log(np.maximum(rb2, 1e-12)) / denom_b)
+            if oa is not None:
+                r3, rb3 = ratio("o")
+                est["adoption_uplift"] = ((r3 - 1) / F, (rb3 - 1) / Fb)
             for k, (point, boots) in est.items():
                 b = boots[np.isfinite(boots)]
                 if b.size < BOOTSTRAP // 2 or not np.isfinite(point):
