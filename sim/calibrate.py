@@ -29,6 +29,7 @@ MIN_SEGMENT_FIT = 500  # customers needed to fit a segment's own activity model
 MAX_FIT_CUSTOMERS = 200_000  # larger books are fitted on a seeded random sample of this size
 KMEANS_SAMPLE = 20_000
 SEASON_MIN_DAYS = 364
+ALIVE_PANEL_CELLS = 2_000_000  # customer x period cells valued together by alive_panel
 
 
 def calibrate(
@@ -498,12 +499,25 @@ def product_panels(
     np.add.at(opens, (cust[adopt], w[adopt], pidx[adopt]), 1)
     np.add.at(closes, (cust[ok & ~is_open], w[ok & ~is_open], pidx[ok & ~is_open]), 1)
     initial[cust[known & at_birth], pidx[known & at_birth]] = True
-    born = np.arange(W)[None, :] >= panel.birth_period[:, None]
-    net = np.cumsum(opens.astype(np.int16) - closes, axis=1) + (initial[:, None, :] & born[:, :, None])
-    held_after = net > 0
-    held_before = np.concatenate([np.zeros((N, 1, P), bool), held_after[:, :-1]], axis=1)
-    held_before |= initial[:, None, :] & (np.arange(W)[None, :] == panel.birth_period[:, None])[:, :, None]
-    return np.minimum(opens, 1), np.minimum(closes, 1), held_before, held_after[:, -1, :], initial
+    held_before = np.empty((N, W, P), bool)
+    held_end = np.empty((N, P), bool)
+    block = max(1, ALIVE_PANEL_CELLS // max(W * P, 1))  # customers at a time: int16 temporaries per cell
+    for lo in range(0, N, block):
+        hi = min(lo + block, N)
+        born = np.arange(W)[None, :] >= panel.birth_period[lo:hi, None]
+        net = np.cumsum(opens[lo:hi].astype(np.int16) - closes[lo:hi], axis=1) + (
+            initial[lo:hi, None, :] & born[:, :, None]
+        )
+        held_after = net > 0
+        held_before[lo:hi, 0] = False
+        held_before[lo:hi, 1:] = held_after[:, :-1]
+        held_before[lo:hi] |= (
+            initial[lo:hi, None, :] & (np.arange(W)[None, :] == panel.birth_period[lo:hi, None])[:, :, None]
+        )
+        held_end[lo:hi] = held_after[:, -1, :]
+    np.minimum(opens, 1, out=opens)
+    np.minimum(closes, 1, out=closes)
+    return opens, closes, held_before, held_end, initial
 
 
 def alive_panel(summary: CustomerSummary, seg: np.ndarray, fits, panel: Panel, period_days: float) -> np.ndarray:
@@ -512,15 +526,23 @@ def alive_panel(summary: CustomerSummary, seg: np.ndarray, fits, panel: Panel, p
     posterior); 0 before birth."""
     N, W = panel.counts.shape
     bfrac = ((summary.birth - np.datetime64(panel.origin, "ns")) / np.timedelta64(1, "D")) / period_days
-    tau = np.arange(W)[None, :] + 0.5 - bfrac[:, None]
-    out = (tau >= 0).astype(np.float32)
-    after = tau > summary.t_x[:, None]
-    for g in np.unique(seg):
-        rows, cols = np.nonzero(after & (seg == g)[:, None])
-        if rows.size:
-            out[rows, cols] = fits["by_segment"][g].p_alive_at(
-                np.minimum(tau[rows, cols], summary.T[rows]), summary.x[rows], summary.t_x[rows], summary.T[rows]
-            )
+    out = np.empty((N, W), np.float32)
+    # in blocks of customers: the posterior's temporaries are a few float64 arrays per cell, GBs for
+    # a whole large book at once (each customer's row depends on that customer alone)
+    block = max(1, ALIVE_PANEL_CELLS // max(W, 1))
+    for lo in range(0, N, block):
+        hi = min(lo + block, N)
+        tau = np.arange(W)[None, :] + 0.5 - bfrac[lo:hi, None]
+        part = (tau >= 0).astype(np.float32)
+        after = tau > summary.t_x[lo:hi, None]
+        for g in np.unique(seg[lo:hi]):
+            rows, cols = np.nonzero(after & (seg[lo:hi] == g)[:, None])
+            if rows.size:
+                r = rows + lo
+                part[rows, cols] = fits["by_segment"][g].p_alive_at(
+                    np.minimum(tau[rows, cols], summary.T[r]), summary.x[r], summary.t_x[r], summary.T[r]
+                )
+        out[lo:hi] = part
     return out
 
 

@@ -208,6 +208,9 @@ class Panel:
     stage_before: np.ndarray  # (N, W) int8; -1 before birth
 
 
+PANEL_BLOCK_CELLS = 4_000_000  # customer x period cells whose stages are computed together
+
+
 def build_panel(summary: CustomerSummary, tx: pd.DataFrame, cutoff: pd.Timestamp, period_days: float, rules) -> Panel:
     """The activity panel, for histories that need it (products, decisions); O(N x W) memory."""
     origin = pd.Timestamp(summary.birth.min()).normalize()
@@ -218,16 +221,22 @@ def build_panel(summary: CustomerSummary, tx: pd.DataFrame, cutoff: pd.Timestamp
     w = period_index(tx["date"].to_numpy("datetime64[ns]"), origin, period_days)
     flat = np.bincount(code[ok] * W + w[ok], minlength=N * W)
     counts = np.minimum(flat.reshape(N, W), np.iinfo(np.int16).max).astype(np.int16)
+    del flat
     birth_p = period_index(summary.birth, origin, period_days)
     # the birth purchase itself is not a "repeat" transaction but it is activity: keep it
     cols = np.arange(W)
-    active = counts > 0
-    last_active = np.where(active, cols[None, :], -1)
-    np.maximum.accumulate(last_active, axis=1, out=last_active)
-    # at the start of period w, the last active period is last_active[:, w-1]
-    prev = np.concatenate([np.full((N, 1), -1), last_active[:, :-1]], axis=1)
-    tenure = cols[None, :] - birth_p[:, None]
-    recency = np.where(prev >= 0, cols[None, :] - 1 - prev, tenure)
-    stage = rules.assign(tenure, recency).astype(np.int8)
-    stage[tenure < 0] = -1
+    stage = np.empty((N, W), np.int8)
+    # in blocks of customers: the stages' int64 temporaries are ~50 bytes a cell for a whole book
+    block = max(1, PANEL_BLOCK_CELLS // max(W, 1))
+    for lo in range(0, N, block):
+        hi = min(lo + block, N)
+        last_active = np.where(counts[lo:hi] > 0, cols[None, :], -1)
+        np.maximum.accumulate(last_active, axis=1, out=last_active)
+        # at the start of period w, the last active period is last_active[:, w-1]
+        prev = np.concatenate([np.full((hi - lo, 1), -1), last_active[:, :-1]], axis=1)
+        tenure = cols[None, :] - birth_p[lo:hi, None]
+        recency = np.where(prev >= 0, cols[None, :] - 1 - prev, tenure)
+        part = rules.assign(tenure, recency).astype(np.int8)
+        part[tenure < 0] = -1
+        stage[lo:hi] = part
     return Panel(origin=origin, n_periods=W, counts=counts, birth_period=birth_p, stage_before=stage)
