@@ -110,7 +110,13 @@ def plan_frontier(
         "honest": bool(all(p["check"]["predicted_inside_fresh_ci"] for p in points)),
         "units": "lift per customer over the horizon, discounted CLV; spend: cash over the horizon; marginal "
         "value: total discounted CLV per unit of cash",
+        "currency": money_unit(ctx.world),
     }
+
+
+def money_unit(world: Any) -> str:
+    """The unit margins and costs are in: economics.yaml's `currency`, else "margin units"."""
+    return getattr(getattr(world, "economics", None), "currency", None) or "margin units"
 
 
 def plot_plan_frontier(doc: dict[str, Any], path: Path) -> None:
@@ -139,8 +145,9 @@ def plot_plan_frontier(doc: dict[str, Any], path: Path) -> None:
             capsize=3,
             label=r["policy"],
         )
-    ax.set_xlabel(f"cash spent over {doc['horizon']} periods")
-    ax.set_ylabel("CLV lift per customer vs contacting no one")
+    unit = doc.get("currency") or "margin units"
+    ax.set_xlabel(f"cash spent over {doc['horizon']} periods ({unit})")
+    ax.set_ylabel(f"CLV lift per customer vs contacting no one ({unit})")
     ax.axhline(0, color="#999", lw=0.8)
     ax.legend(fontsize=8)
     with atomic_path(Path(path)) as tmp:

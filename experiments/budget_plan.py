@@ -88,17 +88,17 @@ def interval(x) -> dict[str, float]:
     return mean_ci(np.asarray(x, float)).to_dict()
 
 
-def _reason(value: float, cost: float, price: float | None, pacing: str) -> str:
+def _reason(value: float, cost: float, price: float | None, pacing: str, unit: str = "margin units") -> str:
+    v, c = f"{value:.2f} {unit}", f"{cost:.2f} {unit}"
     if pacing == "horizon" and price is None:
-        return f"worth {value:.2f} for a cost of {cost:.2f}: the budget covers every contact the policy makes"
+        return f"worth {v} for a cost of {c}: the budget covers every contact the policy makes"
     if pacing == "horizon" and price < 0:
         return (
-            f"worth {value:.2f} for a cost of {cost:.2f}: the budget covers the policy's contacts down to "
-            f"{price:.3f} per unit of cost"
+            f"worth {v} for a cost of {c}: the budget covers the policy's contacts down to {price:.3f} per unit of cost"
         )
     if pacing == "horizon":
-        return f"worth {value:.2f} against a cost of {cost:.2f}, above the budget's price of {price:.3f} per unit"
-    return f"worth {value:.2f} for a cost of {cost:.2f}: among this period's best value per unit of cost"
+        return f"worth {v} against a cost of {c}, above the budget's price of {price:.3f} per unit of cost"
+    return f"worth {v} for a cost of {c}: among this period's best value per unit of cost"
 
 
 @dataclass
@@ -333,7 +333,8 @@ def plan_at(
             "cost": first["cost"].to_numpy(),
         }
     )
-    contacts["reason"] = [_reason(v, c, price, rule.pacing) for v, c in zip(contacts["value"], contacts["cost"])]
+    unit = getattr(world.economics, "currency", None) or "margin units"
+    contacts["reason"] = [_reason(v, c, price, rule.pacing, unit) for v, c in zip(contacts["value"], contacts["cost"])]
     contacts = contacts.sort_values("value", ascending=False, kind="stable").reset_index(drop=True)
 
     spent_all = float(np.mean(spend)) >= 0.95 * settings.budget  # the budget, not the constraints, ends spending

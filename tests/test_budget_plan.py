@@ -198,6 +198,7 @@ def test_clv_plan_writes_the_contact_list_the_schedule_and_the_checks(calibrated
     assert set(contacts["customer_id"]) <= set(book["customer_id"])
     assert contacts["cost"].sum() <= 150 + 1e-9
     assert {"action", "channel", "value", "cost", "reason"} <= set(contacts.columns)
+    assert contacts["reason"].str.contains("margin units").all()  # the world names no currency
     schedule = pd.read_parquet(out / "schedule.parquet")
     assert {"period", "segment", "channel", "contacts", "spend", "value"} <= set(schedule.columns)
     assert schedule.groupby("period")["spend"].sum().sum() == pytest.approx(doc["spend"]["mean"])
@@ -310,6 +311,7 @@ def test_clv_plan_budgets_draw_the_frontier_beside_the_baselines(calibrated_worl
     assert names[0] == "greedy_uplift alone" and "bau" in names
     assert (out / "frontier.png").stat().st_size > 0
     assert json.loads((out / "frontier.json").read_text())["points"][1]["budget"] == 120.0
+    assert doc["currency"] == "margin units"  # the unit of the PNG's axes
     assert not (out / "plan.json").exists()  # no --budget: no plan is written
 
 
