@@ -157,6 +157,7 @@ def test_tiny_sweep_end_to_end(tiny):
     assert (free[free["policy"] == "none"]["incremental_clv"] == 0).all()
     assert res.groupby("seed")["clv_none"].nunique().eq(1).all()
     assert (budgeted["plan_spend"] <= 300 + 1e-6).all() and (budgeted["plan_assigned"] > 0).all()
+    assert (budgeted["plan_cash_spend"] > 0).all() and free["plan_cash_spend"].isna().all()  # catalogue cost
     assert (budgeted["plan_gap"] >= 0).all() and (budgeted["plan_bound"] >= budgeted["plan_objective"] - 1e-6).all()
     assert free["plan_objective"].isna().all()
     per = pd.read_parquet(out / "periods.parquet")

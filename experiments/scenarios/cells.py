@@ -27,7 +27,9 @@ METRICS = (
     "discounted_cost",
     "clv_none",
 )
-PLAN_METRICS = ("plan_objective", "plan_bound", "plan_gap", "plan_spend", "plan_assigned")
+# plan_spend is the allocation's incremental cost (what its budget caps); plan_cash_spend the
+# catalogue cost of the contacts it makes
+PLAN_METRICS = ("plan_objective", "plan_bound", "plan_gap", "plan_spend", "plan_cash_spend", "plan_assigned")
 PERIOD_COLUMNS = ("alive", "contacts", "reward", "cost")
 
 
@@ -201,6 +203,7 @@ def run_cell(spec: dict[str, Any], cell: dict[str, Any]) -> tuple[dict[str, Any]
                         plan_bound=float(s["bound"]),
                         plan_gap=float(s["gap"]),
                         plan_spend=float(s["spend"]),
+                        plan_cash_spend=np.nan if s.get("cash_spend") is None else float(s["cash_spend"]),
                         plan_assigned=float(s["assigned_customers"]),
                         plan_method=s["method"],
                     )

@@ -171,7 +171,8 @@ def summarise(results) -> list[dict[str, Any]]:
         for m in (*METRICS, *PLAN_METRICS):
             if b == -1.0 and m in PLAN_METRICS:
                 continue
-            entry[m] = mean_ci(ok[m].to_numpy(float) if len(ok) else np.array([])).to_dict()
+            # a column the cells of an earlier version did not write (plan_cash_spend) is unknown
+            entry[m] = mean_ci(ok[m].to_numpy(float) if len(ok) and m in ok else np.array([])).to_dict()
         out.append(entry)
     return out
 
