@@ -387,7 +387,8 @@ def experiment_power(
     jobs = [(0, "budgeted", rule, False, s) for s in seeds] + [(None, "none", None, False, s) for s in seeds]
     runs = run_jobs(ctx.world, ctx.book, (ctx.policy_fn,), H, jobs, ctx.values, None, ctx.tables, executor, progress)
     treated, none = np.stack([r.clv for r in runs[:K]]), np.stack([r.clv for r in runs[K:]])  # (K, N)
-    return power_from_outcomes(treated, none, dep, settings, seeds, [s.name for s in ctx.world.segments])
+    unit = getattr(ctx.world.economics, "currency", None) or "margin units"
+    return power_from_outcomes(treated, none, dep, settings, seeds, [s.name for s in ctx.world.segments], unit)
 
 
 def power_from_outcomes(
@@ -397,9 +398,11 @@ def power_from_outcomes(
     settings: DeploymentSettings,
     seeds: list[int] | None = None,
     segment_names: list[str] | None = None,
+    unit: str = "margin units",
 ) -> dict[str, Any]:
     """The power entry from simulated outcomes: `treated`, `none` (K, N) per-customer outcomes over
-    the horizon under the plan and under no contact, per seed, in book order (common random numbers)."""
+    the horizon under the plan and under no contact, per seed, in book order (common random numbers);
+    `unit`: what the outcomes are in, for the warning (economics.yaml's currency, else margin units)."""
     treated, none = np.atleast_2d(treated), np.atleast_2d(none)
     is_control = dep.group == 1
     n_c_all, n_t_all = int(is_control.sum()), int((~is_control).sum())
@@ -438,13 +441,13 @@ def power_from_outcomes(
     shown = _shown(settings)
     if not lift > 0:
         warning = (
-            f"the plan predicts no positive lift over {settings.horizon_periods} periods ({lift:+.4f} per customer): "
-            "no control share can detect it"
+            f"the plan predicts no positive lift over {settings.horizon_periods} periods ({lift:+.4f} {unit} per "
+            "customer): no control share can detect it"
         )
     elif not detectable:
         warning = (
-            f"a control share of {shown} gives a minimal detectable effect of {mde:.4f} per customer over "
-            f"{settings.horizon_periods} periods, above the predicted lift of {lift:.4f}: the read-out is unlikely "
+            f"a control share of {shown} gives a minimal detectable effect of {mde:.4f} {unit} per customer over "
+            f"{settings.horizon_periods} periods, above the predicted lift of {lift:.4f} {unit}: the read-out is unlikely "
             "to detect it; "
             + (
                 f"a control share of {needed:.3f} would"

@@ -235,6 +235,8 @@ def test_power_from_outcomes_detects_a_large_lift_and_warns_on_a_small_one():
     assert big["detectable"] and big["warning"] is None and big["control_share_needed"] < 0.3
     small = power_from_outcomes(none + 0.2, none, dep, settings)
     assert not small["detectable"] and "a control share of 0.3 gives" in small["warning"]
+    assert "margin units per customer" in small["warning"]  # no currency named: the unit says so
+    assert "EUR per customer" in power_from_outcomes(none + 0.2, none, dep, settings, unit="EUR")["warning"]
     assert small["control_share_needed"] is None or small["control_share_needed"] > 0.3
     flat = power_from_outcomes(none - 0.1, none, dep, settings)
     assert not flat["detectable"] and "no positive lift" in flat["warning"]
