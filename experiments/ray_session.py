@@ -69,6 +69,16 @@ def _wait_for_port(address: str, timeout: float, deadline: float) -> None:
             time.sleep(0.5)
 
 
+def check_address(address: str | None, connect_timeout: float | None = None) -> None:
+    """Fail early, in one line, when a cluster named by `address` does not take a connection
+    within the connect timeout: for commands whose Ray session starts only late in their work
+    (`clv ope` starts it for the bootstrap). A TCP probe; Ray is not started."""
+    if not address or address == "local":
+        return
+    timeout = _SETTINGS["connect_timeout"] if connect_timeout is None else float(connect_timeout)
+    _wait_for_port(address, timeout, time.monotonic() + timeout)
+
+
 def _join(address: str, timeout: float, kw: dict[str, Any]) -> None:
     """ray.init(address) within `timeout` seconds, or a ConfigError naming the address. ray.init
     runs in a thread that is left behind when it does not return in time (its retries cannot be

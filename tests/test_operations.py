@@ -84,14 +84,23 @@ def _scenario(folder: Path, world: Path, **keys) -> Path:
     return p
 
 
-@pytest.mark.parametrize("command", ["scenarios", "run", "score"])
+def _small_history(folder: Path) -> Path:
+    from sim.synthetic import BankConfig, write_bank_history
+
+    write_bank_history(folder, BankConfig(customers=300, weeks=40, seed=3))
+    return folder
+
+
+@pytest.mark.parametrize("command", ["scenarios", "run", "score", "ope"])
 def test_an_address_where_no_cluster_answers_is_one_line_within_the_timeout(tmp_path, world_path, command):
     address = f"127.0.0.1:{_free_port()}"
     args = {
-        "scenarios": ["scenarios", _scenario(tmp_path, world_path), "--out", tmp_path / "out"],
-        "run": ["run", EXAMPLES / "my_bank.yaml", "--out", tmp_path / "out"],
-        "score": ["score", world_path, "--out", tmp_path / "scores.parquet"],
-    }[command]
+        "scenarios": lambda: ["scenarios", _scenario(tmp_path, world_path), "--out", tmp_path / "out"],
+        "run": lambda: ["run", EXAMPLES / "my_bank.yaml", "--out", tmp_path / "out"],
+        "score": lambda: ["score", world_path, "--out", tmp_path / "scores.parquet"],
+        # checked before the evaluation's work, not when its bootstrap starts Ray
+        "ope": lambda: ["ope", _small_history(tmp_path / "h"), "--policy", "bau", "--out", tmp_path / "scores.parquet"],
+    }[command]()
     proc = _clv(*args, "--address", address, "--connect-timeout", 5, "--json")
     stdout, stderr = proc.communicate(timeout=120)
     expected = (

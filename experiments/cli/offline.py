@@ -145,7 +145,9 @@ def ope(
             _check_world(world_path)
         from experiments.ope import OPESettings, evaluate_offline
         from experiments.ope.evaluate import NEEDS_EVERY_ACTION
-        from experiments.ray_session import executor_for
+        from experiments.ray_session import check_address, executor_for
+
+        check_address(address)  # now, not after the evaluation's work: its Ray starts at the bootstrap
 
         settings = OPESettings(
             estimand=estimand,
