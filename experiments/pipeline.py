@@ -314,8 +314,11 @@ def run_pipeline(
     progress: Progress | None = None,
     log: Log | None = None,
     executor=None,
+    warn: Log | None = None,
 ) -> dict[str, Any]:
     """Run every step of `cfg` into the folder `out`; returns the run.json document (also written).
+    `warn` receives the warnings a user must see as soon as they are known (a default catalogue
+    standing in for actions.yaml), whatever the run's end; default: `log`.
     `executor` runs the plan's seeds (experiments.ray_session.RayExecutor; None: in-process; the
     numbers are the same). Nothing is written until the config has been checked against the
     history and the calibrated world (experiments.run_checks); a user error found later (exit 2)
@@ -330,7 +333,7 @@ def run_pipeline(
         log(f"removed {len(stale)} temp file(s) a killed run left in {out}: {', '.join(stale[:5])}")
     writes = RunWrites.begin(out)
     try:
-        return _run(cfg, out, writes, progress, log, executor)
+        return _run(cfg, out, writes, progress, log, executor, warn or log)
     except InfeasibleError:
         raise
     except ClvError:
@@ -344,8 +347,9 @@ def run_pipeline(
         raise
 
 
-def _run(cfg: RunConfig, out: Path, writes: RunWrites, progress, log: Log, executor) -> dict[str, Any]:
+def _run(cfg: RunConfig, out: Path, writes: RunWrites, progress, log: Log, executor, warn: Log) -> dict[str, Any]:
     from sim.atomic import atomic_write_json
+    from sim.calibrate import default_catalogue_warning
     from sim.world import json_safe
 
     from .reports import write_run_report
@@ -386,6 +390,8 @@ def _run(cfg: RunConfig, out: Path, writes: RunWrites, progress, log: Log, execu
         world, book, validated = _fit(cfg, history, log, stage("calibration"))
     except ConfigError as e:
         calibration_error(cfg, e)
+    if warning := default_catalogue_warning(world.assumptions):  # said now: the run may still end in exit 3
+        warn(warning)
     checked = check_against_world(cfg, history, world, book)  # every config key checked: now OUT is written
     out.mkdir(parents=True, exist_ok=True)
     removed = start_run(out, cfg)

@@ -142,11 +142,10 @@ def run(
             def log(msg: str) -> None:
                 typer.echo(f"{stamp()} {msg}", err=True)
 
-            doc = run_pipeline(cfg, out, progress=progress, log=log, executor=executor)
-        from sim.calibrate import default_catalogue_warning  # the bundled bank's catalogue stood in for actions.yaml
-
-        if warning := default_catalogue_warning((doc.get("calibration") or {}).get("assumptions") or []):
-            typer.echo(warning, err=True)
+            # warnings (the bundled bank's catalogue standing in for actions.yaml) as soon as known
+            doc = run_pipeline(
+                cfg, out, progress=progress, log=log, executor=executor, warn=lambda m: typer.echo(m, err=True)
+            )
     p, ev = doc["plan"], doc["evaluation"]
     lift, vs_alone, pred = p["lift_vs_none"], p["lift_vs_policy_alone"], p["predicted_lift"]
     lines = [
