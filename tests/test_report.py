@@ -366,15 +366,27 @@ def test_the_decision_follows_the_paired_interval(run_out, lift, verdict):
     assert verdict in decision_html(doc, "margin units")
 
 
-def test_every_money_header_has_its_unit_and_a_currency_replaces_margin_units(run_out):
+def test_every_money_header_has_its_unit_and_a_currency_replaces_margin_units(run_out, tmp_path):
+    import shutil
+
+    import pandas as pd
+
     from sim.world import WorldModel
 
     page = _cells((run_out / "report.html").read_text())
     money = [h for h in page.th if re.search(r"cash spend|value \(|value per|gain|cost|budget \(|CLV over", h)]
     assert money and all("margin unit" in h for h in money), [h for h in money if "margin unit" not in h]
-    world = WorldModel.load(run_out / "world.json")
+    # the same run as if its world had named a currency: the texts the run wrote into its files (the
+    # contact list's reasons, the experiment's warning) name the unit of the world they were made in
+    eur_out = tmp_path / "eur"
+    shutil.copytree(run_out, eur_out)
+    contacts = pd.read_parquet(eur_out / "contacts.parquet")
+    contacts["reason"] = contacts["reason"].str.replace("margin units", "EUR")
+    contacts.to_parquet(eur_out / "contacts.parquet", index=False)
+    doc = json.loads(json.dumps(_run_doc(run_out)).replace("margin units", "EUR"))
+    world = WorldModel.load(eur_out / "world.json")
     world.economics.currency = "EUR"
-    eur = _render(run_out, _run_doc(run_out), world)
+    eur = _render(eur_out, doc, world)
     text = " ".join(eur.text)
     assert "margin units" not in text and "margin unit" not in text
     assert "cash spend (EUR)" in text and "value per EUR of cash" in text
