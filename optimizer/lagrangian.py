@@ -405,6 +405,9 @@ class DualEngine:
         return out
 
 
+MASTER_TIME_LIMIT = 10.0  # seconds GLOP gets for the cutting-plane master LP before HiGHS takes over
+
+
 def _greedy_fit(delta: np.ndarray, slack: np.ndarray, max_rounds: int = 200) -> np.ndarray:
     """Scan moves in order; keep each whose (K,) usage change keeps every constraint within the
     remaining slack. Vectorised: keep the longest prefix that fits, skip the move that breaks it
@@ -443,11 +446,36 @@ def _master(
         m.add(theta - mb.LinearExpr.weighted_sum(lam, [float(g) for g in gt]) >= float(Lt - gt @ lt))
     m.minimize(theta)
     s = mb.Solver("GLOP")
+    # a master of a few variables solves in microseconds; GLOP has been seen to stall for minutes on
+    # one (demo run, 2026-12-02): past the limit the same LP goes to HiGHS (scipy) instead
+    s.set_time_limit_in_seconds(MASTER_TIME_LIMIT)
     status = s.solve(m)
-    if status not in (mb.SolveStatus.OPTIMAL, mb.SolveStatus.FEASIBLE):
-        # unbounded below cannot happen in a box; fall back to the box centre
+    if status == mb.SolveStatus.OPTIMAL:
+        return np.array([s.value(v) for v in lam]), float(s.objective_value)
+    return _master_highs(cuts, lo, hi)
+
+
+def _master_highs(
+    cuts: list[tuple[np.ndarray, float, np.ndarray]], lo: np.ndarray, hi: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """`_master`'s LP with scipy's HiGHS; the box centre when that fails too (a box cannot make it
+    unbounded; the next cut moves the centre on)."""
+    from scipy.optimize import linprog
+
+    K = len(lo)
+    G = np.array([g for _, _, g in cuts], float).reshape(len(cuts), K)
+    rhs = np.array([Lt - g @ lt for lt, Lt, g in cuts], float)
+    # theta >= rhs_t + g_t . lam  <=>  g_t . lam - theta <= -rhs_t
+    res = linprog(
+        np.r_[np.zeros(K), 1.0],
+        A_ub=np.c_[G, -np.ones(len(cuts))],
+        b_ub=-rhs,
+        bounds=[(float(a), float(b)) for a, b in zip(lo, hi)] + [(None, None)],
+        method="highs",
+    )
+    if res.status != 0:
         return (lo + hi) / 2.0, -np.inf
-    return np.array([s.value(v) for v in lam]), float(s.objective_value)
+    return np.asarray(res.x[:K]), float(res.fun)
 
 
 def solve_lagrangian(

@@ -992,3 +992,16 @@ def test_lagrangian_result_does_not_depend_on_the_thread_count():
     assert np.array_equal(a.choice, b.choice)
     assert a.bound == b.bound and a.objective == b.objective
     assert np.array_equal(a.multipliers, b.multipliers)
+
+
+def test_the_master_lp_gives_the_same_bound_with_highs_as_with_glop():
+    """The cutting-plane master goes to HiGHS when GLOP stalls past its time limit: same LP, same optimum."""
+    from optimizer.lagrangian import _master, _master_highs
+
+    rng = np.random.default_rng(4)
+    K = 3
+    lo, hi = np.zeros(K), np.full(K, 5.0)
+    cuts = [(rng.uniform(0, 5, K), float(rng.uniform(1, 3)), rng.normal(0, 1, K)) for _ in range(12)]
+    (_, v_g), (lam_h, v_h) = _master(cuts, lo, hi), _master_highs(cuts, lo, hi)
+    assert v_g == pytest.approx(v_h, abs=1e-7)
+    assert np.all(lam_h >= lo - 1e-9) and np.all(lam_h <= hi + 1e-9)
