@@ -110,13 +110,8 @@ def plan_frontier(
         "honest": bool(all(p["check"]["predicted_inside_fresh_ci"] for p in points)),
         "units": "lift per customer over the horizon, discounted CLV; spend: cash over the horizon; marginal "
         "value: total discounted CLV per unit of cash",
-        "currency": money_unit(ctx.world),
+        "currency": ctx.world.economics.money_unit,
     }
-
-
-def money_unit(world: Any) -> str:
-    """The unit margins and costs are in: economics.yaml's `currency`, else "margin units"."""
-    return getattr(getattr(world, "economics", None), "currency", None) or "margin units"
 
 
 def plot_plan_frontier(doc: dict[str, Any], path: Path) -> None:

@@ -333,7 +333,7 @@ def plan_at(
             "cost": first["cost"].to_numpy(),
         }
     )
-    unit = getattr(world.economics, "currency", None) or "margin units"
+    unit = world.economics.money_unit
     contacts["reason"] = [_reason(v, c, price, rule.pacing, unit) for v, c in zip(contacts["value"], contacts["cost"])]
     contacts = contacts.sort_values("value", ascending=False, kind="stable").reset_index(drop=True)
 

@@ -387,8 +387,8 @@ def experiment_power(
     jobs = [(0, "budgeted", rule, False, s) for s in seeds] + [(None, "none", None, False, s) for s in seeds]
     runs = run_jobs(ctx.world, ctx.book, (ctx.policy_fn,), H, jobs, ctx.values, None, ctx.tables, executor, progress)
     treated, none = np.stack([r.clv for r in runs[:K]]), np.stack([r.clv for r in runs[K:]])  # (K, N)
-    unit = getattr(ctx.world.economics, "currency", None) or "margin units"
-    return power_from_outcomes(treated, none, dep, settings, seeds, [s.name for s in ctx.world.segments], unit)
+    segments = [s.name for s in ctx.world.segments]
+    return power_from_outcomes(treated, none, dep, settings, seeds, segments, ctx.world.economics.money_unit)
 
 
 def power_from_outcomes(

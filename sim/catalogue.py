@@ -231,6 +231,11 @@ class Economics:
         return PERIOD_DAYS[self.period]
 
     @property
+    def money_unit(self) -> str:
+        """The unit margins and costs are in, as outputs name it: `currency`, else "margin units"."""
+        return self.currency or "margin units"
+
+    @property
     def discount_per_period(self) -> float:
         """Per-period discount factor implied by the annual rate."""
         return float((1.0 + self.annual_discount_rate) ** (-self.period_days / 365.25))

@@ -504,6 +504,19 @@ _WS_LAST[[0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x1F, 0x20]] = True
 _WS_LAST[0x80:0xC0] = True
 
 
+def _string_buffers(ch: pa.Array) -> tuple[np.ndarray, np.ndarray] | None:
+    """(offsets, data bytes) of a string chunk, read in place (no copies); None when it holds no
+    bytes. `data[offsets[i]:offsets[i + 1]]` is row i."""
+    width = 8 if pa.types.is_large_string(ch.type) else 4
+    bufs = ch.buffers()
+    offs = np.frombuffer(
+        bufs[1], dtype=np.int64 if width == 8 else np.int32, count=len(ch) + 1, offset=ch.offset * width
+    )
+    if bufs[2] is None or offs[-1] == offs[0]:
+        return None
+    return offs, np.frombuffer(bufs[2], dtype=np.uint8)
+
+
 def _needs_strip(arr: pa.ChunkedArray) -> bool:
     """Could any cell start or end with whitespace? (reads the string buffers, no copies)"""
     for ch in arr.chunks:
@@ -511,14 +524,10 @@ def _needs_strip(arr: pa.ChunkedArray) -> bool:
             continue
         if ch.null_count or not (pa.types.is_large_string(ch.type) or pa.types.is_string(ch.type)):
             return True
-        width = 8 if pa.types.is_large_string(ch.type) else 4
-        bufs = ch.buffers()
-        offs = np.frombuffer(
-            bufs[1], dtype=np.int64 if width == 8 else np.int32, count=len(ch) + 1, offset=ch.offset * width
-        )
-        if bufs[2] is None or offs[-1] == offs[0]:
+        found = _string_buffers(ch)
+        if found is None:
             continue
-        data = np.frombuffer(bufs[2], dtype=np.uint8)
+        offs, data = found
         nonempty = offs[1:] > offs[:-1]
         if _WS_FIRST[data[offs[:-1][nonempty]]].any() or _WS_LAST[data[offs[1:][nonempty] - 1]].any():
             return True
@@ -608,14 +617,11 @@ def _byte_flags(arr: pa.ChunkedArray) -> tuple[bool, bool]:
     for ch in arr.chunks:
         if len(ch) == 0 or not (pa.types.is_large_string(ch.type) or pa.types.is_string(ch.type)):
             continue
-        width = 8 if pa.types.is_large_string(ch.type) else 4
-        bufs = ch.buffers()
-        offs = np.frombuffer(
-            bufs[1], dtype=np.int64 if width == 8 else np.int32, count=len(ch) + 1, offset=ch.offset * width
-        )
-        if bufs[2] is None or offs[-1] == offs[0]:
+        found = _string_buffers(ch)
+        if found is None:
             continue
-        data = np.frombuffer(bufs[2], dtype=np.uint8, count=int(offs[-1] - offs[0]), offset=int(offs[0]))
+        offs, data = found
+        data = data[int(offs[0]) : int(offs[-1])]
         for i in range(0, len(data), 1 << 24):  # in slices: the masks stay small at 20M rows
             part = data[i : i + (1 << 24)]
             control = control or bool(_CONTROL_BYTES[part].any())

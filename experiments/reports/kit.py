@@ -107,7 +107,7 @@ def table_of_nonzero(
 def unit_of(world: Any) -> str:
     """The money unit of the numbers: economics.yaml's currency, else "margin units"."""
     econ = getattr(world, "economics", None)
-    return getattr(econ, "currency", None) or "margin units"
+    return econ.money_unit if econ is not None else "margin units"
 
 
 def words(key: str) -> str:
