@@ -216,9 +216,12 @@ def build_panel(summary: CustomerSummary, tx: pd.DataFrame, cutoff: pd.Timestamp
     origin = pd.Timestamp(summary.birth.min()).normalize()
     W = int(period_index(np.array([np.datetime64(pd.Timestamp(cutoff), "ns")]), origin, period_days)[0]) + 1
     N = len(summary)
-    tx = tx.loc[tx["date"] <= pd.Timestamp(cutoff)]
-    code, ok = lookup(summary.customer_id, tx["customer_id"])
-    w = period_index(tx["date"].to_numpy("datetime64[ns]"), origin, period_days)
+    dates = tx["date"].to_numpy("datetime64[ns]")
+    upto = dates <= np.datetime64(pd.Timestamp(cutoff), "ns")
+    # the two columns filtered, not the frame (a copy of every column of every transaction)
+    ids = tx["customer_id"].array
+    code, ok = lookup(summary.customer_id, ids if upto.all() else ids[upto])
+    w = period_index(dates[upto], origin, period_days)
     flat = np.bincount(code[ok] * W + w[ok], minlength=N * W)
     counts = np.minimum(flat.reshape(N, W), np.iinfo(np.int16).max).astype(np.int16)
     del flat

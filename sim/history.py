@@ -196,8 +196,12 @@ def _side_file(folder: Path, name: str) -> Path | None:
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
     try:
-        df = pd.read_parquet(path)
+        # dates as datetime64, not one Python date object per row (their text parse was 40 % of
+        # reading a 1M-customer history)
+        df = pq.read_table(path).to_pandas(date_as_object=False)
     except Exception as e:  # noqa: BLE001 - any reader failure is a bad input file
         raise HistoryError(path.name, None, None, f"cannot read the Parquet file: {e}") from None
     if not isinstance(df.index, pd.RangeIndex):
@@ -259,7 +263,7 @@ def _read_parquet_parts(path: Path) -> tuple[pd.DataFrame, str]:
         tables.append(t)
         parts.append((rel, t.num_rows))
     try:
-        df = pa.concat_tables(tables).to_pandas()
+        df = pa.concat_tables(tables).to_pandas(date_as_object=False)
     except Exception as e:  # noqa: BLE001
         raise HistoryError(name, None, None, f"cannot read the folder of Parquet parts: {e}") from None
     del tables
@@ -1359,25 +1363,40 @@ def _summarise_transactions(tx: pd.DataFrame) -> tuple[pa.Array, dict[str, int]]
 _CANONICAL_INT = r"-?(?:0|[1-9][0-9]{0,17})"  # round-trips through int64 and back to the same text
 
 
-def customer_id_type(raw: pd.Series, ids: pd.Series) -> str:
+def customer_id_type(raw: pd.Series, ids: Any) -> str:
     """ "integer" when the user's customer ids are integers (an integer Parquet column, or CSV cells
     that all read as integers written without leading zeros), else "text": outputs give the ids
-    back in the user's own type (`restore_customer_ids`), while everything inside uses text."""
+    back in the user's own type (`restore_customer_ids`), while everything inside uses text.
+    `ids` are the ids as text (distinct ones suffice)."""
     if pd.api.types.is_bool_dtype(raw.dtype):
         return "text"
     if pd.api.types.is_integer_dtype(raw.dtype):
         return "integer"
     if pd.api.types.is_float_dtype(raw.dtype) or not len(ids):
         return "text"
-    u = pd.Series(pd.unique(ids.to_numpy(dtype=object)), dtype="str")
-    return "integer" if bool(u.str.fullmatch(_CANONICAL_INT).all()) else "text"
+    return "integer" if integer_text(ids) else "text"
 
 
-def integer_text(values) -> bool:
+def integer_text(values: Any) -> bool:
     """Whether every value reads as an integer written without leading zeros (and round-trips
-    through int64): ids a user wrote as numbers."""
-    text = pd.Series(pd.unique(np.asarray(values, dtype=object)), dtype="str")
-    return bool(len(text)) and bool(text.str.fullmatch(_CANONICAL_INT).all())
+    through int64): ids a user wrote as numbers. Checked on the distinct values, in Arrow (no
+    Python object per row: a 1M-customer book's 32M rows took 10 s that way)."""
+    if isinstance(values, pd.Series):
+        arr = _arrow(values.astype("str"))
+    elif isinstance(values, (pa.Array, pa.ChunkedArray)):
+        arr = values
+    else:
+        arr = pa.array(np.asarray(values, dtype=object).astype(str), type=pa.large_string())
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks else pa.array([], pa.large_string())
+    if not pa.types.is_string(arr.type) and not pa.types.is_large_string(arr.type):
+        arr = arr.cast(pa.large_string())
+    if not len(arr):
+        return False
+    u = pc.unique(arr)
+    if u.null_count:
+        return False
+    return bool(pc.all(pc.match_substring_regex(u, f"^{_CANONICAL_INT}$")).as_py())
 
 
 def restore_customer_ids(ids, id_type: str | None) -> np.ndarray:
@@ -1406,10 +1425,10 @@ def load_history(folder: str | Path) -> History:
     assert raw is not None
     skipped += int(raw.attrs.get("blank_rows_skipped", 0))
     tx = validate_transactions(raw, tx_file, notes)
-    report["customer_id_type"] = customer_id_type(raw["customer_id"], tx["customer_id"])
+    tx_ids, counts = _summarise_transactions(tx)
+    report["customer_id_type"] = customer_id_type(raw["customer_id"], tx_ids)
     del raw
     report["transactions_rows"] = len(tx)
-    tx_ids, counts = _summarise_transactions(tx)
 
     customers = products = decisions = None
     first_day, last_day = tx["date"].min(), tx["date"].max()

@@ -68,7 +68,7 @@ def test_the_files_are_the_same_on_ray_workers_as_in_process(parts, tmp_path):
 
 
 def test_clv_make_data_writes_parquet_parts_on_request(tmp_path):
-    from tests.cli_runner import clv, ok_json
+    from cli_runner import clv, ok_json
 
     doc = ok_json(
         clv("make-data", "--out", tmp_path / "h", "--customers", 300, "--weeks", 30, "--format", "parquet", "--json")
@@ -130,7 +130,7 @@ def test_hive_partitions_read_as_one_table(tmp_path):
     ],
 )
 def test_errors_in_a_partitioned_table_name_the_part_and_its_row(tmp_path, layout, message):
-    from tests.cli_runner import clv
+    from cli_runner import clv
 
     h = tmp_path / "h"
     (h / "transactions").mkdir(parents=True)

@@ -107,3 +107,24 @@ def test_holdout_forecast_on_bank_history(bank):
     assert abs(m["aggregate_error"]) < 0.05
     assert m["per_customer_corr"] > 0.85
     assert m["active_auc"] > 0.95
+
+
+def test_bootstrap_over_random_groups_gives_the_per_customer_standard_errors(bank, monkeypatch):
+    """Large books bootstrap random groups of customers (sim.response.BOOT_GROUPS); forced here on
+    the test book: the point estimates are the same, the standard errors agree with the
+    per-customer bootstrap's within the bootstrap's own noise (200 replicates: ~5 % per cell)."""
+    import sim.response
+
+    hist, _, world, book = bank
+    assert len(book) >= 3 * 1_000  # groups of several customers each
+    monkeypatch.setattr(sim.response, "BOOT_GROUPS", 1_000)
+    grouped, _, _ = calibrate(hist, CE)
+    for effect in ("activity_lift", "adoption_uplift", "dropout_reduction"):
+        a, b = (np.array(w.fit["response"]["raw"][effect], float) for w in (world, grouped))
+        np.testing.assert_array_equal(np.isfinite(a), np.isfinite(b))
+        np.testing.assert_allclose(a[np.isfinite(a)], b[np.isfinite(b)], rtol=1e-12)
+        sa, sb = (np.array(w.fit["response"]["se"][effect], float) for w in (world, grouped))
+        cells = np.isfinite(sa) & np.isfinite(sb)
+        ratio = sb[cells] / sa[cells]
+        assert 0.85 < np.median(ratio) < 1.15, (effect, np.round(ratio, 2))
+        assert np.all((ratio > 0.6) & (ratio < 1.6)), (effect, np.round(ratio, 2))
