@@ -61,9 +61,11 @@ def calibrate(
             f"no transactions on or before the calibration end {ce.date()}; "
             f"the history starts on {tx['date'].min().date()}; choose a later date"
         )
-    rows = CustomerRows.from_frame(tx.loc[tx["date"] <= ce, ["customer_id", "date", "amount"]])
+    upto = (tx["date"] <= ce).to_numpy()
+    # a copy of the rows only when some come after the cut-off (a whole book's copy is GBs)
+    rows = CustomerRows.from_frame(tx if upto.all() else tx.loc[upto, ["customer_id", "date", "amount"]])
     summary = summarise(tx, ce, pdays, history.customers, rows=rows)
-    used = int((tx["date"] <= ce).sum())
+    used = int(upto.sum())
     all_customers = set(tx["customer_id"].unique())
     if history.customers is not None:
         all_customers |= set(history.customers["customer_id"])

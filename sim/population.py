@@ -777,6 +777,76 @@ def sample_book(book: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     return book.iloc[rows].reset_index(drop=True)
 
 
+_PERIOD_TOTALS = ("transactions", "amount", "margin", "cost", "reward", "alive", "contacts")
+_CUSTOMER_SUMS = ("transactions", "amount", "cost", "reward", "clv", "discounted_cost", "contacts")
+
+
+def simulate_block(
+    world: WorldModel,
+    policy: PolicyFn,
+    periods: int,
+    crn: bool,
+    seq: np.random.SeedSequence,
+    src: pd.DataFrame | None,
+    m: int,
+    tables: WorldTables | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, dict[str, np.ndarray]]:
+    """One block of customers (the book rows `src`, or `m` new customers) run for `periods` from
+    its own seed sequence: per-customer sums ("customers") and per-period totals ("periods").
+    A block's numbers depend on its rows and seed alone, so blocks may run anywhere (Ray tasks)."""
+    tables = tables or WorldTables.from_world(world)
+    disc = world.economics.discount_per_period
+    if src is not None:
+        sim = PopulationSimulator.from_book(world, src, seq, tables=tables)
+    else:
+        sim = PopulationSimulator.new_customers(world, m, seq, tables=tables)
+    sim.crn = crn
+    m = sim.state.n
+    start_stage = sim.state.stage.copy()
+    acc = {k: np.zeros(m) for k in _CUSTOMER_SUMS}
+    per = {k: np.zeros(periods) for k in _PERIOD_TOTALS}
+    stage_counts = np.zeros((periods, N_STAGES), np.int64)
+    stage_contacts = np.zeros((periods, N_STAGES), np.int64)  # contacts by the stage they were made in
+    for t in range(periods):
+        stage_before = sim.state.stage
+        out = sim.step(policy(sim))
+        if out.contacted.any():
+            stage_contacts[t] += np.bincount(stage_before[out.contacted], minlength=N_STAGES)
+        acc["transactions"] += out.transactions
+        acc["amount"] += out.amount
+        acc["cost"] += out.cost
+        acc["reward"] += out.reward
+        acc["clv"] += out.reward * disc**t
+        acc["discounted_cost"] += out.cost * disc**t
+        acc["contacts"] += out.contacted
+        per["transactions"][t] = out.transactions.sum()
+        per["amount"][t] = out.amount.sum()
+        per["margin"][t] = out.reward.sum() + out.cost.sum()
+        per["cost"][t] = out.cost.sum()
+        per["reward"][t] = out.reward.sum()
+        per["alive"][t] = sim.state.alive.sum()
+        per["contacts"][t] = out.contacted.sum()
+        stage_counts[t] = np.bincount(sim.state.stage, minlength=N_STAGES)
+        if progress:
+            progress(m)
+    customers = {
+        "segment": sim.state.segment,
+        "start_stage": start_stage,
+        "end_stage": sim.state.stage,
+        **acc,
+        "alive_end": sim.state.alive,
+        "products_end": sim.state.products.sum(axis=1),
+        "products_opened": sim.state.opened.copy(),
+    }
+    return {"customers": customers, "periods": per, "stages": {"counts": stage_counts, "contacts": stage_contacts}}
+
+
+def _block_task(world, policy, periods, crn, seq, src, m):
+    """`simulate_block` as a task of an executor (tables built where it runs)."""
+    return simulate_block(world, policy, periods, crn, seq, src, m)
+
+
 def simulate(
     world: WorldModel,
     policy: PolicyFn | str,
@@ -787,13 +857,17 @@ def simulate(
     chunk_size: int = DEFAULT_CHUNK,
     progress: Callable[[int], None] | None = None,
     crn: bool = False,
+    executor=None,
 ) -> SimulationResult:
     """Run `policy` for `periods` on the book's digital twins (resampled to `customers` when given)
-    or on `customers` brand-new customers when there is no book."""
+    or on `customers` brand-new customers when there is no book.
+
+    The customers run in blocks of `chunk_size`, each from its own seed of one SeedSequence
+    (`chunk_seeds`); with an `executor` (anything with `map(fn, shared, calls, progress)`, e.g.
+    experiments.ray_session.RayExecutor) the blocks run as its tasks. The blocks' results are
+    combined in block order, so the numbers are the same in-process and at any number of workers."""
     if isinstance(policy, str):
         policy = builtin_policy(policy)
-    tables = WorldTables.from_world(world)
-    disc = world.economics.discount_per_period
     if book is not None:
         n = len(book) if customers is None else int(customers)
         src = sample_book(book, n, seed)
@@ -801,69 +875,43 @@ def simulate(
         if customers is None:
             raise ValueError("simulating new customers needs a number of customers")
         n, src = int(customers), None
-    per = {k: np.zeros(periods) for k in ("transactions", "amount", "margin", "cost", "reward", "alive", "contacts")}
-    stage_counts = np.zeros((periods, N_STAGES), np.int64)
-    stage_contacts = np.zeros((periods, N_STAGES), np.int64)  # contacts by the stage they were made in
-    out_cols: dict[str, list[np.ndarray]] = {
-        k: []
-        for k in (
-            "segment",
-            "start_stage",
-            "end_stage",
-            "transactions",
-            "amount",
-            "cost",
-            "reward",
-            "clv",
-            "discounted_cost",
-            "contacts",
-            "alive_end",
-            "products_end",
-            "products_opened",
-        )
-    }
-    for start, stop, seq in chunk_seeds(seed, n, chunk_size):
-        if src is not None:
-            sim = PopulationSimulator.from_book(world, src.iloc[start:stop], seq, tables=tables)
-        else:
-            sim = PopulationSimulator.new_customers(world, stop - start, seq, tables=tables)
-        sim.crn = crn
-        m = stop - start
-        start_stage = sim.state.stage.copy()
-        acc = {
-            k: np.zeros(m) for k in ("transactions", "amount", "cost", "reward", "clv", "discounted_cost", "contacts")
-        }
-        for t in range(periods):
-            stage_before = sim.state.stage
-            out = sim.step(policy(sim))
-            if out.contacted.any():
-                stage_contacts[t] += np.bincount(stage_before[out.contacted], minlength=N_STAGES)
-            acc["transactions"] += out.transactions
-            acc["amount"] += out.amount
-            acc["cost"] += out.cost
-            acc["reward"] += out.reward
-            acc["clv"] += out.reward * disc**t
-            acc["discounted_cost"] += out.cost * disc**t
-            acc["contacts"] += out.contacted
-            per["transactions"][t] += out.transactions.sum()
-            per["amount"][t] += out.amount.sum()
-            per["margin"][t] += out.reward.sum() + out.cost.sum()
-            per["cost"][t] += out.cost.sum()
-            per["reward"][t] += out.reward.sum()
-            per["alive"][t] += sim.state.alive.sum()
-            per["contacts"][t] += out.contacted.sum()
-            stage_counts[t] += np.bincount(sim.state.stage, minlength=N_STAGES)
+    chunks = chunk_seeds(seed, n, chunk_size)
+    if executor is None or len(chunks) == 1:
+        tables = WorldTables.from_world(world)
+        blocks = [
+            simulate_block(
+                world,
+                policy,
+                periods,
+                crn,
+                seq,
+                None if src is None else src.iloc[start:stop],
+                stop - start,
+                tables=tables,
+                progress=progress,
+            )
+            for start, stop, seq in chunks
+        ]
+    else:
+        calls = [(seq, None if src is None else src.iloc[start:stop], stop - start) for start, stop, seq in chunks]
+        sizes = iter([stop - start for start, stop, _ in chunks])
+
+        def tick(k: int) -> None:  # blocks finish in any order; their sizes differ only in the last
             if progress:
-                progress(m)
-        out_cols["segment"].append(sim.state.segment)
-        out_cols["start_stage"].append(start_stage)
-        out_cols["end_stage"].append(sim.state.stage)
-        for k, v in acc.items():
-            out_cols[k].append(v)
-        out_cols["alive_end"].append(sim.state.alive)
-        out_cols["products_end"].append(sim.state.products.sum(axis=1))
-        out_cols["products_opened"].append(sim.state.opened.copy())
-    cust = {k: np.concatenate(v) for k, v in out_cols.items()}
+                for _ in range(k):
+                    progress(next(sizes, chunk_size) * periods)
+
+        blocks = executor.map(_block_task, (world, policy, periods, crn), calls, tick)
+    # totals added block by block in block order: the same floating-point sums wherever blocks ran
+    per = {k: np.zeros(periods) for k in _PERIOD_TOTALS}
+    stage_counts = np.zeros((periods, N_STAGES), np.int64)
+    stage_contacts = np.zeros((periods, N_STAGES), np.int64)
+    for b in blocks:
+        for k in _PERIOD_TOTALS:
+            per[k] += b["periods"][k]
+        stage_counts += b["stages"]["counts"]
+        stage_contacts += b["stages"]["contacts"]
+    cust = {k: np.concatenate([b["customers"][k] for b in blocks]) for k in blocks[0]["customers"]}
     seg_names = np.array([s.name for s in world.segments])
     df = pd.DataFrame(
         {
@@ -875,7 +923,7 @@ def simulate(
             "segment": seg_names[cust["segment"]],
             "start_stage": np.array(STAGES)[cust["start_stage"]],
             "end_stage": np.array(STAGES)[cust["end_stage"]],
-            **{k: cust[k] for k in ("transactions", "amount", "cost", "reward", "clv", "discounted_cost", "contacts")},
+            **{k: cust[k] for k in _CUSTOMER_SUMS},
             "alive_end": cust["alive_end"],
             "products_end": cust["products_end"],
             "products_opened": cust["products_opened"],

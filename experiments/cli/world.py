@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from .common import (
+    ConnectTimeoutOpt,
     DatasetOpt,
     HistoryArg,
     JsonOpt,
@@ -257,11 +258,23 @@ def simulate(
         "--out",
         help="Parquet file, one row per simulated customer (per-period totals go to FILE.periods.parquet).",
     ),
+    workers: Optional[int] = typer.Option(
+        None,
+        "--workers",
+        min=0,
+        help="CPUs of the local Ray the customer blocks run on (default: all; 0 in-process). "
+        "Same numbers at any number.",
+    ),
+    address: Optional[str] = typer.Option(None, "--address", help="An existing Ray cluster for the blocks."),
+    connect_timeout: float = ConnectTimeoutOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Simulate a population under a policy with the vectorised simulator.
+    """Simulate a population under a policy with the vectorised simulator. Books larger than one
+    block (262,144 customers) run as Ray tasks, one block each.
 
     Example: clv simulate world.json --policy none --customers 100000 --periods 52 --seed 1 --out sim.parquet
+
+    On a Ray cluster: clv simulate world.json --customers 3000000 --address 10.0.0.5:6379 --out sim.parquet
     """
     with _user_errors():
         from sim.errors import ConfigError
@@ -280,24 +293,30 @@ def simulate(
         world = WorldModel.load(world_path)
         periods_name = Path(out).name.removesuffix(".parquet") + ".periods.parquet"
         _check_out(out, inputs=(world_path, world.book_path(world_path)), writes=(periods_name,))
+        from experiments.ray_session import executor_session
         from experiments.results import SimulationSummary
         from policies.base import as_simulator_policy
         from policies.registry import resolve_policy
         from sim.atomic import atomic_path
+        from sim.population import DEFAULT_CHUNK
         from sim.population import simulate as run
 
         world, book = _load_world(world_path, population, world)
         pol = as_simulator_policy(resolve_policy(policy, world))
         n = customers or len(book)
         t0 = time.perf_counter()
-        with _progress(f"simulating {n:,} customers x {periods} periods", n * periods) as upd:
+        one_block = n <= DEFAULT_CHUNK and address is None  # nothing to share out: no Ray to start
+        with (
+            executor_session(0 if one_block else workers, address) as ex,
+            _progress(f"simulating {n:,} customers x {periods} periods", n * periods) as upd,
+        ):
             done = [0]
 
             def tick(m: int) -> None:
-                done[0] += m
+                done[0] = min(done[0] + m, n * periods)
                 upd(done[0])
 
-            res = run(world, pol, periods, seed, book=book, customers=customers, progress=tick)
+            res = run(world, pol, periods, seed, book=book, customers=customers, progress=tick, executor=ex)
         secs = time.perf_counter() - t0
         out = Path(out)
         periods_path = out.with_name(out.name.removesuffix(".parquet") + ".periods.parquet")
