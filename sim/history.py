@@ -1084,6 +1084,11 @@ def merge_same_day(tx: pd.DataFrame) -> tuple[pd.DataFrame, int]:
         if c not in tx.columns:
             raise KeyError(f"merge_same_day needs a {c!r} column")
     day = _day_numbers(tx["date"].to_numpy())
+    numeric = [
+        c for c in tx.columns if c not in ("customer_id", "date", "amount") and _is_plain_number_dtype(tx[c].dtype)
+    ]
+    if _already_merged(tx, day):  # a validated history without same-day rows: no copy of a whole book
+        return tx[["customer_id", "date", "amount", *numeric]], 0
     cols: dict[str, Any] = {
         "customer_id": _to_str(tx["customer_id"]),
         "date": day.astype("datetime64[D]").astype("datetime64[ns]"),
@@ -1106,6 +1111,23 @@ def merge_same_day(tx: pd.DataFrame) -> tuple[pd.DataFrame, int]:
         out[c] = np.add.reduceat(tx[c].to_numpy(), idx)
     merged = pd.DataFrame(out)
     return merged, n - len(merged)
+
+
+def _already_merged(tx: pd.DataFrame, day: np.ndarray) -> bool:
+    """Whether `tx` is what merge_same_day would make of it, up to its text columns: ids as text
+    without gaps, dates at midnight in datetime64[ns], float amounts, sorted by customer and date,
+    one row per customer and day (what validate_transactions gives for most histories)."""
+    cid, date = tx["customer_id"], tx["date"]
+    if not (isinstance(cid.dtype, pd.StringDtype) and not cid.hasnans and date.dtype == "datetime64[ns]"):
+        return False
+    if tx["amount"].dtype != np.float64 or not len(tx) or not tx.index.equals(pd.RangeIndex(len(tx))):
+        return False
+    if np.any(date.to_numpy().view("int64") != day * _DAY_NS):
+        return False
+    arr = _arrow(cid)
+    if _needs_strip(arr) or not _is_sorted(arr, day):
+        return False
+    return bool(_group_starts(cid, day).all())
 
 
 def _duplicate_rows(tx: pd.DataFrame, starts: np.ndarray) -> int:

@@ -714,3 +714,24 @@ def test_customer_id_type_is_what_the_user_wrote(raw, expected):
     back = restore_customer_ids(ids.to_numpy(), got)
     if got == "integer":
         assert back.dtype == np.int64 and back.astype(str).tolist() == ids.tolist()
+
+
+@pytest.mark.parametrize(
+    "rows, fast",
+    [
+        ("customer_id,date,amount\nc1,2024-01-01,5\nc1,2024-01-03,2\nc2,2024-01-02,1\n", True),
+        ("customer_id,date,amount\nc1,2024-01-01,5\nc1,2024-01-01,2\nc2,2024-01-02,1\n", False),  # same day
+    ],
+)
+def test_merge_same_day_gives_the_same_frame_with_or_without_its_no_copy_path(tmp_path, monkeypatch, rows, fast):
+    """A validated history without same-day rows is returned as its columns (no copy of the book);
+    the result equals the general path's, row for row and dtype for dtype."""
+    import sim.history as history
+
+    tx = load_history(write_folder(tmp_path / "h", {"transactions.csv": rows})).transactions
+    assert history._already_merged(tx, history._day_numbers(tx["date"].to_numpy())) is fast
+    quick, merged = history.merge_same_day(tx)
+    monkeypatch.setattr(history, "_already_merged", lambda *a: False)
+    general, merged_general = history.merge_same_day(tx)
+    assert merged == merged_general == (0 if fast else 1)
+    pd.testing.assert_frame_equal(quick, general, check_exact=True)
