@@ -135,6 +135,31 @@ def _normal(doc, out: Path):
     return doc
 
 
+def _parquet_difference(x: Path, y: Path) -> str:
+    """What differs between two Parquet files whose bytes differ: schema, metadata or which columns
+    (and their first differing row), so that a failure says where to look."""
+    import pyarrow.parquet as pq
+
+    tx, ty = pq.read_table(x), pq.read_table(y)
+    if tx.schema != ty.schema:
+        return f"schemas differ: {tx.schema} vs {ty.schema}"
+    if tx.schema.metadata != ty.schema.metadata:
+        return f"schema metadata differs: {tx.schema.metadata} vs {ty.schema.metadata}"
+    if tx.num_rows != ty.num_rows:
+        return f"{tx.num_rows} vs {ty.num_rows} rows"
+    parts = []
+    for col in tx.column_names:
+        a, b = tx[col].to_pylist(), ty[col].to_pylist()
+        rows = [i for i, (u, v) in enumerate(zip(a, b)) if u != v and not (u != u and v != v)]  # NaN == NaN here
+        if rows:
+            i, n = rows[0], len(rows)
+            parts.append(f"{col} ({n} rows, first row {i}: {a[i]!r} vs {b[i]!r})")
+    if not parts:
+        fx, fy = pq.ParquetFile(x).metadata, pq.ParquetFile(y).metadata
+        return f"same values; file metadata {fx.to_dict()} vs {fy.to_dict()}"
+    return "; ".join(parts)
+
+
 def _same_run(a: Path, b: Path) -> None:
     """Folders `a` and `b` hold the same run: the same files, the tables byte for byte, the JSON
     documents equal but for timings and the folder's name."""
@@ -143,7 +168,8 @@ def _same_run(a: Path, b: Path) -> None:
     for name in names:
         x, y = a / name, b / name
         if x.suffix == ".parquet":
-            assert hashlib.sha256(x.read_bytes()).digest() == hashlib.sha256(y.read_bytes()).digest(), name
+            if hashlib.sha256(x.read_bytes()).digest() != hashlib.sha256(y.read_bytes()).digest():
+                pytest.fail(f"{name} differs: {_parquet_difference(x, y)}")
         elif x.suffix == ".json":
             assert _normal(json.loads(x.read_text()), a) == _normal(json.loads(y.read_text()), b), name
 
