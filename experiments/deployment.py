@@ -31,7 +31,9 @@ the probability of the action the customer was given (it does not depend on the 
 **The file.** `deployment.csv` is a decisions table of the data contract: customer_id (in the
 user's own type), date (the plan's start: the day after the world's calibration end), action,
 propensity in (0, 1], cost (the catalogue's cost of the action; 0 for none), plus the extra
-columns group and planned_action, which the history loader keeps as they are.
+columns group, planned_action, segment (the book segment the share was taken from) and
+control_share (c_i), which the history loader keeps as they are. The last two let a read-out
+stratify by segment when the shares differ (experiments.readout_strata).
 
 **Power before launch** (`experiment_power`). The treatment arm gets the plan (its price, pacing
 and constraints) for `horizon_periods` periods, the control arm no contact; both are simulated on
@@ -67,7 +69,7 @@ EXPERIMENT_SEED_OFFSET = 20_000  # the power simulation's seeds: apart from plan
 DEFAULT_EXPERIMENT_HORIZON = 13
 _STREAM = 0xDE910  # the deployment's own random stream: SeedSequence([seed, _STREAM])
 GROUPS = ("treatment", "control", "explore")
-COLUMNS = ("customer_id", "date", "action", "propensity", "cost", "group", "planned_action")
+COLUMNS = ("customer_id", "date", "action", "propensity", "cost", "group", "planned_action", "segment", "control_share")
 
 
 @dataclass(frozen=True)
@@ -301,6 +303,8 @@ def deploy(
     action, group = draw(planned, eligible, shares, settings.explore_share, settings.seed)
     names = np.asarray(world.catalogue.names, dtype=object)
     cost = np.asarray(world.catalogue.costs, float)
+    segment = _segments(book)
+    seg_names = np.asarray([s.name for s in world.segments] or ["all"], dtype=object)
     frame = pd.DataFrame(
         {
             "customer_id": restore_customer_ids(book["customer_id"].to_numpy(), world.customer_id_type),
@@ -310,10 +314,13 @@ def deploy(
             "cost": cost[action],
             "group": np.asarray(GROUPS, dtype=object)[group],
             "planned_action": names[planned],
+            # the stratum of the randomisation: a read-out weights segments whose shares differ
+            "segment": seg_names[np.clip(segment, 0, len(seg_names) - 1)],
+            "control_share": shares,
         },
         columns=list(COLUMNS),
     )
-    return Deployment(frame, probs, planned, action, group, _segments(book), shares)
+    return Deployment(frame, probs, planned, action, group, segment, shares)
 
 
 def write_deployment(dep: Deployment, path: Path) -> str:
@@ -456,6 +463,13 @@ def power_from_outcomes(
                 "book may)"
             )
         )
+    by_segment = None
+    if segment_names is not None:  # the read-out puts each segment's measured lift beside its prediction
+        by_segment = {}
+        for k in np.unique(dep.segment):
+            m = dep.segment == k
+            name = segment_names[int(k)] if 0 <= int(k) < len(segment_names) else str(int(k))
+            by_segment[name] = float((treated[:, m].mean(axis=1) - none[:, m].mean(axis=1)).mean())
     in_scope_segments = (
         None if uniform or segment_names is None else [segment_names[int(dep.segment[m][0])] for m in strata if m.any()]
     )
@@ -476,6 +490,7 @@ def power_from_outcomes(
         "segments_in_scope": in_scope_segments,
         "predicted_lift_per_customer": lift,
         "predicted_lift_by_seed": [float(x) for x in lifts],
+        "predicted_lift_by_segment": by_segment,
         "sd_per_customer": float(np.sqrt((sd_t**2 + sd_c**2) / 2)),
         "sd_treatment": sd_t,
         "sd_control": sd_c,

@@ -19,7 +19,9 @@ theta = cov(Y, X) / var(X) over treatment and control pooled, whose interval is 
 sqrt(1 - rho^2) when pre and post correlate. The overall contrast is intent-to-treat: every
 customer not held out (treatment and explore) against the control group, drawn at random before
 the plan's actions and the explore draws, so it estimates the effect of deploying the plan (with
-its exploration) over the customers in scope when the control share is one number. The
+its exploration) over the customers in scope. When the control share differs between segments
+the overall and per-action contrasts are stratified by segment (experiments.readout_strata: the
+within-segment differences weighted by segment size; `estimator` says which was used). The
 per-segment and per-action contrasts leave explore customers out (their actions were not the plan's).
 """
 
@@ -32,10 +34,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from experiments.readout_estimators import LEVEL, cuped, welch
 from sim.errors import ConfigError, HistoryError
 
 GROUPS = ("treatment", "control", "explore")
-LEVEL = 0.95
 VERDICTS = ("confirmed", "not detected", "contradicted")
 OUTCOME_DEFINITION = (
     "the contract reward over [start, end): margin_rate x transaction amounts + margins of the products held at "
@@ -69,8 +71,11 @@ def read_deployment(path: str | Path, history) -> pd.DataFrame:
     known = [history.transactions["customer_id"].to_numpy(dtype=object)]
     if history.customers is not None:
         known.append(history.customers["customer_id"].to_numpy(dtype=object))
+    from experiments.readout_strata import file_columns
+
+    strata = [c for c in ("segment", "control_share") if c in raw.columns]
     dec = validate_decisions(
-        raw.drop(columns=["group"]), file, history.actions, np.unique(np.concatenate(known).astype(str))
+        raw.drop(columns=["group", *strata]), file, history.actions, np.unique(np.concatenate(known).astype(str))
     )
     # validate_decisions sorts by customer and date; the row each came from is its index + offset
     ck = _Checks(raw, file)
@@ -97,7 +102,7 @@ def read_deployment(path: str | Path, history) -> pd.DataFrame:
             f"customer {ids[pos]!r} is listed twice (first in row {int(rows[prev])}); a deployment lists each "
             "customer once",
         )
-    info = pd.DataFrame({"customer_id": ids, "group": g.to_numpy(dtype=object), "row": rows})
+    info = pd.DataFrame({"customer_id": ids, "group": g.to_numpy(dtype=object), "row": rows, **file_columns(raw, file)})
     dep = dec.merge(info, on="customer_id", how="left", validate="one_to_one")
     dep = dep.sort_values("row", kind="stable").reset_index(drop=True)
     day = dep["date"].to_numpy()
@@ -138,7 +143,7 @@ def read_deployment(path: str | Path, history) -> pd.DataFrame:
     if "planned_action" in dep.columns:  # `clv plan --control-share`: the action a control customer was held out of
         dep["planned_action"] = dep["planned_action"].astype(str).str.strip()
         keep.append("planned_action")
-    return dep[keep]
+    return dep[keep + strata]  # segment, control_share: the randomisation's strata (experiments.deployment)
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,7 +168,8 @@ def customer_outcomes(history, deployment: pd.DataFrame, start, end) -> pd.DataF
     pre_m, pre_p = window_margins(history, ids, float(d - (b - a)), float(d), grid)
     cost = deployment["cost"].to_numpy(np.float64)
     cols = ["customer_id", "group", "action", "propensity", "cost"]
-    out = deployment[cols + (["planned_action"] if "planned_action" in deployment.columns else [])].copy()
+    cols += [c for c in ("planned_action", "segment", "control_share") if c in deployment.columns]
+    out = deployment[cols].copy()
     out["margin"] = margin
     out["product_margin"] = product
     out["outcome"] = margin + product - cost
@@ -172,48 +178,7 @@ def customer_outcomes(history, deployment: pd.DataFrame, start, end) -> pd.DataF
 
 
 # --------------------------------------------------------------------------------------------
-# estimators
-
-
-def welch(y_t: np.ndarray, y_c: np.ndarray, level: float = LEVEL) -> dict[str, Any]:
-    """Difference in means (treatment - control) with Welch's interval (Welch-Satterthwaite df)."""
-    from scipy import stats
-
-    y_t, y_c = np.asarray(y_t, np.float64), np.asarray(y_c, np.float64)
-    nt, nc = y_t.size, y_c.size
-    out: dict[str, Any] = {"n_treatment": int(nt), "n_control": int(nc)}
-    if nt < 2 or nc < 2:
-        m = float(y_t.mean() - y_c.mean()) if nt and nc else float("nan")
-        return {**out, "mean": m, "se": None, "df": None, "ci_low": None, "ci_high": None}
-    vt, vc = y_t.var(ddof=1) / nt, y_c.var(ddof=1) / nc
-    se = float(np.sqrt(vt + vc))
-    m = float(y_t.mean() - y_c.mean())
-    if se == 0:
-        return {**out, "mean": m, "se": 0.0, "df": float(nt + nc - 2), "ci_low": m, "ci_high": m}
-    df = float((vt + vc) ** 2 / (vt**2 / (nt - 1) + vc**2 / (nc - 1))) if vt + vc > 0 else float(nt + nc - 2)
-    half = float(stats.t.ppf(0.5 + level / 2, df)) * se
-    return {**out, "mean": m, "se": se, "df": df, "ci_low": m - half, "ci_high": m + half}
-
-
-def cuped(y: np.ndarray, x: np.ndarray, treated: np.ndarray, level: float = LEVEL) -> dict[str, Any]:
-    """CUPED (Deng et al. 2013): Welch's contrast of Y - theta (X - mean X), theta = cov(Y, X) / var(X)
-    over both groups pooled; `theta`, `correlation` (of Y and X, pooled) and `variance_reduction`
-    (1 - var(adjusted) / var(Y), pooled) beside it. theta is 0 when X does not vary."""
-    y, x, t = np.asarray(y, np.float64), np.asarray(x, np.float64), np.asarray(treated, bool)
-    vx = float(x.var(ddof=1)) if x.size > 1 else 0.0
-    theta = float(np.cov(y, x, ddof=1)[0, 1] / vx) if vx > 0 else 0.0
-    adj = y - theta * (x - x.mean())
-    vy = float(y.var(ddof=1)) if y.size > 1 else 0.0
-    rho = float(np.corrcoef(y, x)[0, 1]) if vx > 0 and vy > 0 else 0.0
-    out = welch(adj[t], adj[~t], level)
-    out.update(
-        {
-            "theta": theta,
-            "correlation": rho,
-            "variance_reduction": float(1.0 - adj.var(ddof=1) / vy) if vy > 0 else 0.0,
-        }
-    )
-    return out
+# verdict
 
 
 def verdict(ci_low: float | None, ci_high: float | None, predicted: float | None) -> dict[str, str]:
@@ -266,7 +231,11 @@ def _roi(frame: pd.DataFrame, treated: np.ndarray) -> dict[str, Any]:
     }
 
 
-def _segments(history, ids: np.ndarray, world_path: str | Path | None) -> tuple[np.ndarray | None, str | None]:
+def _segments(history, frame: pd.DataFrame, world_path) -> tuple[np.ndarray | None, str | None]:
+    """Every row's segment: --world's book, else the deployment file's segment column, else customers.csv's."""
+    ids = frame["customer_id"].to_numpy(dtype=object)
+    if world_path is None and "segment" in frame.columns:
+        return frame["segment"].astype(str).to_numpy(dtype=object), "the deployment file's segment column"
     if world_path is not None:
         from sim.world import WorldModel
 
@@ -285,10 +254,11 @@ def _segments(history, ids: np.ndarray, world_path: str | Path | None) -> tuple[
 
 
 def _prediction(plan_path: str | Path | None, predicted: float | None, in_scope: int, periods: float):
+    """(the predicted lift per customer in scope, its document, {segment: predicted lift} or None)."""
     if predicted is not None:
-        return float(predicted), {"source": "--predicted", "per_customer_in_scope": float(predicted)}
+        return float(predicted), {"source": "--predicted", "per_customer_in_scope": float(predicted)}, None
     if plan_path is None:
-        return None, None
+        return None, None, None
     path = Path(plan_path)
     try:
         doc = json.loads(path.read_text())
@@ -299,19 +269,40 @@ def _prediction(plan_path: str | Path | None, predicted: float | None, in_scope:
         raise ConfigError(
             "plan", value=str(path), message=f"not a `clv plan` plan.json with a predicted_lift ({type(e).__name__})"
         ) from None
+    x = doc.get("experiment") or {}
+    if x.get("predicted_lift_per_customer") is not None:  # `clv plan --control-share`: the deployment's own power
+        per, h = float(x["predicted_lift_per_customer"]), x.get("horizon_periods")
+        return (
+            per,
+            {
+                "source": f"{path} (experiment)",
+                "per_customer_in_scope": per,
+                "horizon_periods": h,
+                "by_segment": x.get("predicted_lift_by_segment"),
+                "comparable": bool(h is not None and abs(float(h) - periods) < 1e-9),
+                "note": "the experiment's predicted lift per customer in the deployment's scope over its horizon "
+                "(discounted contract reward, cost included, the whole treatment arm following the plan); comparable "
+                "when the read-out window is that horizon",
+            },
+            x.get("predicted_lift_by_segment"),
+        )
     per = mean * customers / max(in_scope, 1)
     horizon = doc.get("horizon")
-    return per, {
-        "source": str(path),
-        "predicted_lift": pred,
-        "plan_customers": customers,
-        "plan_horizon": horizon,
-        "per_customer_in_scope": per,
-        "comparable": bool(horizon is not None and abs(float(horizon) - periods) < 1e-9),
-        "note": "the plan's predicted_lift is per book customer over its horizon (discounted); rescaled here to "
-        "per customer in the deployment's scope (x plan customers / customers in scope). It compares with the "
-        "read-out only when the read-out window is the plan's horizon and the deployment is the whole plan.",
-    }
+    return (
+        per,
+        {
+            "source": str(path),
+            "predicted_lift": pred,
+            "plan_customers": customers,
+            "plan_horizon": horizon,
+            "per_customer_in_scope": per,
+            "comparable": bool(horizon is not None and abs(float(horizon) - periods) < 1e-9),
+            "note": "the plan's predicted_lift is per book customer over its horizon (discounted); rescaled here to "
+            "per customer in the deployment's scope (x plan customers / customers in scope). It compares with the "
+            "read-out only when the read-out window is the plan's horizon and the deployment is the whole plan.",
+        },
+        None,
+    )
 
 
 def read_out(
@@ -350,24 +341,44 @@ def read_out(
     # explore customers out would bias it, as only the plan's contacts can be drawn into explore
     itt = out.reset_index(drop=True)
     assigned = (itt["group"] != "control").to_numpy()
-    main = _contrast(itt, assigned)
-    tc = out[out["group"] != "explore"].reset_index(drop=True)
+    from experiments import readout_strata as rs
+
+    segments_all, seg_source = _segments(history, itt, world)
+    design = rs.design(itt, segments_all)
+    warnings += [design.warning] if design.warning else []
+    strata = None
+    if design.stratified:  # the control share differs between strata: weight the within-stratum contrasts
+        strat = rs.contrast(itt, assigned, design.labels)
+        main, roi_all = {k: strat[k] for k in ("difference_in_means", "cuped")}, rs.roi(itt, assigned, design.labels)
+        strata = {"by": seg_source or "control share", "control_shares_from": design.source, "rule": rs.STRATA_RULE}
+        strata.update({"left_out": strat["left_out"], "rows": rs.strata_rows(itt, assigned, design, strat)})
+        if strat["left_out"]:
+            warnings.append(
+                f"strata without 2 customers in each arm are left out of the lift: {', '.join(strat['left_out'])}"
+            )
+    else:
+        main, roi_all = _contrast(itt, assigned), _roi(itt, assigned)
+    keep = (out["group"] != "explore").to_numpy()
+    tc = out[keep].reset_index(drop=True)
     treated = (tc["group"] == "treatment").to_numpy()
-    pred, pred_doc = _prediction(plan, predicted, int(len(itt)), periods)
+    labels = design.labels[keep] if design.stratified else None
+    pred, pred_doc, pred_seg = _prediction(plan, predicted, int(len(itt)), periods)
     v = main["cuped"]
     by_segment = []
-    segments, seg_source = _segments(history, tc["customer_id"].to_numpy(dtype=object), world)
+    segments = None if segments_all is None else segments_all[keep]
     if segments is not None:
         for name in sorted(pd.unique(segments)):
             m = segments == name
             row = {"segment": str(name), "treatment": int((m & treated).sum()), "control": int((m & ~treated).sum())}
             row.update(_contrast(tc[m].reset_index(drop=True), treated[m]))
+            row["predicted"] = None if pred_seg is None else pred_seg.get(str(name))
             by_segment.append(row)
     by_action = []
     # the action each customer was planned for: the file's planned_action when it has one (control rows
     # then name the action they were held out of), else the row's action
     key = tc["planned_action" if "planned_action" in tc.columns else "action"].to_numpy(dtype=object)
     ctrl_actions = key[~treated]
+    key_all = itt["planned_action" if "planned_action" in itt.columns else "action"].to_numpy(dtype=object)
     for a in sorted(pd.unique(key[treated])):
         same = ~treated & (key == a)
         use_same = int(same.sum()) >= 2 and bool((ctrl_actions != "none").any())
@@ -379,8 +390,18 @@ def read_out(
             "control": int((~t).sum()),
             "control_kind": "the control customers planned for this action" if use_same else "all control customers",
         }
-        row.update(_contrast(sub, t))
-        row["roi"] = _roi(sub, t)
+        if design.stratified:
+            lab = labels[m]
+            if use_same:  # the strata's customers planned for the action (explore ones too): counted
+                planned = key_all == a
+                sizes = dict(pd.Series(design.labels[planned]).value_counts())
+            else:  # estimated from the treated counts and the strata's control shares
+                sizes = rs.action_sizes(lab, t, design, design.labels, ~assigned)
+            row.update({k: w for k, w in rs.contrast(sub, t, lab, sizes).items() if k != "weights"})
+            row["roi"] = rs.roi(sub, t, lab, sizes)
+        else:
+            row.update(_contrast(sub, t))
+            row["roi"] = _roi(sub, t)
         by_action.append(row)
     groups = {g: int((out["group"] == g).sum()) for g in GROUPS}
     doc: dict[str, Any] = {
@@ -396,8 +417,11 @@ def read_out(
         "customers": {"in_file": int(len(out)), **groups},
         "outcome": OUTCOME_DEFINITION,
         "means": {g: (float(out.loc[out["group"] == g, "outcome"].mean()) if groups[g] else None) for g in GROUPS},
+        "estimator": design.estimator,
         "lift": main,
-        "roi": _roi(itt, assigned),
+        "lift_pooled": _contrast(itt, assigned) if design.stratified else None,
+        "strata": strata,
+        "roi": roi_all,
         "predicted": pred_doc,
         "verdict": {**verdict(v["ci_low"], v["ci_high"], pred), "interval": "cuped"},
         "verdict_difference_in_means": verdict(
@@ -415,6 +439,7 @@ def read_out(
         "warnings": warnings,
         "level": LEVEL,
         "units": "per customer in scope (treatment and control) over the read-out window, undiscounted",
+        "money_unit": history.economics.money_unit,
     }
     return doc, out
 

@@ -126,7 +126,10 @@ def test_groups_are_consistent_with_the_actions():
 def test_the_plan_writes_deployment_csv_for_every_book_customer(bank):
     world, book = _world_book(bank)
     dep = pd.read_csv(bank["out"] / "deployment.csv", dtype={"customer_id": str})
-    assert list(dep.columns) == ["customer_id", "date", "action", "propensity", "cost", "group", "planned_action"]
+    assert list(dep.columns) == [
+        *("customer_id", "date", "action", "propensity", "cost"),  # the contract's decisions table
+        *("group", "planned_action", "segment", "control_share"),  # kept as they are by the history loader
+    ]
     assert len(dep) == len(book) and set(dep["customer_id"]) == set(book["customer_id"])
     assert (dep["date"] == str((pd.Timestamp(world.calibration_end) + pd.Timedelta(days=1)).date())).all()
     assert ((dep["propensity"] > 0) & (dep["propensity"] <= 1)).all()

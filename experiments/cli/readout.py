@@ -21,11 +21,12 @@ def readout(
     history_dir: Path = typer.Argument(
         ..., metavar="HISTORY", help="History folder holding what happened after the deployment (the data contract)."
     ),
-    deployment: Path = typer.Option(
-        ...,
+    deployment: Optional[Path] = typer.Option(
+        None,
         "--deployment",
         help="The deployment file (`clv plan --control-share`): customer_id, date, action, propensity, group "
-        "(treatment, control, explore) [, cost]; CSV or Parquet.",
+        "(treatment, control, explore) [, cost, segment, control_share]; CSV or Parquet. Default with --run: "
+        "RUN/deployment.csv.",
     ),
     start: str = typer.Option(..., "--start", help="First day of the read-out window (on or after the deployment)."),
     end: str = typer.Option(..., "--end", help="Day after the read-out window's last day: the window is [start, end)."),
@@ -44,19 +45,49 @@ def readout(
         None, "--outcomes", help="Parquet file: one row per deployed customer with its outcome and pre-period value."
     ),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the read-out document as JSON here."),
+    run: Optional[Path] = typer.Option(
+        None,
+        "--run",
+        help="A `clv run` folder: reads its deployment.csv and plan.json (unless --deployment / --plan / --predicted "
+        "are given), writes RUN/readout.json (unless --out) and renders RUN/report.html again with the "
+        "predicted-vs-measured lift chart.",
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Measure the lift of a deployed plan: treatment vs the randomised control group, per customer,
     on the contract reward over [start, end) (difference in means with Welch's 95 % interval, and
     CUPED on the same earnings over an equally long window before the deployment), per segment
     and per action, the ROI, the plan's prediction beside it and a verdict (confirmed, not
-    detected, contradicted). Explore customers are left out of the contrast.
+    detected, contradicted). The overall contrast is intent-to-treat (explore customers count as
+    assigned) and stratified by segment when the control share differs between segments.
 
     Example: clv readout history/ --deployment deployment.csv --start 2024-03-04 --end 2024-06-03 --plan plan/plan.json --json
+
+    On a run folder (its deployment and plan; the chart goes into its report): clv readout history/ --run
+    demo_out --start 2024-07-01 --end 2024-09-30
     """
     with _user_errors():
         s, e = _date(start, "--start"), _date(end, "--end")
         from sim.errors import ConfigError
+
+        report = None
+        if run is not None:  # a `clv run` folder: its deployment, its plan, and the read-out beside its report
+            from experiments.reports.run import READOUT_FILE
+
+            if not (run / "run.json").is_file():
+                raise ConfigError("run", value=str(run), message="no run.json; give the folder of a finished `clv run`")
+            if deployment is None:
+                deployment = run / "deployment.csv"
+                if not deployment.is_file():
+                    raise ConfigError(
+                        "run", value=str(run), message="no deployment.csv (the run had no experiment: section)"
+                    )
+            if plan is None and predicted is None and (run / "plan.json").is_file():
+                plan = run / "plan.json"
+            out = out or run / READOUT_FILE
+            report = run / "report.html"
+        if deployment is None:
+            raise ConfigError("deployment", message="give the deployment file (or --run RUN_FOLDER)")
 
         if outcomes is not None and outcomes.suffix.lower() != ".parquet":
             raise ConfigError("outcomes", value=str(outcomes), message="must be a .parquet file")
@@ -81,14 +112,23 @@ def readout(
             doc["outcomes"] = str(outcomes)
         if out is not None:
             _write_json(out, doc)
+        if report is not None:
+            from experiments.reports.run import rewrite_run_report
+
+            doc["report"] = str(rewrite_run_report(run))
     lift = doc["lift"]
     c = doc["customers"]
+    th = lift["cuped"]["theta"]
+    theta = "theta within each stratum" if th is None else f"theta {th:.3f}"
     lines = [
         f"deployment {doc['deployment_date']}: {c['treatment']:,} treatment, {c['control']:,} control, "
-        f"{c['explore']:,} explore (left out); window {doc['window']['start']} to {doc['window']['end']}",
+        f"{c['explore']:,} explore (assigned); window {doc['window']['start']} to {doc['window']['end']}",
         f"lift per customer, difference in means: {_fmt(lift['difference_in_means'])}",
-        f"lift per customer, CUPED (theta {lift['cuped']['theta']:.3f}): {_fmt(lift['cuped'])}",
+        f"lift per customer, CUPED ({theta}): {_fmt(lift['cuped'])}",
     ]
+    if doc["estimator"] == "stratified":
+        p = doc["lift_pooled"]["difference_in_means"]
+        lines.insert(1, f"estimator: stratified by {doc['strata']['by']} (control shares differ); pooled: {_fmt(p)}")
     r = doc["roi"]
     if r["roi"] is not None:
         lines.append(f"ROI: incremental margin / incremental cost = {r['roi']:.2f} (cost {r['incremental_cost']:,.3f})")
@@ -96,4 +136,5 @@ def readout(
         lines.append(f"predicted: {doc['predicted']['per_customer_in_scope']:+,.3f} per customer in scope")
     lines.append(f"verdict: {doc['verdict']['verdict']} ({doc['verdict']['reason']})")
     lines += [f"warning: {w}" for w in doc["warnings"]]
+    lines += [f"report: {doc['report']}"] if doc.get("report") else []
     _emit(doc, as_json, "\n".join(lines))

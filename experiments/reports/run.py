@@ -6,7 +6,8 @@ One self-contained HTML page (inline PNGs and stylesheet, relative links to the 
 built with the reports' kit (experiments.reports.kit). It opens with the decision in plain words
 (experiments.reports.decision: what to do, what it buys, how sure we are), then: the answer in
 detail; the budget frontier by simulation with the baselines' points; the plan by period, what one
-more unit of each constraint is worth, the first period's contact list and the experiment; the
+more unit of each constraint is worth, the first period's contact list, the experiment and, when
+`clv readout --run OUT` has written OUT/readout.json, its predicted-vs-measured lift; the
 return on cash by segment, channel, action and stage; the runs on the fresh seeds; the customers;
 the offline evaluation; data; holdout validation; the policy; the calibration fit; the assumptions
 taken from priors. Money is in the economics.yaml currency, else "margin units"; comparisons are
@@ -18,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .customers import customers_section, experiment_section
+from .customers import READOUT_FILE, customers_section, experiment_section, readout_section
 from .decision import ESTIMATORS, decision_html, money, one, roi_section
 from .kit import CSS, PALETTE, escape, figure, inline_png, is_zero, number, table, table_of_nonzero, unit_of
 from .run_checks import data_section, policy_section, validation_section
@@ -307,6 +308,7 @@ def _plan(doc: dict, out: Path, u: str) -> str:
         + shadow
         + first
         + experiment_section(p.get("experiment"), u)
+        + readout_section(out, u)
     )
 
 
@@ -459,4 +461,4 @@ def rewrite_run_report(out: str | Path) -> Path:
     return write_run_report(out, doc, WorldModel.load(out / "world.json"))
 
 
-__all__ = ["write_run_report", "build_run_report_html", "rewrite_run_report"]
+__all__ = ["write_run_report", "build_run_report_html", "rewrite_run_report", "READOUT_FILE"]
