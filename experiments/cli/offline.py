@@ -116,6 +116,13 @@ def ope(
         "the bank did), so a one-step estimate sees product and retention value; default: to the customer's "
         "next decision. per_decision only.",
     ),
+    model_replications: int = typer.Option(
+        10,
+        "--model-replications",
+        min=0,
+        help="Simulator seeds of the model-based answer shown beside the estimates (`model_based`: the "
+        "candidate run in the world's simulator from the logged customers' states; --policy only); 0 skips it.",
+    ),
     workers: Optional[int] = RayWorkersOpt,
     address: Optional[str] = RayAddressOpt,
     connect_timeout: float = ConnectTimeoutOpt,
@@ -124,7 +131,8 @@ def ope(
 ) -> None:
     """Estimate a candidate policy's value from the logged decisions (off-policy evaluation), with
     bootstrap confidence intervals (Ray tasks), effective sample sizes and a warning when the
-    logging policy rarely did what the candidate would do.
+    logging policy rarely did what the candidate would do; beside them, the world's simulator's own
+    (model-based) value of a --policy candidate.
 
     Example: clv ope bank/ --policy greedy_uplift --world world.json --estimators dm,ips,snips,dr --json
     """
@@ -143,9 +151,13 @@ def ope(
             )
         if world_path is not None:
             _check_world(world_path)
-        from experiments.ope import OPESettings, evaluate_offline
+        if model_replications == 1:  # now, not after the evaluation's work
+            raise ConfigError(
+                "model_replications", value=1, message="give at least 2 seeds for an interval (0: no model)"
+            )
+        from experiments.ope import OPESettings, evaluate_offline, logged_decisions
         from experiments.ope.evaluate import NEEDS_EVERY_ACTION
-        from experiments.ray_session import check_address, executor_for
+        from experiments.ray_session import check_address, executor_session
 
         check_address(address)  # now, not after the evaluation's work: its Ray starts at the bootstrap
 
@@ -175,7 +187,11 @@ def ope(
             world_path is not None or any(settings.estimator_of(k) in NEEDS_EVERY_ACTION for k in settings.estimators)
         ):
             world, book, world_note = _ope_world(history, world_path, start_d)
-        with _progress("offline evaluation", 1) as upd:
+        model = pol is not None and model_replications > 0
+        # the states rebuilt once, for the estimates and the model-based answer
+        logged = logged_decisions(history, start_d, end_d, world, book, window) if model else None
+        # one Ray session (none with --workers 0) for the bootstrap and the simulator's replications
+        with executor_session(workers, address) as executor, _progress("offline evaluation", 1) as upd:
             res = evaluate_offline(
                 history,
                 settings,
@@ -184,9 +200,17 @@ def ope(
                 book=book,
                 target_column=target_prob_column,
                 target_probs=target_probs,
-                executor=executor_for(workers, address),
+                executor=executor,
                 progress=lambda stage, d, t: upd(d, t),
+                logged=logged,
             )
+            res["model_based"] = None
+            if model:
+                from experiments.ope.model_based import model_based_value
+
+                res["model_based"] = model_based_value(
+                    history, logged, pol, settings, book, model_replications, executor, res["logged_policy_value"]
+                )
         res["history"] = str(history_dir)
         res["world"] = world_note
         if policy is not None:
@@ -202,6 +226,21 @@ def ope(
     ]
     for k, e in res["estimates"].items():
         lines.append(f"{k:<10}{e['value']:>12.4g}   [{e['ci_low']:>10.4g}, {e['ci_high']:>10.4g}]{e['ess']:>10.0f}")
+    if res.get("recommended"):
+        lines.append(f"recommended: {res['recommended']['estimator']}")
+    mb = res.get("model_based")
+    if mb:
+        lines.append(
+            f"{'model':<10}{mb['value']:>12.4g}   [{mb['ci_low']:>10.4g}, {mb['ci_high']:>10.4g}]"
+            f"  the world's simulator, {mb['replications']} seeds (not an OPE estimate; its interval is "
+            "Monte-Carlo only, excludes the model's error)"
+        )
+        rp = mb["logged_replay"]
+        rel = f" ({rp['gap'] / abs(rp['actual']):+.1%})" if rp["actual"] else ""
+        lines.append(
+            f"{'':<10}replaying the logged actions it gives {rp['value']:.4g}, the logged policy earned "
+            f"{rp['actual']:.4g}{rel}: the model's own error on a known value"
+        )
     if res["diagnostics"].get("warning"):
         lines.append("warning: " + res["diagnostics"]["warning"])
     _emit(res, as_json, "\n".join(lines))

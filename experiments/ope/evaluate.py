@@ -40,9 +40,9 @@ from .estimators import (
     LoggedTrajectories,
     kish_ess,
     make_estimator,
-    support_warning,
     weight_diagnostics,
 )
+from .model_based import support_diagnostics
 from .models import REWARD_MODELS
 from .recommend import recommend
 from .targets import Target, target_from_column, target_from_file, target_from_policy
@@ -432,8 +432,9 @@ def evaluate_offline(
     for key, name, kw in jobs:
         if name in MARGINAL:  # ess of the marginal weights w_t(s_t) rho_t, not of the trajectory weights
             estimates[key].update(make_estimator(name, **kw).diagnostics(data))
-    diag = weight_diagnostics(data)
-    warning = support_warning(diag)
+    recommended = recommend(settings.estimand, estimates)
+    # the warning reads the recommended estimator's own weights (mis/drl: state-marginal), not the trajectory's
+    diag = support_diagnostics(weight_diagnostics(data), estimates, recommended, settings.estimand)
     clipping = None
     if isinstance(data, LoggedBandit) and any(settings.estimator_of(k) in CLIPPABLE for k in settings.estimators):
         from .clipping import clip_levels
@@ -443,7 +444,7 @@ def evaluate_offline(
     return {
         "estimand": settings.estimand,
         "estimates": estimates,
-        "recommended": recommend(settings.estimand, estimates),
+        "recommended": recommended,
         "policy": target.source,
         "discount": settings.discount,
         "decisions": int(len(outcomes)),
@@ -451,7 +452,7 @@ def evaluate_offline(
         "window": window_entry(outcomes, settings.window),
         "reward": REWARD_DEFINITION,
         "logged_policy_value": logged,
-        "diagnostics": {**diag, "warning": warning, **target.info},
+        "diagnostics": {**diag, **target.info},
         "clipping": clipping,
         "models": models,
         "bootstrap": {

@@ -1,5 +1,6 @@
 """The scenario report's section on offline evaluation: each policy's OPE estimates on the logged
-decisions beside its simulated value, and whether the two rank the policies alike."""
+decisions beside its simulated value (and, when the evaluation has one, the world's model-based value
+on the same estimand), and whether the two rank the policies alike."""
 
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ def offline_section(ope: dict | None, summary: list[dict], policies: list[str]) 
         "levels. The logged policy's own value is the estimand's on-policy mean.</p>"
     )
     logged = first.get("logged_policy_value")
+    with_model = any(e.get("model_based") for e in entries.values())
     rows = []
     for p in pols:
         e = entries[p]
@@ -62,6 +64,13 @@ def offline_section(ope: dict | None, summary: list[dict], policies: list[str]) 
                     {"mean": v.get("value"), "ci_low": v.get("ci_low"), "ci_high": v.get("ci_high")}, "{:,.3f}"
                 )
                 + ("" if v is None or v.get("ess") is None else f'<br><span class="ci">ESS {v["ess"]:,.0f}</span>')
+            )
+        if with_model:
+            mb = e.get("model_based")
+            cells.append(
+                "–"
+                if not mb
+                else ci_cell({"mean": mb["value"], "ci_low": mb["ci_low"], "ci_high": mb["ci_high"]}, "{:,.3f}")
             )
         s = free.get(p)
         rows.append(
@@ -82,10 +91,24 @@ def offline_section(ope: dict | None, summary: list[dict], policies: list[str]) 
         table(
             ["policy"]
             + [f"OPE {escape(k)}{' †' if k in blind else ''}" for k in est_keys]
+            + (["model-based ‡"] if with_model else [])
             + ["logged policy", "simulated CLV", "simulated incr. CLV"],
             rows,
         )
     )
+    if with_model:
+        gaps = [
+            f"{escape(p)} {mb['logged_replay']['value']:,.3f} vs {mb['logged_replay']['actual']:,.3f}"
+            for p in pols
+            if (mb := entries[p].get("model_based")) and mb["logged_replay"].get("actual") is not None
+        ]
+        out.append(
+            "<p class=\"note\">‡ model-based: the policy run in the world's simulator from the logged customers' "
+            "states, on the same estimand, reward and discount as the OPE estimates. Not an OPE estimate and never "
+            "the recommended one: its interval is over simulator seeds, the model's Monte-Carlo error only, and "
+            "leaves the model's own error out (<code>ci_excludes_model_bias</code>). Replaying the logged actions "
+            f"the simulator gives (vs what the logged policy earned): {'; '.join(gaps) or '–'}.</p>"
+        )
     if blind:
         out.append(
             f"<p class=\"note\">† {escape(', '.join(blind))}: a model's answer; the interval is the data's noise "
@@ -150,22 +173,43 @@ def offline_section(ope: dict | None, summary: list[dict], policies: list[str]) 
     drows = []
     for p in pols:
         d = entries[p].get("diagnostics") or {}
+        w = d.get("trajectory_weights") or d  # the data's importance weights: whole-trajectory ones per customer
+        sup = d.get("support") or {}
         drows.append(
             [
                 escape(p),
                 number(d.get("n"), "{:,}"),
+                escape(sup.get("estimator") or "–"),
                 number(d.get("ess"), "{:,.1f}"),
                 number(d.get("ess_share"), "{:.3f}"),
-                number(d.get("max_weight"), "{:,.2f}"),
-                number(d.get("mean_weight"), "{:.3f}"),
-                number(d.get("zero_target_share"), "{:.3f}"),
+                number(w.get("ess"), "{:,.1f}"),
+                number(w.get("max_weight"), "{:,.2f}"),
+                number(w.get("mean_weight"), "{:.3f}"),
+                number(w.get("zero_target_share"), "{:.3f}"),
                 f'<span class="warn">{escape(d["warning"])}</span>' if d.get("warning") else "–",
             ]
         )
     out.append("<h3>Importance-weight diagnostics</h3>")
     out.append(
+        '<p class="note">ESS and its share: the effective sample of the recommended estimator\'s own weights '
+        "(for mis and drl the state-marginal weights, median over steps), which the warning reads; the weights' "
+        "columns are the data's importance weights (one-step, or per customer the whole trajectory's product "
+        "of step ratios).</p>"
+    )
+    out.append(
         table(
-            ["policy", "decisions", "ESS", "ESS share", "max weight", "mean weight", "zero-target share", "warning"],
+            [
+                "policy",
+                "samples",
+                "recommended",
+                "ESS",
+                "ESS share",
+                "weights' ESS",
+                "max weight",
+                "mean weight",
+                "zero-target share",
+                "warning",
+            ],
             drows,
         )
     )
