@@ -112,6 +112,9 @@ def main() -> None:
         doc["anchor_plain_gym_env_steps_per_second"] = naive
         doc["anchor_toy_numpy_steps_per_second"] = statistics.median(anchors_vec)
         doc["ratio_vs_plain_env"] = {k: v / naive for k, v in med.items()}
+        # the anchor's bare numpy step of its toy model (no rules, effects, products or fatigue): the
+        # practical ceiling for a numpy population step, so the fraction of it reached
+        doc["ratio_vs_toy_numpy_ceiling"] = {k: v / doc["anchor_toy_numpy_steps_per_second"] for k, v in med.items()}
     print(json.dumps(doc, indent=2) if args.json else "\n".join(f"{k}: {v}" for k, v in doc.items()))
 
 

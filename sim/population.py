@@ -330,36 +330,51 @@ class PopulationSimulator:
         contacted = actions > 0
         contact_idx = np.zeros(0, np.int64)
         if contacted.any():
-            idx = np.flatnonzero(contacted)
-            a = actions[idx]
-            ok = tb.eligible[a, st.stage[idx]] & (st.last_contact[idx] >= tb.min_gap - 1)
+            idx = _flatnonzero(contacted)
+            a = np.take(actions, idx)
+            # (np.take: a plain gather, faster than fancy indexing on these sizes)
+            code = a * N_STAGES + np.take(st.stage, idx)
+            ok = np.take(tb.eligible.reshape(-1), code) & (np.take(st.last_contact, idx) >= tb.min_gap - 1)
             if tb.n_channels:
-                ch = tb.action_channel[a]
-                ok &= ~(st.opted_out[idx, np.maximum(ch, 0)] & (ch >= 0))
+                ch = np.take(tb.action_channel, a)
+                held = np.take(st.opted_out, idx * tb.n_channels + np.maximum(ch, 0))  # flat (N, C) index
+                ok &= ~(held & (ch >= 0))
             if not ok.all():
                 n_inel = int((~ok).sum())
                 actions[idx[~ok]] = 0
-                idx, a = idx[ok], a[ok]
+                idx, a, code = idx[ok], a[ok], code[ok]
                 contacted[:] = False
                 contacted[idx] = True
             if idx.size:
-                self._apply_contacts(idx, a, None if U is None else U[idx, :2])
+                self._apply_contacts(idx, a, None if U is None else U[idx, :2], code)
             contact_idx = idx
         n_contacted = contact_idx.size
         cost = np.zeros(n)
         if n_contacted:
-            cost[contact_idx] = tb.action_cost[actions[contact_idx]]
+            cost[contact_idx] = np.take(tb.action_cost, np.take(actions, contact_idx))
 
         # rate and hazard of the customers still alive, under the effect in force
         alive_idx = np.flatnonzero(st.alive)
-        lam_a = st.lam_eff[alive_idx] * self.season_factor()
-        mu_a = st.mu_eff[alive_idx]
+        boosted = in_boosted = None
+        if tb.n_products and tb.any_adoption_uplift:
+            # adoption needs the customer alive (at the start of the period, before this period's
+            # dropouts): only living customers can be boosted
+            in_boosted = st.alive & (st.adopt_up != 0)
+            boosted = _flatnonzero(in_boosted)
+            if not boosted.size:
+                boosted = in_boosted = None
+        lam_a = np.take(st.lam_eff, alive_idx)
+        season = self.season_factor()
+        if season != 1.0:  # x * 1.0 == x exactly: skip the pass
+            lam_a *= season
+        mu_a = np.take(st.mu_eff, alive_idx)
         counts = np.zeros(n, np.int32)
         if tb.pareto:
             # exact continuous-time Pareto/NBD: exponential remaining lifetime (memoryless)
-            e = rng.standard_exponential(alive_idx.size) if U is None else -np.log1p(-U[alive_idx, 2])
-            life = e / np.maximum(mu_a, 1e-300)
-            mean_a = lam_a * np.minimum(life, exposure)
+            life = rng.standard_exponential(alive_idx.size) if U is None else -np.log1p(-U[alive_idx, 2])
+            life /= np.maximum(mu_a, 1e-300, out=mu_a)  # in place: the draws and mu_a are not needed after
+            mean_a = np.minimum(life, exposure)
+            mean_a *= lam_a
             counts_a = rng.poisson(mean_a) if U is None else poisson_ppf(U[alive_idx, 3], mean_a)
             st.alive[alive_idx[life < exposure]] = False
         else:
@@ -374,19 +389,22 @@ class PopulationSimulator:
             counts_a = np.minimum(pois, k).astype(np.int64)
             st.alive[alive_idx[k <= pois]] = False
             mean_a = counts_a.astype(float)  # no closed form used here: the sampled count
-        counts[alive_idx] = counts_a
+        counts[alive_idx] = counts_a.astype(np.int32)  # cast first: a same-type scatter is faster
         mean = None
         if self.track_expected:
             mean = np.zeros(n)
             mean[alive_idx] = mean_a
 
         amount = np.zeros(n)
-        buy = np.flatnonzero(counts_a)
-        if buy.size:
-            b = alive_idx[buy]
-            shape = counts_a[buy] * tb.spend_p[st.segment[b]]
+        # buyers, ascending (= alive_idx[counts_a > 0]); on a bool mask: flatnonzero on the counts
+        # themselves is ten times slower
+        b = np.flatnonzero(counts > 0)
+        if b.size:
+            shape = np.take(counts, b) * np.take(tb.spend_p, np.take(st.segment, b))
             if U is None:
-                amount[b] = rng.standard_gamma(shape) / st.nu[b]
+                g = rng.standard_gamma(shape)
+                g /= np.take(st.nu, b)
+                amount[b] = g
             else:
                 from scipy.special import gammaincinv
 
@@ -397,39 +415,41 @@ class PopulationSimulator:
             exp_amount[alive_idx] = mean_a * tb.spend_p[st.segment[alive_idx]] / st.nu[alive_idx]
 
         if tb.n_products:
-            boosted = None
-            if tb.any_adoption_uplift:
-                # adoption needs the customer alive: only living customers can be boosted
-                on = np.flatnonzero(st.adopt_up[alive_idx] != 0)
-                boosted = alive_idx[on] if on.size else None
             if U is None:
-                self._product_events(boosted)
+                self._product_events(boosted, in_boosted)
             else:
                 self._product_events_crn(U[:, 5:])
 
-        # observables (only buyers' frequency and monetary change)
-        if buy.size:
-            st.frequency[b] += counts_a[buy].astype(np.int32)
-            st.monetary[b] += amount[b]
+        # observables (only buyers' frequency and monetary change: counts and amounts are 0 for the
+        # others, so whole-array adds give the same numbers as buyer-only scatters, faster)
+        if b.size:
+            np.add(st.frequency, counts, out=st.frequency)
+            np.add(st.monetary, amount, out=st.monetary)
         st.recency += 1
-        st.recency[alive_idx[buy]] = 0
+        if b.size:
+            st.recency[b] = 0
         st.tenure += 1
-        np.minimum(st.last_contact + 1, NEVER_CONTACTED, out=st.last_contact)
+        st.last_contact += 1
+        np.minimum(st.last_contact, NEVER_CONTACTED, out=st.last_contact)
         st.last_contact[contact_idx] = 0
         st.recent_contacts *= tb.contact_decay
         if n_contacted:
             st.recent_contacts[contact_idx] += 1.0
-        ended = np.flatnonzero((st.eff_end >= 0) & (st.eff_end <= self.t + 1))
+        if st.eff_end.dtype == np.int32:  # 0 <= eff_end <= t + 1 in one pass: as unsigned, -1 (none) is above any t
+            ended = _flatnonzero(st.eff_end.view(np.uint32) <= self.t + 1)
+        else:
+            ended = _flatnonzero((st.eff_end >= 0) & (st.eff_end <= self.t + 1))
         if ended.size:
             st.eff_code[ended] = 0
             st.eff_scale[ended] = 0.0
             st.eff_end[ended] = -1
-            st.lam_eff[ended] = st.lam[ended]
-            st.mu_eff[ended] = st.mu[ended]
+            st.lam_eff[ended] = np.take(st.lam, ended)
+            st.mu_eff[ended] = np.take(st.mu, ended)
             st.adopt_up[ended] = 0.0
         st.stage = self.world.stage_rules.assign(st.tenure, st.recency)
 
-        reward = tb.margin_rate * amount - cost
+        reward = amount * tb.margin_rate
+        reward -= cost
         if tb.n_products:
             reward += st.product_margin
         self.t += 1
@@ -445,7 +465,7 @@ class PopulationSimulator:
             n_ineligible=n_inel,
         )
 
-    def _product_events(self, boosted: np.ndarray | None) -> None:
+    def _product_events(self, boosted: np.ndarray | None, in_boosted: np.ndarray | None = None) -> None:
         """Open/close products. Each (customer, product) pair changes with its own hazard; events are
         rare, so candidate pairs are drawn by thinning a Bernoulli process over all pairs at a bound
         (geometric gaps between candidates) and accepted with probability hazard / bound. Living
@@ -458,28 +478,40 @@ class PopulationSimulator:
             return
         if boosted is None:
             boosted = np.zeros(0, np.int64)
-        else:
-            up_b = st.adopt_up[boosted]
-            tgt_b = tb.action_target[st.eff_code[boosted] // S]
+        # (customer, product) pairs as flat indices customer*P + product into the (N, P) products and
+        # the (cell, P) hazard tables: np.take on flat indices is several times faster than 2-D indexing
         pairs = _bernoulli_positions(rng, n * P, bound)
-        ci, pj = np.divmod(pairs, P)
+        ci = pairs // P
         if boosted.size:
-            in_boosted = np.zeros(n, bool)
-            in_boosted[boosted] = True
-            ok = ~in_boosted[ci]
-            ci, pj = ci[ok], pj[ok]
-        c = st.segment[ci].astype(np.int64) * S + st.stage[ci]
-        h = np.where(st.products[ci, pj], tb.close_cells[c, pj], tb.adopt_cells[c, pj] * st.alive[ci])
+            if in_boosted is None:  # (the caller's mask of `boosted`, when it has one)
+                in_boosted = np.zeros(n, bool)
+                in_boosted[boosted] = True
+            keep = np.flatnonzero(~np.take(in_boosted, ci))  # one index, two gathers: faster than two masks
+            pairs, ci = np.take(pairs, keep), np.take(ci, keep)
+        pj = pairs - ci * P
+        cell = (np.take(st.segment, ci).astype(np.int64) * S + np.take(st.stage, ci)) * P + pj
+        h = np.where(
+            np.take(st.products, pairs),
+            np.take(tb.close_cells, cell),
+            np.take(tb.adopt_cells, cell) * np.take(st.alive, ci),
+        )
         acc = rng.random(ci.size) * bound < h
         fi, fj = ci[acc], pj[acc]
         if boosted.size:
+            up_b = np.take(st.adopt_up, boosted)
             big = min(bound * max(1.0, 1.0 + float(up_b.max())), 1.0)
-            bi, bj = np.divmod(_bernoulli_positions(rng, boosted.size * P, big), P)
-            dd = boosted[bi]
-            c = st.segment[dd].astype(np.int64) * S + st.stage[dd]
-            tg = tgt_b[bi]
-            mult = 1.0 + np.where((tg == -1) | (tg == bj), up_b[bi], 0.0)  # -2: target not modelled
-            h = np.where(st.products[dd, bj], tb.close_cells[c, bj], tb.adopt_cells[c, bj] * mult * st.alive[dd])
+            pairs = _bernoulli_positions(rng, boosted.size * P, big)
+            bi = pairs // P
+            bj = pairs - bi * P
+            dd = np.take(boosted, bi)
+            cell = (np.take(st.segment, dd).astype(np.int64) * S + np.take(st.stage, dd)) * P + bj
+            tg = np.take(tb.action_target, np.take(st.eff_code, dd) // S)  # only the candidates' targets
+            mult = 1.0 + np.where((tg == -1) | (tg == bj), np.take(up_b, bi), 0.0)  # -2: target not modelled
+            h = np.where(
+                np.take(st.products, dd * P + bj),
+                np.take(tb.close_cells, cell),
+                np.take(tb.adopt_cells, cell) * mult * np.take(st.alive, dd),
+            )
             acc = rng.random(bi.size) * big < h
             fi, fj = np.concatenate([fi, dd[acc]]), np.concatenate([fj, bj[acc]])
         if fi.size:
@@ -487,7 +519,8 @@ class PopulationSimulator:
             st.products[fi, fj] = ~was
             # a customer may change two products in one period: accumulate, do not overwrite
             np.add.at(st.product_margin, fi, np.where(was, -tb.product_margin[fj], tb.product_margin[fj]))
-            np.add.at(st.opened, fi[~was], 1)
+            # the 1 in the opened counter's own type: np.add.at's fast path needs no cast (30x faster)
+            np.add.at(st.opened, fi[~was], st.opened.dtype.type(1))
 
     def _product_events_crn(self, u: np.ndarray) -> None:
         """Open/close products with one uniform per (customer, product): the common-random-numbers
@@ -506,28 +539,32 @@ class PopulationSimulator:
             was = st.products[fi, fj]
             st.products[fi, fj] = ~was
             np.add.at(st.product_margin, fi, np.where(was, -tb.product_margin[fj], tb.product_margin[fj]))
-            np.add.at(st.opened, fi[~was], 1)
+            np.add.at(st.opened, fi[~was], st.opened.dtype.type(1))
 
-    def _apply_contacts(self, idx: np.ndarray, a: np.ndarray, u: np.ndarray | None = None) -> None:
+    def _apply_contacts(
+        self, idx: np.ndarray, a: np.ndarray, u: np.ndarray | None = None, code: np.ndarray | None = None
+    ) -> None:
+        """Start the effects of actions `a` on customers `idx`; `code` (a*S + stage) when the caller
+        has it already."""
         tb, st, rng = self.tables, self.state, self.rng
-        S = N_STAGES
-        code = a.astype(np.int16) * S + st.stage[idx]
-        f = tb.fatigue ** st.recent_contacts[idx]
+        if code is None:
+            code = a.astype(np.int16) * N_STAGES + np.take(st.stage, idx)
+        f = tb.fatigue ** np.take(st.recent_contacts, idx)
         if u is None:
             u = rng.random((idx.size, 2))
         # win-back of customers who had silently left
-        revive = (~st.alive[idx]) & (u[:, 0] < tb.reactivation[code] * f)
+        revive = (~np.take(st.alive, idx)) & (u[:, 0] < np.take(tb.reactivation, code) * f)
         st.alive[idx[revive]] = True
         if tb.n_channels:
-            ch = tb.action_channel[a]
-            out = (ch >= 0) & (u[:, 1] < tb.opt_out[np.maximum(ch, 0)])
+            ch = np.take(tb.action_channel, a)
+            out = (ch >= 0) & (u[:, 1] < np.take(tb.opt_out, np.maximum(ch, 0)))
             st.opted_out[idx[out], ch[out]] = True
         st.eff_code[idx] = code
-        st.eff_end[idx] = self.t + tb.duration[a]
+        st.eff_end[idx] = self.t + np.take(tb.duration, a)
         st.eff_scale[idx] = f
-        st.lam_eff[idx] = st.lam[idx] * (1.0 + tb.lift[code] * f)
-        st.mu_eff[idx] = st.mu[idx] * (1.0 - tb.dropout_reduction[code] * f)
-        st.adopt_up[idx] = tb.adoption_uplift[code] * f
+        st.lam_eff[idx] = np.take(st.lam, idx) * (1.0 + np.take(tb.lift, code) * f)
+        st.mu_eff[idx] = np.take(st.mu, idx) * (1.0 - np.take(tb.dropout_reduction, code) * f)
+        st.adopt_up[idx] = np.take(tb.adoption_uplift, code) * f
 
 
 def action_masks(tb: WorldTables, stage: np.ndarray, last_contact: np.ndarray, opted_out: np.ndarray) -> np.ndarray:
@@ -573,16 +610,33 @@ def poisson_ppf(u: np.ndarray, mean: np.ndarray) -> np.ndarray:
     return k
 
 
+def _flatnonzero(mask: np.ndarray) -> np.ndarray:
+    """np.flatnonzero of a 1-D bool mask. At densities up to 10% numpy switches to a loop that
+    skips runs of False with memchr, which is 3x slower than its branch-free loop between 4% and
+    10% (a 10% campaign's contacts sit right there): the mask is padded with enough True to take
+    it past 10%, and the padding's indices are cut off."""
+    n = mask.size
+    k = int(np.count_nonzero(mask))
+    if not (25 * k > n and 10 * k <= n):
+        return np.flatnonzero(mask)
+    buf = np.empty(n + (n - 10 * k) // 9 + 2, bool)
+    buf[:n] = mask
+    buf[n:] = True
+    return np.flatnonzero(buf)[:k]
+
+
 def _bernoulli_positions(rng: np.random.Generator, n: int, p: float) -> np.ndarray:
     """Indices in [0, n) of a Bernoulli(p) process, drawn through geometric gaps (O(n p) work)."""
     if p >= 1.0:
         return np.arange(n)
     expect = n * p
-    pos = np.cumsum(rng.geometric(p, size=int(expect + 6 * np.sqrt(expect) + 16))) - 1
+    pos = rng.geometric(p, size=int(expect + 6 * np.sqrt(expect) + 16))
+    np.cumsum(pos, out=pos)
+    pos -= 1
     while pos[-1] < n - 1:  # rare: extend until past the end
         more = np.cumsum(rng.geometric(p, size=int(6 * np.sqrt(expect) + 16))) + pos[-1]
         pos = np.concatenate([pos, more])
-    return pos[pos < n]
+    return pos[: np.searchsorted(pos, n)]  # positions increase: the ones below n are a prefix
 
 
 def _draw_prior_latents(world: WorldModel, seg: np.ndarray, rng: np.random.Generator):
