@@ -328,7 +328,7 @@ def write_deployment(dep: Deployment, path: Path) -> str:
     from sim.atomic import atomic_path
 
     with atomic_path(path) as tmp:
-        dep.frame.to_csv(tmp, index=False, float_format="%.17g")
+        dep.frame.to_csv(tmp, index=False)  # shortest repr: round-trips exactly, 0.2 stays 0.2
     return str(path)
 
 
