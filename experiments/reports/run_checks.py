@@ -92,6 +92,7 @@ def _early_warning(ew: dict | None) -> str:
         "engine": "engine (posterior P(no purchase))",
         "recency_rule": "recency rule",
         "hgb": "boosted trees (HGB)",
+        "engine_stack": "engine stacked (logistic on the posterior + RFM; recommended)",
     }
     rows = [
         [escape(names.get(k, k)), number(m["auc"], "{:.3f}"), number(m["top_decile_lift"], "{:.2f}")]
@@ -100,13 +101,15 @@ def _early_warning(ew: dict | None) -> str:
         if m
     ]
     t = ew.get("target") or {}
+    judged = ew.get("recommended_score") or "engine"
     verdict = {True: "met", False: "not met", None: "n/a"}[t.get("met")]
     return (
         f'<p class="note">Early warning: {escape(ew["population"])}; {escape(ew["label"])} '
         f"({ew['churned']:,} of {ew['customers']:,}). Thresholds maximise F1 on the calibration window "
         f"(as of {escape(ew['threshold_split']['cutoff'])}); the boosted trees learn from "
         f"{escape(ew['training_split']['features_cutoff'])} to {escape(ew['training_split']['label_end'])}. "
-        f"Target (engine at least the boosted AUC and top-decile lift, above the recency rule): {verdict}.</p>"
+        f"Target (the recommended score, {escape(names.get(judged, judged))}, at least the boosted AUC and "
+        f"top-decile lift, above the recency rule): {verdict}.</p>"
         + table(["score", "AUC", "top-decile lift", "top-decile precision", "precision", "recall", "F1"], rows)
     )
 
