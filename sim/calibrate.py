@@ -140,6 +140,7 @@ def calibrate(
                 decay,
                 panel.n_periods,
                 prior_resp.duration,
+                file=_decisions_file(history.folder),
             )
             mu_stage = mean_hazard_by_stage(fits, seg, summary, panel, activity_model)
             response, resp_report = estimate_response(
@@ -175,6 +176,8 @@ def calibrate(
                     f"intervention response: {k} of {n_prior} of {len(eligible)} eligible action x "
                     f"stage cells taken from priors (too few logged decisions)"
                 )
+        if "deployment" in resp_report:
+            assumptions.append(deployment_assumption(resp_report["deployment"]))
     if not products:
         assumptions.append("products: none in the history; product adoption not modelled")
     for name, m in sorted(econ.product_margin_per_period.items()):
@@ -254,6 +257,41 @@ def calibrate_like(world: WorldModel, history: History, calibration_end: str | p
         n_segments=int(seg.get("k", len(world.segments))),
         activity_model=world.activity_model,
         seed=int(seg.get("seed", 0)),
+    )
+
+
+def _decisions_file(folder: str) -> str:
+    """The decisions table's path in the history folder, as errors name it."""
+    from pathlib import Path
+
+    for name in ("decisions.csv", "decisions.parquet", "decisions"):
+        if (Path(folder) / name).exists():
+            return str(Path(folder) / name)
+    return "decisions"
+
+
+def deployment_assumption(dep: dict[str, Any]) -> str:
+    """One sentence for the world's assumptions: the effect cells a randomised deployment in the
+    decisions history informed, and those it moved from priors to data (fit.response.deployment
+    holds each cell's experimental and observational estimate and the weight of each)."""
+    cells = dep["cells"]
+    if not cells:
+        return (
+            f"intervention response: the {dep['decisions']:,} decisions of a randomised deployment informed no "
+            "effect cell (too few treated or control customers of an action and stage, or their outcome "
+            "windows not yet observed)"
+        )
+    moved = dep["moved_from_prior"]
+    return (
+        f"intervention response: the {dep['decisions']:,} decisions of a randomised deployment informed "
+        f"{len(cells)} effect cell{'s' if len(cells) > 1 else ''} by its treatment-control contrast ("
+        + ", ".join(f"{c['effect']} {c['action']} x {c['stage']}" for c in cells)
+        + "); "
+        + (
+            f"moved from priors to data by it: {', '.join(moved)}"
+            if moved
+            else "none of them moved from priors to data"
+        )
     )
 
 

@@ -18,6 +18,17 @@ MIN_EVENTS non-zero outcomes per arm. The world uses the precision-weighted blen
 and prior; `source` says per cell whether that is mostly data, mostly prior, or a blend. A lift
 measured this way already contains the customers a contact brought back, so cells estimated
 from data get no separate reactivation.
+
+A randomised deployment in the decisions (rows with `group` and `planned_action`, the file of
+`clv plan --control-share` appended to the history) is its own experiment: for cell (a, s) the
+same estimators on the deployment's customers planned for a in stage s, those given a against
+those given "none" (its controls), weighted by their exact propensities; only randomised rows
+(propensity < 1), and for activity and adoption only the effect window need be observed (the
+dropout estimate also needs the K periods after it). Its rows are kept out of the observational
+arms, whose "none" arm they would join with the uncontacted customers (propensity 1, no chance of
+a, unlike the customers contacted). The two estimates of a cell are combined by inverse variance
+before the blend with the prior; fit.response.deployment lists each informed cell. A history
+without those columns gets exactly the estimates it got before.
 """
 
 from __future__ import annotations
@@ -108,6 +119,9 @@ class DecisionData:
     fatigue: np.ndarray  # fatigue ** recent_contacts at the decision
     gap: np.ndarray  # periods until the customer's next logged decision (large if none)
     clean: np.ndarray  # no earlier contact's effect still in force at the decision
+    # a randomised deployment's rows: the action the plan chose for the customer (catalogue
+    # index), -1 for every other logged decision; None when the history records no deployment
+    planned: np.ndarray | None = None
 
 
 def contact_state(
@@ -195,92 +209,175 @@ def estimate_response(
         S = (boot @ X).astype(np.float64)
         return {k: S[:, j] for j, k in enumerate(cols)}
 
+    def contrast(a: int, s: int, D: int, ia: np.ndarray, i0: np.ndarray, post: np.ndarray | None = None):
+        """{effect: (point, bootstrap replicates)} of action a against "none" on the decisions ia
+        (took a) and i0 (took none), inverse-propensity weighted and self-normalised within each
+        arm. `post` (per decision, None = all): the K periods after the effect window are
+        observed, which the dropout estimate needs; the other two need the effect window only."""
+        # the effect is measured until it ends or the next decision may replace it; decision
+        # times do not depend on the action taken, so both arms get the same windows
+        ha, h0 = np.minimum(D, dec.gap[ia]), np.minimum(D, dec.gap[i0])
+        ya = window_sum(dec.cust[ia], dec.period[ia], 0, ha)
+        y0 = window_sum(dec.cust[i0], dec.period[i0], 0, h0)
+        za = (window_sum(dec.cust[ia], dec.period[ia], D, D + POST_WINDOW) > 0).astype(float)
+        z0 = (window_sum(dec.cust[i0], dec.period[i0], D, D + POST_WINDOW) > 0).astype(float)
+        wa, w0, fa = dec.weight[ia], dec.weight[i0], dec.fatigue[ia]
+        # the fatigue factor averaged with weights proportional to each customer's activity
+        # before the decision (a pre-treatment proxy of their baseline outcome): the lift
+        # scales the baseline, so busier customers, often contacted more, weigh more
+        pre = cum[dec.cust[ia], dec.period[ia]] - cum[dec.cust[ia], np.maximum(dec.period[ia] - PRE_WINDOW, 0)] + 0.5
+        oa = o0 = None
+        if opens is not None and opens.shape[2]:
+            tgt = targets[a]
+            plist = list(range(opens.shape[2])) if tgt is None else ([products.index(tgt)] if tgt in products else [])
+            if plist:
+                oc = open_cum(plist)
+
+                def osum(c, p, h):
+                    hi, lo = np.minimum(p + h, W), np.minimum(p, W)
+                    return (oc[c, hi] - oc[c, lo]).astype(float)
+
+                oa, o0 = osum(dec.cust[ia], dec.period[ia], ha), osum(dec.cust[i0], dec.period[i0], h0)
+                # rare events: a ratio of a handful of openings has no usable standard error
+                if (o0 > 0).sum() < MIN_EVENTS or (oa > 0).sum() < MIN_EVENTS:
+                    oa = o0 = None
+        # every weighted sum the estimates need, per arm, on the same bootstrap replicates
+        cols_a = {"y": wa * ya, "w": wa, "fat": wa * pre * fa, "pre": wa * pre, "z": wa * za}
+        cols_0 = {"y": w0 * y0, "w": w0, "z": w0 * z0}
+        zden = "w"
+        with_z = True
+        if post is not None and not (post[ia].all() and post[i0].all()):
+            # the dropout ratio on the decisions whose post-window is observed, its own denominator
+            pa_, p0_ = post[ia].astype(float), post[i0].astype(float)
+            with_z = post[ia].sum() >= MIN_DECISIONS and post[i0].sum() >= MIN_DECISIONS
+            cols_a["z"], cols_0["z"] = wa * za * pa_, w0 * z0 * p0_
+            cols_a["wz"], cols_0["wz"] = wa * pa_, w0 * p0_
+            zden = "wz"
+        if oa is not None:
+            cols_a["o"], cols_0["o"] = wa * oa, w0 * o0
+        Sa, S0 = boot_sums(dec.cust[ia], cols_a), boot_sums(dec.cust[i0], cols_0)
+
+        def ratio(key: str, den: str = "w") -> tuple[float, np.ndarray]:
+            point = (np.sum(cols_a[key]) / np.sum(cols_a[den])) / max(np.sum(cols_0[key]) / np.sum(cols_0[den]), 1e-300)
+            bm_a = Sa[key] / np.maximum(Sa[den], 1e-300)
+            bm_0 = S0[key] / np.maximum(S0[den], 1e-300)
+            return float(point), bm_a / np.maximum(bm_0, 1e-300)
+
+        F = float(np.sum(cols_a["fat"]) / np.sum(cols_a["pre"]))
+        Fb = Sa["fat"] / np.maximum(Sa["pre"], 1e-300)
+        est: dict[str, tuple[float, np.ndarray]] = {}
+        r, rb = ratio("y")
+        est["activity_lift"] = ((r - 1) / F, (rb - 1) / Fb)
+        if mu_stage[s] > 0 and with_z:
+            r2, rb2 = ratio("z", zden)
+            denom, denom_b = F * mu_stage[s] * D, Fb * mu_stage[s] * D
+            est["dropout_reduction"] = (np.log(max(r2, 1e-12)) / denom, np.log(np.maximum(rb2, 1e-12)) / denom_b)
+        if oa is not None:
+            r3, rb3 = ratio("o")
+            est["adoption_uplift"] = ((r3 - 1) / F, (rb3 - 1) / Fb)
+        out = {}
+        for k, (point, boots) in est.items():
+            b = boots[np.isfinite(boots)]
+            if b.size < BOOTSTRAP // 2 or not np.isfinite(point):
+                continue
+            with np.errstate(over="ignore", invalid="ignore"):  # ratios of near-empty arms
+                sd = float(np.std(b, ddof=1))
+            if not np.isfinite(sd):
+                continue
+            out[k] = (float(point), sd, boots)
+        return out
+
+    def prior_weight(sd: float, p: float) -> float:
+        """The data's weight against the prior p in their precision-weighted blend."""
+        psd = rel * abs(p) + floor
+        return (1 / sd**2) / (1 / sd**2 + 1 / psd**2) if sd > 0 else 1.0
+
+    def source(wd: float) -> str:
+        return "data" if wd >= 0.8 else ("blend" if wd >= 0.2 else "prior")
+
+    # Rows of a randomised deployment (`planned` >= 0) are its own experiment: within the customers
+    # planned for action a, a and "none" were assigned at random with the recorded propensities.
+    # They are kept out of the observational arms: its uncontacted customers ("none", propensity 1)
+    # had no chance of a, and would join the "none" arm as customers unlike the ones contacted.
+    deployed = dec.planned is not None and bool((dec.planned >= 0).any())
+    observational = dec.clean if not deployed else dec.clean & (dec.planned < 0)
+    cells: list[dict[str, Any]] = []
     for a in range(1, A):
         D = int(prior.duration[a])
         # decisions whose outcome windows are fully observed before the cut-off
-        full = (dec.period + D + POST_WINDOW <= W) & dec.clean
+        full = (dec.period + D + POST_WINDOW <= W) & observational
+        if deployed:
+            # the experiment's rows of a: planned for a, randomised (propensity < 1: a row given its
+            # planned action with certainty has no control), the effect window observed
+            exp_rows = dec.clean & (dec.planned == a) & (dec.weight > 1.0) & (dec.period + D <= W)
+            post = dec.period + D + POST_WINDOW <= W
         for s in range(S):
             arm_a = full & (dec.action == a) & (dec.stage == s)
             arm_0 = full & (dec.action == 0) & (dec.stage == s)
             n_obs[a, s] = int(arm_a.sum())
-            if arm_a.sum() < MIN_DECISIONS or arm_0.sum() < MIN_DECISIONS:
-                continue
-            ia, i0 = np.flatnonzero(arm_a), np.flatnonzero(arm_0)
-            # the effect is measured until it ends or the next decision may replace it; decision
-            # times do not depend on the action taken, so both arms get the same windows
-            ha, h0 = np.minimum(D, dec.gap[ia]), np.minimum(D, dec.gap[i0])
-            ya = window_sum(dec.cust[ia], dec.period[ia], 0, ha)
-            y0 = window_sum(dec.cust[i0], dec.period[i0], 0, h0)
-            za = (window_sum(dec.cust[ia], dec.period[ia], D, D + POST_WINDOW) > 0).astype(float)
-            z0 = (window_sum(dec.cust[i0], dec.period[i0], D, D + POST_WINDOW) > 0).astype(float)
-            wa, w0, fa = dec.weight[ia], dec.weight[i0], dec.fatigue[ia]
-            # the fatigue factor averaged with weights proportional to each customer's activity
-            # before the decision (a pre-treatment proxy of their baseline outcome): the lift
-            # scales the baseline, so busier customers, often contacted more, weigh more
-            pre = (
-                cum[dec.cust[ia], dec.period[ia]] - cum[dec.cust[ia], np.maximum(dec.period[ia] - PRE_WINDOW, 0)] + 0.5
-            )
-            oa = o0 = None
-            if opens is not None and opens.shape[2]:
-                tgt = targets[a]
-                plist = (
-                    list(range(opens.shape[2])) if tgt is None else ([products.index(tgt)] if tgt in products else [])
-                )
-                if plist:
-                    oc = open_cum(plist)
-
-                    def osum(c, p, h):
-                        hi, lo = np.minimum(p + h, W), np.minimum(p, W)
-                        return (oc[c, hi] - oc[c, lo]).astype(float)
-
-                    oa, o0 = osum(dec.cust[ia], dec.period[ia], ha), osum(dec.cust[i0], dec.period[i0], h0)
-                    # rare events: a ratio of a handful of openings has no usable standard error
-                    if (o0 > 0).sum() < MIN_EVENTS or (oa > 0).sum() < MIN_EVENTS:
-                        oa = o0 = None
-            # every weighted sum the estimates need, per arm, on the same bootstrap replicates
-            cols_a = {"y": wa * ya, "w": wa, "fat": wa * pre * fa, "pre": wa * pre, "z": wa * za}
-            cols_0 = {"y": w0 * y0, "w": w0, "z": w0 * z0}
-            if oa is not None:
-                cols_a["o"], cols_0["o"] = wa * oa, w0 * o0
-            Sa, S0 = boot_sums(dec.cust[ia], cols_a), boot_sums(dec.cust[i0], cols_0)
-
-            def ratio(key: str) -> tuple[float, np.ndarray]:
-                point = (np.sum(cols_a[key]) / np.sum(wa)) / max(np.sum(cols_0[key]) / np.sum(w0), 1e-300)
-                bm_a = Sa[key] / np.maximum(Sa["w"], 1e-300)
-                bm_0 = S0[key] / np.maximum(S0["w"], 1e-300)
-                return float(point), bm_a / np.maximum(bm_0, 1e-300)
-
-            F = float(np.sum(cols_a["fat"]) / np.sum(cols_a["pre"]))
-            Fb = Sa["fat"] / np.maximum(Sa["pre"], 1e-300)
-            est: dict[str, tuple[float, np.ndarray]] = {}
-            r, rb = ratio("y")
-            est["activity_lift"] = ((r - 1) / F, (rb - 1) / Fb)
-            if mu_stage[s] > 0:
-                r2, rb2 = ratio("z")
-                denom, denom_b = F * mu_stage[s] * D, Fb * mu_stage[s] * D
-                est["dropout_reduction"] = (np.log(max(r2, 1e-12)) / denom, np.log(np.maximum(rb2, 1e-12)) / denom_b)
-            if oa is not None:
-                r3, rb3 = ratio("o")
-                est["adoption_uplift"] = ((r3 - 1) / F, (rb3 - 1) / Fb)
-            for k, (point, boots) in est.items():
-                b = boots[np.isfinite(boots)]
-                if b.size < BOOTSTRAP // 2 or not np.isfinite(point):
+            obs = {}
+            if arm_a.sum() >= MIN_DECISIONS and arm_0.sum() >= MIN_DECISIONS:
+                obs = contrast(a, s, D, np.flatnonzero(arm_a), np.flatnonzero(arm_0))
+            exp, n_t, n_c = {}, 0, 0
+            if deployed:
+                in_cell = exp_rows & (dec.stage == s)
+                e_a, e_0 = in_cell & (dec.action == a), in_cell & (dec.action == 0)
+                n_t, n_c = int(e_a.sum()), int(e_0.sum())
+                if n_t >= MIN_DECISIONS and n_c >= MIN_DECISIONS:
+                    exp = contrast(a, s, D, np.flatnonzero(e_a), np.flatnonzero(e_0), post)
+            for k in EFFECTS:
+                if k not in obs and k not in exp:
                     continue
-                with np.errstate(over="ignore", invalid="ignore"):  # ratios of near-empty arms
-                    sd = float(np.std(b, ddof=1))
-                if not np.isfinite(sd):
-                    continue
-                raw[k][a, s], se[k][a, s] = point, sd
                 p = tabs[k][a, s]
-                psd = rel * abs(p) + floor
-                wd = (1 / sd**2) / (1 / sd**2 + 1 / psd**2) if sd > 0 else 1.0
+                if k in exp and k in obs:
+                    # two estimates of the same cell effect: the inverse-variance weighted mean
+                    # (the fixed-effect combination; Borenstein, Hedges, Higgins & Rothstein,
+                    # Introduction to Meta-Analysis, 2009, ch. 11), its standard error from the
+                    # combined bootstrap replicates, which keeps the covariance of the two (the
+                    # same customers may be in both)
+                    (pe, sde, be), (po, sdo, bo) = exp[k], obs[k]
+                    we = 1.0 if sde == 0 else (0.0 if sdo == 0 else (1 / sde**2) / (1 / sde**2 + 1 / sdo**2))
+                    point = we * pe + (1 - we) * po
+                    b = we * be + (1 - we) * bo
+                    b = b[np.isfinite(b)]
+                    with np.errstate(over="ignore", invalid="ignore"):
+                        sd = float(np.std(b, ddof=1)) if b.size >= BOOTSTRAP // 2 else float("nan")
+                    if not np.isfinite(sd):  # replicates too few to combine: the inverse-variance se
+                        sd = float(np.sqrt(1 / (1 / max(sde, 1e-300) ** 2 + 1 / max(sdo, 1e-300) ** 2)))
+                else:
+                    point, sd, _ = exp[k] if k in exp else obs[k]
+                    we = 1.0 if k in exp else 0.0
+                raw[k][a, s], se[k][a, s] = point, sd
+                wd = prior_weight(sd, p)
                 val = wd * point + (1 - wd) * p
                 if k == "dropout_reduction":
                     val = float(np.clip(val, 0.0, 0.95))
                 elif k == "activity_lift" or k == "adoption_uplift":
                     val = max(val, -0.95)
                 tabs[k][a, s] = val
-                src[k][a][s] = "data" if wd >= 0.8 else ("blend" if wd >= 0.2 else "prior")
+                src[k][a][s] = source(wd)
+                if k in exp:
+                    pe, sde, _ = exp[k]
+                    cells.append(
+                        {
+                            "effect": k,
+                            "action": catalogue.names[a],
+                            "stage": STAGES[s],
+                            "treated": n_t,
+                            "control": n_c,
+                            "experiment": pe,
+                            "experiment_se": sde,
+                            "observational": obs[k][0] if k in obs else None,
+                            "observational_se": obs[k][1] if k in obs else None,
+                            "experiment_weight": we,
+                            "estimate": point,
+                            "se": sd,
+                            "value": val,
+                            "source": src[k][a][s],
+                            # what the cell would be from the other logged decisions alone
+                            "source_without_deployment": source(prior_weight(obs[k][1], p)) if k in obs else "prior",
+                        }
+                    )
     # a lift measured on logged outcomes already includes customers the contact brought back, so
     # cells whose lift comes from data get no separate reactivation (it would count them twice)
     react = np.array(prior.reactivation, float)
@@ -306,6 +403,18 @@ def estimate_response(
         "post_window": POST_WINDOW,
         "min_decisions": MIN_DECISIONS,
     }
+    if deployed:  # only then: a world calibrated without a deployment keeps its fit report as it was
+        report["deployment"] = {
+            "decisions": int((dec.planned >= 0).sum()),
+            "estimator": "within the customers planned for the action: the action against 'none', "
+            "inverse-propensity weighted; combined with the other logged decisions' estimate by inverse variance",
+            "cells": cells,
+            "moved_from_prior": [
+                f"{c['effect']} {c['action']} x {c['stage']}"
+                for c in cells
+                if c["source_without_deployment"] == "prior" and c["source"] != "prior"
+            ],
+        }
     return out, report
 
 
@@ -320,12 +429,15 @@ def decisions_frame_to_data(
     decay: float,
     W: int,
     durations: list[int],
+    file: str = "decisions",
 ) -> tuple[DecisionData, np.ndarray]:
     """Place logged decisions on the panel. Returns the data and the per-customer contact state
-    at the cut-off ((N, 2): recent_contacts, last contact period or -1)."""
+    at the cut-off ((N, 2): recent_contacts, last contact period or -1). `file` names the
+    decisions table in errors about its deployment columns."""
     from .features import lookup, period_index
 
     d = decisions
+    planned_all = deployment_plan(d, catalogue, file)
     cust, known = lookup(ids, d["customer_id"])
     per = period_index(d["date"].to_numpy("datetime64[ns]"), origin, period_days)
     keep = known & (per >= 0) & (per < W)
@@ -351,5 +463,90 @@ def decisions_frame_to_data(
     prev_end[order[1:][same]] = run[:-1][same]
     clean = prev_end <= per
     return DecisionData(
-        cust=cust, period=per, action=act, weight=weight, stage=stage, fatigue=fatigue**recent, gap=gap, clean=clean
+        cust=cust,
+        period=per,
+        action=act,
+        weight=weight,
+        stage=stage,
+        fatigue=fatigue**recent,
+        gap=gap,
+        clean=clean,
+        planned=None if planned_all is None else planned_all[keep],
     ), state
+
+
+DEPLOYMENT_GROUPS = ("treatment", "control", "explore")  # experiments.deployment.GROUPS (sim cannot import it)
+
+
+def _missing(values: pd.Series) -> np.ndarray:
+    """Empty cells of an extra text column: NaN/None in a frame, "" from the CSV reader, and the
+    "nan" / "<NA>" that a text conversion of a missing value leaves."""
+    text = values.astype(object).where(values.notna(), "").astype(str).str.strip()
+    return (text == "").to_numpy() | text.str.lower().isin(("nan", "<na>")).to_numpy()
+
+
+def deployment_plan(decisions: pd.DataFrame, catalogue: ActionCatalogue, file: str) -> np.ndarray | None:
+    """The plan's action (catalogue index) of each row of a randomised deployment, -1 for other
+    logged decisions; None when the table has no `group` and `planned_action` columns (the
+    deployment file of `clv plan --control-share`, appended to the decisions history).
+
+    A row whose deployment columns contradict the randomisation cannot be used as an experiment:
+    raises HistoryError naming the column, the row's customer and date, and what to do."""
+    if "group" not in decisions.columns or "planned_action" not in decisions.columns:
+        return None
+    from .errors import HistoryError
+
+    n = len(decisions)
+    g_miss, p_miss = _missing(decisions["group"]), _missing(decisions["planned_action"])
+    group = np.where(g_miss, "", decisions["group"].astype(object).astype(str).str.strip().str.lower())
+    plan_name = np.where(p_miss, "", decisions["planned_action"].astype(object).astype(str).str.strip())
+    action = decisions["action"].astype(str).to_numpy()
+    index = {name: i for i, name in enumerate(catalogue.names)}
+    plan = np.array([index.get(x, -2) for x in plan_name], np.int64) if n else np.zeros(0, np.int64)
+    names = ", ".join(catalogue.names[:12]) + (", ..." if len(catalogue.names) > 12 else "")
+    checks = (
+        (
+            "group",
+            ~g_miss & ~np.isin(group, DEPLOYMENT_GROUPS),
+            lambda i: (
+                f"group {decisions['group'].iloc[i]!r} is not treatment, control or explore "
+                "(write the deployment rows as clv plan --control-share wrote them)"
+            ),
+        ),
+        (
+            "planned_action",
+            ~p_miss & (plan == -2),
+            lambda i: (
+                f"unknown planned action {plan_name[i]!r}; actions.yaml defines: {names} (add it there or fix the row)"
+            ),
+        ),
+        (
+            "planned_action",
+            g_miss != p_miss,
+            lambda i: (
+                "a deployment row needs both group and planned_action; "
+                + ("planned_action" if p_miss[i] else "group")
+                + " is empty (fill it, or empty both for a decision outside the deployment)"
+            ),
+        ),
+        (
+            "action",
+            (group == "control") & (action != "none"),
+            lambda i: f"a control row must have action 'none', not {action[i]!r} (the control group is not contacted)",
+        ),
+        (
+            "action",
+            (group == "treatment") & ~p_miss & (action != plan_name),
+            lambda i: (
+                f"a treatment row gets its planned action {plan_name[i]!r}, not {action[i]!r} "
+                "(a row given another action is in group explore)"
+            ),
+        ),
+    )
+    for column, bad, say in checks:
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            day = str(np.datetime64(pd.Timestamp(decisions["date"].iloc[i]), "D"))
+            who = f"the decision of customer {decisions['customer_id'].iloc[i]!r} on {day}"
+            raise HistoryError(file, None, column, f"{who}: {say(i)}")
+    return np.where(g_miss, -1, plan)
