@@ -8,8 +8,8 @@ optionally ``customers``, ``products`` and ``decisions`` tables, ``actions.yaml`
 file, the first offending row (as a spreadsheet counts it for CSV: header = row 1, first data
 row = row 2; the 1-based data row for Parquet) and the column, in one line. What is repaired
 instead (an invisible character in an id, a signup after the first purchase, a close of a product
-never opened) and every default taken for a missing side file is said in ``History.notes``, which
-calibration lists in the world's assumptions.
+never opened, a product opened or closed twice) and every default taken for a missing side file
+is said in ``History.notes``, which calibration lists in the world's assumptions.
 
 Everything is vectorised (pyarrow for reading and string work, numpy for numbers and sorting):
 a 20M-row transactions CSV loads in seconds. Python-level scans of a file happen only to point
@@ -19,15 +19,19 @@ record's spreadsheet row differs from its position.
 Accepted dates: ``YYYY-MM-DD``, ``YYYYMMDD`` and ISO 8601 date-times (``T`` or space separator,
 optional seconds and fraction, optional ``Z``/``+hh:mm`` offset, which is dropped: the date is
 taken as written). Parquet datetime columns (naive or tz-aware, same rule) and integer
-``YYYYMMDD`` columns are accepted too. Dates are normalised to the day, datetime64[ns].
+``YYYYMMDD`` columns are accepted too. Dates are normalised to the day, datetime64[ns]. Dates
+before 1950 (EARLIEST_DATE) are refused, and so are dates more than FUTURE_SLACK_DAYS after the
+day a history is loaded, unless clv generated it.
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
+import datetime as _dt
 import errno
 import importlib.resources
+import json
 import os
 import re
 import stat
@@ -752,6 +756,44 @@ def _dates(ck: _Checks, s: pd.Series, column: str) -> np.ndarray:
     return out
 
 
+# A history is what happened: a warehouse export holds nothing dated after the day it is loaded, so a
+# later date is a data error (a mis-typed or mis-parsed year, 2042 for 2024) that would stretch the
+# calibration's clocks (a customer's age, the last transaction that cut-off dates are checked
+# against). Dates up to FUTURE_SLACK_DAYS after today are accepted: an export written in a time zone
+# ahead of the reader's, postings value-dated a few days ahead, a month-end batch. A history that clv
+# generated (its README.json names the generator, as `clv run` checks before writing one) is not
+# checked: `clv make-data --start 2026-06-01` or `--weeks 520` legitimately runs past today.
+FUTURE_SLACK_DAYS = 31
+
+
+def _not_future(ck: _Checks, dates: np.ndarray, column: str, today: Any, fix: str = "fix it or drop the row") -> None:
+    """Registers on `ck` the dates more than FUTURE_SLACK_DAYS after `today` (None: no check)."""
+    if today is None:
+        return
+    day = np.datetime64(pd.Timestamp(today), "D")
+    limit = (day + np.timedelta64(FUTURE_SLACK_DAYS, "D")).astype("datetime64[ns]")
+    ck.add(
+        column,
+        dates > limit,
+        lambda pos: (
+            f"{column} {np.datetime64(dates[pos], 'D')} is more than {FUTURE_SLACK_DAYS} days after today ({day}): "
+            f"a history holds what has happened (a mis-typed year?); {fix}"
+        ),
+    )
+
+
+def _generated_by_clv(folder: Path) -> bool:
+    """Whether `folder` is a history clv generated: its README.json names the generator
+    (sim.synthetic, sim.bank_parts, sim.engagement_hmm), as experiments.cli.outputs reads it."""
+    path = folder / "README.json"
+    try:
+        if not path.is_file() or path.stat().st_size > 1 << 20:
+            return False
+        return bool(json.loads(path.read_text(encoding="utf-8")).get("generator"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _numbers(s: pd.Series) -> tuple[np.ndarray, Callable[[int], str]]:
     """float64 values (NaN where unreadable) and a function giving a cell's text."""
     if _is_plain_number_dtype(s.dtype):
@@ -861,7 +903,8 @@ def read_probability_column(folder: str | Path, column: str) -> pd.DataFrame:
     cid = _ids(ck, df["customer_id"], "customer_id")
     date = _dates(ck, df["date"], "date")
     ck.raise_first()
-    return pd.DataFrame({"customer_id": np.asarray(cid, dtype=object).astype(str), "date": date, column: v})
+    # object arrays, not fixed-width str ones (rows x the longest id x 4 bytes); the frame holds str
+    return pd.DataFrame({"customer_id": np.asarray(cid, dtype=object), "date": date, column: v})
 
 
 TARGET_PROBS_COLUMNS = ("customer_id", "date", "action", "probability")
@@ -915,9 +958,9 @@ def read_target_probs(path: str | Path) -> pd.DataFrame:
     ck.raise_first()
     return pd.DataFrame(
         {
-            "customer_id": np.asarray(cid, dtype=object).astype(str),
+            "customer_id": np.asarray(cid, dtype=object),  # object, not fixed-width: see read_probability_column
             "date": date,
-            "action": np.asarray(action, dtype=object).astype(str),
+            "action": np.asarray(action, dtype=object),
             "probability": v,
             "row": (ck.labels if ck.labels is not None else np.arange(len(df))).astype(np.int64) + ck.offset,
         }
@@ -1143,13 +1186,17 @@ def _duplicate_rows(tx: pd.DataFrame, starts: np.ndarray) -> int:
 # table validation
 
 
-def validate_transactions(df: pd.DataFrame, file: str, notes: list[str] | None = None) -> pd.DataFrame:
+def validate_transactions(
+    df: pd.DataFrame, file: str, notes: list[str] | None = None, today: Any = None
+) -> pd.DataFrame:
     """customer_id (str), date (datetime64[ns], day), amount (float64 >= 0) [+ product, channel,
-    extra columns], sorted by customer_id and date (stable). Repairs are said in `notes`."""
+    extra columns], sorted by customer_id and date (stable). Repairs are said in `notes`.
+    `today`: dates more than FUTURE_SLACK_DAYS after it are refused (None: not checked)."""
     df = _prepare(df, file, "transactions")
     ck = _Checks(df, file)
     cid = _ids(ck, df["customer_id"], "customer_id", notes)
     date = _dates(ck, df["date"], "date")
+    _not_future(ck, date, "date", today)
     amount = _amounts(ck, df["amount"], "amount")
     ck.raise_first()
     cols: dict[str, Any] = {"customer_id": cid, "date": date, "amount": amount}
@@ -1164,12 +1211,13 @@ SIGNUP_SLACK_DAYS = 366  # a customers table may be extracted after the transact
 
 
 def validate_customers(
-    df: pd.DataFrame, file: str, notes: list[str] | None = None, last_day: Any = None
+    df: pd.DataFrame, file: str, notes: list[str] | None = None, last_day: Any = None, today: Any = None
 ) -> pd.DataFrame:
     """customer_id (str, unique) [+ signup_date datetime64[ns], attribute columns], sorted by id.
 
     `last_day`: the history's last transaction; a signup_date more than SIGNUP_SLACK_DAYS after it
-    (2100-01-01: a placeholder for "unknown") is refused."""
+    (2100-01-01: a placeholder for "unknown") is refused, and so is one more than
+    FUTURE_SLACK_DAYS after `today`."""
     df = _prepare(df, file, "customers")
     ck = _Checks(df, file)
     cid = _ids(ck, df["customer_id"], "customer_id", notes)
@@ -1186,6 +1234,7 @@ def validate_customers(
                     f"({last}): a placeholder, not a signup; fix it or leave it empty"
                 ),
             )
+        _not_future(ck, signup, "signup_date", today, "fix it or leave it empty")
     ck.raise_first()
     dup = cid.duplicated().to_numpy(dtype=bool)
     if dup.any():
@@ -1203,17 +1252,29 @@ def validate_customers(
 
 
 def validate_products(
-    df: pd.DataFrame, file: str, notes: list[str] | None = None, first_day: Any = None
+    df: pd.DataFrame, file: str, notes: list[str] | None = None, first_day: Any = None, today: Any = None
 ) -> pd.DataFrame:
     """customer_id, date, product (str), event ('open'|'close'), sorted by customer and date.
 
-    A close of a product the customer does not hold then (no open before it: closed before it was
-    opened) is taken as a product held since before the history: an open is added on `first_day`
-    (the history's first day; default the table's), and the repair is said in `notes`."""
+    A product is held or not (the world's holdings are yes/no), and each customer's events of one
+    product are read in date order as a holding that starts and ends. What does not fit is
+    repaired, and each repair is said in `notes` (with its count and first row):
+
+    - a close of a product the customer does not hold, before any open of it (closed before it was
+      opened), is a product held since before the history: an open is added on `first_day` (the
+      history's first day; default the table's);
+    - an open while the product is already held (opened twice), and a close after it was already
+      closed (closed twice), are ignored: dropped from the table, so every consumer (calibration's
+      counts of opens minus closes, the observations' and rewards' last event) sees one holding.
+
+    An open and a close of one product on one day change nothing: read as closed and re-opened
+    when the product was held before that day, as opened and closed when it was not, and written
+    in that order. `today`: dates more than FUTURE_SLACK_DAYS after it are refused (None: not checked)."""
     df = _prepare(df, file, "products")
     ck = _Checks(df, file)
     cid = _ids(ck, df["customer_id"], "customer_id", notes)
     date = _dates(ck, df["date"], "date")
+    _not_future(ck, date, "date", today)
     product = _text(ck, df["product"], "product", "name the product opened or closed (e.g. credit_card)")
     event = _to_str(df["event"]).str.lower()
     ck.add(
@@ -1237,51 +1298,105 @@ def validate_products(
         )
     cols: dict[str, Any] = {"customer_id": cid, "date": date, "product": product, "event": event}
     cols.update(_extras(df, cols))
-    orphan = _closes_without_open(cid, product, date, (event == "close").to_numpy(dtype=bool))
-    if not orphan.any():
-        return _sorted_frame(cols)
+    fix = _product_holdings(cid, product, date, (event == "close").to_numpy(dtype=bool))
+    if not (fix.orphan.any() or fix.opened_twice.any() or fix.closed_twice.any() or fix.second.any()):
+        return _sorted_frame(cols)  # nothing to repair or to put in order (most tables)
     first_day = date.min() if first_day is None else min(np.datetime64(pd.Timestamp(first_day), "ns"), date.min())
-    pos = int(orphan.argmax())
-    held = pd.DataFrame({"customer_id": cid[orphan].array, "product": product[orphan].array}).drop_duplicates()
-    if notes is not None:
-        notes.append(
-            f"{file}: {_count(int(orphan.sum()), 'close')} of a product the customer did not hold (no open before; "
-            f"first in row {ck.row(pos)}: {product.iloc[pos]!r} closed on {np.datetime64(date[pos], 'D')}), taken "
-            f"as held since before the history: {_count(len(held), 'open')} added on {np.datetime64(first_day, 'D')}"
-        )
+    orphan, second = fix.orphan, fix.second.copy()
+    held = pd.DataFrame({"customer_id": cid[orphan].array, "product": product[orphan].array})
+    if orphan.any():
+        pos = int(orphan.argmax())
+        # a close on the history's first day itself: the added open comes first on that day
+        second |= orphan & (date == first_day)
+        if notes is not None:
+            notes.append(
+                f"{file}: {_count(int(orphan.sum()), 'close')} of a product the customer did not hold (no open "
+                f"before; first in row {ck.row(pos)}: {product.iloc[pos]!r} closed on "
+                f"{np.datetime64(date[pos], 'D')}), taken as held since before the history: "
+                f"{_count(len(held), 'open')} added on {np.datetime64(first_day, 'D')}"
+            )
+    for mask, word, state, did, since in (
+        (fix.opened_twice, "open", "already held", "opened", "held since"),
+        (fix.closed_twice, "close", "no longer held", "closed", "already closed on"),
+    ):
+        if mask.any() and notes is not None:
+            pos = int(mask.argmax())
+            notes.append(
+                f"{file}: {_count(int(mask.sum()), word)} of a product the customer {state} (first in row "
+                f"{ck.row(pos)}: customer {cid.iloc[pos]!r}, {product.iloc[pos]!r} {did} on "
+                f"{np.datetime64(date[pos], 'D')}, {since} {np.datetime64(fix.previous[pos], 'D')}), ignored: "
+                "a product is held or not"
+            )
+    keep = ~(fix.opened_twice | fix.closed_twice)
     table = pd.DataFrame({k: (v.array if isinstance(v, pd.Series) else v) for k, v in cols.items()})
     added = held.assign(date=first_day, event="open")
-    full = pd.concat([table, added[list(added.columns)]], ignore_index=True)
+    full = pd.concat([table[keep], added[list(added.columns)]], ignore_index=True)
+    # first on a day what comes first there (the sort by customer and date below is stable)
+    full = full.iloc[np.argsort(np.concatenate([second[keep], np.zeros(len(added), dtype=bool)]), kind="stable")]
     return _sorted_frame({c: full[c] for c in table.columns})
 
 
-def _closes_without_open(cid: pd.Series, product: pd.Series, date: np.ndarray, close: np.ndarray) -> np.ndarray:
-    """Rows (file order) closing a product the customer does not hold at that date: in each
-    customer's and product's events by date (opens first on a day), the running count of opens
-    minus closes reaches a new low below zero. Vectorised: one sort, one running minimum."""
+@dataclass
+class _ProductFix:
+    """What `_product_holdings` found, one entry per row of the table (file order)."""
+
+    orphan: np.ndarray  # a close before any open of the product: held since before the history
+    opened_twice: np.ndarray  # an open while the product is held
+    closed_twice: np.ndarray  # a close while it is not held, after an earlier close
+    second: np.ndarray  # an event that comes second on a day with an open and a close of its product
+    previous: np.ndarray  # datetime64[ns]: the day of the product's events before this row's
+
+
+def _product_holdings(cid: pd.Series, product: pd.Series, date: np.ndarray, close: np.ndarray) -> _ProductFix:
+    """Each customer's and product's events read as a yes/no holding, in date order. Duplicate
+    rows are refused before, so a day holds at most one open and one close of a product. A day
+    with both changes nothing (closed and re-opened if held, opened and closed if not). On a day
+    with one event the holding before it is set by the last earlier day with one event (an open
+    leaves the product held, a close leaves it not held, whether or not it was redundant): an
+    open then is opened twice, a close closed twice; a close on the first day of events, with no
+    open that day, was held since before the history. Vectorised: one sort, running maxima."""
     n = len(close)
-    if not close.any():
-        return np.zeros(n, dtype=bool)
     c_code = pd.factorize(cid.to_numpy())[0].astype(np.int64)
     p_code = pd.factorize(product.to_numpy())[0].astype(np.int64)
-    order = np.lexsort((np.arange(n), close, _day_numbers(date), p_code, c_code))
-    key = (c_code * (int(p_code.max()) + 1) + p_code)[order]
-    starts = np.ones(n, dtype=bool)
-    starts[1:] = key[1:] != key[:-1]
-    gid = np.cumsum(starts) - 1
-    step = np.where(close[order], -1, 1).astype(np.int64)
-    run = np.cumsum(step)
-    run -= (run - step)[starts][gid]  # the count within each group, from 0
-    big = 2 * n + 2  # groups shifted apart so that one running minimum serves them all
-    shifted = run - gid * big
-    low = np.minimum.accumulate(shifted)
-    before = np.empty(n, dtype=np.int64)
-    before[0] = 0
-    before[1:] = low[:-1]
-    before = np.minimum(before, -gid * big)  # a group starts at 0 whatever came before
-    out = np.zeros(n, dtype=bool)
-    out[order] = close[order] & (shifted < before)
-    return out
+    day = _day_numbers(date)
+    order = np.lexsort((close, day, p_code, c_code))
+    pair = (c_code * (int(p_code.max()) + 1) + p_code)[order] if n else np.zeros(0, np.int64)
+    d = day[order]
+    new_pair = np.ones(n, dtype=bool)
+    new_pair[1:] = pair[1:] != pair[:-1]
+    new_day = new_pair.copy()
+    new_day[1:] |= d[1:] != d[:-1]
+    day_id = np.cumsum(new_day) - 1  # (pair, day) of each sorted row
+    m = int(day_id[-1]) + 1 if n else 0
+    c_sorted = close[order]
+    has_close = np.zeros(m, dtype=bool)
+    has_open = np.zeros(m, dtype=bool)
+    has_close[day_id[c_sorted]] = True
+    has_open[day_id[~c_sorted]] = True
+    both = has_open & has_close
+    starts = np.flatnonzero(new_day)
+    first_of_pair = np.maximum.accumulate(np.where(new_pair[starts], np.arange(m), 0))  # its pair's first day
+    single = np.where(~both, np.arange(m), -1)
+    last_single = np.maximum.accumulate(single) if m else single
+    prev = np.full(m, -1, dtype=np.int64)
+    prev[1:] = last_single[:-1]
+    prev[prev < first_of_pair] = -1  # the last single-event day before, within the pair
+    held_before = (prev >= 0) & has_open[np.maximum(prev, 0)]
+    orphan_day = has_close & ~has_open & (np.arange(m) == first_of_pair)
+    twice_open_day = has_open & ~has_close & held_before
+    twice_close_day = has_close & ~has_open & ~held_before & ~orphan_day
+    # a day with both: the close second when not held before (opened and closed), else the open
+    second_sorted = both[day_id] & (c_sorted != held_before[day_id])
+    # the pair's day before (of any events), for the notes
+    prev_day = np.where(np.arange(m) > first_of_pair, d[starts][np.maximum(np.arange(m) - 1, 0)], 0)
+    out = [np.zeros(n, dtype=bool) for _ in range(4)]
+    for o, v in zip(
+        out, (orphan_day[day_id], twice_open_day[day_id], twice_close_day[day_id], second_sorted), strict=True
+    ):
+        o[order] = v
+    previous = np.zeros(n, dtype=np.int64)
+    previous[order] = prev_day[day_id]
+    return _ProductFix(*out, previous=(previous * _DAY_NS).astype("datetime64[ns]"))
 
 
 def _known_array(known: Any) -> pa.Array:
@@ -1300,17 +1415,21 @@ def validate_decisions(
     actions: ActionCatalogue | None,
     known_customers: set[str] | None,
     notes: list[str] | None = None,
+    today: Any = None,
 ) -> pd.DataFrame:
     """customer_id, date, action (str), propensity (float64 in (0, 1]) [+ cost float64 >= 0],
     one decision per customer and day, sorted by customer and date.
 
     `actions`: when given, every action must be in the catalogue. `known_customers` (a set, or
-    any array of ids): when given, every decision must be about one of them.
+    any array of ids): when given, every decision must be about one of them. `today`: decisions
+    dated more than FUTURE_SLACK_DAYS after it are refused (None, e.g. for a deployment file of
+    planned contacts: not checked).
     """
     df = _prepare(df, file, "decisions")
     ck = _Checks(df, file)
     cid = _ids(ck, df["customer_id"], "customer_id", notes)
     date = _dates(ck, df["date"], "date")
+    _not_future(ck, date, "date", today)
     action = _text(ck, df["action"], "action", "give the action taken ('none' when no contact was made)")
     if actions is not None:
         names = actions.names
@@ -1408,7 +1527,11 @@ def integer_text(values: Any) -> bool:
     elif isinstance(values, (pa.Array, pa.ChunkedArray)):
         arr = values
     else:
-        arr = pa.array(np.asarray(values, dtype=object).astype(str), type=pa.large_string())
+        values = np.asarray(values, dtype=object)
+        try:  # text as it is (a fixed-width copy costs the longest id x 4 bytes per value)
+            arr = pa.array(values, type=pa.large_string())
+        except (pa.ArrowTypeError, pa.ArrowInvalid):  # not all text: as str() writes each
+            arr = pa.array(values.astype(str), type=pa.large_string())
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks() if arr.num_chunks else pa.array([], pa.large_string())
     if not pa.types.is_string(arr.type) and not pa.types.is_large_string(arr.type):
@@ -1442,11 +1565,13 @@ def load_history(folder: str | Path) -> History:
     report: dict[str, Any] = {}
     notes: list[str] = []
     skipped = 0
+    # the day the history is loaded: nothing in it can be later (FUTURE_SLACK_DAYS)
+    today = None if _generated_by_clv(folder) else np.datetime64(_dt.date.today(), "D")
 
     raw, tx_file = read_table(folder, "transactions", required=True)
     assert raw is not None
     skipped += int(raw.attrs.get("blank_rows_skipped", 0))
-    tx = validate_transactions(raw, tx_file, notes)
+    tx = validate_transactions(raw, tx_file, notes, today=today)
     tx_ids, counts = _summarise_transactions(tx)
     report["customer_id_type"] = customer_id_type(raw["customer_id"], tx_ids)
     del raw
@@ -1457,14 +1582,14 @@ def load_history(folder: str | Path) -> History:
     raw, file = read_table(folder, "customers", required=False)
     if raw is not None:
         skipped += int(raw.attrs.get("blank_rows_skipped", 0))
-        customers = validate_customers(raw, file, notes, last_day=last_day)
+        customers = validate_customers(raw, file, notes, last_day=last_day, today=today)
         notes += _signups_after_first_purchase(customers, tx_ids, tx, file)
         if "signup_date" in customers.columns and customers["signup_date"].notna().any():
             first_day = min(first_day, customers["signup_date"].min())
     raw, file = read_table(folder, "products", required=False)
     if raw is not None:
         skipped += int(raw.attrs.get("blank_rows_skipped", 0))
-        products = validate_products(raw, file, notes, first_day=first_day)
+        products = validate_products(raw, file, notes, first_day=first_day, today=today)
 
     actions_file, economics_file, stages_file = (_side_file(folder, n) for n in SIDE_FILES)
     actions = load_actions(actions_file) if actions_file else None
@@ -1479,7 +1604,7 @@ def load_history(folder: str | Path) -> History:
         known = [tx_ids.cast(pa.large_string())]
         if customers is not None:
             known.append(_arrow(customers["customer_id"]).combine_chunks().cast(pa.large_string()))
-        decisions = validate_decisions(raw, file, actions, pa.concat_arrays(known), notes)
+        decisions = validate_decisions(raw, file, actions, pa.concat_arrays(known), notes, today=today)
 
     report["customers_rows"] = 0 if customers is None else len(customers)
     report["products_rows"] = 0 if products is None else len(products)

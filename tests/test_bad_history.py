@@ -71,6 +71,26 @@ def _close_before_open(d):
     return pd.concat([d[~((d["customer_id"] == c) & (d["product"] == "wealth"))], rows])
 
 
+def _wealth_events(customer: str, events: list[tuple[str, str]]):
+    """`customer`'s 'wealth' events replaced by `events` (date, event), appended at the end of
+    products.csv (the example's 988 data rows are rows 2-989: the first appended one is row 990)."""
+
+    def edit(d):
+        rows = pd.DataFrame([[customer, day, "wealth", ev] for day, ev in events], columns=list(d.columns))
+        return pd.concat([d[~((d["customer_id"] == customer) & (d["product"] == "wealth"))], rows])
+
+    return _cells("products.csv", edit)
+
+
+# C000000 holds no wealth product in the example: opened on 2023-02-01 and 2023-05-01 (row 991),
+# closed on 2024-01-10: not held at the calibration end (counting opens minus closes said held)
+OPENED_TWICE = _wealth_events("C000000", [("2023-02-01", "open"), ("2023-05-01", "open"), ("2024-01-10", "close")])
+# C000001 neither: opened, closed, closed again (row 992), re-opened on 2024-02-01: held
+CLOSED_TWICE = _wealth_events(
+    "C000001", [("2023-02-01", "open"), ("2023-05-01", "close"), ("2023-08-01", "close"), ("2024-02-01", "open")]
+)
+
+
 def _alarm(seconds: int):
     """Fail (rather than hang) when a read blocks, e.g. on a FIFO."""
 
@@ -117,6 +137,21 @@ REFUSED = [
         "product event in 1900",
         _set("products.csv", 4, "date", "1900-01-01"),
         "products.csv, row 4, column 'date': date 1900-01-01 is before 1950-01-01",
+    ),
+    (
+        "a transaction dated after today (a mis-typed year: 2204 for 2024)",
+        _set("transactions.csv", 7, "date", "2204-06-03"),
+        "transactions.csv, row 7, column 'date': date 2204-06-03 is more than 31 days after today (",
+    ),
+    (
+        "a product event dated after today",
+        _set("products.csv", 4, "date", "2099-01-01"),
+        "products.csv, row 4, column 'date': date 2099-01-01 is more than 31 days after today (",
+    ),
+    (
+        "a decision dated after today",
+        _set("decisions.csv", 9, "date", "2099-12-31T08:00:00Z"),
+        "decisions.csv, row 9, column 'date': date 2099-12-31 is more than 31 days after today (",
     ),
     (
         "NUL inside an id",
@@ -241,6 +276,20 @@ REPAIRED = [
         lambda doc: True,
     ),
     (
+        "a product opened twice",
+        OPENED_TWICE,
+        "products.csv: 1 open of a product the customer already held (first in row 991: customer 'C000000', "
+        "'wealth' opened on 2023-05-01, held since 2023-02-01), ignored: a product is held or not",
+        lambda doc: True,
+    ),
+    (
+        "a product closed twice",
+        CLOSED_TWICE,
+        "products.csv: 1 close of a product the customer no longer held (first in row 992: customer 'C000001', "
+        "'wealth' closed on 2023-08-01, already closed on 2023-05-01), ignored: a product is held or not",
+        lambda doc: True,
+    ),
+    (
         "empty segment labels",
         _cells("customers.csv", lambda d: d.assign(segment=np.where(d.index < 4, "", d["segment"]))),
         "segments: 4 customers with an empty segment in customers.csv are put in segment 'unknown'",
@@ -272,32 +321,55 @@ def test_a_bom_at_the_start_of_a_csv_file_just_works(tmp_path, capsys, file):
 
 
 def test_a_product_closed_before_it_was_opened_is_held_since_before_the_history():
-    """The reader's repair: the close without an open gets an open on the history's first day, so
-    the close and the later re-opening both count (the re-opening was lost before: the running
-    count of holdings went to -1, and the open only brought it back to 0)."""
+    """The reader's repair: a close before any open of the product gets an open on the history's
+    first day, so the close and a later re-opening both count (the re-opening was lost before:
+    the running count of holdings went to -1, and the open only brought it back to 0). A close
+    after an earlier close is not that: it is ignored (tests/test_history_events.py)."""
     d = pd.DataFrame(
         {
             "customer_id": ["a", "a", "a", "a", "b", "c", "c"],
             "date": ["2023-01-05", "2023-02-01", "2023-03-01", "2023-04-01", "2023-05-01", "2023-06-01", "2023-06-01"],
             "product": ["card"] * 7,
-            # a: opened, closed, closed again (no open before), re-opened; b: closed, never opened;
-            # c: closed and opened on one day (opens count first on a day: held for the day)
+            # a: opened, closed, closed again, re-opened; b: closed, never opened; c: closed and
+            # opened on one day while not held (read as opened and closed that day)
             "event": ["open", "close", "close", "open", "close", "close", "open"],
         }
     )
     notes: list[str] = []
     got = validate_products(d, "products.csv", notes, first_day="2023-01-01")
     assert notes == [
-        "products.csv: 2 closes of a product the customer did not hold (no open before; first in row 4: 'card' "
-        "closed on 2023-03-01), taken as held since before the history: 2 opens added on 2023-01-01"
+        "products.csv: 1 close of a product the customer did not hold (no open before; first in row 6: 'card' "
+        "closed on 2023-05-01), taken as held since before the history: 1 open added on 2023-01-01",
+        "products.csv: 1 close of a product the customer no longer held (first in row 4: customer 'a', 'card' "
+        "closed on 2023-03-01, already closed on 2023-02-01), ignored: a product is held or not",
     ]
     added = got[(got["date"] == pd.Timestamp("2023-01-01"))]
-    assert sorted(added["customer_id"]) == ["a", "b"] and set(added["event"]) == {"open"}
-    assert len(got) == len(d) + 2
+    assert list(added["customer_id"]) == ["b"] and set(added["event"]) == {"open"}
+    assert len(got) == len(d) - 1 + 1
     assert list(zip(got["customer_id"], got["date"])) == sorted(zip(got["customer_id"], got["date"]))
+    assert list(got.loc[got["customer_id"] == "c", "event"]) == ["open", "close"]
     notes.clear()
     validate_products(d[d["customer_id"] == "c"], "products.csv", notes)
     assert notes == []
+
+
+@pytest.mark.parametrize(
+    "change, customer, held",
+    [(OPENED_TWICE, "C000000", False), (CLOSED_TWICE, "C000001", True)],
+    ids=["opened twice: not held after its one close", "closed twice: held after the re-opening"],
+)
+def test_products_opened_or_closed_twice_hold_what_the_events_say(tmp_path, capsys, change, customer, held):
+    """The holdings calibration writes into the book (prod_* at the calibration end) follow the
+    events with the redundant one ignored; counting opens minus closes held C000000's wealth
+    product after its close (2 - 1)."""
+    books = []
+    for name, edit in (("edited", change), ("example", lambda hist: None)):
+        code, out = _calibrate(tmp_path / name, edit, "--json")
+        assert code == 0, capsys.readouterr().err
+        books.append(pd.read_parquet(out.with_name("world.book.parquet")).set_index("customer_id")["prod_wealth"])
+    edited, example = books
+    assert bool(edited[customer]) is held and not example[customer]
+    assert edited.drop(customer).equals(example.drop(customer))  # nobody else's holdings moved
 
 
 # ---- defaults taken in place of a user file ------------------------------------------------------
