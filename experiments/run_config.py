@@ -74,6 +74,21 @@ KEYS = (
     "ope",
 )
 HISTORY_KEYS = ("path", "dataset", "generate")
+NAME_MAX, PATH_MAX = 255, 4096  # a file name's and a path's limits on Linux (and most file systems)
+
+
+def _too_long_path(text: str) -> str | None:
+    """Why `text` cannot name a folder on this file system (a part over NAME_MAX bytes, or over
+    PATH_MAX in all), or None: said at its key, before the file system is asked."""
+    raw = text.encode("utf-8", "surrogatepass")
+    if len(raw) > PATH_MAX:
+        return f"is {len(raw):,} bytes, longer than any path ({PATH_MAX})"
+    longest = max((len(part) for part in raw.split(b"/")), default=0)
+    if longest > NAME_MAX:
+        return f"has a part of {longest:,} bytes, longer than any file name ({NAME_MAX})"
+    return None
+
+
 GENERATE_KEYS = ("customers", "weeks", "seed", "start", "decision_every")
 CALIBRATION_KEYS = ("segment_by", "segments", "activity_model")
 POLICY_KEYS = ("algo", "steps", "seed", "set")
@@ -148,6 +163,12 @@ def load_run_config(path: str | Path, sets: dict[str, Any] | None = None) -> Run
     name = doc.get("name", path.stem)
     if not isinstance(name, str) or not name.strip():
         fail(file, "name", f"expected a non-empty text, got {name!r}")
+    if len(name.encode("utf-8", "surrogatepass")) > NAME_MAX:  # runs/NAME: one file name of the file system
+        fail(
+            file,
+            "name",
+            f"{name[:80]!r}... is {len(name):,} characters; a run's name names a folder: at most {NAME_MAX} bytes",
+        )
     if any(c in name for c in "/\\") or name.strip() in (".", ".."):  # it names the folder runs/NAME
         fail(
             file, "name", f"{name[:80]!r} is not a plain name; it names the output folder runs/NAME, so use no / or .."
@@ -165,6 +186,9 @@ def load_run_config(path: str | Path, sets: dict[str, Any] | None = None) -> Run
     if len(given) != 1:
         fail(file, "history", "give exactly one of path, dataset or generate")
     if "path" in given:
+        too_long = _too_long_path(str(hist["path"]))
+        if too_long:
+            fail(file, "history.path", f"{str(hist['path'])[:80]!r}... {too_long}; give the history folder's path")
         folder = (base / str(hist["path"])).resolve()
         if not folder.is_dir():
             fail(file, "history.path", f"{hist['path']}: history folder not found (paths are relative to {base})")

@@ -639,11 +639,39 @@ def load_bare_model(zip_path: str | Path):
         from stable_baselines3 import DQN as cls_
     else:
         from sb3_contrib import MaskablePPO as cls_
-    try:
-        model = cls_.load(zip_path, device="cpu", custom_objects=plain_objects(zip_path, algo, {}))
-    except (RuntimeError, ValueError, KeyError) as e:  # weights that do not fit the saved architecture
-        raise ConfigError(f"{zip_path}: cannot load the model ({type(e).__name__}: {str(e)[:160]}); {how}") from None
+    model = _load_zip(cls_, zip_path, plain_objects(zip_path, algo, {}), how)
     return model, algo
+
+
+# the members SB3's load reads from a zip it saved (the fields, the network's weights, the
+# optimiser's state: `set_parameters` wants both state dicts); checked by name first, so that a
+# zip cut short or assembled by hand is said as the member it lacks, not as SB3's own complaint
+ZIP_MEMBERS = ("data", "policy.pth", "policy.optimizer.pth")
+
+
+def _load_zip(cls_, zip_path: Path, custom_objects: dict[str, Any], how: str):
+    """`cls_.load(zip_path)`, every way a damaged zip can fail it (a member missing, weights that are
+    not a torch file or are cut short, weights of another architecture) as one ConfigError naming
+    the zip and `how` (what to do)."""
+    import pickle
+    import zipfile
+
+    from sim.errors import ConfigError
+
+    try:
+        with zipfile.ZipFile(zip_path) as z:
+            names = set(z.namelist())
+    except (OSError, zipfile.BadZipFile) as e:
+        raise ConfigError(f"{zip_path}: not a zip file ({type(e).__name__}: {str(e)[:120]}); {how}") from None
+    missing = [m for m in ZIP_MEMBERS if m not in names]
+    if missing:
+        raise ConfigError(f"{zip_path}: the zip lacks {', '.join(missing)} (damaged or cut short); {how}")
+    try:
+        return cls_.load(zip_path, device="cpu", custom_objects=custom_objects)
+    except (RuntimeError, ValueError, KeyError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        # torch's own messages run to several sentences about weights_only: its first line is enough
+        first = " ".join(str(e).split(". ")[0].split())[:160]
+        raise ConfigError(f"{zip_path}: cannot load the model's weights ({type(e).__name__}: {first}); {how}") from None
 
 
 def _constant(value: float) -> Callable[[float], float]:
@@ -707,6 +735,13 @@ class SB3Policy(PolicyBase):
         card_path = folder / CARD_FILE
         if not card_path.is_file():
             raise ConfigError(f"{folder}: no {CARD_FILE}; expected a folder written by `clv train`")
+        zip_path = folder / MODEL_FILE
+        if not zip_path.is_file():  # the card alone cannot act: the weights are in the zip
+            what = "is not a file" if zip_path.exists() else "is missing"
+            raise ConfigError(
+                f"{zip_path}: {what} (its {CARD_FILE} is there; `clv train` writes both); copy the "
+                f"{MODEL_FILE} trained with that card back beside it, or retrain with `clv train`"
+            )
         try:
             card = json.loads(card_path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -739,9 +774,8 @@ class SB3Policy(PolicyBase):
             from stable_baselines3 import DQN as cls_
         else:
             from sb3_contrib import MaskablePPO as cls_
-        model = cls_.load(
-            folder / MODEL_FILE, device="cpu", custom_objects=plain_objects(folder / MODEL_FILE, card["algo"], card)
-        )
+        zip_path = folder / MODEL_FILE
+        model = _load_zip(cls_, zip_path, plain_objects(zip_path, card["algo"], card), "retrain with `clv train`")
         return cls(model, card, world, deterministic=deterministic, name=name or folder.name)
 
     def features(self, obs) -> np.ndarray:

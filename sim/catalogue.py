@@ -131,6 +131,9 @@ def default_bank_catalogue() -> ActionCatalogue:
     )
 
 
+MAX_NAME_LENGTH = 256  # characters of an action, channel, offer, capacity group or product name (ids: the same)
+
+
 def load_actions(path: str | Path) -> ActionCatalogue:
     """Read actions.yaml: a list (or {actions: [...]}) of name, channel, offer, cost,
     eligible_stages, capacity_group[, target_product]. "none" is added first if absent."""
@@ -165,6 +168,14 @@ def load_actions(path: str | Path) -> ActionCatalogue:
             if v is not None and not isinstance(v, str):
                 what = "a list" if isinstance(v, list) else "a mapping" if isinstance(v, dict) else repr(v)[:80]
                 raise HistoryError(path.name, i, key, f"must be one name (text) or null, got {what}")
+        for key in ("name", "channel", "offer", "capacity_group", "target_product"):
+            v = item.get(key)
+            if (
+                isinstance(v, str) and len(v) > MAX_NAME_LENGTH
+            ):  # names are labels: a world, a report and a CRM file carry them
+                raise HistoryError(
+                    path.name, i, key, f"{v[:40]!r}... is {len(v):,} characters; a name has at most {MAX_NAME_LENGTH}"
+                )
         if name in seen:
             raise HistoryError(path.name, i, "name", f"duplicate action {name!r}")
         seen.add(name)

@@ -87,6 +87,19 @@ def test_usage(capsys, argv, code, line):
 # ---- YAML a user wrote ---------------------------------------------------------------------------
 BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: [*b, *b, *b, *b, *b]\n"
 DEEP = "a: " + "[" * 60 + "]" * 60 + "\n"
+# a 1 MB value where a name, number or date belongs: the error quotes it cut at 200 characters
+# (experiments.cli.common.VALUE_LIMIT) and says so at once; a megabyte of it is no work to refuse
+HUGE = "z" * 1_000_000
+HUGE_SECONDS = 3.0  # an ordinary refusal here takes 0.6-0.9 s in-process (calibrate loads my_bank first)
+HUGE_RUN = (
+    f"name: t\nhistory: {{path: {EXAMPLES / 'my_bank'}}}\ncalibration_end: 2024-06-30\nbudgets: [100]\nbudget: 100\n"
+)
+
+
+def _huge_is_cut(err: str) -> bool:
+    """Of the huge value at most 200 characters are quoted (its validator may cut it shorter, or
+    say only what it is, "got a list"), and the whole line stays short."""
+    return "z" * 201 not in err and len(err) < 1_200
 
 
 @pytest.mark.parametrize(
@@ -112,7 +125,18 @@ DEEP = "a: " + "[" * 60 + "]" * 60 + "\n"
         ("actions.yaml", "- {name: sms, channel: sms, cost: 1, eligible_stages: [new, 3]}\n", "list of stages"),
         ("stages.yaml", "new_periods: 60\nmature_periods: 52\n", "'mature_periods': 52 must be above new_periods"),
         ("stages.yaml", "dormant_after: 20\nchurned_after: 10\n", "'churned_after': 10 must be above dormant_after"),
+        # huge values (issue 18: never repr a huge value into a message)
+        ("actions.yaml", f"- {{name: sms, channel: sms, cost: {HUGE}}}\n", "row 1, column 'cost': not a number: 'zzz"),
+        ("actions.yaml", f"- {{name: sms, channel: sms, cost: 1, eligible_stages: [{HUGE}]}}\n", "unknown stage 'zzz"),
+        ("actions.yaml", f"- {{name: sms, channel: [{HUGE}], cost: 1}}\n", "'channel': must be one name"),
+        # names are labels: at most 256 characters (sim.catalogue.MAX_NAME_LENGTH)
+        ("actions.yaml", f"- {{name: {HUGE}, channel: sms, cost: 1}}\n", "row 1, column 'name': 'zzz"),
+        ("actions.yaml", f"- {{name: sms, channel: {HUGE}, cost: 1}}\n", "row 1, column 'channel': 'zzz"),
+        ("economics.yaml", f"period: {HUGE}\n", "column 'period': must be one of"),
+        ("economics.yaml", f"currency: {HUGE}\n", "column 'currency': expected a short name"),
+        ("stages.yaml", f"new_periods: {HUGE}\n", "'new_periods': must be a whole number of periods >= 1, got 'zzz"),
     ],
+    ids=lambda v: (v[:60] + "...[1 MB]") if isinstance(v, str) and len(v) > 1000 else None,
 )
 def test_history_side_files_that_cannot_be_read_are_one_line(tmp_path, capsys, file, content, message):
     hist = tmp_path / "hist"
@@ -120,9 +144,13 @@ def test_history_side_files_that_cannot_be_read_are_one_line(tmp_path, capsys, f
     (hist / file).write_bytes(content if isinstance(content, bytes) else content.encode())
     t0 = time.perf_counter()
     code = run(["calibrate", str(hist), "--calibration-end", "2024-06-30", "--out", str(tmp_path / "w.json")])
+    seconds = time.perf_counter() - t0
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and file in err and message in err, err
-    assert time.perf_counter() - t0 < 30 and not (tmp_path / "w.json").exists()
+    assert code == 2 and len(err.splitlines()) == 1 and file in err and message in err, err[:2000]
+    assert seconds < 30 and not (tmp_path / "w.json").exists()
+    if HUGE in content if isinstance(content, str) else False:
+        assert _huge_is_cut(err), err[:2000]
+        assert seconds < HUGE_SECONDS, f"{seconds:.1f} s to refuse a 1 MB value"
 
 
 @pytest.mark.parametrize(
@@ -133,15 +161,42 @@ def test_history_side_files_that_cannot_be_read_are_one_line(tmp_path, capsys, f
         (b"name: \xff\xfe\n", "not UTF-8 text"),
         ("name: [unclosed\n", "not valid YAML"),
         ("name: t\ncalibration_end: 2024-13-45\n", "line 2: '2024-13-45' cannot be read (month must be in 1..12)"),
+        # huge values: the config is otherwise good (my_bank, its dates, budgets), so the key with the
+        # megabyte is the one refused
+        (HUGE_RUN.replace("2024-06-30", HUGE), "calibration_end: 'zzz"),
+        (HUGE_RUN.replace("budget: 100", f"budget: {HUGE}"), "budget: expected a number > 0, got 'zzz"),
+        (HUGE_RUN + f"policy: {{algo: {HUGE}}}\n", "policy.algo: unknown algorithm 'zzz"),
+        (HUGE_RUN + f"compare: [{HUGE}]\n", "compare[0]: unknown baseline 'zzz"),
+        (HUGE_RUN + f"constraints: {{capacity: [{HUGE}]}}\n", "constraints.capacity[0]:"),
+        # a 1 MB name (it names runs/NAME) and history.path: refused at their keys before the file
+        # system is asked (experiments/run_config.py: NAME_MAX, PATH_MAX)
+        pytest.param(
+            HUGE_RUN.replace("name: t", f"name: {HUGE}"),
+            "name: 'zzz",
+        ),
+        pytest.param(
+            HUGE_RUN.replace(str(EXAMPLES / "my_bank"), "/tmp/" + HUGE[:5000]),
+            "history.path:",
+        ),
     ],
+    ids=lambda v: (v[:40] + "...[1 MB]") if isinstance(v, str) and len(v) > 1000 else None,
 )
-def test_run_configs_that_cannot_be_read_are_one_line(tmp_path, capsys, content, message):
+def test_run_configs_that_cannot_be_read_are_one_line(tmp_path, capsys, monkeypatch, content, message):
     path = tmp_path / "run.yaml"
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
-    assert run(["run", str(path), "--out", str(tmp_path / "out")]) == 2
+    monkeypatch.chdir(tmp_path)  # the name case writes to ./runs/NAME when it gets that far
+    huge = isinstance(content, str) and "z" * 1000 in content
+    t0 = time.perf_counter()
+    code = run(
+        ["run", str(path)] if huge and "name: zzz" in content else ["run", str(path), "--out", str(tmp_path / "out")]
+    )
+    seconds = time.perf_counter() - t0
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and str(path) in err and message in err, err
-    assert not (tmp_path / "out").exists()
+    assert code == 2 and len(err.splitlines()) == 1 and str(path) in err and message in err, err[:2000]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()
+    if huge:
+        assert _huge_is_cut(err), err[:2000]
+        assert seconds < HUGE_SECONDS, f"{seconds:.1f} s to refuse a 1 MB value"
 
 
 def test_ordinary_yaml_still_reads_as_before():

@@ -71,6 +71,9 @@ def option_name(key: str) -> str:
 
 
 ERROR_LIMIT = 1000  # characters of an error line: a 2 MB value quoted in a message is cut, not printed
+# characters of any one word of an error line: a value quoted from a user's file (a 1 MB
+# `channel:` in actions.yaml) is one word of no spaces; prose and paths are far shorter
+VALUE_LIMIT = 200
 
 
 # what this process has said: the last error line, and whether a --json document reached stdout
@@ -85,7 +88,10 @@ def error_line(text: str) -> None:
 
 
 def _err(msg: str, code: int = EXIT_INPUT) -> None:
+    import re
+
     msg = " ".join(str(msg).split())
+    msg = re.sub(r"\S{%d,}" % (VALUE_LIMIT + 1), lambda m: m.group()[:VALUE_LIMIT] + "…", msg)
     if len(msg) > ERROR_LIMIT:
         msg = msg[:ERROR_LIMIT] + "… (cut)"
     error_line(msg)

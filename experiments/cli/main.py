@@ -13,6 +13,7 @@ registers its commands on `common.app` when imported; the import order is the or
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Any
 
@@ -50,6 +51,33 @@ def _usage_or_click(e: Exception) -> int:
 def _short(text: str) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= MESSAGE_LIMIT else text[:MESSAGE_LIMIT] + "…"
+
+
+# what an allocation that failed asked for, as its library words it: numpy's
+# "Unable to allocate 7.45 GiB for an array with shape (1000000000,) and data type int64" and
+# Arrow's "malloc of size 8000000000 failed" (its MemoryError subclass); read from the message
+# only, the one public thing both carry
+_NUMPY_SIZE = re.compile(r"Unable to allocate (\d+(?:\.\d+)? [KMGTPE]?i?B)(?: for an array with shape (\([^)]*\)))?")
+_BYTES_SIZE = re.compile(r"(?:malloc|realloc|allocation|allocate) of (?:size )?(\d+)(?: bytes)?", re.IGNORECASE)
+
+
+def _memory_needed(e: BaseException) -> str:
+    """' (one allocation of 7.45 GiB, an array of shape (1000000000,))' when the error says how much
+    was asked for, else '' (a bare MemoryError says nothing)."""
+    text = str(e)
+    m = _NUMPY_SIZE.search(text)
+    if m:
+        shape = f", an array of shape {_short(m.group(2))}" if m.group(2) else ""
+        return f" (one allocation of {m.group(1)}{shape})"
+    m = _BYTES_SIZE.search(text)
+    if m:
+        size = float(m.group(1))
+        for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+            if size < 1024 or unit == "TiB":
+                break
+            size /= 1024
+        return f" (one allocation of {size:.2f} {unit})" if unit != "B" else f" (one allocation of {int(size)} B)"
+    return ""
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -97,10 +125,14 @@ def run(argv: list[str] | None = None) -> int:
         except OSError:
             pass
         code = 141
-    except MemoryError:
+    except MemoryError as e:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
         error_line(
-            "out of memory: the job needs more memory than this machine has free; run it on fewer "
-            "customers (--customers where the command has it) or free memory"
+            f"out of memory{_memory_needed(e)}: the job needs more memory than this machine has free; run it on "
+            "fewer customers (--customers where the command has it) or free memory"
         )
         code = 1
     except Exception as e:  # a bug: one line, the traceback only on request
