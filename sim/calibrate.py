@@ -65,16 +65,20 @@ def calibrate(
     # a copy of the rows only when some come after the cut-off (a whole book's copy is GBs)
     rows = CustomerRows.from_frame(tx if upto.all() else tx.loc[upto, ["customer_id", "date", "amount"]])
     summary = summarise(tx, ce, pdays, history.customers, rows=rows)
+    # the amounts are read by the summaries only (an amount per transaction, 0.25 GB at 31.7M rows)
+    rows.amount = None
     used = int(upto.sum())
     all_customers = set(tx["customer_id"].unique())
     if history.customers is not None:
         all_customers |= set(history.customers["customer_id"])
+    n_all_customers = len(all_customers)
+    del all_customers  # a Python str per customer (~90 MB at 1M), not needed past the count
     report: dict[str, Any] = {
         "same_day_merged": int(merged),
         "customers": len(summary),
         "transactions_used": used,
         "transactions_after_calibration_end": int(len(tx) - used),
-        "customers_born_after_calibration_end": int(len(all_customers) - len(summary)),
+        "customers_born_after_calibration_end": int(n_all_customers - len(summary)),
     }
     catalogue = history.actions or _catalogue_for(history)
     priors = load_priors(priors_path)
@@ -119,7 +123,7 @@ def calibrate(
     product_counts = None
     effect_mult = np.zeros(len(summary))
     if need_panel:
-        panel = build_panel(summary, tx, ce, pdays, rules)
+        panel = build_panel(summary, tx, ce, pdays, rules, rows=rows)
         opens = closes = held_before = None
         if products:
             opens, closes, held_before, held_end, initial = product_panels(
@@ -127,10 +131,9 @@ def calibrate(
             )
         under_effect = np.zeros(panel.counts.shape, bool)
         if history.decisions is not None:
-            dec_df = history.decisions.loc[history.decisions["date"] <= ce]
             decay = prior_resp.contact_decay
             dec, contact_end = decisions_frame_to_data(
-                dec_df,
+                history.decisions,
                 catalogue,
                 summary.customer_id,
                 panel.origin,
@@ -141,6 +144,7 @@ def calibrate(
                 panel.n_periods,
                 prior_resp.duration,
                 file=_decisions_file(history.folder),
+                upto=(history.decisions["date"] <= ce).to_numpy(dtype=bool),
             )
             mu_stage = mean_hazard_by_stage(fits, seg, summary, panel, activity_model)
             response, resp_report = estimate_response(
@@ -161,6 +165,10 @@ def calibrate(
             adopt, close, init_products, product_counts = product_hazards(
                 opens, closes, held_before, initial, panel, seg, G, under_effect, alive
             )
+            del opens, closes, held_before, initial, alive
+        # the (N, W) and (N, W, P) panels end here: freed before the book (its regularity pass has
+        # its own temporaries, and the panels were ~1 GB of a 1M-customer book's peak there)
+        del panel, under_effect
     if history.decisions is None:
         assumptions.append("intervention response: all effects taken from priors (no logged decisions)")
     assumptions += [
@@ -610,7 +618,8 @@ def product_hazards(
     adopt = np.zeros((G, S, P))
     close = np.zeros((G, S, P))
     counts = {k: np.zeros((G, S, P)) for k in ("adopt_events", "adopt_at_risk", "close_events", "close_at_risk")}
-    cell = seg[:, None].astype(np.int64) * S + st
+    # int32 (the cells number G x S): an int64 (N, W) array was 0.4 GB at 1M customers
+    cell = seg[:, None].astype(np.int32) * S + st
     for p in range(P):
         risk_o = base & ~held_before[:, :, p]
         risk_c = base & held_before[:, :, p]
@@ -649,10 +658,17 @@ def effect_exposure(dec, response, panel: Panel, catalogue: ActionCatalogue):
     gain = lift[act, np.clip(dec.stage[c], 0, S - 1)] * dec.fatigue[c]
     np.add.at(extra, (cust, per), gain)
     np.add.at(extra, (cust, end), -gain)
-    under_effect = np.cumsum(under, axis=1)[:, :W] > 0
-    per_cell = np.cumsum(extra, axis=1)[:, :W]
+    # the running sums in blocks of customers (each row is its own): whole, an int64 and a float64
+    # (N, W + 1) temporary were ~0.85 GB at 1M customers (the peak of a 250k-customer book's calibration)
+    under_effect = np.empty((N, W), bool)
+    total = np.empty(N)
+    block = max(1, ALIVE_PANEL_CELLS // max(W + 1, 1))
+    for lo in range(0, N, block):
+        hi = min(lo + block, N)
+        under_effect[lo:hi] = np.cumsum(under[lo:hi], axis=1)[:, :W] > 0
+        total[lo:hi] = np.cumsum(extra[lo:hi], axis=1)[:, :W].sum(axis=1)
     alive_periods = np.maximum(W - np.maximum(panel.birth_period, 0), 1)
-    return under_effect, per_cell.sum(axis=1) / alive_periods
+    return under_effect, total / alive_periods
 
 
 # ---- seasonality --------------------------------------------------------------------------------

@@ -265,7 +265,12 @@ def payment_regularity(
         pos, found = lookup(ids, rows.ids)
         if not found.all():
             raise ValueError("payment_regularity: some customers of `rows` are not in `ids`")
-        codes = pos[rows.codes] if rows.codes.size else np.zeros(0, np.int64)
+        if not rows.codes.size:
+            codes = np.zeros(0, np.int64)
+        elif pos.size == ids.shape[0] and np.array_equal(pos, np.arange(pos.size)):
+            codes = rows.codes  # the same customers in the same order: no copy of a code per transaction
+        else:
+            codes = pos[rows.codes]
         birth_ns = np.full(ids.shape[0], np.iinfo(np.int64).max)  # no transaction, no birth: empty series
         if rows.codes.size:
             birth_ns[pos] = rows.day_ns[rows.starts]

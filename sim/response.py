@@ -302,6 +302,15 @@ def estimate_response(
     deployed = dec.planned is not None and bool((dec.planned >= 0).any())
     observational = dec.clean if not deployed else dec.clean & (dec.planned < 0)
     cells: list[dict[str, Any]] = []
+    # the last action whose contrasts read each target's cumulative openings: an (N, W + 1) int32
+    # array per distinct target, dropped after it (all of them kept to the end were ~1 GB of a
+    # 1M-customer book's peak)
+    P = 0 if opens is None else opens.shape[2]
+    last_use: dict[tuple[int, ...], int] = {}
+    for a in range(1, A):
+        tgt = targets[a]
+        if P:
+            last_use[tuple(range(P)) if tgt is None else ((products.index(tgt),) if tgt in products else ())] = a
     for a in range(1, A):
         D = int(prior.duration[a])
         # decisions whose outcome windows are fully observed before the cut-off
@@ -378,6 +387,8 @@ def estimate_response(
                             "source_without_deployment": source(prior_weight(obs[k][1], p)) if k in obs else "prior",
                         }
                     )
+        for key in [key for key, last in last_use.items() if last == a]:
+            open_cums.pop(key, None)
     # a lift measured on logged outcomes already includes customers the contact brought back, so
     # cells whose lift comes from data get no separate reactivation (it would count them twice)
     react = np.array(prior.reactivation, float)
@@ -430,17 +441,29 @@ def decisions_frame_to_data(
     W: int,
     durations: list[int],
     file: str = "decisions",
+    upto: np.ndarray | None = None,
 ) -> tuple[DecisionData, np.ndarray]:
     """Place logged decisions on the panel. Returns the data and the per-customer contact state
     at the cut-off ((N, 2): recent_contacts, last contact period or -1). `file` names the
-    decisions table in errors about its deployment columns."""
+    decisions table in errors about its deployment columns. `upto` (a row mask, e.g. the
+    decisions up to the cut-off): only those rows are read, as if the table held them alone (no
+    copy of the table: a 1M-customer book's was ~0.5 GB)."""
     from .features import lookup, period_index
 
     d = decisions
-    planned_all = deployment_plan(d, catalogue, file)
+    if upto is None or upto.all():
+        planned_all = deployment_plan(d, catalogue, file)
+    else:  # the deployment columns checked on the rows read only (a later row is not this calibration's)
+        cols = [c for c in ("customer_id", "date", "action", "group", "planned_action") if c in d.columns]
+        plan = deployment_plan(d.loc[upto, cols], catalogue, file) if {"group", "planned_action"} <= set(cols) else None
+        planned_all = None if plan is None else np.full(len(d), -1, np.int64)
+        if plan is not None:
+            planned_all[upto] = plan
     cust, known = lookup(ids, d["customer_id"])
     per = period_index(d["date"].to_numpy("datetime64[ns]"), origin, period_days)
     keep = known & (per >= 0) & (per < W)
+    if upto is not None:
+        keep &= upto
     cust, per = cust[keep], per[keep]
     act, named = lookup(np.asarray(catalogue.names, dtype=object), d["action"])
     if not named[keep].all():
