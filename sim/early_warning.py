@@ -235,12 +235,10 @@ def engine_scores(world, book: pd.DataFrame, ids: np.ndarray, horizon: float, dr
     the book)."""
     from .churn import book_churn_scores
 
-    bids = book["customer_id"].to_numpy(dtype=str)
-    order = np.argsort(bids, kind="stable")
-    pos, found = lookup(bids[order], ids)
+    pos, found = lookup(book["customer_id"], ids)  # a hash lookup: the book's row of each id
     if not found.all():
         raise ValueError(f"{int((~found).sum())} active customers are missing from the book")
-    sub = book.iloc[order[pos]].reset_index(drop=True)
+    sub = book.iloc[pos].reset_index(drop=True)
     return book_churn_scores(world, sub, horizon, draws=draws, seed=seed)[1]
 
 

@@ -261,7 +261,7 @@ def payment_regularity(
         birth_ns = rows.day_ns[rows.starts] if rows.codes.size else np.zeros(0, np.int64)
         codes = rows.codes
     else:
-        ids = np.asarray(ids, dtype=str)
+        ids = np.asarray(ids, dtype=object)  # not fixed-width: rows x the longest id x 4 bytes; lookup hashes
         pos, found = lookup(ids, rows.ids)
         if not found.all():
             raise ValueError("payment_regularity: some customers of `rows` are not in `ids`")

@@ -69,7 +69,7 @@ def validate(
     exposures = np.minimum(1.0, horizon - np.arange(n_periods))
 
     tx, _ = merge_same_day(history.transactions)
-    ids = book["customer_id"].to_numpy(dtype=str)
+    ids = book["customer_id"].to_numpy(dtype=object)  # not fixed-width (rows x the longest id x 4 bytes)
     actions, replay = replay_actions(history, world, ids, ce, n_periods, pdays)
 
     if actions is None and world.activity_model == "pareto_nbd":
