@@ -82,20 +82,38 @@ def inactivity_probabilities(
     return out
 
 
+def posterior_twins(world, book: pd.DataFrame, draws: int, seed: int):
+    """`draws` twins of every book customer (customer-major) with their alive flag and rates drawn
+    from the posterior on stratified uniforms: the draws every churn score of the book reads, so
+    the same seed gives the same twins to each."""
+    from .population import WorldTables, state_from_book
+
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xC4A2]))
+    twins = book.iloc[np.repeat(np.arange(len(book)), draws)].reset_index(drop=True)
+    u = stratified_uniforms(len(book), draws, rng)
+    return state_from_book(world, twins, rng, WorldTables.from_world(world), uniforms=u)
+
+
+def book_rows(book: pd.DataFrame, ids) -> pd.DataFrame:
+    """The book's rows of the customers `ids`, in that order (a hash lookup of the ids); ValueError
+    when some are not in the book."""
+    from .features import lookup
+
+    pos, found = lookup(book["customer_id"], ids)
+    if not found.all():
+        raise ValueError(f"{int((~found).sum())} active customers are missing from the book")
+    return book.iloc[pos].reset_index(drop=True)
+
+
 def book_churn_scores(
     world, book: pd.DataFrame, horizon: float, draws: int = 16, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """(churn, inactivity): P(left within `horizon` periods) and P(no transaction within `horizon`
     periods) of every book customer, from `draws` stratified draws of their posterior."""
-    from .population import WorldTables, state_from_book
-
     n = len(book)
     if n == 0:
         return np.zeros(0), np.zeros(0)
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xC4A2]))
-    twins = book.iloc[np.repeat(np.arange(n), draws)].reset_index(drop=True)
-    u = stratified_uniforms(n, draws, rng)
-    st = state_from_book(world, twins, rng, WorldTables.from_world(world), uniforms=u)
+    st = posterior_twins(world, book, draws, seed)
     churn = churn_probabilities(world.activity_model, st.alive, st.lam, st.mu, n, (horizon,))
     idle = inactivity_probabilities(world.activity_model, st.alive, st.lam, st.mu, n, (horizon,))
     return next(iter(churn.values())), next(iter(idle.values()))

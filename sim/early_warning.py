@@ -233,13 +233,9 @@ def churned_in(tx: pd.DataFrame, ids: np.ndarray, start: pd.Timestamp, end: pd.T
 def engine_scores(world, book: pd.DataFrame, ids: np.ndarray, horizon: float, draws: int, seed: int) -> np.ndarray:
     """The world's posterior P(no purchase in `horizon` periods) for each of `ids` (sorted, all in
     the book)."""
-    from .churn import book_churn_scores
+    from .churn import book_churn_scores, book_rows
 
-    pos, found = lookup(book["customer_id"], ids)  # a hash lookup: the book's row of each id
-    if not found.all():
-        raise ValueError(f"{int((~found).sum())} active customers are missing from the book")
-    sub = book.iloc[pos].reset_index(drop=True)
-    return book_churn_scores(world, sub, horizon, draws=draws, seed=seed)[1]
+    return book_churn_scores(world, book_rows(book, ids), horizon, draws=draws, seed=seed)[1]
 
 
 def fit_hgb(X: pd.DataFrame, y: np.ndarray, seed: int):

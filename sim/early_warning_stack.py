@@ -31,8 +31,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .features import lookup
-
 # the stack's design columns, in order (stack_design)
 STACK_FEATURES = (
     "logit_p_idle",
@@ -78,23 +76,14 @@ def posterior_quantities(
     """One row per id of `ids` (sorted, all in the book): p_idle (P(no purchase in `horizon`
     periods)), p_alive and expected_tx (over `horizon`) from the world's posterior, drawn as
     `sim.churn.book_churn_scores` draws them (same twins for the same seed)."""
-    from .churn import inactivity_probabilities, stratified_uniforms
-    from .population import WorldTables, state_from_book
+    from .churn import book_rows, inactivity_probabilities, posterior_twins
 
-    bids = book["customer_id"].to_numpy(dtype=str)
-    order = np.argsort(bids, kind="stable")
-    pos, found = lookup(bids[order], ids)
-    if not found.all():
-        raise ValueError(f"{int((~found).sum())} active customers are missing from the book")
-    sub = book.iloc[order[pos]].reset_index(drop=True)
+    sub = book_rows(book, ids)
     n = len(sub)
     if n == 0:
         return pd.DataFrame({"p_idle": [], "p_alive": [], "expected_tx": []}, dtype=float)
-    # the recipe of sim.churn.book_churn_scores, so p_idle is the engine score itself (a test checks)
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xC4A2]))
-    twins = sub.iloc[np.repeat(np.arange(n), draws)].reset_index(drop=True)
-    u = stratified_uniforms(n, draws, rng)
-    st = state_from_book(world, twins, rng, WorldTables.from_world(world), uniforms=u)
+    # the twins of sim.churn.book_churn_scores, so p_idle is the engine score itself (a test checks)
+    st = posterior_twins(world, sub, draws, seed)
     idle = next(iter(inactivity_probabilities(world.activity_model, st.alive, st.lam, st.mu, n, (horizon,)).values()))
     return pd.DataFrame(
         {
