@@ -64,11 +64,12 @@ import numpy as np
 import pandas as pd
 
 from sim.errors import ConfigError
+from sim.response import DEPLOYMENT_GROUPS
 
 EXPERIMENT_SEED_OFFSET = 20_000  # the power simulation's seeds: apart from planning (0+) and fresh (10000+)
 DEFAULT_EXPERIMENT_HORIZON = 13
 _STREAM = 0xDE910  # the deployment's own random stream: SeedSequence([seed, _STREAM])
-GROUPS = ("treatment", "control", "explore")
+GROUPS = DEPLOYMENT_GROUPS  # treatment, control, explore: the one list, which calibration checks too
 COLUMNS = ("customer_id", "date", "action", "propensity", "cost", "group", "planned_action", "segment", "control_share")
 
 

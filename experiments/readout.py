@@ -34,10 +34,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from experiments.readout_estimators import LEVEL, cuped, welch
+from experiments.readout_estimators import LEVEL, cuped, roi_document, welch
 from sim.errors import ConfigError, HistoryError
+from sim.response import DEPLOYMENT_GROUPS
 
-GROUPS = ("treatment", "control", "explore")
+GROUPS = DEPLOYMENT_GROUPS  # treatment, control, explore: the one list, which calibration checks too
 VERDICTS = ("confirmed", "not detected", "contradicted")
 OUTCOME_DEFINITION = (
     "the contract reward over [start, end): margin_rate x transaction amounts + margins of the products held at "
@@ -218,17 +219,7 @@ def _roi(frame: pd.DataFrame, treated: np.ndarray) -> dict[str, Any]:
     est = cuped(gross, frame["pre"].to_numpy(np.float64), treated)
     cost = frame["cost"].to_numpy(np.float64)
     inc_cost = float(cost[treated].mean() - cost[~treated].mean()) if treated.any() and (~treated).any() else 0.0
-    out: dict[str, Any] = {"incremental_margin": est["mean"], "incremental_cost": inc_cost}
-    if inc_cost <= 0:
-        return {**out, "roi": None, "ci_low": None, "ci_high": None, "net_roi": None}
-    lo, hi = est["ci_low"], est["ci_high"]
-    return {
-        **out,
-        "roi": est["mean"] / inc_cost,
-        "ci_low": None if lo is None else lo / inc_cost,
-        "ci_high": None if hi is None else hi / inc_cost,
-        "net_roi": (est["mean"] - inc_cost) / inc_cost,
-    }
+    return roi_document(est, inc_cost)
 
 
 def _segments(history, frame: pd.DataFrame, world_path) -> tuple[np.ndarray | None, str | None]:

@@ -49,3 +49,21 @@ def cuped(y: np.ndarray, x: np.ndarray, treated: np.ndarray, level: float = LEVE
         }
     )
     return out
+
+
+def roi_document(earnings: dict[str, Any], incremental_cost: float) -> dict[str, Any]:
+    """The read-out's ROI entry: incremental earnings (an interval of `welch`/`cuped`) over the
+    incremental cost. The cost is fixed by the assignment, so the ratio's interval is the earnings'
+    interval over it; no ratio without a positive cost or an earnings estimate."""
+    m = earnings["mean"]
+    out: dict[str, Any] = {"incremental_margin": m, "incremental_cost": incremental_cost}
+    if incremental_cost <= 0 or m is None:
+        return {**out, "roi": None, "ci_low": None, "ci_high": None, "net_roi": None}
+    lo, hi = earnings["ci_low"], earnings["ci_high"]
+    return {
+        **out,
+        "roi": m / incremental_cost,
+        "ci_low": None if lo is None else lo / incremental_cost,
+        "ci_high": None if hi is None else hi / incremental_cost,
+        "net_roi": (m - incremental_cost) / incremental_cost,
+    }

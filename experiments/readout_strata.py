@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from experiments.readout_estimators import cuped, welch
+from experiments.readout_estimators import cuped, roi_document, welch
 
 STRATIFIED, POOLED = "stratified", "difference_in_means"
 
@@ -215,18 +215,7 @@ def roi(frame: pd.DataFrame, treated: np.ndarray, labels: np.ndarray, sizes: dic
             for s, w in est["weights"].items()
         )
     )
-    cu = est["cuped"]
-    out: dict[str, Any] = {"incremental_margin": cu["mean"], "incremental_cost": inc_cost}
-    if inc_cost <= 0 or cu["mean"] is None:
-        return {**out, "roi": None, "ci_low": None, "ci_high": None, "net_roi": None}
-    lo, hi = cu["ci_low"], cu["ci_high"]
-    return {
-        **out,
-        "roi": cu["mean"] / inc_cost,
-        "ci_low": None if lo is None else lo / inc_cost,
-        "ci_high": None if hi is None else hi / inc_cost,
-        "net_roi": (cu["mean"] - inc_cost) / inc_cost,
-    }
+    return roi_document(est["cuped"], inc_cost)
 
 
 def action_sizes(labels: np.ndarray, treated: np.ndarray, d: Design, all_labels: np.ndarray, all_control) -> dict:

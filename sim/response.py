@@ -498,7 +498,11 @@ def decisions_frame_to_data(
     ), state
 
 
-DEPLOYMENT_GROUPS = ("treatment", "control", "explore")  # experiments.deployment.GROUPS (sim cannot import it)
+DEPLOYMENT_GROUPS = (
+    "treatment",
+    "control",
+    "explore",
+)  # a deployment file's groups (experiments.deployment writes them)
 
 
 def _missing(values: pd.Series) -> np.ndarray:
@@ -518,14 +522,14 @@ def deployment_plan(decisions: pd.DataFrame, catalogue: ActionCatalogue, file: s
     if "group" not in decisions.columns or "planned_action" not in decisions.columns:
         return None
     from .errors import HistoryError
+    from .features import lookup
 
-    n = len(decisions)
     g_miss, p_miss = _missing(decisions["group"]), _missing(decisions["planned_action"])
     group = np.where(g_miss, "", decisions["group"].astype(object).astype(str).str.strip().str.lower())
     plan_name = np.where(p_miss, "", decisions["planned_action"].astype(object).astype(str).str.strip())
     action = decisions["action"].astype(str).to_numpy()
-    index = {name: i for i, name in enumerate(catalogue.names)}
-    plan = np.array([index.get(x, -2) for x in plan_name], np.int64) if n else np.zeros(0, np.int64)
+    code, named = lookup(np.asarray(catalogue.names, dtype=object), plan_name.astype(object))
+    plan = np.where(named, code, -2).astype(np.int64)  # -2: a planned action the catalogue lacks
     names = ", ".join(catalogue.names[:12]) + (", ..." if len(catalogue.names) > 12 else "")
     checks = (
         (
