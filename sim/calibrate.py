@@ -142,7 +142,7 @@ def calibrate(
                 decay,
                 panel.n_periods,
                 prior_resp.duration,
-                file=_decisions_file(history.folder),
+                file=_decisions_file(history),
                 upto=(history.decisions["date"] <= ce).to_numpy(dtype=bool),
             )
             mu_stage = mean_hazard_by_stage(fits, seg, summary, panel, activity_model)
@@ -267,14 +267,11 @@ def calibrate_like(world: WorldModel, history: History, calibration_end: str | p
     )
 
 
-def _decisions_file(folder: str) -> str:
-    """The decisions table's path in the history folder, as errors name it."""
+def _decisions_file(history: History) -> str:
+    """The decisions table's path, as errors name it (the loader's name for it in the folder)."""
     from pathlib import Path
 
-    for name in ("decisions.csv", "decisions.parquet", "decisions"):
-        if (Path(folder) / name).exists():
-            return str(Path(folder) / name)
-    return "decisions"
+    return str(Path(history.folder) / history.decisions_file) if history.decisions_file else "decisions"
 
 
 def deployment_assumption(dep: dict[str, Any]) -> str:

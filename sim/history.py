@@ -106,6 +106,7 @@ class History:
     # sentence each ("products.csv: ...", "economics: ..."): calibration lists them in the world's
     # assumptions, so they show in JSON and in every report
     notes: list[str] = field(default_factory=list)
+    decisions_file: str | None = None  # the decisions table's name in `folder` (errors name it)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1622,6 +1623,7 @@ def load_history(folder: str | Path) -> History:
         report=report,
         stage_rules=stage_rules,
         notes=notes,
+        decisions_file=file if decisions is not None else None,
     )
 
 

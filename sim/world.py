@@ -165,7 +165,7 @@ class WorldModel:
         timings ("seconds") and the history's folder are left out: the same history and seed give
         the same hash, wherever the history lies."""
         d = self.to_dict()
-        d["fit"] = _without_timings(d.get("fit"))
+        d["fit"] = without_timings(d.get("fit"))
         # content, not location: a history folder moved or copied elsewhere gives the same world
         d["source"] = {k: v for k, v in (d.get("source") or {}).items() if k != "history"}
         blob = json.dumps(_clean(d), sort_keys=True, allow_nan=False).encode()
@@ -325,11 +325,12 @@ def read_book_file(path):
         ) from None
 
 
-def _without_timings(obj: Any) -> Any:
+def without_timings(obj: Any) -> Any:
+    """`obj` without its "seconds" keys (wall-clock timings), at any depth."""
     if isinstance(obj, dict):
-        return {k: _without_timings(v) for k, v in obj.items() if k != "seconds"}
+        return {k: without_timings(v) for k, v in obj.items() if k != "seconds"}
     if isinstance(obj, list):
-        return [_without_timings(v) for v in obj]
+        return [without_timings(v) for v in obj]
     return obj
 
 

@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from test_kills import TINY_RUN
 
 from experiments.cli.main import run
 
@@ -85,17 +86,7 @@ def test_the_memory_line_takes_the_size_from_the_errors_own_words(monkeypatch, t
 
 
 # ---- dates after the history ---------------------------------------------------------------------
-# examples/my_bank runs from 2023-01-03 to 2024-12-29; TINY is test_kills.TINY_RUN (a fast run)
-TINY = [
-    "policy=greedy_uplift",
-    "plan.horizon=2",
-    "evaluation.seeds=2",
-    "ope.bootstrap=10",
-    "budgets=[100]",
-    "budget=100",
-    "validation.replications=1",
-    "compare=[]",
-]
+# examples/my_bank runs from 2023-01-03 to 2024-12-29; TINY_RUN: the fastest whole run (tests/test_kills.py)
 OUTSIDE = "is outside the history (2023-01-03 to 2024-12-29); pick a day inside it"
 
 
@@ -114,7 +105,7 @@ OUTSIDE = "is outside the history (2023-01-03 to 2024-12-29); pick a day inside 
 )
 def test_clv_run_refuses_dates_outside_the_history_before_writing(tmp_path, capsys, dates, line):
     out = tmp_path / "out"
-    sets = [a for s in [*TINY, *dates] for a in ("--set", s)]
+    sets = [a for s in [*TINY_RUN, *dates] for a in ("--set", s)]
     code = run(["run", str(EXAMPLES / "my_bank.yaml"), "--out", str(out), *sets, "--workers", "0"])
     got = _one_line(capsys.readouterr().err)
     assert code == 2 and got == f"error: {EXAMPLES / 'my_bank.yaml'}: {line}", got
